@@ -1,0 +1,455 @@
+//! Compile: a schema-valid [`PolicySpec`] checked against the plugin
+//! manifests (and the inventory when one is given) and turned into the
+//! runtime IR of SPEC §3, with its stable hash.
+//!
+//! Capability, verb, target type and params are checked against the manifest
+//! of the policy's host when the host is known (from the inventory), otherwise
+//! against the manifest that declares the capability. Params get their
+//! manifest defaults filled in, so spelling a default out or leaving it off
+//! compiles (and hashes) the same.
+
+use drivers::manifest::{Capability, Manifest, ManifestSet};
+use inventory::finding::did_you_mean;
+use inventory::index::Inventory;
+use inventory::selector::{parse_selector, SelectorMode};
+use inventory::{Finding, Severity};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::hash::policy_hash;
+use crate::spec::{ActionSpec, Condition, PolicySpec, SelectorSpec, TriggerGroup};
+
+/// What compile knows besides the spec: identity and the clock are inputs, so
+/// compiling the same spec twice gives the same IR.
+#[derive(Debug, Clone, Default)]
+pub struct CompileContext<'a> {
+    /// The stored policy's id, `None` before it is saved.
+    pub policy_id: Option<String>,
+    /// The stored version, 1 before it is saved.
+    pub version_int: u64,
+    /// The inventory to resolve the selector against, if any.
+    pub inventory: Option<&'a Inventory>,
+    /// When the resolution happened (`resolved_at`), RFC 3339.
+    pub now: Option<String>,
+}
+
+/// The runtime IR (SPEC §3).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ir {
+    pub policy_id: Option<String>,
+    pub hash: String,
+    pub version_int: u64,
+    pub priority: i64,
+    pub stop_on_match: bool,
+    pub dynamic_resolution: bool,
+    #[serde(rename = "match")]
+    pub match_: MatchIr,
+    pub targets: TargetsIr,
+    pub plan: Vec<PlanStep>,
+    pub windows: Windows,
+}
+
+/// `match`: the normalized trigger group and conditions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MatchIr {
+    pub trigger_group: TriggerGroup,
+    pub conditions: Vec<Condition>,
+}
+
+/// `targets`, with the ids the selector resolved to when it could be.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetsIr {
+    pub host_id: String,
+    pub target_type: String,
+    pub selector: SelectorSpec,
+    /// Canonical ids (`vm:104`); `None` for `query` without an inventory and
+    /// for `ledger` (resolved by the engine at execution).
+    pub resolved_ids: Option<Vec<String>>,
+    /// When the ids were checked against an inventory; `None` when they were
+    /// only expanded offline.
+    pub resolved_at: Option<String>,
+}
+
+/// One step of the plan: an action with its params completed from the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanStep {
+    pub capability: String,
+    pub verb: String,
+    pub params: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_hint: Option<String>,
+}
+
+/// Suppression and idempotency windows in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Windows {
+    pub suppression_s: u64,
+    pub idempotency_s: u64,
+}
+
+/// Compile output: the IR when nothing blocks, and every compile finding.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub ir: Option<Ir>,
+    pub findings: Vec<Finding>,
+}
+
+/// Compiles a spec; see the module docs.
+pub fn compile(spec: &PolicySpec, manifests: &ManifestSet, ctx: &CompileContext<'_>) -> Compiled {
+    let mut findings = Vec::new();
+    let host = resolve_host(spec, manifests, ctx, &mut findings);
+    check_target_type(spec, manifests, host.as_ref(), &mut findings);
+    let plan: Vec<Option<PlanStep>> = spec
+        .actions
+        .iter()
+        .enumerate()
+        .map(|(i, action)| compile_action(i, action, &spec.targets.target_type, manifests, host.as_ref(), &mut findings))
+        .collect();
+    let (resolved_ids, resolved_at) = resolve_selector(spec, ctx, &mut findings);
+
+    let blocked = findings.iter().any(|f| f.severity == Severity::Blocker);
+    let plan: Option<Vec<PlanStep>> = plan.into_iter().collect();
+    let ir = match (blocked, plan) {
+        (false, Some(plan)) => {
+            let hash = policy_hash(spec, &plan);
+            Some(Ir {
+                policy_id: ctx.policy_id.clone(),
+                hash,
+                version_int: ctx.version_int.max(1),
+                priority: spec.priority,
+                stop_on_match: spec.stop_on_match,
+                dynamic_resolution: spec.dynamic_resolution,
+                match_: MatchIr {
+                    trigger_group: spec.trigger_group.clone(),
+                    conditions: spec.conditions.clone(),
+                },
+                targets: TargetsIr {
+                    host_id: spec.targets.host_id.clone(),
+                    target_type: spec.targets.target_type.clone(),
+                    selector: spec.targets.selector.clone(),
+                    resolved_ids,
+                    resolved_at,
+                },
+                plan,
+                windows: Windows {
+                    suppression_s: spec.suppression_s,
+                    idempotency_s: spec.idempotency_s,
+                },
+            })
+        }
+        _ => None,
+    };
+    Compiled { ir, findings }
+}
+
+/// The manifest of the policy's host, when the inventory knows the host.
+struct HostPlugin<'m> {
+    plugin: &'m Manifest,
+}
+
+fn resolve_host<'m>(
+    spec: &PolicySpec,
+    manifests: &'m ManifestSet,
+    ctx: &CompileContext<'_>,
+    findings: &mut Vec<Finding>,
+) -> Option<HostPlugin<'m>> {
+    let inventory = ctx.inventory?;
+    let host_id = &spec.targets.host_id;
+    let Some(host) = inventory.host(host_id) else {
+        let known: Vec<&str> = inventory.hosts().map(|h| h.host_id.as_str()).collect();
+        let hint = match did_you_mean(host_id, known.iter().copied()) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None if known.is_empty() => "the inventory has no hosts".to_string(),
+            None => format!("known hosts: {}", known.join(", ")),
+        };
+        findings.push(
+            Finding::new(
+                Severity::Blocker,
+                "compile.unknown_host",
+                "/targets/host_id",
+                format!("host `{host_id}` is not in the inventory"),
+            )
+            .with_hint(hint),
+        );
+        return None;
+    };
+    match manifests.get(&host.plugin) {
+        Some(plugin) => Some(HostPlugin { plugin }),
+        None => {
+            findings.push(
+                Finding::new(
+                    Severity::Blocker,
+                    "compile.unknown_plugin",
+                    "/targets/host_id",
+                    format!("host `{host_id}` uses plugin `{}`, which no manifest declares", host.plugin),
+                )
+                .with_hint("check the plugin directory (--plugins) or the host's `plugin` in the inventory"),
+            );
+            None
+        }
+    }
+}
+
+fn check_target_type(spec: &PolicySpec, manifests: &ManifestSet, host: Option<&HostPlugin<'_>>, findings: &mut Vec<Finding>) {
+    let target_type = spec.targets.target_type.as_str();
+    let path = "/targets/target_type";
+    if let Some(host) = host {
+        let types = host.plugin.target_types();
+        if !types.iter().any(|t| *t == target_type) {
+            let hint = match did_you_mean(target_type, types.iter().copied()) {
+                Some(close) => format!("did you mean `{close}`?"),
+                None => format!("plugin `{}` acts on: {}", host.plugin.id, types.iter().copied().collect::<Vec<_>>().join(", ")),
+            };
+            findings.push(
+                Finding::new(
+                    Severity::Blocker,
+                    "compile.target_type_unsupported",
+                    path,
+                    format!(
+                        "host `{}` (plugin `{}`) has no targets of type `{target_type}`",
+                        spec.targets.host_id, host.plugin.id
+                    ),
+                )
+                .with_hint(hint),
+            );
+        }
+        return;
+    }
+    let mut all: Vec<&str> = manifests.iter().flat_map(|m| m.target_types()).collect();
+    all.sort_unstable();
+    all.dedup();
+    if !all.contains(&target_type) {
+        let hint = match did_you_mean(target_type, all.iter().copied()) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None => format!("known target types: {}", all.join(", ")),
+        };
+        findings.push(
+            Finding::new(
+                Severity::Blocker,
+                "compile.unknown_target_type",
+                path,
+                format!("no plugin knows target type `{target_type}`"),
+            )
+            .with_hint(hint),
+        );
+    }
+}
+
+fn compile_action(
+    i: usize,
+    action: &ActionSpec,
+    target_type: &str,
+    manifests: &ManifestSet,
+    host: Option<&HostPlugin<'_>>,
+    findings: &mut Vec<Finding>,
+) -> Option<PlanStep> {
+    let path = format!("/actions/{i}");
+    let cap_id = action.capability_id.as_str();
+    let capability = find_capability(&path, cap_id, manifests, host, findings)?;
+
+    let mut ok = true;
+    if !capability.verbs.iter().any(|v| v == &action.verb) {
+        let hint = match did_you_mean(&action.verb, capability.verbs.iter().map(String::as_str)) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None => format!("verbs of `{cap_id}`: {}", capability.verbs.join(", ")),
+        };
+        findings.push(
+            Finding::new(
+                Severity::Blocker,
+                "compile.unknown_verb",
+                format!("{path}/verb"),
+                format!("capability `{cap_id}` has no verb `{}`", action.verb),
+            )
+            .with_hint(hint),
+        );
+        ok = false;
+    }
+    if !capability.targets.iter().any(|t| t == target_type) {
+        findings.push(
+            Finding::new(
+                Severity::Blocker,
+                "compile.target_type_unsupported",
+                format!("{path}/capability_id"),
+                format!(
+                    "capability `{cap_id}` acts on {}, not on `{target_type}`",
+                    capability.targets.join(", ")
+                ),
+            )
+            .with_hint("change targets.target_type or pick a capability for that target type"),
+        );
+        ok = false;
+    }
+    let params = if ok {
+        compile_params(&path, action, capability, findings)
+    } else {
+        None
+    };
+    Some(PlanStep {
+        capability: cap_id.to_string(),
+        verb: action.verb.clone(),
+        params: params?,
+        key_hint: action.key_hint.clone(),
+    })
+    .filter(|_| ok)
+}
+
+fn find_capability<'m>(
+    path: &str,
+    cap_id: &str,
+    manifests: &'m ManifestSet,
+    host: Option<&HostPlugin<'m>>,
+    findings: &mut Vec<Finding>,
+) -> Option<&'m Capability> {
+    let cpath = format!("{path}/capability_id");
+    if let Some(host) = host {
+        if let Some(cap) = host.plugin.capability(cap_id) {
+            return Some(cap);
+        }
+        if let Some((other, _)) = manifests.capability(cap_id) {
+            findings.push(
+                Finding::new(
+                    Severity::Blocker,
+                    "compile.capability_not_on_host",
+                    cpath,
+                    format!(
+                        "capability `{cap_id}` belongs to plugin `{}`, but the host uses plugin `{}`",
+                        other.id, host.plugin.id
+                    ),
+                )
+                .with_hint("a policy targets one host; use a capability of that host's plugin"),
+            );
+            return None;
+        }
+    } else if let Some((_, cap)) = manifests.capability(cap_id) {
+        return Some(cap);
+    }
+    let all: Vec<&str> = match host {
+        Some(h) => h.plugin.capabilities.iter().map(|c| c.id.as_str()).collect(),
+        None => manifests.iter().flat_map(|m| m.capabilities.iter().map(|c| c.id.as_str())).collect(),
+    };
+    let hint = match did_you_mean(cap_id, all.iter().copied()) {
+        Some(close) => format!("did you mean `{close}`?"),
+        None => format!("known capabilities: {}", all.join(", ")),
+    };
+    findings.push(
+        Finding::new(
+            Severity::Blocker,
+            "compile.unknown_capability",
+            cpath,
+            format!("unknown capability `{cap_id}`"),
+        )
+        .with_hint(hint),
+    );
+    None
+}
+
+fn compile_params(
+    path: &str,
+    action: &ActionSpec,
+    capability: &Capability,
+    findings: &mut Vec<Finding>,
+) -> Option<Map<String, Value>> {
+    let verb = action.verb.as_str();
+    let mut out = Map::new();
+    let mut ok = true;
+    let declared: Vec<(&str, &drivers::manifest::ParamSpec)> = capability.params_for(verb).collect();
+    for (name, value) in &action.params {
+        let ppath = format!("{path}/params/{}", inventory::finding::pointer_token(name));
+        let Some((_, spec)) = declared.iter().find(|(n, _)| *n == name.as_str()) else {
+            let other_verb = capability.params.contains_key(name.as_str());
+            let message = if other_verb {
+                format!("param `{name}` does not apply to verb `{verb}` of `{}`", capability.id)
+            } else {
+                format!("capability `{}` has no param `{name}`", capability.id)
+            };
+            let names: Vec<&str> = declared.iter().map(|(n, _)| *n).collect();
+            let hint = match did_you_mean(name, names.iter().copied()) {
+                Some(close) => format!("did you mean `{close}`?"),
+                None if names.is_empty() => format!("verb `{verb}` takes no params"),
+                None => format!("params of `{verb}`: {}", names.join(", ")),
+            };
+            findings.push(Finding::new(Severity::Blocker, "compile.unknown_param", ppath, message).with_hint(hint));
+            ok = false;
+            continue;
+        };
+        if let Err(why) = spec.check(value) {
+            let code = if spec.ty.accepts(value) {
+                "compile.param_value"
+            } else {
+                "compile.param_type"
+            };
+            findings.push(Finding::new(Severity::Blocker, code, ppath, format!("param `{name}`: {why}")));
+            ok = false;
+            continue;
+        }
+        out.insert(name.clone(), value.clone());
+    }
+    for (name, spec) in &declared {
+        if out.contains_key(*name) || action.params.contains_key(*name) {
+            continue;
+        }
+        if let Some(default) = &spec.default {
+            out.insert((*name).to_string(), default.clone());
+        } else if spec.required {
+            let hint = match &spec.allowed {
+                Some(values) => format!(
+                    "one of: {}",
+                    values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+                None => format!("a value of type {}", spec.ty),
+            };
+            findings.push(
+                Finding::new(
+                    Severity::Blocker,
+                    "compile.missing_param",
+                    format!("{path}/params/{name}"),
+                    format!("verb `{verb}` of `{}` needs param `{name}`", capability.id),
+                )
+                .with_hint(hint),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(out)
+}
+
+fn resolve_selector(
+    spec: &PolicySpec,
+    ctx: &CompileContext<'_>,
+    findings: &mut Vec<Finding>,
+) -> (Option<Vec<String>>, Option<String>) {
+    let path = "/targets/selector/value";
+    let sel = &spec.targets.selector;
+    let selector = match parse_selector(sel.mode, &sel.value, &spec.targets.target_type) {
+        Ok(s) => s,
+        Err(errors) => {
+            findings.extend(errors.iter().map(|e| e.to_finding(path)));
+            return (None, None);
+        }
+    };
+    if sel.mode == SelectorMode::Ledger {
+        return (None, None);
+    }
+    if let Some(host) = ctx.inventory.and_then(|inv| inv.host(&spec.targets.host_id)) {
+        return match selector.resolve(host) {
+            Ok(resolution) => {
+                findings.extend(resolution.findings.iter().map(|f| Finding {
+                    path: if f.path.is_empty() { path.to_string() } else { f.path.clone() },
+                    ..f.clone()
+                }));
+                (Some(resolution.ids), ctx.now.clone())
+            }
+            Err(e) => {
+                findings.push(e.to_finding(path));
+                (None, None)
+            }
+        };
+    }
+    match selector.expand() {
+        Ok(ids) => (ids, None),
+        Err(e) => {
+            findings.push(e.to_finding(path));
+            (None, None)
+        }
+    }
+}

@@ -1,0 +1,884 @@
+//! The inventory service: the IO side of the inventory. It keeps each
+//! host's latest snapshot (a pure [`inventory::HostInventory`]), refreshes it
+//! through the host's driver, on demand within the refresh SLA (the fast
+//! path a dry-run uses) and in the background on the host's discovery
+//! interval, and answers searches and selector resolutions from what it holds.
+//!
+//! A host is refreshed by one call at a time: concurrent requests wait for
+//! the call in flight and share its outcome, so a burst of dry-runs costs the
+//! device one discovery. A refresh that fails, times out or is refused by the
+//! host's open circuit breaker leaves the last snapshot in place, marked
+//! stale, and says why.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use drivers::driver::{Driver, DriverError, ErrorKind, RefreshMode};
+use inventory::{HostInventory, Inventory, Resolution, Selector, SelectorError, Target};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+/// The fast-refresh SLA when a manifest sets none (SPEC §5).
+pub const DEFAULT_REFRESH_SLA: Duration = Duration::from_secs(5);
+/// The full-discovery period when a manifest sets none.
+pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(600);
+
+/// How one host is refreshed. Runtime values, compiled from the host's
+/// manifest (`defaults.dry_run_refresh_sla_s`, `discovery.interval_s`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshSettings {
+    /// Time a fast refresh may take, waits and retries included.
+    pub sla: Duration,
+    /// Period of the background full discovery.
+    pub discovery_interval: Duration,
+    /// Age after which a snapshot is stale; `None` means twice `discovery_interval`.
+    pub max_age: Option<Duration>,
+    /// Extra attempts a fast refresh may make after a transient failure,
+    /// each only if it can finish inside what is left of the SLA.
+    pub fast_retries: u32,
+    /// Pause before a fast-refresh retry (counted against the SLA).
+    pub fast_retry_delay: Duration,
+    /// Time one full discovery may take; `None` means `discovery_interval`.
+    pub full_timeout: Option<Duration>,
+}
+
+impl Default for RefreshSettings {
+    fn default() -> Self {
+        RefreshSettings {
+            sla: DEFAULT_REFRESH_SLA,
+            discovery_interval: DEFAULT_DISCOVERY_INTERVAL,
+            max_age: None,
+            fast_retries: 2,
+            fast_retry_delay: Duration::from_millis(100),
+            full_timeout: None,
+        }
+    }
+}
+
+impl RefreshSettings {
+    /// Settings from a manifest's SLA and discovery interval (in seconds;
+    /// `None` keeps the defaults), everything else default.
+    pub fn from_manifest_values(sla_s: Option<f64>, interval_s: Option<u64>) -> Self {
+        let mut settings = RefreshSettings::default();
+        if let Some(sla) = sla_s.filter(|s| s.is_finite() && *s > 0.0) {
+            settings.sla = Duration::from_secs_f64(sla);
+        }
+        if let Some(interval) = interval_s.filter(|s| *s > 0) {
+            settings.discovery_interval = Duration::from_secs(interval);
+        }
+        settings
+    }
+
+    /// The age after which a snapshot is stale.
+    pub fn max_age(&self) -> Duration {
+        self.max_age.unwrap_or(self.discovery_interval * 2)
+    }
+
+    fn full_timeout(&self) -> Duration {
+        self.full_timeout.unwrap_or(self.discovery_interval)
+    }
+}
+
+/// What a refresh did, in the shape a dry-run transcript reports as
+/// `used_inventory` (SPEC §5). `refreshed: false` always comes with
+/// `stale: true`: the caller asked for a fresh view and did not get one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshOutcome {
+    /// Whether the snapshot now reflects a discovery that finished for this request.
+    pub refreshed: bool,
+    /// When the snapshot in use was taken; `None` if the host was never discovered.
+    pub ts: Option<DateTime<Utc>>,
+    /// Whether the snapshot in use is stale.
+    pub stale: bool,
+    /// Why the refresh did not happen or failed.
+    pub error: Option<RefreshError>,
+    /// Driver calls this refresh made (0 when it joined another refresh or was refused).
+    pub attempts: u32,
+}
+
+/// Why a refresh left the snapshot as it was.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RefreshError {
+    /// The driver answered with an error (the message never holds a secret).
+    #[error("{kind}: {message}")]
+    Driver {
+        /// The §7 error kind.
+        kind: ErrorKind,
+        /// The driver's message.
+        message: String,
+    },
+    /// No discovery finished inside the budget (the SLA for a fast refresh).
+    #[error("no discovery finished within {}s", budget.as_secs_f64())]
+    Timeout {
+        /// The budget that ran out.
+        budget: Duration,
+    },
+    /// The host's circuit breaker is open after repeated failures; no call was made.
+    #[error("circuit breaker open after repeated failures, next trial in {}s", retry_in.as_secs_f64())]
+    BreakerOpen {
+        /// Time until the breaker lets one trial call through.
+        retry_in: Duration,
+    },
+}
+
+impl RefreshError {
+    /// The dotted code for findings (`driver.network_error`, `inventory.timeout`,
+    /// `inventory.breaker_open`).
+    pub fn code(&self) -> String {
+        match self {
+            RefreshError::Driver { kind, .. } => format!("driver.{kind}"),
+            RefreshError::Timeout { .. } => "inventory.timeout".to_string(),
+            RefreshError::BreakerOpen { .. } => "inventory.breaker_open".to_string(),
+        }
+    }
+
+    fn from_driver(e: &DriverError) -> Self {
+        RefreshError::Driver {
+            kind: e.kind,
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// A failure of a service call itself (not of a refresh).
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryServiceError {
+    /// No host with this id is registered.
+    #[error("unknown host {host}")]
+    UnknownHost {
+        /// The id asked for.
+        host: String,
+    },
+    /// The host has never been discovered, so there is nothing to resolve against.
+    #[error("host {host} has no inventory yet")]
+    NoSnapshot {
+        /// The host.
+        host: String,
+    },
+    /// The selector could not be resolved against the host's inventory.
+    #[error("host {host}: {source}")]
+    Selector {
+        /// The host.
+        host: String,
+        /// What the selector grammar reported.
+        #[source]
+        source: SelectorError,
+    },
+}
+
+/// One host's refresh state, for the API and the dry-run transcript.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostStatus {
+    /// The host id.
+    pub host_id: String,
+    /// When the snapshot was taken; `None` if the host was never discovered.
+    pub ts: Option<DateTime<Utc>>,
+    /// Older than the max age, or the last refresh failed.
+    pub stale: bool,
+    /// Why the last refresh failed, if it did.
+    pub last_error: Option<RefreshError>,
+    /// Number of targets in the snapshot.
+    pub targets: usize,
+    /// Whether the host's circuit breaker refuses calls now.
+    pub breaker_open: bool,
+}
+
+/// One search hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    /// The host the target belongs to.
+    pub host_id: String,
+    /// The target as the snapshot holds it.
+    pub target: Target,
+}
+
+/// Keeps every host's snapshot fresh; see the module docs. Cheap to clone
+/// (all clones share one state).
+#[derive(Clone, Default)]
+pub struct InventoryService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for InventoryService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hosts: Vec<String> = self.read_hosts().keys().cloned().collect();
+        f.debug_struct("InventoryService")
+            .field("hosts", &hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    hosts: RwLock<BTreeMap<String, Arc<HostState>>>,
+    discovery: Mutex<Option<Discovery>>,
+}
+
+/// The running background discovery: a stop signal and one task per host.
+struct Discovery {
+    stop: watch::Sender<bool>,
+    tasks: HashMap<String, JoinHandle<()>>,
+}
+
+impl InventoryService {
+    pub fn new() -> Self {
+        InventoryService::default()
+    }
+
+    /// Registers (or replaces) the host `driver` is bound to. If background
+    /// discovery is running, the host's discovery task starts now (a
+    /// replaced host's task is stopped first).
+    pub fn add_host(&self, driver: Arc<dyn Driver>, settings: RefreshSettings) {
+        let host = Arc::new(HostState::new(driver, settings));
+        let id = host.host_id.clone();
+        self.inner
+            .hosts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), host.clone());
+        let mut discovery = self.lock_discovery();
+        if let Some(discovery) = discovery.as_mut() {
+            if let Some(old) = discovery.tasks.remove(&id) {
+                old.abort();
+            }
+            let task = spawn_discovery_task(host, discovery.stop.subscribe());
+            discovery.tasks.insert(id, task);
+        }
+    }
+
+    /// Unregisters a host and stops its discovery task (discovery only
+    /// reads, so aborting it is safe). Returns whether it was registered.
+    pub fn remove_host(&self, host_id: &str) -> bool {
+        let removed = self
+            .inner
+            .hosts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(host_id)
+            .is_some();
+        if let Some(discovery) = self.lock_discovery().as_mut() {
+            if let Some(task) = discovery.tasks.remove(host_id) {
+                task.abort();
+            }
+        }
+        removed
+    }
+
+    /// Registered host ids, sorted.
+    pub fn host_ids(&self) -> Vec<String> {
+        self.read_hosts().keys().cloned().collect()
+    }
+
+    /// Installs a snapshot obtained elsewhere (an inventory file, the store)
+    /// for a registered host, as if a discovery had found it at its `ts`
+    /// (now, if it has none). A later refresh replaces it.
+    pub fn seed(&self, snapshot: HostInventory) -> Result<(), InventoryServiceError> {
+        let host = self.host(&snapshot.host_id)?;
+        let ts = snapshot.ts.unwrap_or_else(Utc::now);
+        let age = (Utc::now() - ts).to_std().unwrap_or(Duration::ZERO);
+        let now = Instant::now();
+        let taken = now.checked_sub(age).unwrap_or(now);
+        let mut status = host.lock_status();
+        status.snapshot = Some(Arc::new(snapshot.with_ts(ts)));
+        status.refreshed_at = Some(taken);
+        status.last_error = None;
+        Ok(())
+    }
+
+    /// Refreshes a host on the fast path within its SLA (see
+    /// [`RefreshSettings`]): joins a refresh already in flight, else calls
+    /// `discover(Fast, remaining budget)`, retrying a transient failure only
+    /// when the retry can finish inside what is left (expected duration: the
+    /// last call's). On failure or timeout the last snapshot stays, stale.
+    pub async fn fast_refresh(
+        &self,
+        host_id: &str,
+    ) -> Result<RefreshOutcome, InventoryServiceError> {
+        let host = self.host(host_id)?;
+        let span = tracing::info_span!("inventory_refresh", host = %host_id, mode = "fast");
+        Ok(host.fast_refresh().instrument(span).await)
+    }
+
+    /// Runs one full discovery of a host now (waiting for a refresh in
+    /// flight first), bounded by the host's full-discovery timeout.
+    pub async fn full_refresh(
+        &self,
+        host_id: &str,
+    ) -> Result<RefreshOutcome, InventoryServiceError> {
+        let host = self.host(host_id)?;
+        let span = tracing::info_span!("inventory_refresh", host = %host_id, mode = "full");
+        Ok(host.full_refresh().instrument(span).await)
+    }
+
+    /// The host's current snapshot, its `stale` flag up to date.
+    pub fn snapshot(
+        &self,
+        host_id: &str,
+    ) -> Result<Option<Arc<HostInventory>>, InventoryServiceError> {
+        Ok(self.host(host_id)?.current())
+    }
+
+    /// The host's refresh state.
+    pub fn status(&self, host_id: &str) -> Result<HostStatus, InventoryServiceError> {
+        let host = self.host(host_id)?;
+        let snapshot = host.current();
+        let status = host.lock_status();
+        Ok(HostStatus {
+            host_id: host.host_id.clone(),
+            ts: snapshot.as_ref().and_then(|s| s.ts),
+            stale: snapshot.as_ref().is_none_or(|s| s.stale),
+            last_error: status.last_error.clone(),
+            targets: snapshot.as_ref().map_or(0, |s| s.len()),
+            breaker_open: host.breaker_retry_in(Instant::now()).is_some(),
+        })
+    }
+
+    /// A copy of every host's current snapshot (hosts never discovered are left out).
+    pub fn inventory(&self) -> Inventory {
+        let hosts: Vec<Arc<HostState>> = self.read_hosts().values().cloned().collect();
+        hosts
+            .iter()
+            .filter_map(|h| h.current())
+            .map(|s| HostInventory::clone(&s))
+            .collect()
+    }
+
+    /// Prefix and substring search over ids, names and labels of every
+    /// host's snapshot (hosts in id order, each ranked by
+    /// [`HostInventory::search`]), at most `limit` hits.
+    pub fn search(&self, text: &str, limit: usize) -> Vec<SearchHit> {
+        let hosts: Vec<Arc<HostState>> = self.read_hosts().values().cloned().collect();
+        let mut hits = Vec::new();
+        for host in hosts {
+            if hits.len() >= limit {
+                break;
+            }
+            if let Some(snapshot) = host.current() {
+                hits.extend(
+                    snapshot
+                        .search(text, limit - hits.len())
+                        .into_iter()
+                        .map(|t| SearchHit {
+                            host_id: host.host_id.clone(),
+                            target: t.clone(),
+                        }),
+                );
+            }
+        }
+        hits
+    }
+
+    /// [`search`](Self::search) within one host.
+    pub fn search_host(
+        &self,
+        host_id: &str,
+        text: &str,
+        limit: usize,
+    ) -> Result<Vec<Target>, InventoryServiceError> {
+        let snapshot = self.host(host_id)?.current();
+        Ok(snapshot
+            .map(|s| s.search(text, limit).into_iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    /// Resolves `selector` against the host's current snapshot (no refresh;
+    /// call [`fast_refresh`](Self::fast_refresh) first for a fresh view).
+    pub fn resolve(
+        &self,
+        host_id: &str,
+        selector: &Selector,
+    ) -> Result<Resolution, InventoryServiceError> {
+        let snapshot =
+            self.host(host_id)?
+                .current()
+                .ok_or_else(|| InventoryServiceError::NoSnapshot {
+                    host: host_id.into(),
+                })?;
+        selector
+            .resolve(&snapshot)
+            .map_err(|source| InventoryServiceError::Selector {
+                host: host_id.into(),
+                source,
+            })
+    }
+
+    /// Starts background full discovery: one task per host, first run now,
+    /// then every `discovery_interval` on a fixed schedule (a run that
+    /// overruns skips the ticks it missed). Hosts added later get their task
+    /// when added. Calling it again while running does nothing.
+    pub fn start_discovery(&self) {
+        let mut discovery = self.lock_discovery();
+        if discovery.is_some() {
+            return;
+        }
+        let (stop, _) = watch::channel(false);
+        let hosts: Vec<Arc<HostState>> = self.read_hosts().values().cloned().collect();
+        let tasks = hosts
+            .into_iter()
+            .map(|host| {
+                (
+                    host.host_id.clone(),
+                    spawn_discovery_task(host, stop.subscribe()),
+                )
+            })
+            .collect();
+        *discovery = Some(Discovery { stop, tasks });
+    }
+
+    /// Stops background discovery: no new run starts, runs in flight get
+    /// `grace` to finish and are then aborted. Returns how many were aborted.
+    pub async fn stop_discovery(&self, grace: Duration) -> usize {
+        let Some(discovery) = self.lock_discovery().take() else {
+            return 0;
+        };
+        let _ = discovery.stop.send(true);
+        let deadline = Instant::now() + grace;
+        let mut aborted = 0;
+        for (host, mut task) in discovery.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!(host = %host, "discovery still running at shutdown, aborted");
+                task.abort();
+                // Wait for the cancellation itself, so nothing of the host's
+                // discovery runs once this returns.
+                let _ = task.await;
+                aborted += 1;
+            }
+        }
+        aborted
+    }
+
+    /// Runs background discovery until `shutdown` completes, then stops it
+    /// with `grace` for runs in flight.
+    pub async fn run_discovery(&self, shutdown: impl Future<Output = ()>, grace: Duration) {
+        self.start_discovery();
+        shutdown.await;
+        self.stop_discovery(grace).await;
+    }
+
+    fn host(&self, host_id: &str) -> Result<Arc<HostState>, InventoryServiceError> {
+        self.read_hosts()
+            .get(host_id)
+            .cloned()
+            .ok_or_else(|| InventoryServiceError::UnknownHost {
+                host: host_id.into(),
+            })
+    }
+
+    fn read_hosts(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<HostState>>> {
+        self.inner.hosts.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_discovery(&self) -> std::sync::MutexGuard<'_, Option<Discovery>> {
+        self.inner
+            .discovery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Everything the service knows about one host.
+struct HostState {
+    host_id: String,
+    plugin: String,
+    driver: Arc<dyn Driver>,
+    settings: RefreshSettings,
+    /// Held by the one refresh of this host that runs; waiters share its outcome.
+    refresh_lock: tokio::sync::Mutex<()>,
+    status: Mutex<Status>,
+    breaker: Mutex<Breaker>,
+}
+
+#[derive(Default)]
+struct Status {
+    snapshot: Option<Arc<HostInventory>>,
+    /// When the snapshot was taken, on the runtime clock (for its age).
+    refreshed_at: Option<Instant>,
+    last_error: Option<RefreshError>,
+    /// Refreshes finished (successful or not); a waiter that sees it move
+    /// joined a refresh instead of starting one.
+    generation: u64,
+    last_outcome: Option<RefreshOutcome>,
+}
+
+impl HostState {
+    fn new(driver: Arc<dyn Driver>, settings: RefreshSettings) -> Self {
+        HostState {
+            host_id: driver.host_id().to_string(),
+            plugin: driver.plugin_id().to_string(),
+            driver,
+            settings,
+            refresh_lock: tokio::sync::Mutex::new(()),
+            status: Mutex::new(Status::default()),
+            breaker: Mutex::new(Breaker::default()),
+        }
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn breaker_retry_in(&self, now: Instant) -> Option<Duration> {
+        self.lock_breaker().retry_in(now)
+    }
+
+    /// The snapshot with `stale` brought up to date (a copy is made only
+    /// when the flag changes).
+    fn current(&self) -> Option<Arc<HostInventory>> {
+        let mut status = self.lock_status();
+        let stale = self.is_stale(&status, Instant::now());
+        let snapshot = status.snapshot.as_mut()?;
+        if snapshot.stale != stale {
+            *snapshot = Arc::new(HostInventory::clone(snapshot).with_stale(stale));
+        }
+        Some(snapshot.clone())
+    }
+
+    fn is_stale(&self, status: &Status, now: Instant) -> bool {
+        status.last_error.is_some()
+            || status
+                .refreshed_at
+                .is_none_or(|at| now.saturating_duration_since(at) > self.settings.max_age())
+    }
+
+    async fn fast_refresh(&self) -> RefreshOutcome {
+        let sla = self.settings.sla;
+        let deadline = Instant::now() + sla;
+        let seen = self.lock_status().generation;
+        let Ok(_guard) = tokio::time::timeout_at(deadline, self.refresh_lock.lock()).await else {
+            // Another refresh held the host for the whole SLA.
+            return self.fallback(RefreshError::Timeout { budget: sla }, 0);
+        };
+        if let Some(joined) = self.joined(seen) {
+            return joined;
+        }
+
+        let mut attempts = 0u32;
+        let error = loop {
+            let now = Instant::now();
+            if let Some(retry_in) = self.breaker_retry_in(now) {
+                break RefreshError::BreakerOpen { retry_in };
+            }
+            let remaining = deadline.saturating_duration_since(now);
+            if remaining.is_zero() {
+                break RefreshError::Timeout { budget: sla };
+            }
+            attempts += 1;
+            let started = Instant::now();
+            let result = tokio::time::timeout(
+                remaining,
+                self.driver.discover(RefreshMode::Fast, remaining),
+            )
+            .await;
+            let last_call = started.elapsed();
+            let error = match result {
+                Ok(Ok(targets)) => {
+                    self.lock_breaker().record_success();
+                    return self.store(merge_fast(self.current().as_deref(), targets), attempts);
+                }
+                Ok(Err(e)) => {
+                    self.record_failure(&e);
+                    if !e.is_retryable() {
+                        break RefreshError::from_driver(&e);
+                    }
+                    RefreshError::from_driver(&e)
+                }
+                Err(_) => {
+                    self.lock_breaker().record_failure(Instant::now());
+                    break RefreshError::Timeout { budget: sla };
+                }
+            };
+            if attempts > self.settings.fast_retries {
+                break error;
+            }
+            // A retry starts only if it can finish inside what is left,
+            // expecting it to take as long as the call that just failed.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.settings.fast_retry_delay + last_call > left {
+                tracing::debug!(host = %self.host_id, attempts, "fast refresh retry would not fit the sla");
+                break error;
+            }
+            tracing::debug!(host = %self.host_id, attempts, error = %error, "fast refresh failed, retrying");
+            tokio::time::sleep(self.settings.fast_retry_delay).await;
+        };
+        tracing::warn!(host = %self.host_id, attempts, code = %error.code(), error = %error, "fast refresh failed, using the last snapshot");
+        self.fail(error, attempts)
+    }
+
+    async fn full_refresh(&self) -> RefreshOutcome {
+        let budget = self.settings.full_timeout();
+        let _guard = self.refresh_lock.lock().await;
+        if let Some(retry_in) = self.breaker_retry_in(Instant::now()) {
+            return self.fail(RefreshError::BreakerOpen { retry_in }, 0);
+        }
+        let result =
+            tokio::time::timeout(budget, self.driver.discover(RefreshMode::Full, budget)).await;
+        let error = match result {
+            Ok(Ok(targets)) => {
+                self.lock_breaker().record_success();
+                return self.store(targets, 1);
+            }
+            Ok(Err(e)) => {
+                self.record_failure(&e);
+                RefreshError::from_driver(&e)
+            }
+            Err(_) => {
+                self.lock_breaker().record_failure(Instant::now());
+                RefreshError::Timeout { budget }
+            }
+        };
+        tracing::warn!(host = %self.host_id, code = %error.code(), error = %error, "full discovery failed, keeping the last snapshot");
+        self.fail(error, 1)
+    }
+
+    fn record_failure(&self, e: &DriverError) {
+        if e.kind.counts_for_breaker() {
+            self.lock_breaker().record_failure(Instant::now());
+        }
+    }
+
+    /// The outcome of a refresh that finished while this caller waited.
+    fn joined(&self, seen: u64) -> Option<RefreshOutcome> {
+        let status = self.lock_status();
+        if status.generation == seen {
+            return None;
+        }
+        let mut outcome = status.last_outcome.clone()?;
+        outcome.attempts = 0;
+        Some(outcome)
+    }
+
+    fn store(&self, targets: Vec<Target>, attempts: u32) -> RefreshOutcome {
+        let ts = Utc::now();
+        let snapshot =
+            HostInventory::new(self.host_id.clone(), self.plugin.clone(), targets).with_ts(ts);
+        let outcome = RefreshOutcome {
+            refreshed: true,
+            ts: Some(ts),
+            stale: false,
+            error: None,
+            attempts,
+        };
+        let mut status = self.lock_status();
+        status.snapshot = Some(Arc::new(snapshot));
+        status.refreshed_at = Some(Instant::now());
+        status.last_error = None;
+        status.generation += 1;
+        status.last_outcome = Some(outcome.clone());
+        outcome
+    }
+
+    /// Records a failed refresh: the snapshot stays and turns stale.
+    fn fail(&self, error: RefreshError, attempts: u32) -> RefreshOutcome {
+        let mut status = self.lock_status();
+        status.last_error = Some(error.clone());
+        status.generation += 1;
+        let outcome = RefreshOutcome {
+            refreshed: false,
+            ts: status.snapshot.as_ref().and_then(|s| s.ts),
+            stale: true,
+            error: Some(error),
+            attempts,
+        };
+        status.last_outcome = Some(outcome.clone());
+        outcome
+    }
+
+    /// The last snapshot, stale, without recording a failure (the refresh
+    /// that held the host may still succeed).
+    fn fallback(&self, error: RefreshError, attempts: u32) -> RefreshOutcome {
+        let status = self.lock_status();
+        RefreshOutcome {
+            refreshed: false,
+            ts: status.snapshot.as_ref().and_then(|s| s.ts),
+            stale: true,
+            error: Some(error),
+            attempts,
+        }
+    }
+}
+
+/// A fast discovery reads only what a preflight needs, so it may come back
+/// without names, labels or attrs. Targets that still exist keep what the
+/// last (full) discovery learned about them; fresh values win; targets that
+/// are gone are dropped.
+fn merge_fast(previous: Option<&HostInventory>, targets: Vec<Target>) -> Vec<Target> {
+    let Some(previous) = previous else {
+        return targets;
+    };
+    targets
+        .into_iter()
+        .map(|mut target| {
+            if let Some(old) = previous.get_by_type(&target.target_type, &target.id) {
+                if target.name.is_none() {
+                    target.name = old.name.clone();
+                }
+                if target.status.is_none() {
+                    target.status = old.status.clone();
+                }
+                for (key, value) in &old.labels {
+                    target
+                        .labels
+                        .entry(key.clone())
+                        .or_insert_with(|| value.clone());
+                }
+                for (key, value) in &old.attrs {
+                    target
+                        .attrs
+                        .entry(key.clone())
+                        .or_insert_with(|| value.clone());
+                }
+            }
+            target
+        })
+        .collect()
+}
+
+fn spawn_discovery_task(host: Arc<HostState>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    let span = tracing::info_span!("inventory_discovery", host = %host.host_id);
+    tokio::spawn(
+        async move {
+            let mut ticker = tokio::time::interval(host.settings.discovery_interval);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stopped| *stopped) => return,
+                    _ = ticker.tick() => {}
+                }
+                let run =
+                    tracing::info_span!("inventory_refresh", host = %host.host_id, mode = "full");
+                host.full_refresh().instrument(run).await;
+            }
+        }
+        .instrument(span),
+    )
+}
+
+/// Per-host circuit breaker with the SPEC §7 numbers: opens after 3
+/// consecutive failures within 60 s, stays open 120 s, then lets one trial
+/// call through (half-open); a success closes it.
+#[derive(Debug, Default)]
+struct Breaker {
+    /// Times of the consecutive failures still inside the window.
+    failures: Vec<Instant>,
+    open_until: Option<Instant>,
+    half_open: bool,
+}
+
+const BREAKER_THRESHOLD: usize = 3;
+const BREAKER_WINDOW: Duration = Duration::from_secs(60);
+const BREAKER_OPEN_FOR: Duration = Duration::from_secs(120);
+
+impl Breaker {
+    /// `Some(time until a trial)` while calls are refused. The first caller
+    /// after the open period gets the trial; the breaker is half-open until
+    /// that call reports.
+    fn retry_in(&mut self, now: Instant) -> Option<Duration> {
+        let until = self.open_until?;
+        if now < until {
+            return Some(until - now);
+        }
+        if self.half_open {
+            return None;
+        }
+        self.half_open = true;
+        None
+    }
+
+    fn record_success(&mut self) {
+        *self = Breaker::default();
+    }
+
+    fn record_failure(&mut self, now: Instant) {
+        if self.half_open {
+            self.open_until = Some(now + BREAKER_OPEN_FOR);
+            self.half_open = false;
+            return;
+        }
+        self.failures
+            .retain(|at| now.saturating_duration_since(*at) <= BREAKER_WINDOW);
+        self.failures.push(now);
+        if self.failures.len() >= BREAKER_THRESHOLD {
+            self.open_until = Some(now + BREAKER_OPEN_FOR);
+            self.failures.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn target(id: &str, name: Option<&str>, labels: &[(&str, &str)]) -> Target {
+        Target {
+            target_type: "vm".into(),
+            id: id.into(),
+            name: name.map(str::to_string),
+            status: Some("running".into()),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            attrs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_fast_refresh_keeps_what_full_discovery_learned_about_surviving_targets() {
+        let previous = HostInventory::new(
+            "pve",
+            "proxmox.ve",
+            vec![
+                target("101", Some("web"), &[("tier", "low")]),
+                target("102", Some("db"), &[]),
+            ],
+        );
+        let mut fresh = target("101", None, &[]);
+        fresh.status = Some("stopped".into());
+        let merged = merge_fast(Some(&previous), vec![fresh, target("103", None, &[])]);
+        assert_eq!(merged.len(), 2, "102 is gone");
+        assert_eq!(merged[0].name.as_deref(), Some("web"));
+        assert_eq!(merged[0].labels["tier"], "low");
+        assert_eq!(merged[0].status.as_deref(), Some("stopped"));
+        assert_eq!(merged[1].name, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_opens_after_three_failures_and_half_opens_after_its_open_period() {
+        let mut breaker = Breaker::default();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(breaker.retry_in(t0), None);
+            breaker.record_failure(t0);
+        }
+        assert_eq!(breaker.retry_in(t0), Some(BREAKER_OPEN_FOR));
+        let later = t0 + BREAKER_OPEN_FOR;
+        assert_eq!(breaker.retry_in(later), None, "one trial");
+        breaker.record_failure(later);
+        assert_eq!(
+            breaker.retry_in(later),
+            Some(BREAKER_OPEN_FOR),
+            "a failed trial reopens"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_spread_wider_than_the_window_do_not_open_the_breaker() {
+        let mut breaker = Breaker::default();
+        let t0 = Instant::now();
+        breaker.record_failure(t0);
+        breaker.record_failure(t0 + Duration::from_secs(50));
+        breaker.record_failure(t0 + Duration::from_secs(100));
+        assert_eq!(breaker.retry_in(t0 + Duration::from_secs(100)), None);
+    }
+}

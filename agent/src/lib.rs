@@ -1,0 +1,9 @@
+//! Hazel's agent: policy spec parsing and validation, compile to the runtime
+//! IR with its stable hash, and (in later layers) the engine and the API.
+
+pub mod cli;
+pub mod compile;
+pub mod hash;
+pub mod spec;
+pub mod validate;
+pub mod inventory_service;

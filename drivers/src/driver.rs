@@ -1,0 +1,298 @@
+//! The driver contract: what the engine may ask of a device driver, and the
+//! shapes of the answers (SPEC §5 dry-run answer, execute outcome, §7 error
+//! taxonomy). A driver instance is bound to one host; the registry builds it
+//! from the host's validated connection config.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use inventory::model::Target;
+use inventory::Severity;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// How much a discovery should read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefreshMode {
+    /// Only what a preflight needs (ids, states, locks), within the refresh SLA.
+    Fast,
+    /// Everything the driver can learn (names, labels, attrs); runs in the background.
+    Full,
+}
+
+/// One action of a policy as the driver sees it: capability, verb and the
+/// params after compile filled in the manifest defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    pub capability: String,
+    pub verb: String,
+    #[serde(default)]
+    pub params: Map<String, Value>,
+}
+
+/// One check a dry-run made, in the order it made them (§5 `preconditions`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Precondition {
+    /// Stable name of the check: `auth`, `vm_exists`, `vm_lock`, `vm_state`, ...
+    pub check: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+/// What the driver would send to the device (§5 `plan`). Never holds secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// `api`, `cli` or `ssh`.
+    pub kind: String,
+    /// The exact calls or command lines, in order.
+    pub preview: Vec<Value>,
+}
+
+/// The expected change of one target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetEffect {
+    /// Canonical target id (`vm:104`).
+    pub id: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// §5 `effects`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Effects {
+    pub summary: String,
+    pub per_target: Vec<TargetEffect>,
+}
+
+/// A dry-run answer for one action × target, exactly the SPEC §5 shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DryRunAnswer {
+    pub ok: bool,
+    pub severity: Severity,
+    pub idempotency_key: String,
+    pub preconditions: Vec<Precondition>,
+    pub plan: Plan,
+    pub effects: Effects,
+    pub reason: Option<String>,
+}
+
+/// The outcome of executing one action on one target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecOutcome {
+    /// Canonical target id (`vm:104`).
+    pub target: String,
+    pub ok: bool,
+    pub severity: Severity,
+    /// Dotted code: `driver.ok`, `driver.already_desired`, `driver.<error kind>`, ...
+    pub code: String,
+    pub reason: Option<String>,
+    /// Request ids, HTTP statuses, exit codes, task ids (never secrets).
+    pub evidence: Map<String, Value>,
+    pub duration_ms: u64,
+    /// The state read back after the change (`stopped`), when the driver checked.
+    pub result_state: Option<String>,
+}
+
+/// What a connection test learned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionReport {
+    pub ok: bool,
+    /// Peer facts worth showing (API version, SSH banner, switch model); never secrets.
+    pub details: Map<String, Value>,
+    pub duration_ms: u64,
+}
+
+/// The §7 error taxonomy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    AuthError,
+    ConfigError,
+    NetworkError,
+    TlsError,
+    RateLimited,
+    NotFound,
+    ValidationError,
+    ServerError,
+    Timeout,
+    Unknown,
+}
+
+impl ErrorKind {
+    /// The snake_case name used in codes (`driver.auth_error`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::AuthError => "auth_error",
+            ErrorKind::ConfigError => "config_error",
+            ErrorKind::NetworkError => "network_error",
+            ErrorKind::TlsError => "tls_error",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::ValidationError => "validation_error",
+            ErrorKind::ServerError => "server_error",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unknown => "unknown",
+        }
+    }
+
+    /// Whether retrying the same call may succeed (transient failures only).
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::NetworkError | ErrorKind::RateLimited | ErrorKind::ServerError | ErrorKind::Timeout
+        )
+    }
+
+    /// Whether this failure counts against the host's circuit breaker: the
+    /// host (not the request) is in trouble.
+    pub fn counts_for_breaker(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::NetworkError | ErrorKind::TlsError | ErrorKind::Timeout | ErrorKind::ServerError
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A driver call that failed as a whole (the device could not be asked).
+/// Per-target problems are reported inside answers instead.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct DriverError {
+    pub kind: ErrorKind,
+    /// What went wrong, lowercase, never containing a secret.
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl DriverError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        DriverError {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying error (builder style).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Whether retrying may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.kind.is_retryable()
+    }
+
+    /// The dotted code for findings and ledger entries (`driver.timeout`).
+    pub fn code(&self) -> String {
+        format!("driver.{}", self.kind.as_str())
+    }
+}
+
+/// A device driver bound to one host.
+///
+/// `targets` are canonical ids (`vm:104`) of all of one action's targets on
+/// this host, so a driver can batch its device calls (one VM list, one CLI
+/// session). Answers come back one per target, in the order of `targets`.
+///
+/// # Guarantees
+///
+/// - `discover`, `dry_run` and `test_connection` never change device state.
+/// - `execute` is idempotent: running it again on a target already in the
+///   desired state changes nothing and reports `driver.already_desired`.
+/// - Every method is safe to cancel (dropping the future): a cancelled
+///   `execute` leaves each target either untouched or fully changed as the
+///   device itself applies the request; nothing is left half-configured by
+///   the driver, and the engine reconciles by reading state, never by blind
+///   re-execution.
+/// - No secret appears in an answer, an error message or a log line.
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// The manifest id this driver implements (`proxmox.ve`).
+    fn plugin_id(&self) -> &str;
+
+    /// The host id this instance is bound to.
+    fn host_id(&self) -> &str;
+
+    /// Lists the host's child targets. `Fast` reads what a preflight needs within
+    /// `budget`; `Full` may take longer and hydrate names, labels and attrs.
+    async fn discover(&self, mode: RefreshMode, budget: Duration) -> Result<Vec<Target>, DriverError>;
+
+    /// Computes what `execute` would do, touching nothing.
+    async fn dry_run(&self, action: &Action, targets: &[String]) -> Result<Vec<DryRunAnswer>, DriverError>;
+
+    /// Applies the action to every target and reports per-target outcomes.
+    async fn execute(&self, action: &Action, targets: &[String]) -> Result<Vec<ExecOutcome>, DriverError>;
+
+    /// Checks reachability and credentials.
+    async fn test_connection(&self) -> Result<ConnectionReport, DriverError>;
+}
+
+/// The idempotency key of one action × target (SPEC §5): capability, verb,
+/// canonical target id and a fingerprint of the state-changing params, so
+/// `set state=off` and `set state=on` never share a key. `key_params` names
+/// the params that go into the fingerprint: the manifest's state-changing
+/// params plus any its `key_fields` add (never fewer).
+pub fn idempotency_key(action: &Action, target: &str, key_params: &[&str]) -> String {
+    let mut key = format!("{}:{}:{}", action.capability, action.verb, target);
+    let mut names: Vec<&str> = key_params.iter().copied().filter(|n| action.params.contains_key(*n)).collect();
+    names.sort_unstable();
+    names.dedup();
+    for (i, name) in names.iter().enumerate() {
+        key.push(if i == 0 { ':' } else { ',' });
+        key.push_str(name);
+        key.push('=');
+        key.push_str(&param_text(&action.params[*name]));
+    }
+    key
+}
+
+fn param_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(verb: &str, params: Value) -> Action {
+        Action {
+            capability: "aoss.poe.port".into(),
+            verb: verb.into(),
+            params: params.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_differ_by_state_changing_params() {
+        let off = idempotency_key(&action("set", serde_json::json!({"state": "off"})), "poe-port:1/A1", &["state"]);
+        let on = idempotency_key(&action("set", serde_json::json!({"state": "on"})), "poe-port:1/A1", &["state"]);
+        assert_ne!(off, on);
+        assert_eq!(off, "aoss.poe.port:set:poe-port:1/A1:state=off");
+    }
+
+    #[test]
+    fn idempotency_key_without_params_is_capability_verb_target() {
+        let key = idempotency_key(&action("start", serde_json::json!({"grace_s": 60})), "vm:104", &[]);
+        assert_eq!(key, "aoss.poe.port:start:vm:104");
+    }
+
+    #[test]
+    fn only_transient_errors_are_retryable() {
+        assert!(ErrorKind::Timeout.is_retryable());
+        assert!(!ErrorKind::AuthError.is_retryable());
+    }
+}

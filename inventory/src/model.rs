@@ -1,0 +1,39 @@
+//! Hosts, their child targets and per-host snapshots: what discovery found,
+//! when, and whether it can still be trusted.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One child target of a host (a VM, a container, a PoE port, a service...).
+///
+/// `id` is written without the type prefix (`104`, `1/A1`, `nginx.service`);
+/// [`Target::canonical_id`] gives `<type>:<id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Target type, e.g. `vm`, `ct`, `poe-port`, `interface`, `host`, `service`, `webhook`.
+    #[serde(rename = "type")]
+    pub target_type: String,
+    /// Id without the type prefix.
+    pub id: String,
+    /// Human name (a VM's name, a port's description), when the device has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Current state where the driver knows one (`running`, `stopped`, `on`, `off`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Free-form labels (`tier = low`); Proxmox tags map here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Other facts the driver reports (node, lock, draw in watts...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attrs: BTreeMap<String, serde_json::Value>,
+}
+
+impl Target {
+    /// `<target_type>:<id>`, the id used in plans, ledgers and idempotency keys.
+    pub fn canonical_id(&self) -> String {
+        format!("{}:{}", self.target_type, self.id)
+    }
+}

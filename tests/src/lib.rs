@@ -1,0 +1,1 @@
+//! Shared helpers for Hazel's end-to-end tests.
