@@ -141,7 +141,10 @@ impl ErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorKind::NetworkError | ErrorKind::RateLimited | ErrorKind::ServerError | ErrorKind::Timeout
+            ErrorKind::NetworkError
+                | ErrorKind::RateLimited
+                | ErrorKind::ServerError
+                | ErrorKind::Timeout
         )
     }
 
@@ -150,7 +153,10 @@ impl ErrorKind {
     pub fn counts_for_breaker(self) -> bool {
         matches!(
             self,
-            ErrorKind::NetworkError | ErrorKind::TlsError | ErrorKind::Timeout | ErrorKind::ServerError
+            ErrorKind::NetworkError
+                | ErrorKind::TlsError
+                | ErrorKind::Timeout
+                | ErrorKind::ServerError
         )
     }
 }
@@ -226,13 +232,25 @@ pub trait Driver: Send + Sync {
 
     /// Lists the host's child targets. `Fast` reads what a preflight needs within
     /// `budget`; `Full` may take longer and hydrate names, labels and attrs.
-    async fn discover(&self, mode: RefreshMode, budget: Duration) -> Result<Vec<Target>, DriverError>;
+    async fn discover(
+        &self,
+        mode: RefreshMode,
+        budget: Duration,
+    ) -> Result<Vec<Target>, DriverError>;
 
     /// Computes what `execute` would do, touching nothing.
-    async fn dry_run(&self, action: &Action, targets: &[String]) -> Result<Vec<DryRunAnswer>, DriverError>;
+    async fn dry_run(
+        &self,
+        action: &Action,
+        targets: &[String],
+    ) -> Result<Vec<DryRunAnswer>, DriverError>;
 
     /// Applies the action to every target and reports per-target outcomes.
-    async fn execute(&self, action: &Action, targets: &[String]) -> Result<Vec<ExecOutcome>, DriverError>;
+    async fn execute(
+        &self,
+        action: &Action,
+        targets: &[String],
+    ) -> Result<Vec<ExecOutcome>, DriverError>;
 
     /// Checks reachability and credentials.
     async fn test_connection(&self) -> Result<ConnectionReport, DriverError>;
@@ -245,7 +263,11 @@ pub trait Driver: Send + Sync {
 /// params plus any its `key_fields` add (never fewer).
 pub fn idempotency_key(action: &Action, target: &str, key_params: &[&str]) -> String {
     let mut key = format!("{}:{}:{}", action.capability, action.verb, target);
-    let mut names: Vec<&str> = key_params.iter().copied().filter(|n| action.params.contains_key(*n)).collect();
+    let mut names: Vec<&str> = key_params
+        .iter()
+        .copied()
+        .filter(|n| action.params.contains_key(*n))
+        .collect();
     names.sort_unstable();
     names.dedup();
     for (i, name) in names.iter().enumerate() {
@@ -278,15 +300,27 @@ mod tests {
 
     #[test]
     fn idempotency_keys_differ_by_state_changing_params() {
-        let off = idempotency_key(&action("set", serde_json::json!({"state": "off"})), "poe-port:1/A1", &["state"]);
-        let on = idempotency_key(&action("set", serde_json::json!({"state": "on"})), "poe-port:1/A1", &["state"]);
+        let off = idempotency_key(
+            &action("set", serde_json::json!({"state": "off"})),
+            "poe-port:1/A1",
+            &["state"],
+        );
+        let on = idempotency_key(
+            &action("set", serde_json::json!({"state": "on"})),
+            "poe-port:1/A1",
+            &["state"],
+        );
         assert_ne!(off, on);
         assert_eq!(off, "aoss.poe.port:set:poe-port:1/A1:state=off");
     }
 
     #[test]
     fn idempotency_key_without_params_is_capability_verb_target() {
-        let key = idempotency_key(&action("start", serde_json::json!({"grace_s": 60})), "vm:104", &[]);
+        let key = idempotency_key(
+            &action("start", serde_json::json!({"grace_s": 60})),
+            "vm:104",
+            &[],
+        );
         assert_eq!(key, "aoss.poe.port:start:vm:104");
     }
 

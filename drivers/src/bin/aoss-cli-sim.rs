@@ -1,0 +1,25 @@
+//! `aoss-cli-sim`: the AOS-S CLI simulator on stdin/stdout (see
+//! `drivers::aruba::sim`). Meant as an sshd `ForceCommand`:
+//! `aoss-cli-sim --state FILE [--log FILE]` (or `AOSS_SIM_STATE` /
+//! `AOSS_SIM_LOG`). A missing state file is created with a demo switch.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let paths = match drivers::aruba::sim::paths_from_args(std::env::args().skip(1)) {
+        Ok(paths) => paths,
+        Err(message) => {
+            eprintln!("aoss-cli-sim: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::stdout().lock();
+    match drivers::aruba::sim::run(&paths, stdin, stdout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("aoss-cli-sim: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
