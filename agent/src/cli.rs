@@ -70,13 +70,19 @@ pub fn load_manifests(explicit: Option<&Path>) -> Result<ManifestSet, CliError> 
     };
     ManifestSet::load_dir(&dir).map_err(|errors| CliError::Manifests {
         dir: dir.display().to_string(),
-        errors: errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"),
+        errors: errors
+            .iter()
+            .map(|e| format!("  {e}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
     })
 }
 
 fn find_plugin_dir() -> Option<PathBuf> {
     let cwd = std::env::current_dir().ok()?;
-    cwd.ancestors().map(|d| d.join("plugin-specs")).find(|d| d.is_dir())
+    cwd.ancestors()
+        .map(|d| d.join("plugin-specs"))
+        .find(|d| d.is_dir())
 }
 
 /// Reads an inventory file (YAML or JSON).
@@ -92,7 +98,12 @@ pub fn load_inventory(path: &Path) -> Result<Inventory, CliError> {
 }
 
 /// `hazel validate`: validates every file, prints, and returns the exit code.
-pub fn validate_files(files: &[PathBuf], opts: &OfflineOptions, json: bool, out: &mut impl Write) -> i32 {
+pub fn validate_files(
+    files: &[PathBuf],
+    opts: &OfflineOptions,
+    json: bool,
+    out: &mut impl Write,
+) -> i32 {
     let (manifests, inventory) = match load_context(opts) {
         Ok(c) => c,
         Err(e) => {
@@ -109,7 +120,10 @@ pub fn validate_files(files: &[PathBuf], opts: &OfflineOptions, json: bool, out:
     let mut unreadable = false;
     for file in files {
         match std::fs::read_to_string(file) {
-            Ok(text) => reports.push((file.display().to_string(), validate_text(&text, &manifests, &ctx).report)),
+            Ok(text) => reports.push((
+                file.display().to_string(),
+                validate_text(&text, &manifests, &ctx).report,
+            )),
             Err(e) => {
                 eprintln!("hazel: cannot read {}: {e}", file.display());
                 unreadable = true;
@@ -117,7 +131,10 @@ pub fn validate_files(files: &[PathBuf], opts: &OfflineOptions, json: bool, out:
         }
     }
     if json {
-        let list: Vec<FileReport<'_>> = reports.iter().map(|(file, report)| FileReport { file, report }).collect();
+        let list: Vec<FileReport<'_>> = reports
+            .iter()
+            .map(|(file, report)| FileReport { file, report })
+            .collect();
         let _ = serde_json::to_writer_pretty(&mut *out, &list);
         let _ = writeln!(out);
     } else {
@@ -164,7 +181,10 @@ pub fn compile_file(file: &Path, opts: &OfflineOptions, out: &mut impl Write) ->
             EXIT_OK
         }
         None => {
-            print_human(&[(file.display().to_string(), report)], &mut std::io::stderr());
+            print_human(
+                &[(file.display().to_string(), report)],
+                &mut std::io::stderr(),
+            );
             EXIT_BLOCKED
         }
     }
@@ -177,8 +197,17 @@ fn load_context(opts: &OfflineOptions) -> Result<(ManifestSet, Option<Inventory>
 }
 
 fn finding_line(f: &inventory::Finding) -> String {
-    let path = if f.path.is_empty() { "/" } else { f.path.as_str() };
-    let mut line = format!("  {:<7} {:<28} {path}: {}", f.severity.as_str(), f.code, f.message);
+    let path = if f.path.is_empty() {
+        "/"
+    } else {
+        f.path.as_str()
+    };
+    let mut line = format!(
+        "  {:<7} {:<28} {path}: {}",
+        f.severity.as_str(),
+        f.code,
+        f.message
+    );
     if let Some(hint) = &f.hint {
         line.push_str(&format!(" (hint: {hint})"));
     }

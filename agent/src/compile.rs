@@ -103,7 +103,16 @@ pub fn compile(spec: &PolicySpec, manifests: &ManifestSet, ctx: &CompileContext<
         .actions
         .iter()
         .enumerate()
-        .map(|(i, action)| compile_action(i, action, &spec.targets.target_type, manifests, host.as_ref(), &mut findings))
+        .map(|(i, action)| {
+            compile_action(
+                i,
+                action,
+                &spec.targets.target_type,
+                manifests,
+                host.as_ref(),
+                &mut findings,
+            )
+        })
         .collect();
     let (resolved_ids, resolved_at) = resolve_selector(spec, ctx, &mut findings);
 
@@ -190,7 +199,12 @@ fn resolve_host<'m>(
     }
 }
 
-fn check_target_type(spec: &PolicySpec, manifests: &ManifestSet, host: Option<&HostPlugin<'_>>, findings: &mut Vec<Finding>) {
+fn check_target_type(
+    spec: &PolicySpec,
+    manifests: &ManifestSet,
+    host: Option<&HostPlugin<'_>>,
+    findings: &mut Vec<Finding>,
+) {
     let target_type = spec.targets.target_type.as_str();
     let path = "/targets/target_type";
     if let Some(host) = host {
@@ -198,7 +212,11 @@ fn check_target_type(spec: &PolicySpec, manifests: &ManifestSet, host: Option<&H
         if !types.iter().any(|t| *t == target_type) {
             let hint = match did_you_mean(target_type, types.iter().copied()) {
                 Some(close) => format!("did you mean `{close}`?"),
-                None => format!("plugin `{}` acts on: {}", host.plugin.id, types.iter().copied().collect::<Vec<_>>().join(", ")),
+                None => format!(
+                    "plugin `{}` acts on: {}",
+                    host.plugin.id,
+                    types.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
             };
             findings.push(
                 Finding::new(
@@ -324,8 +342,16 @@ fn find_capability<'m>(
         return Some(cap);
     }
     let all: Vec<&str> = match host {
-        Some(h) => h.plugin.capabilities.iter().map(|c| c.id.as_str()).collect(),
-        None => manifests.iter().flat_map(|m| m.capabilities.iter().map(|c| c.id.as_str())).collect(),
+        Some(h) => h
+            .plugin
+            .capabilities
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect(),
+        None => manifests
+            .iter()
+            .flat_map(|m| m.capabilities.iter().map(|c| c.id.as_str()))
+            .collect(),
     };
     let hint = match did_you_mean(cap_id, all.iter().copied()) {
         Some(close) => format!("did you mean `{close}`?"),
@@ -352,13 +378,17 @@ fn compile_params(
     let verb = action.verb.as_str();
     let mut out = Map::new();
     let mut ok = true;
-    let declared: Vec<(&str, &drivers::manifest::ParamSpec)> = capability.params_for(verb).collect();
+    let declared: Vec<(&str, &drivers::manifest::ParamSpec)> =
+        capability.params_for(verb).collect();
     for (name, value) in &action.params {
         let ppath = format!("{path}/params/{}", inventory::finding::pointer_token(name));
         let Some((_, spec)) = declared.iter().find(|(n, _)| *n == name.as_str()) else {
             let other_verb = capability.params.contains_key(name.as_str());
             let message = if other_verb {
-                format!("param `{name}` does not apply to verb `{verb}` of `{}`", capability.id)
+                format!(
+                    "param `{name}` does not apply to verb `{verb}` of `{}`",
+                    capability.id
+                )
             } else {
                 format!("capability `{}` has no param `{name}`", capability.id)
             };
@@ -368,7 +398,10 @@ fn compile_params(
                 None if names.is_empty() => format!("verb `{verb}` takes no params"),
                 None => format!("params of `{verb}`: {}", names.join(", ")),
             };
-            findings.push(Finding::new(Severity::Blocker, "compile.unknown_param", ppath, message).with_hint(hint));
+            findings.push(
+                Finding::new(Severity::Blocker, "compile.unknown_param", ppath, message)
+                    .with_hint(hint),
+            );
             ok = false;
             continue;
         };
@@ -378,7 +411,12 @@ fn compile_params(
             } else {
                 "compile.param_type"
             };
-            findings.push(Finding::new(Severity::Blocker, code, ppath, format!("param `{name}`: {why}")));
+            findings.push(Finding::new(
+                Severity::Blocker,
+                code,
+                ppath,
+                format!("param `{name}`: {why}"),
+            ));
             ok = false;
             continue;
         }
@@ -394,7 +432,11 @@ fn compile_params(
             let hint = match &spec.allowed {
                 Some(values) => format!(
                     "one of: {}",
-                    values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+                    values
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 None => format!("a value of type {}", spec.ty),
             };
@@ -430,11 +472,18 @@ fn resolve_selector(
     if sel.mode == SelectorMode::Ledger {
         return (None, None);
     }
-    if let Some(host) = ctx.inventory.and_then(|inv| inv.host(&spec.targets.host_id)) {
+    if let Some(host) = ctx
+        .inventory
+        .and_then(|inv| inv.host(&spec.targets.host_id))
+    {
         return match selector.resolve(host) {
             Ok(resolution) => {
                 findings.extend(resolution.findings.iter().map(|f| Finding {
-                    path: if f.path.is_empty() { path.to_string() } else { f.path.clone() },
+                    path: if f.path.is_empty() {
+                        path.to_string()
+                    } else {
+                        f.path.clone()
+                    },
                     ..f.clone()
                 }));
                 (Some(resolution.ids), ctx.now.clone())

@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use drivers::breaker::{Breaker, BreakerError, BreakerState, Breakers};
 use drivers::driver::{Driver, DriverError, ErrorKind, RefreshMode};
+use drivers::manifest::Manifest;
+use drivers::ratelimit::{Backoff, Retry};
 use inventory::{HostInventory, Inventory, Resolution, Selector, SelectorError, Target};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -61,15 +64,15 @@ impl Default for RefreshSettings {
 }
 
 impl RefreshSettings {
-    /// Settings from a manifest's SLA and discovery interval (in seconds;
-    /// `None` keeps the defaults), everything else default.
-    pub fn from_manifest_values(sla_s: Option<f64>, interval_s: Option<u64>) -> Self {
+    /// Settings from a host's manifest (`defaults.dry_run_refresh_sla_s`,
+    /// `discovery.interval_s`), everything else default.
+    pub fn from_manifest(manifest: &Manifest) -> Self {
         let mut settings = RefreshSettings::default();
-        if let Some(sla) = sla_s.filter(|s| s.is_finite() && *s > 0.0) {
-            settings.sla = Duration::from_secs_f64(sla);
+        if !manifest.refresh_sla().is_zero() {
+            settings.sla = manifest.refresh_sla();
         }
-        if let Some(interval) = interval_s.filter(|s| *s > 0) {
-            settings.discovery_interval = Duration::from_secs(interval);
+        if manifest.discovery.interval_s > 0 {
+            settings.discovery_interval = Duration::from_secs(manifest.discovery.interval_s);
         }
         settings
     }
@@ -118,12 +121,9 @@ pub enum RefreshError {
         /// The budget that ran out.
         budget: Duration,
     },
-    /// The host's circuit breaker is open after repeated failures; no call was made.
-    #[error("circuit breaker open after repeated failures, next trial in {}s", retry_in.as_secs_f64())]
-    BreakerOpen {
-        /// Time until the breaker lets one trial call through.
-        retry_in: Duration,
-    },
+    /// The host's circuit breaker refused the call; the device was not asked.
+    #[error(transparent)]
+    BreakerOpen(BreakerError),
 }
 
 impl RefreshError {
@@ -133,7 +133,7 @@ impl RefreshError {
         match self {
             RefreshError::Driver { kind, .. } => format!("driver.{kind}"),
             RefreshError::Timeout { .. } => "inventory.timeout".to_string(),
-            RefreshError::BreakerOpen { .. } => "inventory.breaker_open".to_string(),
+            RefreshError::BreakerOpen(_) => "inventory.breaker_open".to_string(),
         }
     }
 
@@ -167,7 +167,7 @@ pub enum InventoryServiceError {
         host: String,
         /// What the selector grammar reported.
         #[source]
-        source: SelectorError,
+        source: Box<SelectorError>,
     },
 }
 
@@ -184,8 +184,8 @@ pub struct HostStatus {
     pub last_error: Option<RefreshError>,
     /// Number of targets in the snapshot.
     pub targets: usize,
-    /// Whether the host's circuit breaker refuses calls now.
-    pub breaker_open: bool,
+    /// The host's circuit breaker as the next call would see it.
+    pub breaker: BreakerState,
 }
 
 /// One search hit.
@@ -217,6 +217,8 @@ impl std::fmt::Debug for InventoryService {
 struct Inner {
     hosts: RwLock<BTreeMap<String, Arc<HostState>>>,
     discovery: Mutex<Option<Discovery>>,
+    /// Per-host breakers, shared with the engine when it passes its own.
+    breakers: Arc<Breakers>,
 }
 
 /// The running background discovery: a stop signal and one task per host.
@@ -226,15 +228,29 @@ struct Discovery {
 }
 
 impl InventoryService {
+    /// A service with its own breakers (SPEC §7 thresholds).
     pub fn new() -> Self {
         InventoryService::default()
+    }
+
+    /// A service using `breakers`, so that refresh failures and the
+    /// engine's action failures trip the same per-host breaker.
+    pub fn with_breakers(breakers: Arc<Breakers>) -> Self {
+        InventoryService {
+            inner: Arc::new(Inner {
+                hosts: RwLock::default(),
+                discovery: Mutex::default(),
+                breakers,
+            }),
+        }
     }
 
     /// Registers (or replaces) the host `driver` is bound to. If background
     /// discovery is running, the host's discovery task starts now (a
     /// replaced host's task is stopped first).
     pub fn add_host(&self, driver: Arc<dyn Driver>, settings: RefreshSettings) {
-        let host = Arc::new(HostState::new(driver, settings));
+        let breaker = self.inner.breakers.for_host(driver.host_id());
+        let host = Arc::new(HostState::new(driver, settings, breaker));
         let id = host.host_id.clone();
         self.inner
             .hosts
@@ -334,7 +350,7 @@ impl InventoryService {
             stale: snapshot.as_ref().is_none_or(|s| s.stale),
             last_error: status.last_error.clone(),
             targets: snapshot.as_ref().map_or(0, |s| s.len()),
-            breaker_open: host.breaker_retry_in(Instant::now()).is_some(),
+            breaker: host.breaker.state(),
         })
     }
 
@@ -403,7 +419,7 @@ impl InventoryService {
             .resolve(&snapshot)
             .map_err(|source| InventoryServiceError::Selector {
                 host: host_id.into(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -490,7 +506,8 @@ struct HostState {
     /// Held by the one refresh of this host that runs; waiters share its outcome.
     refresh_lock: tokio::sync::Mutex<()>,
     status: Mutex<Status>,
-    breaker: Mutex<Breaker>,
+    /// Shared with every other user of the host (the engine's queue).
+    breaker: Arc<Breaker>,
 }
 
 #[derive(Default)]
@@ -506,7 +523,7 @@ struct Status {
 }
 
 impl HostState {
-    fn new(driver: Arc<dyn Driver>, settings: RefreshSettings) -> Self {
+    fn new(driver: Arc<dyn Driver>, settings: RefreshSettings, breaker: Arc<Breaker>) -> Self {
         HostState {
             host_id: driver.host_id().to_string(),
             plugin: driver.plugin_id().to_string(),
@@ -514,20 +531,12 @@ impl HostState {
             settings,
             refresh_lock: tokio::sync::Mutex::new(()),
             status: Mutex::new(Status::default()),
-            breaker: Mutex::new(Breaker::default()),
+            breaker,
         }
     }
 
     fn lock_status(&self) -> std::sync::MutexGuard<'_, Status> {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn breaker_retry_in(&self, now: Instant) -> Option<Duration> {
-        self.lock_breaker().retry_in(now)
     }
 
     /// The snapshot with `stale` brought up to date (a copy is made only
@@ -561,13 +570,23 @@ impl HostState {
             return joined;
         }
 
+        // A retry starts only if it can finish inside what is left of the
+        // SLA, expecting it to take as long as the call that just failed.
+        let mut retry = Retry::new(
+            Backoff::new(
+                self.settings.fast_retry_delay,
+                self.settings.fast_retry_delay,
+            ),
+            self.settings.fast_retries,
+            Some(deadline),
+        );
         let mut attempts = 0u32;
         let error = loop {
-            let now = Instant::now();
-            if let Some(retry_in) = self.breaker_retry_in(now) {
-                break RefreshError::BreakerOpen { retry_in };
-            }
-            let remaining = deadline.saturating_duration_since(now);
+            let permit = match self.breaker.acquire() {
+                Ok(permit) => permit,
+                Err(refused) => break RefreshError::BreakerOpen(refused),
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 break RefreshError::Timeout { budget: sla };
             }
@@ -579,35 +598,26 @@ impl HostState {
             )
             .await;
             let last_call = started.elapsed();
-            let error = match result {
+            let e = match result {
                 Ok(Ok(targets)) => {
-                    self.lock_breaker().record_success();
-                    return self.store(merge_fast(self.current().as_deref(), targets), attempts);
+                    permit.success();
+                    let merged = merge_fast(self.current().as_deref(), targets);
+                    return self.store(merged, attempts);
                 }
                 Ok(Err(e)) => {
-                    self.record_failure(&e);
-                    if !e.is_retryable() {
-                        break RefreshError::from_driver(&e);
-                    }
-                    RefreshError::from_driver(&e)
+                    permit.failure(e.kind);
+                    e
                 }
                 Err(_) => {
-                    self.lock_breaker().record_failure(Instant::now());
+                    permit.failure(ErrorKind::Timeout);
                     break RefreshError::Timeout { budget: sla };
                 }
             };
-            if attempts > self.settings.fast_retries {
-                break error;
-            }
-            // A retry starts only if it can finish inside what is left,
-            // expecting it to take as long as the call that just failed.
-            let left = deadline.saturating_duration_since(Instant::now());
-            if self.settings.fast_retry_delay + last_call > left {
-                tracing::debug!(host = %self.host_id, attempts, "fast refresh retry would not fit the sla");
-                break error;
-            }
-            tracing::debug!(host = %self.host_id, attempts, error = %error, "fast refresh failed, retrying");
-            tokio::time::sleep(self.settings.fast_retry_delay).await;
+            let Some(delay) = retry.next(&e, last_call) else {
+                break RefreshError::from_driver(&e);
+            };
+            tracing::debug!(host = %self.host_id, attempts, error = %e, "fast refresh failed, retrying");
+            tokio::time::sleep(delay).await;
         };
         tracing::warn!(host = %self.host_id, attempts, code = %error.code(), error = %error, "fast refresh failed, using the last snapshot");
         self.fail(error, attempts)
@@ -616,33 +626,28 @@ impl HostState {
     async fn full_refresh(&self) -> RefreshOutcome {
         let budget = self.settings.full_timeout();
         let _guard = self.refresh_lock.lock().await;
-        if let Some(retry_in) = self.breaker_retry_in(Instant::now()) {
-            return self.fail(RefreshError::BreakerOpen { retry_in }, 0);
-        }
+        let permit = match self.breaker.acquire() {
+            Ok(permit) => permit,
+            Err(refused) => return self.fail(RefreshError::BreakerOpen(refused), 0),
+        };
         let result =
             tokio::time::timeout(budget, self.driver.discover(RefreshMode::Full, budget)).await;
         let error = match result {
             Ok(Ok(targets)) => {
-                self.lock_breaker().record_success();
+                permit.success();
                 return self.store(targets, 1);
             }
             Ok(Err(e)) => {
-                self.record_failure(&e);
+                permit.failure(e.kind);
                 RefreshError::from_driver(&e)
             }
             Err(_) => {
-                self.lock_breaker().record_failure(Instant::now());
+                permit.failure(ErrorKind::Timeout);
                 RefreshError::Timeout { budget }
             }
         };
         tracing::warn!(host = %self.host_id, code = %error.code(), error = %error, "full discovery failed, keeping the last snapshot");
         self.fail(error, 1)
-    }
-
-    fn record_failure(&self, e: &DriverError) {
-        if e.kind.counts_for_breaker() {
-            self.lock_breaker().record_failure(Instant::now());
-        }
     }
 
     /// The outcome of a refresh that finished while this caller waited.
@@ -763,57 +768,6 @@ fn spawn_discovery_task(host: Arc<HostState>, mut stop: watch::Receiver<bool>) -
     )
 }
 
-/// Per-host circuit breaker with the SPEC §7 numbers: opens after 3
-/// consecutive failures within 60 s, stays open 120 s, then lets one trial
-/// call through (half-open); a success closes it.
-#[derive(Debug, Default)]
-struct Breaker {
-    /// Times of the consecutive failures still inside the window.
-    failures: Vec<Instant>,
-    open_until: Option<Instant>,
-    half_open: bool,
-}
-
-const BREAKER_THRESHOLD: usize = 3;
-const BREAKER_WINDOW: Duration = Duration::from_secs(60);
-const BREAKER_OPEN_FOR: Duration = Duration::from_secs(120);
-
-impl Breaker {
-    /// `Some(time until a trial)` while calls are refused. The first caller
-    /// after the open period gets the trial; the breaker is half-open until
-    /// that call reports.
-    fn retry_in(&mut self, now: Instant) -> Option<Duration> {
-        let until = self.open_until?;
-        if now < until {
-            return Some(until - now);
-        }
-        if self.half_open {
-            return None;
-        }
-        self.half_open = true;
-        None
-    }
-
-    fn record_success(&mut self) {
-        *self = Breaker::default();
-    }
-
-    fn record_failure(&mut self, now: Instant) {
-        if self.half_open {
-            self.open_until = Some(now + BREAKER_OPEN_FOR);
-            self.half_open = false;
-            return;
-        }
-        self.failures
-            .retain(|at| now.saturating_duration_since(*at) <= BREAKER_WINDOW);
-        self.failures.push(now);
-        if self.failures.len() >= BREAKER_THRESHOLD {
-            self.open_until = Some(now + BREAKER_OPEN_FOR);
-            self.failures.clear();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -851,34 +805,5 @@ mod tests {
         assert_eq!(merged[0].labels["tier"], "low");
         assert_eq!(merged[0].status.as_deref(), Some("stopped"));
         assert_eq!(merged[1].name, None);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_breaker_opens_after_three_failures_and_half_opens_after_its_open_period() {
-        let mut breaker = Breaker::default();
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            assert_eq!(breaker.retry_in(t0), None);
-            breaker.record_failure(t0);
-        }
-        assert_eq!(breaker.retry_in(t0), Some(BREAKER_OPEN_FOR));
-        let later = t0 + BREAKER_OPEN_FOR;
-        assert_eq!(breaker.retry_in(later), None, "one trial");
-        breaker.record_failure(later);
-        assert_eq!(
-            breaker.retry_in(later),
-            Some(BREAKER_OPEN_FOR),
-            "a failed trial reopens"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failures_spread_wider_than_the_window_do_not_open_the_breaker() {
-        let mut breaker = Breaker::default();
-        let t0 = Instant::now();
-        breaker.record_failure(t0);
-        breaker.record_failure(t0 + Duration::from_secs(50));
-        breaker.record_failure(t0 + Duration::from_secs(100));
-        assert_eq!(breaker.retry_in(t0 + Duration::from_secs(100)), None);
     }
 }

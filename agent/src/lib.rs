@@ -4,6 +4,6 @@
 pub mod cli;
 pub mod compile;
 pub mod hash;
+pub mod inventory_service;
 pub mod spec;
 pub mod validate;
-pub mod inventory_service;

@@ -63,15 +63,25 @@ fn main() {
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
-            let code = if e.use_stderr() { cli::EXIT_USAGE } else { cli::EXIT_OK };
+            let code = if e.use_stderr() {
+                cli::EXIT_USAGE
+            } else {
+                cli::EXIT_OK
+            };
             let _ = e.print();
             std::process::exit(code);
         }
     };
     let mut stdout = std::io::stdout().lock();
     let code = match args.command {
-        Command::Validate { json, offline, files } => cli::validate_files(&files, &offline.into(), json, &mut stdout),
-        Command::Compile { offline, file } => cli::compile_file(&file, &offline.into(), &mut stdout),
+        Command::Validate {
+            json,
+            offline,
+            files,
+        } => cli::validate_files(&files, &offline.into(), json, &mut stdout),
+        Command::Compile { offline, file } => {
+            cli::compile_file(&file, &offline.into(), &mut stdout)
+        }
     };
     std::process::exit(code);
 }

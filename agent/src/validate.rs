@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::compile::{compile, CompileContext, Ir};
-use crate::spec::{parse_document, parse_spec, PolicySpec};
+use crate::spec::{parse_document, parse_spec_node, Node, PolicySpec};
 
 /// Which stage found an issue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -57,7 +57,7 @@ pub struct Validated {
 /// Validates policy text (JSON or YAML).
 pub fn validate_text(text: &str, manifests: &ManifestSet, ctx: &CompileContext<'_>) -> Validated {
     match parse_document(text) {
-        Ok(doc) => validate_value(&doc, manifests, ctx),
+        Ok(doc) => validate_node(&doc, manifests, ctx),
         Err(e) => Validated {
             report: ValidationReport {
                 ok: false,
@@ -73,9 +73,18 @@ pub fn validate_text(text: &str, manifests: &ManifestSet, ctx: &CompileContext<'
     }
 }
 
-/// Validates an already-parsed document.
+/// Validates an already-parsed JSON document (an API body, say).
 pub fn validate_value(doc: &Value, manifests: &ManifestSet, ctx: &CompileContext<'_>) -> Validated {
-    let (spec, schema_findings) = parse_spec(doc);
+    validate_node(&Node::from_value(doc), manifests, ctx)
+}
+
+/// Validates a parsed document tree.
+pub fn validate_node(
+    doc: &Node<'_>,
+    manifests: &ManifestSet,
+    ctx: &CompileContext<'_>,
+) -> Validated {
+    let (spec, schema_findings) = parse_spec_node(doc);
     let mut issues: Vec<Issue> = schema_findings
         .into_iter()
         .map(|finding| Issue {
@@ -92,7 +101,9 @@ pub fn validate_value(doc: &Value, manifests: &ManifestSet, ctx: &CompileContext
         }));
         ir = compiled.ir;
     }
-    let ok = !issues.iter().any(|i| i.finding.severity == Severity::Blocker);
+    let ok = !issues
+        .iter()
+        .any(|i| i.finding.severity == Severity::Blocker);
     let ir = ir.filter(|_| ok);
     Validated {
         report: ValidationReport {
@@ -116,7 +127,8 @@ mod tests {
     /// shipped manifests and the example inventory, one line each.
     fn check(input: &str, expect: Expect) {
         let manifests = ManifestSet::embedded();
-        let inventory = inventory::file::parse_inventory(INVENTORY, None).expect("example inventory parses");
+        let inventory =
+            inventory::file::parse_inventory(INVENTORY, None).expect("example inventory parses");
         let ctx = CompileContext {
             inventory: Some(&inventory),
             now: Some("2026-11-22T11:30:00Z".into()),
@@ -127,7 +139,12 @@ mod tests {
 
     /// Like [`check`] without an inventory: manifests only.
     fn check_offline(input: &str, expect: Expect) {
-        check_with(input, &ManifestSet::embedded(), &CompileContext::default(), expect);
+        check_with(
+            input,
+            &ManifestSet::embedded(),
+            &CompileContext::default(),
+            expect,
+        );
     }
 
     fn check_with(input: &str, manifests: &ManifestSet, ctx: &CompileContext<'_>, expect: Expect) {
@@ -179,129 +196,258 @@ actions:
 
     #[test]
     fn the_base_policy_is_valid_and_resolves_only_existing_vms() {
-        check(BASE, expect![[r#"
+        check(
+            BASE,
+            expect![[r#"
             Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
-            ok; resolved vm:104 vm:204 vm:311 vm:312 vm:313"#]]);
+            ok; resolved vm:104 vm:204 vm:311 vm:312 vm:313"#]],
+        );
     }
 
     #[test]
     fn malformed_documents_are_findings_with_line_and_column() {
-        check("version: 1\nname: [unclosed\n", expect![[r#"
+        check(
+            "version: 1\nname: [unclosed\n",
+            expect![[r#"
             Schema blocker schema.parse : YAML syntax error at line 3, column 1: did not find expected ',' or ']' (fix the syntax at that position; JSON and YAML are both accepted)
-            blocked"#]]);
-        check("{\"version\": 1,,}", expect![[r#"
+            blocked"#]],
+        );
+        check(
+            "{\"version\": 1,,}",
+            expect![[r#"
             Schema blocker schema.parse : JSON syntax error at line 1, column 15: key must be a string (fix the syntax at that position; JSON and YAML are both accepted)
-            blocked"#]]);
-        check("- just\n- a list\n", expect![[r#"
+            blocked"#]],
+        );
+        check(
+            "- just\n- a list\n",
+            expect![[r#"
             Schema blocker schema.type : expected an object, found a list
-            blocked"#]]);
+            blocked"#]],
+        );
     }
 
     #[test]
     fn unknown_and_missing_fields_are_all_reported_with_hints() {
-        check("version: 1\nnmae: x\npriorty: 2\n", expect![[r#"
+        check(
+            "version: 1\nnmae: x\npriorty: 2\n",
+            expect![[r#"
             Schema blocker schema.unknown_field /nmae: unknown field `nmae` (did you mean `name`?)
             Schema blocker schema.unknown_field /priorty: unknown field `priorty` (did you mean `priority`?)
             Schema blocker schema.missing_field /name: missing required field `name`
             Schema blocker schema.missing_field /trigger_group: missing required field `trigger_group`
             Schema blocker schema.missing_field /targets: missing required field `targets`
             Schema blocker schema.missing_field /actions: missing required field `actions`
-            blocked"#]]);
-        check(&with("name: stop low-tier VMs", "name: stop\nenabeld: true"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with("name: stop low-tier VMs", "name: stop\nenabeld: true"),
+            expect![[r#"
             Schema blocker schema.unknown_field /enabeld: unknown field `enabeld` (did you mean `enabled`?)
-            blocked"#]]);
-        check(&with("params: { grace_s: 60 }", "params: { grace_s: 60 }, idempotency: { key: x }"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            r#"{"version": 1, "version": 1, "name": "abc"}"#,
+            expect![[r#"
+            Schema blocker schema.duplicate_field /version: field `version` is written twice (remove one of them; only the first would be read)
+            Schema blocker schema.missing_field /trigger_group: missing required field `trigger_group`
+            Schema blocker schema.missing_field /targets: missing required field `targets`
+            Schema blocker schema.missing_field /actions: missing required field `actions`
+            blocked"#]],
+        );
+        check(
+            &with(
+                "params: { grace_s: 60 }",
+                "params: { grace_s: 60 }, idempotency: { key: x }",
+            ),
+            expect![[r#"
             Schema blocker schema.unknown_field /actions/0/idempotency/key: unknown field `key` (did you mean `key_hint`?)
-            blocked"#]]);
+            blocked"#]],
+        );
     }
 
     #[test]
     fn version_name_and_scalar_types_are_checked() {
-        check(&with("version: 1", "version: \"1\""), expect![[r#"
+        check(
+            &with("version: 1", "version: \"1\""),
+            expect![[r#"
             Schema blocker schema.version /version: version must be the integer 1, found "1" (write `version: 1`)
-            blocked"#]]);
-        check(&with("name: stop low-tier VMs", "name: ab"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with("name: stop low-tier VMs", "name: ab"),
+            expect![[r#"
             Schema blocker schema.name_too_short /name: name `ab` is shorter than 3 characters
-            blocked"#]]);
-        check(&with("name: stop low-tier VMs", "name: abc\npriority: 1.5\nenabled: yes\nnotes: 5"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with(
+                "name: stop low-tier VMs",
+                "name: abc\npriority: 1.5\nenabled: yes\nnotes: 5",
+            ),
+            expect![[r#"
             Schema blocker schema.type /enabled: expected true or false, found a string
             Schema blocker schema.type /priority: expected an integer, found a number
             Schema blocker schema.type /notes: expected a string, found a number
-            blocked"#]]);
+            blocked"#]],
+        );
     }
 
     #[test]
     fn durations_are_strict() {
-        check(&with("for: 2m", "for: 10mx"), expect![[r#"
+        check(
+            &with("for: 2m", "for: 10mx"),
+            expect![[r#"
             Schema blocker schema.duration /trigger_group/triggers/0/for: invalid duration `10mx`: unexpected `x` at position 3 (units are s, m, h, d) (write one or more <number><unit> groups with units s, m, h, d: 90s, 10m, 1h30m, 2d)
-            blocked"#]]);
-        check(&with("for: 2m", "for: 300"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with("for: 2m", "for: 300"),
+            expect![[r#"
             Schema blocker schema.type /trigger_group/triggers/0/for: expected a duration string such as `90s`, `10m`, `1h30m` or `2d`, found a number
-            blocked"#]]);
-        check(&with("name: stop low-tier VMs", "name: abc\nsuppression_window: -5m\nidempotency_window: \"\""), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with(
+                "name: stop low-tier VMs",
+                "name: abc\nsuppression_window: -5m\nidempotency_window: \"\"",
+            ),
+            expect![[r#"
             Schema blocker schema.duration /suppression_window: invalid duration `-5m`: unexpected `-` at position 0 (units are s, m, h, d) (write one or more <number><unit> groups with units s, m, h, d: 90s, 10m, 1h30m, 2d)
             Schema blocker schema.duration /idempotency_window: invalid duration ``: empty duration (write one or more <number><unit> groups with units s, m, h, d: 90s, 10m, 1h30m, 2d)
-            blocked"#]]);
+            blocked"#]],
+        );
     }
 
     #[test]
     fn trigger_types_fields_and_states_are_closed_sets() {
-        check(&with("type: ups.state, equals: on_battery, for: 2m", "type: ups.stat, equals: on_battery"), expect![[r#"
+        check(
+            &with(
+                "type: ups.state, equals: on_battery, for: 2m",
+                "type: ups.stat, equals: on_battery",
+            ),
+            expect![[r#"
             Schema blocker schema.unknown_trigger_type /trigger_group/triggers/0/type: unknown trigger type `ups.stat` (did you mean `ups.state`?)
-            blocked"#]]);
-        check(&with("equals: on_battery, for: 2m", "equals: on_batery"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with("equals: on_battery, for: 2m", "equals: on_batery"),
+            expect![[r#"
             Schema blocker schema.enum /trigger_group/triggers/0/equals: `on_batery` is not a UPS state (did you mean `on_battery`?)
-            blocked"#]]);
-        check(&with("type: ups.state, equals: on_battery, for: 2m", "type: webhook.custom, name: deploy, for: 1m, ups: u1"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with(
+                "type: ups.state, equals: on_battery, for: 2m",
+                "type: webhook.custom, name: deploy, for: 1m, ups: u1",
+            ),
+            expect![[r#"
             Schema blocker schema.for_not_allowed /trigger_group/triggers/0/for: `for` is not allowed on `webhook.custom` (`for` applies to ups.state and metric.threshold triggers only)
             Schema blocker schema.ups_not_allowed /trigger_group/triggers/0/ups: `ups` is not allowed on `webhook.custom` (`ups` applies to ups.state and metric.threshold triggers)
-            blocked"#]]);
-        check(&with("type: ups.state, equals: on_battery, for: 2m", "type: metric.threshold, metric: load, op: '>', value: high"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with(
+                "type: ups.state, equals: on_battery, for: 2m",
+                "type: metric.threshold, metric: load, op: '>', value: high",
+            ),
+            expect![[r#"
             Schema blocker schema.type /trigger_group/triggers/0/value: expected a number, found a string
-            blocked"#]]);
-        check(&with("type: ups.state, equals: on_battery, for: 2m", "type: metric.threshold, metric: load, op: '=>', value: 60"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with(
+                "type: ups.state, equals: on_battery, for: 2m",
+                "type: metric.threshold, metric: load, op: '=>', value: 60",
+            ),
+            expect![[r#"
             Schema blocker schema.enum /trigger_group/triggers/0/op: `=>` is not a comparison operator (did you mean `=`?)
-            blocked"#]]);
-        check(&with("type: ups.state, equals: on_battery, for: 2m", "type: webhook.custom, name: \"de ploy\""), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with(
+                "type: ups.state, equals: on_battery, for: 2m",
+                "type: webhook.custom, name: \"de ploy\"",
+            ),
+            expect![[r#"
             Schema blocker schema.invalid_id /trigger_group/triggers/0/name: `de ploy` is not a valid id (ids use letters, digits and `_ . @ : -` only)
-            blocked"#]]);
-        check(&with("  triggers:\n    - { type: ups.state, equals: on_battery, for: 2m }", "  triggers: []"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with(
+                "  triggers:\n    - { type: ups.state, equals: on_battery, for: 2m }",
+                "  triggers: []",
+            ),
+            expect![[r#"
             Schema blocker schema.empty /trigger_group/triggers: at least one trigger is required
-            blocked"#]]);
+            blocked"#]],
+        );
     }
 
     #[test]
     fn under_all_at_most_one_instantaneous_trigger_is_allowed() {
         let group = "  logic: ALL\n  triggers:\n    - { type: ups.state, equals: on_battery }\n    - { type: webhook.custom, name: a }\n    - { type: timer.at, schedule: { cron: \"0 1 * * *\" } }";
-        check(&with("  triggers:\n    - { type: ups.state, equals: on_battery, for: 2m }", group), expect![[r#"
+        check(
+            &with(
+                "  triggers:\n    - { type: ups.state, equals: on_battery, for: 2m }",
+                group,
+            ),
+            expect![[r#"
             Schema blocker schema.instantaneous_under_all /trigger_group/triggers/2: `timer.at` is instantaneous and trigger 1 already is; under ALL at most one instantaneous trigger can ever be true at once (use logic: ANY, or split the policy in two)
-            blocked"#]]);
+            blocked"#]],
+        );
         let ok = "  logic: ALL\n  triggers:\n    - { type: ups.state, equals: on_battery }\n    - { type: webhook.custom, name: a }";
-        check(&with("  triggers:\n    - { type: ups.state, equals: on_battery, for: 2m }", ok), expect![[r#"
+        check(
+            &with(
+                "  triggers:\n    - { type: ups.state, equals: on_battery, for: 2m }",
+                ok,
+            ),
+            expect![[r#"
             Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
-            ok; resolved vm:104 vm:204 vm:311 vm:312 vm:313"#]]);
+            ok; resolved vm:104 vm:204 vm:311 vm:312 vm:313"#]],
+        );
     }
 
     #[test]
     fn schedules_are_checked() {
         let t = "type: ups.state, equals: on_battery, for: 2m";
-        check(&with(t, "type: timer.at, schedule: { repeat: weekly, at: \"25:00\" }"), expect![[r#"
+        check(
+            &with(
+                t,
+                "type: timer.at, schedule: { repeat: weekly, at: \"25:00\" }",
+            ),
+            expect![[r#"
             Schema blocker schema.time_of_day /trigger_group/triggers/0/schedule/at: `25:00` is not a time of day (write 24-hour HH:MM, e.g. "01:00")
             Schema blocker schema.days /trigger_group/triggers/0/schedule/days: a weekly schedule needs `days` (e.g. days: [sun])
-            blocked"#]]);
-        check(&with(t, "type: timer.at, schedule: { repeat: daily, at: \"01:00\", days: [mon] }"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with(
+                t,
+                "type: timer.at, schedule: { repeat: daily, at: \"01:00\", days: [mon] }",
+            ),
+            expect![[r#"
             Schema blocker schema.days /trigger_group/triggers/0/schedule/days: a daily schedule runs every day and takes no `days` (use repeat: weekly to pick days)
-            blocked"#]]);
+            blocked"#]],
+        );
         check(&with(t, "type: timer.at, schedule: { repeat: weekly, at: \"01:00\", days: [sun, sunday, sun] }"), expect![[r#"
             Schema blocker schema.enum /trigger_group/triggers/0/schedule/days/1: `sunday` is not a weekday (did you mean `sun`?)
             Schema blocker schema.days /trigger_group/triggers/0/schedule/days/2: weekday `sun` is listed twice
             blocked"#]]);
-        check(&with(t, "type: timer.at, schedule: { cron: \"0 1 * *\" }"), expect![[r#"
+        check(
+            &with(t, "type: timer.at, schedule: { cron: \"0 1 * *\" }"),
+            expect![[r#"
             Schema blocker schema.cron /trigger_group/triggers/0/schedule/cron: invalid cron `0 1 * *`: expected 5 fields (crontab) or 6 fields (seconds first), found 4 (5 fields are crontab (minute hour day-of-month month day-of-week); 6 fields start with seconds)
-            blocked"#]]);
-        check(&with(t, "type: timer.at, schedule: { cron: \"0 1 * * 0\", repeat: daily }"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with(
+                t,
+                "type: timer.at, schedule: { cron: \"0 1 * * 0\", repeat: daily }",
+            ),
+            expect![[r#"
             Schema blocker schema.schedule /trigger_group/triggers/0/schedule: a schedule is either `cron` or `repeat`/`at`/`days`, not both
-            blocked"#]]);
+            blocked"#]],
+        );
         check(&with(t, "type: timer.after, after: 10m, since_event: { type: ups.state, equals: on_mains, name: x }"), expect![[r#"
             Schema blocker schema.unknown_field /trigger_group/triggers/0/since_event/name: unknown field `name` (known fields here: type, equals, ups)
             blocked"#]]);
@@ -309,59 +455,112 @@ actions:
 
     #[test]
     fn conditions_check_scopes_fields_ops_and_value_types() {
-        let c = |cond: &str| with("targets:", &format!("conditions:\n  all:\n    - {cond}\ntargets:"));
-        check(&c("{ scope: upss, field: load, op: '>', value: 5 }"), expect![[r#"
+        let c = |cond: &str| {
+            with(
+                "targets:",
+                &format!("conditions:\n  all:\n    - {cond}\ntargets:"),
+            )
+        };
+        check(
+            &c("{ scope: upss, field: load, op: '>', value: 5 }"),
+            expect![[r#"
             Schema blocker schema.unknown_scope /conditions/all/0/scope: unknown condition scope `upss` (did you mean `ups`?)
-            blocked"#]]);
-        check(&c("{ scope: ups, field: runtime, op: '>', value: 5 }"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &c("{ scope: ups, field: runtime, op: '>', value: 5 }"),
+            expect![[r#"
             Schema blocker schema.unknown_condition_field /conditions/all/0/field: scope `ups` has no field `runtime` (did you mean `runtime_minutes`?)
-            blocked"#]]);
-        check(&c("{ scope: ups, field: load, op: '>', value: high }"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &c("{ scope: ups, field: load, op: '>', value: high }"),
+            expect![[r#"
             Schema blocker schema.op_needs_number /conditions/all/0/value: `>` compares order and needs a number
-            blocked"#]]);
-        check(&c("{ scope: ups, field: state, op: '=', value: on_batt }"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &c("{ scope: ups, field: state, op: '=', value: on_batt }"),
+            expect![[r#"
             Schema blocker schema.enum /conditions/all/0/value: `on_batt` is not a UPS state (did you mean `on_battery`?)
-            blocked"#]]);
-        check(&c("{ scope: host, field: reachable, op: '=', value: 1 }"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &c("{ scope: host, field: reachable, op: '=', value: 1 }"),
+            expect![[r#"
             Schema blocker schema.type /conditions/all/0/value: host reachability compares with = or != against true or false
-            blocked"#]]);
-        check(&c("{ scope: vm, field: count_matching, op: '>=', value: 1, ups: u1 }"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &c("{ scope: vm, field: count_matching, op: '>=', value: 1, ups: u1 }"),
+            expect![[r#"
             Schema blocker schema.ups_not_allowed /conditions/all/0/ups: `ups` applies to the ups and metric scopes only
-            blocked"#]]);
+            blocked"#]],
+        );
         check(&c("{ scope: metric, field: input.voltage, op: '<', value: 200, ups: \"ups1@nas:3493\" }"), expect![[r#"
             Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
             ok; resolved vm:104 vm:204 vm:311 vm:312 vm:313"#]]);
-        check(&c("{ scope: host, field: reachable, op: '=', value: [true] }"), expect![[r#"
+        check(
+            &c("{ scope: host, field: reachable, op: '=', value: [true] }"),
+            expect![[r#"
             Schema blocker schema.type /conditions/all/0/value: expected a number, string or boolean, found a list
-            blocked"#]]);
+            blocked"#]],
+        );
     }
 
     #[test]
     fn capabilities_verbs_params_and_target_types_are_checked_against_the_host_plugin() {
-        check(&with("capability_id: proxmox.vm, verb: shutdown", "capability_id: proxmox.vn, verb: shutdown"), expect![[r#"
+        check(
+            &with(
+                "capability_id: proxmox.vm, verb: shutdown",
+                "capability_id: proxmox.vn, verb: shutdown",
+            ),
+            expect![[r#"
             Compile blocker compile.unknown_capability /actions/0/capability_id: unknown capability `proxmox.vn` (did you mean `proxmox.vm`?)
             Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
-            blocked"#]]);
-        check(&with("verb: shutdown", "verb: shutdwn"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with("verb: shutdown", "verb: shutdwn"),
+            expect![[r#"
             Compile blocker compile.unknown_verb /actions/0/verb: capability `proxmox.vm` has no verb `shutdwn` (did you mean `shutdown`?)
             Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
-            blocked"#]]);
-        check(&with("capability_id: proxmox.vm, verb: shutdown", "capability_id: aoss.poe.port, verb: set"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with(
+                "capability_id: proxmox.vm, verb: shutdown",
+                "capability_id: aoss.poe.port, verb: set",
+            ),
+            expect![[r#"
             Compile blocker compile.capability_not_on_host /actions/0/capability_id: capability `aoss.poe.port` belongs to plugin `aruba.aoss`, but the host uses plugin `proxmox.ve` (a policy targets one host; use a capability of that host's plugin)
             Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
-            blocked"#]]);
-        check(&with("params: { grace_s: 60 }", "params: { grace: 60, force_after_grace: maybe }"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with(
+                "params: { grace_s: 60 }",
+                "params: { grace: 60, force_after_grace: maybe }",
+            ),
+            expect![[r#"
             Compile blocker compile.param_type /actions/0/params/force_after_grace: param `force_after_grace`: expected boolean, found a string
             Compile blocker compile.unknown_param /actions/0/params/grace: capability `proxmox.vm` has no param `grace` (did you mean `grace_s`?)
             Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
-            blocked"#]]);
-        check(&with("target_type: vm", "target_type: ct"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with("target_type: vm", "target_type: ct"),
+            expect![[r#"
             Compile blocker compile.target_type_unsupported /actions/0/capability_id: capability `proxmox.vm` acts on vm, not on `ct` (change targets.target_type or pick a capability for that target type)
             Compile warn selector.empty /targets/selector/value: selector `104,204,311-318` selects no ct on host pve-01: none of its 10 ids is in the inventory (host pve-01 has 1 ct targets, e.g. 401)
-            blocked"#]]);
-        check(&with("host_id: pve-01", "host_id: pve-1"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with("host_id: pve-01", "host_id: pve-1"),
+            expect![[r#"
             Compile blocker compile.unknown_host /targets/host_id: host `pve-1` is not in the inventory (did you mean `pve-01`?)
-            blocked"#]]);
+            blocked"#]],
+        );
     }
 
     #[test]
@@ -372,60 +571,118 @@ actions:
             )
         };
         check(&poe(", params: { state: \"off\" }"), expect!["ok; resolved poe-port:1/A1 poe-port:1/A2 poe-port:1/A3 poe-port:1/A4 poe-port:1/B1 poe-port:1/B2 poe-port:1/B3 poe-port:1/B4"]);
-        check(&poe(""), expect![[r#"
+        check(
+            &poe(""),
+            expect![[r#"
             Compile blocker compile.missing_param /actions/0/params/state: verb `set` of `aoss.poe.port` needs param `state` (one of: "on", "off", "cycle")
-            blocked"#]]);
-        check(&poe(", params: { state: dim }"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &poe(", params: { state: dim }"),
+            expect![[r#"
             Compile blocker compile.param_value /actions/0/params/state: param `state`: `dim` is not one of: on, off, cycle
-            blocked"#]]);
-        check(&poe(", params: { state: 1 }"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &poe(", params: { state: 1 }"),
+            expect![[r#"
             Compile blocker compile.param_type /actions/0/params/state: param `state`: expected string, found an integer
-            blocked"#]]);
+            blocked"#]],
+        );
     }
 
     #[test]
     fn selectors_are_checked_for_the_target_type() {
-        check(&with("value: \"104,204,311-318\"", "value: \"A1-A4,318-311,vm:104,,x y\""), expect![[r#"
+        check(
+            &with(
+                "value: \"104,204,311-318\"",
+                "value: \"A1-A4,318-311,vm:104,,x y\"",
+            ),
+            expect![[r#"
             Compile blocker selector.wrong_form /targets/selector/value: item 1 `A1-A4`: ports are not ids of target type vm (ids are numbers such as `104` or ranges such as `311-318`)
             Compile blocker selector.reversed_range /targets/selector/value: item 2 `318-311`: reversed range: 318 is after 311 (write `311-318`)
             Compile blocker selector.syntax /targets/selector/value: item 3 `vm:104`: ids are written without the type prefix (write `104`)
             Compile blocker selector.syntax /targets/selector/value: item 4 is empty (remove the extra comma)
             Compile blocker selector.syntax /targets/selector/value: item 5 `x y`: ` ` is not allowed in an id (ids are numbers such as `104` or ranges such as `311-318`)
-            blocked"#]]);
-        check(&with("value: \"104,204,311-318\"", "value: \"1-4000000000\""), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with("value: \"104,204,311-318\"", "value: \"1-4000000000\""),
+            expect![[r#"
             Compile blocker selector.too_large /targets/selector/value: item 1 `1-4000000000`: expands to 4000000000 ids, more than the limit of 100000 (narrow the ranges, or select by query against the inventory)
-            blocked"#]]);
-        check(&with("value: \"104,204,311-318\"", "value: \"900-905\""), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with("value: \"104,204,311-318\"", "value: \"900-905\""),
+            expect![[r#"
             Compile warn selector.empty /targets/selector/value: selector `900-905` selects no vm on host pve-01: none of its 6 ids is in the inventory (host pve-01 has 9 vm targets, e.g. 101, 102, 104)
-            ok; resolved "#]]);
-        check(&with("mode: range, value: \"104,204,311-318\"", "mode: query, value: 'labels.tier = low and status = running'"), expect!["ok; resolved vm:104 vm:105 vm:204 vm:311 vm:312"]);
-        check(&with("mode: range, value: \"104,204,311-318\"", "mode: query, value: 'labels.tier == low'"), expect![[r#"
+            ok; resolved "#]],
+        );
+        check(
+            &with(
+                "mode: range, value: \"104,204,311-318\"",
+                "mode: query, value: 'labels.tier = low and status = running'",
+            ),
+            expect!["ok; resolved vm:104 vm:105 vm:204 vm:311 vm:312"],
+        );
+        check(
+            &with(
+                "mode: range, value: \"104,204,311-318\"",
+                "mode: query, value: 'labels.tier == low'",
+            ),
+            expect![[r#"
             Compile blocker selector.query_syntax /targets/selector/value: predicate 1 `labels.tier == low` (column 13): unknown operator `==` (write `=` for equality)
-            blocked"#]]);
-        check(&with("mode: range, value: \"104,204,311-318\"", "mode: ledger, value: not-a-uuid"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with(
+                "mode: range, value: \"104,204,311-318\"",
+                "mode: ledger, value: not-a-uuid",
+            ),
+            expect![[r#"
             Compile blocker selector.ledger_id /targets/selector/value: `not-a-uuid` is not a policy id (the ledger mode takes the uuid of a stored policy, e.g. `3f2a0c1e-8b4d-4e6f-9a1b-2c3d4e5f6a7b`)
-            blocked"#]]);
-        check(&with("mode: range, value: \"104,204,311-318\"", "mode: ledger, value: 6f1c2a0e-3b4d-4e5f-8a9b-0c1d2e3f4a5b"), expect!["ok; resolved later"]);
-        check(&with("mode: range", "mode: ranges"), expect![[r#"
+            blocked"#]],
+        );
+        check(
+            &with(
+                "mode: range, value: \"104,204,311-318\"",
+                "mode: ledger, value: 6f1c2a0e-3b4d-4e5f-8a9b-0c1d2e3f4a5b",
+            ),
+            expect!["ok; resolved later"],
+        );
+        check(
+            &with("mode: range", "mode: ranges"),
+            expect![[r#"
             Schema blocker schema.enum /targets/selector/mode: `ranges` is not a selector mode (did you mean `range`?)
-            blocked"#]]);
+            blocked"#]],
+        );
     }
 
     #[test]
     fn without_an_inventory_capabilities_are_checked_against_any_manifest() {
         check_offline(BASE, expect!["ok; resolved vm:104 vm:204 vm:311 vm:312 vm:313 vm:314 vm:315 vm:316 vm:317 vm:318"]);
-        check_offline(&with("target_type: vm", "target_type: vms"), expect![[r#"
+        check_offline(
+            &with("target_type: vm", "target_type: vms"),
+            expect![[r#"
             Compile blocker compile.unknown_target_type /targets/target_type: no plugin knows target type `vms` (did you mean `vm`?)
             Compile blocker compile.target_type_unsupported /actions/0/capability_id: capability `proxmox.vm` acts on vm, not on `vms` (change targets.target_type or pick a capability for that target type)
             Compile blocker selector.wrong_form /targets/selector/value: item 3 `311-318`: ranges are not ids of target type vms (ids are names made of letters, digits and `_ . @ : -`, listed one by one: `web-01,web-02`)
-            blocked"#]]);
-        check_offline(&with("mode: range, value: \"104,204,311-318\"", "mode: query, value: 'labels.tier = low'"), expect!["ok; resolved later"]);
+            blocked"#]],
+        );
+        check_offline(
+            &with(
+                "mode: range, value: \"104,204,311-318\"",
+                "mode: query, value: 'labels.tier = low'",
+            ),
+            expect!["ok; resolved later"],
+        );
     }
 
     #[test]
     fn every_shipped_example_is_valid() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-        let inventory = inventory::file::parse_inventory(INVENTORY, None).expect("example inventory parses");
+        let inventory =
+            inventory::file::parse_inventory(INVENTORY, None).expect("example inventory parses");
         let manifests = ManifestSet::embedded();
         let ctx = CompileContext {
             inventory: Some(&inventory),
@@ -434,7 +691,11 @@ actions:
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).expect("examples dir") {
             let path = entry.expect("dir entry").path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
             if !(name.ends_with(".yaml") || name.ends_with(".json")) {
                 continue;
             }

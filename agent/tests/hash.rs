@@ -11,7 +11,11 @@ use serde_json::{json, Value};
 
 fn hash_of(text: &str) -> String {
     let report = validate_text(text, &ManifestSet::embedded(), &CompileContext::default()).report;
-    assert!(report.ok, "policy must validate: {:#?}\n{text}", report.issues);
+    assert!(
+        report.ok,
+        "policy must validate: {:#?}\n{text}",
+        report.issues
+    );
     report.hash.expect("a valid policy has a hash")
 }
 
@@ -40,13 +44,21 @@ fn shuffled_json(v: &Value, seed: &mut u64) -> String {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
             // Fisher-Yates with a tiny LCG: deterministic per seed.
             for i in (1..entries.len()).rev() {
-                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                *seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let j = (*seed >> 33) as usize % (i + 1);
                 entries.swap(i, j);
             }
             let parts: Vec<String> = entries
                 .into_iter()
-                .map(|(k, v)| format!("{}: {}", serde_json::to_string(k).unwrap(), shuffled_json(v, seed)))
+                .map(|(k, v)| {
+                    format!(
+                        "{}: {}",
+                        serde_json::to_string(k).unwrap(),
+                        shuffled_json(v, seed)
+                    )
+                })
                 .collect();
             format!("{{ {} }}", parts.join(",\n "))
         }
@@ -103,7 +115,10 @@ fn name_notes_and_enabled_do_not_change_the_hash() {
 fn trigger_and_condition_order_does_not_change_the_hash() {
     let mut v = base();
     let before = hash_of(&v.to_string());
-    v["trigger_group"]["triggers"].as_array_mut().unwrap().reverse();
+    v["trigger_group"]["triggers"]
+        .as_array_mut()
+        .unwrap()
+        .reverse();
     v["conditions"]["all"].as_array_mut().unwrap().reverse();
     assert_eq!(before, hash_of(&v.to_string()));
 }
@@ -119,22 +134,65 @@ fn selector_spacing_does_not_change_the_hash() {
 #[test]
 fn every_meaningful_change_changes_the_hash() {
     let before = hash_of(&base().to_string());
-    let changes: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Change = Box<dyn Fn(&mut Value)>;
+    let changes: Vec<(&str, Change)> = vec![
         ("priority", Box::new(|v| v["priority"] = json!(1))),
-        ("stop_on_match", Box::new(|v| v["stop_on_match"] = json!(true))),
-        ("dynamic_resolution", Box::new(|v| v["dynamic_resolution"] = json!(false))),
-        ("logic", Box::new(|v| v["trigger_group"]["logic"] = json!("ALL"))),
-        ("for", Box::new(|v| v["trigger_group"]["triggers"][0]["for"] = json!("3m"))),
-        ("state", Box::new(|v| v["trigger_group"]["triggers"][0]["equals"] = json!("low_battery"))),
-        ("threshold", Box::new(|v| v["trigger_group"]["triggers"][1]["value"] = json!(61))),
-        ("condition", Box::new(|v| v["conditions"]["all"][0]["value"] = json!(6))),
-        ("host", Box::new(|v| v["targets"]["host_id"] = json!("pve-02"))),
-        ("selector", Box::new(|v| v["targets"]["selector"]["value"] = json!("104,204"))),
-        ("mode", Box::new(|v| v["targets"]["selector"]["mode"] = json!("list"))),
-        ("verb", Box::new(|v| v["actions"][0]["verb"] = json!("stop"))),
-        ("param", Box::new(|v| v["actions"][0]["params"] = json!({ "grace_s": 30 }))),
-        ("suppression", Box::new(|v| v["suppression_window"] = json!("6m"))),
-        ("idempotency", Box::new(|v| v["idempotency_window"] = json!("11m"))),
+        (
+            "stop_on_match",
+            Box::new(|v| v["stop_on_match"] = json!(true)),
+        ),
+        (
+            "dynamic_resolution",
+            Box::new(|v| v["dynamic_resolution"] = json!(false)),
+        ),
+        (
+            "logic",
+            Box::new(|v| v["trigger_group"]["logic"] = json!("ALL")),
+        ),
+        (
+            "for",
+            Box::new(|v| v["trigger_group"]["triggers"][0]["for"] = json!("3m")),
+        ),
+        (
+            "state",
+            Box::new(|v| v["trigger_group"]["triggers"][0]["equals"] = json!("low_battery")),
+        ),
+        (
+            "threshold",
+            Box::new(|v| v["trigger_group"]["triggers"][1]["value"] = json!(61)),
+        ),
+        (
+            "condition",
+            Box::new(|v| v["conditions"]["all"][0]["value"] = json!(6)),
+        ),
+        (
+            "host",
+            Box::new(|v| v["targets"]["host_id"] = json!("pve-02")),
+        ),
+        (
+            "selector",
+            Box::new(|v| v["targets"]["selector"]["value"] = json!("104,204")),
+        ),
+        (
+            "mode",
+            Box::new(|v| v["targets"]["selector"]["mode"] = json!("list")),
+        ),
+        (
+            "verb",
+            Box::new(|v| v["actions"][0]["verb"] = json!("stop")),
+        ),
+        (
+            "param",
+            Box::new(|v| v["actions"][0]["params"] = json!({ "grace_s": 30 })),
+        ),
+        (
+            "suppression",
+            Box::new(|v| v["suppression_window"] = json!("6m")),
+        ),
+        (
+            "idempotency",
+            Box::new(|v| v["idempotency_window"] = json!("11m")),
+        ),
         (
             "action order",
             Box::new(|v| {
@@ -158,7 +216,11 @@ fn every_meaningful_change_changes_the_hash() {
 #[test]
 fn the_hash_does_not_depend_on_the_inventory_or_the_time() {
     let text = base().to_string();
-    let inventory = inventory::file::parse_inventory(include_str!("../../examples/inventory/homelab.yaml"), None).unwrap();
+    let inventory = inventory::file::parse_inventory(
+        include_str!("../../examples/inventory/homelab.yaml"),
+        None,
+    )
+    .unwrap();
     let ctx = CompileContext {
         inventory: Some(&inventory),
         now: Some("2030-01-01T00:00:00Z".into()),
@@ -187,4 +249,27 @@ proptest! {
         let yaml = format!("# yaml\n{}", shuffled_json(&v, &mut s));
         prop_assert_eq!(hash_of(&v.to_string()), hash_of(&yaml));
     }
+}
+
+#[test]
+fn the_canonical_text_is_json_with_sorted_keys_and_no_whitespace() {
+    let report = validate_text(
+        &base().to_string(),
+        &ManifestSet::embedded(),
+        &CompileContext::default(),
+    )
+    .report;
+    let ir = report.ir.unwrap();
+    let (spec, _) = agent::spec::parse_spec(&base());
+    let text = agent::hash::canonical_text(&spec.unwrap(), &ir.plan);
+    let reparsed: Value = serde_json::from_str(&text).expect("canonical text is JSON");
+    let mut rewritten = Vec::new();
+    agent::hash::write_canonical(&mut rewritten, &reparsed);
+    assert_eq!(
+        text,
+        String::from_utf8(rewritten).unwrap(),
+        "keys must already be sorted"
+    );
+    assert!(!text.contains(": ") && !text.contains(", "));
+    assert!(!text.contains("\"name\"") && !text.contains("notes") && !text.contains("enabled"));
 }

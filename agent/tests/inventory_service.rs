@@ -11,10 +11,12 @@ use agent::inventory_service::{
     InventoryService, InventoryServiceError, RefreshError, RefreshSettings,
 };
 use async_trait::async_trait;
+use drivers::breaker::{BreakerState, Breakers};
 use drivers::driver::{
     Action, ConnectionReport, Driver, DriverError, DryRunAnswer, ErrorKind, ExecOutcome,
     RefreshMode,
 };
+use drivers::manifest::ManifestSet;
 use inventory::{parse_selector, SelectorMode, Target};
 use tokio::time::Instant;
 
@@ -560,7 +562,7 @@ async fn an_open_breaker_skips_the_refresh_and_returns_the_stale_snapshot_with_t
         outcome.error.as_ref().unwrap().code(),
         "inventory.breaker_open"
     );
-    assert!(service.status("pve").unwrap().breaker_open);
+    assert_eq!(service.status("pve").unwrap().breaker, BreakerState::Open);
     assert_eq!(ids(&service, "pve").len(), 3);
 
     driver.set_default(Step::ok(0, vms()));
@@ -570,7 +572,7 @@ async fn an_open_breaker_skips_the_refresh_and_returns_the_stale_snapshot_with_t
         outcome.refreshed,
         "a trial call after the open period: {outcome:?}"
     );
-    assert!(!service.status("pve").unwrap().breaker_open);
+    assert_eq!(service.status("pve").unwrap().breaker, BreakerState::Closed);
 }
 
 #[tokio::test(start_paused = true)]
@@ -587,7 +589,7 @@ async fn failures_that_blame_the_request_do_not_trip_the_breaker() {
         service.fast_refresh("pve").await.unwrap();
     }
     assert_eq!(driver.calls(), 5);
-    assert!(!service.status("pve").unwrap().breaker_open);
+    assert_eq!(service.status("pve").unwrap().breaker, BreakerState::Closed);
 }
 
 #[tokio::test(start_paused = true)]
@@ -699,4 +701,41 @@ async fn an_unknown_host_is_an_error_not_an_empty_inventory() {
         Err(InventoryServiceError::UnknownHost { .. })
     ));
     assert!(service.search("x", 5).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_tripped_by_the_engine_also_stops_refreshes_of_that_host() {
+    let breakers = Arc::new(Breakers::default());
+    let driver = FakeDriver::new("pve", Step::ok(0, vms()));
+    let service = InventoryService::with_breakers(breakers.clone());
+    service.add_host(driver.clone(), settings());
+    let engine_side = breakers.for_host("pve");
+    for _ in 0..3 {
+        engine_side
+            .acquire()
+            .unwrap()
+            .failure(ErrorKind::NetworkError);
+    }
+
+    let outcome = service.fast_refresh("pve").await.unwrap();
+
+    assert_eq!(driver.calls(), 0);
+    assert_eq!(outcome.error.unwrap().code(), "inventory.breaker_open");
+}
+
+#[test]
+fn refresh_settings_come_from_the_manifest() {
+    let manifests = ManifestSet::embedded();
+    let webhook = manifests
+        .get("http.webhook")
+        .expect("the shipped webhook manifest");
+
+    let settings = RefreshSettings::from_manifest(webhook);
+
+    assert_eq!(settings.sla, webhook.refresh_sla());
+    assert_eq!(
+        settings.discovery_interval,
+        Duration::from_secs(webhook.discovery.interval_s)
+    );
+    assert_eq!(settings.max_age(), settings.discovery_interval * 2);
 }

@@ -12,10 +12,21 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
         ".{0,12}".prop_map(Value::String),
-        prop::sample::select(vec!["on_battery", "2m", "-5m", "1/A1-1/B4", "104", "ALL", "proxmox.vm", "0 1 * * 0"])
-            .prop_map(|s| Value::String(s.into())),
+        prop::sample::select(vec![
+            "on_battery",
+            "2m",
+            "-5m",
+            "1/A1-1/B4",
+            "104",
+            "ALL",
+            "proxmox.vm",
+            "0 1 * * 0"
+        ])
+        .prop_map(|s| Value::String(s.into())),
     ];
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![

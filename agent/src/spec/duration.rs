@@ -19,7 +19,9 @@ pub enum DurationError {
     #[error("unit `{unit}` at position {pos} has no number before it")]
     MissingNumber { unit: char, pos: usize },
     /// The same unit twice, or units out of order (`10m1h`).
-    #[error("unit `{unit}` at position {pos} repeats or comes after a smaller unit (write e.g. 1h30m)")]
+    #[error(
+        "unit `{unit}` at position {pos} repeats or comes after a smaller unit (write e.g. 1h30m)"
+    )]
     Order { unit: char, pos: usize },
     /// More seconds than fit in 64 bits.
     #[error("duration is too large")]
@@ -51,7 +53,9 @@ pub fn parse_duration(text: &str) -> Result<u64, DurationError> {
             's' => (0, 1),
             _ => return Err(DurationError::Unexpected { found: c, pos }),
         };
-        let n = number.take().ok_or(DurationError::MissingNumber { unit: c, pos })?;
+        let n = number
+            .take()
+            .ok_or(DurationError::MissingNumber { unit: c, pos })?;
         if rank >= last_rank {
             return Err(DurationError::Order { unit: c, pos });
         }
@@ -109,14 +113,29 @@ mod tests {
 
     #[test]
     fn malformed_durations_are_refused_with_a_reason() {
-        check("10mx", expect!["error: unexpected `x` at position 3 (units are s, m, h, d)"]);
+        check(
+            "10mx",
+            expect!["error: unexpected `x` at position 3 (units are s, m, h, d)"],
+        );
         check("300", expect!["error: `300` has no unit"]);
-        check("-5m", expect!["error: unexpected `-` at position 0 (units are s, m, h, d)"]);
+        check(
+            "-5m",
+            expect!["error: unexpected `-` at position 0 (units are s, m, h, d)"],
+        );
         check("", expect!["error: empty duration"]);
-        check("m", expect!["error: unit `m` at position 0 has no number before it"]);
+        check(
+            "m",
+            expect!["error: unit `m` at position 0 has no number before it"],
+        );
         check("10m1h", expect!["error: unit `h` at position 4 repeats or comes after a smaller unit (write e.g. 1h30m)"]);
-        check("1h 30m", expect!["error: unexpected ` ` at position 2 (units are s, m, h, d)"]);
-        check("99999999999999999999s", expect!["error: duration is too large"]);
+        check(
+            "1h 30m",
+            expect!["error: unexpected ` ` at position 2 (units are s, m, h, d)"],
+        );
+        check(
+            "99999999999999999999s",
+            expect!["error: duration is too large"],
+        );
     }
 
     #[test]

@@ -7,13 +7,15 @@
 //! plugin manifests and the inventory and produces the runtime IR.
 
 pub mod duration;
+pub mod node;
 pub mod parse;
 pub mod schedule;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-pub use parse::{parse_document, parse_spec, DocumentError};
+pub use node::Node;
+pub use parse::{parse_document, parse_spec, parse_spec_node, DocumentError};
 
 /// The only spec version this build understands.
 pub const SPEC_VERSION: u64 = 1;
@@ -182,7 +184,10 @@ pub enum Trigger {
     TimerAt { schedule: Schedule },
     /// Fires `after_s` after `since_event`, unless cancelled first.
     #[serde(rename = "timer.after")]
-    TimerAfter { after_s: u64, since_event: EventPattern },
+    TimerAfter {
+        after_s: u64,
+        since_event: EventPattern,
+    },
     /// Fires when the named webhook is posted.
     #[serde(rename = "webhook.custom")]
     WebhookCustom { name: String },
@@ -210,7 +215,13 @@ impl Trigger {
 }
 
 /// The trigger types a spec may name (a closed set).
-pub const TRIGGER_TYPES: [&str; 5] = ["ups.state", "metric.threshold", "timer.at", "timer.after", "webhook.custom"];
+pub const TRIGGER_TYPES: [&str; 5] = [
+    "ups.state",
+    "metric.threshold",
+    "timer.at",
+    "timer.after",
+    "webhook.custom",
+];
 
 /// A `timer.at` schedule.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -259,7 +270,10 @@ impl Weekday {
     pub const NAMES: [&'static str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
     pub fn parse(text: &str) -> Option<Weekday> {
-        Weekday::NAMES.iter().position(|n| *n == text).map(|i| Weekday::ALL[i])
+        Weekday::NAMES
+            .iter()
+            .position(|n| *n == text)
+            .map(|i| Weekday::ALL[i])
     }
 }
 

@@ -8,6 +8,7 @@ use inventory::{Finding, Severity};
 use serde_json::{Map, Value};
 
 use super::duration::parse_duration;
+use super::node::{Entries, EntriesExt, Node};
 use super::schedule::{normalize_cron, parse_time_of_day};
 use super::*;
 
@@ -30,8 +31,9 @@ impl DocumentError {
     }
 }
 
-/// Reads JSON (text starting with `{` or `[`) or YAML into a value tree.
-pub fn parse_document(text: &str) -> Result<Value, DocumentError> {
+/// Reads JSON (text starting with `{` or `[`) or YAML into a document tree
+/// that borrows from `text`.
+pub fn parse_document(text: &str) -> Result<Node<'_>, DocumentError> {
     let trimmed = text.trim_start_matches('\u{feff}');
     if matches!(trimmed.trim_start().as_bytes().first(), Some(b'{' | b'[')) {
         serde_json::from_str(trimmed).map_err(|e| DocumentError {
@@ -41,8 +43,11 @@ pub fn parse_document(text: &str) -> Result<Value, DocumentError> {
             message: strip_position(&e.to_string()),
         })
     } else {
-        serde_norway::from_str::<Value>(trimmed).map_err(|e| {
-            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        serde_norway::from_str::<Node<'_>>(trimmed).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
             DocumentError {
                 format: "YAML",
                 line,
@@ -119,10 +124,17 @@ pub fn is_literal_id(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b':' | b'-'))
 }
 
+/// Walks a `serde_json::Value` into a [`PolicySpec`]; see [`parse_spec_node`].
+pub fn parse_spec(doc: &Value) -> (Option<PolicySpec>, Vec<Finding>) {
+    parse_spec_node(&Node::from_value(doc))
+}
+
 /// Walks a document into a [`PolicySpec`]. Returns the spec only when no
 /// blocker was found; the findings are every schema problem at once.
-pub fn parse_spec(doc: &Value) -> (Option<PolicySpec>, Vec<Finding>) {
-    let mut w = Walker { findings: Vec::new() };
+pub fn parse_spec_node(doc: &Node<'_>) -> (Option<PolicySpec>, Vec<Finding>) {
+    let mut w = Walker {
+        findings: Vec::new(),
+    };
     let spec = w.policy(doc);
     let blocked = w.findings.iter().any(|f| f.severity == Severity::Blocker);
     (if blocked { None } else { spec }, w.findings)
@@ -132,69 +144,137 @@ struct Walker {
     findings: Vec<Finding>,
 }
 
-fn child(path: &str, key: &str) -> String {
-    format!("{path}/{}", pointer_token(key))
+/// A JSON pointer built as a chain of borrowed segments and rendered only
+/// when a finding needs it, so walking a valid document allocates no paths.
+#[derive(Clone, Copy)]
+enum P<'a> {
+    Root,
+    Key(&'a P<'a>, &'a str),
+    Idx(&'a P<'a>, usize),
 }
 
-fn index(path: &str, i: usize) -> String {
-    format!("{path}/{i}")
+impl<'a> P<'a> {
+    fn key(&'a self, key: &'a str) -> P<'a> {
+        P::Key(self, key)
+    }
+
+    fn idx(&'a self, i: usize) -> P<'a> {
+        P::Idx(self, i)
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        self.render_into(&mut out);
+        out
+    }
+
+    fn render_into(&self, out: &mut String) {
+        match self {
+            P::Root => {}
+            P::Key(parent, key) => {
+                parent.render_into(out);
+                out.push('/');
+                out.push_str(&pointer_token(key));
+            }
+            P::Idx(parent, i) => {
+                parent.render_into(out);
+                out.push('/');
+                out.push_str(&i.to_string());
+            }
+        }
+    }
 }
 
-fn type_name(v: &Value) -> &'static str {
+fn type_name(v: &Node<'_>) -> &'static str {
     match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
+        Node::Null => "null",
+        Node::Bool(_) => "a boolean",
+        Node::Int(_) | Node::UInt(_) | Node::Float(_) => "a number",
+        Node::Str(_) => "a string",
+        Node::Seq(_) => "a list",
+        Node::Map(_) => "an object",
     }
 }
 
 impl Walker {
-    fn blocker(&mut self, code: &str, path: &str, message: String) -> &mut Finding {
-        self.findings.push(Finding::new(Severity::Blocker, code, path, message));
+    fn blocker(&mut self, code: &str, path: &P<'_>, message: String) -> &mut Finding {
+        self.findings.push(Finding::new(
+            Severity::Blocker,
+            code,
+            path.render(),
+            message,
+        ));
         self.findings.last_mut().expect("just pushed")
     }
 
-    fn wrong_type(&mut self, path: &str, expected: &str, v: &Value) {
-        self.blocker("schema.type", path, format!("expected {expected}, found {}", type_name(v)));
+    fn wrong_type(&mut self, path: &P<'_>, expected: &str, v: &Node<'_>) {
+        self.blocker(
+            "schema.type",
+            path,
+            format!("expected {expected}, found {}", type_name(v)),
+        );
     }
 
     /// An object whose keys are all in `fields`; unknown keys are reported.
-    fn object<'v>(&mut self, v: &'v Value, path: &str, fields: &[&str]) -> Option<&'v Map<String, Value>> {
-        let Value::Object(map) = v else {
+    fn object<'v, 'a: 'v>(
+        &mut self,
+        v: &'v Node<'a>,
+        path: &P<'_>,
+        fields: &[&str],
+    ) -> Option<&'v Entries<'a>> {
+        let Node::Map(map) = v else {
             self.wrong_type(path, "an object", v);
             return None;
         };
-        for key in map.keys() {
-            if !fields.contains(&key.as_str()) {
+        for (i, (key, _)) in map.iter().enumerate() {
+            if !fields.contains(&key.as_ref()) {
                 self.unknown_field(path, key, fields);
+            } else if map[..i].iter().any(|(k, _)| k == key) {
+                // JSON parsers keep one of the two silently; say which one counts.
+                self.blocker(
+                    "schema.duplicate_field",
+                    &path.key(key),
+                    format!("field `{key}` is written twice"),
+                )
+                .hint = Some("remove one of them; only the first would be read".into());
             }
         }
         Some(map)
     }
 
-    fn unknown_field(&mut self, path: &str, key: &str, fields: &[&str]) {
+    fn unknown_field(&mut self, path: &P<'_>, key: &str, fields: &[&str]) {
         let hint = did_you_mean(key, fields.iter().copied())
             .map(|s| format!("did you mean `{s}`?"))
             .unwrap_or_else(|| format!("known fields here: {}", fields.join(", ")));
-        self.blocker("schema.unknown_field", &child(path, key), format!("unknown field `{key}`"))
-            .hint = Some(hint);
+        self.blocker(
+            "schema.unknown_field",
+            &path.key(key),
+            format!("unknown field `{key}`"),
+        )
+        .hint = Some(hint);
     }
 
-    fn required<'v>(&mut self, map: &'v Map<String, Value>, key: &str, path: &str) -> Option<&'v Value> {
-        let v = map.get(key);
+    fn required<'v, 'a: 'v>(
+        &mut self,
+        map: &'v Entries<'a>,
+        key: &str,
+        path: &P<'_>,
+    ) -> Option<&'v Node<'a>> {
+        let v = map.field(key);
         if v.is_none() {
-            self.blocker("schema.missing_field", &child(path, key), format!("missing required field `{key}`"));
+            self.blocker(
+                "schema.missing_field",
+                &path.key(key),
+                format!("missing required field `{key}`"),
+            );
         }
         v
     }
 
-    fn string<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v str> {
+    fn string<'v, 'a: 'v>(&mut self, v: &'v Node<'a>, path: &P<'_>) -> Option<&'v str> {
         match v {
-            Value::String(s) if !s.trim().is_empty() => Some(s),
-            Value::String(_) => {
+            Node::Str(s) if !s.trim().is_empty() => Some(s),
+            Node::Str(_) => {
                 self.blocker("schema.empty", path, "must not be empty".into());
                 None
             }
@@ -205,20 +285,24 @@ impl Walker {
         }
     }
 
-    fn boolean(&mut self, map: &Map<String, Value>, key: &str, path: &str, default: bool) -> bool {
-        match map.get(key) {
+    fn boolean(&mut self, map: &Entries<'_>, key: &str, path: &P<'_>, default: bool) -> bool {
+        match map.field(key) {
             None => default,
-            Some(Value::Bool(b)) => *b,
+            Some(Node::Bool(b)) => *b,
             Some(other) => {
-                self.wrong_type(&child(path, key), "true or false", other);
+                self.wrong_type(&path.key(key), "true or false", other);
                 default
             }
         }
     }
 
-    fn duration(&mut self, v: &Value, path: &str) -> Option<u64> {
-        let Value::String(s) = v else {
-            self.wrong_type(path, "a duration string such as `90s`, `10m`, `1h30m` or `2d`", v);
+    fn duration(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<u64> {
+        let Node::Str(s) = v else {
+            self.wrong_type(
+                path,
+                "a duration string such as `90s`, `10m`, `1h30m` or `2d`",
+                v,
+            );
             return None;
         };
         match parse_duration(s) {
@@ -231,15 +315,27 @@ impl Walker {
         }
     }
 
-    fn optional_duration(&mut self, map: &Map<String, Value>, key: &str, path: &str, default: u64) -> u64 {
-        match map.get(key) {
+    fn optional_duration(
+        &mut self,
+        map: &Entries<'_>,
+        key: &str,
+        path: &P<'_>,
+        default: u64,
+    ) -> u64 {
+        match map.field(key) {
             None => default,
-            Some(v) => self.duration(v, &child(path, key)).unwrap_or(default),
+            Some(v) => self.duration(v, &path.key(key)).unwrap_or(default),
         }
     }
 
     /// A value from a closed set, with a did-you-mean hint when it is close.
-    fn one_of<'a>(&mut self, v: &Value, path: &str, allowed: &[&'a str], what: &str) -> Option<&'a str> {
+    fn one_of<'a>(
+        &mut self,
+        v: &Node<'_>,
+        path: &P<'_>,
+        allowed: &[&'a str],
+        what: &str,
+    ) -> Option<&'a str> {
         let s = self.string(v, path)?;
         if let Some(found) = allowed.iter().find(|a| **a == s) {
             return Some(found);
@@ -248,59 +344,83 @@ impl Walker {
             Some(close) => format!("did you mean `{close}`?"),
             None => format!("one of: {}", allowed.join(", ")),
         };
-        self.blocker("schema.enum", path, format!("`{s}` is not a {what}")).hint = Some(hint);
+        self.blocker("schema.enum", path, format!("`{s}` is not a {what}"))
+            .hint = Some(hint);
         None
     }
 
-    fn ups_name(&mut self, map: &Map<String, Value>, path: &str) -> Option<String> {
-        let v = map.get("ups")?;
-        self.string(v, &child(path, "ups")).map(str::to_string)
+    fn ups_name(&mut self, map: &Entries<'_>, path: &P<'_>) -> Option<String> {
+        let v = map.field("ups")?;
+        self.string(v, &path.key("ups")).map(str::to_string)
     }
 
-    fn policy(&mut self, doc: &Value) -> Option<PolicySpec> {
-        let root = self.object(doc, "", ROOT_FIELDS)?;
-        let version = match self.required(root, "version", "") {
-            Some(Value::Number(n)) if n.as_u64() == Some(SPEC_VERSION) => Some(SPEC_VERSION),
+    fn policy(&mut self, doc: &Node<'_>) -> Option<PolicySpec> {
+        let top = P::Root;
+        let r = &top;
+        let root = self.object(doc, r, ROOT_FIELDS)?;
+        let version = match self.required(root, "version", r) {
+            Some(n) if n.as_u64() == Some(SPEC_VERSION) => Some(SPEC_VERSION),
             Some(other) => {
-                self.blocker("schema.version", "/version", format!("version must be the integer 1, found {other}"))
-                    .hint = Some("write `version: 1`".into());
+                self.blocker(
+                    "schema.version",
+                    &r.key("version"),
+                    format!("version must be the integer 1, found {other}"),
+                )
+                .hint = Some("write `version: 1`".into());
                 None
             }
             None => None,
         };
-        let name = self.required(root, "name", "").and_then(|v| self.string(v, "/name")).and_then(|n| {
-            if n.trim().chars().count() < 3 {
-                self.blocker("schema.name_too_short", "/name", format!("name `{n}` is shorter than 3 characters"));
-                None
-            } else {
-                Some(n.to_string())
-            }
-        });
-        let enabled = self.boolean(root, "enabled", "", true);
-        let priority = match root.get("priority") {
+        let name = self
+            .required(root, "name", r)
+            .and_then(|v| self.string(v, &r.key("name")))
+            .and_then(|n| {
+                if n.trim().chars().count() < 3 {
+                    self.blocker(
+                        "schema.name_too_short",
+                        &r.key("name"),
+                        format!("name `{n}` is shorter than 3 characters"),
+                    );
+                    None
+                } else {
+                    Some(n.to_string())
+                }
+            });
+        let enabled = self.boolean(root, "enabled", r, true);
+        let priority = match root.field("priority") {
             None => 0,
-            Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or(0),
+            Some(n @ (Node::Int(_) | Node::UInt(_))) if n.as_i64().is_some() => {
+                n.as_i64().unwrap_or(0)
+            }
             Some(other) => {
-                self.wrong_type("/priority", "an integer", other);
+                self.wrong_type(&r.key("priority"), "an integer", other);
                 0
             }
         };
-        let stop_on_match = self.boolean(root, "stop_on_match", "", false);
-        let dynamic_resolution = self.boolean(root, "dynamic_resolution", "", true);
-        let trigger_group = self.required(root, "trigger_group", "").and_then(|v| self.trigger_group(v));
-        let conditions = match root.get("conditions") {
-            None | Some(Value::Null) => Some(Vec::new()),
+        let stop_on_match = self.boolean(root, "stop_on_match", r, false);
+        let dynamic_resolution = self.boolean(root, "dynamic_resolution", r, true);
+        let trigger_group = self
+            .required(root, "trigger_group", r)
+            .and_then(|v| self.trigger_group(v));
+        let conditions = match root.field("conditions") {
+            None | Some(Node::Null) => Some(Vec::new()),
             Some(v) => self.conditions(v),
         };
-        let targets = self.required(root, "targets", "").and_then(|v| self.targets(v));
-        let actions = self.required(root, "actions", "").and_then(|v| self.actions(v));
-        let suppression_s = self.optional_duration(root, "suppression_window", "", DEFAULT_SUPPRESSION_S);
-        let idempotency_s = self.optional_duration(root, "idempotency_window", "", DEFAULT_IDEMPOTENCY_S);
-        let notes = match root.get("notes") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
+        let targets = self
+            .required(root, "targets", r)
+            .and_then(|v| self.targets(v));
+        let actions = self
+            .required(root, "actions", r)
+            .and_then(|v| self.actions(v));
+        let suppression_s =
+            self.optional_duration(root, "suppression_window", r, DEFAULT_SUPPRESSION_S);
+        let idempotency_s =
+            self.optional_duration(root, "idempotency_window", r, DEFAULT_IDEMPOTENCY_S);
+        let notes = match root.field("notes") {
+            None | Some(Node::Null) => None,
+            Some(Node::Str(s)) => Some(s.to_string()),
             Some(other) => {
-                self.wrong_type("/notes", "a string", other);
+                self.wrong_type(&r.key("notes"), "a string", other);
                 None
             }
         };
@@ -321,13 +441,22 @@ impl Walker {
         })
     }
 
-    fn list<'v>(&mut self, v: &'v Value, path: &str, what: &str) -> Option<&'v Vec<Value>> {
+    fn list<'v, 'a: 'v>(
+        &mut self,
+        v: &'v Node<'a>,
+        path: &P<'_>,
+        what: &str,
+    ) -> Option<&'v [Node<'a>]> {
         match v {
-            Value::Array(items) if items.is_empty() => {
-                self.blocker("schema.empty", path, format!("at least one {what} is required"));
+            Node::Seq(items) if items.is_empty() => {
+                self.blocker(
+                    "schema.empty",
+                    path,
+                    format!("at least one {what} is required"),
+                );
                 None
             }
-            Value::Array(items) => Some(items),
+            Node::Seq(items) => Some(items),
             other => {
                 self.wrong_type(path, "a list", other);
                 None
@@ -335,37 +464,39 @@ impl Walker {
         }
     }
 
-    fn trigger_group(&mut self, v: &Value) -> Option<TriggerGroup> {
-        let path = "/trigger_group";
+    fn trigger_group(&mut self, v: &Node<'_>) -> Option<TriggerGroup> {
+        let top = P::Root;
+        let path = &top.key("trigger_group");
         let map = self.object(v, path, TRIGGER_GROUP_FIELDS)?;
-        let logic = match map.get("logic") {
+        let logic = match map.field("logic") {
             None => Some(Logic::Any),
-            Some(v) => self.one_of(v, &child(path, "logic"), &["ALL", "ANY"], "trigger logic").map(|l| {
-                if l == "ALL" {
-                    Logic::All
-                } else {
-                    Logic::Any
-                }
-            }),
+            Some(v) => self
+                .one_of(v, &path.key("logic"), &["ALL", "ANY"], "trigger logic")
+                .map(|l| if l == "ALL" { Logic::All } else { Logic::Any }),
         };
-        let tpath = child(path, "triggers");
-        let items = self.required(map, "triggers", path).and_then(|v| self.list(v, &tpath, "trigger"))?;
+        let tpath = path.key("triggers");
+        let items = self
+            .required(map, "triggers", path)
+            .and_then(|v| self.list(v, &tpath, "trigger"))?;
         let mut triggers = Vec::with_capacity(items.len());
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
-            match self.trigger(item, &index(&tpath, i)) {
+            match self.trigger(item, &tpath.idx(i)) {
                 Some(t) => triggers.push(t),
                 None => ok = false,
             }
         }
         let logic = logic?;
         if logic == Logic::All {
-            let mut instantaneous = triggers.iter().enumerate().filter(|(_, t)| t.is_instantaneous());
+            let mut instantaneous = triggers
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.is_instantaneous());
             if let Some((first, _)) = instantaneous.next() {
                 for (i, t) in instantaneous {
                     self.blocker(
                         "schema.instantaneous_under_all",
-                        &index(&tpath, i),
+                        &tpath.idx(i),
                         format!(
                             "`{}` is instantaneous and trigger {first} already is; under ALL at most one instantaneous trigger can ever be true at once",
                             t.type_name()
@@ -378,13 +509,13 @@ impl Walker {
         ok.then_some(TriggerGroup { logic, triggers })
     }
 
-    fn trigger(&mut self, v: &Value, path: &str) -> Option<Trigger> {
-        let Value::Object(map) = v else {
+    fn trigger(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<Trigger> {
+        let Node::Map(map) = v else {
             self.wrong_type(path, "an object", v);
             return None;
         };
         let kind = self.required(map, "type", path).and_then(|t| {
-            let s = self.string(t, &child(path, "type"))?;
+            let s = self.string(t, &path.key("type"))?;
             if TRIGGER_TYPES.contains(&s) {
                 return Some(s);
             }
@@ -392,36 +523,53 @@ impl Walker {
                 Some(close) => format!("did you mean `{close}`?"),
                 None => format!("one of: {}", TRIGGER_TYPES.join(", ")),
             };
-            self.blocker("schema.unknown_trigger_type", &child(path, "type"), format!("unknown trigger type `{s}`"))
-                .hint = Some(hint);
+            self.blocker(
+                "schema.unknown_trigger_type",
+                &path.key("type"),
+                format!("unknown trigger type `{s}`"),
+            )
+            .hint = Some(hint);
             None
         });
         let Some(kind) = kind else {
             // Still report fields no trigger type knows.
-            for key in map.keys().filter(|k| !ANY_TRIGGER_FIELDS.contains(&k.as_str())) {
+            for (key, _) in map
+                .iter()
+                .filter(|(k, _)| !ANY_TRIGGER_FIELDS.contains(&k.as_ref()))
+            {
                 self.unknown_field(path, key, ANY_TRIGGER_FIELDS);
             }
             return None;
         };
         let fields = trigger_fields(kind);
-        for key in map.keys() {
-            if fields.contains(&key.as_str()) {
+        for (key, _) in map.iter() {
+            if fields.contains(&key.as_ref()) {
                 continue;
             }
-            match key.as_str() {
+            match key.as_ref() {
                 "for" => {
-                    self.blocker("schema.for_not_allowed", &child(path, key), format!("`for` is not allowed on `{kind}`"))
-                        .hint = Some("`for` applies to ups.state and metric.threshold triggers only".into());
+                    self.blocker(
+                        "schema.for_not_allowed",
+                        &path.key(key),
+                        format!("`for` is not allowed on `{kind}`"),
+                    )
+                    .hint = Some(
+                        "`for` applies to ups.state and metric.threshold triggers only".into(),
+                    );
                 }
                 "ups" => {
-                    self.blocker("schema.ups_not_allowed", &child(path, key), format!("`ups` is not allowed on `{kind}`"))
-                        .hint = Some("`ups` applies to ups.state and metric.threshold triggers".into());
+                    self.blocker(
+                        "schema.ups_not_allowed",
+                        &path.key(key),
+                        format!("`ups` is not allowed on `{kind}`"),
+                    )
+                    .hint = Some("`ups` applies to ups.state and metric.threshold triggers".into());
                 }
                 _ => self.unknown_field(path, key, fields),
             }
         }
-        let (for_s, for_ok) = match map.get("for") {
-            Some(v) if fields.contains(&"for") => match self.duration(v, &child(path, "for")) {
+        let (for_s, for_ok) = match map.field("for") {
+            Some(v) if fields.contains(&"for") => match self.duration(v, &path.key("for")) {
                 Some(s) => (Some(s), true),
                 None => (None, false),
             },
@@ -431,26 +579,42 @@ impl Walker {
         trigger.filter(|_| for_ok)
     }
 
-    fn trigger_body(&mut self, kind: &str, map: &Map<String, Value>, path: &str, for_s: Option<u64>) -> Option<Trigger> {
+    fn trigger_body(
+        &mut self,
+        kind: &str,
+        map: &Entries<'_>,
+        path: &P<'_>,
+        for_s: Option<u64>,
+    ) -> Option<Trigger> {
         match kind {
             "ups.state" => {
-                let equals = self.required(map, "equals", path).and_then(|v| self.ups_state(v, &child(path, "equals")));
+                let equals = self
+                    .required(map, "equals", path)
+                    .and_then(|v| self.ups_state(v, &path.key("equals")));
                 let ups = self.ups_name(map, path);
-                Some(Trigger::UpsState { equals: equals?, for_s, ups })
+                Some(Trigger::UpsState {
+                    equals: equals?,
+                    for_s,
+                    ups,
+                })
             }
             "metric.threshold" => {
                 let metric = self
                     .required(map, "metric", path)
-                    .and_then(|v| self.string(v, &child(path, "metric")))
+                    .and_then(|v| self.string(v, &path.key("metric")))
                     .map(str::to_string);
-                let op = self.required(map, "op", path).and_then(|v| self.op(v, &child(path, "op")));
-                let value = self.required(map, "value", path).and_then(|v| match v.as_f64() {
-                    Some(n) => Some(n),
-                    None => {
-                        self.wrong_type(&child(path, "value"), "a number", v);
-                        None
-                    }
-                });
+                let op = self
+                    .required(map, "op", path)
+                    .and_then(|v| self.op(v, &path.key("op")));
+                let value = self
+                    .required(map, "value", path)
+                    .and_then(|v| match v.as_f64() {
+                        Some(n) => Some(n),
+                        None => {
+                            self.wrong_type(&path.key("value"), "a number", v);
+                            None
+                        }
+                    });
                 let ups = self.ups_name(map, path);
                 Some(Trigger::MetricThreshold {
                     metric: metric?,
@@ -463,55 +627,69 @@ impl Walker {
             "timer.at" => {
                 let schedule = self
                     .required(map, "schedule", path)
-                    .and_then(|v| self.schedule(v, &child(path, "schedule")))?;
+                    .and_then(|v| self.schedule(v, &path.key("schedule")))?;
                 Some(Trigger::TimerAt { schedule })
             }
             "timer.after" => {
-                let after = self.required(map, "after", path).and_then(|v| self.duration(v, &child(path, "after")));
+                let after = self
+                    .required(map, "after", path)
+                    .and_then(|v| self.duration(v, &path.key("after")));
                 let since = self
                     .required(map, "since_event", path)
-                    .and_then(|v| self.since_event(v, &child(path, "since_event")));
+                    .and_then(|v| self.since_event(v, &path.key("since_event")));
                 Some(Trigger::TimerAfter {
                     after_s: after?,
                     since_event: since?,
                 })
             }
             _ => {
-                let name = self.required(map, "name", path).and_then(|v| self.literal(v, &child(path, "name")))?;
+                let name = self
+                    .required(map, "name", path)
+                    .and_then(|v| self.literal(v, &path.key("name")))?;
                 Some(Trigger::WebhookCustom { name })
             }
         }
     }
 
-    fn literal(&mut self, v: &Value, path: &str) -> Option<String> {
+    fn literal(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<String> {
         let s = self.string(v, path)?;
         if is_literal_id(s) {
             Some(s.to_string())
         } else {
-            self.blocker("schema.invalid_id", path, format!("`{s}` is not a valid id")).hint =
-                Some("ids use letters, digits and `_ . @ : -` only".into());
+            self.blocker(
+                "schema.invalid_id",
+                path,
+                format!("`{s}` is not a valid id"),
+            )
+            .hint = Some("ids use letters, digits and `_ . @ : -` only".into());
             None
         }
     }
 
-    fn ups_state(&mut self, v: &Value, path: &str) -> Option<UpsState> {
+    fn ups_state(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<UpsState> {
         let names: Vec<&str> = UpsState::ALL.iter().map(|s| s.as_str()).collect();
-        self.one_of(v, path, &names, "UPS state").and_then(UpsState::parse)
+        self.one_of(v, path, &names, "UPS state")
+            .and_then(UpsState::parse)
     }
 
-    fn op(&mut self, v: &Value, path: &str) -> Option<Op> {
+    fn op(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<Op> {
         let names: Vec<&str> = Op::ALL.iter().map(|o| o.as_str()).collect();
-        self.one_of(v, path, &names, "comparison operator").and_then(Op::parse)
+        self.one_of(v, path, &names, "comparison operator")
+            .and_then(Op::parse)
     }
 
-    fn schedule(&mut self, v: &Value, path: &str) -> Option<Schedule> {
+    fn schedule(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<Schedule> {
         let map = self.object(v, path, SCHEDULE_FIELDS)?;
-        if let Some(cron) = map.get("cron") {
-            if map.keys().any(|k| k != "cron") {
-                self.blocker("schema.schedule", path, "a schedule is either `cron` or `repeat`/`at`/`days`, not both".into());
+        if let Some(cron) = map.field("cron") {
+            if map.iter().any(|(k, _)| k != "cron") {
+                self.blocker(
+                    "schema.schedule",
+                    path,
+                    "a schedule is either `cron` or `repeat`/`at`/`days`, not both".into(),
+                );
                 return None;
             }
-            let cpath = child(path, "cron");
+            let cpath = path.key("cron");
             let text = self.string(cron, &cpath)?;
             return match normalize_cron(text) {
                 Ok(cron) => Some(Schedule::Cron { cron }),
@@ -524,51 +702,80 @@ impl Walker {
             };
         }
         let repeat = self.required(map, "repeat", path).and_then(|v| {
-            self.one_of(v, &child(path, "repeat"), &["daily", "weekly"], "repeat")
-                .map(|r| if r == "daily" { Repeat::Daily } else { Repeat::Weekly })
+            self.one_of(v, &path.key("repeat"), &["daily", "weekly"], "repeat")
+                .map(|r| {
+                    if r == "daily" {
+                        Repeat::Daily
+                    } else {
+                        Repeat::Weekly
+                    }
+                })
         });
         let at = self.required(map, "at", path).and_then(|v| {
-            let apath = child(path, "at");
+            let apath = path.key("at");
             let s = self.string(v, &apath)?;
             if parse_time_of_day(s).is_some() {
                 Some(s.to_string())
             } else {
-                self.blocker("schema.time_of_day", &apath, format!("`{s}` is not a time of day")).hint =
-                    Some("write 24-hour HH:MM, e.g. \"01:00\"".into());
+                self.blocker(
+                    "schema.time_of_day",
+                    &apath,
+                    format!("`{s}` is not a time of day"),
+                )
+                .hint = Some("write 24-hour HH:MM, e.g. \"01:00\"".into());
                 None
             }
         });
-        let days = match map.get("days") {
+        let days = match map.field("days") {
             None => Some(Vec::new()),
-            Some(v) => self.days(v, &child(path, "days")),
+            Some(v) => self.days(v, &path.key("days")),
         };
         let (repeat, days) = (repeat?, days?);
         match (repeat, days.is_empty()) {
             (Repeat::Weekly, true) => {
-                self.blocker("schema.days", &child(path, "days"), "a weekly schedule needs `days`".into()).hint =
-                    Some("e.g. days: [sun]".into());
+                self.blocker(
+                    "schema.days",
+                    &path.key("days"),
+                    "a weekly schedule needs `days`".into(),
+                )
+                .hint = Some("e.g. days: [sun]".into());
                 None
             }
             (Repeat::Daily, false) => {
-                self.blocker("schema.days", &child(path, "days"), "a daily schedule runs every day and takes no `days`".into())
-                    .hint = Some("use repeat: weekly to pick days".into());
+                self.blocker(
+                    "schema.days",
+                    &path.key("days"),
+                    "a daily schedule runs every day and takes no `days`".into(),
+                )
+                .hint = Some("use repeat: weekly to pick days".into());
                 None
             }
-            _ => Some(Schedule::Repeat { repeat, at: at?, days }),
+            _ => Some(Schedule::Repeat {
+                repeat,
+                at: at?,
+                days,
+            }),
         }
     }
 
-    fn days(&mut self, v: &Value, path: &str) -> Option<Vec<Weekday>> {
-        let Value::Array(items) = v else {
+    fn days(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<Vec<Weekday>> {
+        let Node::Seq(items) = v else {
             self.wrong_type(path, "a list of weekdays", v);
             return None;
         };
         let mut days = Vec::with_capacity(items.len());
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
-            match self.one_of(item, &index(path, i), &Weekday::NAMES, "weekday").and_then(Weekday::parse) {
+            match self
+                .one_of(item, &path.idx(i), &Weekday::NAMES, "weekday")
+                .and_then(Weekday::parse)
+            {
                 Some(d) if days.contains(&d) => {
-                    self.blocker("schema.days", &index(path, i), format!("weekday `{}` is listed twice", Weekday::NAMES[d as usize]));
+                    self.blocker(
+                        "schema.days",
+                        &path.idx(i),
+                        format!("weekday `{}` is listed twice", Weekday::NAMES[d as usize]),
+                    );
                     ok = false;
                 }
                 Some(d) => days.push(d),
@@ -579,36 +786,49 @@ impl Walker {
         ok.then_some(days)
     }
 
-    fn since_event(&mut self, v: &Value, path: &str) -> Option<EventPattern> {
+    fn since_event(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<EventPattern> {
         let map = self.object(v, path, SINCE_EVENT_FIELDS)?;
-        let kind = self
-            .required(map, "type", path)
-            .and_then(|t| self.one_of(t, &child(path, "type"), &["ups.state", "webhook.custom"], "since_event type"))?;
+        let kind = self.required(map, "type", path).and_then(|t| {
+            self.one_of(
+                t,
+                &path.key("type"),
+                &["ups.state", "webhook.custom"],
+                "since_event type",
+            )
+        })?;
         if kind == "ups.state" {
             if map.contains_key("name") {
                 self.unknown_field(path, "name", &["type", "equals", "ups"]);
             }
-            let equals = self.required(map, "equals", path).and_then(|v| self.ups_state(v, &child(path, "equals")));
+            let equals = self
+                .required(map, "equals", path)
+                .and_then(|v| self.ups_state(v, &path.key("equals")));
             let ups = self.ups_name(map, path);
-            Some(EventPattern::UpsState { equals: equals?, ups })
+            Some(EventPattern::UpsState {
+                equals: equals?,
+                ups,
+            })
         } else {
             for key in ["equals", "ups"] {
                 if map.contains_key(key) {
                     self.unknown_field(path, key, &["type", "name"]);
                 }
             }
-            let name = self.required(map, "name", path).and_then(|v| self.literal(v, &child(path, "name")))?;
+            let name = self
+                .required(map, "name", path)
+                .and_then(|v| self.literal(v, &path.key("name")))?;
             Some(EventPattern::WebhookCustom { name })
         }
     }
 
-    fn conditions(&mut self, v: &Value) -> Option<Vec<Condition>> {
-        let path = "/conditions";
+    fn conditions(&mut self, v: &Node<'_>) -> Option<Vec<Condition>> {
+        let top = P::Root;
+        let path = &top.key("conditions");
         let map = self.object(v, path, CONDITIONS_FIELDS)?;
-        let apath = child(path, "all");
-        let items = match map.get("all") {
-            None | Some(Value::Null) => return Some(Vec::new()),
-            Some(Value::Array(items)) => items,
+        let apath = path.key("all");
+        let items = match map.field("all") {
+            None | Some(Node::Null) => return Some(Vec::new()),
+            Some(Node::Seq(items)) => items,
             Some(other) => {
                 self.wrong_type(&apath, "a list of conditions", other);
                 return None;
@@ -617,7 +837,7 @@ impl Walker {
         let mut out = Vec::with_capacity(items.len());
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
-            match self.condition(item, &index(&apath, i)) {
+            match self.condition(item, &apath.idx(i)) {
                 Some(c) => out.push(c),
                 None => ok = false,
             }
@@ -625,70 +845,100 @@ impl Walker {
         ok.then_some(out)
     }
 
-    fn condition(&mut self, v: &Value, path: &str) -> Option<Condition> {
+    fn condition(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<Condition> {
         let map = self.object(v, path, CONDITION_FIELDS)?;
         let scope = self.required(map, "scope", path).and_then(|s| {
-            let spath = child(path, "scope");
+            let spath = path.key("scope");
             let text = self.string(s, &spath)?;
             Scope::parse(text).or_else(|| {
                 let hint = match did_you_mean(text, Scope::NAMES) {
                     Some(close) => format!("did you mean `{close}`?"),
                     None => format!("one of: {}", Scope::NAMES.join(", ")),
                 };
-                self.blocker("schema.unknown_scope", &spath, format!("unknown condition scope `{text}`")).hint = Some(hint);
+                self.blocker(
+                    "schema.unknown_scope",
+                    &spath,
+                    format!("unknown condition scope `{text}`"),
+                )
+                .hint = Some(hint);
                 None
             })
         });
-        let field = self.required(map, "field", path).and_then(|f| self.string(f, &child(path, "field")));
-        let op = self.required(map, "op", path).and_then(|o| self.op(o, &child(path, "op")));
+        let field = self
+            .required(map, "field", path)
+            .and_then(|f| self.string(f, &path.key("field")));
+        let op = self
+            .required(map, "op", path)
+            .and_then(|o| self.op(o, &path.key("op")));
         let value = self.required(map, "value", path).and_then(|v| match v {
-            Value::Number(_) | Value::String(_) | Value::Bool(_) => Some(v.clone()),
+            Node::Int(_) | Node::UInt(_) | Node::Float(_) | Node::Str(_) | Node::Bool(_) => Some(v),
             other => {
-                self.wrong_type(&child(path, "value"), "a number, string or boolean", other);
+                self.wrong_type(&path.key("value"), "a number, string or boolean", other);
                 None
             }
         });
         let ups = self.ups_name(map, path);
         let (scope, field, op, value) = (scope?, field?, op?, value?);
-        let fpath = child(path, "field");
+        let fpath = path.key("field");
         if let Some(known) = scope.fields() {
             if !known.contains(&field) {
                 let hint = match did_you_mean(field, known.iter().copied()) {
                     Some(close) => format!("did you mean `{close}`?"),
-                    None => format!("fields of scope {}: {}", Scope::NAMES[scope as usize], known.join(", ")),
+                    None => format!(
+                        "fields of scope {}: {}",
+                        Scope::NAMES[scope as usize],
+                        known.join(", ")
+                    ),
                 };
                 self.blocker(
                     "schema.unknown_condition_field",
                     &fpath,
-                    format!("scope `{}` has no field `{field}`", Scope::NAMES[scope as usize]),
+                    format!(
+                        "scope `{}` has no field `{field}`",
+                        Scope::NAMES[scope as usize]
+                    ),
                 )
                 .hint = Some(hint);
                 return None;
             }
         }
         if ups.is_some() && !matches!(scope, Scope::Ups | Scope::Metric) {
-            self.blocker("schema.ups_not_allowed", &child(path, "ups"), "`ups` applies to the ups and metric scopes only".into());
+            self.blocker(
+                "schema.ups_not_allowed",
+                &path.key("ups"),
+                "`ups` applies to the ups and metric scopes only".into(),
+            );
         }
-        let vpath = child(path, "value");
+        let vpath = path.key("value");
         if op.is_ordering() && !value.is_number() {
-            self.blocker("schema.op_needs_number", &vpath, format!("`{}` compares order and needs a number", op.as_str()));
+            self.blocker(
+                "schema.op_needs_number",
+                &vpath,
+                format!("`{}` compares order and needs a number", op.as_str()),
+            );
             return None;
         }
         match (scope, field) {
             (Scope::Ups, "state") => {
                 if op.is_ordering() {
-                    self.blocker("schema.op_needs_number", &child(path, "op"), "a UPS state compares with = or != only".into());
+                    self.blocker(
+                        "schema.op_needs_number",
+                        &path.key("op"),
+                        "a UPS state compares with = or != only".into(),
+                    );
                 }
-                self.ups_state(&value, &vpath)?;
+                self.ups_state(value, &vpath)?;
             }
-            (Scope::Host, "reachable") => {
-                if op.is_ordering() || !value.is_boolean() {
-                    self.blocker("schema.type", &vpath, "host reachability compares with = or != against true or false".into());
-                    return None;
-                }
+            (Scope::Host, "reachable") if op.is_ordering() || !value.is_boolean() => {
+                self.blocker(
+                    "schema.type",
+                    &vpath,
+                    "host reachability compares with = or != against true or false".into(),
+                );
+                return None;
             }
             (Scope::Ups | Scope::Vm, _) | (Scope::Metric, _) if !value.is_number() => {
-                self.wrong_type(&vpath, "a number", &value);
+                self.wrong_type(&vpath, "a number", value);
                 return None;
             }
             _ => {}
@@ -697,20 +947,25 @@ impl Walker {
             scope,
             field: field.to_string(),
             op,
-            value,
+            value: value.to_value(),
             ups,
         })
     }
 
-    fn targets(&mut self, v: &Value) -> Option<TargetsSpec> {
-        let path = "/targets";
+    fn targets(&mut self, v: &Node<'_>) -> Option<TargetsSpec> {
+        let top = P::Root;
+        let path = &top.key("targets");
         let map = self.object(v, path, TARGETS_FIELDS)?;
-        let host_id = self.required(map, "host_id", path).and_then(|v| self.literal(v, &child(path, "host_id")));
+        let host_id = self
+            .required(map, "host_id", path)
+            .and_then(|v| self.literal(v, &path.key("host_id")));
         let target_type = self
             .required(map, "target_type", path)
-            .and_then(|v| self.string(v, &child(path, "target_type")))
+            .and_then(|v| self.string(v, &path.key("target_type")))
             .map(str::to_string);
-        let selector = self.required(map, "selector", path).and_then(|v| self.selector(v, &child(path, "selector")));
+        let selector = self
+            .required(map, "selector", path)
+            .and_then(|v| self.selector(v, &path.key("selector")));
         Some(TargetsSpec {
             host_id: host_id?,
             target_type: target_type?,
@@ -718,28 +973,37 @@ impl Walker {
         })
     }
 
-    fn selector(&mut self, v: &Value, path: &str) -> Option<SelectorSpec> {
+    fn selector(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<SelectorSpec> {
         let map = self.object(v, path, SELECTOR_FIELDS)?;
         let mode = self.required(map, "mode", path).and_then(|m| {
-            self.one_of(m, &child(path, "mode"), &["list", "range", "query", "ledger"], "selector mode")
-                .and_then(|m| m.parse::<SelectorMode>().ok())
+            self.one_of(
+                m,
+                &path.key("mode"),
+                &["list", "range", "query", "ledger"],
+                "selector mode",
+            )
+            .and_then(|m| m.parse::<SelectorMode>().ok())
         });
-        let vpath = child(path, "value");
+        let vpath = path.key("value");
         let value = self.required(map, "value", path).and_then(|v| match v {
             // YAML users write `value: 104`; a number is the same selector as "104".
-            Value::Number(n) if n.is_u64() => Some(n.to_string()),
+            Node::UInt(n) => Some(n.to_string()),
             other => self.string(other, &vpath).map(str::to_string),
         });
-        Some(SelectorSpec { mode: mode?, value: value? })
+        Some(SelectorSpec {
+            mode: mode?,
+            value: value?,
+        })
     }
 
-    fn actions(&mut self, v: &Value) -> Option<Vec<ActionSpec>> {
-        let path = "/actions";
+    fn actions(&mut self, v: &Node<'_>) -> Option<Vec<ActionSpec>> {
+        let top = P::Root;
+        let path = &top.key("actions");
         let items = self.list(v, path, "action")?;
         let mut out = Vec::with_capacity(items.len());
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
-            match self.action(item, &index(path, i)) {
+            match self.action(item, &path.idx(i)) {
                 Some(a) => out.push(a),
                 None => ok = false,
             }
@@ -747,32 +1011,38 @@ impl Walker {
         ok.then_some(out)
     }
 
-    fn action(&mut self, v: &Value, path: &str) -> Option<ActionSpec> {
+    fn action(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<ActionSpec> {
         let map = self.object(v, path, ACTION_FIELDS)?;
         let capability_id = self
             .required(map, "capability_id", path)
-            .and_then(|v| self.string(v, &child(path, "capability_id")))
+            .and_then(|v| self.string(v, &path.key("capability_id")))
             .map(str::to_string);
         let verb = self
             .required(map, "verb", path)
-            .and_then(|v| self.string(v, &child(path, "verb")))
+            .and_then(|v| self.string(v, &path.key("verb")))
             .map(str::to_string);
-        let params = match map.get("params") {
-            None | Some(Value::Null) => Some(Map::new()),
-            Some(Value::Object(p)) => Some(p.clone()),
+        let params = match map.field("params") {
+            None | Some(Node::Null) => Some(Map::new()),
+            Some(p @ Node::Map(_)) => match p.to_value() {
+                Value::Object(m) => Some(m),
+                _ => None,
+            },
             Some(other) => {
-                self.wrong_type(&child(path, "params"), "an object", other);
+                self.wrong_type(&path.key("params"), "an object", other);
                 None
             }
         };
-        let key_hint = match map.get("idempotency") {
-            None | Some(Value::Null) => Some(None),
+        let key_hint = match map.field("idempotency") {
+            None | Some(Node::Null) => Some(None),
             Some(v) => {
-                let ipath = child(path, "idempotency");
-                self.object(v, &ipath, IDEMPOTENCY_FIELDS).and_then(|m| match m.get("key_hint") {
-                    None | Some(Value::Null) => Some(None),
-                    Some(h) => self.string(h, &child(&ipath, "key_hint")).map(|s| Some(s.to_string())),
-                })
+                let ipath = path.key("idempotency");
+                self.object(v, &ipath, IDEMPOTENCY_FIELDS)
+                    .and_then(|m| match m.field("key_hint") {
+                        None | Some(Node::Null) => Some(None),
+                        Some(h) => self
+                            .string(h, &ipath.key("key_hint"))
+                            .map(|s| Some(s.to_string())),
+                    })
             }
         };
         Some(ActionSpec {
@@ -783,4 +1053,3 @@ impl Walker {
         })
     }
 }
-

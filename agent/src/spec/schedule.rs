@@ -29,7 +29,31 @@ const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
 
 /// Converts a user's cron text to the `cron` crate's form and checks that the
 /// crate accepts it. Returns the expression to store and run.
+///
+/// Results are memoized per thread (bounded): the same few expressions are
+/// validated over and over (every save, every API validate), and the `cron`
+/// crate's parser is the costliest step of validating a timer policy.
 pub fn normalize_cron(expr: &str) -> Result<String, CronError> {
+    const CACHE_LIMIT: usize = 256;
+    thread_local! {
+        static CACHE: std::cell::RefCell<std::collections::HashMap<String, Result<String, CronError>>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    if let Some(hit) = CACHE.with(|c| c.borrow().get(expr).cloned()) {
+        return hit;
+    }
+    let result = normalize_cron_uncached(expr);
+    CACHE.with(|c| {
+        let mut cache = c.borrow_mut();
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(expr.to_string(), result.clone());
+    });
+    result
+}
+
+fn normalize_cron_uncached(expr: &str) -> Result<String, CronError> {
     let fields: Vec<&str> = expr.split_whitespace().collect();
     let converted = match fields.len() {
         5 => {
@@ -38,7 +62,10 @@ pub fn normalize_cron(expr: &str) -> Result<String, CronError> {
                 return Err(CronError::DomAndDow);
             }
             let dow = crontab_weekdays(fields[4])?;
-            format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], dow)
+            format!(
+                "0 {} {} {} {} {}",
+                fields[0], fields[1], fields[2], fields[3], dow
+            )
         }
         6 => fields.join(" "),
         n => return Err(CronError::FieldCount(n)),
@@ -57,7 +84,10 @@ fn crontab_weekdays(field: &str) -> Result<String, CronError> {
     for item in field.split(',') {
         let bad = || CronError::Weekday(item.to_string());
         let (range, step) = match item.split_once('/') {
-            Some((r, s)) => (r, s.parse::<usize>().ok().filter(|s| *s > 0).ok_or_else(bad)?),
+            Some((r, s)) => (
+                r,
+                s.parse::<usize>().ok().filter(|s| *s > 0).ok_or_else(bad)?,
+            ),
             None => (item, 1),
         };
         let (lo, hi) = if range == "*" {
@@ -123,7 +153,10 @@ mod tests {
         check("*/15 * * * *", expect!["0 */15 * * * *"]);
         check("0 4 1 * *", expect!["0 0 4 1 * *"]);
         check("0 4 * * */2", expect!["0 0 4 * * SUN,TUE,THU,SAT"]);
-        check("0 4 * * 0-7", expect!["0 0 4 * * SUN,MON,TUE,WED,THU,FRI,SAT"]);
+        check(
+            "0 4 * * 0-7",
+            expect!["0 0 4 * * SUN,MON,TUE,WED,THU,FRI,SAT"],
+        );
     }
 
     #[test]
@@ -133,13 +166,24 @@ mod tests {
 
     #[test]
     fn bad_cron_expressions_are_refused() {
-        check("0 1 * *", expect!["error: expected 5 fields (crontab) or 6 fields (seconds first), found 4"]);
-        check("0 1 * * 8", expect!["error: day-of-week item `8` is not a weekday (0-7 or sun..sat), a range or a step"]);
+        check(
+            "0 1 * *",
+            expect!["error: expected 5 fields (crontab) or 6 fields (seconds first), found 4"],
+        );
+        check(
+            "0 1 * * 8",
+            expect![
+                "error: day-of-week item `8` is not a weekday (0-7 or sun..sat), a range or a step"
+            ],
+        );
         check("0 1 15 * 1", expect!["error: day of month and day of week are both restricted; crontab fires on either, which Hazel cannot express in one schedule"]);
-        check("61 1 * * *", expect![[r#"
+        check(
+            "61 1 * * *",
+            expect![[r#"
             error: 0 61 1 * * *
               ^
-            Minutes must be less than 59. ('61' specified.)"#]]);
+            Minutes must be less than 59. ('61' specified.)"#]],
+        );
     }
 
     #[test]
