@@ -87,18 +87,29 @@ pub struct Windows {
     pub idempotency_s: u64,
 }
 
-/// Compile output: the IR when nothing blocks, and every compile finding.
+/// Compile output: the IR when nothing blocks, every compile finding, and
+/// the parts of the spec the IR leaves out.
 #[derive(Debug, Clone)]
 pub struct Compiled {
     pub ir: Option<Ir>,
     pub findings: Vec<Finding>,
+    pub meta: SpecMeta,
 }
 
-/// Compiles a spec; see the module docs.
-pub fn compile(spec: &PolicySpec, manifests: &ManifestSet, ctx: &CompileContext<'_>) -> Compiled {
+/// What a spec says about itself rather than about what it does (not hashed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpecMeta {
+    pub name: String,
+    pub enabled: bool,
+    pub notes: Option<String>,
+}
+
+/// Compiles a spec; see the module docs. The spec is consumed: its parts
+/// move into the IR instead of being copied.
+pub fn compile(spec: PolicySpec, manifests: &ManifestSet, ctx: &CompileContext<'_>) -> Compiled {
     let mut findings = Vec::new();
-    let host = resolve_host(spec, manifests, ctx, &mut findings);
-    check_target_type(spec, manifests, host.as_ref(), &mut findings);
+    let host = resolve_host(&spec, manifests, ctx, &mut findings);
+    check_target_type(&spec, manifests, host.as_ref(), &mut findings);
     let plan: Vec<Option<PlanStep>> = spec
         .actions
         .iter()
@@ -114,41 +125,64 @@ pub fn compile(spec: &PolicySpec, manifests: &ManifestSet, ctx: &CompileContext<
             )
         })
         .collect();
-    let (resolved_ids, resolved_at) = resolve_selector(spec, ctx, &mut findings);
+    let (resolved_ids, resolved_at) = resolve_selector(&spec, ctx, &mut findings);
 
     let blocked = findings.iter().any(|f| f.severity == Severity::Blocker);
     let plan: Option<Vec<PlanStep>> = plan.into_iter().collect();
-    let ir = match (blocked, plan) {
-        (false, Some(plan)) => {
-            let hash = policy_hash(spec, &plan);
-            Some(Ir {
-                policy_id: ctx.policy_id.clone(),
-                hash,
-                version_int: ctx.version_int.max(1),
-                priority: spec.priority,
-                stop_on_match: spec.stop_on_match,
-                dynamic_resolution: spec.dynamic_resolution,
-                match_: MatchIr {
-                    trigger_group: spec.trigger_group.clone(),
-                    conditions: spec.conditions.clone(),
-                },
-                targets: TargetsIr {
-                    host_id: spec.targets.host_id.clone(),
-                    target_type: spec.targets.target_type.clone(),
-                    selector: spec.targets.selector.clone(),
-                    resolved_ids,
-                    resolved_at,
-                },
-                plan,
-                windows: Windows {
-                    suppression_s: spec.suppression_s,
-                    idempotency_s: spec.idempotency_s,
-                },
-            })
-        }
+    let hash = match (&plan, blocked) {
+        (Some(plan), false) => Some(policy_hash(&spec, plan)),
         _ => None,
     };
-    Compiled { ir, findings }
+    let PolicySpec {
+        name,
+        enabled,
+        notes,
+        priority,
+        stop_on_match,
+        dynamic_resolution,
+        trigger_group,
+        conditions,
+        targets,
+        suppression_s,
+        idempotency_s,
+        ..
+    } = spec;
+    let ir = match (hash, plan) {
+        (Some(hash), Some(plan)) => Some(Ir {
+            policy_id: ctx.policy_id.clone(),
+            hash,
+            version_int: ctx.version_int.max(1),
+            priority,
+            stop_on_match,
+            dynamic_resolution,
+            match_: MatchIr {
+                trigger_group,
+                conditions,
+            },
+            targets: TargetsIr {
+                host_id: targets.host_id,
+                target_type: targets.target_type,
+                selector: targets.selector,
+                resolved_ids,
+                resolved_at,
+            },
+            plan,
+            windows: Windows {
+                suppression_s,
+                idempotency_s,
+            },
+        }),
+        _ => None,
+    };
+    Compiled {
+        ir,
+        findings,
+        meta: SpecMeta {
+            name,
+            enabled,
+            notes,
+        },
+    }
 }
 
 /// The manifest of the policy's host, when the inventory knows the host.
@@ -208,8 +242,13 @@ fn check_target_type(
     let target_type = spec.targets.target_type.as_str();
     let path = "/targets/target_type";
     if let Some(host) = host {
-        let types = host.plugin.target_types();
-        if !types.iter().any(|t| *t == target_type) {
+        if !host
+            .plugin
+            .capabilities
+            .iter()
+            .any(|c| c.has_target(target_type))
+        {
+            let types = host.plugin.target_types();
             let hint = match did_you_mean(target_type, types.iter().copied()) {
                 Some(close) => format!("did you mean `{close}`?"),
                 None => format!(
@@ -233,10 +272,13 @@ fn check_target_type(
         }
         return;
     }
-    let mut all: Vec<&str> = manifests.iter().flat_map(|m| m.target_types()).collect();
-    all.sort_unstable();
-    all.dedup();
-    if !all.contains(&target_type) {
+    let known = manifests
+        .iter()
+        .any(|m| m.capabilities.iter().any(|c| c.has_target(target_type)));
+    if !known {
+        let mut all: Vec<&str> = manifests.iter().flat_map(|m| m.target_types()).collect();
+        all.sort_unstable();
+        all.dedup();
         let hint = match did_you_mean(target_type, all.iter().copied()) {
             Some(close) => format!("did you mean `{close}`?"),
             None => format!("known target types: {}", all.join(", ")),

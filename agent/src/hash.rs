@@ -34,97 +34,81 @@ pub fn canonical_text(spec: &PolicySpec, plan: &[PlanStep]) -> String {
     String::from_utf8(out).expect("canonical JSON is UTF-8")
 }
 
-/// A canonical JSON value built from borrowed parts: objects sort their keys
-/// when written, so no intermediate `serde_json::Value` is allocated.
-enum Field<'a> {
-    Str(&'a str),
-    Int(i64),
-    Num(f64),
-    Bool(bool),
-    Json(&'a Value),
-    Map(&'a serde_json::Map<String, Value>),
-    Obj(Vec<(&'static str, Field<'a>)>),
-    List(Vec<Field<'a>>),
-    /// Already-canonical items, sorted before writing (order-free lists).
-    Sorted(Vec<Vec<u8>>),
+/// Writes one JSON object whose keys the caller gives in sorted order; debug
+/// builds (every test run) assert the order, so a wrong order cannot ship.
+struct Obj<'w> {
+    out: &'w mut Vec<u8>,
+    first: bool,
+    last: &'static str,
 }
 
-fn write_field(out: &mut impl Write, field: &Field<'_>) {
-    match field {
-        Field::Str(s) => write_str(out, s),
-        Field::Int(n) => {
-            let _ = out.write_all(itoa::Buffer::new().format(*n).as_bytes());
+impl<'w> Obj<'w> {
+    fn new(out: &'w mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Obj {
+            out,
+            first: true,
+            last: "",
         }
-        Field::Num(f) => write_canonical(out, &Value::from(*f)),
-        Field::Bool(b) => {
-            let _ = out.write_all(if *b { b"true" } else { b"false" });
+    }
+
+    fn key(&mut self, key: &'static str) -> &mut Vec<u8> {
+        debug_assert!(
+            self.first || key > self.last,
+            "canonical keys out of order: `{}` after `{}`",
+            key,
+            self.last
+        );
+        if !self.first {
+            self.out.push(b',');
         }
-        Field::Json(v) => write_canonical(out, v),
-        Field::Map(m) => write_map(out, m),
-        Field::Obj(pairs) => {
-            let mut order: Vec<usize> = (0..pairs.len()).collect();
-            order.sort_unstable_by_key(|i| pairs[*i].0);
-            let _ = out.write_all(b"{");
-            for (n, i) in order.into_iter().enumerate() {
-                if n > 0 {
-                    let _ = out.write_all(b",");
-                }
-                let (key, value) = &pairs[i];
-                let _ = out.write_all(b"\"");
-                let _ = out.write_all(key.as_bytes());
-                let _ = out.write_all(b"\":");
-                write_field(out, value);
-            }
-            let _ = out.write_all(b"}");
+        self.first = false;
+        self.last = key;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    fn str(&mut self, key: &'static str, value: &str) {
+        write_str(self.key(key), value);
+    }
+
+    fn opt_str(&mut self, key: &'static str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.str(key, v);
         }
-        Field::List(items) => {
-            let _ = out.write_all(b"[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    let _ = out.write_all(b",");
-                }
-                write_field(out, item);
-            }
-            let _ = out.write_all(b"]");
+    }
+
+    fn int(&mut self, key: &'static str, value: i64) {
+        let out = self.key(key);
+        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    fn opt_uint(&mut self, key: &'static str, value: Option<u64>) {
+        if let Some(v) = value {
+            self.int(key, v as i64);
         }
-        Field::Sorted(items) => {
-            let mut items: Vec<&Vec<u8>> = items.iter().collect();
-            items.sort_unstable();
-            let _ = out.write_all(b"[");
-            for (i, item) in items.into_iter().enumerate() {
-                if i > 0 {
-                    let _ = out.write_all(b",");
-                }
-                let _ = out.write_all(item);
-            }
-            let _ = out.write_all(b"]");
-        }
+    }
+
+    fn bool(&mut self, key: &'static str, value: bool) {
+        self.key(key)
+            .extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    fn end(self) {
+        self.out.push(b'}');
     }
 }
 
-fn bytes(field: Field<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    write_field(&mut out, &field);
-    out
-}
-
-fn push_opt<'a>(
-    pairs: &mut Vec<(&'static str, Field<'a>)>,
-    key: &'static str,
-    value: Option<Field<'a>>,
-) {
-    if let Some(v) = value {
-        pairs.push((key, v));
-    }
-}
-
-fn trigger_field(t: &Trigger) -> Field<'_> {
-    let mut pairs = vec![("type", Field::Str(t.type_name()))];
+fn write_trigger(out: &mut Vec<u8>, t: &Trigger) {
+    let mut o = Obj::new(out);
     match t {
         Trigger::UpsState { equals, for_s, ups } => {
-            pairs.push(("equals", Field::Str(equals.as_str())));
-            push_opt(&mut pairs, "for_s", for_s.map(|s| Field::Int(s as i64)));
-            push_opt(&mut pairs, "ups", ups.as_deref().map(Field::Str));
+            o.str("equals", equals.as_str());
+            o.opt_uint("for_s", *for_s);
+            o.str("type", t.type_name());
+            o.opt_str("ups", ups.as_deref());
         }
         Trigger::MetricThreshold {
             metric,
@@ -133,160 +117,171 @@ fn trigger_field(t: &Trigger) -> Field<'_> {
             for_s,
             ups,
         } => {
-            pairs.push(("metric", Field::Str(metric)));
-            pairs.push(("op", Field::Str(op.as_str())));
-            pairs.push(("value", Field::Num(*value)));
-            push_opt(&mut pairs, "for_s", for_s.map(|s| Field::Int(s as i64)));
-            push_opt(&mut pairs, "ups", ups.as_deref().map(Field::Str));
+            o.opt_uint("for_s", *for_s);
+            o.str("metric", metric);
+            o.str("op", op.as_str());
+            o.str("type", t.type_name());
+            o.opt_str("ups", ups.as_deref());
+            write_canonical(o.key("value"), &Value::from(*value));
         }
         Trigger::TimerAt { schedule } => {
-            let schedule = match schedule {
+            let mut s = Obj::new(o.key("schedule"));
+            match schedule {
                 Schedule::Repeat { repeat, at, days } => {
-                    let mut s = vec![
-                        (
-                            "repeat",
-                            Field::Str(if *repeat == Repeat::Daily {
-                                "daily"
-                            } else {
-                                "weekly"
-                            }),
-                        ),
-                        ("at", Field::Str(at)),
-                    ];
+                    s.str("at", at);
                     if !days.is_empty() {
-                        s.push((
-                            "days",
-                            Field::List(
-                                days.iter()
-                                    .map(|d| Field::Str(Weekday::NAMES[*d as usize]))
-                                    .collect(),
-                            ),
-                        ));
+                        let list = s.key("days");
+                        list.push(b'[');
+                        for (i, d) in days.iter().enumerate() {
+                            if i > 0 {
+                                list.push(b',');
+                            }
+                            write_str(list, Weekday::NAMES[*d as usize]);
+                        }
+                        list.push(b']');
                     }
-                    s
+                    s.str(
+                        "repeat",
+                        if *repeat == Repeat::Daily {
+                            "daily"
+                        } else {
+                            "weekly"
+                        },
+                    );
                 }
-                Schedule::Cron { cron } => vec![("cron", Field::Str(cron))],
-            };
-            pairs.push(("schedule", Field::Obj(schedule)));
+                Schedule::Cron { cron } => s.str("cron", cron),
+            }
+            s.end();
+            o.str("type", t.type_name());
         }
         Trigger::TimerAfter {
             after_s,
             since_event,
         } => {
-            pairs.push(("after_s", Field::Int(*after_s as i64)));
-            let since = match since_event {
+            o.int("after_s", *after_s as i64);
+            let mut s = Obj::new(o.key("since_event"));
+            match since_event {
                 EventPattern::UpsState { equals, ups } => {
-                    let mut s = vec![
-                        ("type", Field::Str("ups.state")),
-                        ("equals", Field::Str(equals.as_str())),
-                    ];
-                    push_opt(&mut s, "ups", ups.as_deref().map(Field::Str));
-                    s
+                    s.str("equals", equals.as_str());
+                    s.str("type", "ups.state");
+                    s.opt_str("ups", ups.as_deref());
                 }
                 EventPattern::WebhookCustom { name } => {
-                    vec![
-                        ("type", Field::Str("webhook.custom")),
-                        ("name", Field::Str(name)),
-                    ]
+                    s.str("name", name);
+                    s.str("type", "webhook.custom");
                 }
-            };
-            pairs.push(("since_event", Field::Obj(since)));
-        }
-        Trigger::WebhookCustom { name } => pairs.push(("name", Field::Str(name))),
-    }
-    Field::Obj(pairs)
-}
-
-fn condition_field(c: &Condition) -> Field<'_> {
-    let mut pairs = vec![
-        ("scope", Field::Str(Scope::NAMES[c.scope as usize])),
-        ("field", Field::Str(&c.field)),
-        ("op", Field::Str(c.op.as_str())),
-        ("value", Field::Json(&c.value)),
-    ];
-    push_opt(&mut pairs, "ups", c.ups.as_deref().map(Field::Str));
-    Field::Obj(pairs)
-}
-
-fn write_canonical_spec(out: &mut impl Write, spec: &PolicySpec, plan: &[PlanStep]) {
-    let selector_value = match spec.targets.selector.mode {
-        SelectorMode::List | SelectorMode::Range => {
-            let v = &spec.targets.selector.value;
-            if v.contains(char::is_whitespace) {
-                v.split(',').map(str::trim).collect::<Vec<_>>().join(",")
-            } else {
-                v.clone()
             }
+            s.end();
+            o.str("type", t.type_name());
         }
-        SelectorMode::Query | SelectorMode::Ledger => {
-            spec.targets.selector.value.trim().to_string()
+        Trigger::WebhookCustom { name } => {
+            o.str("name", name);
+            o.str("type", t.type_name());
         }
-    };
-    let actions = plan
+    }
+    o.end();
+}
+
+fn write_condition(out: &mut Vec<u8>, c: &Condition) {
+    let mut o = Obj::new(out);
+    o.str("field", &c.field);
+    o.str("op", c.op.as_str());
+    o.str("scope", Scope::NAMES[c.scope as usize]);
+    o.opt_str("ups", c.ups.as_deref());
+    write_canonical(o.key("value"), &c.value);
+    o.end();
+}
+
+/// Writes items whose order carries no meaning: each is written on its own,
+/// then the texts are sorted.
+fn write_sorted<T>(out: &mut Vec<u8>, items: &[T], write: fn(&mut Vec<u8>, &T)) {
+    let mut texts: Vec<Vec<u8>> = items
         .iter()
-        .map(|step| {
-            let mut a = vec![
-                ("capability_id", Field::Str(&step.capability)),
-                ("verb", Field::Str(&step.verb)),
-                ("params", Field::Map(&step.params)),
-            ];
-            push_opt(&mut a, "key_hint", step.key_hint.as_deref().map(Field::Str));
-            Field::Obj(a)
+        .map(|item| {
+            let mut buf = Vec::with_capacity(96);
+            write(&mut buf, item);
+            buf
         })
         .collect();
-    let logic = match spec.trigger_group.logic {
-        crate::spec::Logic::All => "ALL",
-        crate::spec::Logic::Any => "ANY",
-    };
-    let doc = Field::Obj(vec![
-        ("version", Field::Int(spec.version as i64)),
-        ("priority", Field::Int(spec.priority)),
-        ("stop_on_match", Field::Bool(spec.stop_on_match)),
-        ("dynamic_resolution", Field::Bool(spec.dynamic_resolution)),
-        (
-            "trigger_group",
-            Field::Obj(vec![
-                ("logic", Field::Str(logic)),
-                (
-                    "triggers",
-                    Field::Sorted(
-                        spec.trigger_group
-                            .triggers
-                            .iter()
-                            .map(|t| bytes(trigger_field(t)))
-                            .collect(),
-                    ),
-                ),
-            ]),
-        ),
-        (
-            "conditions",
-            Field::Sorted(
-                spec.conditions
-                    .iter()
-                    .map(|c| bytes(condition_field(c)))
-                    .collect(),
-            ),
-        ),
-        (
-            "targets",
-            Field::Obj(vec![
-                ("host_id", Field::Str(&spec.targets.host_id)),
-                ("target_type", Field::Str(&spec.targets.target_type)),
-                (
-                    "selector",
-                    Field::Obj(vec![
-                        ("mode", Field::Str(spec.targets.selector.mode.as_str())),
-                        ("value", Field::Str(&selector_value)),
-                    ]),
-                ),
-            ]),
-        ),
-        ("actions", Field::List(actions)),
-        ("suppression_s", Field::Int(spec.suppression_s as i64)),
-        ("idempotency_s", Field::Int(spec.idempotency_s as i64)),
-    ]);
-    write_field(out, &doc);
+    texts.sort_unstable();
+    out.push(b'[');
+    for (i, t) in texts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(t);
+    }
+    out.push(b']');
+}
+
+fn write_canonical_spec(out: &mut Vec<u8>, spec: &PolicySpec, plan: &[PlanStep]) {
+    let mut o = Obj::new(out);
+    {
+        let list = o.key("actions");
+        list.push(b'[');
+        for (i, step) in plan.iter().enumerate() {
+            if i > 0 {
+                list.push(b',');
+            }
+            let mut a = Obj::new(list);
+            a.str("capability_id", &step.capability);
+            a.opt_str("key_hint", step.key_hint.as_deref());
+            write_map(a.key("params"), &step.params);
+            a.str("verb", &step.verb);
+            a.end();
+        }
+        list.push(b']');
+    }
+    write_sorted(o.key("conditions"), &spec.conditions, write_condition);
+    o.bool("dynamic_resolution", spec.dynamic_resolution);
+    o.int("idempotency_s", spec.idempotency_s as i64);
+    o.int("priority", spec.priority);
+    o.bool("stop_on_match", spec.stop_on_match);
+    o.int("suppression_s", spec.suppression_s as i64);
+    {
+        let mut t = Obj::new(o.key("targets"));
+        t.str("host_id", &spec.targets.host_id);
+        {
+            let mut sel = Obj::new(t.key("selector"));
+            sel.str("mode", spec.targets.selector.mode.as_str());
+            let value = &spec.targets.selector.value;
+            match spec.targets.selector.mode {
+                SelectorMode::List | SelectorMode::Range if value.contains(char::is_whitespace) => {
+                    sel.str(
+                        "value",
+                        &value
+                            .split(',')
+                            .map(str::trim)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )
+                }
+                SelectorMode::List | SelectorMode::Range => sel.str("value", value),
+                SelectorMode::Query | SelectorMode::Ledger => sel.str("value", value.trim()),
+            }
+            sel.end();
+        }
+        t.str("target_type", &spec.targets.target_type);
+        t.end();
+    }
+    {
+        let mut g = Obj::new(o.key("trigger_group"));
+        g.str(
+            "logic",
+            match spec.trigger_group.logic {
+                crate::spec::Logic::All => "ALL",
+                crate::spec::Logic::Any => "ANY",
+            },
+        );
+        write_sorted(
+            g.key("triggers"),
+            &spec.trigger_group.triggers,
+            write_trigger,
+        );
+        g.end();
+    }
+    o.int("version", spec.version as i64);
+    o.end();
 }
 
 fn write_map(out: &mut impl Write, map: &serde_json::Map<String, Value>) {

@@ -7,8 +7,8 @@ use inventory::{Finding, Severity};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::compile::{compile, CompileContext, Ir};
-use crate::spec::{parse_document, parse_spec_node, Node, PolicySpec};
+use crate::compile::{compile, CompileContext, Ir, SpecMeta};
+use crate::spec::{parse_document, parse_spec_node, Node};
 
 /// Which stage found an issue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,11 +47,12 @@ impl ValidationReport {
     }
 }
 
-/// A validated policy: the report, and the spec when the schema stage passed.
+/// A validated policy: the report, and the spec's name, `enabled` and notes
+/// when the schema stage passed.
 #[derive(Debug, Clone)]
 pub struct Validated {
     pub report: ValidationReport,
-    pub spec: Option<PolicySpec>,
+    pub meta: Option<SpecMeta>,
 }
 
 /// Validates policy text (JSON or YAML).
@@ -68,7 +69,7 @@ pub fn validate_text(text: &str, manifests: &ManifestSet, ctx: &CompileContext<'
                 hash: None,
                 ir: None,
             },
-            spec: None,
+            meta: None,
         },
     }
 }
@@ -93,13 +94,15 @@ pub fn validate_node(
         })
         .collect();
     let mut ir = None;
-    if let Some(spec) = &spec {
+    let mut meta = None;
+    if let Some(spec) = spec {
         let compiled = compile(spec, manifests, ctx);
         issues.extend(compiled.findings.into_iter().map(|finding| Issue {
             finding,
             stage: Stage::Compile,
         }));
         ir = compiled.ir;
+        meta = Some(compiled.meta);
     }
     let ok = !issues
         .iter()
@@ -112,7 +115,7 @@ pub fn validate_node(
             hash: ir.as_ref().map(|ir| ir.hash.clone()),
             ir,
         },
-        spec,
+        meta,
     }
 }
 

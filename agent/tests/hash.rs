@@ -273,3 +273,29 @@ fn the_canonical_text_is_json_with_sorted_keys_and_no_whitespace() {
     assert!(!text.contains(": ") && !text.contains(", "));
     assert!(!text.contains("\"name\"") && !text.contains("notes") && !text.contains("enabled"));
 }
+
+#[test]
+fn every_trigger_and_schedule_form_has_a_sorted_canonical_form() {
+    let mut v: Value =
+        serde_json::from_str(include_str!("../../examples/spec-section2.json")).unwrap();
+    v["trigger_group"]["triggers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "type": "timer.after", "after": "1h", "since_event": { "type": "webhook.custom", "name": "x" } }));
+    v["trigger_group"]["triggers"].as_array_mut().unwrap().push(
+        json!({ "type": "ups.state", "equals": "comm_lost", "ups": "ups1@nas:3493", "for": "30s" }),
+    );
+    let (spec, findings) = agent::spec::parse_spec(&v);
+    let spec = spec.unwrap_or_else(|| panic!("{findings:#?}"));
+    let report = validate_text(
+        &v.to_string(),
+        &ManifestSet::embedded(),
+        &CompileContext::default(),
+    )
+    .report;
+    let text = agent::hash::canonical_text(&spec, &report.ir.unwrap().plan);
+    let reparsed: Value = serde_json::from_str(&text).unwrap();
+    let mut rewritten = Vec::new();
+    agent::hash::write_canonical(&mut rewritten, &reparsed);
+    assert_eq!(text, String::from_utf8(rewritten).unwrap());
+}

@@ -186,7 +186,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(6).min(64));
         while let Some(item) = seq.next_element()? {
             items.push(item);
         }
@@ -194,7 +194,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
-        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(4).min(64));
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
         while let Some((key, value)) = map.next_entry::<Key<'de>, Node<'de>>()? {
             entries.push((key.0, value));
         }
