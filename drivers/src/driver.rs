@@ -279,6 +279,19 @@ pub fn idempotency_key(action: &Action, target: &str, key_params: &[&str]) -> St
     key
 }
 
+/// The idempotency key of `action` on `target` with the key params the
+/// shipped manifest declares for that capability and verb
+/// ([`crate::manifest::Capability::key_params`]). Drivers and the engine
+/// both use this, so a dry-run and an execution of the same action always
+/// agree on the key.
+pub fn action_key(action: &Action, target: &str) -> String {
+    let key_params = crate::manifest::shipped()
+        .capability(&action.capability)
+        .map(|(_, cap)| cap.key_params(&action.verb))
+        .unwrap_or_default();
+    idempotency_key(action, target, &key_params)
+}
+
 fn param_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -322,6 +335,22 @@ mod tests {
             &[],
         );
         assert_eq!(key, "aoss.poe.port:start:vm:104");
+    }
+
+    #[test]
+    fn action_keys_follow_the_manifest_key_params() {
+        let off = Action {
+            capability: "aoss.poe.port".into(),
+            verb: "set".into(),
+            params: serde_json::json!({"state": "off"}).as_object().cloned().unwrap(),
+        };
+        assert_eq!(action_key(&off, "poe-port:1/A1"), "aoss.poe.port:set:poe-port:1/A1:state=off");
+        let shutdown = Action {
+            capability: "proxmox.vm".into(),
+            verb: "shutdown".into(),
+            params: serde_json::json!({"grace_s": 60}).as_object().cloned().unwrap(),
+        };
+        assert_eq!(action_key(&shutdown, "vm:104"), "proxmox.vm:shutdown:vm:104");
     }
 
     #[test]

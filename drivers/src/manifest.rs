@@ -292,6 +292,12 @@ pub struct ManifestError {
     pub message: String,
 }
 
+/// The shipped manifests, parsed once per process.
+pub fn shipped() -> &'static ManifestSet {
+    static SHIPPED: std::sync::OnceLock<ManifestSet> = std::sync::OnceLock::new();
+    SHIPPED.get_or_init(ManifestSet::parse_embedded)
+}
+
 /// Every loaded manifest, by id, with capability ids unique across all.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ManifestSet {
@@ -832,6 +838,10 @@ impl ManifestSet {
 
     /// The manifests shipped with Hazel ([`EMBEDDED`]).
     pub fn embedded() -> ManifestSet {
+        shipped().clone()
+    }
+
+    fn parse_embedded() -> ManifestSet {
         match ManifestSet::from_sources(EMBEDDED.iter().copied()) {
             Ok(set) => set,
             // Tested by drivers/tests/manifests.rs; unreachable in a tested build.

@@ -116,6 +116,63 @@ impl CallLimiter {
     }
 }
 
+/// The device-call limits of one host: one [`CallLimiter`] per capability
+/// of its plugin that declares a `rate_limit` (SPEC §5: `rate_limit` counts
+/// the calls a driver makes to a device, per host). A driver owns one and
+/// awaits [`DeviceLimits::acquire`] before every device call (HTTP request,
+/// SSH command, CLI line batch).
+#[derive(Debug, Clone, Default)]
+pub struct DeviceLimits {
+    by_capability: std::collections::BTreeMap<String, Arc<CallLimiter>>,
+    /// Discovery reads serve every capability, so they take the strictest limit.
+    strictest: Option<Arc<CallLimiter>>,
+}
+
+impl DeviceLimits {
+    /// Limits from a manifest's capabilities.
+    pub fn from_manifest(manifest: &crate::manifest::Manifest) -> DeviceLimits {
+        let mut limits = DeviceLimits::default();
+        for cap in &manifest.capabilities {
+            if let Some(rate) = cap.rate_limit {
+                let limiter = Arc::new(CallLimiter::new(rate));
+                let stricter = limits
+                    .strictest
+                    .as_ref()
+                    .is_none_or(|s| (rate.rps, rate.burst) < (s.limit().rps, s.limit().burst));
+                if stricter {
+                    limits.strictest = Some(limiter.clone());
+                }
+                limits.by_capability.insert(cap.id.clone(), limiter);
+            }
+        }
+        limits
+    }
+
+    /// Limits of a shipped plugin (from the embedded manifests); no limits
+    /// for an unknown plugin id.
+    pub fn for_plugin(plugin_id: &str) -> DeviceLimits {
+        crate::manifest::shipped()
+            .get(plugin_id)
+            .map(DeviceLimits::from_manifest)
+            .unwrap_or_default()
+    }
+
+    /// Waits for a device-call slot of `capability` (cancel-safe).
+    pub async fn acquire(&self, capability: &str) {
+        if let Some(limiter) = self.by_capability.get(capability) {
+            limiter.until_ready().await;
+        }
+    }
+
+    /// Waits for a device-call slot of a call that serves all capabilities
+    /// (discovery, connection test).
+    pub async fn acquire_any(&self) {
+        if let Some(limiter) = &self.strictest {
+            limiter.until_ready().await;
+        }
+    }
+}
+
 impl RateLimiters {
     pub fn new() -> RateLimiters {
         RateLimiters::default()
