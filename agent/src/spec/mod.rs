@@ -7,6 +7,7 @@
 //! plugin manifests and the inventory and produces the runtime IR.
 
 pub mod duration;
+pub mod json;
 pub mod node;
 pub mod parse;
 pub mod schedule;

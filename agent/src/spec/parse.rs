@@ -36,11 +36,11 @@ impl DocumentError {
 pub fn parse_document(text: &str) -> Result<Node<'_>, DocumentError> {
     let trimmed = text.trim_start_matches('\u{feff}');
     if matches!(trimmed.trim_start().as_bytes().first(), Some(b'{' | b'[')) {
-        serde_json::from_str(trimmed).map_err(|e| DocumentError {
+        super::json::parse(trimmed).map_err(|e| DocumentError {
             format: "JSON",
-            line: e.line(),
-            column: e.column(),
-            message: strip_position(&e.to_string()),
+            line: e.line,
+            column: e.column,
+            message: e.message.to_string(),
         })
     } else {
         serde_norway::from_str::<Node<'_>>(trimmed).map_err(|e| {
