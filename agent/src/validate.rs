@@ -662,6 +662,77 @@ actions:
     }
 
     #[test]
+    fn hosts_with_unknown_plugins_and_bad_ids_are_blockers() {
+        let manifests = ManifestSet::embedded();
+        let inventory = inventory::file::parse_inventory(
+            "hosts: [{ id: pve-01, plugin: proxmox.vx, targets: [{ type: vm, id: '104' }] }]",
+            None,
+        )
+        .unwrap();
+        let ctx = CompileContext {
+            inventory: Some(&inventory),
+            ..CompileContext::default()
+        };
+        check_with(
+            BASE,
+            &manifests,
+            &ctx,
+            expect![[r#"
+            Compile blocker compile.unknown_plugin /targets/host_id: host `pve-01` uses plugin `proxmox.vx`, which no manifest declares (check the plugin directory (--plugins) or the host's `plugin` in the inventory)
+            Compile info selector.missing /targets/selector/value: 9 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:204, vm:311, vm:312, vm:313, vm:314, ...
+            blocked"#]],
+        );
+        check(
+            &with("host_id: pve-01", "host_id: \"pve 01\""),
+            expect![[r#"
+            Schema blocker schema.invalid_id /targets/host_id: `pve 01` is not a valid id (ids use letters, digits and `_ . @ : -` only)
+            blocked"#]],
+        );
+        check(
+            &with("name: stop low-tier VMs", "name: \"   \""),
+            expect![[r#"
+            Schema blocker schema.empty /name: must not be empty
+            blocked"#]],
+        );
+    }
+
+    #[test]
+    fn every_documented_code_has_a_snapshot_and_every_emitted_code_is_documented() {
+        let docs = include_str!("../../docs/findings.md");
+        let snapshots = include_str!("validate.rs");
+        let sources = [include_str!("spec/parse.rs"), include_str!("compile.rs")].concat();
+        let code_at = |text: &str, i: usize| -> String {
+            text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '_')
+                .collect()
+        };
+        let find = |text: &str, prefix: &str| -> std::collections::BTreeSet<String> {
+            text.match_indices(prefix)
+                .map(|(i, _)| code_at(text, i))
+                .filter(|c| c.len() > prefix.len())
+                .collect()
+        };
+        for prefix in ["schema.", "compile."] {
+            let documented = find(docs, prefix);
+            let emitted = find(&sources, prefix);
+            for code in &emitted {
+                assert!(
+                    documented.contains(code),
+                    "{code} is emitted but not in docs/findings.md"
+                );
+            }
+            for code in &documented {
+                let in_snapshot = snapshots.contains(&format!(" {code} "));
+                assert!(
+                    in_snapshot,
+                    "{code} is documented but no expect snapshot shows it"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn without_an_inventory_capabilities_are_checked_against_any_manifest() {
         check_offline(BASE, expect!["ok; resolved vm:104 vm:204 vm:311 vm:312 vm:313 vm:314 vm:315 vm:316 vm:317 vm:318"]);
         check_offline(
