@@ -1,16 +1,18 @@
 //! The `proxmox.ve` driver against the Proxmox API simulator on loopback:
 //! discovery, dry-run preconditions and previews, execution with task
 //! polling and state read-back, Proxmox's quirks (already-running starts,
-//! delayed 401s, 5xx texts, proxy errors), batching, secrecy and TLS pinning.
+//! delayed 401s, 5xx texts, proxy errors), batching, the host's rate limit
+//! and retry budget, secrecy and TLS pinning.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use drivers::driver::{Action, Driver, DryRunAnswer, ErrorKind, ExecOutcome, RefreshMode};
-use drivers::manifest::ManifestSet;
+use drivers::manifest::{ManifestSet, RateLimit};
 use drivers::proxmox::sim::{ProxmoxSim, SimChange, SimConfig, SimGuest, SimKind, SimStatus};
 use drivers::proxmox::{ProxmoxConfig, ProxmoxDriver, Scheme};
+use drivers::ratelimit::DeviceLimits;
 use drivers::registry::{HostConfig, Registry, RegistryError};
 use drivers::secret::Secret;
 use inventory::Severity;
@@ -192,6 +194,11 @@ async fn dry_run_of_a_shutdown_previews_the_exact_calls_and_checks_in_order() {
         0,
         "a dry-run sends no POST"
     );
+    assert_eq!(
+        sim.request_count("GET", "/nodes/pve1/qemu/104/config"),
+        0,
+        "no lock shows anywhere, so the config is not read"
+    );
     assert_eq!(sim.status(104), Some(SimStatus::Running));
 }
 
@@ -283,17 +290,27 @@ async fn an_unreachable_host_is_a_network_error() {
     assert_eq!(err.kind, ErrorKind::NetworkError, "{err}");
 }
 
+/// Every answer takes 30 s and each attempt gives up after T = 250 ms; the
+/// first backoff is 50 ms and the dry-run budget B = 850 ms. Attempt 1 ends
+/// at ~250 ms; a retry needs 50 + 250 ms and would end at ~550 ms <= B, so it
+/// runs; the next would need 100 + 250 ms more and end at ~900 ms > B, so it
+/// never starts. A driver that retried without asking whether the retry fits
+/// would start a third attempt (five with no deadline at all), one that never
+/// retried would stop at 1. (Delays only push the second decision further
+/// past B; the first has ~150 ms of slack.)
 #[tokio::test]
-async fn a_slow_host_times_out_and_retries_stay_inside_the_budget() {
+async fn a_slow_host_gets_exactly_the_retries_that_fit_inside_the_budget() {
     let sim = start(SimConfig {
         latency_ms: 30_000,
         ..SimConfig::demo()
     })
     .await;
     let mut cfg = sim.driver_config();
-    cfg.timeout_s = 0.2;
+    cfg.timeout_s = 0.25;
+    cfg.retries = 4;
     cfg.backoff_ms_start = 50;
-    cfg.dry_run_budget_s = 0.6;
+    cfg.backoff_ms_max = 2_000;
+    cfg.dry_run_budget_s = 0.85;
     let driver = ProxmoxDriver::new("pve-01", cfg).unwrap();
     let err = driver
         .dry_run(&shutdown(), &targets(&["vm:104"]))
@@ -301,23 +318,158 @@ async fn a_slow_host_times_out_and_retries_stay_inside_the_budget() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
     assert_eq!(err.code(), "driver.timeout");
-    let attempts = sim.request_count("GET", "/cluster/resources");
-    assert!(
-        attempts <= 3,
-        "at most the first try and 2 retries, got {attempts}"
+    assert_eq!(
+        sim.request_count("GET", "/cluster/resources"),
+        2,
+        "the first attempt and the one retry that fits: {:?}",
+        sim.request_log()
     );
+    assert_eq!(sim.total_requests(), 2, "{:?}", sim.request_log());
+}
+
+/// The shipped `proxmox.ve` limits with some capabilities' `rate_limit` replaced.
+fn limits_with(overrides: &[(&str, RateLimit)]) -> DeviceLimits {
+    let mut manifest = drivers::manifest::shipped()
+        .get("proxmox.ve")
+        .expect("proxmox.ve is shipped")
+        .clone();
+    for (id, rate) in overrides {
+        let cap = manifest
+            .capabilities
+            .iter_mut()
+            .find(|c| c.id == *id)
+            .unwrap_or_else(|| panic!("no capability {id}"));
+        cap.rate_limit = Some(*rate);
+    }
+    DeviceLimits::from_manifest(&manifest)
+}
+
+/// Checks request arrival times against a token bucket of `rate` (governor's
+/// GCRA): any `n` requests in a row span at least `(n - burst) / rps`. The
+/// simulator stamps a request when it arrives, not when the driver's slot
+/// was granted, so `slack` absorbs loopback jitter; nothing here bounds how
+/// fast the calls went.
+fn assert_paced(timeline: &[(Duration, String)], rate: RateLimit, slack: Duration) {
+    let period = Duration::from_secs(1) / rate.rps;
+    for i in 0..timeline.len() {
+        for j in i + 1..timeline.len() {
+            let calls = (j - i + 1) as u32;
+            if calls <= rate.burst {
+                continue;
+            }
+            let floor = period * (calls - rate.burst);
+            let span = timeline[j].0 - timeline[i].0;
+            assert!(
+                span + slack >= floor,
+                "{calls} requests ({} .. {}) came within {span:?}, the rate limit allows no less than {floor:?}: {timeline:#?}",
+                timeline[i].1,
+                timeline[j].1
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_api_call_of_an_action_waits_for_the_capabilitys_rate_limit() {
+    let sim = start(SimConfig::generated(2, 6)).await;
+    let rate = RateLimit { rps: 5, burst: 2 };
+    let driver = ProxmoxDriver::with_limits(
+        "pve-01",
+        sim.driver_config(),
+        limits_with(&[("proxmox.vm", rate)]),
+    )
+    .unwrap();
+    let ids: Vec<String> = (100..106).map(|id| format!("vm:{id}")).collect();
+    let answers = driver.dry_run(&shutdown(), &ids).await.unwrap();
+    assert!(answers.iter().all(|a| a.ok), "{answers:#?}");
+    assert_eq!(
+        sim.total_requests(),
+        1 + 2 + 6,
+        "resources, a task list per node, a state per VM: {:?}",
+        sim.request_log()
+    );
+    // Execution's POST, task polls and read-back share the same bucket.
+    let out = exec_one(&driver, &shutdown(), "vm:100").await;
+    assert!(out.ok, "{out:?}");
+    let timeline = sim.request_timeline();
+    assert!(
+        timeline
+            .iter()
+            .any(|(_, r)| r == "POST /nodes/pve1/qemu/100/status/shutdown"),
+        "{timeline:?}"
+    );
+    assert_paced(&timeline, rate, Duration::from_millis(60));
+}
+
+#[tokio::test]
+async fn connection_tests_take_the_hosts_strictest_rate_limit() {
+    let (sim, _) = demo().await;
+    let rate = RateLimit { rps: 5, burst: 1 };
+    let driver = ProxmoxDriver::with_limits(
+        "pve-01",
+        sim.driver_config(),
+        limits_with(&[("proxmox.node", rate)]),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert!(driver.test_connection().await.unwrap().ok);
+    }
+    let timeline = sim.request_timeline();
+    assert_eq!(timeline.len(), 3, "{timeline:?}");
+    assert_paced(&timeline, rate, Duration::from_millis(60));
 }
 
 #[tokio::test]
 async fn a_locked_vm_fails_the_lock_precondition() {
-    let (_sim, driver) = demo().await;
+    let (sim, driver) = demo().await;
     let answer = dry_one(&driver, &shutdown(), "vm:106").await;
     assert!(!answer.ok);
     assert_eq!(answer.severity, Severity::Error);
     let lock = check(&answer, "vm_lock");
     assert!(!lock.ok);
     assert_eq!(lock.details.as_ref().unwrap()["lock"], json!("backup"));
+    assert_eq!(lock.details.as_ref().unwrap()["source"], json!("config"));
     assert_eq!(answer.reason.as_deref(), Some("VM is locked (backup)"));
+    assert_eq!(
+        sim.request_count("GET", "/nodes/pve1/qemu/106/config"),
+        1,
+        "a lock shows, so the config decides"
+    );
+    assert!(answer
+        .plan
+        .preview
+        .contains(&json!({"method": "GET", "endpoint": "/nodes/pve1/qemu/106/config"})));
+}
+
+#[tokio::test]
+async fn a_lock_released_after_the_state_read_is_taken_from_the_config() {
+    let (sim, driver) = demo().await;
+    // The backup of VM 106 ends right after its state was read.
+    let release = || {
+        sim.after_request(
+            "GET",
+            "/nodes/pve1/qemu/106/status/current",
+            SimChange::Lock(106, None),
+        )
+    };
+    release();
+    let answer = dry_one(&driver, &shutdown(), "vm:106").await;
+    assert!(answer.ok, "{answer:#?}");
+    let lock = check(&answer, "vm_lock");
+    assert!(lock.ok);
+    assert_eq!(
+        lock.details.as_ref().unwrap(),
+        &json!({"lock": null, "source": "config"})
+    );
+    sim.set_lock(106, Some("backup"));
+    release();
+    let out = exec_one(&driver, &shutdown(), "vm:106").await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(
+        sim.request_count("POST", "/nodes/pve1/qemu/106/status/shutdown"),
+        1
+    );
+    assert_eq!(sim.request_count("GET", "/nodes/pve1/qemu/106/config"), 2);
 }
 
 #[tokio::test]
@@ -327,6 +479,7 @@ async fn executing_on_a_locked_vm_reports_the_lock_and_sends_nothing() {
     assert!(!out.ok);
     assert_eq!(out.code, "driver.validation_error");
     assert_eq!(out.evidence["lock"], json!("backup"));
+    assert_eq!(out.evidence["lock_source"], json!("config"));
     assert_eq!(
         sim.request_count("POST", "/nodes/pve1/qemu/106/status/shutdown"),
         0
@@ -363,6 +516,11 @@ async fn executing_a_shutdown_polls_the_task_and_reads_the_state_back() {
         "{upid}"
     );
     assert_eq!(out.evidence["exitstatus"], json!("OK"));
+    assert_eq!(
+        out.evidence["http_status"],
+        json!(200),
+        "the power POST's status"
+    );
     assert_eq!(sim.status(104), Some(SimStatus::Stopped));
     assert_eq!(
         sim.request_count("POST", "/nodes/pve1/qemu/104/status/shutdown"),
@@ -381,6 +539,24 @@ async fn executing_a_shutdown_polls_the_task_and_reads_the_state_back() {
         again.code, "driver.already_desired",
         "execute is idempotent"
     );
+}
+
+#[tokio::test]
+async fn a_refused_power_request_reports_its_http_status() {
+    let (sim, driver) = demo().await;
+    // VM 104 migrates after its state was read: the reset goes to its old
+    // node, which refuses it at once (500, no task).
+    sim.after_request(
+        "GET",
+        "/nodes/pve1/qemu/104/status/current",
+        SimChange::Migrate(104, "pve2".into()),
+    );
+    let reset = action("proxmox.vm", "reset", json!({}));
+    let out = exec_one(&driver, &reset, "vm:104").await;
+    assert!(!out.ok, "{out:?}");
+    assert_eq!(out.code, "driver.not_found");
+    assert_eq!(out.evidence["http_status"], json!(500));
+    assert!(out.evidence.get("upid").is_none(), "{out:?}");
 }
 
 #[tokio::test]
@@ -625,6 +801,7 @@ async fn node_power_is_previewed_and_sent_to_the_named_node() {
     assert_eq!(answer.effects.per_target[0].to.as_deref(), Some("offline"));
     let out = exec_one(&driver, &off, "host:pve2").await;
     assert!(out.ok, "{out:?}");
+    assert_eq!(out.evidence["http_status"], json!(200));
     assert_eq!(sim.request_count("POST", "/nodes/pve2/status"), 1);
     let missing = dry_one(&driver, &off, "host:pve9").await;
     assert!(!check(&missing, "node_exists").ok);

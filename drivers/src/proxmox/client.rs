@@ -2,8 +2,11 @@
 //! API-token header, TLS set up per the host's pin or CA roots, per-call
 //! timeouts cut to the caller's remaining budget, and retries of idempotent
 //! GETs that start only when they can still finish in that budget. Every
-//! failure leaves this module as a [`DriverError`] with its §7 kind; no
-//! message or `Debug` output carries the token secret.
+//! request first takes a slot of the host's device-call rate limit
+//! ([`DeviceLimits`], the manifest's `rate_limit` per capability), so
+//! retries and task polls count too. Every failure leaves this module as a
+//! [`DriverError`] with its §7 kind; no message or `Debug` output carries
+//! the token secret.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,41 +19,32 @@ use tokio::time::Instant;
 
 use super::{tls, ProxmoxConfig, Scheme};
 use crate::driver::{DriverError, ErrorKind};
+use crate::ratelimit::{Backoff, DeviceLimits, Retry};
 
-/// Exponential backoff between attempts: starts at `start`, doubles per
-/// step up to `max`, and starts over after [`Backoff::reset`].
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    start: Duration,
-    max: Duration,
-    next: Duration,
+/// The device calls of one driver operation: the host's client plus the
+/// rate limit they count against. Cheap to copy; dry-run, execute and
+/// discovery make every API call through one of these.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Calls<'a> {
+    client: &'a ApiClient,
+    /// The capability whose `rate_limit` the calls take; `None` for calls
+    /// that serve every capability (discovery, connection test).
+    capability: Option<&'a str>,
 }
 
-impl Backoff {
-    pub(crate) fn new(start: Duration, max: Duration) -> Self {
-        Backoff {
-            start,
-            max,
-            next: start,
-        }
-    }
-
-    /// The wait before the next attempt; later waits grow.
-    pub(crate) fn next_wait(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(self.max);
-        wait
-    }
-
-    /// Back to the first wait.
-    pub(crate) fn reset(&mut self) {
-        self.next = self.start;
-    }
+/// The answer of a POST: its HTTP status (execute evidence) and what it said.
+#[derive(Debug)]
+pub(crate) struct Posted {
+    /// The HTTP status, when an answer came at all.
+    pub http_status: Option<u16>,
+    pub result: Result<Value, DriverError>,
 }
 
 /// A failed call plus whether repeating it may succeed.
 struct CallError {
     error: DriverError,
+    /// The HTTP status, when the server answered.
+    http_status: Option<u16>,
     retryable: bool,
 }
 
@@ -63,8 +57,10 @@ pub(crate) struct ApiClient {
     auth: HeaderValue,
     timeout: Duration,
     retries: u32,
-    backoff_start: Duration,
-    backoff_max: Duration,
+    backoff: Backoff,
+    /// The host's device-call rate limits (manifest `rate_limit`).
+    limits: DeviceLimits,
+    /// `max_in_flight`: a concurrency cap on top of the rate.
     permits: Arc<Semaphore>,
 }
 
@@ -80,7 +76,7 @@ impl std::fmt::Debug for ApiClient {
 }
 
 impl ApiClient {
-    pub(crate) fn new(config: &ProxmoxConfig) -> Result<Self, DriverError> {
+    pub(crate) fn new(config: &ProxmoxConfig, limits: DeviceLimits) -> Result<Self, DriverError> {
         let timeout = Duration::from_secs_f64(config.timeout_s);
         let mut builder = reqwest::Client::builder()
             .connect_timeout(timeout)
@@ -135,75 +131,78 @@ impl ApiClient {
             auth,
             timeout,
             retries: config.retries,
-            backoff_start: Duration::from_millis(config.backoff_ms_start),
-            backoff_max: Duration::from_millis(config.backoff_ms_max),
+            backoff: Backoff::new(
+                Duration::from_millis(config.backoff_ms_start),
+                Duration::from_millis(config.backoff_ms_max),
+            ),
+            limits,
             permits: Arc::new(Semaphore::new(config.max_in_flight)),
         })
     }
 
-    /// `GET path?query` and the `data` of the answer. Transient failures are
-    /// retried (up to `retries`) when the retry can finish before `deadline`.
-    pub(crate) async fn get(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-        deadline: Option<Instant>,
-    ) -> Result<Value, DriverError> {
-        let mut backoff = Backoff::new(self.backoff_start, self.backoff_max);
-        let mut attempt = 0;
-        loop {
-            let started = Instant::now();
-            match self.call(Method::GET, path, query, &[], deadline).await {
-                Ok(data) => return Ok(data),
-                Err(CallError { error, retryable }) => {
-                    attempt += 1;
-                    if !retryable || attempt > self.retries {
-                        return Err(error);
-                    }
-                    let wait = backoff.next_wait();
-                    if !retry_fits(Instant::now(), wait, started.elapsed(), deadline) {
-                        return Err(error);
-                    }
-                    tracing::debug!(path, attempt, wait_ms = wait.as_millis() as u64, error = %error, "retrying GET");
-                    tokio::time::sleep(wait).await;
-                }
-            }
+    /// Calls made for an action of `capability`: they count against its `rate_limit`.
+    pub(crate) fn for_capability<'a>(&'a self, capability: &'a str) -> Calls<'a> {
+        Calls {
+            client: self,
+            capability: Some(capability),
         }
     }
 
-    /// `POST path` with a form body; never retried (power actions are not idempotent).
-    pub(crate) async fn post(
-        &self,
-        path: &str,
-        form: &[(&str, String)],
-        deadline: Option<Instant>,
-    ) -> Result<Value, DriverError> {
-        self.call(Method::POST, path, &[], form, deadline)
-            .await
-            .map_err(|e| e.error)
+    /// Calls that serve every capability (discovery, connection test): they
+    /// count against the host's strictest `rate_limit`.
+    pub(crate) fn for_any(&self) -> Calls<'_> {
+        Calls {
+            client: self,
+            capability: None,
+        }
     }
 
     async fn call(
         &self,
+        capability: Option<&str>,
         method: Method,
         path: &str,
         query: &[(&str, String)],
         form: &[(&str, String)],
         deadline: Option<Instant>,
-    ) -> Result<Value, CallError> {
+    ) -> Result<(u16, Value), CallError> {
         let what = format!("{method} {path}");
         let out_of_budget = || CallError {
             error: DriverError::new(
                 ErrorKind::Timeout,
                 format!("{what}: no time left in the budget"),
             ),
+            http_status: None,
             retryable: false,
         };
+        // The concurrency permit first, then the rate slot, so the request
+        // leaves right when the limiter allows it (no bunching behind the cap).
+        let permit_and_slot = async {
+            let permit = self.permits.acquire().await;
+            match capability {
+                Some(cap) => self.limits.acquire(cap).await,
+                None => self.limits.acquire_any().await,
+            }
+            permit
+        };
+        // Running out of budget while waiting for our own limiter says
+        // nothing about the host: report it as rate_limited, which does not
+        // count against the host's breaker (a timeout would).
+        let locally_limited = || {
+            CallError {
+            error: DriverError::new(
+                ErrorKind::RateLimited,
+                format!("{what}: the budget ran out waiting for the host's rate limit or connection cap"),
+            ),
+            http_status: None,
+            retryable: false,
+        }
+        };
         let _permit = match deadline {
-            Some(d) => tokio::time::timeout_at(d, self.permits.acquire())
+            Some(d) => tokio::time::timeout_at(d, permit_and_slot)
                 .await
-                .map_err(|_| out_of_budget())?,
-            None => self.permits.acquire().await,
+                .map_err(|_| locally_limited())?,
+            None => permit_and_slot.await,
         }
         .expect("the semaphore is never closed");
         let timeout = match deadline {
@@ -247,21 +246,83 @@ impl ApiClient {
                     ErrorKind::Unknown,
                     format!("{what}: answer is not json: {e}"),
                 ),
+                http_status: Some(status.as_u16()),
                 retryable: false,
             })?;
-            return Ok(envelope
+            let data = envelope
                 .get_mut("data")
                 .map(Value::take)
-                .unwrap_or(Value::Null));
+                .unwrap_or(Value::Null);
+            return Ok((status.as_u16(), data));
         }
         Err(status_error(&what, status, reason.as_deref(), &body))
     }
 }
 
-/// Whether a retry that first waits `wait` and then takes about as long as
-/// the attempt that just failed (`last`) still ends by `deadline`.
-fn retry_fits(now: Instant, wait: Duration, last: Duration, deadline: Option<Instant>) -> bool {
-    deadline.is_none_or(|d| now + wait + last <= d)
+impl Calls<'_> {
+    /// `GET path?query` and the `data` of the answer. Transient failures are
+    /// retried (up to `retries`, with the host's backoff) only when the retry
+    /// can finish before `deadline`, judging by how long the failed attempt took.
+    pub(crate) async fn get(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        deadline: Option<Instant>,
+    ) -> Result<Value, DriverError> {
+        let client = self.client;
+        let mut retry = Retry::new(client.backoff.clone(), client.retries, deadline);
+        loop {
+            let started = Instant::now();
+            let failure = match client
+                .call(self.capability, Method::GET, path, query, &[], deadline)
+                .await
+            {
+                Ok((_, data)) => return Ok(data),
+                Err(failure) => failure,
+            };
+            let wait = if failure.retryable {
+                retry.next(&failure.error, started.elapsed())
+            } else {
+                None
+            };
+            let Some(wait) = wait else {
+                return Err(failure.error);
+            };
+            tracing::debug!(
+                path,
+                retries_left = retry.retries_left(),
+                wait_ms = wait.as_millis() as u64,
+                error = %failure.error,
+                "retrying GET"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// `POST path` with a form body, with the HTTP status for evidence.
+    /// Never retried: a power request that reached the node may have started
+    /// a task even if its answer was lost.
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        form: &[(&str, String)],
+        deadline: Option<Instant>,
+    ) -> Posted {
+        match self
+            .client
+            .call(self.capability, Method::POST, path, &[], form, deadline)
+            .await
+        {
+            Ok((status, data)) => Posted {
+                http_status: Some(status),
+                result: Ok(data),
+            },
+            Err(e) => Posted {
+                http_status: e.http_status,
+                result: Err(e.error),
+            },
+        }
+    }
 }
 
 /// Maps a non-2xx answer to its §7 kind, with the server's text: the JSON
@@ -317,6 +378,7 @@ fn status_error(what: &str, status: StatusCode, reason: Option<&str>, body: &[u8
     };
     CallError {
         error: DriverError::new(kind, format!("{what}: http {code} {text}")),
+        http_status: Some(code),
         retryable,
     }
 }
@@ -353,6 +415,7 @@ fn transport_error(what: &str, timeout: Duration, e: reqwest::Error) -> CallErro
                 format!("{what}: tls handshake failed: {tls}"),
             )
             .with_source(e),
+            http_status: None,
             retryable: false,
         };
     }
@@ -376,6 +439,7 @@ fn transport_error(what: &str, timeout: Duration, e: reqwest::Error) -> CallErro
     };
     CallError {
         error: DriverError::new(kind, message).with_source(e),
+        http_status: None,
         retryable: true,
     }
 }
@@ -420,28 +484,6 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_millis(800));
-        assert_eq!(b.next_wait(), Duration::from_millis(250));
-        assert_eq!(b.next_wait(), Duration::from_millis(500));
-        assert_eq!(b.next_wait(), Duration::from_millis(800));
-        b.reset();
-        assert_eq!(b.next_wait(), Duration::from_millis(250));
-    }
-
-    #[test]
-    fn a_retry_starts_only_if_it_can_finish_in_the_budget() {
-        let now = Instant::now();
-        let ms = Duration::from_millis;
-        assert!(retry_fits(now, ms(250), ms(1000), Some(now + ms(1300))));
-        assert!(!retry_fits(now, ms(250), ms(1000), Some(now + ms(1200))));
-        assert!(
-            retry_fits(now, ms(250), ms(60_000), None),
-            "no budget, no limit"
-        );
-    }
 
     fn kind_of(code: u16, reason: Option<&str>, body: &str) -> (ErrorKind, bool, String) {
         let e = status_error(

@@ -2,9 +2,16 @@
 //! and nodes (`host:<node>`). The fast path is one `GET /cluster/resources`
 //! (unfiltered, so nodes without guests still appear as hosts); the full path
 //! adds `/nodes`, each online node's qemu/lxc lists (live status, sizes) and
-//! each guest's config (onboot, ostype, the authoritative lock). Tags become
+//! each guest's config (onboot, ostype, and the lock as the config holds it,
+//! which the resource list's cached copy may not yet show). Tags become
 //! labels. A failed hydration call leaves that target's extra attrs out
 //! rather than failing the discovery.
+//!
+//! Rate limits: the cluster-wide reads serve every capability and take the
+//! host's strictest `rate_limit`; the per-node guest lists and per-guest
+//! config reads count against the capability of the guests they read
+//! (`proxmox.vm`, `proxmox.ct`), so a full discovery of a large cluster is
+//! paced by the guests' limit, not by the node-power one.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -14,7 +21,7 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use super::client::ApiClient;
-use super::dry_run::{guest_path, RESOURCES_PATH};
+use super::dry_run::{config_path, RESOURCES_PATH};
 use super::model::{
     as_u64, copy_fields, str_field, tags_to_labels, truthy, GuestKind, ResourceGuest, Resources,
 };
@@ -25,7 +32,10 @@ pub(crate) async fn discover(
     mode: RefreshMode,
     deadline: Instant,
 ) -> Result<Vec<Target>, DriverError> {
-    let data = client.get(RESOURCES_PATH, &[], Some(deadline)).await?;
+    let data = client
+        .for_any()
+        .get(RESOURCES_PATH, &[], Some(deadline))
+        .await?;
     let resources = Resources::parse(&data);
 
     let mut hosts: BTreeMap<String, Target> = BTreeMap::new();
@@ -104,7 +114,7 @@ async fn hydrate(
     guests: &mut [Target],
     deadline: Instant,
 ) {
-    match client.get("/nodes", &[], Some(deadline)).await {
+    match client.for_any().get("/nodes", &[], Some(deadline)).await {
         Ok(list) => {
             for n in list.as_array().into_iter().flatten() {
                 let Some(name) = str_field(n, "node") else {
@@ -141,7 +151,8 @@ async fn hydrate(
     let lists = join_all(online.iter().flat_map(|node| {
         [GuestKind::Qemu, GuestKind::Lxc].map(|kind| async move {
             let path = format!("/nodes/{node}/{}", kind.api());
-            (kind, client.get(&path, &[], Some(deadline)).await)
+            let api = client.for_capability(kind.capability());
+            (kind, api.get(&path, &[], Some(deadline)).await)
         })
     }))
     .await;
@@ -160,11 +171,12 @@ async fn hydrate(
     }
 
     let configs = join_all(resources.guests.iter().map(|g| async move {
-        let path = format!("{}/config", guest_path(g.kind, &g.node, g.vmid));
+        let path = config_path(g.kind, &g.node, g.vmid);
+        let api = client.for_capability(g.kind.capability());
         (
             g.kind.target_type(),
             g.vmid.to_string(),
-            client.get(&path, &[], Some(deadline)).await,
+            api.get(&path, &[], Some(deadline)).await,
         )
     }))
     .await;

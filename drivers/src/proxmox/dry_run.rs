@@ -1,11 +1,16 @@
 //! Preflight of a power action: what `execute` would find and send, without
 //! sending anything that changes state. One `/cluster/resources` call finds
 //! every target's node, one active-task list per node finds pending tasks,
-//! and one `status/current` per target reads the live state; the checks are
-//! reported in a fixed order (`auth`, `vm_exists`, `vm_lock`, `vm_state`,
-//! `pending_tasks`, `no_op`). The request shapes built here are the ones
-//! `execute` sends, so the preview is exactly what would go over the wire
-//! (minus the token, which only the client ever sees).
+//! one `status/current` per target reads the live state, and `.../config`
+//! is read for the `vm_lock` check of each guest about to change on which a
+//! lock shows (the config's `lock` is what Proxmox enforces; reading it for
+//! every guest would double the calls a dry-run spends of the host's
+//! `rate_limit` and SLA budget for an answer `status/current` already
+//! carries). The checks are reported in a fixed order (`auth`, `vm_exists`,
+//! `vm_lock`, `vm_state`, `pending_tasks`, `no_op`). The request shapes and
+//! the lock rule here are the ones `execute` uses, so the preview is exactly
+//! what would go over the wire (minus the token, which only the client ever
+//! sees).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,29 +19,26 @@ use inventory::Severity;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::client::ApiClient;
+use super::client::{ApiClient, Calls};
 use super::model::{
     parse_target, str_field, GuestKind, LiveStatus, NodeVerb, PowerParams, ResourceGuest,
     Resources, TargetRef, Verb,
 };
 use super::{CAP_CT, CAP_NODE, CAP_VM};
 use crate::driver::{
-    idempotency_key, Action, DriverError, DryRunAnswer, Effects, ErrorKind, Plan, Precondition,
+    action_key, Action, DriverError, DryRunAnswer, Effects, ErrorKind, Plan, Precondition,
     TargetEffect,
 };
 
 /// The one lookup of every guest's node and cached state.
 pub(crate) const RESOURCES_PATH: &str = "/cluster/resources";
-/// Proxmox has no state-changing params that must enter the key beyond the
-/// verb itself (`grace_s` changes how, not what).
-pub(crate) const KEY_PARAMS: &[&str] = &[];
 
 /// `GET /cluster/resources?type=vm`, parsed.
 pub(crate) async fn lookup_guests(
-    client: &ApiClient,
+    api: Calls<'_>,
     deadline: Option<Instant>,
 ) -> Result<Resources, DriverError> {
-    let data = client
+    let data = api
         .get(RESOURCES_PATH, &[("type", "vm".into())], deadline)
         .await?;
     Ok(Resources::parse(&data))
@@ -50,6 +52,51 @@ pub(crate) fn guest_path(kind: GuestKind, node: &str, vmid: u32) -> String {
 /// `/nodes/{node}/{qemu|lxc}/{vmid}/status/current`.
 pub(crate) fn status_path(kind: GuestKind, node: &str, vmid: u32) -> String {
     format!("{}/status/current", guest_path(kind, node, vmid))
+}
+
+/// `/nodes/{node}/{qemu|lxc}/{vmid}/config`.
+pub(crate) fn config_path(kind: GuestKind, node: &str, vmid: u32) -> String {
+    format!("{}/config", guest_path(kind, node, vmid))
+}
+
+/// Whether the guest's config must be read before deciding on `verb`: only
+/// when the guest is about to change and `status/current` or the resource
+/// list shows a lock (then the config, which Proxmox enforces, decides).
+pub(crate) fn lock_needs_config(verb: Verb, live: &LiveStatus, listed_lock: Option<&str>) -> bool {
+    !verb.already_desired(&live.state) && (live.lock.is_some() || listed_lock.is_some())
+}
+
+/// The lock that decides, and where it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LockReading {
+    pub lock: Option<String>,
+    /// `config`, or `status/current` when the config was not (or could not be) read.
+    pub source: &'static str,
+    /// Why the config could not be read, when it could not.
+    pub config_error: Option<String>,
+}
+
+impl LockReading {
+    /// The config's lock when it was read, else the one `status/current` reported.
+    pub(crate) fn new(live: &LiveStatus, config: Option<&Result<Value, DriverError>>) -> Self {
+        match config {
+            Some(Ok(cfg)) => LockReading {
+                lock: str_field(cfg, "lock").filter(|l| !l.is_empty()),
+                source: "config",
+                config_error: None,
+            },
+            Some(Err(e)) => LockReading {
+                lock: live.lock.clone(),
+                source: "status/current",
+                config_error: Some(e.message.clone()),
+            },
+            None => LockReading {
+                lock: live.lock.clone(),
+                source: "status/current",
+                config_error: None,
+            },
+        }
+    }
 }
 
 /// The POST a power verb sends: endpoint and body (numbers as the API takes them).
@@ -154,9 +201,10 @@ pub(crate) async fn dry_run(
     targets: &[String],
     deadline: Instant,
 ) -> Result<Vec<DryRunAnswer>, DriverError> {
+    let api = client.for_capability(&action.capability);
     match action.capability.as_str() {
-        CAP_VM | CAP_CT => guest_dry_run(client, action, targets, deadline).await,
-        CAP_NODE => node_dry_run(client, action, targets, deadline).await,
+        CAP_VM | CAP_CT => guest_dry_run(api, action, targets, deadline).await,
+        CAP_NODE => node_dry_run(api, action, targets, deadline).await,
         other => Err(DriverError::new(
             ErrorKind::ValidationError,
             format!("proxmox.ve has no capability {other:?}"),
@@ -182,7 +230,7 @@ pub(crate) fn guest_targets(
 }
 
 async fn guest_dry_run(
-    client: &ApiClient,
+    api: Calls<'_>,
     action: &Action,
     targets: &[String],
     deadline: Instant,
@@ -193,7 +241,7 @@ async fn guest_dry_run(
     if refs.is_empty() {
         return Ok(Vec::new());
     }
-    let resources = lookup_guests(client, Some(deadline)).await?;
+    let resources = lookup_guests(api, Some(deadline)).await?;
     let index = resources.index();
     let found: Vec<Option<&ResourceGuest>> =
         refs.iter().map(|key| index.get(key).copied()).collect();
@@ -204,22 +252,43 @@ async fn guest_dry_run(
             ("source", "active".to_string()),
             ("limit", "500".to_string()),
         ];
-        let answer = client
+        let answer = api
             .get(&format!("/nodes/{node}/tasks"), &query, Some(deadline))
             .await;
         (node.to_string(), answer.map(|data| running_tasks(&data)))
     }));
-    let statuses = join_all(found.iter().map(|guest| async move {
-        match guest {
-            Some(g) => Some(
-                client
-                    .get(&status_path(g.kind, &g.node, g.vmid), &[], Some(deadline))
-                    .await,
-            ),
-            None => None,
-        }
-    }));
-    let (task_lists, statuses) = tokio::join!(task_lists, statuses);
+    // States, then the configs of the locked guests among them, while the
+    // task lists are read.
+    let states_then_locks = async {
+        let statuses: Vec<Option<Result<LiveStatus, DriverError>>> =
+            join_all(found.iter().map(|guest| async move {
+                let g = (*guest)?;
+                let path = status_path(g.kind, &g.node, g.vmid);
+                Some(
+                    api.get(&path, &[], Some(deadline))
+                        .await
+                        .map(|data| LiveStatus::parse(&data)),
+                )
+            }))
+            .await;
+        let configs: Vec<Option<Result<Value, DriverError>>> = join_all(
+            found
+                .iter()
+                .zip(&statuses)
+                .map(|(guest, status)| async move {
+                    let g = (*guest)?;
+                    let live = status.as_ref()?.as_ref().ok()?;
+                    if !lock_needs_config(verb, live, g.lock.as_deref()) {
+                        return None;
+                    }
+                    let path = config_path(g.kind, &g.node, g.vmid);
+                    Some(api.get(&path, &[], Some(deadline)).await)
+                }),
+        )
+        .await;
+        (statuses, configs)
+    };
+    let (task_lists, (statuses, configs)) = tokio::join!(task_lists, states_then_locks);
     let task_lists: BTreeMap<String, Result<Vec<RunningTask>, DriverError>> =
         task_lists.into_iter().collect();
 
@@ -228,7 +297,8 @@ async fn guest_dry_run(
         .zip(refs)
         .zip(found)
         .zip(statuses)
-        .map(|(((target, (kind, vmid)), guest), status)| {
+        .zip(configs)
+        .map(|((((target, (kind, vmid)), guest), status), config)| {
             let ctx = GuestCtx {
                 action,
                 target,
@@ -238,7 +308,7 @@ async fn guest_dry_run(
                 params: &params,
             };
             match (guest, status) {
-                (Some(g), Some(status)) => ctx.answer(g, status, task_lists.get(&g.node)),
+                (Some(g), Some(status)) => ctx.answer(g, status, config, task_lists.get(&g.node)),
                 _ => ctx.missing(resources.other_kind(kind, vmid)),
             }
         })
@@ -287,7 +357,7 @@ impl GuestCtx<'_> {
         DryRunAnswer {
             ok: false,
             severity: Severity::Error,
-            idempotency_key: idempotency_key(self.action, self.target, KEY_PARAMS),
+            idempotency_key: action_key(self.action, self.target),
             preconditions,
             plan: Plan {
                 kind: "api".into(),
@@ -334,7 +404,8 @@ impl GuestCtx<'_> {
     fn answer(
         &self,
         guest: &ResourceGuest,
-        status: Result<Value, DriverError>,
+        status: Result<LiveStatus, DriverError>,
+        config: Option<Result<Value, DriverError>>,
         tasks: Option<&Result<Vec<RunningTask>, DriverError>>,
     ) -> DryRunAnswer {
         let status_endpoint = status_path(self.kind, &guest.node, self.vmid);
@@ -345,7 +416,7 @@ impl GuestCtx<'_> {
             Some(json!({"node": guest.node, "type": self.kind.api()})),
         );
         let live = match status {
-            Ok(data) => LiveStatus::parse(&data),
+            Ok(live) => live,
             Err(e) if e.kind == ErrorKind::AuthError => {
                 let pre = vec![check("auth", false, Some(json!({"error": e.message})))];
                 return self.failed(pre, preview, None, e.to_string());
@@ -377,18 +448,25 @@ impl GuestCtx<'_> {
         let desired = self.verb.desired();
         let mut failures: Vec<String> = Vec::new();
 
-        let lock_ok = match &live.lock {
+        if config.is_some() {
+            preview.push(get_call(config_path(self.kind, &guest.node, self.vmid)));
+        }
+        let lock = LockReading::new(&live, config.as_ref());
+        let lock_ok = match &lock.lock {
             None => true,
-            Some(lock) => already || self.verb.lock_allows(lock),
+            Some(l) => already || self.verb.lock_allows(l),
         };
-        let mut lock_details = json!({"lock": live.lock});
+        let mut lock_details = json!({"lock": lock.lock, "source": lock.source});
+        if let Some(e) = &lock.config_error {
+            lock_details["config_error"] = json!(e);
+        }
         if !lock_ok {
             failures.push(format!(
                 "{} is locked ({})",
                 self.kind.noun(),
-                live.lock.as_deref().unwrap_or("")
+                lock.lock.as_deref().unwrap_or("")
             ));
-        } else if live.lock.is_some() && already {
+        } else if lock.lock.is_some() && already {
             lock_details["ignored"] = json!("already in the desired state");
         }
 
@@ -459,7 +537,7 @@ impl GuestCtx<'_> {
         if let Some(reason) = failures.into_iter().next() {
             return self.failed(preconditions, preview, Some(&state), reason);
         }
-        let key = idempotency_key(self.action, self.target, KEY_PARAMS);
+        let key = action_key(self.action, self.target);
         if already {
             return DryRunAnswer {
                 ok: true,
@@ -520,10 +598,10 @@ impl GuestCtx<'_> {
 
 /// Node names and states from `GET /nodes`.
 pub(crate) async fn lookup_nodes(
-    client: &ApiClient,
+    api: Calls<'_>,
     deadline: Option<Instant>,
 ) -> Result<BTreeMap<String, String>, DriverError> {
-    let data = client.get("/nodes", &[], deadline).await?;
+    let data = api.get("/nodes", &[], deadline).await?;
     Ok(data
         .as_array()
         .into_iter()
@@ -555,7 +633,7 @@ pub(crate) fn node_targets(
 }
 
 async fn node_dry_run(
-    client: &ApiClient,
+    api: Calls<'_>,
     action: &Action,
     targets: &[String],
     deadline: Instant,
@@ -565,12 +643,12 @@ async fn node_dry_run(
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let nodes = lookup_nodes(client, Some(deadline)).await?;
+    let nodes = lookup_nodes(api, Some(deadline)).await?;
     let answers = targets
         .iter()
         .zip(names)
         .map(|(target, name)| {
-            let key = idempotency_key(action, target, KEY_PARAMS);
+            let key = action_key(action, target);
             let mut preview = vec![get_call("/nodes")];
             let effect = |from: Option<&str>, to: Option<&str>| {
                 vec![TargetEffect {

@@ -1,7 +1,10 @@
 //! Running a power action: look up every target's node in one call, read
-//! each guest's live state (already there -> nothing is sent), POST the verb,
-//! poll the returned UPID until the task stops, and read the state again to
-//! report what the guest really is now. A start whose task fails with
+//! each guest's live state (already there -> nothing is sent), read its
+//! config when a lock shows (the same rule as the dry-run: the config's lock
+//! decides), POST the verb, poll the returned UPID until the task stops, and
+//! read the state again to report what the guest really is now. Evidence
+//! carries the node, the request, the POST's HTTP status, the UPID and the
+//! task's exit status. A start whose task fails with
 //! "already running" (Proxmox's answer to starting a running VM) counts as
 //! already-desired, not as a failure; an HA-managed guest that the cluster
 //! moved back is reported with a warning and the state found.
@@ -13,9 +16,10 @@ use inventory::Severity;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::client::{classify_text, ApiClient, Backoff};
+use super::client::{classify_text, ApiClient, Calls, Posted};
 use super::dry_run::{
-    guest_targets, lookup_guests, lookup_nodes, node_targets, status_path, PowerRequest,
+    config_path, guest_targets, lock_needs_config, lookup_guests, lookup_nodes, node_targets,
+    status_path, LockReading, PowerRequest,
 };
 use super::model::{
     str_field, upid_node, GuestKind, GuestState, LiveStatus, NodeVerb, PowerParams, ResourceGuest,
@@ -23,6 +27,7 @@ use super::model::{
 };
 use super::{CAP_CT, CAP_NODE, CAP_VM};
 use crate::driver::{Action, DriverError, ErrorKind, ExecOutcome};
+use crate::ratelimit::Backoff;
 
 /// Extra seconds over `grace_s` the driver waits for a task by default
 /// (a forced stop kills the guest 10 s after the grace).
@@ -41,9 +46,10 @@ pub(crate) async fn execute(
     targets: &[String],
     api_node: &str,
 ) -> Result<Vec<ExecOutcome>, DriverError> {
+    let api = client.for_capability(&action.capability);
     match action.capability.as_str() {
-        CAP_VM | CAP_CT => guest_execute(client, action, targets).await,
-        CAP_NODE => node_execute(client, action, targets, api_node).await,
+        CAP_VM | CAP_CT => guest_execute(api, action, targets).await,
+        CAP_NODE => node_execute(api, action, targets, api_node).await,
         other => Err(DriverError::new(
             ErrorKind::ValidationError,
             format!("proxmox.ve has no capability {other:?}"),
@@ -69,6 +75,14 @@ impl Report {
 
     fn note(&mut self, key: &str, value: impl Into<Value>) {
         self.evidence.insert(key.to_string(), value.into());
+    }
+
+    /// Notes the POST's HTTP status and hands back what it answered.
+    fn posted(&mut self, posted: Posted) -> Result<Value, DriverError> {
+        if let Some(status) = posted.http_status {
+            self.note("http_status", status);
+        }
+        posted.result
     }
 
     fn finish(
@@ -104,7 +118,7 @@ impl Report {
 }
 
 async fn guest_execute(
-    client: &ApiClient,
+    api: Calls<'_>,
     action: &Action,
     targets: &[String],
 ) -> Result<Vec<ExecOutcome>, DriverError> {
@@ -114,19 +128,19 @@ async fn guest_execute(
     if refs.is_empty() {
         return Ok(Vec::new());
     }
-    let resources = lookup_guests(client, None).await?;
+    let resources = lookup_guests(api, None).await?;
     let index = resources.index();
     let runs = targets.iter().zip(refs).map(|(target, (kind, vmid))| {
         let guest = index.get(&(kind, vmid)).copied();
         let other = resources.other_kind(kind, vmid);
-        run_guest(client, target, kind, vmid, guest, other, verb, params)
+        run_guest(api, target, kind, vmid, guest, other, verb, params)
     });
     Ok(join_all(runs).await)
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn run_guest(
-    client: &ApiClient,
+    api: Calls<'_>,
     target: &str,
     kind: GuestKind,
     vmid: u32,
@@ -151,7 +165,7 @@ async fn run_guest(
     report.note("node", node.clone());
     let status_endpoint = status_path(kind, &node, vmid);
 
-    let before = match client.get(&status_endpoint, &[], None).await {
+    let before = match api.get(&status_endpoint, &[], None).await {
         Ok(data) => LiveStatus::parse(&data),
         Err(e) => return report.error(&e, None),
     };
@@ -166,7 +180,19 @@ async fn run_guest(
             Some(state),
         );
     }
-    if let Some(lock) = before.lock.as_deref().filter(|l| !verb.lock_allows(l)) {
+    let config = if lock_needs_config(verb, &before, guest.lock.as_deref()) {
+        Some(api.get(&config_path(kind, &node, vmid), &[], None).await)
+    } else {
+        None
+    };
+    let lock = LockReading::new(&before, config.as_ref());
+    if let Some(e) = &lock.config_error {
+        report.note("config_error", e.clone());
+    }
+    if lock.lock.is_some() {
+        report.note("lock_source", lock.source);
+    }
+    if let Some(lock) = lock.lock.as_deref().filter(|l| !verb.lock_allows(l)) {
         report.note("lock", lock);
         let e = DriverError::new(
             ErrorKind::ValidationError,
@@ -181,7 +207,8 @@ async fn run_guest(
 
     let request = PowerRequest::guest(kind, &node, vmid, verb, &params);
     report.note("request", request.preview());
-    let upid = match client.post(&request.endpoint, &request.form(), None).await {
+    let posted = api.post(&request.endpoint, &request.form(), None).await;
+    let upid = match report.posted(posted) {
         Ok(Value::String(upid)) => upid,
         Ok(other) => {
             let e = DriverError::new(
@@ -201,10 +228,10 @@ async fn run_guest(
     );
     let deadline = report.started + timeout;
     let task_node = upid_node(&upid).unwrap_or(&node).to_string();
-    let exit = match poll_task(client, &task_node, &upid, deadline, timeout).await {
+    let exit = match poll_task(api, &task_node, &upid, deadline, timeout).await {
         Ok(exit) => exit,
         Err(e) => {
-            let after = read_state(client, &status_endpoint).await;
+            let after = read_state(api, &status_endpoint).await;
             return report.error(&e, after.map(|s| s.as_str().to_string()));
         }
     };
@@ -212,10 +239,10 @@ async fn run_guest(
 
     let desired = verb.desired();
     let task_ok = exit == "OK" || exit.starts_with("WARNINGS");
-    let mut after = read_state(client, &status_endpoint).await;
+    let mut after = read_state(api, &status_endpoint).await;
     if task_ok && before.ha_managed && after.as_ref().is_some_and(|s| !verb.already_desired(s)) {
         after = settle(
-            client,
+            api,
             &status_endpoint,
             verb,
             deadline.min(Instant::now() + HA_SETTLE),
@@ -286,7 +313,7 @@ fn reached_desired(verb: Verb, state: &GuestState) -> bool {
 /// returns its `exitstatus`. Transient read failures keep the poll going
 /// until `deadline`.
 async fn poll_task(
-    client: &ApiClient,
+    api: Calls<'_>,
     node: &str,
     upid: &str,
     deadline: Instant,
@@ -302,8 +329,8 @@ async fn poll_task(
                 format!("task {upid} still running after {} s", timeout.as_secs()),
             ));
         }
-        tokio::time::sleep(backoff.next_wait().min(deadline - now)).await;
-        match client.get(&path, &[], Some(deadline)).await {
+        tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
+        match api.get(&path, &[], Some(deadline)).await {
             Ok(data) => {
                 if str_field(&data, "status").as_deref() == Some("stopped") {
                     return Ok(str_field(&data, "exitstatus").unwrap_or_else(|| "unknown".into()));
@@ -318,8 +345,8 @@ async fn poll_task(
 }
 
 /// One best-effort state read; `None` when it fails.
-async fn read_state(client: &ApiClient, endpoint: &str) -> Option<GuestState> {
-    match client.get(endpoint, &[], None).await {
+async fn read_state(api: Calls<'_>, endpoint: &str) -> Option<GuestState> {
+    match api.get(endpoint, &[], None).await {
         Ok(data) => Some(LiveStatus::parse(&data).state),
         Err(e) => {
             tracing::warn!(endpoint, error = %e, "state read after the task failed");
@@ -330,7 +357,7 @@ async fn read_state(client: &ApiClient, endpoint: &str) -> Option<GuestState> {
 
 /// Re-reads an HA-managed guest until it reaches the verb's state or `until`.
 async fn settle(
-    client: &ApiClient,
+    api: Calls<'_>,
     endpoint: &str,
     verb: Verb,
     until: Instant,
@@ -342,8 +369,8 @@ async fn settle(
         if now >= until {
             return last;
         }
-        tokio::time::sleep(backoff.next_wait().min(until - now)).await;
-        if let Some(state) = read_state(client, endpoint).await {
+        tokio::time::sleep(backoff.next_delay().min(until - now)).await;
+        if let Some(state) = read_state(api, endpoint).await {
             if verb.already_desired(&state) {
                 return Some(state);
             }
@@ -357,7 +384,7 @@ async fn settle(
 }
 
 async fn node_execute(
-    client: &ApiClient,
+    api: Calls<'_>,
     action: &Action,
     targets: &[String],
     api_node: &str,
@@ -367,7 +394,7 @@ async fn node_execute(
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let nodes = lookup_nodes(client, None).await?;
+    let nodes = lookup_nodes(api, None).await?;
     // The node whose API we talk to goes last: once it powers off, calls
     // for the others could no longer be proxied.
     let mut order: Vec<usize> = (0..names.len()).collect();
@@ -402,7 +429,8 @@ async fn node_execute(
             Some(_) => {
                 let request = PowerRequest::node(name, verb);
                 report.note("request", request.preview());
-                match client.post(&request.endpoint, &request.form(), None).await {
+                let posted = api.post(&request.endpoint, &request.form(), None).await;
+                match report.posted(posted) {
                     Ok(_) => report.finish(
                         true,
                         Severity::Info,

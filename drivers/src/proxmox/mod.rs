@@ -5,7 +5,12 @@
 //! guests migrate, so every call first looks up each guest's current node in
 //! one `GET /cluster/resources?type=vm` for all of the call's targets, then
 //! reads the live state from `status/current` (the resource list comes from a
-//! cache that lags). Power actions return a task id (UPID) that is polled to
+//! cache that lags). The lock Proxmox enforces is the `lock` key of the
+//! guest's config; `status/current` reports that key as read at request
+//! time, and whenever it or the resource list shows a lock on a guest about
+//! to be changed, the driver reads `.../config` and lets the config decide
+//! (a lock released or swapped between the two reads is not a stale refusal).
+//! Power actions return a task id (UPID) that is polled to
 //! completion, and a task that ends OK is followed by another state read,
 //! because an HA-managed guest may be restarted by the cluster. Proxmox's
 //! quirks are handled where they bite: starting a running VM "succeeds" with a
@@ -13,6 +18,11 @@
 //! already-desired), 401s arrive after ~3 s (never retried), handler errors
 //! come as 500 with the text in the reason phrase or `message`, and 595–599
 //! are proxy failures between nodes (network errors).
+//!
+//! Every HTTP request (retries and task polls included) takes a slot of the
+//! host's [`DeviceLimits`]: an action's calls count against its capability's
+//! manifest `rate_limit`, cluster-wide discovery reads and the connection
+//! test against the strictest one; `max_in_flight` caps concurrency on top.
 //!
 //! `client` speaks HTTP and maps failures to the §7 error kinds, `tls` pins
 //! the self-signed certificate, `model` parses what the API returns,
@@ -42,6 +52,7 @@ use crate::driver::{
     Action, ConnectionReport, Driver, DriverError, DryRunAnswer, ErrorKind, ExecOutcome,
     RefreshMode,
 };
+use crate::ratelimit::DeviceLimits;
 use crate::registry::ValidatedHost;
 use crate::secret::Secret;
 
@@ -104,7 +115,8 @@ pub struct ProxmoxConfig {
     /// `dry_run_refresh_sla_s`): every read and retry of a preflight fits in it.
     #[serde(default = "default_dry_run_budget_s")]
     pub dry_run_budget_s: f64,
-    /// Most API calls in flight to this host at once.
+    /// Most API calls in flight to this host at once (a concurrency cap;
+    /// the call rate is the manifest's `rate_limit`).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
 }
@@ -270,7 +282,8 @@ fn validate_token_id(id: &str) -> Result<(), DriverError> {
 
 /// The registry's constructor: the host's validated connection, completed
 /// with the manifest's `defaults` (HTTP timeout, retries and backoff, and
-/// `dry_run_refresh_sla_s` as the dry-run budget) where the host sets none.
+/// `dry_run_refresh_sla_s` as the dry-run budget) where the host sets none,
+/// and the manifest's `rate_limit`s as the host's device-call limits.
 pub fn build(host: &ValidatedHost) -> Result<Arc<dyn Driver>, DriverError> {
     let mut connection: Map<String, Value> = host
         .fields()
@@ -294,9 +307,10 @@ pub fn build(host: &ValidatedHost) -> Result<Arc<dyn Driver>, DriverError> {
     connection
         .entry("dry_run_budget_s")
         .or_insert_with(|| json!(defaults.dry_run_refresh_sla_s));
-    Ok(Arc::new(ProxmoxDriver::from_connection(
+    Ok(Arc::new(ProxmoxDriver::with_limits(
         host.id.clone(),
-        &connection,
+        ProxmoxConfig::from_connection(&connection)?,
+        DeviceLimits::from_manifest(host.manifest()),
     )?))
 }
 
@@ -309,9 +323,20 @@ pub struct ProxmoxDriver {
 }
 
 impl ProxmoxDriver {
-    /// Builds the driver for `host_id`: validates the config and prepares the
-    /// HTTP client (TLS pin, token header). Makes no network call.
+    /// Builds the driver for `host_id` with the shipped manifest's rate
+    /// limits: validates the config and prepares the HTTP client (TLS pin,
+    /// token header). Makes no network call.
     pub fn new(host_id: impl Into<String>, config: ProxmoxConfig) -> Result<Self, DriverError> {
+        ProxmoxDriver::with_limits(host_id, config, DeviceLimits::for_plugin(PLUGIN_ID))
+    }
+
+    /// [`ProxmoxDriver::new`] with the device-call limits of this host
+    /// (e.g. [`DeviceLimits::from_manifest`] of a loaded manifest).
+    pub fn with_limits(
+        host_id: impl Into<String>,
+        config: ProxmoxConfig,
+        limits: DeviceLimits,
+    ) -> Result<Self, DriverError> {
         config.validate()?;
         let host_id = host_id.into();
         if config.scheme == Scheme::Https && config.tls_fingerprint.is_none() && !config.verify_tls
@@ -321,7 +346,7 @@ impl ProxmoxDriver {
                 "verify_tls is false: any certificate is accepted; pin the node's certificate with tls_fingerprint instead"
             );
         }
-        let client = ApiClient::new(&config)?;
+        let client = ApiClient::new(&config, limits)?;
         Ok(ProxmoxDriver {
             host_id,
             config,
@@ -412,6 +437,7 @@ impl Driver for ProxmoxDriver {
         let deadline = started + Duration::from_secs_f64(self.config.timeout_s * 2.0);
         let version = self
             .client
+            .for_any()
             .get("/version", &[], Some(deadline))
             .instrument(span)
             .await?;

@@ -34,6 +34,15 @@ impl GuestKind {
         }
     }
 
+    /// The capability that powers it (`proxmox.vm`, `proxmox.ct`), whose
+    /// `rate_limit` its per-guest reads count against.
+    pub(crate) fn capability(self) -> &'static str {
+        match self {
+            GuestKind::Qemu => CAP_VM,
+            GuestKind::Lxc => CAP_CT,
+        }
+    }
+
     /// How messages name it.
     pub(crate) fn noun(self) -> &'static str {
         match self {

@@ -37,7 +37,8 @@
 //!   connection establishment, proxy handshake: No route to host`; node power
 //!   (`POST /nodes/{node}/status`, `command=shutdown|reboot`, `{"data":null}`,
 //!   acting 2 s later);
-//! - per-call latency, request counters and a request log, and changes a
+//! - per-call latency, request counters and a request log with arrival
+//!   times (to check a client's pacing), and changes a
 //!   test schedules right after a given request ([`ProxmoxSim::after_request`]:
 //!   someone else starts the VM, the guest migrates, a backup takes the lock)
 //!   to reproduce races deterministically.
@@ -506,6 +507,12 @@ impl ProxmoxSim {
 
     /// The latest requests, `METHOD /path?query`, oldest first (the last 10 000).
     pub fn request_log(&self) -> Vec<String> {
+        self.with_world(|w| w.log.iter().map(|(_, r)| r.clone()).collect())
+    }
+
+    /// [`ProxmoxSim::request_log`] with each request's arrival time (tokio
+    /// time since the simulator started), oldest first.
+    pub fn request_timeline(&self) -> Vec<(Duration, String)> {
         self.with_world(|w| w.log.clone())
     }
 
@@ -687,7 +694,9 @@ struct World {
     tasks: Vec<Task>,
     events: Vec<(Instant, Event)>,
     counts: BTreeMap<String, u64>,
-    log: Vec<String>,
+    /// Requests with their arrival time since `started`.
+    log: Vec<(Duration, String)>,
+    started: Instant,
     latency: Duration,
     task_delay: Duration,
     auth_fail_delay: Duration,
@@ -753,6 +762,7 @@ impl World {
             events: Vec::new(),
             counts: BTreeMap::new(),
             log: Vec::new(),
+            started: Instant::now(),
             latency: Duration::from_millis(cfg.latency_ms),
             task_delay: Duration::from_millis(cfg.task_delay_ms),
             auth_fail_delay: Duration::from_millis(cfg.auth_fail_delay_ms),
@@ -771,10 +781,11 @@ impl World {
         if self.log.len() >= LOG_CAP {
             self.log.drain(..LOG_CAP / 2);
         }
+        let at = self.started.elapsed();
         if query.is_empty() {
-            self.log.push(format!("{method} {rel}"));
+            self.log.push((at, format!("{method} {rel}")));
         } else {
-            self.log.push(format!("{method} {rel}?{query}"));
+            self.log.push((at, format!("{method} {rel}?{query}")));
         }
     }
 
