@@ -3,10 +3,12 @@
 //! key verification, run off the async runtime's worker threads.
 //!
 //! Every blocking libssh2 call happens inside [`SshClient::run`], which moves
-//! the work onto tokio's blocking pool and bounds it by one overall deadline
-//! (libssh2's own session timeout is set to what is left before each step, so
-//! the blocking thread also gives up, instead of lingering after the caller
-//! stopped waiting).
+//! the work onto tokio's blocking pool and bounds it by one overall deadline.
+//! The blocking side honours that deadline itself: libssh2's session timeout
+//! is set to what is left before every blocking call, and the deadline and
+//! the caller's interest are checked between steps, so the thread stops
+//! promptly when the budget runs out or the caller's future is dropped,
+//! instead of going on sending commands nobody waits for.
 //!
 //! Host keys are checked before any credential is sent, by (in this order) a
 //! pinned SHA-256 fingerprint, a known_hosts file, or trust on first use when
@@ -18,6 +20,7 @@
 //! same kind. A config that names no check at all is refused when the client
 //! is built ([`ErrorKind::ConfigError`]).
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -27,8 +30,11 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use ssh2::{CheckResult, HostKeyType, KnownHostFileKind, Session};
+use tokio::sync::watch;
 
 use crate::driver::{DriverError, ErrorKind};
+use crate::manifest::SshDefaults;
+use crate::ratelimit::Retry;
 use crate::secret::Secret;
 
 /// libssh2's code for "timed out" (`LIBSSH2_ERROR_TIMEOUT`).
@@ -37,6 +43,14 @@ const LIBSSH2_ERROR_TIMEOUT: i32 = -9;
 const LIBSSH2_ERROR_FILE: i32 = -16;
 /// How many bytes of a command's stdout and stderr are kept (the tail).
 const OUTPUT_KEEP: usize = 64 * 1024;
+/// How long the async side waits past the budget for the blocking side to
+/// report its own (more precise) timeout. libssh2 measures its timeout in
+/// whole seconds of elapsed time, so a call may overshoot by up to one.
+const GRACE: Duration = Duration::from_secs(2);
+/// The longest a read waiting for output blocks in libssh2 before the
+/// blocking side looks again whether its caller still waits: how promptly a
+/// cancelled call stops while a command runs or a CLI is silent.
+const SLICE: Duration = Duration::from_millis(200);
 
 /// Where and how to log in; the compiled form of a driver's connection config.
 #[derive(Debug, Clone)]
@@ -99,16 +113,48 @@ pub struct SshClient {
     learned_pin: Arc<Mutex<Option<String>>>,
 }
 
+/// Whether a call may retry a failed connect.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempts {
+    /// One connect attempt. Calls that change state use this: they are never retried.
+    Once,
+    /// A connect failure that may be transient (refused, reset, timed out)
+    /// is retried with these `defaults.ssh` retries and backoff, and only
+    /// when the retry can finish inside the call's budget. For read-only
+    /// calls (discovery, dry-run, connection test).
+    RetryConnect(SshDefaults),
+}
+
 /// A logged-in session, usable only inside [`SshClient::run`].
 pub struct SshSession {
     session: Session,
-    deadline: Instant,
-    /// The bound last given to libssh2 (for timeout messages).
-    io_limit: Duration,
+    bounds: Bounds,
     /// The host key check's result.
     pub host_key: HostKeyFacts,
     /// The server's SSH identification string (`SSH-2.0-OpenSSH_9.2p1 ...`).
     pub banner: Option<String>,
+}
+
+/// An interactive shell channel (see [`SshSession::shell`]) whose every read
+/// and write is bounded by an idle limit and the call's deadline, and fails
+/// once the caller stopped waiting: a CLI driven through it sends nothing
+/// after its call timed out or was cancelled.
+pub struct Shell {
+    channel: ssh2::Channel,
+    session: Session,
+    bounds: Bounds,
+    io_limit: Duration,
+}
+
+/// What bounds the blocking side of one call: its deadline, and whether the
+/// async caller is still waiting (the sender half lives in the caller's
+/// future, so dropping that future closes the channel).
+#[derive(Clone)]
+struct Bounds {
+    deadline: Instant,
+    budget: Duration,
+    caller: watch::Receiver<()>,
+    runtime: tokio::runtime::Handle,
 }
 
 /// The result of one remote command.
@@ -147,6 +193,10 @@ pub enum SshError {
     /// A step did not finish before the deadline.
     #[error("{what} timed out after {after:?}")]
     Timeout { what: String, after: Duration },
+    /// The caller stopped waiting (its future was dropped or its own
+    /// timeout fired), so the blocking side stopped before `what`.
+    #[error("call abandoned by its caller before {what}")]
+    Abandoned { what: String },
     /// The SSH handshake (banner, key exchange) failed.
     #[error("ssh handshake with {addr} failed: {source}")]
     Handshake {
@@ -209,7 +259,7 @@ impl SshError {
             SshError::Resolve { .. } | SshError::Connect { .. } | SshError::Handshake { .. } => {
                 ErrorKind::NetworkError
             }
-            SshError::Timeout { .. } => ErrorKind::Timeout,
+            SshError::Timeout { .. } | SshError::Abandoned { .. } => ErrorKind::Timeout,
             SshError::HostKeyMismatch { .. } | SshError::HostKeyUnknown { .. } => {
                 ErrorKind::TlsError
             }
@@ -301,24 +351,53 @@ impl SshClient {
     }
 
     /// Connects, logs in and runs `work` on tokio's blocking pool, all within
-    /// `budget`. The session is closed when `work` returns.
-    pub async fn run<T, E, F>(&self, budget: Duration, work: F) -> Result<T, E>
+    /// `budget`. The session is closed when `work` returns. With
+    /// [`Attempts::RetryConnect`], a transient connect failure is retried
+    /// while the retry still fits in the budget.
+    ///
+    /// # Guarantees
+    ///
+    /// - Every blocking libssh2 call is bounded by what is left of `budget`
+    ///   (the session timeout is set before each one), so the blocking
+    ///   thread ends shortly after the deadline (libssh2 counts elapsed time
+    ///   in whole seconds, so within about a second of it).
+    /// - When this future is dropped or times out, the blocking side notices
+    ///   at its next step ([`SshSession::check`], each [`Shell`] read or
+    ///   write, each [`SshSession::exec`]) and stops: no further command or
+    ///   CLI line is sent.
+    /// - What remains: a command or line already sent may still complete on
+    ///   the device after the caller stopped waiting (the device does not
+    ///   know the caller left). A caller that timed out must treat the
+    ///   change as unknown and reconcile by reading state, never by blind
+    ///   re-execution.
+    pub async fn run<T, E, F>(&self, budget: Duration, attempts: Attempts, work: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<SshError> + Send + 'static,
         F: FnOnce(&mut SshSession) -> Result<T, E> + Send + 'static,
     {
         let client = self.clone();
-        let deadline = Instant::now() + budget;
+        // Kept alive by this future only: dropping the future (or returning
+        // on the timeout below) tells the blocking side to stop.
+        let (_caller_waits, caller) = watch::channel(());
+        let bounds = Bounds {
+            deadline: Instant::now() + budget,
+            budget,
+            caller,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let span = tracing::Span::current();
         let task = tokio::task::spawn_blocking(move || {
-            let mut session = client.connect(deadline)?;
-            let result = work(&mut session);
+            let _entered = span.enter();
+            let mut session = client.connect_with_retries(bounds, &attempts)?;
+            let result = match session.check("the session's work") {
+                Ok(()) => work(&mut session),
+                Err(err) => Err(err.into()),
+            };
             session.close();
             result
         });
-        // The blocking side gives up on its own at the deadline; the grace
-        // covers a libssh2 call that overshoots it a little.
-        match tokio::time::timeout(budget + Duration::from_secs(2), task).await {
+        match tokio::time::timeout(budget + GRACE, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(SshError::Worker(join.to_string()).into()),
             Err(_) => Err(SshError::Timeout {
@@ -329,11 +408,51 @@ impl SshClient {
         }
     }
 
+    /// Blocking: [`SshClient::connect`], retried as `attempts` allows.
+    fn connect_with_retries(
+        &self,
+        bounds: Bounds,
+        attempts: &Attempts,
+    ) -> Result<SshSession, SshError> {
+        let mut retry = match attempts {
+            Attempts::Once => None,
+            Attempts::RetryConnect(defaults) => Some(Retry::from_ssh(
+                defaults,
+                Some(tokio::time::Instant::from_std(bounds.deadline)),
+            )),
+        };
+        loop {
+            let started = Instant::now();
+            let err = match self.connect(bounds.clone()) {
+                Ok(session) => return Ok(session),
+                Err(err) => err,
+            };
+            // A retry is expected to take about as long as the attempt that
+            // failed (a refused port fails at once, a silent one at its timeout).
+            let as_driver_error = DriverError::new(err.kind(), String::new());
+            let Some(delay) = retry
+                .as_mut()
+                .and_then(|r| r.next(&as_driver_error, started.elapsed()))
+            else {
+                return Err(err);
+            };
+            tracing::debug!(
+                host = %self.config.host,
+                port = self.config.port,
+                error = %err,
+                wait_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "retrying ssh connect"
+            );
+            bounds.wait_for("connect retry backoff", tokio::time::sleep(delay))?;
+        }
+    }
+
     /// Blocking: TCP connect, handshake, host key check, login.
-    fn connect(&self, deadline: Instant) -> Result<SshSession, SshError> {
+    fn connect(&self, bounds: Bounds) -> Result<SshSession, SshError> {
         let cfg = &*self.config;
         let addr_text = format!("{}:{}", cfg.host, cfg.port);
-        let connect_deadline = deadline.min(Instant::now() + cfg.connect_timeout);
+        bounds.check("tcp connect")?;
+        let connect_deadline = bounds.deadline.min(Instant::now() + cfg.connect_timeout);
         let addrs: Vec<SocketAddr> = (cfg.host.as_str(), cfg.port)
             .to_socket_addrs()
             .map_err(|source| SshError::Resolve {
@@ -381,6 +500,7 @@ impl SshClient {
             source,
         })?;
         session.set_tcp_stream(stream);
+        bounds.check("ssh handshake")?;
         set_timeout(
             &session,
             connect_deadline,
@@ -404,12 +524,10 @@ impl SshClient {
 
         let host_key = self.check_host_key(&session, &addr_text)?;
 
-        set_timeout(&session, connect_deadline, "ssh login", cfg.connect_timeout)?;
-        self.login(&session, &addr_text)?;
+        self.login(&session, &addr_text, &bounds, connect_deadline)?;
         Ok(SshSession {
             session,
-            deadline,
-            io_limit: cfg.connect_timeout,
+            bounds,
             host_key,
             banner,
         })
@@ -489,8 +607,21 @@ impl SshClient {
         }
     }
 
-    fn login(&self, session: &Session, addr: &str) -> Result<(), SshError> {
+    /// Tries the key, then the password; every libssh2 call is bounded by
+    /// what is left before `until` (the connect deadline).
+    fn login(
+        &self,
+        session: &Session,
+        addr: &str,
+        bounds: &Bounds,
+        until: Instant,
+    ) -> Result<(), SshError> {
         let cfg = &*self.config;
+        let arm = || {
+            bounds.check("ssh login")?;
+            set_timeout(session, until, "ssh login", cfg.connect_timeout)
+        };
+        arm()?;
         let allowed = session
             .auth_methods(&cfg.username)
             .map(str::to_owned)
@@ -499,6 +630,7 @@ impl SshClient {
         if let Some(key) = &cfg.private_key {
             tried.push("publickey");
             let passphrase = cfg.private_key_passphrase.as_ref().map(Secret::expose);
+            arm()?;
             let result = match key {
                 KeySource::Path(path) => {
                     if !path.exists() {
@@ -531,6 +663,7 @@ impl SshClient {
         if !session.authenticated() {
             if let Some(password) = cfg.password.as_ref().filter(|p| !p.is_empty()) {
                 tried.push("password");
+                arm()?;
                 if let Err(e) = session.userauth_password(&cfg.username, password.expose()) {
                     if is_timeout(&e) {
                         return Err(SshError::Timeout {
@@ -557,48 +690,80 @@ impl SshClient {
 impl SshSession {
     /// Time left before the call's deadline; a timeout error when none is.
     pub fn remaining(&self, what: &str) -> Result<Duration, SshError> {
-        remaining(self.deadline, what, Duration::ZERO)
+        self.bounds.left(what)
     }
 
-    /// Bounds every following libssh2 call by `limit` (and the deadline).
-    pub fn limit_io(&mut self, limit: Duration, what: &str) -> Result<(), SshError> {
-        let until = self.deadline.min(Instant::now() + limit);
-        self.io_limit = limit;
-        set_timeout(&self.session, until, what, limit)
+    /// Fails when the deadline has passed or the caller stopped waiting.
+    /// Drivers call it between steps, so a call whose caller is gone sends
+    /// nothing more.
+    pub fn check(&self, what: &str) -> Result<(), SshError> {
+        self.bounds.check(what)
+    }
+
+    /// Runs `fut` (a rate limiter's wait, a sleep) on the async runtime from
+    /// this blocking thread, bounded by the deadline and by the caller's
+    /// interest. The runtime's timers must be driven meanwhile: a worker
+    /// thread does, or on a current-thread runtime the caller awaiting
+    /// [`SshClient::run`].
+    pub fn wait_for<F: Future>(&self, what: &str, fut: F) -> Result<F::Output, SshError> {
+        self.bounds.wait_for(what, fut)
+    }
+
+    /// Waits `duration` (a PoE cycle's off time); ends early with an error
+    /// when the deadline comes first or the caller stops waiting.
+    pub fn pause(&self, duration: Duration, what: &str) -> Result<(), SshError> {
+        self.bounds.wait_for(what, tokio::time::sleep(duration))
     }
 
     /// Runs one command (no PTY) and collects its exit status and output.
-    /// `timeout` bounds this command; the call's deadline still applies.
+    /// `timeout` bounds this command; the call's deadline still applies, and
+    /// libssh2's timeout is set to what is left before every blocking step.
     pub fn exec(&mut self, command: &str, timeout: Duration) -> Result<ExecResult, SshError> {
         let what = format!("command `{}`", first_line(command));
+        self.bounds.check(&what)?;
+        let until = self.bounds.deadline.min(Instant::now() + timeout);
+        let limit = until.saturating_duration_since(Instant::now());
+        let session = &self.session;
+        let bounds = &self.bounds;
+        let arm = || {
+            bounds.check(&what)?;
+            set_timeout(session, until, &what, limit)
+        };
+        // Reads wait in slices, so a caller that leaves is noticed while the
+        // command still runs.
+        let arm_slice = || {
+            bounds.check(&what)?;
+            set_timeout(session, until.min(Instant::now() + SLICE), &what, limit)
+        };
         let timeout_err = || SshError::Timeout {
             what: what.clone(),
-            after: timeout,
+            after: limit,
         };
-        self.limit_io(timeout, &what)?;
-        let mut channel = self
-            .session
+        arm()?;
+        let mut channel = session
             .channel_session()
-            .map_err(|e| protocol(&what, e, timeout))?;
+            .map_err(|e| protocol(&what, e, limit))?;
+        arm()?;
         channel
             .exec(command)
-            .map_err(|e| protocol(&what, e, timeout))?;
+            .map_err(|e| protocol(&what, e, limit))?;
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
         let mut connection_lost = false;
-        match read_tail(&mut channel, &mut stdout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(timeout_err()),
-            Err(_) => connection_lost = true,
+        match read_tail(&mut channel, &mut stdout, until, &arm_slice)? {
+            ReadEnd::Eof => {}
+            ReadEnd::TimedOut => return Err(timeout_err()),
+            ReadEnd::Lost => connection_lost = true,
         }
         if !connection_lost {
-            match read_tail(&mut channel.stderr(), &mut stderr) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(timeout_err()),
-                Err(_) => connection_lost = true,
+            match read_tail(&mut channel.stderr(), &mut stderr, until, &arm_slice)? {
+                ReadEnd::Eof => {}
+                ReadEnd::TimedOut => return Err(timeout_err()),
+                ReadEnd::Lost => connection_lost = true,
             }
         }
         if !connection_lost {
+            arm()?;
             match channel.wait_close() {
                 Ok(()) => {}
                 Err(e) if is_timeout(&e) => return Err(timeout_err()),
@@ -625,25 +790,133 @@ impl SshSession {
     }
 
     /// Opens an interactive shell on a PTY (`vt100`, `cols` x `rows`), as a
-    /// network device's CLI expects.
-    pub fn shell(&mut self, cols: u32, rows: u32) -> Result<ssh2::Channel, SshError> {
+    /// network device's CLI expects. Each later read or write on it waits at
+    /// most `io_limit` (and never past the call's deadline).
+    pub fn shell(&mut self, cols: u32, rows: u32, io_limit: Duration) -> Result<Shell, SshError> {
         let what = "interactive shell";
-        let limit = self.io_limit;
-        let mut channel = self
-            .session
+        let until = self.bounds.deadline.min(Instant::now() + io_limit);
+        let session = &self.session;
+        let bounds = &self.bounds;
+        let arm = || {
+            bounds.check(what)?;
+            set_timeout(session, until, what, io_limit)
+        };
+        arm()?;
+        let mut channel = session
             .channel_session()
-            .map_err(|e| protocol(what, e, limit))?;
+            .map_err(|e| protocol(what, e, io_limit))?;
+        arm()?;
         channel
             .request_pty("vt100", None, Some((cols, rows, 0, 0)))
-            .map_err(|e| protocol(what, e, limit))?;
-        channel.shell().map_err(|e| protocol(what, e, limit))?;
-        Ok(channel)
+            .map_err(|e| protocol(what, e, io_limit))?;
+        arm()?;
+        channel.shell().map_err(|e| protocol(what, e, io_limit))?;
+        Ok(Shell {
+            channel,
+            session: self.session.clone(),
+            bounds: self.bounds.clone(),
+            io_limit,
+        })
     }
 
     fn close(&mut self) {
         // Best effort and short: the work is done either way.
         self.session.set_timeout(1000);
         let _ = self.session.disconnect(None, "bye", None);
+    }
+}
+
+impl Shell {
+    /// The end of the next read or write: the idle limit from now, never
+    /// past the call's deadline.
+    fn until(&self) -> Instant {
+        self.bounds.deadline.min(Instant::now() + self.io_limit)
+    }
+
+    /// Bounds the next libssh2 call by `until` (and by [`SLICE`] when
+    /// `sliced`); an error once `until` has passed or the caller stopped
+    /// waiting.
+    fn arm(&self, until: Instant, sliced: bool, what: &str) -> std::io::Result<()> {
+        let end = if sliced {
+            until.min(Instant::now() + SLICE)
+        } else {
+            until
+        };
+        self.bounds
+            .check(what)
+            .and_then(|()| set_timeout(&self.session, end, what, self.io_limit))
+            .map_err(|err| match err {
+                SshError::Timeout { .. } => {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, err.to_string())
+                }
+                other => std::io::Error::other(other.to_string()),
+            })
+    }
+}
+
+impl Read for Shell {
+    /// Waits for output in short slices (a silent switch is the common
+    /// case), looking between them whether the caller still waits.
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let until = self.until();
+        loop {
+            self.arm(until, true, "reading the shell")?;
+            match self.channel.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut && Instant::now() < until => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Write for Shell {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm(self.until(), false, "writing to the shell")?;
+        self.channel.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.arm(self.until(), false, "writing to the shell")?;
+        self.channel.flush()
+    }
+}
+
+impl Bounds {
+    /// Whether the caller still waits for this call's result.
+    fn caller_gone(&self) -> bool {
+        self.caller.has_changed().is_err()
+    }
+
+    fn check(&self, what: &str) -> Result<(), SshError> {
+        self.left(what).map(drop)
+    }
+
+    fn left(&self, what: &str) -> Result<Duration, SshError> {
+        if self.caller_gone() {
+            return Err(SshError::Abandoned {
+                what: what.to_owned(),
+            });
+        }
+        remaining(self.deadline, what, self.budget)
+    }
+
+    fn wait_for<F: Future>(&self, what: &str, fut: F) -> Result<F::Output, SshError> {
+        let left = self.left(what)?;
+        let mut caller = self.caller.clone();
+        self.runtime.block_on(async move {
+            tokio::select! {
+                // The caller first: once it is gone (even while the runtime
+                // shuts down) `fut` is not polled again.
+                biased;
+                // Never sent on: an error here means the caller's future is gone.
+                _ = caller.changed() => Err(SshError::Abandoned { what: what.to_owned() }),
+                out = fut => Ok(out),
+                () = tokio::time::sleep(left) => Err(SshError::Timeout {
+                    what: what.to_owned(),
+                    after: self.budget,
+                }),
+            }
+        })
     }
 }
 
@@ -785,16 +1058,39 @@ fn protocol(what: &str, source: ssh2::Error, after: Duration) -> SshError {
     }
 }
 
-fn read_tail(reader: &mut impl Read, keep: &mut Vec<u8>) -> std::io::Result<()> {
+/// How a [`read_tail`] ended.
+enum ReadEnd {
+    Eof,
+    TimedOut,
+    /// The connection dropped (a host powering off mid-command).
+    Lost,
+}
+
+/// Reads to end of stream or `until`, keeping the last [`OUTPUT_KEEP`]
+/// bytes; `arm` bounds each read (a slice of the time left) and stops the
+/// loop once the caller is gone.
+fn read_tail(
+    reader: &mut impl Read,
+    keep: &mut Vec<u8>,
+    until: Instant,
+    arm: &dyn Fn() -> Result<(), SshError>,
+) -> Result<ReadEnd, SshError> {
     let mut buf = [0u8; 8192];
     loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        keep.extend_from_slice(&buf[..n]);
-        if keep.len() > OUTPUT_KEEP * 2 {
-            keep.drain(..keep.len() - OUTPUT_KEEP);
+        arm()?;
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(ReadEnd::Eof),
+            Ok(n) => {
+                keep.extend_from_slice(&buf[..n]);
+                if keep.len() > OUTPUT_KEEP * 2 {
+                    keep.drain(..keep.len() - OUTPUT_KEEP);
+                }
+            }
+            // One slice is over; the next `arm` says whether time is left.
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && Instant::now() < until => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Ok(ReadEnd::TimedOut),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Ok(ReadEnd::Lost),
         }
     }
 }

@@ -7,17 +7,20 @@ mod support;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use drivers::aruba::sim::{Layout, SimState};
 use drivers::aruba::{ArubaConfig, ArubaDriver};
 use drivers::driver::{Driver, ErrorKind, RefreshMode};
 use drivers::manifest::ManifestSet;
 use drivers::registry::{HostConfig, Registry};
-use drivers::testing::sshd::{Sshd, SshdBuilder};
+use drivers::testing::sshd::{closed_port, Sshd, SshdBuilder};
 use inventory::Severity;
 use serde_json::{json, Value};
-use support::{action, assert_no_secret, ids, rectangle, shared_tempdir};
+use support::{
+    action, assert_no_secret, ids, manifest_with_rate_limit, rectangle, shared_tempdir,
+    wait_for_disconnects,
+};
 
 /// The local user created for the password-login test.
 const PASSWORD_USER: &str = "hazel-aoss-test";
@@ -35,16 +38,33 @@ impl Switch {
     }
 
     fn start_with(state: SimState, builder: SshdBuilder) -> Switch {
+        Switch::launch(state, builder, "")
+    }
+
+    /// `sim_args` are more simulator arguments, as the shell reads them
+    /// (`--stall-after 'no power-over-ethernet'`).
+    fn launch(state: SimState, builder: SshdBuilder, sim_args: &str) -> Switch {
         let work = shared_tempdir();
         state.save(&work.path().join("state.json")).unwrap();
         let command = format!(
-            "{} --state {} --log {}",
+            "{} --state {} --log {} --times {} {sim_args}",
             env!("CARGO_BIN_EXE_aoss-cli-sim"),
             work.path().join("state.json").display(),
-            work.path().join("commands.log").display()
+            work.path().join("commands.log").display(),
+            work.path().join("times.log").display()
         );
         let sshd = builder.force_command(command).start();
         Switch { work, sshd }
+    }
+
+    /// When each line reached the switch (ns since the epoch), in order.
+    fn times(&self) -> Vec<(u128, String)> {
+        std::fs::read_to_string(self.work.path().join("times.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(ns, line)| (ns.parse().unwrap(), line.to_owned()))
+            .collect()
     }
 
     fn state(&self) -> SimState {
@@ -556,4 +576,142 @@ async fn the_registry_builds_the_driver_from_a_host_config() {
         .expect("the manifest accepts the driver's config fields");
     assert_eq!(driver.plugin_id(), "aruba.aoss");
     assert!(driver.test_connection().await.unwrap().ok);
+}
+
+#[tokio::test]
+async fn an_unreachable_switch_is_a_network_error_and_nothing_is_sent() {
+    let switch = Switch::start(vsf());
+    let driver = switch.driver(json!({"port": closed_port()}));
+    let err = driver.test_connection().await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NetworkError, "{err}");
+    assert!(err.is_retryable());
+    let targets = ids("poe-port", &["1/A1"]);
+    let err = driver.dry_run(&poe("off"), &targets).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NetworkError, "{err}");
+    let err = driver.execute(&poe("off"), &targets).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NetworkError, "{err}");
+    assert!(
+        !switch.log_path().exists(),
+        "the switch received: {:?}",
+        switch.log()
+    );
+}
+
+#[tokio::test]
+async fn a_switch_that_stops_answering_is_a_timeout_within_the_dry_run_budget() {
+    let switch = Switch::launch(
+        vsf(),
+        Sshd::builder(),
+        "--stall-after 'show power-over-ethernet brief'",
+    );
+    // Each command alone may take 20 s; the dry-run as a whole gets 2 s.
+    let driver = switch.driver(json!({"command_timeout_s": 20, "dry_run_budget_s": 2}));
+    let started = Instant::now();
+    let err = driver
+        .dry_run(&poe("off"), &ids("poe-port", &["1/A1"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a 2 s dry-run budget took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_switch_that_stalls_mid_change_is_a_timeout_and_nothing_more_is_sent() {
+    let switch = Switch::launch(
+        vsf(),
+        Sshd::builder(),
+        "--stall-after 'no power-over-ethernet'",
+    );
+    let driver = switch.driver(json!({"command_timeout_s": 1, "save_config": true}));
+    let started = Instant::now();
+    let outcomes = driver
+        .execute(&poe("off"), &ids("poe-port", &["1/A1", "1/A2"]))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a 1 s command timeout took {:?}",
+        started.elapsed()
+    );
+    for o in &outcomes {
+        assert!(!o.ok);
+        assert_eq!(o.code, "driver.timeout", "{o:?}");
+        assert_eq!(o.evidence["write_memory"], json!(false));
+    }
+    wait_for_disconnects(&switch.sshd, 1).await;
+    assert_eq!(
+        switch.changes(),
+        ["configure", "interface 1/A1-1/A2", "no power-over-ethernet"],
+        "nothing is sent after a timeout, not even `end`"
+    );
+    // The line already sent still took effect: the engine learns it by reading state.
+    assert_eq!(poe_off_ports(&switch.state()), ["1/A1", "1/A2"]);
+}
+
+#[tokio::test]
+async fn a_cycle_cancelled_during_its_pause_sends_nothing_more() {
+    let switch = Switch::start(vsf());
+    let driver = switch.driver(json!({"cycle_off_s": 10}));
+    let (cycle, targets) = (poe("cycle"), ids("poe-port", &["1/A1"]));
+    let call = driver.execute(&cycle, &targets);
+    // The caller gives up while PoE is off, before the cycle turns it on again.
+    let gave_up = tokio::time::timeout(Duration::from_secs(3), call).await;
+    assert!(gave_up.is_err(), "the cycle finished early: {gave_up:?}");
+    wait_for_disconnects(&switch.sshd, 1).await;
+    assert_eq!(
+        switch.changes(),
+        ["configure", "interface 1/A1", "no power-over-ethernet"],
+        "a line was sent after the caller stopped waiting"
+    );
+    assert_eq!(poe_off_ports(&switch.state()), ["1/A1"]);
+}
+
+#[tokio::test]
+async fn each_cli_batch_waits_for_a_slot_of_the_capability_rate_limit() {
+    let switch = Switch::start(vsf());
+    // One call per second, no burst.
+    let manifest = manifest_with_rate_limit("aruba.aoss", "aoss.poe.port", 1, 1);
+    let driver = switch.driver(json!({})).with_manifest(&manifest);
+    let started = Instant::now();
+    let outcomes = driver
+        .execute(&poe("off"), &ids("poe-port", &["1/A1"]))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(outcomes[0].ok, "{:?}", outcomes[0]);
+    // Three device calls: the table read, the change batch, the read-back.
+    // The limiter's timers never fire early, so two waits of a second each
+    // are a floor on the call.
+    assert!(
+        took >= Duration::from_millis(1950),
+        "three paced batches took only {took:?}"
+    );
+    // The switch's view (one long-lived process, so no start-up jitter).
+    let times = switch.times();
+    let arrived = |line: &str, nth: usize| {
+        times
+            .iter()
+            .filter(|(_, l)| l == line)
+            .nth(nth)
+            .unwrap_or_else(|| panic!("`{line}` #{nth} never arrived: {times:?}"))
+            .0
+    };
+    let read = arrived("show power-over-ethernet brief", 0);
+    let change = arrived("configure", 0);
+    let read_back = arrived("show power-over-ethernet brief", 1);
+    let gaps_ms = [
+        (change - read) / 1_000_000,
+        (read_back - change) / 1_000_000,
+    ];
+    assert!(
+        gaps_ms.iter().all(|g| *g >= 700),
+        "the batches reached the switch {gaps_ms:?} ms apart, inside the 1 rps limit"
+    );
+    // The batch itself is one call: its lines follow each other at once.
+    let end = arrived("end", 0);
+    assert!((end - change) / 1_000_000 < 900, "{times:?}");
 }

@@ -15,7 +15,10 @@ use drivers::registry::{HostConfig, Registry};
 use drivers::testing::sshd::{closed_port, Sshd};
 use inventory::Severity;
 use serde_json::{json, Value};
-use support::{action, assert_no_secret, shared_tempdir};
+use support::{
+    action, assert_no_secret, forward_after, manifest_with_rate_limit, shared_tempdir, stamps_ns,
+    wait_for_disconnects,
+};
 
 /// A stand-in for systemctl: `svc start|stop|restart|status|fail <unit>`.
 const SVC: &str = r#"#!/bin/sh
@@ -643,4 +646,174 @@ async fn the_registry_builds_the_driver_from_a_host_config() {
         .expect("the manifest accepts the driver's config fields");
     assert_eq!(driver.plugin_id(), "linux.ssh");
     assert!(driver.test_connection().await.unwrap().ok);
+}
+
+#[tokio::test]
+async fn each_remote_command_waits_for_a_slot_of_the_capability_rate_limit() {
+    let host = Host::start();
+    host.set_unit("web.service", "active");
+    let w = host.work.path().display().to_string();
+    let stamps = host.path("stamps");
+    let stamp = format!("date +%s%N >> {}", stamps.display());
+    // One call per second, no burst: every command after the first waits
+    // for the next slot.
+    let manifest = manifest_with_rate_limit("linux.ssh", "host.service", 1, 1);
+    let driver = host
+        .driver(json!({"commands": {
+            "service_stop": format!("{stamp}; {w}/svc stop {{service}}"),
+            "service_status": format!("{stamp}; {w}/svc status {{service}}"),
+        }}))
+        .with_manifest(&manifest);
+    // Three commands: read the state, stop, read it back.
+    let started = Instant::now();
+    let outcomes = driver
+        .execute(&stop(), &["service:web.service".into()])
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(outcomes[0].ok, "{:?}", outcomes[0]);
+    // The limiter's timers never fire early: two waits of a second each are
+    // a floor on the call, however fast the host answers.
+    assert!(
+        took >= Duration::from_millis(1950),
+        "three paced commands took only {took:?}"
+    );
+    // The host's clock agrees: all three ran, spread over those two seconds
+    // (unpaced they run within tens of ms; the margin absorbs how long a
+    // loaded machine takes to start each command's shell).
+    let ran = stamps_ns(&stamps);
+    assert_eq!(ran.len(), 3, "{ran:?}");
+    let span_ms = (ran[2] - ran[0]) / 1_000_000;
+    assert!(
+        span_ms >= 1000,
+        "the commands ran within {span_ms} ms, inside the 1 rps limit"
+    );
+}
+
+#[tokio::test]
+async fn a_delayed_power_off_checks_that_its_own_program_is_installed_not_nohup() {
+    let host = Host::start();
+    let driver = host.driver(json!({"commands": {"poweroff": "hazel-no-such-program --now"}}));
+    let delayed = action("host.power", "poweroff", json!({"delay_s": 30}));
+    let answers = driver
+        .dry_run(&delayed, &["host:web-01".into()])
+        .await
+        .unwrap();
+    let a = &answers[0];
+    let preview = a.plan.preview[0].as_str().unwrap();
+    assert!(preview.starts_with("nohup sh -c "), "{preview}");
+    let present = a
+        .preconditions
+        .iter()
+        .find(|p| p.check == "command_present")
+        .unwrap();
+    assert_eq!(
+        present.details.as_ref().unwrap()["program"],
+        json!("hazel-no-such-program")
+    );
+    assert!(!present.ok, "{a:?}");
+    assert!(!a.ok);
+}
+
+#[tokio::test]
+async fn a_dry_run_is_bounded_by_its_budget_and_reports_a_timeout() {
+    let host = Host::start();
+    let w = host.work.path().display().to_string();
+    // Each command alone may take 30 s; the dry-run as a whole gets 1 s.
+    let driver = host.driver(json!({
+        "dry_run_budget_s": 1,
+        "command_timeout_s": 30,
+        "commands": {
+            "service_stop": format!("{w}/svc stop {{service}}"),
+            "service_status": "sleep 20",
+        },
+    }));
+    let started = Instant::now();
+    let err = driver
+        .dry_run(&stop(), &["service:web.service".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a 1 s dry-run budget took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_execute_sends_no_further_command() {
+    let host = Host::start();
+    host.set_unit("web.service", "active");
+    host.set_unit("db.service", "active");
+    let w = host.work.path().display().to_string();
+    let driver = host.driver(json!({"commands": {
+        "service_stop": format!("sleep 2; {w}/svc stop {{service}}"),
+        "service_status": format!("{w}/svc status {{service}}"),
+    }}));
+    let targets = ["service:web.service".into(), "service:db.service".into()];
+    let stop = stop();
+    // The caller gives up while web.service's stop is still running.
+    let call = driver.execute(&stop, &targets);
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), call).await;
+    assert!(gave_up.is_err(), "the call finished early: {gave_up:?}");
+    // The driver closes its session once it notices; after that nothing can be sent.
+    wait_for_disconnects(&host.sshd, 1).await;
+    assert_eq!(
+        host.unit("db.service"),
+        "active",
+        "a command was sent after the caller stopped waiting"
+    );
+}
+
+#[tokio::test]
+async fn output_that_trickles_in_over_several_read_slices_is_read_whole() {
+    let host = Host::start();
+    // The driver waits for output in short slices; pauses between lines must
+    // not cut the command short or lose what comes after them.
+    let slow = "sleep 0.5; echo first; sleep 0.5; echo second >&2; sleep 0.5; echo third";
+    let driver = host.driver(json!({"commands": {"poweroff": slow}}));
+    let outcomes = driver
+        .execute(&poweroff(), &["host:web-01".into()])
+        .await
+        .unwrap();
+    let o = &outcomes[0];
+    assert!(o.ok, "{o:?}");
+    assert_eq!(o.evidence["exit_status"], json!(0));
+    assert_eq!(o.evidence["stdout_tail"], json!("first\nthird"));
+    assert_eq!(o.evidence["stderr_tail"], json!("second"));
+}
+
+#[tokio::test]
+async fn read_only_calls_retry_a_refused_connect_and_changes_never_do() {
+    let host = Host::start();
+    let port = closed_port();
+    let driver = host.driver(json!({"port": port}));
+    // The host comes up 200 ms after the first attempt, inside the first
+    // backoff (defaults.ssh: 1 retry after 500 ms).
+    let comes_up = || {
+        tokio::spawn(forward_after(
+            Duration::from_millis(200),
+            port,
+            host.sshd.port(),
+        ))
+    };
+
+    let up = comes_up();
+    let err = driver
+        .execute(&poweroff(), &["host:web-01".into()])
+        .await
+        .unwrap_err();
+    up.abort();
+    let _ = up.await;
+    assert_eq!(err.kind, ErrorKind::NetworkError, "{err}");
+    assert!(!host.path("poweroff-called").exists());
+
+    let up = comes_up();
+    let report = driver
+        .test_connection()
+        .await
+        .expect("the connection test retries the refused connect");
+    assert!(report.ok);
+    up.abort();
 }

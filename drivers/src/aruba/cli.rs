@@ -152,13 +152,6 @@ impl<S: Read + Write> Cli<S> {
         Ok(output)
     }
 
-    /// Waits for `duration` (bounded by the deadline); used between PoE off
-    /// and on in a cycle.
-    pub fn pause(&self, duration: Duration) {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        std::thread::sleep(duration.min(left));
-    }
-
     /// The session text read so far (bounded), for error reports.
     pub fn transcript(&self) -> &str {
         &self.transcript
@@ -483,10 +476,19 @@ pub enum Change {
     AdminDown,
 }
 
+/// Where a change is kept (the host config's `save_config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// Only in the running config: a reboot brings the saved state back.
+    RunningConfig,
+    /// Also saved to the startup config with `write memory`.
+    StartupConfig,
+}
+
 /// The exact lines of one change over `runs` (already compressed, see
 /// [`inventory::port::compress_runs`]). The pause of a cycle is not a
 /// line; [`CYCLE_PAUSE`] marks where it goes.
-pub fn change_lines(runs: &[String], change: Change, save_config: bool) -> Vec<String> {
+pub fn change_lines(runs: &[String], change: Change, persist: Persist) -> Vec<String> {
     let mut lines = vec![
         "configure".to_owned(),
         format!("interface {}", runs.join(",")),
@@ -504,7 +506,7 @@ pub fn change_lines(runs: &[String], change: Change, save_config: bool) -> Vec<S
     }
     lines.push("exit".into());
     lines.push("end".into());
-    if save_config {
+    if persist == Persist::StartupConfig {
         lines.push("write memory".into());
     }
     lines
@@ -624,7 +626,7 @@ mod tests {
     fn change_lines_write_memory_only_when_saving() {
         let runs = vec!["1/A1-1/A4".to_owned(), "1/B1-1/B4".to_owned()];
         assert_eq!(
-            change_lines(&runs, Change::PoeOff, false),
+            change_lines(&runs, Change::PoeOff, Persist::RunningConfig),
             [
                 "configure",
                 "interface 1/A1-1/A4,1/B1-1/B4",
@@ -634,7 +636,9 @@ mod tests {
             ]
         );
         assert_eq!(
-            change_lines(&runs, Change::PoeOn, true).last().unwrap(),
+            change_lines(&runs, Change::PoeOn, Persist::StartupConfig)
+                .last()
+                .unwrap(),
             "write memory"
         );
     }

@@ -12,6 +12,14 @@
 //! Ports listed in the host's `protected_ports` are refused before anything
 //! is sent, and `write memory` runs only when `save_config` is true (so a
 //! switch that reboots while the agent is down comes back with PoE on).
+//!
+//! Device calls are paced by the capability's `rate_limit`
+//! ([`DeviceLimits`]): the table read, the change batch and the read-back
+//! of an action each take a slot; discovery and the connection test are one
+//! read session each and take one slot of the strictest limit. Read-only
+//! calls retry a failed connect with the manifest's `defaults.ssh` retries
+//! and backoff when the retry fits in their budget; a dry-run as a whole is
+//! bounded by `dry_run_budget_s`. A change is never retried.
 
 pub mod cli;
 #[cfg(feature = "sim")]
@@ -28,17 +36,20 @@ use inventory::port::{compress_runs, Port};
 use inventory::Severity;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use tracing::Instrument;
 
 use crate::driver::{
-    idempotency_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects,
-    ErrorKind, ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
+    action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
+    ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
 };
+use crate::manifest::Manifest;
+use crate::ratelimit::DeviceLimits;
 use crate::registry::ValidatedHost;
 use crate::secret::Secret;
-use crate::ssh::{HostKeyCheck, KeySource, SshClient, SshConfig, SshSession};
+use crate::ssh::{Attempts, HostKeyCheck, KeySource, Shell, SshClient, SshConfig, SshSession};
 
 use cli::{
-    change_lines, parse_interfaces_brief, parse_poe_brief, Change, Cli, CliError, Level,
+    change_lines, parse_interfaces_brief, parse_poe_brief, Change, Cli, CliError, Level, Persist,
     CYCLE_PAUSE,
 };
 
@@ -100,6 +111,11 @@ pub struct ArubaConfig {
     /// `defaults.ssh.command_timeout_s` when the host sets none).
     #[serde(default = "default_command_timeout_s")]
     pub command_timeout_s: u64,
+    /// Bound on a whole dry-run (connect, login, CLI and table read), in
+    /// seconds (the manifest's `defaults.dry_run_refresh_sla_s` when the
+    /// host sets none); past it the dry-run fails with `timeout`.
+    #[serde(default = "default_dry_run_budget_s")]
+    pub dry_run_budget_s: u64,
 }
 
 fn default_port() -> u16 {
@@ -126,6 +142,10 @@ fn default_command_timeout_s() -> u64 {
     20
 }
 
+fn default_dry_run_budget_s() -> u64 {
+    5
+}
+
 impl ArubaConfig {
     /// Reads the config from a host's `connection` map.
     pub fn from_connection(connection: &Map<String, Value>) -> Result<ArubaConfig, DriverError> {
@@ -139,13 +159,17 @@ impl ArubaConfig {
 }
 
 /// The registry's constructor: reads the validated host's connection
-/// (timeouts not set on the host come from the manifest's `defaults.ssh`)
-/// and binds a driver to it. Touches no network.
+/// (timeouts not set on the host come from the manifest's `defaults`, rate
+/// limits and connect retries from the manifest) and binds a driver to it.
+/// Touches no network.
 pub fn build(host: &ValidatedHost) -> Result<Arc<dyn Driver>, DriverError> {
     let mut connection: Map<String, Value> = host
         .fields()
         .filter_map(|name| host.value(name).map(|v| (name.to_owned(), v.clone())))
         .collect();
+    connection
+        .entry("dry_run_budget_s")
+        .or_insert_with(|| json!(host.manifest().defaults.dry_run_refresh_sla_s));
     if let Some(ssh) = &host.manifest().defaults.ssh {
         connection
             .entry("connect_timeout_s")
@@ -155,23 +179,38 @@ pub fn build(host: &ValidatedHost) -> Result<Arc<dyn Driver>, DriverError> {
             .or_insert_with(|| json!(ssh.command_timeout_s));
     }
     let config = ArubaConfig::from_connection(&connection)?;
-    Ok(Arc::new(ArubaDriver::new(host.id.clone(), config)?))
+    let driver = ArubaDriver::new(host.id.clone(), config)?.with_manifest(host.manifest());
+    Ok(Arc::new(driver))
 }
 
 /// The `aruba.aoss` driver bound to one switch.
+///
+/// # Guarantees
+///
+/// Those of [`Driver`], with what a CLI leaves open: a line reaches the
+/// switch once sent, so when a call times out or is cancelled, the line in
+/// flight may still take effect. The driver sends no further line after
+/// that point (see [`SshClient::run`]), not even `end` or the second half of
+/// a `cycle`: a cycle stopped during its pause leaves its ports with PoE
+/// off. The engine finds out what happened by reading the table again,
+/// never by sending the change again blindly.
 #[derive(Debug)]
 pub struct ArubaDriver {
     host_id: String,
     ctx: Ctx,
     protected: Vec<Port>,
     client: SshClient,
+    dry_run_budget: Duration,
+    /// Connect retries of read-only calls.
+    read_attempts: Attempts,
 }
 
 /// What the blocking side needs, cheap to clone into it.
 #[derive(Debug, Clone)]
 struct Ctx {
     username: String,
-    save_config: bool,
+    persist: Persist,
+    limits: DeviceLimits,
     cycle_off: Duration,
     command_timeout: Duration,
 }
@@ -254,10 +293,11 @@ impl Op {
         }
     }
 
-    fn key_params(self) -> &'static [&'static str] {
+    /// The manifest capability whose `rate_limit` paces this op's calls.
+    fn capability(self) -> &'static str {
         match self {
-            Op::Poe(_) => &["state"],
-            Op::Admin(_) => &["admin"],
+            Op::Poe(_) => "aoss.poe.port",
+            Op::Admin(_) => "aoss.interface",
         }
     }
 
@@ -273,7 +313,10 @@ impl ArubaDriver {
         host_id: impl Into<String>,
         config: ArubaConfig,
     ) -> Result<ArubaDriver, DriverError> {
-        if config.connect_timeout_s == 0 || config.command_timeout_s == 0 {
+        if config.connect_timeout_s == 0
+            || config.command_timeout_s == 0
+            || config.dry_run_budget_s == 0
+        {
             return Err(DriverError::new(
                 ErrorKind::ConfigError,
                 "timeouts must be at least 1 s",
@@ -303,17 +346,40 @@ impl ArubaDriver {
             },
             connect_timeout,
         })?;
-        Ok(ArubaDriver {
+        let driver = ArubaDriver {
             host_id: host_id.into(),
             ctx: Ctx {
                 username: config.username.clone(),
-                save_config: config.save_config,
+                persist: if config.save_config {
+                    Persist::StartupConfig
+                } else {
+                    Persist::RunningConfig
+                },
+                limits: DeviceLimits::default(),
                 cycle_off: Duration::from_secs(config.cycle_off_s),
                 command_timeout: Duration::from_secs(config.command_timeout_s),
             },
             protected,
             client,
+            dry_run_budget: Duration::from_secs(config.dry_run_budget_s),
+            read_attempts: Attempts::Once,
+        };
+        Ok(match crate::manifest::shipped().get(PLUGIN_ID) {
+            Some(manifest) => driver.with_manifest(manifest),
+            None => driver,
         })
+    }
+
+    /// Takes the rate limits (per capability) and the connect retries of
+    /// read-only calls (`defaults.ssh`) from `manifest` instead of the
+    /// shipped `aruba.aoss` manifest.
+    pub fn with_manifest(mut self, manifest: &Manifest) -> ArubaDriver {
+        self.ctx.limits = DeviceLimits::from_manifest(manifest);
+        self.read_attempts = match &manifest.defaults.ssh {
+            Some(ssh) => Attempts::RetryConnect(ssh.clone()),
+            None => Attempts::Once,
+        };
+        self
     }
 
     /// Connect budget plus `commands` CLI exchanges (and a cycle's pause).
@@ -364,12 +430,21 @@ impl Driver for ArubaDriver {
 
     async fn discover(
         &self,
-        _mode: RefreshMode,
+        mode: RefreshMode,
         budget: Duration,
     ) -> Result<Vec<Target>, DriverError> {
+        let span = tracing::info_span!(
+            "driver.discover",
+            host = %self.host_id,
+            plugin = PLUGIN_ID,
+            ?mode,
+            budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+        );
         let ctx = self.ctx.clone();
         self.client
-            .run(budget, move |s| {
+            .run(budget, self.read_attempts.clone(), move |s| {
+                // One read session, one slot: discovery serves every capability.
+                s.wait_for("rate limit", ctx.limits.acquire_any())?;
                 let mut cli = open_cli(&ctx, s)?;
                 let mut targets = Vec::new();
                 // A switch without PoE rejects the command; it then has no PoE ports.
@@ -409,6 +484,7 @@ impl Driver for ArubaDriver {
                 }
                 Ok::<_, DriverError>(targets)
             })
+            .instrument(span)
             .await
     }
 
@@ -417,21 +493,31 @@ impl Driver for ArubaDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<DryRunAnswer>, DriverError> {
+        let span = tracing::info_span!(
+            "driver.dry_run",
+            host = %self.host_id,
+            capability = %action.capability,
+            verb = %action.verb,
+            targets = targets.len(),
+        );
         let op = parse_action(action)?;
         let ports = parse_targets(op, targets);
         self.refuse_protected(&ports)?;
         let ctx = self.ctx.clone();
         let action = action.clone();
         self.client
-            .run(self.budget(3, None), move |s| {
+            .run(self.dry_run_budget, self.read_attempts.clone(), move |s| {
                 let mut cli = open_cli(&ctx, s)?;
                 let manager = cli.prompt.level == Level::Manager;
+                // The table read is the dry-run's one device call.
+                s.wait_for("rate limit", ctx.limits.acquire(op.capability()))?;
                 let live = read_live(&mut cli, op)?;
-                let plan = plan_change(op, &ports, &live, ctx.save_config);
+                let plan = plan_change(op, &ports, &live, ctx.persist);
                 Ok::<_, DriverError>(dry_run_answers(
                     &action, op, s, &ctx, manager, &ports, &live, &plan,
                 ))
             })
+            .instrument(span)
             .await
     }
 
@@ -440,23 +526,34 @@ impl Driver for ArubaDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<ExecOutcome>, DriverError> {
+        let span = tracing::info_span!(
+            "driver.execute",
+            host = %self.host_id,
+            capability = %action.capability,
+            verb = %action.verb,
+            targets = targets.len(),
+        );
         let op = parse_action(action)?;
         let ports = parse_targets(op, targets);
         self.refuse_protected(&ports)?;
         let ctx = self.ctx.clone();
         self.client
-            .run(self.budget(12, Some(op)), move |s| {
+            .run(self.budget(12, Some(op)), Attempts::Once, move |s| {
                 execute_blocking(&ctx, s, op, &ports)
             })
+            .instrument(span)
             .await
     }
 
     async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {
+        let span =
+            tracing::info_span!("driver.test_connection", host = %self.host_id, plugin = PLUGIN_ID);
         let started = Instant::now();
         let ctx = self.ctx.clone();
         let details = self
             .client
-            .run(self.budget(2, None), move |s| {
+            .run(self.budget(2, None), self.read_attempts.clone(), move |s| {
+                s.wait_for("rate limit", ctx.limits.acquire_any())?;
                 let cli = open_cli(&ctx, s)?;
                 let mut details = Map::new();
                 details.insert("ssh_banner".into(), json!(s.banner));
@@ -470,6 +567,7 @@ impl Driver for ArubaDriver {
                 details.insert("level".into(), json!(level));
                 Ok::<_, DriverError>(details)
             })
+            .instrument(span)
             .await?;
         let ok = details.get("level") == Some(&json!("manager"));
         Ok(ConnectionReport {
@@ -528,7 +626,7 @@ fn plan_change(
     op: Op,
     ports: &[(String, Result<Port, String>)],
     live: &HashMap<Port, LiveState>,
-    save_config: bool,
+    persist: Persist,
 ) -> ChangePlan {
     let decisions: Vec<Decision> = ports
         .iter()
@@ -559,7 +657,7 @@ fn plan_change(
     let lines = if runs.is_empty() {
         Vec::new()
     } else {
-        change_lines(&runs, op.change(), save_config)
+        change_lines(&runs, op.change(), persist)
     };
     ChangePlan {
         decisions,
@@ -568,11 +666,12 @@ fn plan_change(
     }
 }
 
-fn open_cli(ctx: &Ctx, s: &mut SshSession) -> Result<Cli<ssh2::Channel>, DriverError> {
-    s.limit_io(ctx.command_timeout, "switch cli")?;
+/// Opens the CLI; every read and write on it waits at most the command
+/// timeout and never past the call's deadline (see [`Shell`]).
+fn open_cli(ctx: &Ctx, s: &mut SshSession) -> Result<Cli<Shell>, DriverError> {
     let deadline = Instant::now() + s.remaining("switch cli")?;
-    let channel = s.shell(PTY_COLS, PTY_ROWS)?;
-    Cli::open(channel, deadline).map_err(cli_error)
+    let shell = s.shell(PTY_COLS, PTY_ROWS, ctx.command_timeout)?;
+    Cli::open(shell, deadline).map_err(cli_error)
 }
 
 /// Reads the table the action needs: PoE states (`on`/`off`) or admin states (`up`/`down`).
@@ -685,7 +784,7 @@ fn dry_run_answers(
         .iter()
         .zip(&plan.decisions)
         .map(|((target, _), decision)| {
-            let key = idempotency_key(action, target, op.key_params());
+            let key = action_key(action, target);
             let mut pre = base.clone();
             let (ok, from, to, summary, reason, lines) = match decision {
                 Decision::Invalid(why) => {
@@ -828,9 +927,13 @@ fn execute_blocking(
     ports: &[(String, Result<Port, String>)],
 ) -> Result<Vec<ExecOutcome>, DriverError> {
     let started = Instant::now();
+    let capability = op.capability();
     let mut cli = open_cli(ctx, s)?;
+    // Three device calls at most, each taking a slot: the table read, the
+    // change batch and the read-back.
+    s.wait_for("rate limit", ctx.limits.acquire(capability))?;
     let live = read_live(&mut cli, op)?;
-    let plan = plan_change(op, ports, &live, ctx.save_config);
+    let plan = plan_change(op, ports, &live, ctx.persist);
     if !plan.lines.is_empty() && cli.prompt.level != Level::Manager {
         return Err(DriverError::new(
             ErrorKind::AuthError,
@@ -842,21 +945,41 @@ fn execute_blocking(
     evidence.insert("runs".into(), json!(plan.runs));
     let mut sent = Vec::new();
     let mut failed: Option<DriverError> = None;
+    // The session is out of step with the switch after a timeout or a close:
+    // nothing more is sent on it, not even the read-back.
+    let mut session_lost = false;
+    if !plan.lines.is_empty() {
+        // The change batch is one device call.
+        if let Err(err) = s.wait_for("rate limit", ctx.limits.acquire(capability)) {
+            failed = Some(err.into());
+        }
+    }
     for line in &plan.lines {
+        if failed.is_some() {
+            break;
+        }
         if line == CYCLE_PAUSE {
-            cli.pause(ctx.cycle_off);
+            // Ends early when the deadline comes first or the caller leaves:
+            // then the rest of the cycle is not sent (see the type's guarantees).
+            if let Err(err) = s.pause(ctx.cycle_off, "the pause of a poe cycle") {
+                failed = Some(err.into());
+                session_lost = true;
+            }
             continue;
         }
         sent.push(line.clone());
         if let Err(err) = cli.run(line) {
             // Stop at the first rejection: a port command must never land in
             // the wrong context. Leave config mode, best effort.
-            if !matches!(err, CliError::Timeout { .. } | CliError::Closed { .. }) {
+            session_lost = matches!(
+                err,
+                CliError::Timeout { .. } | CliError::Closed { .. } | CliError::Io { .. }
+            );
+            if !session_lost {
                 let _ = cli.run("end");
                 sent.push("end".into());
             }
             failed = Some(cli_error(err));
-            break;
         }
     }
     evidence.insert("cli".into(), json!(sent));
@@ -864,9 +987,15 @@ fn execute_blocking(
         "write_memory".into(),
         json!(failed.is_none() && sent.iter().any(|l| l == "write memory")),
     );
-    // Read back what the switch now says (also after a failure: it may have
-    // applied part of the change).
-    let after = read_live(&mut cli, op).ok();
+    // Read back what the switch now says (also after a rejection: it may
+    // have applied part of the change).
+    let after = if session_lost || plan.lines.is_empty() {
+        None
+    } else {
+        s.wait_for("rate limit", ctx.limits.acquire(capability))
+            .ok()
+            .and_then(|()| read_live(&mut cli, op).ok())
+    };
     let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let outcomes = ports
         .iter()
@@ -971,7 +1100,12 @@ mod tests {
         let table: Vec<(String, &str)> = ids.iter().map(|t| (t[9..].to_owned(), "on")).collect();
         let table: Vec<(&str, &str)> = table.iter().map(|(p, s)| (p.as_str(), *s)).collect();
         let op = Op::Poe(PoeState::Off);
-        let plan = plan_change(op, &parse_targets(op, &ids), &live(&table), false);
+        let plan = plan_change(
+            op,
+            &parse_targets(op, &ids),
+            &live(&table),
+            Persist::RunningConfig,
+        );
         assert_eq!(plan.runs, ["1/A1-1/A4", "1/B1-1/B4"]);
         assert_eq!(plan.lines[1], "interface 1/A1-1/A4,1/B1-1/B4");
     }
@@ -990,7 +1124,7 @@ mod tests {
             op,
             &parse_targets(op, &ids),
             &live(&[("1", "on"), ("2", "off")]),
-            true,
+            Persist::StartupConfig,
         );
         assert!(matches!(plan.decisions[0], Decision::NoOp { .. }));
         assert!(matches!(plan.decisions[1], Decision::Change { .. }));
@@ -1017,7 +1151,7 @@ mod tests {
             op,
             &parse_targets(op, &targets(&["poe-port:1"])),
             &live(&[("1", "on")]),
-            false,
+            Persist::RunningConfig,
         );
         assert_eq!(
             plan.lines,

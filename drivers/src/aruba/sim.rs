@@ -13,7 +13,9 @@
 //! file (tests pre-set and inspect it); every line received is appended to a
 //! command log, so tests can assert exactly what the driver sent. Run it as
 //! an sshd `ForceCommand` (binary `aoss-cli-sim`) to put it behind a real
-//! SSH transport.
+//! SSH transport. `--stall-after COMMAND` makes it a switch that hangs: it
+//! applies that command, then never answers again (it keeps logging what
+//! it receives until the session ends), for timeout tests.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -24,6 +26,11 @@ use serde::{Deserialize, Serialize};
 pub const STATE_ENV: &str = "AOSS_SIM_STATE";
 /// Env var naming the command log when `--log` is not given.
 pub const LOG_ENV: &str = "AOSS_SIM_LOG";
+/// Env var naming the command after which the CLI stalls, when
+/// `--stall-after` is not given.
+pub const STALL_AFTER_ENV: &str = "AOSS_SIM_STALL_AFTER";
+/// Env var naming the arrival-time log when `--times` is not given.
+pub const TIMES_ENV: &str = "AOSS_SIM_TIMES";
 
 /// Which software generation's table layout to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -98,11 +105,19 @@ fn default_draw() -> f64 {
     4.7
 }
 
-/// Where the simulator keeps its state and log (from args or env).
+/// Where the simulator keeps its state and log, and the fault it injects
+/// (from args or env).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimPaths {
     pub state: PathBuf,
     pub log: Option<PathBuf>,
+    /// Also log `<ns since the epoch> <line>` per line received, for tests
+    /// that check how calls are paced.
+    pub times: Option<PathBuf>,
+    /// After receiving this command line (compared without surrounding
+    /// blanks and case), apply it and then stop answering: no output, no
+    /// prompt, ever again in this session.
+    pub stall_after: Option<String>,
 }
 
 impl SimPort {
@@ -324,25 +339,37 @@ enum PortCommand {
     Admin(bool),
 }
 
-/// Reads `--state PATH` and `--log PATH` (or [`STATE_ENV`] / [`LOG_ENV`]).
+/// Reads `--state PATH`, `--log PATH`, `--times PATH` and `--stall-after
+/// COMMAND` (or [`STATE_ENV`] / [`LOG_ENV`] / [`TIMES_ENV`] / [`STALL_AFTER_ENV`]).
 pub fn paths_from_args(args: impl IntoIterator<Item = String>) -> Result<SimPaths, String> {
     let mut state = std::env::var_os(STATE_ENV).map(PathBuf::from);
     let mut log = std::env::var_os(LOG_ENV).map(PathBuf::from);
+    let mut times = std::env::var_os(TIMES_ENV).map(PathBuf::from);
+    let mut stall_after = std::env::var(STALL_AFTER_ENV).ok();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--state" => state = Some(args.next().ok_or("--state needs a path")?.into()),
             "--log" => log = Some(args.next().ok_or("--log needs a path")?.into()),
+            "--times" => times = Some(args.next().ok_or("--times needs a path")?.into()),
+            "--stall-after" => {
+                stall_after = Some(args.next().ok_or("--stall-after needs a command")?)
+            }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}` (usage: aoss-cli-sim --state FILE [--log FILE])"
+                    "unknown argument `{other}` (usage: aoss-cli-sim --state FILE [--log FILE] [--times FILE] [--stall-after COMMAND])"
                 ))
             }
         }
     }
     let state =
         state.ok_or_else(|| format!("no state file: pass --state FILE or set {STATE_ENV}"))?;
-    Ok(SimPaths { state, log })
+    Ok(SimPaths {
+        state,
+        log,
+        times,
+        stall_after,
+    })
 }
 
 /// Runs one CLI session until `exit` at the top level, `logout` or end of
@@ -356,14 +383,9 @@ pub fn run(paths: &SimPaths, input: impl BufRead, mut output: impl Write) -> std
         state.save(&paths.state)?;
         state
     };
-    let mut log = match &paths.log {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        ),
-        None => None,
+    let mut log = Recorder {
+        log: paths.log.as_deref().map(append).transpose()?,
+        times: paths.times.as_deref().map(append).transpose()?,
     };
     let mut lines = input.lines();
     // Real AOS-S sets a scroll region and positions the cursor on connect.
@@ -375,7 +397,7 @@ pub fn run(paths: &SimPaths, input: impl BufRead, mut output: impl Write) -> std
         )?;
         output.flush()?;
         match lines.next() {
-            Some(line) => record(&mut log, &line?)?,
+            Some(line) => log.line(&line?)?,
             None => return Ok(()),
         }
         writeln!(output)?;
@@ -389,7 +411,25 @@ pub fn run(paths: &SimPaths, input: impl BufRead, mut output: impl Write) -> std
         };
         let line = line?;
         let line = line.trim_end_matches(['\r', '\n']);
-        record(&mut log, line)?;
+        log.line(line)?;
+        let stall = paths
+            .stall_after
+            .as_deref()
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case(line.trim()));
+        if stall {
+            // Apply the command, then hang: answer nothing, keep logging.
+            match execute(&mut state, &mut context, line) {
+                Step::Changed => state.save(&paths.state)?,
+                Step::Output(_) => {}
+                Step::Logout => return Ok(()),
+            }
+            for line in lines.by_ref() {
+                // A read error is the session going away (the PTY hung up).
+                let Ok(line) = line else { break };
+                log.line(line.trim_end_matches(['\r', '\n']))?;
+            }
+            return Ok(());
+        }
         match execute(&mut state, &mut context, line) {
             Step::Output(text) => {
                 if !text.is_empty() {
@@ -408,12 +448,34 @@ pub fn run(paths: &SimPaths, input: impl BufRead, mut output: impl Write) -> std
     }
 }
 
-fn record(log: &mut Option<std::fs::File>, line: &str) -> std::io::Result<()> {
-    if let Some(file) = log {
-        writeln!(file, "{line}")?;
-        file.flush()?;
+/// The command log and the arrival-time log, each optional.
+struct Recorder {
+    log: Option<std::fs::File>,
+    times: Option<std::fs::File>,
+}
+
+impl Recorder {
+    fn line(&mut self, line: &str) -> std::io::Result<()> {
+        if let Some(file) = &mut self.log {
+            writeln!(file, "{line}")?;
+            file.flush()?;
+        }
+        if let Some(file) = &mut self.times {
+            let ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            writeln!(file, "{ns} {line}")?;
+            file.flush()?;
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+fn append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 fn prompt(hostname: &str, context: &Context) -> String {
@@ -561,6 +623,8 @@ mod tests {
         let paths = SimPaths {
             state: dir.path().join("state.json"),
             log: Some(dir.path().join("log")),
+            times: None,
+            stall_after: None,
         };
         state.save(&paths.state).unwrap();
         let mut out = Vec::new();
@@ -603,6 +667,46 @@ mod tests {
         assert!(out.contains("sw1(config)# "), "{out}");
         assert_eq!(after, state);
         assert_eq!(log, "configure\ninterface 9\nfrobnicate\n");
+    }
+
+    #[test]
+    fn a_stalled_switch_applies_the_command_then_never_answers_but_keeps_logging() {
+        let state = SimState::standalone("sw1", 2);
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SimPaths {
+            state: dir.path().join("state.json"),
+            log: Some(dir.path().join("log")),
+            times: Some(dir.path().join("times")),
+            stall_after: Some("interface 2 disable".into()),
+        };
+        state.save(&paths.state).unwrap();
+        let mut out = Vec::new();
+        let input = "configure\ninterface 2 disable\nshow interfaces brief\nend\n";
+        run(&paths, input.as_bytes(), &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.ends_with("sw1(config)# "), "{out:?}");
+        assert!(!SimState::load(&paths.state).unwrap().ports[1].admin);
+        let log = std::fs::read_to_string(paths.log.as_ref().unwrap()).unwrap();
+        assert_eq!(log, input);
+        let times = std::fs::read_to_string(paths.times.as_ref().unwrap()).unwrap();
+        let timed: Vec<&str> = times
+            .lines()
+            .map(|l| l.split_once(' ').unwrap().1)
+            .collect();
+        assert_eq!(timed, input.lines().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_stall_command_comes_from_the_arguments() {
+        let args = [
+            "--state",
+            "s.json",
+            "--stall-after",
+            "show interfaces brief",
+        ];
+        let paths = paths_from_args(args.map(String::from)).unwrap();
+        assert_eq!(paths.stall_after.as_deref(), Some("show interfaces brief"));
+        assert!(paths_from_args(["--stall-after".to_owned()]).is_err());
     }
 
     #[test]

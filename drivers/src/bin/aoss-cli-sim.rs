@@ -1,7 +1,10 @@
 //! `aoss-cli-sim`: the AOS-S CLI simulator on stdin/stdout (see
 //! `drivers::aruba::sim`). Meant as an sshd `ForceCommand`:
-//! `aoss-cli-sim --state FILE [--log FILE]` (or `AOSS_SIM_STATE` /
-//! `AOSS_SIM_LOG`). A missing state file is created with a demo switch.
+//! `aoss-cli-sim --state FILE [--log FILE] [--times FILE] [--stall-after
+//! COMMAND]` (or `AOSS_SIM_STATE` / `AOSS_SIM_LOG` / `AOSS_SIM_TIMES` /
+//! `AOSS_SIM_STALL_AFTER`). A missing state file is created with a demo
+//! switch; `--times` logs when each line arrived; `--stall-after` makes the
+//! switch hang after that command, for timeout tests.
 
 use std::process::ExitCode;
 

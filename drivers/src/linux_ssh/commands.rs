@@ -53,12 +53,22 @@ pub fn render(template: &str, service: Option<&str>, delay_s: Option<u64>) -> St
     out
 }
 
-/// Prefixes `sudo -n` (never prompt: a password prompt would hang).
-pub fn with_sudo(command: &str, sudo: bool) -> String {
-    if sudo {
-        format!("sudo -n {command}")
-    } else {
-        command.to_owned()
+/// Who runs the changing commands (the host config's `sudo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAs {
+    /// The login user, as is.
+    LoginUser,
+    /// Through `sudo -n` (passwordless sudo: a password prompt would hang).
+    Sudo,
+}
+
+impl RunAs {
+    /// `command` as this user runs it: prefixed with `sudo -n` for [`RunAs::Sudo`].
+    pub fn wrap(self, command: &str) -> String {
+        match self {
+            RunAs::LoginUser => command.to_owned(),
+            RunAs::Sudo => format!("sudo -n {command}"),
+        }
     }
 }
 
@@ -74,7 +84,8 @@ pub fn delayed(template: &str, command: String, delay_s: u64) -> String {
 }
 
 /// The program a command line runs (its first word after `sudo -n` and
-/// `VAR=value` assignments), for the `command -v` precondition.
+/// `VAR=value` assignments), for the `command -v` precondition. Give it
+/// the command before [`delayed`] wraps it: the wrapper's program is `nohup`.
 pub fn program_of(command: &str) -> Option<&str> {
     let mut words = command.split_whitespace().peekable();
     if words.peek() == Some(&"sudo") {
@@ -159,9 +170,10 @@ mod tests {
         let cmd = render("systemctl restart {service}", Some("nginx.service"), None);
         assert_eq!(cmd, "systemctl restart 'nginx.service'");
         assert_eq!(
-            with_sudo(&cmd, true),
+            RunAs::Sudo.wrap(&cmd),
             "sudo -n systemctl restart 'nginx.service'"
         );
+        assert_eq!(RunAs::LoginUser.wrap(&cmd), cmd);
     }
 
     #[test]

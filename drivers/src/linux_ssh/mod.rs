@@ -8,6 +8,14 @@
 //! a policy author writes becomes shell syntax. Dry-runs read (reachability,
 //! login, `sudo -n true`, `command -v`, the service's state) and never run a
 //! changing command.
+//!
+//! Every remote command of an action is one device call: it waits for a
+//! slot of the capability's `rate_limit` first ([`DeviceLimits`]).
+//! Discovery and the connection test are one read session each and take one
+//! slot of the strictest limit. Read-only calls retry a failed connect with
+//! the manifest's `defaults.ssh` retries and backoff when the retry fits in
+//! their budget; a dry-run as a whole is bounded by `dry_run_budget_s`.
+//! Execution never retries.
 
 pub mod commands;
 
@@ -21,18 +29,21 @@ use inventory::model::Target;
 use inventory::Severity;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use tracing::Instrument;
 
 use crate::driver::{
-    idempotency_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects,
-    ErrorKind, ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
+    action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
+    ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
 };
+use crate::manifest::Manifest;
+use crate::ratelimit::DeviceLimits;
 use crate::registry::ValidatedHost;
 use crate::secret::Secret;
-use crate::ssh::{tail, HostKeyCheck, KeySource, SshClient, SshConfig, SshError, SshSession};
-
-use commands::{
-    delayed, parse_list_units, parse_state, program_of, render, validate_unit, with_sudo,
+use crate::ssh::{
+    tail, Attempts, ExecResult, HostKeyCheck, KeySource, SshClient, SshConfig, SshError, SshSession,
 };
+
+use commands::{delayed, parse_list_units, parse_state, program_of, render, validate_unit, RunAs};
 
 /// The manifest id this driver implements.
 pub const PLUGIN_ID: &str = "linux.ssh";
@@ -86,6 +97,11 @@ pub struct LinuxSshConfig {
     /// `defaults.ssh.command_timeout_s` when the host sets none).
     #[serde(default = "default_command_timeout_s")]
     pub command_timeout_s: u64,
+    /// Bound on a whole dry-run (connect, login and every read), in seconds
+    /// (the manifest's `defaults.dry_run_refresh_sla_s` when the host sets
+    /// none); past it the dry-run fails with `timeout`.
+    #[serde(default = "default_dry_run_budget_s")]
+    pub dry_run_budget_s: u64,
 }
 
 /// Remote command templates. `{service}` is the validated, shell-quoted
@@ -134,6 +150,10 @@ fn default_connect_timeout_s() -> u64 {
 
 fn default_command_timeout_s() -> u64 {
     30
+}
+
+fn default_dry_run_budget_s() -> u64 {
+    5
 }
 
 fn default_poweroff() -> String {
@@ -188,13 +208,17 @@ impl LinuxSshConfig {
 }
 
 /// The registry's constructor: reads the validated host's connection
-/// (timeouts not set on the host come from the manifest's `defaults.ssh`)
-/// and binds a driver to it. Touches no network.
+/// (timeouts not set on the host come from the manifest's `defaults`, rate
+/// limits and connect retries from the manifest) and binds a driver to it.
+/// Touches no network.
 pub fn build(host: &ValidatedHost) -> Result<Arc<dyn Driver>, DriverError> {
     let mut connection: Map<String, Value> = host
         .fields()
         .filter_map(|name| host.value(name).map(|v| (name.to_owned(), v.clone())))
         .collect();
+    connection
+        .entry("dry_run_budget_s")
+        .or_insert_with(|| json!(host.manifest().defaults.dry_run_refresh_sla_s));
     if let Some(ssh) = &host.manifest().defaults.ssh {
         connection
             .entry("connect_timeout_s")
@@ -204,22 +228,36 @@ pub fn build(host: &ValidatedHost) -> Result<Arc<dyn Driver>, DriverError> {
             .or_insert_with(|| json!(ssh.command_timeout_s));
     }
     let config = LinuxSshConfig::from_connection(&connection)?;
-    Ok(Arc::new(LinuxSshDriver::new(host.id.clone(), config)?))
+    let driver = LinuxSshDriver::new(host.id.clone(), config)?.with_manifest(host.manifest());
+    Ok(Arc::new(driver))
 }
 
 /// The `linux.ssh` driver bound to one host.
+///
+/// # Guarantees
+///
+/// Those of [`Driver`], with what SSH leaves open: a command runs on the
+/// host once sent, so when a call times out or is cancelled, the command in
+/// flight may still complete there (a service may still stop, a power off
+/// may still happen). The driver sends nothing after that point (see
+/// [`SshClient::run`]); the engine finds out what happened by reading
+/// state, never by running the command again blindly.
 #[derive(Debug)]
 pub struct LinuxSshDriver {
     host_id: String,
     ctx: Ctx,
     client: SshClient,
+    dry_run_budget: Duration,
+    /// Connect retries of read-only calls.
+    read_attempts: Attempts,
 }
 
 /// What the blocking side needs, cheap to clone into it.
 #[derive(Debug, Clone)]
 struct Ctx {
     host_id: String,
-    sudo: bool,
+    run_as: RunAs,
+    limits: DeviceLimits,
     commands: LinuxCommands,
     services: Option<Vec<String>>,
     username: String,
@@ -234,11 +272,30 @@ enum Op {
     Service(ServiceVerb),
 }
 
+/// Whether a remote command takes its own rate-limit slot.
+#[derive(Debug, Clone, Copy)]
+enum Slot<'a> {
+    /// A device call of this capability: wait for a slot first.
+    Of(&'a str),
+    /// Part of a read session that took one slot when it began (discovery).
+    Taken,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ServiceVerb {
     Start,
     Stop,
     Restart,
+}
+
+impl Op {
+    /// The manifest capability whose `rate_limit` paces this op's commands.
+    fn capability(self) -> &'static str {
+        match self {
+            Op::Power { .. } => "host.power",
+            Op::Service(_) => "host.service",
+        }
+    }
 }
 
 impl ServiceVerb {
@@ -276,7 +333,10 @@ impl LinuxSshDriver {
         config: LinuxSshConfig,
     ) -> Result<LinuxSshDriver, DriverError> {
         let host_id = host_id.into();
-        if config.connect_timeout_s == 0 || config.command_timeout_s == 0 {
+        if config.connect_timeout_s == 0
+            || config.command_timeout_s == 0
+            || config.dry_run_budget_s == 0
+        {
             return Err(DriverError::new(
                 ErrorKind::ConfigError,
                 "timeouts must be at least 1 s",
@@ -304,10 +364,15 @@ impl LinuxSshDriver {
             },
             connect_timeout,
         })?;
-        Ok(LinuxSshDriver {
+        let driver = LinuxSshDriver {
             ctx: Ctx {
                 host_id: host_id.clone(),
-                sudo: config.sudo,
+                run_as: if config.sudo {
+                    RunAs::Sudo
+                } else {
+                    RunAs::LoginUser
+                },
+                limits: DeviceLimits::default(),
                 commands: config.commands.clone(),
                 services: config.services.clone(),
                 username: config.username.clone(),
@@ -316,7 +381,25 @@ impl LinuxSshDriver {
             },
             host_id,
             client,
+            dry_run_budget: Duration::from_secs(config.dry_run_budget_s),
+            read_attempts: Attempts::Once,
+        };
+        Ok(match crate::manifest::shipped().get(PLUGIN_ID) {
+            Some(manifest) => driver.with_manifest(manifest),
+            None => driver,
         })
+    }
+
+    /// Takes the rate limits (per capability) and the connect retries of
+    /// read-only calls (`defaults.ssh`) from `manifest` instead of the
+    /// shipped `linux.ssh` manifest.
+    pub fn with_manifest(mut self, manifest: &Manifest) -> LinuxSshDriver {
+        self.ctx.limits = DeviceLimits::from_manifest(manifest);
+        self.read_attempts = match &manifest.defaults.ssh {
+            Some(ssh) => Attempts::RetryConnect(ssh.clone()),
+            None => Attempts::Once,
+        };
+        self
     }
 
     /// Connect budget plus `commands` command timeouts.
@@ -341,10 +424,20 @@ impl Driver for LinuxSshDriver {
         mode: RefreshMode,
         budget: Duration,
     ) -> Result<Vec<Target>, DriverError> {
+        let span = tracing::info_span!(
+            "driver.discover",
+            host = %self.host_id,
+            plugin = PLUGIN_ID,
+            ?mode,
+            budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+        );
         let ctx = self.ctx.clone();
         let targets = self
             .client
-            .run(budget, move |s| discover_blocking(&ctx, s, mode))
+            .run(budget, self.read_attempts.clone(), move |s| {
+                discover_blocking(&ctx, s, mode)
+            })
+            .instrument(span)
             .await?;
         Ok(targets)
     }
@@ -354,15 +447,22 @@ impl Driver for LinuxSshDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<DryRunAnswer>, DriverError> {
+        let span = tracing::info_span!(
+            "driver.dry_run",
+            host = %self.host_id,
+            capability = %action.capability,
+            verb = %action.verb,
+            targets = targets.len(),
+        );
         let op = parse_action(action)?;
         let ctx = self.ctx.clone();
         let (action, targets) = (action.clone(), targets.to_vec());
-        let budget = self.budget(3 + 2 * targets.len());
         Ok(self
             .client
-            .run(budget, move |s| {
+            .run(self.dry_run_budget, self.read_attempts.clone(), move |s| {
                 dry_run_blocking(&ctx, s, op, &action, &targets)
             })
+            .instrument(span)
             .await?)
     }
 
@@ -371,34 +471,48 @@ impl Driver for LinuxSshDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<ExecOutcome>, DriverError> {
+        let span = tracing::info_span!(
+            "driver.execute",
+            host = %self.host_id,
+            capability = %action.capability,
+            verb = %action.verb,
+            targets = targets.len(),
+        );
         let op = parse_action(action)?;
         let ctx = self.ctx.clone();
         let targets = targets.to_vec();
         let budget = self.budget(3 * targets.len());
+        // Never retried: a connect that failed after the command was sent
+        // cannot be told from one that failed before.
         Ok(self
             .client
-            .run(budget, move |s| {
+            .run(budget, Attempts::Once, move |s| {
                 Ok::<_, SshError>(execute_blocking(&ctx, s, op, &targets))
             })
+            .instrument(span)
             .await?)
     }
 
     async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {
+        let span =
+            tracing::info_span!("driver.test_connection", host = %self.host_id, plugin = PLUGIN_ID);
         let started = Instant::now();
         let ctx = self.ctx.clone();
         let mut details = self
             .client
-            .run(self.budget(2), move |s| {
+            .run(self.budget(2), self.read_attempts.clone(), move |s| {
+                s.wait_for("rate limit", ctx.limits.acquire_any())?;
                 let mut details = session_details(&ctx, s);
                 if let Ok(r) = s.exec("uname -srm", ctx.command_timeout) {
                     details.insert("uname".into(), json!(r.stdout.trim()));
                 }
-                if ctx.sudo {
+                if ctx.run_as == RunAs::Sudo {
                     let r = s.exec("sudo -n true", ctx.command_timeout)?;
                     details.insert("sudo".into(), json!(r.exit_status == Some(0)));
                 }
                 Ok::<_, SshError>(details)
             })
+            .instrument(span)
             .await?;
         let ok = details.get("sudo").is_none_or(|v| v == &json!(true));
         if !ok {
@@ -471,17 +585,27 @@ fn resolve_target(ctx: &Ctx, op: Op, target: &str) -> Result<Resolved, String> {
     }
 }
 
+/// A changing command: the line sent to the host, and the program it
+/// finally runs (what `command -v` must find).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ChangeCommand {
+    line: String,
+    /// The template's program, not a wrapper's: a delayed power command is
+    /// sent as `nohup sh -c '...'`, but it is `systemctl` that must exist.
+    program: String,
+}
+
 /// The changing command for a resolved target, sudo and delay applied.
-fn change_command(ctx: &Ctx, resolved: &Resolved) -> String {
-    match *resolved {
+fn change_command(ctx: &Ctx, resolved: &Resolved) -> ChangeCommand {
+    let (template, command, delay_s) = match *resolved {
         Resolved::Host { reboot, delay_s } => {
             let template = if reboot {
                 &ctx.commands.reboot
             } else {
                 &ctx.commands.poweroff
             };
-            let command = with_sudo(&render(template, None, Some(delay_s)), ctx.sudo);
-            delayed(template, command, delay_s)
+            let command = ctx.run_as.wrap(&render(template, None, Some(delay_s)));
+            (template, command, delay_s)
         }
         Resolved::Service { ref unit, verb } => {
             let template = match verb {
@@ -489,9 +613,31 @@ fn change_command(ctx: &Ctx, resolved: &Resolved) -> String {
                 ServiceVerb::Stop => &ctx.commands.service_stop,
                 ServiceVerb::Restart => &ctx.commands.service_restart,
             };
-            with_sudo(&render(template, Some(unit), None), ctx.sudo)
+            (
+                template,
+                ctx.run_as.wrap(&render(template, Some(unit), None)),
+                0,
+            )
         }
+    };
+    let program = program_of(&command).unwrap_or_default().to_owned();
+    ChangeCommand {
+        line: delayed(template, command, delay_s),
+        program,
     }
+}
+
+/// Runs one remote command, first taking its rate-limit slot (see [`Slot`]).
+fn device_exec(
+    ctx: &Ctx,
+    s: &mut SshSession,
+    slot: Slot<'_>,
+    command: &str,
+) -> Result<ExecResult, SshError> {
+    if let Slot::Of(capability) = slot {
+        s.wait_for("rate limit", ctx.limits.acquire(capability))?;
+    }
+    s.exec(command, ctx.command_timeout)
 }
 
 fn status_command(ctx: &Ctx, unit: &str) -> String {
@@ -502,10 +648,11 @@ fn status_command(ctx: &Ctx, unit: &str) -> String {
 fn read_state(
     ctx: &Ctx,
     s: &mut SshSession,
+    slot: Slot<'_>,
     unit: &str,
 ) -> Result<Result<String, String>, SshError> {
     let command = status_command(ctx, unit);
-    let r = s.exec(&command, ctx.command_timeout)?;
+    let r = device_exec(ctx, s, slot, &command)?;
     Ok(parse_state(&r.stdout).ok_or_else(|| {
         format!(
             "`{command}` printed no state (exit status {}): {}",
@@ -543,8 +690,9 @@ fn dry_run_blocking(
         precondition("auth", true, Some(json!({ "username": ctx.username }))),
         precondition("host_key", true, Some(s.host_key.to_json())),
     ];
-    let sudo = if ctx.sudo {
-        let r = s.exec("sudo -n true", ctx.command_timeout)?;
+    let slot = Slot::Of(op.capability());
+    let sudo = if ctx.run_as == RunAs::Sudo {
+        let r = device_exec(ctx, s, slot, "sudo -n true")?;
         let ok = r.exit_status == Some(0);
         Some(precondition(
             "sudo",
@@ -557,7 +705,7 @@ fn dry_run_blocking(
     let mut present: HashMap<String, bool> = HashMap::new();
     let mut answers = Vec::with_capacity(targets.len());
     for target in targets {
-        let key = idempotency_key(action, target, &[]);
+        let key = action_key(action, target);
         let mut pre = base.clone();
         pre.extend(sudo.clone());
         let resolved = match resolve_target(ctx, op, target) {
@@ -572,13 +720,15 @@ fn dry_run_blocking(
                 continue;
             }
         };
-        let command = change_command(ctx, &resolved);
-        let program = program_of(&command).unwrap_or_default().to_owned();
+        let ChangeCommand {
+            line: command,
+            program,
+        } = change_command(ctx, &resolved);
         let found = match present.get(&program) {
             Some(found) => *found,
             None => {
                 let probe = format!("command -v {}", crate::ssh::shell_quote(&program));
-                let found = s.exec(&probe, ctx.command_timeout)?.exit_status == Some(0);
+                let found = device_exec(ctx, s, slot, &probe)?.exit_status == Some(0);
                 present.insert(program.clone(), found);
                 found
             }
@@ -609,7 +759,7 @@ fn dry_run_blocking(
                     None,
                 )
             }
-            Resolved::Service { unit, verb } => match read_state(ctx, s, &unit)? {
+            Resolved::Service { unit, verb } => match read_state(ctx, s, slot, &unit)? {
                 Ok(state) => {
                     pre.push(precondition(
                         "service_state",
@@ -770,9 +920,10 @@ fn execute_one(
             ))
         }
     };
+    let slot = Slot::Of(op.capability());
     let mut before = None;
     if let Resolved::Service { unit, verb } = &resolved {
-        if let Ok(state) = read_state(ctx, s, unit)? {
+        if let Ok(state) = read_state(ctx, s, slot, unit)? {
             evidence.insert("state_before".into(), json!(state));
             if verb.is_noop(&state) {
                 return Ok(ExecOutcome {
@@ -789,9 +940,9 @@ fn execute_one(
             before = Some(state);
         }
     }
-    let command = change_command(ctx, &resolved);
+    let command = change_command(ctx, &resolved).line;
     evidence.insert("command".into(), json!(command));
-    let r = s.exec(&command, ctx.command_timeout)?;
+    let r = device_exec(ctx, s, slot, &command)?;
     evidence.insert("exit_status".into(), json!(r.exit_status));
     evidence.insert("stderr_tail".into(), json!(tail(&r.stderr, TAIL_CHARS)));
     evidence.insert("stdout_tail".into(), json!(tail(&r.stdout, TAIL_CHARS)));
@@ -823,7 +974,7 @@ fn execute_one(
         return Ok(failure(target, kind, reason, evidence.clone()));
     }
     let (result_state, severity, ok, code, reason) = match resolved {
-        Resolved::Service { unit, verb } => match read_state(ctx, s, &unit)? {
+        Resolved::Service { unit, verb } => match read_state(ctx, s, slot, &unit)? {
             Ok(after) if after == verb.desired() || verb.is_noop(&after) => (
                 Some(after),
                 Severity::Info,
@@ -906,6 +1057,8 @@ fn discover_blocking(
     s: &mut SshSession,
     mode: RefreshMode,
 ) -> Result<Vec<Target>, SshError> {
+    // One read session, one slot: discovery serves every capability.
+    s.wait_for("rate limit", ctx.limits.acquire_any())?;
     let mut host_attrs = BTreeMap::new();
     host_attrs.insert("ssh_banner".to_owned(), json!(s.banner));
     host_attrs.insert(
@@ -923,12 +1076,12 @@ fn discover_blocking(
     match &ctx.services {
         Some(units) => {
             for unit in units {
-                let status = read_state(ctx, s, unit)?.ok();
+                let status = read_state(ctx, s, Slot::Taken, unit)?.ok();
                 targets.push(service_target(unit, status, BTreeMap::new()));
             }
         }
         None => {
-            let r = s.exec(&ctx.commands.list_services, ctx.command_timeout)?;
+            let r = device_exec(ctx, s, Slot::Taken, &ctx.commands.list_services)?;
             if r.exit_status != Some(0) {
                 return Err(SshError::Config(format!(
                     "`{}` exited with status {:?}: {}",
@@ -1017,7 +1170,30 @@ mod tests {
                 verb: ServiceVerb::Stop,
             },
         );
-        assert_eq!(cmd, "sudo -n systemctl stop 'nginx.service'");
+        assert_eq!(cmd.line, "sudo -n systemctl stop 'nginx.service'");
+        assert_eq!(cmd.program, "systemctl");
+    }
+
+    #[test]
+    fn a_delayed_power_command_is_checked_for_its_real_program_not_nohup() {
+        let driver = LinuxSshDriver::new("web-01", config(json!({"sudo": true}))).unwrap();
+        let cmd = change_command(
+            &driver.ctx,
+            &Resolved::Host {
+                reboot: false,
+                delay_s: 30,
+            },
+        );
+        assert!(cmd.line.starts_with("nohup sh -c "), "{}", cmd.line);
+        assert_eq!(cmd.program, "systemctl");
+    }
+
+    #[test]
+    fn the_dry_run_budget_defaults_to_the_refresh_sla_and_zero_is_refused() {
+        assert_eq!(config(json!({})).dry_run_budget_s, 5);
+        let err =
+            LinuxSshDriver::new("web-01", config(json!({"dry_run_budget_s": 0}))).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::ConfigError);
     }
 
     #[test]
