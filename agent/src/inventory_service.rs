@@ -4,11 +4,16 @@
 //! path a dry-run uses) and in the background on the host's discovery
 //! interval, and answers searches and selector resolutions from what it holds.
 //!
-//! A host is refreshed by one call at a time: concurrent requests wait for
-//! the call in flight and share its outcome, so a burst of dry-runs costs the
-//! device one discovery. A refresh that fails, times out or is refused by the
-//! host's open circuit breaker leaves the last snapshot in place, marked
-//! stale, and says why.
+//! Fast refreshes of a host coalesce: concurrent requests wait for the fast
+//! call in flight and share its outcome, so a burst of dry-runs costs the
+//! device one discovery. They never wait behind a full discovery, which may
+//! take far longer than the SLA: a fast refresh runs while a full one is in
+//! flight, and whichever *started* later wins, so a slow full discovery that
+//! read the device before a fast refresh did cannot overwrite fresher state.
+//! A snapshot is whatever the device said last: a fast refresh replaces the
+//! targets outright, so a tag removed on the device stops matching at once.
+//! A refresh that fails, times out or is refused by the host's open circuit
+//! breaker leaves the last snapshot in place, marked stale, and says why.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -30,6 +35,8 @@ use tracing::Instrument;
 pub const DEFAULT_REFRESH_SLA: Duration = Duration::from_secs(5);
 /// The full-discovery period when a manifest sets none.
 pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(600);
+/// The longest a full discovery may take unless `full_timeout` says otherwise.
+pub const MAX_FULL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How one host is refreshed. Runtime values, compiled from the host's
 /// manifest (`defaults.dry_run_refresh_sla_s`, `discovery.interval_s`).
@@ -46,7 +53,9 @@ pub struct RefreshSettings {
     pub fast_retries: u32,
     /// Pause before a fast-refresh retry (counted against the SLA).
     pub fast_retry_delay: Duration,
-    /// Time one full discovery may take; `None` means `discovery_interval`.
+    /// Time one full discovery may take; `None` means the shorter of
+    /// `discovery_interval` and [`MAX_FULL_TIMEOUT`]. Never more than
+    /// `discovery_interval`, so runs do not overlap.
     pub full_timeout: Option<Duration>,
 }
 
@@ -82,8 +91,11 @@ impl RefreshSettings {
         self.max_age.unwrap_or(self.discovery_interval * 2)
     }
 
-    fn full_timeout(&self) -> Duration {
-        self.full_timeout.unwrap_or(self.discovery_interval)
+    /// The time one full discovery may take (see [`RefreshSettings::full_timeout`]).
+    pub fn full_timeout(&self) -> Duration {
+        self.full_timeout
+            .unwrap_or(MAX_FULL_TIMEOUT)
+            .min(self.discovery_interval)
     }
 }
 
@@ -92,7 +104,8 @@ impl RefreshSettings {
 /// `stale: true`: the caller asked for a fresh view and did not get one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefreshOutcome {
-    /// Whether the snapshot now reflects a discovery that finished for this request.
+    /// Whether the snapshot now reflects a discovery that finished for this
+    /// request, or one that started after it (which superseded its result).
     pub refreshed: bool,
     /// When the snapshot in use was taken; `None` if the host was never discovered.
     pub ts: Option<DateTime<Utc>>,
@@ -302,33 +315,32 @@ impl InventoryService {
         let mut status = host.lock_status();
         status.snapshot = Some(Arc::new(snapshot.with_ts(ts)));
         status.refreshed_at = Some(taken);
+        status.newest_start = Some(taken);
         status.last_error = None;
         Ok(())
     }
 
     /// Refreshes a host on the fast path within its SLA (see
-    /// [`RefreshSettings`]): joins a refresh already in flight, else calls
-    /// `discover(Fast, remaining budget)`, retrying a transient failure only
-    /// when the retry can finish inside what is left (expected duration: the
-    /// last call's). On failure or timeout the last snapshot stays, stale.
+    /// [`RefreshSettings`]): joins a fast refresh already in flight (never
+    /// waits for a full one), else calls `discover(Fast, remaining budget)`,
+    /// retrying a transient failure only when the retry can finish inside
+    /// what is left (expected duration: the last call's). The targets found
+    /// replace the snapshot's. On failure or timeout the last snapshot
+    /// stays, stale.
     pub async fn fast_refresh(
         &self,
         host_id: &str,
     ) -> Result<RefreshOutcome, InventoryServiceError> {
-        let host = self.host(host_id)?;
-        let span = tracing::info_span!("inventory_refresh", host = %host_id, mode = "fast");
-        Ok(host.fast_refresh().instrument(span).await)
+        Ok(self.host(host_id)?.fast_refresh().await)
     }
 
-    /// Runs one full discovery of a host now (waiting for a refresh in
-    /// flight first), bounded by the host's full-discovery timeout.
+    /// Runs one full discovery of a host now (after a full one in flight,
+    /// if any), bounded by [`RefreshSettings::full_timeout`].
     pub async fn full_refresh(
         &self,
         host_id: &str,
     ) -> Result<RefreshOutcome, InventoryServiceError> {
-        let host = self.host(host_id)?;
-        let span = tracing::info_span!("inventory_refresh", host = %host_id, mode = "full");
-        Ok(host.full_refresh().instrument(span).await)
+        Ok(self.host(host_id)?.full_refresh().await)
     }
 
     /// The host's current snapshot, its `stale` flag up to date.
@@ -503,8 +515,11 @@ struct HostState {
     plugin: String,
     driver: Arc<dyn Driver>,
     settings: RefreshSettings,
-    /// Held by the one refresh of this host that runs; waiters share its outcome.
-    refresh_lock: tokio::sync::Mutex<()>,
+    /// Held by the one fast refresh of this host that runs; waiters share its outcome.
+    fast_lock: tokio::sync::Mutex<()>,
+    /// Held by the one full discovery of this host that runs. Fast refreshes
+    /// never take it.
+    full_lock: tokio::sync::Mutex<()>,
     status: Mutex<Status>,
     /// Shared with every other user of the host (the engine's queue).
     breaker: Arc<Breaker>,
@@ -513,13 +528,34 @@ struct HostState {
 #[derive(Default)]
 struct Status {
     snapshot: Option<Arc<HostInventory>>,
-    /// When the snapshot was taken, on the runtime clock (for its age).
+    /// When the discovery that produced the snapshot started, on the
+    /// runtime clock (for its age).
     refreshed_at: Option<Instant>,
     last_error: Option<RefreshError>,
-    /// Refreshes finished (successful or not); a waiter that sees it move
-    /// joined a refresh instead of starting one.
-    generation: u64,
-    last_outcome: Option<RefreshOutcome>,
+    /// Start of the newest refresh whose result (success or failure) was
+    /// recorded: a result of a refresh that started earlier arrives late
+    /// and is dropped.
+    newest_start: Option<Instant>,
+    /// Fast refreshes finished (successful or not); a waiter that sees it
+    /// move joined a fast refresh instead of starting one.
+    fast_generation: u64,
+    last_fast_outcome: Option<RefreshOutcome>,
+}
+
+/// When a refresh started, on both clocks.
+#[derive(Debug, Clone, Copy)]
+struct Started {
+    at: Instant,
+    wall: DateTime<Utc>,
+}
+
+impl Started {
+    fn now() -> Self {
+        Started {
+            at: Instant::now(),
+            wall: Utc::now(),
+        }
+    }
 }
 
 impl HostState {
@@ -529,7 +565,8 @@ impl HostState {
             plugin: driver.plugin_id().to_string(),
             driver,
             settings,
-            refresh_lock: tokio::sync::Mutex::new(()),
+            fast_lock: tokio::sync::Mutex::new(()),
+            full_lock: tokio::sync::Mutex::new(()),
             status: Mutex::new(Status::default()),
             breaker,
         }
@@ -559,17 +596,40 @@ impl HostState {
     }
 
     async fn fast_refresh(&self) -> RefreshOutcome {
+        let span = tracing::info_span!(
+            "inventory_refresh",
+            host = %self.host_id,
+            plugin = %self.plugin,
+            mode = "fast",
+            attempts = tracing::field::Empty,
+            refreshed = tracing::field::Empty,
+        );
+        let outcome = self.fast_refresh_inner().instrument(span.clone()).await;
+        span.record("attempts", outcome.attempts);
+        span.record("refreshed", outcome.refreshed);
+        outcome
+    }
+
+    async fn fast_refresh_inner(&self) -> RefreshOutcome {
         let sla = self.settings.sla;
         let deadline = Instant::now() + sla;
-        let seen = self.lock_status().generation;
-        let Ok(_guard) = tokio::time::timeout_at(deadline, self.refresh_lock.lock()).await else {
-            // Another refresh held the host for the whole SLA.
+        let seen = self.lock_status().fast_generation;
+        let Ok(_guard) = tokio::time::timeout_at(deadline, self.fast_lock.lock()).await else {
+            // Another fast refresh held the host for the whole SLA.
             return self.fallback(RefreshError::Timeout { budget: sla }, 0);
         };
         if let Some(joined) = self.joined(seen) {
             return joined;
         }
+        let outcome = self.run_fast(deadline).await;
+        let mut status = self.lock_status();
+        status.fast_generation += 1;
+        status.last_fast_outcome = Some(outcome.clone());
+        outcome
+    }
 
+    async fn run_fast(&self, deadline: Instant) -> RefreshOutcome {
+        let sla = self.settings.sla;
         // A retry starts only if it can finish inside what is left of the
         // SLA, expecting it to take as long as the call that just failed.
         let mut retry = Retry::new(
@@ -581,28 +641,29 @@ impl HostState {
             Some(deadline),
         );
         let mut attempts = 0u32;
-        let error = loop {
+        let (error, started) = loop {
+            let started = Started::now();
             let permit = match self.breaker.acquire() {
                 Ok(permit) => permit,
-                Err(refused) => break RefreshError::BreakerOpen(refused),
+                Err(refused) => break (RefreshError::BreakerOpen(refused), started),
             };
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let remaining = deadline.saturating_duration_since(started.at);
             if remaining.is_zero() {
-                break RefreshError::Timeout { budget: sla };
+                break (RefreshError::Timeout { budget: sla }, started);
             }
             attempts += 1;
-            let started = Instant::now();
+            let call = tracing::debug_span!("driver_call", host = %self.host_id, mode = "fast", attempt = attempts);
             let result = tokio::time::timeout(
                 remaining,
                 self.driver.discover(RefreshMode::Fast, remaining),
             )
+            .instrument(call)
             .await;
-            let last_call = started.elapsed();
+            let last_call = started.at.elapsed();
             let e = match result {
                 Ok(Ok(targets)) => {
                     permit.success();
-                    let merged = merge_fast(self.current().as_deref(), targets);
-                    return self.store(merged, attempts);
+                    return self.store(targets, started, attempts);
                 }
                 Ok(Err(e)) => {
                     permit.failure(e.kind);
@@ -610,32 +671,49 @@ impl HostState {
                 }
                 Err(_) => {
                     permit.failure(ErrorKind::Timeout);
-                    break RefreshError::Timeout { budget: sla };
+                    break (RefreshError::Timeout { budget: sla }, started);
                 }
             };
             let Some(delay) = retry.next(&e, last_call) else {
-                break RefreshError::from_driver(&e);
+                break (RefreshError::from_driver(&e), started);
             };
-            tracing::debug!(host = %self.host_id, attempts, error = %e, "fast refresh failed, retrying");
+            tracing::debug!(attempts, error = %e, "fast refresh failed, retrying");
             tokio::time::sleep(delay).await;
         };
-        tracing::warn!(host = %self.host_id, attempts, code = %error.code(), error = %error, "fast refresh failed, using the last snapshot");
-        self.fail(error, attempts)
+        tracing::warn!(attempts, code = %error.code(), error = %error, "fast refresh failed, using the last snapshot");
+        self.fail(error, started, attempts)
     }
 
     async fn full_refresh(&self) -> RefreshOutcome {
+        let span = tracing::info_span!(
+            "inventory_refresh",
+            host = %self.host_id,
+            plugin = %self.plugin,
+            mode = "full",
+            refreshed = tracing::field::Empty,
+        );
+        let outcome = self.full_refresh_inner().instrument(span.clone()).await;
+        span.record("refreshed", outcome.refreshed);
+        outcome
+    }
+
+    async fn full_refresh_inner(&self) -> RefreshOutcome {
         let budget = self.settings.full_timeout();
-        let _guard = self.refresh_lock.lock().await;
+        let _guard = self.full_lock.lock().await;
+        let started = Started::now();
         let permit = match self.breaker.acquire() {
             Ok(permit) => permit,
-            Err(refused) => return self.fail(RefreshError::BreakerOpen(refused), 0),
+            Err(refused) => return self.fail(RefreshError::BreakerOpen(refused), started, 0),
         };
-        let result =
-            tokio::time::timeout(budget, self.driver.discover(RefreshMode::Full, budget)).await;
+        let call =
+            tracing::debug_span!("driver_call", host = %self.host_id, mode = "full", attempt = 1);
+        let result = tokio::time::timeout(budget, self.driver.discover(RefreshMode::Full, budget))
+            .instrument(call)
+            .await;
         let error = match result {
             Ok(Ok(targets)) => {
                 permit.success();
-                return self.store(targets, 1);
+                return self.store(targets, started, 1);
             }
             Ok(Err(e)) => {
                 permit.failure(e.kind);
@@ -646,55 +724,72 @@ impl HostState {
                 RefreshError::Timeout { budget }
             }
         };
-        tracing::warn!(host = %self.host_id, code = %error.code(), error = %error, "full discovery failed, keeping the last snapshot");
-        self.fail(error, 1)
+        tracing::warn!(code = %error.code(), error = %error, "full discovery failed, keeping the last snapshot");
+        self.fail(error, started, 1)
     }
 
-    /// The outcome of a refresh that finished while this caller waited.
+    /// The outcome of a fast refresh that finished while this caller waited.
     fn joined(&self, seen: u64) -> Option<RefreshOutcome> {
         let status = self.lock_status();
-        if status.generation == seen {
+        if status.fast_generation == seen {
             return None;
         }
-        let mut outcome = status.last_outcome.clone()?;
+        let mut outcome = status.last_fast_outcome.clone()?;
         outcome.attempts = 0;
         Some(outcome)
     }
 
-    fn store(&self, targets: Vec<Target>, attempts: u32) -> RefreshOutcome {
-        let ts = Utc::now();
-        let snapshot =
-            HostInventory::new(self.host_id.clone(), self.plugin.clone(), targets).with_ts(ts);
-        let outcome = RefreshOutcome {
+    /// Whether a result of a refresh that started at `started` arrives after
+    /// one of a refresh that started later (and must be dropped).
+    fn superseded(status: &Status, started: Instant) -> bool {
+        status.newest_start.is_some_and(|newest| started < newest)
+    }
+
+    /// Installs what a discovery that started at `started` found, unless a
+    /// later-started refresh already recorded its result.
+    fn store(&self, targets: Vec<Target>, started: Started, attempts: u32) -> RefreshOutcome {
+        let mut status = self.lock_status();
+        if Self::superseded(&status, started.at) {
+            tracing::debug!("discovery result superseded by a refresh that started later");
+            let stale = self.is_stale(&status, Instant::now());
+            return RefreshOutcome {
+                refreshed: !stale,
+                ts: status.snapshot.as_ref().and_then(|s| s.ts),
+                stale,
+                error: status.last_error.clone(),
+                attempts,
+            };
+        }
+        let snapshot = HostInventory::new(self.host_id.clone(), self.plugin.clone(), targets)
+            .with_ts(started.wall);
+        status.snapshot = Some(Arc::new(snapshot));
+        status.refreshed_at = Some(started.at);
+        status.newest_start = Some(started.at);
+        status.last_error = None;
+        RefreshOutcome {
             refreshed: true,
-            ts: Some(ts),
+            ts: Some(started.wall),
             stale: false,
             error: None,
             attempts,
-        };
-        let mut status = self.lock_status();
-        status.snapshot = Some(Arc::new(snapshot));
-        status.refreshed_at = Some(Instant::now());
-        status.last_error = None;
-        status.generation += 1;
-        status.last_outcome = Some(outcome.clone());
-        outcome
+        }
     }
 
-    /// Records a failed refresh: the snapshot stays and turns stale.
-    fn fail(&self, error: RefreshError, attempts: u32) -> RefreshOutcome {
+    /// Records a failed refresh: the snapshot stays and turns stale, unless
+    /// a later-started refresh already recorded its result.
+    fn fail(&self, error: RefreshError, started: Started, attempts: u32) -> RefreshOutcome {
         let mut status = self.lock_status();
-        status.last_error = Some(error.clone());
-        status.generation += 1;
-        let outcome = RefreshOutcome {
+        if !Self::superseded(&status, started.at) {
+            status.last_error = Some(error.clone());
+            status.newest_start = Some(started.at);
+        }
+        RefreshOutcome {
             refreshed: false,
             ts: status.snapshot.as_ref().and_then(|s| s.ts),
             stale: true,
             error: Some(error),
             attempts,
-        };
-        status.last_outcome = Some(outcome.clone());
-        outcome
+        }
     }
 
     /// The last snapshot, stale, without recording a failure (the refresh
@@ -711,42 +806,6 @@ impl HostState {
     }
 }
 
-/// A fast discovery reads only what a preflight needs, so it may come back
-/// without names, labels or attrs. Targets that still exist keep what the
-/// last (full) discovery learned about them; fresh values win; targets that
-/// are gone are dropped.
-fn merge_fast(previous: Option<&HostInventory>, targets: Vec<Target>) -> Vec<Target> {
-    let Some(previous) = previous else {
-        return targets;
-    };
-    targets
-        .into_iter()
-        .map(|mut target| {
-            if let Some(old) = previous.get_by_type(&target.target_type, &target.id) {
-                if target.name.is_none() {
-                    target.name = old.name.clone();
-                }
-                if target.status.is_none() {
-                    target.status = old.status.clone();
-                }
-                for (key, value) in &old.labels {
-                    target
-                        .labels
-                        .entry(key.clone())
-                        .or_insert_with(|| value.clone());
-                }
-                for (key, value) in &old.attrs {
-                    target
-                        .attrs
-                        .entry(key.clone())
-                        .or_insert_with(|| value.clone());
-                }
-            }
-            target
-        })
-        .collect()
-}
-
 fn spawn_discovery_task(host: Arc<HostState>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     let span = tracing::info_span!("inventory_discovery", host = %host.host_id);
     tokio::spawn(
@@ -759,51 +818,9 @@ fn spawn_discovery_task(host: Arc<HostState>, mut stop: watch::Receiver<bool>) -
                     _ = stop.wait_for(|stopped| *stopped) => return,
                     _ = ticker.tick() => {}
                 }
-                let run =
-                    tracing::info_span!("inventory_refresh", host = %host.host_id, mode = "full");
-                host.full_refresh().instrument(run).await;
+                host.full_refresh().await;
             }
         }
         .instrument(span),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
-
-    fn target(id: &str, name: Option<&str>, labels: &[(&str, &str)]) -> Target {
-        Target {
-            target_type: "vm".into(),
-            id: id.into(),
-            name: name.map(str::to_string),
-            status: Some("running".into()),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            attrs: BTreeMap::new(),
-        }
-    }
-
-    #[test]
-    fn a_fast_refresh_keeps_what_full_discovery_learned_about_surviving_targets() {
-        let previous = HostInventory::new(
-            "pve",
-            "proxmox.ve",
-            vec![
-                target("101", Some("web"), &[("tier", "low")]),
-                target("102", Some("db"), &[]),
-            ],
-        );
-        let mut fresh = target("101", None, &[]);
-        fresh.status = Some("stopped".into());
-        let merged = merge_fast(Some(&previous), vec![fresh, target("103", None, &[])]);
-        assert_eq!(merged.len(), 2, "102 is gone");
-        assert_eq!(merged[0].name.as_deref(), Some("web"));
-        assert_eq!(merged[0].labels["tier"], "low");
-        assert_eq!(merged[0].status.as_deref(), Some("stopped"));
-        assert_eq!(merged[1].name, None);
-    }
 }

@@ -1,7 +1,10 @@
 //! The driver registry: the one place that names concrete drivers. It checks
 //! a host's connection config against its plugin's manifest (missing and
 //! unknown fields, types, defaults) and builds the driver instance bound to
-//! that host. Secrets stay masked in everything this module can print.
+//! that host. Secrets stay masked in everything this module can print:
+//! fields the manifest marks `secret: true`, and the credentials of any
+//! URL-valued string (userinfo, credential-like query values), whatever
+//! field holds it.
 //!
 //! # Adding a driver
 //!
@@ -15,6 +18,7 @@
 //!
 //! `drivers/tests/registry.rs` fails until every shipped manifest has one.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -61,7 +65,9 @@ pub struct HostConfig {
 }
 
 /// A host whose connection passed its manifest's schema, with defaults
-/// filled in. `Debug` and `Serialize` mask every `secret: true` field.
+/// filled in. `Debug` and `Serialize` show [`ValidatedHost::masked_connection`]:
+/// every `secret: true` field masked, and the credentials of any URL in the
+/// other fields.
 #[derive(Clone)]
 pub struct ValidatedHost {
     pub id: String,
@@ -426,8 +432,11 @@ impl ValidatedHost {
         self.connection.keys().map(String::as_str)
     }
 
-    /// The connection with every secret field replaced by [`MASK`], for
-    /// logs and API answers.
+    /// The connection as logs and API answers may show it: every secret
+    /// field replaced by [`MASK`], and every other string (nested ones
+    /// included) passed through [`mask_url`], because a URL carries its
+    /// credentials in itself (`https://user:pass@host/`) whether or not the
+    /// manifest thought to mark its field secret.
     pub fn masked_connection(&self) -> Map<String, Value> {
         let secrets: BTreeSet<&str> = self.manifest.secret_fields().collect();
         self.connection
@@ -436,11 +445,108 @@ impl ValidatedHost {
                 let shown = if secrets.contains(k.as_str()) {
                     Value::String(MASK.into())
                 } else {
-                    v.clone()
+                    mask_urls(v)
                 };
                 (k.clone(), shown)
             })
             .collect()
+    }
+}
+
+/// `text` with the credentials a URL may carry masked: the userinfo
+/// (`https://user:pass@host/` -> `https://***@host/`) and the values of
+/// query params whose names look like credentials (`?token=***`, see
+/// [`is_credential_name`]). A string that is not an absolute URL
+/// (`scheme://...`) comes back unchanged.
+pub fn mask_url(text: &str) -> Cow<'_, str> {
+    let Some(scheme_end) = text.find("://") else {
+        return Cow::Borrowed(text);
+    };
+    let scheme = &text[..scheme_end];
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !is_scheme {
+        return Cow::Borrowed(text);
+    }
+    let rest = &text[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let mut changed = false;
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..scheme_end + 3]);
+    match authority.rfind('@') {
+        Some(at) => {
+            changed = true;
+            out.push_str(MASK);
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let (before_fragment, fragment) = match tail.find('#') {
+        Some(i) => tail.split_at(i),
+        None => (tail, ""),
+    };
+    match before_fragment.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            for (i, pair) in query.split('&').enumerate() {
+                if i > 0 {
+                    out.push('&');
+                }
+                match pair.split_once('=') {
+                    Some((name, value)) if is_credential_name(name) && value != MASK => {
+                        changed = true;
+                        out.push_str(name);
+                        out.push('=');
+                        out.push_str(MASK);
+                    }
+                    _ => out.push_str(pair),
+                }
+            }
+        }
+        None => out.push_str(before_fragment),
+    }
+    out.push_str(fragment);
+    if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// Whether a name (query param, header, field) looks like it holds a
+/// credential: it contains `auth`, `token`, `secret`, `key`, `pass`,
+/// `pwd`, `sig`, `session`, `credential` or `cookie`, in any case.
+pub fn is_credential_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "auth",
+        "token",
+        "secret",
+        "key",
+        "pass",
+        "pwd",
+        "sig",
+        "session",
+        "credential",
+        "cookie",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
+/// `value` with [`mask_url`] applied to every string in it.
+fn mask_urls(value: &Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(mask_url(s).into_owned()),
+        Value::Array(items) => Value::Array(items.iter().map(mask_urls).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), mask_urls(v))).collect())
+        }
+        other => other.clone(),
     }
 }
 

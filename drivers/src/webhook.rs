@@ -8,15 +8,40 @@
 //! list is closed, so a typo in a policy is a `not_found` at preflight
 //! rather than a POST to a path nobody listens on.
 //!
-//! A POST is not idempotent in HTTP, so retrying one could deliver twice.
-//! Every delivery therefore carries an `Idempotency-Key` that stays the same
-//! across its attempts, and a receiver that dedupes on it sees one delivery.
-//! With that key a failed attempt is retried (exponential backoff, or the
-//! receiver's `Retry-After`) only when the failure is transient: a connect
-//! error, a timeout, a 5xx or a 429/408, and only while `retry_post` is true
-//! (the default). A connect error is retried even with `retry_post: false`:
-//! no byte of the request left the agent, so nothing can be delivered twice.
-//! Every attempt and every wait fits inside `budget_s`.
+//! # Retries
+//!
+//! A POST is not idempotent: an attempt that timed out or got a 5xx may
+//! still have been delivered, and retrying it may deliver twice. So by
+//! default only a failure to connect is retried (no byte of the request left
+//! the agent). With `retry_post: true` the operator declares that the
+//! receiver dedupes on the `Idempotency-Key` header, and a timeout, a 5xx
+//! (but 501/505) or a 429/408 is retried too. Retries wait an exponential
+//! backoff (`backoff_ms_start` doubling up to `backoff_ms_max`), or the
+//! receiver's `Retry-After` when that is longer, and a retry starts only if
+//! the wait plus a whole attempt (`timeout_s`) fit in what is left of
+//! `budget_s`.
+//!
+//! # Keys
+//!
+//! Two keys, for two jobs. The dry-run answer's `idempotency_key` is the
+//! engine's SPEC §5 key ([`crate::driver::action_key`]: capability, verb,
+//! target and the body), and execute reports the same value in its evidence.
+//! The `Idempotency-Key` header is per delivery: a fresh UUID for each
+//! execute of a target, the same on every attempt of that delivery, so a
+//! receiver that dedupes on it sees one delivery per execute, and the same
+//! notification sent again tomorrow is not mistaken for a retry. When the
+//! action's `headers` param sets `Idempotency-Key`, that value is sent
+//! instead; the host's `headers` cannot set it (one value for every
+//! delivery would make a deduping receiver drop all but the first).
+//!
+//! # Limits and secrets
+//!
+//! Every request (each POST attempt, each probe) first takes a slot of the
+//! host's [`DeviceLimits`] (the manifest's `rate_limit`). The `secret`, the
+//! host's `headers` (secret in the manifest: they carry bearer tokens), the
+//! URL's userinfo and credential-like query values and credential-like
+//! action header values are never shown in a preview, evidence, error or
+//! `Debug`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,16 +55,16 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::driver::{
-    idempotency_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects,
-    ErrorKind, ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
+    action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
+    ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
 };
-use crate::ratelimit::Backoff;
-use crate::registry::ValidatedHost;
+use crate::ratelimit::{fits, Backoff, DeviceLimits, Retry};
+use crate::registry::{is_credential_name, ValidatedHost};
 use crate::secret::{Secret, MASK};
 
 /// The manifest id this driver implements.
@@ -56,7 +81,8 @@ pub const DEFAULT_TARGET: &str = "default";
 pub const SIGNATURE_HEADER: &str = "x-hazel-signature";
 /// Unix seconds at which the delivery was prepared (the same for every attempt).
 pub const TIMESTAMP_HEADER: &str = "x-hazel-timestamp";
-/// The key a receiver dedupes retried deliveries on.
+/// The key a receiver dedupes retried deliveries on: one per delivery (see
+/// the module docs), or the action's own.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 /// Response headers read as the receiver's request id, first match wins.
@@ -69,7 +95,9 @@ const REQUEST_ID_HEADERS: &[&str] = &[
 ];
 
 /// Connection config of one webhook host (the `connection` block of a host
-/// whose plugin is `http.webhook`).
+/// whose plugin is `http.webhook`). `plugin-specs/http.webhook.yaml`
+/// declares every field, with the same defaults, so a host built through
+/// the registry can set each of them.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
@@ -83,7 +111,7 @@ pub struct WebhookConfig {
     /// Time one attempt may take, connect to last response byte, in seconds.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: f64,
-    /// Extra attempts after the first for a transient failure (see the module docs).
+    /// Extra attempts after the first for a retryable failure (see the module docs).
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// First backoff between attempts in milliseconds; doubles per retry.
@@ -92,16 +120,21 @@ pub struct WebhookConfig {
     /// Upper bound of one backoff wait in milliseconds.
     #[serde(default = "default_backoff_ms_max")]
     pub backoff_ms_max: u64,
-    /// Wall-clock budget of one delivery in seconds: every attempt and every
-    /// wait (backoff or `Retry-After`) must fit inside it.
+    /// Wall-clock budget of one delivery in seconds: a retry starts only if
+    /// its wait (backoff or `Retry-After`) plus a whole attempt fit in what
+    /// is left of it.
     #[serde(default = "default_budget_s")]
     pub budget_s: f64,
-    /// Retry a POST after a timeout, 5xx or 429. Safe because every delivery
-    /// carries an `Idempotency-Key`; turn off for receivers that ignore it.
+    /// Also retry a POST that may have reached the receiver (timeout, 5xx,
+    /// 429, 408). Off by default: a POST is not idempotent. Turn it on only
+    /// for a receiver that dedupes on `Idempotency-Key`; a connect failure
+    /// is retried either way.
     #[serde(default = "default_retry_post")]
     pub retry_post: bool,
     /// Headers sent with every POST; an action's `headers` param overrides
-    /// them by name. Values of credential-like headers are masked in previews.
+    /// them by name. Their values are secret (they carry bearer tokens) and
+    /// are never shown; `Idempotency-Key` and the `X-Hazel-*` headers cannot
+    /// be set here.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Endpoints of this receiver: target name -> path appended to `url`.
@@ -138,7 +171,7 @@ fn default_budget_s() -> f64 {
 }
 
 fn default_retry_post() -> bool {
-    true
+    false
 }
 
 fn default_verify_tls() -> bool {
@@ -180,20 +213,8 @@ impl WebhookConfig {
 
 impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let headers: BTreeMap<&str, &str> = self
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str(),
-                    if is_sensitive_header(k) {
-                        MASK
-                    } else {
-                        v.as_str()
-                    },
-                )
-            })
-            .collect();
+        let headers: BTreeMap<&str, &str> =
+            self.headers.keys().map(|k| (k.as_str(), MASK)).collect();
         f.debug_struct("WebhookConfig")
             .field("url", &display_url_str(&self.url))
             .field("secret", &self.secret)
@@ -211,35 +232,38 @@ impl std::fmt::Debug for WebhookConfig {
     }
 }
 
-/// The registry's constructor: the host's validated connection, with the
-/// manifest's `defaults.http` filling the fields the host leaves unset.
+/// The registry's constructor: the host's validated connection (the
+/// manifest's schema filled in the defaults) and the manifest's rate limits.
 pub fn build(host: &ValidatedHost) -> Result<Arc<dyn Driver>, DriverError> {
-    let mut connection: Map<String, Value> = host
+    let connection: Map<String, Value> = host
         .fields()
         .filter_map(|name| host.value(name).map(|v| (name.to_owned(), v.clone())))
         .collect();
-    if let Some(http) = &host.manifest().defaults.http {
-        let defaults = [
-            ("timeout_s", json!(http.timeout_s)),
-            ("retries", json!(http.retries)),
-            ("backoff_ms_start", json!(http.backoff_ms_start)),
-            ("backoff_ms_max", json!(http.backoff_ms_max)),
-            ("verify_tls", json!(http.verify_tls)),
-        ];
-        for (name, value) in defaults {
-            connection.entry(name).or_insert(value);
+    // Checked here so that the decoding error below, which may quote a
+    // value, can never be about a header (header values are secret).
+    if let Some(headers) = connection.get("headers").and_then(Value::as_object) {
+        if let Some((name, _)) = headers.iter().find(|(_, v)| !v.is_string()) {
+            return Err(DriverError::new(
+                ErrorKind::ConfigError,
+                format!(
+                    "webhook host {}: headers: value of {name:?} must be a string",
+                    host.id
+                ),
+            ));
         }
     }
     let config: WebhookConfig = serde_json::from_value(Value::Object(connection)).map_err(|e| {
         DriverError::new(
             ErrorKind::ConfigError,
             format!(
-                "host {}: connection does not fit the webhook config: {e}",
+                "webhook host {}: connection does not fit the webhook config: {e}",
                 host.id
             ),
         )
     })?;
-    Ok(Arc::new(WebhookDriver::new(host.id.clone(), config)?))
+    let driver = WebhookDriver::new(host.id.clone(), config)?
+        .with_limits(DeviceLimits::from_manifest(host.manifest()));
+    Ok(Arc::new(driver))
 }
 
 /// The `http.webhook` driver bound to one host.
@@ -250,6 +274,7 @@ pub struct WebhookDriver {
     timeout: Duration,
     budget: Duration,
     client: reqwest::Client,
+    limits: DeviceLimits,
 }
 
 impl std::fmt::Debug for WebhookDriver {
@@ -262,9 +287,10 @@ impl std::fmt::Debug for WebhookDriver {
 }
 
 impl WebhookDriver {
-    /// Validates `config` and builds the HTTP client. Every problem is a
-    /// `config_error`: a bad URL, a non-positive timeout, an invalid header
-    /// or target name.
+    /// Validates `config` and builds the HTTP client, with the shipped
+    /// manifest's rate limits. Every problem is a `config_error`: a bad URL,
+    /// a non-positive timeout or budget, an invalid or reserved header, an
+    /// invalid target name.
     pub fn new(host_id: impl Into<String>, config: WebhookConfig) -> Result<Self, DriverError> {
         let host_id = host_id.into();
         let mut problems = Vec::new();
@@ -289,6 +315,10 @@ impl WebhookDriver {
         for (name, value) in &config.headers {
             if let Err(problem) = check_header(name, value) {
                 problems.push(format!("headers: {problem}"));
+            } else if is_reserved_header(name) || name.eq_ignore_ascii_case(IDEMPOTENCY_HEADER) {
+                problems.push(format!(
+                    "headers: {name} is set by hazel per delivery and cannot be configured"
+                ));
             }
         }
         for (name, path) in &config.targets {
@@ -326,7 +356,15 @@ impl WebhookDriver {
             config,
             base,
             client,
+            limits: DeviceLimits::for_plugin(PLUGIN_ID),
         })
+    }
+
+    /// Replaces the device-call limits (builder style); [`build`] passes the
+    /// host's manifest's.
+    pub fn with_limits(mut self, limits: DeviceLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The configured targets as `(name, path)`, in name order.
@@ -464,33 +502,43 @@ impl WebhookDriver {
             Some(_) => return Err("param body must be an object or a string".to_string()),
         };
 
+        // What a preview may show of each header: the host's values are
+        // secret (the manifest says so), the action's are masked when the
+        // name looks like a credential.
         let mut headers = HeaderMap::new();
+        let mut shown = Map::new();
         if let Some(content_type) = content_type {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            shown.insert(CONTENT_TYPE.as_str().into(), json!(content_type));
         }
         for (name, value) in &self.config.headers {
             let (name, value) = parse_header(name, value)?;
+            shown.insert(name.as_str().into(), json!(MASK));
             headers.insert(name, value);
         }
         match action.params.get("headers") {
             None | Some(Value::Null) => {}
             Some(Value::Object(extra)) => {
                 for (name, value) in extra {
-                    let Value::String(value) = value else {
+                    let Value::String(text) = value else {
                         return Err(format!("header {name:?} must be a string"));
                     };
-                    let (name, value) = parse_header(name, value)?;
+                    let (name, value) = parse_header(name, text)?;
+                    let preview = if is_sensitive_header(name.as_str()) {
+                        MASK
+                    } else {
+                        text.as_str()
+                    };
+                    shown.insert(name.as_str().into(), json!(preview));
                     headers.insert(name, value);
                 }
             }
             Some(_) => return Err("param headers must be an object of strings".to_string()),
         }
-        for reserved in [SIGNATURE_HEADER, TIMESTAMP_HEADER] {
-            if headers.contains_key(reserved) {
-                return Err(format!(
-                    "header {reserved} is set by hazel and cannot be overridden"
-                ));
-            }
+        if let Some(reserved) = headers.keys().find(|n| is_reserved_header(n.as_str())) {
+            return Err(format!(
+                "header {reserved} is set by hazel and cannot be overridden"
+            ));
         }
         let user_key = headers
             .get(IDEMPOTENCY_HEADER)
@@ -500,6 +548,7 @@ impl WebhookDriver {
         Ok(Request {
             url,
             headers,
+            header_preview: shown,
             body,
             body_kind,
             body_preview: action.params.get("body").cloned().unwrap_or(Value::Null),
@@ -514,7 +563,7 @@ impl WebhookDriver {
         mut prepared: Prepared,
         probe: Option<ProbeResult>,
     ) -> DryRunAnswer {
-        let key = answer_key(action, target);
+        let key = action_key(action, target);
         let request = match prepared.outcome {
             Ok(request) => request,
             Err(rejection) => {
@@ -580,15 +629,7 @@ impl WebhookDriver {
     }
 
     fn preview_headers(&self, request: &Request) -> Map<String, Value> {
-        let mut out = Map::new();
-        for (name, value) in &request.headers {
-            let shown = if is_sensitive_header(name.as_str()) {
-                MASK.to_string()
-            } else {
-                value.to_str().unwrap_or(MASK).to_string()
-            };
-            out.insert(name.as_str().to_string(), Value::String(shown));
-        }
+        let mut out = request.header_preview.clone();
         out.insert(
             TIMESTAMP_HEADER.into(),
             Value::String("<unix seconds at send>".into()),
@@ -609,6 +650,7 @@ impl WebhookDriver {
     }
 
     async fn probe(&self, method: Method, url: &Url) -> ProbeResult {
+        self.limits.acquire_any().await;
         let started = Instant::now();
         let result = self
             .client
@@ -644,17 +686,19 @@ impl WebhookDriver {
     }
 
     /// Posts one prepared request, retrying as the module docs say.
-    async fn deliver(&self, target: &str, request: Request) -> ExecOutcome {
+    /// `action_key` is the §5 key, reported in the evidence as the dry-run
+    /// reported it.
+    async fn deliver(&self, target: &str, action_key: String, request: Request) -> ExecOutcome {
         let started = Instant::now();
         let deadline = started + self.budget;
-        let key = request
+        let delivery_key = request
             .user_idempotency_key
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let mut headers = request.headers.clone();
         headers.insert(
             IDEMPOTENCY_HEADER,
-            HeaderValue::from_str(&key).expect("a uuid or an already valid header value"),
+            HeaderValue::from_str(&delivery_key).expect("a uuid or an already valid header value"),
         );
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -668,18 +712,37 @@ impl WebhookDriver {
                 HeaderValue::from_str(&signature).expect("hex is a valid header value"),
             );
         }
-        let can_retry_sent = self.config.retry_post && !key.is_empty();
         let url_shown = display_url(&request.url);
-        let mut backoff = Backoff::new(
-            Duration::from_millis(self.config.backoff_ms_start),
-            Duration::from_millis(self.config.backoff_ms_max),
+        // A retry must leave room for a whole attempt after its wait.
+        let mut retry = Retry::new(
+            Backoff::new(
+                Duration::from_millis(self.config.backoff_ms_start),
+                Duration::from_millis(self.config.backoff_ms_max),
+            ),
+            self.config.retries,
+            Some(deadline),
         );
 
         let mut evidence = Map::new();
         evidence.insert("url".into(), Value::String(url_shown.clone()));
-        evidence.insert("idempotency_key".into(), Value::String(key.clone()));
+        evidence.insert("idempotency_key".into(), Value::String(action_key));
+        evidence.insert("delivery_key".into(), Value::String(delivery_key));
         let mut attempts = 0u32;
         let failure = loop {
+            if tokio::time::timeout_at(deadline, self.limits.acquire(CAPABILITY))
+                .await
+                .is_err()
+            {
+                break Some(Failure {
+                    error: DriverError::new(
+                        ErrorKind::RateLimited,
+                        format!("post to {url_shown}: no rate-limit slot within the budget"),
+                    ),
+                    sent: false,
+                    retry_after: None,
+                    retryable_status: false,
+                });
+            }
             attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt = self
@@ -690,7 +753,7 @@ impl WebhookDriver {
                 .timeout(self.timeout.min(remaining))
                 .send()
                 .await;
-            let failure = match attempt {
+            let mut failure = match attempt {
                 Ok(response) => {
                     let status = response.status();
                     evidence.insert("status".into(), json!(status.as_u16()));
@@ -720,26 +783,39 @@ impl WebhookDriver {
                     }
                 }
             };
-            let transient = failure.retryable_status && failure.error.is_retryable();
-            let allowed =
-                transient && (!failure.sent || can_retry_sent) && attempts <= self.config.retries;
-            if !allowed {
+            // A request that may have been delivered is retried only when
+            // the operator says the receiver dedupes (`retry_post`).
+            if !failure.retryable_status || (failure.sent && !self.config.retry_post) {
                 break Some(failure);
             }
-            let wait = failure.retry_after.unwrap_or_else(|| backoff.next_delay());
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if wait >= remaining {
-                let mut failure = failure;
+            let had_retries = retry.retries_left() > 0;
+            let wait = retry
+                .next(&failure.error, self.timeout)
+                .map(|backoff| {
+                    failure
+                        .retry_after
+                        .map_or(backoff, |after| after.max(backoff))
+                })
+                .filter(|wait| fits(deadline, wait.saturating_add(self.timeout)));
+            let Some(wait) = wait else {
                 if let Some(after) = failure.retry_after {
                     evidence.insert("retry_after_ms".into(), json!(after.as_millis() as u64));
-                    failure.error.message = format!(
-                        "{}; retry-after {}s is beyond the remaining budget",
-                        failure.error.message,
-                        after.as_secs_f64()
-                    );
+                }
+                if had_retries && failure.error.is_retryable() {
+                    failure.error.message = match failure.retry_after {
+                        Some(after) => format!(
+                            "{}; retry-after {}s and an attempt do not fit the remaining budget",
+                            failure.error.message,
+                            after.as_secs_f64()
+                        ),
+                        None => format!(
+                            "{}; a retry would not fit the remaining budget",
+                            failure.error.message
+                        ),
+                    };
                 }
                 break Some(failure);
-            }
+            };
             tracing::debug!(
                 host = %self.host_id,
                 target = %target,
@@ -847,15 +923,16 @@ impl Driver for WebhookDriver {
         for target in targets {
             let span = tracing::info_span!("driver_call", plugin = PLUGIN_ID, host = %self.host_id, target = %target);
             let prepared = self.prepare(action, target);
+            let key = action_key(action, target);
             let outcome = match prepared.outcome {
-                Ok(request) => self.deliver(target, request).instrument(span).await,
+                Ok(request) => self.deliver(target, key, request).instrument(span).await,
                 Err(rejection) => ExecOutcome {
                     target: target.clone(),
                     ok: false,
                     severity: Severity::Error,
                     code: format!("driver.{}", rejection.kind),
                     reason: Some(rejection.message),
-                    evidence: Map::new(),
+                    evidence: Map::from_iter([("idempotency_key".to_string(), Value::String(key))]),
                     duration_ms: 0,
                     result_state: None,
                 },
@@ -908,7 +985,7 @@ pub fn display_url(url: &Url) -> String {
         let pairs: Vec<(String, String)> = shown
             .query_pairs()
             .map(|(k, v)| {
-                let v = if is_sensitive_name(&k) {
+                let v = if is_credential_name(&k) {
                     MASK.to_string()
                 } else {
                     v.into_owned()
@@ -928,32 +1005,11 @@ fn display_url_str(url: &str) -> String {
     }
 }
 
-/// The dry-run answer's key: capability, verb, target and a fingerprint of
-/// the body (a digest, so a large body does not make a large key). Headers
-/// are left out: they are metadata and may hold credentials.
-fn answer_key(action: &Action, target: &str) -> String {
-    let mut keyed = Action {
-        capability: action.capability.clone(),
-        verb: action.verb.clone(),
-        params: Map::new(),
-    };
-    if let Some(body) = action.params.get("body").filter(|b| !b.is_null()) {
-        let bytes = match body {
-            Value::String(s) => s.clone().into_bytes(),
-            other => serde_json::to_vec(other).unwrap_or_default(),
-        };
-        let digest = hex::encode(Sha256::digest(&bytes));
-        keyed.params.insert(
-            "body".into(),
-            Value::String(format!("sha256:{}", &digest[..16])),
-        );
-    }
-    idempotency_key(&keyed, target, &["body"])
-}
-
 struct Request {
     url: Url,
     headers: HeaderMap,
+    /// The headers as a preview may show them (see `build_request`).
+    header_preview: Map<String, Value>,
     body: Vec<u8>,
     body_kind: BodyKind,
     body_preview: Value,
@@ -1043,32 +1099,15 @@ fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | ':' | '-')
 }
 
-/// Whether a header's value is a credential and must be masked.
+/// Whether an action header's value is a credential and must be masked
+/// (`Idempotency-Key` is not, though its name holds `key`).
 fn is_sensitive_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    matches!(
-        name.as_str(),
-        "authorization" | "proxy-authorization" | "cookie"
-    ) || is_sensitive_name(&name)
+    is_credential_name(name) && !name.eq_ignore_ascii_case(IDEMPOTENCY_HEADER)
 }
 
-fn is_sensitive_name(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    [
-        "auth",
-        "token",
-        "secret",
-        "key",
-        "password",
-        "passwd",
-        "signature",
-        "sig",
-        "session",
-        "credential",
-    ]
-    .iter()
-    .any(|word| name.contains(word))
-        && name != IDEMPOTENCY_HEADER
+/// Headers hazel computes for each delivery.
+fn is_reserved_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case(SIGNATURE_HEADER) || name.eq_ignore_ascii_case(TIMESTAMP_HEADER)
 }
 
 /// `None` for success (2xx), else the §7 kind of the status.
@@ -1212,7 +1251,7 @@ mod tests {
     }
 
     #[test]
-    fn answer_keys_differ_by_body_and_ignore_headers() {
+    fn dry_run_keys_are_the_engines_keys_differing_by_body_not_headers() {
         let action = |body: Value, headers: Value| Action {
             capability: CAPABILITY.into(),
             verb: VERB_POST.into(),
@@ -1221,31 +1260,48 @@ mod tests {
                 .cloned()
                 .unwrap(),
         };
-        let a = answer_key(&action(json!({"m": 1}), json!({})), "webhook:alerts");
-        let b = answer_key(&action(json!({"m": 2}), json!({})), "webhook:alerts");
-        let c = answer_key(
-            &action(json!({"m": 1}), json!({"x-a": "1"})),
-            "webhook:alerts",
-        );
+        let d = driver(WebhookConfig::new("https://example.test/"));
+        let key = |a: &Action| {
+            d.answer(a, "webhook:default", d.prepare(a, "webhook:default"), None)
+                .idempotency_key
+        };
+        let one = action(json!({"m": 1}), json!({}));
+        let a = key(&one);
+        let b = key(&action(json!({"m": 2}), json!({})));
+        let c = key(&action(json!({"m": 1}), json!({"x-a": "1"})));
+        assert_eq!(a, action_key(&one, "webhook:default"));
+        assert_eq!(a, r#"notify.webhook:post:webhook:default:body={"m":1}"#);
         assert_ne!(a, b);
         assert_eq!(a, c);
-        assert!(
-            a.starts_with("notify.webhook:post:webhook:alerts:body=sha256:"),
-            "{a}"
-        );
     }
 
     #[test]
-    fn credential_headers_are_masked_in_debug() {
+    fn hazel_headers_and_a_fixed_idempotency_key_cannot_be_configured() {
+        for name in ["Idempotency-Key", "X-Hazel-Signature", "x-hazel-timestamp"] {
+            let mut config = WebhookConfig::new("https://example.test/");
+            config.headers.insert(name.into(), "v".into());
+            let err = WebhookDriver::new("hooks", config).unwrap_err();
+            assert!(
+                err.message.contains("cannot be configured"),
+                "{name}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_values_and_the_secret_are_masked_in_debug() {
         let mut config = WebhookConfig::new("https://example.test/");
         config.secret = Some(Secret::new("hmac-key-123"));
         config
             .headers
             .insert("Authorization".into(), "Bearer tok-456".into());
+        config
+            .headers
+            .insert("X-Tenant".into(), "tenant-789".into());
         let shown = format!("{:?}", driver(config));
-        assert!(
-            !shown.contains("hmac-key-123") && !shown.contains("tok-456"),
-            "{shown}"
-        );
+        for secret in ["hmac-key-123", "tok-456", "tenant-789"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("X-Tenant"), "names stay visible: {shown}");
     }
 }

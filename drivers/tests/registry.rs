@@ -1,6 +1,7 @@
 //! The driver registry: every shipped manifest has a registered driver, host
 //! configs are checked against their manifest (missing, unknown, wrong type,
-//! defaults) and secrets never show in Debug or JSON.
+//! defaults) and secrets never show in Debug or JSON: neither `secret: true`
+//! fields nor the credentials of a URL in any other field.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,8 @@ use drivers::driver::{
 };
 use drivers::manifest::ManifestSet;
 use drivers::registry::{
-    validate_host, validate_host_in, HostConfig, Registry, RegistryError, ValidatedHost,
+    is_credential_name, mask_url, validate_host, validate_host_in, HostConfig, Registry,
+    RegistryError, ValidatedHost,
 };
 use drivers::secret::MASK;
 use expect_test::{expect, Expect};
@@ -263,6 +265,107 @@ fn secrets_are_masked_in_debug_and_json() {
     let secret = h.secret("token_secret").unwrap();
     assert_eq!(format!("{secret}"), MASK);
     assert_eq!(secret.expose(), "4b1c-very-secret");
+}
+
+#[test]
+fn urls_lose_their_userinfo_and_credential_query_values() {
+    let cases = [
+        ("https://user:pass@host/", "https://***@host/"),
+        (
+            "https://bob@hooks.example:8443/x",
+            "https://***@hooks.example:8443/x",
+        ),
+        (
+            "postgres://u:p%40ss@db/hazel?sslmode=require",
+            "postgres://***@db/hazel?sslmode=require",
+        ),
+        (
+            "https://hooks.example/in?token=abc&team=ops&api_key=k#top",
+            "https://hooks.example/in?token=***&team=ops&api_key=***#top",
+        ),
+        (
+            "https://host/path@not-userinfo",
+            "https://host/path@not-userinfo",
+        ),
+        ("hazel@pve!agent", "hazel@pve!agent"),
+        ("10.0.0.5", "10.0.0.5"),
+        ("user:pass@host", "user:pass@host"),
+    ];
+    for (text, shown) in cases {
+        assert_eq!(mask_url(text), shown, "{text}");
+    }
+    assert!(is_credential_name("Authorization") && is_credential_name("X-Api-Key"));
+    assert!(!is_credential_name("team") && !is_credential_name("content-type"));
+}
+
+#[test]
+fn any_url_valued_field_is_shown_without_its_credentials() {
+    let config = host(
+        json!({"id": "hook", "plugin": "http.webhook", "connection": {
+            "url": "https://bob:pw-abc-123@hooks.example/in?token=qs-tok-456&team=ops",
+            "secret": "s3cr3t-hmac-key",
+            "headers": {"Authorization": "Bearer tok-xyz-789", "X-Team": "ops-team-x"},
+            "targets": {"alerts": "alerts"}
+        }}),
+    );
+    let h = validate_host_in(&ManifestSet::embedded(), &config).unwrap();
+
+    let masked = h.masked_connection();
+    assert_eq!(
+        masked["url"],
+        json!("https://***@hooks.example/in?token=***&team=ops")
+    );
+    assert_eq!(masked["secret"], json!(MASK));
+    assert_eq!(masked["headers"], json!(MASK), "webhook headers are secret");
+    assert_eq!(masked["targets"], json!({"alerts": "alerts"}));
+    let shown = [
+        format!("{h:?}"),
+        serde_json::to_string(&h).unwrap(),
+        format!("{config:?}"),
+    ];
+    for text in &shown {
+        for secret in [
+            "pw-abc-123",
+            "qs-tok-456",
+            "s3cr3t-hmac-key",
+            "tok-xyz-789",
+            "ops-team-x",
+        ] {
+            assert!(!text.contains(secret), "{secret} leaked in {text}");
+        }
+    }
+    assert_eq!(
+        h.str("url"),
+        Some("https://bob:pw-abc-123@hooks.example/in?token=qs-tok-456&team=ops"),
+        "the driver still gets the real value"
+    );
+
+    // A URL in a field no manifest marks secret, in another plugin.
+    let mut pve = pve_host();
+    pve.connection
+        .insert("host".into(), json!("https://root:hunter2@10.0.0.5:8006/"));
+    let h = validate_host_in(&ManifestSet::embedded(), &pve).unwrap();
+    assert_eq!(
+        h.masked_connection()["host"],
+        json!("https://***@10.0.0.5:8006/")
+    );
+    assert!(!format!("{h:?}").contains("hunter2"));
+}
+
+#[test]
+fn a_webhook_host_that_cannot_be_built_says_why_without_quoting_secrets() {
+    let config = host(
+        json!({"id": "hook", "plugin": "http.webhook", "connection": {
+            "url": "ftp://bob:pw-abc-123@hooks.example/in",
+            "headers": {"Authorization": "Bearer tok-xyz-789"}
+        }}),
+    );
+    let err = build_error(&Registry::builtin(), &config);
+    let shown = format!("{err} {err:?} {:?}", err.findings());
+    assert!(shown.contains("scheme must be http or https"), "{shown}");
+    for secret in ["pw-abc-123", "tok-xyz-789"] {
+        assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+    }
 }
 
 #[test]

@@ -5,6 +5,9 @@
 //! tokio clock would fire the client's timeouts while it waits for loopback
 //! IO. Waits are kept to milliseconds; the one exception is the 429 test,
 //! because `Retry-After` counts whole seconds.
+//!
+//! Retries: a POST that may have reached the receiver is retried only with
+//! `retry_post: true`; a connect failure always is.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -15,8 +18,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use drivers::driver::{Action, Driver, ErrorKind, RefreshMode};
-use drivers::secret::Secret;
+use drivers::driver::{action_key, Action, Driver, ErrorKind, RefreshMode};
+use drivers::manifest::{ManifestSet, RateLimit};
+use drivers::ratelimit::DeviceLimits;
+use drivers::registry::{HostConfig, Registry};
+use drivers::secret::{Secret, MASK};
 use drivers::webhook::{sign, Probe, WebhookConfig, WebhookDriver};
 use serde_json::{json, Value};
 
@@ -98,7 +104,8 @@ async fn receiver(script: Vec<Reply>) -> (String, Arc<Receiver>) {
     (format!("http://{addr}/hooks"), rx)
 }
 
-/// A fast-failing config: short backoff, alerts and audit endpoints.
+/// A fast-failing config: short backoff, alerts and audit endpoints,
+/// `retry_post` at its default (off).
 fn config(url: &str) -> WebhookConfig {
     let mut config = WebhookConfig::new(url);
     config.backoff_ms_start = 10;
@@ -107,6 +114,13 @@ fn config(url: &str) -> WebhookConfig {
     config.budget_s = 10.0;
     config.targets.insert("alerts".into(), "alerts".into());
     config.targets.insert("audit".into(), "/audit/in".into());
+    config
+}
+
+/// [`config`] for a receiver that dedupes on `Idempotency-Key`.
+fn deduping(url: &str) -> WebhookConfig {
+    let mut config = config(url);
+    config.retry_post = true;
     config
 }
 
@@ -163,7 +177,13 @@ async fn a_signed_post_carries_an_hmac_the_receiver_can_verify() {
     assert!(timestamp > 1_600_000_000);
     assert_eq!(
         request.headers["idempotency-key"].to_str().unwrap(),
-        outcome.evidence["idempotency_key"].as_str().unwrap()
+        outcome.evidence["delivery_key"].as_str().unwrap()
+    );
+    let action = post(json!({"event": "on_battery", "ups": "ups1"}));
+    assert_eq!(
+        outcome.evidence["idempotency_key"],
+        action_key(&action, "webhook:alerts"),
+        "the §5 key, as the dry-run reports it"
     );
     let body: Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(body, json!({"event": "on_battery", "ups": "ups1"}));
@@ -231,14 +251,29 @@ async fn action_headers_override_configured_headers_by_name() {
 }
 
 #[tokio::test]
-async fn a_503_is_retried_with_the_same_idempotency_key_until_it_succeeds() {
+async fn by_default_a_post_that_reached_the_receiver_is_not_retried() {
+    let (url, rx) = receiver(vec![Reply::Status(503), Reply::Status(200)]).await;
+    let driver = WebhookDriver::new("hooks", config(&url)).unwrap();
+
+    let outcomes = driver
+        .execute(&post(json!({"a": 1})), &targets(&["webhook:alerts"]))
+        .await
+        .unwrap();
+
+    assert_eq!(outcomes[0].code, "driver.server_error");
+    assert_eq!(outcomes[0].evidence["attempts"], 1);
+    assert_eq!(rx.seen().len(), 1, "a 503 may have been processed");
+}
+
+#[tokio::test]
+async fn with_retry_post_a_503_is_retried_with_the_same_idempotency_key_until_it_succeeds() {
     let (url, rx) = receiver(vec![
         Reply::Status(503),
         Reply::Status(503),
         Reply::Status(200),
     ])
     .await;
-    let driver = WebhookDriver::new("hooks", config(&url)).unwrap();
+    let driver = WebhookDriver::new("hooks", deduping(&url)).unwrap();
 
     let outcomes = driver
         .execute(&post(json!({"a": 1})), &targets(&["webhook:alerts"]))
@@ -257,12 +292,44 @@ async fn a_503_is_retried_with_the_same_idempotency_key_until_it_succeeds() {
         keys.iter().all(|k| *k == keys[0]),
         "one key for every attempt: {keys:?}"
     );
+    assert_eq!(
+        outcomes[0].evidence["delivery_key"],
+        keys[0].to_str().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn each_delivery_gets_its_own_key_unless_the_action_sets_one() {
+    let (url, rx) = receiver(vec![]).await;
+    let driver = WebhookDriver::new("hooks", config(&url)).unwrap();
+    let mut keyed = post(json!({"a": 1}));
+    keyed
+        .params
+        .insert("headers".into(), json!({"Idempotency-Key": "deploy-42"}));
+
+    for action in [post(json!({"a": 1})), post(json!({"a": 1})), keyed] {
+        driver
+            .execute(&action, &targets(&["webhook:alerts"]))
+            .await
+            .unwrap();
+    }
+
+    let keys: Vec<String> = rx
+        .seen()
+        .iter()
+        .map(|s| s.headers["idempotency-key"].to_str().unwrap().to_string())
+        .collect();
+    assert_ne!(
+        keys[0], keys[1],
+        "the same notification sent twice is two deliveries"
+    );
+    assert_eq!(keys[2], "deploy-42");
 }
 
 #[tokio::test]
 async fn retries_stop_after_the_configured_count() {
     let (url, rx) = receiver(vec![Reply::Status(500); 5]).await;
-    let mut config = config(&url);
+    let mut config = deduping(&url);
     config.retries = 1;
     let driver = WebhookDriver::new("hooks", config).unwrap();
 
@@ -339,12 +406,11 @@ async fn a_receiver_that_never_answers_times_out() {
 }
 
 #[tokio::test]
-async fn a_timed_out_post_is_not_retried_when_retry_post_is_off() {
+async fn a_timed_out_post_is_not_retried_by_default() {
     let (url, rx) = receiver(vec![Reply::Hang, Reply::Hang]).await;
     let mut config = config(&url);
     config.timeout_s = 0.2;
     config.retries = 2;
-    config.retry_post = false;
     let driver = WebhookDriver::new("hooks", config).unwrap();
 
     let outcomes = driver
@@ -364,7 +430,6 @@ async fn an_unreachable_port_is_a_network_error_retried_because_nothing_was_sent
         listener.local_addr().unwrap().port()
     };
     let mut config = config(&format!("http://127.0.0.1:{port}/"));
-    config.retry_post = false;
     config.retries = 2;
     let driver = WebhookDriver::new("hooks", config).unwrap();
 
@@ -383,7 +448,7 @@ async fn an_unreachable_port_is_a_network_error_retried_because_nothing_was_sent
 #[tokio::test]
 async fn a_429_waits_for_retry_after_then_succeeds() {
     let (url, rx) = receiver(vec![Reply::WithHeaders(429, vec![("retry-after", "1")])]).await;
-    let driver = WebhookDriver::new("hooks", config(&url)).unwrap();
+    let driver = WebhookDriver::new("hooks", deduping(&url)).unwrap();
 
     let started = Instant::now();
     let outcomes = driver
@@ -403,7 +468,7 @@ async fn a_429_waits_for_retry_after_then_succeeds() {
 #[tokio::test]
 async fn a_retry_after_beyond_the_budget_gives_up_at_once_as_rate_limited() {
     let (url, rx) = receiver(vec![Reply::WithHeaders(429, vec![("retry-after", "120")])]).await;
-    let mut config = config(&url);
+    let mut config = deduping(&url);
     config.budget_s = 5.0;
     let driver = WebhookDriver::new("hooks", config).unwrap();
 
@@ -418,6 +483,63 @@ async fn a_retry_after_beyond_the_budget_gives_up_at_once_as_rate_limited() {
     assert_eq!(outcomes[0].evidence["retry_after_ms"], 120_000);
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(rx.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_starts_only_if_its_wait_and_a_whole_attempt_fit_the_budget() {
+    // The 10 ms backoff fits the 1 s budget, but the backoff plus a 2 s
+    // attempt does not: no retry starts.
+    let (url, rx) = receiver(vec![Reply::Status(503), Reply::Status(200)]).await;
+    let mut config = deduping(&url);
+    config.timeout_s = 2.0;
+    config.budget_s = 1.0;
+    let driver = WebhookDriver::new("hooks", config).unwrap();
+
+    let outcomes = driver
+        .execute(&post(json!({})), &targets(&["webhook:alerts"]))
+        .await
+        .unwrap();
+
+    assert_eq!(outcomes[0].code, "driver.server_error");
+    assert_eq!(outcomes[0].evidence["attempts"], 1);
+    let reason = outcomes[0].reason.as_deref().unwrap();
+    assert!(
+        reason.contains("would not fit the remaining budget"),
+        "{reason}"
+    );
+    assert_eq!(rx.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn posts_wait_for_the_capabilitys_rate_limit() {
+    let (url, rx) = receiver(vec![]).await;
+    let mut manifest = ManifestSet::embedded().get("http.webhook").unwrap().clone();
+    manifest.capabilities[0].rate_limit = Some(RateLimit { rps: 10, burst: 1 });
+    let driver = WebhookDriver::new("hooks", config(&url))
+        .unwrap()
+        .with_limits(DeviceLimits::from_manifest(&manifest));
+
+    let started = Instant::now();
+    let outcomes = driver
+        .execute(
+            &post(json!({})),
+            &targets(&[
+                "webhook:alerts",
+                "webhook:audit",
+                "webhook:alerts",
+                "webhook:audit",
+            ]),
+        )
+        .await
+        .unwrap();
+
+    assert!(outcomes.iter().all(|o| o.ok), "{outcomes:?}");
+    assert_eq!(rx.seen().len(), 4);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "one post at once, then one per 100 ms: {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -463,10 +585,11 @@ async fn a_dry_run_sends_nothing_and_previews_the_post() {
             json!("params_valid")
         ]
     );
-    assert!(ok["idempotency_key"]
-        .as_str()
-        .unwrap()
-        .starts_with("notify.webhook:post:webhook:alerts:body=sha256:"));
+    assert_eq!(
+        ok["idempotency_key"],
+        action_key(&post(json!({"event": "on_battery"})), "webhook:alerts"),
+        "the engine's §5 key"
+    );
 
     let missing = &answers[1];
     assert!(!missing.ok);
@@ -557,13 +680,21 @@ async fn secrets_never_appear_in_previews_answers_errors_or_debug() {
         listener.local_addr().unwrap().port()
     };
     let (url, _rx) = receiver(vec![]).await;
-    let secrets = ["s3cr3t-hmac-key", "tok-xyz-789", "pw-abc-123", "qs-tok-456"];
+    let secrets = [
+        "s3cr3t-hmac-key",
+        "tok-xyz-789",
+        "pw-abc-123",
+        "qs-tok-456",
+        "tenant-991",
+        "act-tok-555",
+    ];
     let with = |url: &str| {
         let mut config = config(url);
         config.secret = Some(Secret::new(secrets[0]));
         config
             .headers
             .insert("Authorization".into(), format!("Bearer {}", secrets[1]));
+        config.headers.insert("X-Tenant".into(), secrets[4].into());
         config.retries = 0;
         WebhookDriver::new("hooks", config).unwrap()
     };
@@ -572,7 +703,11 @@ async fn secrets_never_appear_in_previews_answers_errors_or_debug() {
     };
     let up = with(&authed(&url));
     let down = with(&authed(&format!("http://127.0.0.1:{port}/")));
-    let action = post(json!({"m": "hi"}));
+    let mut action = post(json!({"m": "hi"}));
+    action.params.insert(
+        "headers".into(),
+        json!({"X-Api-Token": secrets[5], "X-Team": "ops"}),
+    );
     let ids = targets(&["webhook:alerts"]);
 
     let mut shown = Vec::new();
@@ -605,19 +740,27 @@ async fn secrets_never_appear_in_previews_answers_errors_or_debug() {
             assert!(!text.contains(secret), "{secret} leaked in {text}");
         }
     }
+    let preview = serde_json::to_value(&up.dry_run(&action, &ids).await.unwrap()[0]).unwrap();
+    let headers = &preview["plan"]["preview"][0]["headers"];
+    assert_eq!(headers["x-tenant"], MASK, "host header values are secret");
+    assert_eq!(
+        headers["x-api-token"], MASK,
+        "credential-like action header"
+    );
+    assert_eq!(headers["x-team"], "ops", "other action headers are shown");
 }
 
 #[tokio::test]
 async fn the_registry_builds_a_webhook_driver_from_a_host_config() {
-    let manifests = drivers::manifest::ManifestSet::embedded();
-    let host: drivers::registry::HostConfig = serde_json::from_value(json!({
+    let manifests = ManifestSet::embedded();
+    let host: HostConfig = serde_json::from_value(json!({
         "id": "hooks",
         "plugin": "http.webhook",
         "connection": {"url": "https://example.test/notify", "secret": "s3cr3t-hmac-key"}
     }))
     .unwrap();
 
-    let (_, driver) = drivers::registry::Registry::builtin()
+    let (_, driver) = Registry::builtin()
         .driver_for(&manifests, &host)
         .expect("a valid webhook host");
 
@@ -627,4 +770,151 @@ async fn the_registry_builds_a_webhook_driver_from_a_host_config() {
         .await
         .unwrap();
     assert_eq!(found[0].canonical_id(), "webhook:default");
+}
+
+/// Every connection field the driver accepts, each set away from its default.
+fn every_field(url: &str) -> Value {
+    json!({
+        "url": url,
+        "secret": "s3cr3t-hmac-key",
+        "timeout_s": 1.5,
+        "retries": 3,
+        "backoff_ms_start": 5,
+        "backoff_ms_max": 20,
+        "budget_s": 8,
+        "retry_post": true,
+        "headers": {"Authorization": "Bearer tok-xyz-789", "X-Team": "ops"},
+        "targets": {"alerts": "alerts", "audit": "/audit/in"},
+        "dry_run_probe": "head",
+        "verify_tls": false
+    })
+}
+
+#[tokio::test]
+async fn a_host_built_through_the_registry_can_set_every_webhook_field() {
+    let (url, rx) = receiver(vec![
+        Reply::Status(503),
+        Reply::Status(503),
+        Reply::Status(200),
+        Reply::Status(405),
+    ])
+    .await;
+    let host: HostConfig = serde_json::from_value(json!({
+        "id": "hooks", "plugin": "http.webhook", "connection": every_field(&url)
+    }))
+    .unwrap();
+
+    let (validated, driver) = Registry::builtin()
+        .driver_for(&ManifestSet::embedded(), &host)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", e.findings()));
+
+    let found: Vec<String> = driver
+        .discover(RefreshMode::Fast, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.canonical_id())
+        .collect();
+    assert_eq!(found, ["webhook:alerts", "webhook:audit"], "targets");
+    let outcomes = driver
+        .execute(&post(json!({"n": 1})), &targets(&["webhook:audit"]))
+        .await
+        .unwrap();
+    assert!(outcomes[0].ok, "{:?}", outcomes[0]);
+    assert_eq!(
+        outcomes[0].evidence["attempts"], 3,
+        "retry_post, retries and the backoff apply"
+    );
+    let answers = driver
+        .dry_run(&post(json!({"n": 1})), &targets(&["webhook:alerts"]))
+        .await
+        .unwrap();
+    assert!(answers[0].ok, "{:?}", answers[0]);
+
+    let seen = rx.seen();
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen[0].path, "/hooks/audit/in");
+    assert_eq!(seen[0].headers["authorization"], "Bearer tok-xyz-789");
+    assert_eq!(seen[0].headers["x-team"], "ops");
+    let expected = format!("sha256={}", hmac_hex(b"s3cr3t-hmac-key", &seen[0].body));
+    assert_eq!(seen[0].headers["x-hazel-signature"], expected.as_str());
+    assert_eq!(seen[3].method, Method::HEAD, "dry_run_probe: head");
+    assert_eq!(seen[3].path, "/hooks/alerts");
+
+    let shown = format!(
+        "{validated:?} {}",
+        serde_json::to_string(&validated).unwrap()
+    );
+    for secret in ["s3cr3t-hmac-key", "tok-xyz-789"] {
+        assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+    }
+}
+
+#[test]
+fn the_manifest_declares_every_webhook_field_with_the_drivers_defaults() {
+    let manifests = ManifestSet::embedded();
+    let manifest = manifests.get("http.webhook").unwrap();
+    let declared: Vec<&str> = manifest
+        .schema
+        .connection
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let accepted = every_field("https://example.test/");
+    let accepted: Vec<&str> = accepted
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(declared, accepted);
+    // `every_field` holds every field the driver accepts: the config denies
+    // unknown fields, so this fails if one is misspelt or gone.
+    serde_json::from_value::<WebhookConfig>(every_field("https://example.test/")).unwrap();
+
+    let d = WebhookConfig::new("https://example.test/");
+    let default = |name: &str| manifest.schema.connection[name].default.clone();
+    assert_eq!(default("timeout_s"), Some(json!(d.timeout_s as u64)));
+    assert_eq!(default("retries"), Some(json!(d.retries)));
+    assert_eq!(default("backoff_ms_start"), Some(json!(d.backoff_ms_start)));
+    assert_eq!(default("backoff_ms_max"), Some(json!(d.backoff_ms_max)));
+    assert_eq!(default("budget_s"), Some(json!(d.budget_s as u64)));
+    assert_eq!(default("retry_post"), Some(json!(false)));
+    assert_eq!(default("verify_tls"), Some(json!(d.verify_tls)));
+    assert_eq!(default("dry_run_probe"), Some(json!("none")));
+    assert!(!d.retry_post, "a post is not idempotent");
+    let http = manifest.defaults.http.as_ref().unwrap();
+    assert_eq!(
+        (
+            http.timeout_s as f64,
+            http.retries,
+            http.backoff_ms_start,
+            http.backoff_ms_max
+        ),
+        (d.timeout_s, d.retries, d.backoff_ms_start, d.backoff_ms_max),
+        "defaults.http agrees with the connection defaults"
+    );
+    assert!(
+        manifest.schema.connection["headers"].secret,
+        "headers carry tokens"
+    );
+}
+
+#[test]
+fn a_host_header_that_is_not_a_string_is_refused_without_quoting_it() {
+    let mut connection = every_field("https://example.test/");
+    connection["headers"] = json!({"Authorization": 98765});
+    let host: HostConfig = serde_json::from_value(json!({
+        "id": "hooks", "plugin": "http.webhook", "connection": connection
+    }))
+    .unwrap();
+
+    let err = match Registry::builtin().driver_for(&ManifestSet::embedded(), &host) {
+        Ok(_) => panic!("a numeric header was accepted"),
+        Err(e) => e,
+    };
+
+    let shown = format!("{err} {err:?} {:?}", err.findings());
+    assert!(shown.contains("Authorization"), "{shown}");
+    assert!(!shown.contains("98765"), "{shown}");
 }
