@@ -342,15 +342,27 @@ mod tests {
         let off = Action {
             capability: "aoss.poe.port".into(),
             verb: "set".into(),
-            params: serde_json::json!({"state": "off"}).as_object().cloned().unwrap(),
+            params: serde_json::json!({"state": "off"})
+                .as_object()
+                .cloned()
+                .unwrap(),
         };
-        assert_eq!(action_key(&off, "poe-port:1/A1"), "aoss.poe.port:set:poe-port:1/A1:state=off");
+        assert_eq!(
+            action_key(&off, "poe-port:1/A1"),
+            "aoss.poe.port:set:poe-port:1/A1:state=off"
+        );
         let shutdown = Action {
             capability: "proxmox.vm".into(),
             verb: "shutdown".into(),
-            params: serde_json::json!({"grace_s": 60}).as_object().cloned().unwrap(),
+            params: serde_json::json!({"grace_s": 60})
+                .as_object()
+                .cloned()
+                .unwrap(),
         };
-        assert_eq!(action_key(&shutdown, "vm:104"), "proxmox.vm:shutdown:vm:104");
+        assert_eq!(
+            action_key(&shutdown, "vm:104"),
+            "proxmox.vm:shutdown:vm:104"
+        );
     }
 
     #[test]
