@@ -24,7 +24,13 @@ pub fn policy_hash(spec: &PolicySpec, plan: &[PlanStep]) -> String {
     // One buffer hashed at once: many tiny `update` calls cost more than the copy.
     let mut canonical = Vec::with_capacity(1024);
     write_canonical_spec(&mut canonical, spec, plan);
-    hex::encode(Sha256::digest(&canonical))
+    let digest = Sha256::digest(&canonical);
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+    }
+    hex
 }
 
 /// The canonical JSON text itself, for debugging and tests.

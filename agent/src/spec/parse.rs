@@ -8,7 +8,7 @@ use inventory::{Finding, Severity};
 use serde_json::{Map, Value};
 
 use super::duration::parse_duration;
-use super::node::{Entries, EntriesExt, Node};
+use super::node::{same_word, Entries, EntriesExt, Node};
 use super::schedule::{normalize_cron, parse_time_of_day};
 use super::*;
 
@@ -227,9 +227,9 @@ impl Walker {
             return None;
         };
         for (i, (key, _)) in map.iter().enumerate() {
-            if !fields.contains(&key.as_ref()) {
+            if !fields.iter().any(|f| same_word(f, key)) {
                 self.unknown_field(path, key, fields);
-            } else if map[..i].iter().any(|(k, _)| k == key) {
+            } else if map[..i].iter().any(|(k, _)| same_word(k, key)) {
                 // JSON parsers keep one of the two silently; say which one counts.
                 self.blocker(
                     "schema.duplicate_field",
@@ -543,7 +543,7 @@ impl Walker {
         };
         let fields = trigger_fields(kind);
         for (key, _) in map.iter() {
-            if fields.contains(&key.as_ref()) {
+            if fields.iter().any(|f| same_word(f, key)) {
                 continue;
             }
             match key.as_ref() {
