@@ -56,11 +56,16 @@ fn bench_validate(c: &mut Criterion) {
 
     // Stage breakdown, to see where the time goes.
     let mut stages = c.benchmark_group("validate_stages");
-    let doc = agent::spec::parse_document(spec).unwrap();
+    let arena = bumpalo::Bump::new();
+    let doc = agent::spec::parse_document(spec, &arena).unwrap();
     let (parsed, _) = agent::spec::parse_spec_node(&doc);
     let parsed = parsed.unwrap();
     stages.bench_function("parse_document_json", |b| {
-        b.iter(|| agent::spec::parse_document(black_box(spec)))
+        b.iter_batched_ref(
+            bumpalo::Bump::new,
+            |arena| agent::spec::parse_document(black_box(spec), arena).map(|_| ()),
+            criterion::BatchSize::SmallInput,
+        )
     });
     stages.bench_function("parse_spec", |b| {
         b.iter(|| agent::spec::parse_spec_node(black_box(&doc)))

@@ -198,24 +198,23 @@ fn write_condition(out: &mut Vec<u8>, c: &Condition) {
     o.end();
 }
 
-/// Writes items whose order carries no meaning: each is written on its own,
-/// then the texts are sorted.
+/// Writes items whose order carries no meaning: each is written once into
+/// one scratch buffer, then the texts are emitted in sorted order.
 fn write_sorted<T>(out: &mut Vec<u8>, items: &[T], write: fn(&mut Vec<u8>, &T)) {
-    let mut texts: Vec<Vec<u8>> = items
-        .iter()
-        .map(|item| {
-            let mut buf = Vec::with_capacity(96);
-            write(&mut buf, item);
-            buf
-        })
-        .collect();
-    texts.sort_unstable();
+    let mut scratch = Vec::with_capacity(items.len() * 96);
+    let mut spans: Vec<(usize, usize)> = Vec::with_capacity(items.len());
+    for item in items {
+        let start = scratch.len();
+        write(&mut scratch, item);
+        spans.push((start, scratch.len()));
+    }
+    spans.sort_unstable_by(|a, b| scratch[a.0..a.1].cmp(&scratch[b.0..b.1]));
     out.push(b'[');
-    for (i, t) in texts.iter().enumerate() {
+    for (i, (start, end)) in spans.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(t);
+        out.extend_from_slice(&scratch[start..end]);
     }
     out.push(b']');
 }

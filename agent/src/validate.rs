@@ -57,7 +57,7 @@ pub struct Validated {
 
 /// Validates policy text (JSON or YAML).
 pub fn validate_text(text: &str, manifests: &ManifestSet, ctx: &CompileContext<'_>) -> Validated {
-    match parse_document(text) {
+    with_arena(|arena| match parse_document(text, arena) {
         Ok(doc) => validate_node(&doc, manifests, ctx),
         Err(e) => Validated {
             report: ValidationReport {
@@ -71,12 +71,36 @@ pub fn validate_text(text: &str, manifests: &ManifestSet, ctx: &CompileContext<'
             },
             meta: None,
         },
+    })
+}
+
+/// Runs `f` with this thread's document arena, reset afterwards, so a
+/// validation allocates nothing for its document tree once warm. A nested
+/// call (none today) gets a fresh arena instead of panicking.
+fn with_arena<R>(f: impl FnOnce(&bumpalo::Bump) -> R) -> R {
+    thread_local! {
+        static ARENA: std::cell::RefCell<bumpalo::Bump> = std::cell::RefCell::new(bumpalo::Bump::new());
     }
+    ARENA.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut arena) => {
+            let out = f(&arena);
+            // Keep the arena's memory for the next call unless one hostile
+            // document made it large.
+            if arena.allocated_bytes() > 1 << 20 {
+                *arena = bumpalo::Bump::new();
+            } else {
+                arena.reset();
+            }
+            out
+        }
+        Err(_) => f(&bumpalo::Bump::new()),
+    })
 }
 
 /// Validates an already-parsed JSON document (an API body, say).
 pub fn validate_value(doc: &Value, manifests: &ManifestSet, ctx: &CompileContext<'_>) -> Validated {
-    validate_node(&Node::from_value(doc), manifests, ctx)
+    let arena = bumpalo::Bump::new();
+    validate_node(&Node::from_value(doc, &arena), manifests, ctx)
 }
 
 /// Validates a parsed document tree.

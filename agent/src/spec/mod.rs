@@ -86,6 +86,17 @@ impl UpsState {
         UpsState::CommLost,
     ];
 
+    /// The names of [`UpsState::ALL`], in the same order.
+    pub const NAMES: [&'static str; 7] = [
+        "on_battery",
+        "on_mains",
+        "low_battery",
+        "replace_battery",
+        "overload",
+        "forced_shutdown",
+        "comm_lost",
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             UpsState::OnBattery => "on_battery",
@@ -99,7 +110,10 @@ impl UpsState {
     }
 
     pub fn parse(text: &str) -> Option<UpsState> {
-        UpsState::ALL.into_iter().find(|s| s.as_str() == text)
+        UpsState::NAMES
+            .iter()
+            .position(|n| *n == text)
+            .map(|i| UpsState::ALL[i])
     }
 }
 
@@ -122,6 +136,8 @@ pub enum Op {
 
 impl Op {
     pub const ALL: [Op; 6] = [Op::Eq, Op::Ne, Op::Gt, Op::Ge, Op::Lt, Op::Le];
+    /// The names of [`Op::ALL`], in the same order.
+    pub const NAMES: [&'static str; 6] = ["=", "!=", ">", ">=", "<", "<="];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -135,7 +151,10 @@ impl Op {
     }
 
     pub fn parse(text: &str) -> Option<Op> {
-        Op::ALL.into_iter().find(|o| o.as_str() == text)
+        Op::NAMES
+            .iter()
+            .position(|n| *n == text)
+            .map(|i| Op::ALL[i])
     }
 
     /// Whether the operator compares order and so needs numbers.
@@ -361,4 +380,21 @@ pub struct ActionSpec {
     pub params: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_hint: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_tables_match_the_variants() {
+        for (i, state) in UpsState::ALL.iter().enumerate() {
+            assert_eq!(UpsState::NAMES[i], state.as_str());
+            assert_eq!(UpsState::parse(state.as_str()), Some(*state));
+        }
+        for (i, op) in Op::ALL.iter().enumerate() {
+            assert_eq!(Op::NAMES[i], op.as_str());
+            assert_eq!(Op::parse(op.as_str()), Some(*op));
+        }
+    }
 }

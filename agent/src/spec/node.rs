@@ -1,31 +1,32 @@
 //! A borrowed document tree: what JSON or YAML text parses into before the
-//! schema walk. Unlike `serde_json::Value` it borrows strings from the input
-//! when it can and keeps object entries in a `Vec` in document order, so
-//! reading a policy allocates little, and a key written twice is still seen
-//! (and reported) instead of silently overwriting the first.
+//! schema walk. Strings borrow from the input where they can; children live
+//! in a bump arena, so building a policy's tree costs no heap allocation per
+//! object or list and dropping it costs nothing. Object entries stay in
+//! document order, so a key written twice is still seen (and reported)
+//! instead of silently overwriting the first.
 
-use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use bumpalo::Bump;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-/// One node of a parsed document.
-#[derive(Debug, Clone, PartialEq)]
+/// One node of a parsed document; `'a` is the input text and the arena.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Node<'a> {
     Null,
     Bool(bool),
     Int(i64),
     UInt(u64),
     Float(f64),
-    Str(Cow<'a, str>),
-    Seq(Vec<Node<'a>>),
+    Str(&'a str),
+    Seq(&'a [Node<'a>]),
     /// Entries in document order; keys may repeat (the walker reports it).
-    Map(Vec<(Cow<'a, str>, Node<'a>)>),
+    Map(&'a Entries<'a>),
 }
 
 /// Object entries of a [`Node::Map`].
-pub type Entries<'a> = [(Cow<'a, str>, Node<'a>)];
+pub type Entries<'a> = [(&'a str, Node<'a>)];
 
 /// Look-ups on object entries.
 pub trait EntriesExt<'a> {
@@ -94,19 +95,19 @@ impl<'a> Node<'a> {
             Node::Float(f) => serde_json::Number::from_f64(*f)
                 .map(Value::Number)
                 .unwrap_or(Value::Null),
-            Node::Str(s) => Value::String(s.to_string()),
+            Node::Str(s) => Value::String((*s).to_string()),
             Node::Seq(items) => Value::Array(items.iter().map(Node::to_value).collect()),
             Node::Map(entries) => Value::Object(
                 entries
                     .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_value()))
+                    .map(|(k, v)| ((*k).to_string(), v.to_value()))
                     .collect(),
             ),
         }
     }
 
-    /// A node borrowing from a `serde_json::Value`.
-    pub fn from_value(value: &'a Value) -> Node<'a> {
+    /// A node borrowing from a `serde_json::Value`, children in `arena`.
+    pub fn from_value(value: &'a Value, arena: &'a Bump) -> Node<'a> {
         match value {
             Value::Null => Node::Null,
             Value::Bool(b) => Node::Bool(*b),
@@ -115,12 +116,15 @@ impl<'a> Node<'a> {
                 (None, Some(i)) => Node::Int(i),
                 _ => Node::Float(n.as_f64().unwrap_or(f64::NAN)),
             },
-            Value::String(s) => Node::Str(Cow::Borrowed(s)),
-            Value::Array(items) => Node::Seq(items.iter().map(Node::from_value).collect()),
+            Value::String(s) => Node::Str(s),
+            Value::Array(items) => Node::Seq(
+                arena.alloc_slice_fill_iter(items.iter().map(|v| Node::from_value(v, arena))),
+            ),
             Value::Object(map) => Node::Map(
-                map.iter()
-                    .map(|(k, v)| (Cow::Borrowed(k.as_str()), Node::from_value(v)))
-                    .collect(),
+                arena.alloc_slice_fill_iter(
+                    map.iter()
+                        .map(|(k, v)| (k.as_str(), Node::from_value(v, arena))),
+                ),
             ),
         }
     }
@@ -133,26 +137,33 @@ impl fmt::Display for Node<'_> {
     }
 }
 
-impl<'de> Deserialize<'de> for Node<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(NodeVisitor)
+/// Deserializes a [`Node`] from any serde format (YAML), children and
+/// owned strings in the arena.
+#[derive(Clone, Copy)]
+pub struct NodeSeed<'a> {
+    pub arena: &'a Bump,
+}
+
+impl<'de: 'a, 'a> DeserializeSeed<'de> for NodeSeed<'a> {
+    type Value = Node<'a>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Node<'a>, D::Error> {
+        deserializer.deserialize_any(self)
     }
 }
 
-struct NodeVisitor;
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node<'de>;
+impl<'de: 'a, 'a> Visitor<'de> for NodeSeed<'a> {
+    type Value = Node<'a>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON or YAML value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<Node<'de>, E> {
+    fn visit_bool<E>(self, v: bool) -> Result<Node<'a>, E> {
         Ok(Node::Bool(v))
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Node<'de>, E> {
+    fn visit_i64<E>(self, v: i64) -> Result<Node<'a>, E> {
         Ok(if v >= 0 {
             Node::UInt(v as u64)
         } else {
@@ -160,67 +171,57 @@ impl<'de> Visitor<'de> for NodeVisitor {
         })
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Node<'de>, E> {
+    fn visit_u64<E>(self, v: u64) -> Result<Node<'a>, E> {
         Ok(Node::UInt(v))
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Node<'de>, E> {
+    fn visit_f64<E>(self, v: f64) -> Result<Node<'a>, E> {
         Ok(Node::Float(v))
     }
 
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Node<'de>, E> {
-        Ok(Node::Str(Cow::Borrowed(v)))
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Node<'a>, E> {
+        Ok(Node::Str(v))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Node<'de>, E> {
-        Ok(Node::Str(Cow::Owned(v.to_owned())))
+    fn visit_str<E>(self, v: &str) -> Result<Node<'a>, E> {
+        Ok(Node::Str(self.arena.alloc_str(v)))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Node<'de>, E> {
-        Ok(Node::Str(Cow::Owned(v)))
-    }
-
-    fn visit_unit<E>(self) -> Result<Node<'de>, E> {
+    fn visit_unit<E>(self) -> Result<Node<'a>, E> {
         Ok(Node::Null)
     }
 
-    fn visit_none<E>(self) -> Result<Node<'de>, E> {
+    fn visit_none<E>(self) -> Result<Node<'a>, E> {
         Ok(Node::Null)
     }
 
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node<'de>, D::Error> {
-        Node::deserialize(d)
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node<'a>, D::Error> {
+        self.deserialize(d)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(6).min(64));
-        while let Some(item) = seq.next_element()? {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'a>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
             items.push(item);
         }
-        Ok(Node::Seq(items))
+        Ok(Node::Seq(self.arena.alloc_slice_copy(&items)))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
-        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
-        while let Some((key, value)) = map.next_entry::<Key<'de>, Node<'de>>()? {
-            entries.push((key.0, value));
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'a>, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(key) = map.next_key_seed(self)? {
+            let key = match key {
+                Node::Str(s) => s,
+                Node::Seq(_) | Node::Map(_) => {
+                    return Err(serde::de::Error::custom("object keys must be scalars"))
+                }
+                // A YAML scalar key such as `1: x` is read as its text.
+                other => self.arena.alloc_str(&other.to_string()),
+            };
+            let value = map.next_value_seed(self)?;
+            entries.push((key, value));
         }
-        Ok(Node::Map(entries))
-    }
-}
-
-/// An object key: a string, or a YAML scalar key written as text (`1: x`).
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match Node::deserialize(deserializer)? {
-            Node::Str(s) => Ok(Key(s)),
-            Node::Seq(_) | Node::Map(_) => {
-                Err(serde::de::Error::custom("object keys must be scalars"))
-            }
-            other => Ok(Key(Cow::Owned(other.to_string()))),
-        }
+        Ok(Node::Map(self.arena.alloc_slice_copy(&entries)))
     }
 }
 
@@ -229,18 +230,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_strings_without_escapes_are_borrowed() {
-        let node: Node<'_> = serde_json::from_str(r#"{"a": "plain", "b": "esc\"aped"}"#).unwrap();
-        let Node::Map(entries) = node else {
-            panic!("a map")
-        };
-        assert!(matches!(entries[0].1, Node::Str(Cow::Borrowed("plain"))));
-        assert!(matches!(&entries[1].1, Node::Str(Cow::Owned(s)) if s == "esc\"aped"));
-    }
-
-    #[test]
     fn repeated_keys_are_kept_in_order() {
-        let node: Node<'_> = serde_json::from_str(r#"{"a": 1, "a": 2}"#).unwrap();
+        let arena = Bump::new();
+        let node = crate::spec::json::parse(r#"{"a": 1, "a": 2}"#, &arena).unwrap();
         let Node::Map(entries) = node else {
             panic!("a map")
         };
@@ -250,7 +242,23 @@ mod tests {
 
     #[test]
     fn round_trips_through_serde_json_value() {
+        let arena = Bump::new();
         let v = serde_json::json!({"x": [1, -2, 2.5, true, null, "s"], "y": {"z": 1}});
-        assert_eq!(Node::from_value(&v).to_value(), v);
+        assert_eq!(Node::from_value(&v, &arena).to_value(), v);
+    }
+
+    #[test]
+    fn yaml_reads_into_the_same_tree_as_json() {
+        let arena = Bump::new();
+        let yaml = serde_norway::Deserializer::from_str(
+            "a: [1, -2, 2.5, true, null, s]\nb: {c: 'x'}\n1: one\n",
+        );
+        let node = NodeSeed { arena: &arena }.deserialize(yaml).unwrap();
+        let json = crate::spec::json::parse(
+            r#"{"a": [1, -2, 2.5, true, null, "s"], "b": {"c": "x"}, "1": "one"}"#,
+            &arena,
+        )
+        .unwrap();
+        assert_eq!(node, json);
     }
 }

@@ -8,7 +8,7 @@ use inventory::{Finding, Severity};
 use serde_json::{Map, Value};
 
 use super::duration::parse_duration;
-use super::node::{same_word, Entries, EntriesExt, Node};
+use super::node::{same_word, Entries, EntriesExt, Node, NodeSeed};
 use super::schedule::{normalize_cron, parse_time_of_day};
 use super::*;
 
@@ -32,18 +32,23 @@ impl DocumentError {
 }
 
 /// Reads JSON (text starting with `{` or `[`) or YAML into a document tree
-/// that borrows from `text`.
-pub fn parse_document(text: &str) -> Result<Node<'_>, DocumentError> {
+/// that borrows from `text`, with its children in `arena`.
+pub fn parse_document<'a>(
+    text: &'a str,
+    arena: &'a bumpalo::Bump,
+) -> Result<Node<'a>, DocumentError> {
     let trimmed = text.trim_start_matches('\u{feff}');
     if matches!(trimmed.trim_start().as_bytes().first(), Some(b'{' | b'[')) {
-        super::json::parse(trimmed).map_err(|e| DocumentError {
+        super::json::parse(trimmed, arena).map_err(|e| DocumentError {
             format: "JSON",
             line: e.line,
             column: e.column,
             message: e.message.to_string(),
         })
     } else {
-        serde_norway::from_str::<Node<'_>>(trimmed).map_err(|e| {
+        use serde::de::DeserializeSeed;
+        let yaml = serde_norway::Deserializer::from_str(trimmed);
+        NodeSeed { arena }.deserialize(yaml).map_err(|e| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -126,7 +131,8 @@ pub fn is_literal_id(text: &str) -> bool {
 
 /// Walks a `serde_json::Value` into a [`PolicySpec`]; see [`parse_spec_node`].
 pub fn parse_spec(doc: &Value) -> (Option<PolicySpec>, Vec<Finding>) {
-    parse_spec_node(&Node::from_value(doc))
+    let arena = bumpalo::Bump::new();
+    parse_spec_node(&Node::from_value(doc, &arena))
 }
 
 /// Walks a document into a [`PolicySpec`]. Returns the spec only when no
@@ -337,7 +343,7 @@ impl Walker {
         what: &str,
     ) -> Option<&'a str> {
         let s = self.string(v, path)?;
-        if let Some(found) = allowed.iter().find(|a| **a == s) {
+        if let Some(found) = allowed.iter().find(|a| same_word(a, s)) {
             return Some(found);
         }
         let hint = match did_you_mean(s, allowed.iter().copied()) {
@@ -418,7 +424,7 @@ impl Walker {
             self.optional_duration(root, "idempotency_window", r, DEFAULT_IDEMPOTENCY_S);
         let notes = match root.field("notes") {
             None | Some(Node::Null) => None,
-            Some(Node::Str(s)) => Some(s.to_string()),
+            Some(Node::Str(s)) => Some((*s).to_string()),
             Some(other) => {
                 self.wrong_type(&r.key("notes"), "a string", other);
                 None
@@ -667,21 +673,19 @@ impl Walker {
     }
 
     fn ups_state(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<UpsState> {
-        let names: Vec<&str> = UpsState::ALL.iter().map(|s| s.as_str()).collect();
-        self.one_of(v, path, &names, "UPS state")
+        self.one_of(v, path, &UpsState::NAMES, "UPS state")
             .and_then(UpsState::parse)
     }
 
     fn op(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<Op> {
-        let names: Vec<&str> = Op::ALL.iter().map(|o| o.as_str()).collect();
-        self.one_of(v, path, &names, "comparison operator")
+        self.one_of(v, path, &Op::NAMES, "comparison operator")
             .and_then(Op::parse)
     }
 
     fn schedule(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<Schedule> {
         let map = self.object(v, path, SCHEDULE_FIELDS)?;
         if let Some(cron) = map.field("cron") {
-            if map.iter().any(|(k, _)| k != "cron") {
+            if map.iter().any(|(k, _)| *k != "cron") {
                 self.blocker(
                     "schema.schedule",
                     path,
