@@ -454,7 +454,7 @@ impl Walker {
         what: &str,
     ) -> Option<&'v [Node<'a>]> {
         match v {
-            Node::Seq(items) if items.is_empty() => {
+            Node::Seq([]) => {
                 self.blocker(
                     "schema.empty",
                     path,
@@ -541,7 +541,7 @@ impl Walker {
             // Still report fields no trigger type knows.
             for (key, _) in map
                 .iter()
-                .filter(|(k, _)| !ANY_TRIGGER_FIELDS.contains(&k.as_ref()))
+                .filter(|(k, _)| !ANY_TRIGGER_FIELDS.contains(k))
             {
                 self.unknown_field(path, key, ANY_TRIGGER_FIELDS);
             }
@@ -552,7 +552,7 @@ impl Walker {
             if fields.iter().any(|f| same_word(f, key)) {
                 continue;
             }
-            match key.as_ref() {
+            match *key {
                 "for" => {
                     self.blocker(
                         "schema.for_not_allowed",
