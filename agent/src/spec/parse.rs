@@ -539,10 +539,7 @@ impl Walker {
         });
         let Some(kind) = kind else {
             // Still report fields no trigger type knows.
-            for (key, _) in map
-                .iter()
-                .filter(|(k, _)| !ANY_TRIGGER_FIELDS.contains(k))
-            {
+            for (key, _) in map.iter().filter(|(k, _)| !ANY_TRIGGER_FIELDS.contains(k)) {
                 self.unknown_field(path, key, ANY_TRIGGER_FIELDS);
             }
             return None;
