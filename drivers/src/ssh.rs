@@ -1099,6 +1099,33 @@ fn first_line(command: &str) -> &str {
     command.lines().next().unwrap_or("")
 }
 
+/// A validated SSH host's connection fields, with what the host leaves out
+/// taken from its manifest's `defaults`: the dry-run budget from the refresh
+/// SLA, connect and command timeouts from `defaults.ssh`. Both SSH drivers'
+/// registry constructors read their config from this.
+pub(crate) fn connection_with_defaults(
+    host: &crate::registry::ValidatedHost,
+) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::json;
+    let mut connection: serde_json::Map<String, serde_json::Value> = host
+        .fields()
+        .filter_map(|name| host.value(name).map(|v| (name.to_owned(), v.clone())))
+        .collect();
+    let defaults = &host.manifest().defaults;
+    connection
+        .entry("dry_run_budget_s")
+        .or_insert_with(|| json!(defaults.dry_run_refresh_sla_s));
+    if let Some(ssh) = &defaults.ssh {
+        connection
+            .entry("connect_timeout_s")
+            .or_insert_with(|| json!(ssh.connect_timeout_s));
+        connection
+            .entry("command_timeout_s")
+            .or_insert_with(|| json!(ssh.command_timeout_s));
+    }
+    connection
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

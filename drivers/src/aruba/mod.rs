@@ -163,21 +163,7 @@ impl ArubaConfig {
 /// limits and connect retries from the manifest) and binds a driver to it.
 /// Touches no network.
 pub fn build(host: &ValidatedHost) -> Result<Arc<dyn Driver>, DriverError> {
-    let mut connection: Map<String, Value> = host
-        .fields()
-        .filter_map(|name| host.value(name).map(|v| (name.to_owned(), v.clone())))
-        .collect();
-    connection
-        .entry("dry_run_budget_s")
-        .or_insert_with(|| json!(host.manifest().defaults.dry_run_refresh_sla_s));
-    if let Some(ssh) = &host.manifest().defaults.ssh {
-        connection
-            .entry("connect_timeout_s")
-            .or_insert_with(|| json!(ssh.connect_timeout_s));
-        connection
-            .entry("command_timeout_s")
-            .or_insert_with(|| json!(ssh.command_timeout_s));
-    }
+    let connection = crate::ssh::connection_with_defaults(host);
     let config = ArubaConfig::from_connection(&connection)?;
     let driver = ArubaDriver::new(host.id.clone(), config)?.with_manifest(host.manifest());
     Ok(Arc::new(driver))
