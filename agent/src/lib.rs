@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod compile;
+pub mod engine;
 pub mod hash;
 pub mod inventory_service;
 pub mod spec;

@@ -1,0 +1,20 @@
+//! The execution engine (SPEC §1 and §6): normalized events in, decided and
+//! executed actions out. This layer is being built in parts:
+//!
+//! - [`event`]: the normalized event every source publishes;
+//! - [`bus`]: the bounded event bus with backpressure;
+//! - [`conditions`]: condition evaluation against a facts view;
+//! - [`triggers`]: the trigger index and the trigger semantics of SPEC §2
+//!   (edges, `for` debounce, `ALL`, timers), as pure state machines;
+//! - [`scheduler`]: per-host single-flight FIFO queues under a global cap;
+//! - [`store`]: persistence of window state, deadlines, intents and the
+//!   ledger behind a trait, with an embedded SQLite implementation.
+//!
+//! The per-policy run (SPEC §6 steps 4–10) that ties them together comes next.
+
+pub mod bus;
+pub mod conditions;
+pub mod event;
+pub mod scheduler;
+pub mod store;
+pub mod triggers;

@@ -1,0 +1,275 @@
+//! The in-memory store for tests and the event dry-run's scratch state. It
+//! behaves like [`super::SqliteStore`] (the conformance suite checks both)
+//! but keeps nothing across a restart.
+//!
+//! A batch is applied to a copy of the state that replaces the original
+//! only when every write succeeded, which gives the same all-or-nothing
+//! guarantee as a transaction.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{
+    AuditEntry, AuditQuery, DeadlineKind, DeadlineRecord, EngineStore, IntentEntry, IntentId,
+    IntentRecord, KillSwitchState, RunRecord, StoreError, StoreResult, TimerCheckRecord,
+    WindowState, Write, LEDGER_RUNS_PER_POLICY,
+};
+
+/// An [`EngineStore`] held in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct State {
+    windows: BTreeMap<Uuid, WindowState>,
+    /// key -> (policy, ran_at)
+    keys: BTreeMap<String, (Uuid, DateTime<Utc>)>,
+    deadlines: BTreeMap<(Uuid, u32, DeadlineKind), DeadlineRecord>,
+    timer_checks: BTreeMap<(Uuid, u32), DateTime<Utc>>,
+    intents: BTreeMap<IntentId, IntentEntry>,
+    /// policy -> (append seq, run), kept sorted newest first.
+    runs: BTreeMap<Uuid, Vec<(u64, RunRecord)>>,
+    next_run_seq: u64,
+    kill_switch: KillSwitchState,
+    audit: Vec<AuditEntry>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    // Safe after a panic: writes never mutate the shared state in place.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl EngineStore for MemoryStore {
+    fn write(&self, batch: &[Write]) -> StoreResult<()> {
+        let mut guard = self.lock();
+        let mut next = guard.clone();
+        for write in batch {
+            next.apply(write)?;
+        }
+        *guard = next;
+        Ok(())
+    }
+
+    fn window_state(&self, policy_id: Uuid) -> StoreResult<WindowState> {
+        Ok(self
+            .lock()
+            .windows
+            .get(&policy_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn key_ran_at(&self, key: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        Ok(self.lock().keys.get(key).map(|(_, at)| *at))
+    }
+
+    fn deadlines(&self) -> StoreResult<Vec<DeadlineRecord>> {
+        let mut out: Vec<DeadlineRecord> = self.lock().deadlines.values().cloned().collect();
+        out.sort_by(|a, b| {
+            (a.due_at, a.policy_id, a.trigger_index, a.kind.as_str()).cmp(&(
+                b.due_at,
+                b.policy_id,
+                b.trigger_index,
+                b.kind.as_str(),
+            ))
+        });
+        Ok(out)
+    }
+
+    fn timer_checks(&self) -> StoreResult<Vec<TimerCheckRecord>> {
+        Ok(self
+            .lock()
+            .timer_checks
+            .iter()
+            .map(
+                |(&(policy_id, trigger_index), &checked_at)| TimerCheckRecord {
+                    policy_id,
+                    trigger_index,
+                    checked_at,
+                },
+            )
+            .collect())
+    }
+
+    fn open_intents(&self) -> StoreResult<Vec<IntentRecord>> {
+        let mut out: Vec<IntentRecord> = self
+            .lock()
+            .intents
+            .values()
+            .filter(|entry| entry.outcome.is_none())
+            .map(|entry| entry.intent.clone())
+            .collect();
+        out.sort_by_key(|a| (a.created_at, a.id()));
+        Ok(out)
+    }
+
+    fn intent(&self, id: &IntentId) -> StoreResult<Option<IntentEntry>> {
+        Ok(self.lock().intents.get(id).cloned())
+    }
+
+    fn runs(&self, policy_id: Uuid, limit: usize) -> StoreResult<Vec<RunRecord>> {
+        Ok(self
+            .lock()
+            .runs
+            .get(&policy_id)
+            .map(|runs| {
+                runs.iter()
+                    .take(limit)
+                    .map(|(_, run)| run.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn latest_successful_run(&self, policy_id: Uuid) -> StoreResult<Option<RunRecord>> {
+        Ok(self.lock().runs.get(&policy_id).and_then(|runs| {
+            runs.iter()
+                .map(|(_, run)| run)
+                .find(|run| run.status.is_successful())
+                .cloned()
+        }))
+    }
+
+    fn kill_switch(&self) -> StoreResult<KillSwitchState> {
+        Ok(self.lock().kill_switch.clone())
+    }
+
+    fn audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
+        Ok(self
+            .lock()
+            .audit
+            .iter()
+            .rev()
+            .filter(|entry| query.matches(entry))
+            .take(query.limit)
+            .cloned()
+            .collect())
+    }
+}
+
+impl State {
+    fn apply(&mut self, write: &Write) -> StoreResult<()> {
+        match write {
+            Write::RecordFire { policy_id, at } => {
+                self.windows.entry(*policy_id).or_default().last_fired_at = Some(*at);
+            }
+            Write::RecordSuppressed { policy_id, at } => {
+                let window = self.windows.entry(*policy_id).or_default();
+                window.last_suppressed_at = Some(*at);
+                window.suppressed_count += 1;
+            }
+            Write::ClearSuppression { policy_id } => {
+                if let Some(window) = self.windows.get_mut(policy_id) {
+                    window.last_fired_at = None;
+                }
+            }
+            Write::RecordKey { policy_id, key, at } => {
+                self.keys.insert(key.clone(), (*policy_id, *at));
+            }
+            Write::ClearKeys { keys } => {
+                for key in keys {
+                    self.keys.remove(key);
+                }
+            }
+            Write::PruneKeys { before } => self.keys.retain(|_, (_, at)| *at >= *before),
+            Write::UpsertDeadline(deadline) => {
+                let key = (deadline.policy_id, deadline.trigger_index, deadline.kind);
+                self.deadlines.insert(key, deadline.clone());
+            }
+            Write::RemoveDeadline {
+                policy_id,
+                trigger_index,
+                kind,
+            } => {
+                self.deadlines.remove(&(*policy_id, *trigger_index, *kind));
+            }
+            Write::SetTimerChecked {
+                policy_id,
+                trigger_index,
+                at,
+            } => {
+                self.timer_checks.insert((*policy_id, *trigger_index), *at);
+            }
+            Write::PersistIntent(intent) => {
+                let id = intent.id();
+                if self.intents.contains_key(&id) {
+                    return Err(StoreError::Conflict {
+                        what: format!(
+                            "intent {} action {} on {} already persisted",
+                            id.run_id, id.action_index, id.host
+                        ),
+                    });
+                }
+                let entry = IntentEntry {
+                    intent: intent.clone(),
+                    outcome: None,
+                };
+                self.intents.insert(id, entry);
+            }
+            Write::CompleteIntent { id, outcome } => {
+                let describe =
+                    || format!("{} action {} on {}", id.run_id, id.action_index, id.host);
+                let entry = self
+                    .intents
+                    .get_mut(id)
+                    .ok_or_else(|| StoreError::NotFound {
+                        what: format!("intent {}", describe()),
+                    })?;
+                if entry.outcome.is_some() {
+                    return Err(StoreError::Conflict {
+                        what: format!("intent {} already has an outcome", describe()),
+                    });
+                }
+                entry.outcome = Some(outcome.clone());
+            }
+            Write::PruneIntents { before } => self.intents.retain(|_, entry| {
+                entry
+                    .outcome
+                    .as_ref()
+                    .is_none_or(|outcome| outcome.finished_at >= *before)
+            }),
+            Write::AppendRun(run) => {
+                let duplicate = self
+                    .runs
+                    .values()
+                    .flatten()
+                    .any(|(_, kept)| kept.run_id == run.run_id);
+                if duplicate {
+                    return Err(StoreError::Conflict {
+                        what: format!("run {} already in the ledger", run.run_id),
+                    });
+                }
+                self.next_run_seq += 1;
+                let runs = self.runs.entry(run.policy_id).or_default();
+                runs.push((self.next_run_seq, run.clone()));
+                runs.sort_by(|(seq_a, a), (seq_b, b)| {
+                    (b.started_at, seq_b).cmp(&(a.started_at, seq_a))
+                });
+                runs.truncate(LEDGER_RUNS_PER_POLICY);
+            }
+            Write::SetKillSwitch(state) => self.kill_switch = state.clone(),
+            Write::AppendAudit(record) => {
+                let seq = self.audit.last().map_or(1, |last| last.seq + 1);
+                self.audit.push(AuditEntry {
+                    seq,
+                    record: record.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1082 @@
+//! The embedded SQLite store: one database file in the data directory, WAL
+//! journal, versioned migrations, one transaction per [`Write`] batch.
+//!
+//! Timestamps are stored as RFC 3339 text with nine fraction digits and `Z`,
+//! which sorts as text in time order and round-trips exactly. Records with a
+//! nested shape (intents, runs) are stored as JSON next to the columns that
+//! are indexed or filtered on.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{
+    params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{
+    AuditEntry, AuditQuery, AuditRecord, DeadlineKind, DeadlineRecord, EngineStore, IntentEntry,
+    IntentId, IntentOutcome, IntentRecord, KillSwitchState, RunRecord, StoreError, StoreResult,
+    TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
+};
+
+/// How the store opens its database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteConfig {
+    /// How long a statement waits for a lock held by another connection
+    /// before failing with a retryable error.
+    pub busy_timeout: Duration,
+    /// The durability of a commit.
+    pub synchronous: Synchronous,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
+            busy_timeout: default_busy_timeout(),
+            synchronous: Synchronous::Full,
+        }
+    }
+}
+
+fn default_busy_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// SQLite's `synchronous` setting.
+///
+/// The default is `Full`: with WAL, `Normal` keeps the database consistent
+/// but may lose the last commits on a power loss, and power loss is the
+/// event Hazel exists for. An intent written just before the agent powers
+/// off a host (or its own) must survive, or the restart would not know the
+/// action ran. `Full` costs one `fsync` of the WAL per commit; persistence is
+/// off the event hot path, so that is cheap. `Normal` is for tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+/// The embedded SQLite implementation of [`EngineStore`].
+///
+/// One connection behind a mutex: writes are serialized anyway, and the
+/// engine reaches the store from `spawn_blocking`. Other processes (a CLI
+/// reading the ledger) may open the same file; WAL lets them read while the
+/// agent writes.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+/// One schema migration. Append new ones at the end, never edit applied ones:
+/// the service's tables (policies, hosts, inventory snapshots, transcripts)
+/// arrive as version 2 and up, each applied in its own transaction.
+struct Migration {
+    version: u32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "engine state",
+    sql: r#"
+CREATE TABLE policy_window (
+    policy_id TEXT PRIMARY KEY,
+    last_fired_at TEXT,
+    last_suppressed_at TEXT,
+    suppressed_count INTEGER NOT NULL DEFAULT 0 CHECK (suppressed_count >= 0)
+) STRICT;
+
+CREATE TABLE idempotency_keys (
+    key TEXT PRIMARY KEY,
+    policy_id TEXT NOT NULL,
+    ran_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX idempotency_keys_ran_at ON idempotency_keys (ran_at);
+
+CREATE TABLE deadlines (
+    policy_id TEXT NOT NULL,
+    trigger_index INTEGER NOT NULL CHECK (trigger_index >= 0),
+    kind TEXT NOT NULL CHECK (kind IN ('for', 'after')),
+    due_at TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (policy_id, trigger_index, kind)
+) STRICT;
+
+CREATE TABLE timer_checks (
+    policy_id TEXT NOT NULL,
+    trigger_index INTEGER NOT NULL CHECK (trigger_index >= 0),
+    checked_at TEXT NOT NULL,
+    PRIMARY KEY (policy_id, trigger_index)
+) STRICT;
+
+CREATE TABLE intents (
+    run_id TEXT NOT NULL,
+    action_index INTEGER NOT NULL CHECK (action_index >= 0),
+    host TEXT NOT NULL,
+    policy_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    intent TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT,
+    PRIMARY KEY (run_id, action_index, host)
+) STRICT;
+CREATE INDEX intents_open ON intents (created_at) WHERE outcome IS NULL;
+
+CREATE TABLE runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL UNIQUE,
+    policy_id TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    successful INTEGER NOT NULL CHECK (successful IN (0, 1)),
+    correlation_id TEXT NOT NULL,
+    run TEXT NOT NULL
+) STRICT;
+CREATE INDEX runs_policy_newest ON runs (policy_id, started_at DESC, seq DESC);
+
+CREATE TABLE kill_switch (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    paused INTEGER NOT NULL CHECK (paused IN (0, 1)),
+    since TEXT,
+    by_whom TEXT,
+    reason TEXT
+) STRICT;
+
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    policy_id TEXT,
+    details TEXT NOT NULL
+) STRICT;
+CREATE INDEX audit_policy ON audit (policy_id, seq);
+CREATE INDEX audit_correlation ON audit (correlation_id, seq);
+"#,
+}];
+
+impl SqliteStore {
+    /// The database file's name inside the agent's data directory.
+    pub const DEFAULT_FILE_NAME: &'static str = "hazel.db";
+
+    /// Opens (creating if needed) the store at `path` with the default
+    /// [`SqliteConfig`], and brings its schema up to date.
+    pub fn open(path: impl AsRef<Path>) -> StoreResult<SqliteStore> {
+        SqliteStore::open_with(path, &SqliteConfig::default())
+    }
+
+    /// Opens the store at `path` with `config`.
+    pub fn open_with(path: impl AsRef<Path>, config: &SqliteConfig) -> StoreResult<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut conn = Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        configure(&conn, config)?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The highest applied migration.
+    pub fn schema_version(&self) -> StoreResult<u32> {
+        applied_version(&self.lock()).map_err(sql("schema_version"))
+    }
+
+    /// The journal mode in effect (`wal`).
+    pub fn journal_mode(&self) -> StoreResult<String> {
+        self.lock()
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .map_err(sql("journal_mode"))
+    }
+
+    /// Runs `f` in one `IMMEDIATE` transaction, committed when `f` returns
+    /// `Ok` and rolled back otherwise. This is the extension point for the
+    /// service's stores (policies, hosts, transcripts) on the same file: their
+    /// writes, and engine [`Write`]s applied with [`apply_writes`], can share
+    /// one transaction.
+    pub(crate) fn with_transaction<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("begin"))?;
+        let value = f(&tx)?;
+        tx.commit().map_err(sql("commit"))?;
+        Ok(value)
+    }
+
+    // A poisoned lock is safe to reuse: a panic mid-transaction drops the
+    // `Transaction`, which rolls back.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn configure(conn: &Connection, config: &SqliteConfig) -> StoreResult<()> {
+    conn.busy_timeout(config.busy_timeout)
+        .map_err(|source| StoreError::Configure {
+            setting: "busy_timeout",
+            source,
+        })?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(|source| StoreError::Configure {
+            setting: "journal_mode",
+            source,
+        })?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::NoWal { mode });
+    }
+    let synchronous = match config.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(|source| StoreError::Configure {
+            setting: "synchronous",
+            source,
+        })?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(|source| StoreError::Configure {
+            setting: "foreign_keys",
+            source,
+        })?;
+    Ok(())
+}
+
+fn applied_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |row| row.get(0),
+    )
+}
+
+/// Applies every pending migration, each in its own transaction together
+/// with its row in `schema_migrations`.
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            applied_at TEXT NOT NULL
+        ) STRICT;",
+    )
+    .map_err(|source| StoreError::Migrate {
+        version: 0,
+        name: "schema_migrations",
+        source,
+    })?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    for migration in MIGRATIONS {
+        let fail = |source| StoreError::Migrate {
+            version: migration.version,
+            name: migration.name,
+            source,
+        };
+        // IMMEDIATE: two agents starting on one file do not both migrate.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        let found = applied_version(&tx).map_err(fail)?;
+        if found > known {
+            return Err(StoreError::SchemaTooNew { found, known });
+        }
+        if found >= migration.version {
+            continue;
+        }
+        tx.execute_batch(migration.sql).map_err(fail)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            params![migration.version, migration.name, ts(&Utc::now())],
+        )
+        .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+    }
+    Ok(())
+}
+
+impl EngineStore for SqliteStore {
+    fn write(&self, batch: &[Write]) -> StoreResult<()> {
+        self.with_transaction(|tx| apply_writes(tx, batch))
+    }
+
+    fn window_state(&self, policy_id: Uuid) -> StoreResult<WindowState> {
+        let row = self
+            .lock()
+            .query_row(
+                "SELECT last_fired_at, last_suppressed_at, suppressed_count
+                 FROM policy_window WHERE policy_id = ?1",
+                params![policy_id.to_string()],
+                |row| {
+                    Ok((
+                        row.get::<_, Option<String>>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(sql("window_state"))?;
+        let Some((fired, suppressed, count)) = row else {
+            return Ok(WindowState::default());
+        };
+        Ok(WindowState {
+            last_fired_at: fired.as_deref().map(parse_ts).transpose()?,
+            last_suppressed_at: suppressed.as_deref().map(parse_ts).transpose()?,
+            suppressed_count: u64::try_from(count).map_err(|_| StoreError::Corrupt {
+                what: "suppressed_count",
+                value: count.to_string(),
+            })?,
+        })
+    }
+
+    fn key_ran_at(&self, key: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        let ran_at: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT ran_at FROM idempotency_keys WHERE key = ?1",
+                params![key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sql("key_ran_at"))?;
+        ran_at.as_deref().map(parse_ts).transpose()
+    }
+
+    fn deadlines(&self) -> StoreResult<Vec<DeadlineRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT policy_id, trigger_index, kind, due_at, state FROM deadlines
+                 ORDER BY due_at, policy_id, trigger_index, kind",
+            )
+            .map_err(sql("deadlines"))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, u32>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                ))
+            })
+            .map_err(sql("deadlines"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (policy_id, trigger_index, kind, due_at, state) = row.map_err(sql("deadlines"))?;
+            out.push(DeadlineRecord {
+                policy_id: parse_uuid(&policy_id)?,
+                trigger_index,
+                kind: DeadlineKind::parse(&kind).ok_or(StoreError::Corrupt {
+                    what: "deadlines.kind",
+                    value: kind,
+                })?,
+                due_at: parse_ts(&due_at)?,
+                state: from_json("deadline state", &state)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn timer_checks(&self) -> StoreResult<Vec<TimerCheckRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT policy_id, trigger_index, checked_at FROM timer_checks
+                 ORDER BY policy_id, trigger_index",
+            )
+            .map_err(sql("timer_checks"))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, u32>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(sql("timer_checks"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (policy_id, trigger_index, checked_at) = row.map_err(sql("timer_checks"))?;
+            out.push(TimerCheckRecord {
+                policy_id: parse_uuid(&policy_id)?,
+                trigger_index,
+                checked_at: parse_ts(&checked_at)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn open_intents(&self) -> StoreResult<Vec<IntentRecord>> {
+        let docs = json_column(
+            &self.lock(),
+            "open_intents",
+            "SELECT intent FROM intents WHERE outcome IS NULL
+             ORDER BY created_at, run_id, action_index, host",
+            [],
+        )?;
+        docs.iter().map(|doc| from_json("intent", doc)).collect()
+    }
+
+    fn intent(&self, id: &IntentId) -> StoreResult<Option<IntentEntry>> {
+        let row = self
+            .lock()
+            .query_row(
+                "SELECT intent, outcome FROM intents
+                 WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
+                params![id.run_id.to_string(), id.action_index, id.host],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)),
+            )
+            .optional()
+            .map_err(sql("intent"))?;
+        let Some((intent, outcome)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(IntentEntry {
+            intent: from_json("intent", &intent)?,
+            outcome: outcome
+                .as_deref()
+                .map(|doc| from_json("intent outcome", doc))
+                .transpose()?,
+        }))
+    }
+
+    fn runs(&self, policy_id: Uuid, limit: usize) -> StoreResult<Vec<RunRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let docs = json_column(
+            &self.lock(),
+            "runs",
+            "SELECT run FROM runs WHERE policy_id = ?1
+             ORDER BY started_at DESC, seq DESC LIMIT ?2",
+            params![policy_id.to_string(), limit],
+        )?;
+        docs.iter().map(|doc| from_json("run", doc)).collect()
+    }
+
+    fn latest_successful_run(&self, policy_id: Uuid) -> StoreResult<Option<RunRecord>> {
+        let doc: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT run FROM runs WHERE policy_id = ?1 AND successful = 1
+                 ORDER BY started_at DESC, seq DESC LIMIT 1",
+                params![policy_id.to_string()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sql("latest_successful_run"))?;
+        doc.as_deref().map(|doc| from_json("run", doc)).transpose()
+    }
+
+    fn kill_switch(&self) -> StoreResult<KillSwitchState> {
+        let row = self
+            .lock()
+            .query_row(
+                "SELECT paused, since, by_whom, reason FROM kill_switch WHERE id = 1",
+                [],
+                |row| {
+                    Ok((
+                        row.get::<_, bool>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(sql("kill_switch"))?;
+        let Some((paused, since, by, reason)) = row else {
+            return Ok(KillSwitchState::default());
+        };
+        Ok(KillSwitchState {
+            paused,
+            since: since.as_deref().map(parse_ts).transpose()?,
+            by,
+            reason,
+        })
+    }
+
+    fn audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT seq, ts, correlation_id, kind, policy_id, details FROM audit
+                 WHERE (?1 IS NULL OR policy_id = ?1)
+                   AND (?2 IS NULL OR correlation_id = ?2)
+                   AND (?3 IS NULL OR kind = ?3)
+                   AND (?4 IS NULL OR seq < ?4)
+                 ORDER BY seq DESC LIMIT ?5",
+            )
+            .map_err(sql("audit"))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    query.policy_id.map(|p| p.to_string()),
+                    query.correlation_id.map(|c| c.to_string()),
+                    query.kind,
+                    query.before_seq,
+                    i64::try_from(query.limit).unwrap_or(i64::MAX),
+                ],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                        row.get::<_, String>(5)?,
+                    ))
+                },
+            )
+            .map_err(sql("audit"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, ts, correlation_id, kind, policy_id, details) = row.map_err(sql("audit"))?;
+            out.push(AuditEntry {
+                seq,
+                record: AuditRecord {
+                    ts: parse_ts(&ts)?,
+                    correlation_id: parse_uuid(&correlation_id)?,
+                    kind,
+                    policy_id: policy_id.as_deref().map(parse_uuid).transpose()?,
+                    details: from_json("audit details", &details)?,
+                },
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Applies engine writes inside a caller's transaction (see
+/// [`SqliteStore::with_transaction`]).
+pub(crate) fn apply_writes(tx: &Transaction<'_>, batch: &[Write]) -> StoreResult<()> {
+    batch.iter().try_for_each(|write| apply(tx, write))
+}
+
+/// Applies one write inside the batch's transaction.
+fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<()> {
+    match write {
+        Write::RecordFire { policy_id, at } => {
+            tx.execute(
+                "INSERT INTO policy_window (policy_id, last_fired_at) VALUES (?1, ?2)
+                 ON CONFLICT (policy_id) DO UPDATE SET last_fired_at = excluded.last_fired_at",
+                params![policy_id.to_string(), ts(at)],
+            )
+            .map_err(sql("record_fire"))?;
+        }
+        Write::RecordSuppressed { policy_id, at } => {
+            tx.execute(
+                "INSERT INTO policy_window (policy_id, last_suppressed_at, suppressed_count)
+                 VALUES (?1, ?2, 1)
+                 ON CONFLICT (policy_id) DO UPDATE SET
+                     last_suppressed_at = excluded.last_suppressed_at,
+                     suppressed_count = suppressed_count + 1",
+                params![policy_id.to_string(), ts(at)],
+            )
+            .map_err(sql("record_suppressed"))?;
+        }
+        Write::ClearSuppression { policy_id } => {
+            tx.execute(
+                "UPDATE policy_window SET last_fired_at = NULL WHERE policy_id = ?1",
+                params![policy_id.to_string()],
+            )
+            .map_err(sql("clear_suppression"))?;
+        }
+        Write::RecordKey { policy_id, key, at } => {
+            tx.execute(
+                "INSERT INTO idempotency_keys (key, policy_id, ran_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET
+                     policy_id = excluded.policy_id, ran_at = excluded.ran_at",
+                params![key, policy_id.to_string(), ts(at)],
+            )
+            .map_err(sql("record_key"))?;
+        }
+        Write::ClearKeys { keys } => {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM idempotency_keys WHERE key = ?1")
+                .map_err(sql("clear_keys"))?;
+            for key in keys {
+                stmt.execute(params![key]).map_err(sql("clear_keys"))?;
+            }
+        }
+        Write::PruneKeys { before } => {
+            tx.execute(
+                "DELETE FROM idempotency_keys WHERE ran_at < ?1",
+                params![ts(before)],
+            )
+            .map_err(sql("prune_keys"))?;
+        }
+        Write::UpsertDeadline(deadline) => {
+            tx.execute(
+                "INSERT INTO deadlines (policy_id, trigger_index, kind, due_at, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (policy_id, trigger_index, kind) DO UPDATE SET
+                     due_at = excluded.due_at, state = excluded.state",
+                params![
+                    deadline.policy_id.to_string(),
+                    deadline.trigger_index,
+                    deadline.kind.as_str(),
+                    ts(&deadline.due_at),
+                    to_json("deadline state", &deadline.state)?,
+                ],
+            )
+            .map_err(sql("upsert_deadline"))?;
+        }
+        Write::RemoveDeadline {
+            policy_id,
+            trigger_index,
+            kind,
+        } => {
+            tx.execute(
+                "DELETE FROM deadlines WHERE policy_id = ?1 AND trigger_index = ?2 AND kind = ?3",
+                params![policy_id.to_string(), trigger_index, kind.as_str()],
+            )
+            .map_err(sql("remove_deadline"))?;
+        }
+        Write::SetTimerChecked {
+            policy_id,
+            trigger_index,
+            at,
+        } => {
+            tx.execute(
+                "INSERT INTO timer_checks (policy_id, trigger_index, checked_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (policy_id, trigger_index) DO UPDATE SET
+                     checked_at = excluded.checked_at",
+                params![policy_id.to_string(), trigger_index, ts(at)],
+            )
+            .map_err(sql("set_timer_checked"))?;
+        }
+        Write::PersistIntent(intent) => {
+            tx.execute(
+                "INSERT INTO intents (run_id, action_index, host, policy_id, created_at, intent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    intent.run_id.to_string(),
+                    intent.action_index,
+                    intent.host,
+                    intent.policy_id.to_string(),
+                    ts(&intent.created_at),
+                    to_json("intent", intent)?,
+                ],
+            )
+            .map_err(|source| {
+                conflict_or(source, "persist_intent", || {
+                    format!("intent {} already persisted", describe(&intent.id()))
+                })
+            })?;
+        }
+        Write::CompleteIntent { id, outcome } => complete_intent(tx, id, outcome)?,
+        Write::PruneIntents { before } => {
+            tx.execute(
+                "DELETE FROM intents WHERE outcome IS NOT NULL AND finished_at < ?1",
+                params![ts(before)],
+            )
+            .map_err(sql("prune_intents"))?;
+        }
+        Write::AppendRun(run) => append_run(tx, run)?,
+        Write::SetKillSwitch(state) => {
+            tx.execute(
+                "INSERT INTO kill_switch (id, paused, since, by_whom, reason)
+                 VALUES (1, ?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET paused = excluded.paused,
+                     since = excluded.since, by_whom = excluded.by_whom,
+                     reason = excluded.reason",
+                params![
+                    state.paused,
+                    state.since.as_ref().map(ts),
+                    state.by,
+                    state.reason
+                ],
+            )
+            .map_err(sql("set_kill_switch"))?;
+        }
+        Write::AppendAudit(record) => {
+            tx.execute(
+                "INSERT INTO audit (ts, correlation_id, kind, policy_id, details)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    ts(&record.ts),
+                    record.correlation_id.to_string(),
+                    record.kind,
+                    record.policy_id.map(|p| p.to_string()),
+                    to_json("audit details", &record.details)?,
+                ],
+            )
+            .map_err(sql("append_audit"))?;
+        }
+    }
+    Ok(())
+}
+
+fn complete_intent(
+    tx: &Transaction<'_>,
+    id: &IntentId,
+    outcome: &IntentOutcome,
+) -> StoreResult<()> {
+    let existing: Option<Option<String>> = tx
+        .query_row(
+            "SELECT outcome FROM intents WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
+            params![id.run_id.to_string(), id.action_index, id.host],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(sql("complete_intent"))?;
+    match existing {
+        None => Err(StoreError::NotFound {
+            what: format!("intent {}", describe(id)),
+        }),
+        Some(Some(_)) => Err(StoreError::Conflict {
+            what: format!("intent {} already has an outcome", describe(id)),
+        }),
+        Some(None) => {
+            tx.execute(
+                "UPDATE intents SET finished_at = ?4, outcome = ?5
+                 WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
+                params![
+                    id.run_id.to_string(),
+                    id.action_index,
+                    id.host,
+                    ts(&outcome.finished_at),
+                    to_json("intent outcome", outcome)?,
+                ],
+            )
+            .map_err(sql("complete_intent"))?;
+            Ok(())
+        }
+    }
+}
+
+fn append_run(tx: &Transaction<'_>, run: &RunRecord) -> StoreResult<()> {
+    let policy_id = run.policy_id.to_string();
+    tx.execute(
+        "INSERT INTO runs (run_id, policy_id, started_at, finished_at, status, successful,
+                           correlation_id, run)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            run.run_id.to_string(),
+            policy_id,
+            ts(&run.started_at),
+            ts(&run.finished_at),
+            run.status.as_str(),
+            run.status.is_successful(),
+            run.event.correlation_id.to_string(),
+            to_json("run", run)?,
+        ],
+    )
+    .map_err(|source| {
+        conflict_or(source, "append_run", || {
+            format!("run {} already in the ledger", run.run_id)
+        })
+    })?;
+    tx.execute(
+        "DELETE FROM runs WHERE policy_id = ?1 AND seq NOT IN (
+             SELECT seq FROM runs WHERE policy_id = ?1
+             ORDER BY started_at DESC, seq DESC LIMIT ?2)",
+        params![policy_id, LEDGER_RUNS_PER_POLICY as i64],
+    )
+    .map_err(sql("append_run prune"))?;
+    Ok(())
+}
+
+fn json_column<P: rusqlite::Params>(
+    conn: &Connection,
+    op: &'static str,
+    query: &str,
+    params: P,
+) -> StoreResult<Vec<String>> {
+    let mut stmt = conn.prepare(query).map_err(sql(op))?;
+    let rows = stmt.query_map(params, |row| row.get(0)).map_err(sql(op))?;
+    rows.collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(sql(op))
+}
+
+fn sql(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sqlite { op, source }
+}
+
+fn conflict_or(
+    source: rusqlite::Error,
+    op: &'static str,
+    what: impl FnOnce() -> String,
+) -> StoreError {
+    if source.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
+        StoreError::Conflict { what: what() }
+    } else {
+        StoreError::Sqlite { op, source }
+    }
+}
+
+fn describe(id: &IntentId) -> String {
+    format!("{} action {} on {}", id.run_id, id.action_index, id.host)
+}
+
+/// Fixed-width RFC 3339 (nanoseconds, `Z`): text order is time order.
+fn ts(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+fn parse_ts(text: &str) -> StoreResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| StoreError::Corrupt {
+            what: "timestamp",
+            value: text.to_owned(),
+        })
+}
+
+fn parse_uuid(text: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(text).map_err(|_| StoreError::Corrupt {
+        what: "uuid",
+        value: text.to_owned(),
+    })
+}
+
+fn to_json<T: Serialize + ?Sized>(what: &'static str, value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|source| StoreError::Json { what, source })
+}
+
+fn from_json<T: DeserializeOwned>(what: &'static str, text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|source| StoreError::Json { what, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::store::conformance::{intent, run};
+
+    fn temp_store() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("data").join("hazel.db");
+        (dir, path)
+    }
+
+    #[test]
+    fn wal_mode_is_on_with_full_sync_and_foreign_keys() {
+        let (_dir, path) = temp_store();
+        let store = SqliteStore::open(&path).expect("open");
+        assert_eq!(store.journal_mode().expect("journal mode"), "wal");
+        let conn = store.lock();
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .expect("sync");
+        assert_eq!(sync, 2, "synchronous=FULL");
+        let fk: i64 = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .expect("fk");
+        assert_eq!(fk, 1);
+    }
+
+    #[test]
+    fn migrations_are_recorded_once_and_reopening_applies_none_again() {
+        let (_dir, path) = temp_store();
+        let known = MIGRATIONS.last().map(|m| m.version).expect("migrations");
+        let store = SqliteStore::open(&path).expect("open");
+        assert_eq!(store.schema_version().expect("version"), known);
+        drop(store);
+        let store = SqliteStore::open(&path).expect("reopen");
+        let rows: i64 = store
+            .lock()
+            .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn a_schema_newer_than_the_agent_is_refused() {
+        let (_dir, path) = temp_store();
+        let store = SqliteStore::open(&path).expect("open");
+        store
+            .lock()
+            .execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 'x')",
+                [],
+            )
+            .expect("insert");
+        drop(store);
+        let err = SqliteStore::open(&path).expect_err("newer schema");
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found: 999, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn reopening_the_file_keeps_everything() {
+        let (_dir, path) = temp_store();
+        let policy = Uuid::from_u128(7);
+        let at = crate::engine::store::conformance::t(100);
+        let open_intent = intent(1, 0, "pve1");
+        let done_intent = intent(2, 0, "pve1");
+        let ledger = run(policy, 3, 50, super::super::RunStatus::Ok);
+        {
+            let store = SqliteStore::open(&path).expect("open");
+            store.record_fire(policy, at).expect("fire");
+            store.record_suppressed(policy, at).expect("suppressed");
+            store
+                .record_key(policy, "vm.stop:pve1/101", at)
+                .expect("key");
+            store
+                .upsert_deadline(&DeadlineRecord {
+                    policy_id: policy,
+                    trigger_index: 1,
+                    kind: DeadlineKind::For,
+                    due_at: at,
+                    state: serde_json::json!({"since": "x"}),
+                })
+                .expect("deadline");
+            store.set_timer_checked(policy, 0, at).expect("timer");
+            store.persist_intent(&open_intent).expect("intent");
+            store.persist_intent(&done_intent).expect("intent");
+            store
+                .complete_intent(
+                    &done_intent.id(),
+                    &crate::engine::store::conformance::outcome(true),
+                )
+                .expect("complete");
+            store.append_run(&ledger).expect("run");
+            store
+                .set_kill_switch(&KillSwitchState {
+                    paused: true,
+                    since: Some(at),
+                    by: Some("admin".into()),
+                    reason: Some("maintenance".into()),
+                })
+                .expect("kill");
+            store
+                .append_audit(&AuditRecord {
+                    ts: at,
+                    correlation_id: Uuid::from_u128(9),
+                    kind: "engine.run".into(),
+                    policy_id: Some(policy),
+                    details: serde_json::json!({"n": 1}),
+                })
+                .expect("audit");
+        }
+        let store = SqliteStore::open(&path).expect("reopen");
+        let window = store.window_state(policy).expect("window");
+        assert_eq!(window.last_fired_at, Some(at));
+        assert_eq!(window.suppressed_count, 1);
+        assert_eq!(store.key_ran_at("vm.stop:pve1/101").expect("key"), Some(at));
+        assert_eq!(store.deadlines().expect("deadlines").len(), 1);
+        assert_eq!(store.timer_checks().expect("timers")[0].checked_at, at);
+        assert_eq!(store.open_intents().expect("open"), vec![open_intent]);
+        assert_eq!(store.runs(policy, 30).expect("runs"), vec![ledger.clone()]);
+        assert_eq!(
+            store.latest_successful_run(policy).expect("latest"),
+            Some(ledger)
+        );
+        assert!(store.kill_switch().expect("kill").paused);
+        assert_eq!(store.audit(&AuditQuery::default()).expect("audit").len(), 1);
+    }
+
+    #[test]
+    fn intents_without_outcome_are_listed_after_reopen() {
+        let (_dir, path) = temp_store();
+        let first = intent(1, 0, "pve1");
+        let second = intent(1, 1, "pve2");
+        {
+            let store = SqliteStore::open(&path).expect("open");
+            store.persist_intent(&first).expect("intent");
+            store.persist_intent(&second).expect("intent");
+            store
+                .complete_intent(
+                    &first.id(),
+                    &crate::engine::store::conformance::outcome(true),
+                )
+                .expect("complete");
+            // Dropped without completing `second`: the agent "crashed".
+        }
+        let store = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(store.open_intents().expect("open"), vec![second]);
+    }
+
+    #[test]
+    fn a_constraint_error_mid_batch_rolls_back_on_disk_too() {
+        let (_dir, path) = temp_store();
+        let policy = Uuid::from_u128(7);
+        let dup = intent(1, 0, "pve1");
+        {
+            let store = SqliteStore::open(&path).expect("open");
+            store.persist_intent(&dup).expect("intent");
+            let err = store
+                .write(&[
+                    Write::RecordFire {
+                        policy_id: policy,
+                        at: crate::engine::store::conformance::t(1),
+                    },
+                    Write::AppendRun(run(policy, 1, 1, super::super::RunStatus::Ok)),
+                    Write::PersistIntent(dup.clone()),
+                ])
+                .expect_err("duplicate intent");
+            assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+        }
+        let store = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(
+            store.window_state(policy).expect("window"),
+            WindowState::default()
+        );
+        assert!(store.runs(policy, 30).expect("runs").is_empty());
+    }
+
+    #[test]
+    fn a_busy_database_error_is_retryable_and_a_conflict_is_not() {
+        let busy = StoreError::Sqlite {
+            op: "write",
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                None,
+            ),
+        };
+        assert!(busy.is_retryable());
+        assert!(!StoreError::Conflict { what: "x".into() }.is_retryable());
+    }
+
+    #[test]
+    fn a_second_connection_waiting_on_a_write_lock_gets_a_retryable_error() {
+        let (_dir, path) = temp_store();
+        let store = SqliteStore::open_with(
+            &path,
+            &SqliteConfig {
+                busy_timeout: Duration::from_millis(10),
+                synchronous: Synchronous::Normal,
+            },
+        )
+        .expect("open");
+        let other = Connection::open(&path).expect("other connection");
+        other
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("hold write lock");
+        let err = store
+            .record_fire(Uuid::from_u128(1), crate::engine::store::conformance::t(1))
+            .expect_err("locked");
+        assert!(err.is_retryable(), "{err:?}");
+        other.execute_batch("ROLLBACK").expect("release");
+    }
+}
