@@ -21,10 +21,28 @@ use inventory::selector::SelectorMode;
 
 /// The hex sha256 of the canonical form of `spec` with the compiled `plan`.
 pub fn policy_hash(spec: &PolicySpec, plan: &[PlanStep]) -> String {
-    // One buffer hashed at once: many tiny `update` calls cost more than the copy.
-    let mut canonical = Vec::with_capacity(1024);
-    write_canonical_spec(&mut canonical, spec, plan);
-    let digest = Sha256::digest(&canonical);
+    // One buffer hashed at once (many tiny `update` calls cost more than the
+    // copy), reused per thread: a fresh kilobyte-sized buffer per policy
+    // sends glibc down its large-allocation path every time.
+    thread_local! {
+        static CANONICAL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(4096));
+    }
+    let digest = CANONICAL.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut canonical) => {
+            canonical.clear();
+            write_canonical_spec(&mut canonical, spec, plan);
+            let digest = Sha256::digest(canonical.as_slice());
+            if canonical.capacity() > 1 << 16 {
+                *canonical = Vec::with_capacity(4096);
+            }
+            digest
+        }
+        Err(_) => {
+            let mut canonical = Vec::new();
+            write_canonical_spec(&mut canonical, spec, plan);
+            Sha256::digest(&canonical)
+        }
+    });
     let mut hex = String::with_capacity(64);
     for byte in digest {
         hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));

@@ -30,7 +30,8 @@ pub fn parse<'a>(text: &'a str, arena: &'a Bump) -> Result<Node<'a>, JsonError> 
         pos: 0,
         depth: 0,
         arena,
-        entries: Vec::with_capacity(32),
+        // Under 1 KiB each, so glibc serves them from its small bins.
+        entries: Vec::with_capacity(24),
         items: Vec::with_capacity(16),
     };
     p.skip_ws();
