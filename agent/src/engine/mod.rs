@@ -8,13 +8,16 @@
 //!   (edges, `for` debounce, `ALL`, timers), as pure state machines;
 //! - [`scheduler`]: per-host single-flight FIFO queues under a global cap;
 //! - [`store`]: persistence of window state, deadlines, intents and the
-//!   ledger behind a trait, with an embedded SQLite implementation.
-//!
-//! The per-policy run (SPEC §6 steps 4–10) that ties them together comes next.
+//!   ledger behind a trait, with an embedded SQLite implementation;
+//! - [`runner`]: the [`runner::Engine`], which runs SPEC §6 for one event
+//!   (shortlist, order, triggers and conditions, suppression, re-resolution,
+//!   idempotency, preflight guards, intent, enqueue, ledger, stop_on_match)
+//!   and the event dry-run. Its module docs list what is not wired yet.
 
 pub mod bus;
 pub mod conditions;
 pub mod event;
+pub mod runner;
 pub mod scheduler;
 pub mod store;
 pub mod triggers;

@@ -1,0 +1,1339 @@
+//! The per-policy run (SPEC §6, issue 4 items 5, 7, 9 and 11): one event in,
+//! every shortlisted policy taken through steps 1–10 in the binding order,
+//! actions enqueued on the per-host scheduler, outcomes in the ledger.
+//!
+//! [`Engine::handle_event`] decides policy by policy (so a later policy sees
+//! the idempotency keys an earlier one recorded for the same event) and
+//! enqueues every scheduled action without waiting for it, so a slow host
+//! never holds up the next event; [`Engine::next_run`] (or
+//! [`Engine::settle`]) takes the scheduler's reports and writes one ledger
+//! entry per run once its last item is reported. Idempotency keys are recorded when the intent is
+//! persisted (a queued action counts as run) and forgotten again for targets
+//! whose execution failed, so a failure is retried by the next event.
+//! [`Engine::dry_run_event`] takes the same decision on a copy of the trigger
+//! state, asks the drivers for dry-runs instead of executing, and persists
+//! nothing: it returns a [`Transcript`].
+//!
+//! The engine never names a concrete driver: it is handed `Arc<dyn Driver>`
+//! per host (already guarded by the breaker by the registry) and reads the
+//! inventory through [`Snapshots`].
+//!
+//! # Not yet here
+//!
+//! - Held-item rechecks on kill-switch release ([`Hooks::recheck`]) are the
+//!   scheduler's default (keep); the engine does not yet supply step 7 there.
+//! - Store calls are synchronous on the calling task (fine for
+//!   [`super::store::MemoryStore`]; SQLite wants `spawn_blocking`).
+//! - Countdowns come back in [`EventReport::timers`] for the caller to arm;
+//!   they and the trigger state are not persisted here, and a stale snapshot
+//!   is not refreshed before the guards run.
+//! - A self-poweroff item runs last, but this run's ledger entry is written
+//!   after it, not in [`Hooks::before_self_poweroff`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use drivers::breaker::Breakers;
+use drivers::driver::{action_key, Action, Driver, DriverError, DryRunAnswer, ExecOutcome};
+use drivers::manifest::{shipped, Capability};
+use inventory::selector::{parse_selector, SelectorMode};
+use inventory::{HostInventory, Inventory, Severity};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tracing::{info, warn, Instrument};
+use uuid::Uuid;
+
+use super::conditions::{self, Facts, FactsSnapshot, Lookup, PolicyContext};
+use super::event::Event;
+use super::scheduler::{
+    self, BoxFuture, Hooks, Outcome, QueueItem, Report, SchedulerConfig, SchedulerError,
+    SchedulerHandle, Work,
+};
+use super::store::{
+    AuditRecord, EngineStore, IntentOutcome, IntentRecord, ResultRecord, RunEvent, RunRecord,
+    RunStatus, StoreError, SubjectRecord, Write,
+};
+use super::triggers::{Interest, TimerRequest, TriggerIndex, TriggerState};
+use crate::compile::Ir;
+
+/// `info`: the policy fired within its suppression window.
+pub const SUPPRESSED_WINDOW: &str = "engine.suppressed_window";
+/// `info`: the action × target key ran within the idempotency window.
+pub const SUPPRESSED_IDEMPOTENT: &str = "engine.suppressed_idempotent";
+/// `info`: the target is already in the state the action leads to.
+pub const ALREADY_DESIRED: &str = "engine.already_desired";
+/// `error`: the host is unreachable or its breaker is open.
+pub const HOST_UNREACHABLE: &str = "engine.host_unreachable";
+/// `error`: the host's driver does not offer the action's capability or verb.
+pub const CAPABILITY_MISSING: &str = "engine.capability_missing";
+/// `warn`: the selector resolved to nothing.
+pub const SELECTOR_EMPTY: &str = "selector.empty";
+/// `error`: the selector could not be resolved (no snapshot, bad ledger id).
+pub const SELECTOR_UNRESOLVED: &str = "selector.unresolved";
+/// `info`: the triggers did not fire or a condition failed.
+pub const NOT_MATCHED: &str = "engine.not_matched";
+/// `error`: the scheduler or the driver failed the queued item as a whole.
+pub const EXECUTION_FAILED: &str = "engine.execution_failed";
+
+/// A policy the engine runs: its stored id and compiled IR.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub id: Uuid,
+    pub ir: Ir,
+}
+
+/// Where the engine reads the current inventory of a host (SPEC §6 steps 5
+/// and 7). The inventory service or a test double implements it.
+pub trait Snapshots: Send + Sync {
+    /// The current snapshot of `host_id`, if the host is known.
+    fn host(&self, host_id: &str) -> Option<HostInventory>;
+}
+
+impl Snapshots for RwLock<Inventory> {
+    fn host(&self, host_id: &str) -> Option<HostInventory> {
+        self.read()
+            .unwrap_or_else(|e| e.into_inner())
+            .host(host_id)
+            .cloned()
+    }
+}
+
+/// The engine's clock; tests run it on tokio's paused clock.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// A clock that starts at the wall time of its creation and advances with
+/// `tokio::time::Instant`, so `tokio::time::pause` controls it.
+pub fn tokio_clock() -> Clock {
+    let base = Utc::now();
+    let start = tokio::time::Instant::now();
+    Arc::new(move || base + TimeDelta::from_std(start.elapsed()).unwrap_or(TimeDelta::MAX))
+}
+
+/// Engine settings.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// Scheduler settings (global cap).
+    pub scheduler: SchedulerConfig,
+    /// The host the agent runs on (`self: true`); its power-off actions run last.
+    pub self_host: Option<String>,
+    /// Age after which an item held by the kill switch is dropped.
+    pub item_ttl: Duration,
+    /// Now, for windows and the ledger.
+    pub clock: Clock,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            scheduler: SchedulerConfig::default(),
+            self_host: None,
+            item_ttl: scheduler::DEFAULT_TTL,
+            clock: tokio_clock(),
+        }
+    }
+}
+
+/// What went wrong while handling an event.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A store read or write failed; the event was not fully handled.
+    #[error("engine store access failed")]
+    Store {
+        #[source]
+        source: StoreError,
+    },
+    /// The scheduler stopped.
+    #[error("engine scheduler unavailable")]
+    Scheduler {
+        #[source]
+        source: SchedulerError,
+    },
+    /// A policy with this id is already loaded.
+    #[error("policy {id} is already loaded")]
+    DuplicatePolicy { id: Uuid },
+}
+
+impl EngineError {
+    /// Whether handling the same event again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            EngineError::Store { source } => source.is_retryable(),
+            EngineError::Scheduler { source } => source.is_retryable(),
+            EngineError::DuplicatePolicy { .. } => false,
+        }
+    }
+}
+
+impl From<StoreError> for EngineError {
+    fn from(source: StoreError) -> Self {
+        EngineError::Store { source }
+    }
+}
+
+/// What happened to one shortlisted policy for one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyDecision {
+    pub policy_id: Uuid,
+    /// Severity of the outcome (`info` when nothing went wrong).
+    pub severity: Severity,
+    /// `engine.scheduled`, `engine.not_matched`, `engine.suppressed_window`, ...
+    pub code: String,
+    /// Why it matched or not: trigger, conditions, windows, guards.
+    pub explain: Value,
+    /// Actions planned per host (executed, or dry-run in a transcript).
+    pub planned: Vec<PlannedAction>,
+    /// Per action × target rows skipped by a window or a guard.
+    pub skipped: Vec<ResultRecord>,
+    /// The ledger run, when one was written.
+    pub run_id: Option<Uuid>,
+}
+
+/// One action over its targets on one host: one queue item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedAction {
+    pub action_index: u32,
+    pub action: Action,
+    pub host: String,
+    pub targets: Vec<String>,
+    /// The driver's dry-run answers (dry-run mode only).
+    pub dry_run: Option<Result<Vec<DryRunAnswer>, String>>,
+}
+
+/// The result of [`Engine::handle_event`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventReport {
+    pub correlation_id: Uuid,
+    /// One decision per policy that could fire, in run order.
+    pub decisions: Vec<PolicyDecision>,
+    /// Countdowns the trigger layer asked for; the caller arms them and
+    /// publishes each one's event when due.
+    pub timers: Vec<TimerRequest>,
+}
+
+/// The result of [`Engine::dry_run_event`]: what would happen, nothing done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    pub transcript_id: Uuid,
+    pub correlation_id: Uuid,
+    pub decisions: Vec<PolicyDecision>,
+    /// Worst severity over the decisions and dry-run answers.
+    pub severity: Severity,
+}
+
+/// The queued work: one action over its targets on one host.
+pub struct ActionWork {
+    driver: Arc<dyn Driver>,
+    action: Action,
+    targets: Vec<String>,
+}
+
+impl Work for ActionWork {
+    type Output = Result<Vec<ExecOutcome>, DriverError>;
+
+    fn run(self) -> BoxFuture<Self::Output> {
+        Box::pin(async move { self.driver.execute(&self.action, &self.targets).await })
+    }
+}
+
+/// The engine: policies, their trigger state, facts, and the scheduler.
+pub struct Engine {
+    policies: BTreeMap<Uuid, Policy>,
+    index: TriggerIndex,
+    states: HashMap<Uuid, TriggerState>,
+    facts: FactsSnapshot,
+    store: Arc<dyn EngineStore>,
+    snapshots: Arc<dyn Snapshots>,
+    drivers: HashMap<String, Arc<dyn Driver>>,
+    breakers: Arc<Breakers>,
+    scheduler: SchedulerHandle<ActionWork>,
+    reports: mpsc::UnboundedReceiver<Report<<ActionWork as Work>::Output>>,
+    config: EngineConfig,
+    /// Runs with items still queued or running, by run id.
+    open: HashMap<Uuid, OpenRun>,
+    /// Queued or running items, by scheduler item id.
+    pending: HashMap<Uuid, Pending>,
+}
+
+/// One scheduled item awaiting its report.
+struct Pending {
+    run_id: Uuid,
+    intent: IntentRecord,
+    started: tokio::time::Instant,
+}
+
+/// A run that scheduled at least one item, awaiting its results.
+struct OpenRun {
+    record: RunRecord,
+    /// Items not yet reported.
+    items_left: usize,
+}
+
+/// Step 7's verdict for one planned host.
+enum Guard {
+    Pass,
+    Fail(&'static str, String),
+}
+
+impl Engine {
+    /// Starts an engine (and its scheduler) on the current runtime.
+    pub fn new(
+        store: Arc<dyn EngineStore>,
+        snapshots: Arc<dyn Snapshots>,
+        breakers: Arc<Breakers>,
+        config: EngineConfig,
+    ) -> Engine {
+        let (scheduler, reports) = scheduler::spawn(config.scheduler.clone(), Hooks::default());
+        Engine {
+            policies: BTreeMap::new(),
+            index: TriggerIndex::default(),
+            states: HashMap::new(),
+            facts: FactsSnapshot::new(),
+            store,
+            snapshots,
+            drivers: HashMap::new(),
+            breakers,
+            scheduler,
+            reports,
+            config,
+            open: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Registers the driver of a host (keyed by [`Driver::host_id`]).
+    pub fn add_driver(&mut self, driver: Arc<dyn Driver>) {
+        self.drivers.insert(driver.host_id().to_string(), driver);
+    }
+
+    /// Loads an enabled policy.
+    pub fn add_policy(&mut self, policy: Policy) -> Result<(), EngineError> {
+        if self.policies.contains_key(&policy.id) {
+            return Err(EngineError::DuplicatePolicy { id: policy.id });
+        }
+        self.index.insert(
+            &policy.id.to_string(),
+            policy.ir.priority,
+            &policy.ir.match_.trigger_group,
+        );
+        self.policies.insert(policy.id, policy);
+        Ok(())
+    }
+
+    /// The facts conditions read; kept current from every handled event.
+    pub fn facts_mut(&mut self) -> &mut FactsSnapshot {
+        &mut self.facts
+    }
+
+    /// The scheduler, for the kill switch and shutdown.
+    pub fn scheduler(&self) -> &SchedulerHandle<ActionWork> {
+        &self.scheduler
+    }
+
+    /// Handles one event for real: SPEC §6 steps 1–10 up to the enqueueing
+    /// of every scheduled item. It does not wait for them: their results
+    /// reach the ledger through [`Engine::next_run`] or [`Engine::settle`]
+    /// (runs whose items have already been reported are closed here too).
+    pub async fn handle_event(&mut self, event: &Event) -> Result<EventReport, EngineError> {
+        self.facts.apply(event);
+        let now = (self.config.clock)();
+        let mut decisions = Vec::new();
+        let mut timers = Vec::new();
+        for pref in self.index.shortlist(event) {
+            let Ok(id) = Uuid::parse_str(&pref.policy_id) else {
+                continue;
+            };
+            let mut state = self.states.remove(&id).unwrap_or_default();
+            let span = tracing::info_span!(
+                "policy_run",
+                policy_id = %id,
+                host = %self.policies.get(&id).map_or("", |p| p.ir.targets.host_id.as_str()),
+                correlation_id = %event.correlation_id
+            );
+            let decision = span
+                .in_scope(|| self.decide(id, pref.interest, &mut state, event, now, &mut timers));
+            self.states.insert(id, state);
+            let Some(mut decision) = decision? else {
+                continue;
+            };
+            let scheduled = self
+                .apply(&mut decision, event, now)
+                .instrument(span)
+                .await?;
+            let stop = scheduled && self.policies[&id].ir.stop_on_match;
+            decisions.push(decision);
+            if stop {
+                break;
+            }
+        }
+        while let Ok(report) = self.reports.try_recv() {
+            self.on_report(report)?;
+        }
+        Ok(EventReport {
+            correlation_id: event.correlation_id,
+            decisions,
+            timers,
+        })
+    }
+
+    /// The whole decision for `event` with driver dry-runs; trigger state,
+    /// facts and store are left untouched (SPEC §6 "Dry-run of an event").
+    pub async fn dry_run_event(&self, event: &Event) -> Result<Transcript, EngineError> {
+        let now = (self.config.clock)();
+        let mut decisions = Vec::new();
+        let mut timers = Vec::new();
+        let mut facts = self.facts.clone();
+        facts.apply(event);
+        for pref in self.index.shortlist(event) {
+            let Ok(id) = Uuid::parse_str(&pref.policy_id) else {
+                continue;
+            };
+            let mut state = self.states.get(&id).cloned().unwrap_or_default();
+            let decision = self.decide_with(
+                &facts,
+                id,
+                pref.interest,
+                &mut state,
+                event,
+                now,
+                &mut timers,
+            )?;
+            let Some(mut decision) = decision else {
+                continue;
+            };
+            for planned in &mut decision.planned {
+                let answer = match self.drivers.get(&planned.host) {
+                    Some(driver) => driver
+                        .dry_run(&planned.action, &planned.targets)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Err(format!("no driver for host {}", planned.host)),
+                };
+                planned.dry_run = Some(answer);
+            }
+            let stop = !decision.planned.is_empty() && self.policies[&id].ir.stop_on_match;
+            decisions.push(decision);
+            if stop {
+                break;
+            }
+        }
+        let severity = decisions
+            .iter()
+            .map(|d| {
+                let answers = d.planned.iter().map(|p| match &p.dry_run {
+                    Some(Ok(list)) => list
+                        .iter()
+                        .map(|a| a.severity)
+                        .max()
+                        .unwrap_or(Severity::Info),
+                    _ => Severity::Error,
+                });
+                answers.fold(d.severity, Ord::max)
+            })
+            .max()
+            .unwrap_or(Severity::Info);
+        Ok(Transcript {
+            transcript_id: Uuid::new_v4(),
+            correlation_id: event.correlation_id,
+            decisions,
+            severity,
+        })
+    }
+
+    fn decide(
+        &self,
+        id: Uuid,
+        interest: Interest,
+        state: &mut TriggerState,
+        event: &Event,
+        now: DateTime<Utc>,
+        timers: &mut Vec<TimerRequest>,
+    ) -> Result<Option<PolicyDecision>, EngineError> {
+        self.decide_with(&self.facts, id, interest, state, event, now, timers)
+    }
+
+    /// Steps 3–7 for one policy; reads the store, writes nothing. `None`
+    /// when the event could only move the trigger state (observer).
+    #[allow(clippy::too_many_arguments)]
+    fn decide_with(
+        &self,
+        facts: &FactsSnapshot,
+        id: Uuid,
+        interest: Interest,
+        state: &mut TriggerState,
+        event: &Event,
+        now: DateTime<Utc>,
+        timers: &mut Vec<TimerRequest>,
+    ) -> Result<Option<PolicyDecision>, EngineError> {
+        let policy = &self.policies[&id];
+        let ir = &policy.ir;
+        // Step 3: triggers, then conditions only for a fired policy.
+        let eval = state.evaluate(
+            &id.to_string(),
+            &ir.match_.trigger_group,
+            event,
+            now,
+            |ups| match facts.ups(Some(ups)) {
+                Lookup::Found(u) => u.state,
+                _ => None,
+            },
+        );
+        timers.extend(eval.timers.iter().cloned());
+        let mut explain = serde_json::Map::new();
+        explain.insert("trigger".into(), Value::String(eval.explain.clone()));
+        let mut decision = PolicyDecision {
+            policy_id: id,
+            severity: Severity::Info,
+            code: NOT_MATCHED.to_string(),
+            explain: Value::Null,
+            planned: Vec::new(),
+            skipped: Vec::new(),
+            run_id: None,
+        };
+        let finish = |mut d: PolicyDecision, explain: serde_json::Map<String, Value>| {
+            d.explain = Value::Object(explain);
+            Ok(Some(d))
+        };
+        if eval.fired.is_none() {
+            if interest == Interest::Observe {
+                return Ok(None);
+            }
+            return finish(decision, explain);
+        }
+        let snapshot = self.snapshots.host(&ir.targets.host_id);
+        let count = || {
+            self.resolve(policy, snapshot.as_ref())
+                .map(|ids| ids.len())
+                .map_err(|(_, why)| why)
+        };
+        let ctx = PolicyContext {
+            host_id: &ir.targets.host_id,
+            count_matching: &count,
+        };
+        let outcome = conditions::evaluate(&ir.match_.conditions, event, facts, &ctx);
+        explain.insert("conditions".into(), Value::String(outcome.explain()));
+        if !outcome.all_true {
+            return finish(decision, explain);
+        }
+        // Step 4: suppression window.
+        let window = self.store.window_state(id)?;
+        let suppression = TimeDelta::seconds(ir.windows.suppression_s as i64);
+        if let Some(last) = window.last_fired_at {
+            if now < last + suppression {
+                explain.insert(
+                    "windows".into(),
+                    Value::String(format!(
+                        "suppressed: fired at {last}, within its suppression window of {}s",
+                        ir.windows.suppression_s
+                    )),
+                );
+                decision.code = SUPPRESSED_WINDOW.to_string();
+                return finish(decision, explain);
+            }
+        }
+        // Step 5: dynamic re-resolution (or the compiled ids).
+        let ids = match self.resolve(policy, snapshot.as_ref()) {
+            Ok(ids) => ids,
+            Err((code, why)) => {
+                explain.insert("targets".into(), Value::String(why));
+                decision.code = code.to_string();
+                decision.severity = Severity::Error;
+                return finish(decision, explain);
+            }
+        };
+        if ids.is_empty() {
+            explain.insert(
+                "targets".into(),
+                Value::String("the selector resolved to no targets".into()),
+            );
+            decision.code = SELECTOR_EMPTY.to_string();
+            decision.severity = Severity::Warn;
+            return finish(decision, explain);
+        }
+        explain.insert("targets".into(), json!(ids));
+        // Step 7 (host-wide part): capability and reachability.
+        let host = ir.targets.host_id.clone();
+        let guard = self.host_guard(policy, facts);
+        let idem = Duration::from_secs(ir.windows.idempotency_s);
+        for (index, step) in ir.plan.iter().enumerate() {
+            let action = Action {
+                capability: step.capability.clone(),
+                verb: step.verb.clone(),
+                params: step.params.clone(),
+            };
+            if let Guard::Fail(code, why) = &guard {
+                for target in &ids {
+                    decision.skipped.push(row(
+                        index,
+                        &action,
+                        &host,
+                        target,
+                        false,
+                        Severity::Error,
+                        code,
+                        why,
+                    ));
+                }
+                continue;
+            }
+            let mut targets = Vec::new();
+            for target in &ids {
+                // Step 6: idempotency.
+                if self
+                    .store
+                    .key_ran_within(&action_key(&action, target), now, idem)?
+                {
+                    let why = format!(
+                        "{} ran on {target} within the idempotency window of {}s",
+                        action.verb, ir.windows.idempotency_s
+                    );
+                    decision.skipped.push(row(
+                        index,
+                        &action,
+                        &host,
+                        target,
+                        true,
+                        Severity::Info,
+                        SUPPRESSED_IDEMPOTENT,
+                        &why,
+                    ));
+                    continue;
+                }
+                // Step 7 (per target): already in the desired state.
+                if let Some(status) = already_desired(&action, snapshot.as_ref(), target) {
+                    let why = format!("{target} is already {status}");
+                    decision.skipped.push(row(
+                        index,
+                        &action,
+                        &host,
+                        target,
+                        true,
+                        Severity::Info,
+                        ALREADY_DESIRED,
+                        &why,
+                    ));
+                    continue;
+                }
+                targets.push(target.clone());
+            }
+            if !targets.is_empty() {
+                decision.planned.push(PlannedAction {
+                    action_index: index as u32,
+                    action,
+                    host: host.clone(),
+                    targets,
+                    dry_run: None,
+                });
+            }
+        }
+        let worst = decision.skipped.iter().map(|r| r.severity).max();
+        decision.severity = worst.unwrap_or(Severity::Info);
+        decision.code = if let Guard::Fail(code, why) = guard {
+            explain.insert("guards".into(), Value::String(why));
+            code.to_string()
+        } else if !decision.planned.is_empty() {
+            "engine.scheduled".to_string()
+        } else {
+            // Nothing left to do: report the first reason.
+            decision
+                .skipped
+                .first()
+                .and_then(|r| r.code.clone())
+                .unwrap_or_else(|| ALREADY_DESIRED.to_string())
+        };
+        finish(decision, explain)
+    }
+
+    /// Step 5: the targets the policy acts on now, or the finding code and
+    /// reason why they cannot be known.
+    fn resolve(
+        &self,
+        policy: &Policy,
+        snapshot: Option<&HostInventory>,
+    ) -> Result<Vec<String>, (&'static str, String)> {
+        let targets = &policy.ir.targets;
+        let selector = parse_selector(
+            targets.selector.mode,
+            &targets.selector.value,
+            &targets.target_type,
+        )
+        .map_err(|e| {
+            let why = e.iter().map(|e| e.message.clone()).collect::<Vec<_>>();
+            (SELECTOR_UNRESOLVED, why.join("; "))
+        })?;
+        if targets.selector.mode == SelectorMode::Ledger {
+            let forward = selector
+                .ledger_policy_id()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .ok_or((
+                    SELECTOR_UNRESOLVED,
+                    "ledger value is not a policy id".into(),
+                ))?;
+            let run = self
+                .store
+                .latest_successful_run(forward)
+                .map_err(|e| (SELECTOR_UNRESOLVED, e.to_string()))?;
+            let prefix = format!("{}:", targets.target_type);
+            let ids = run
+                .iter()
+                .flat_map(|r| r.changed_targets())
+                .filter(|(host, target)| *host == targets.host_id && target.starts_with(&prefix))
+                .filter(|(_, target)| snapshot.is_none_or(|s| s.contains(target)))
+                .map(|(_, target)| target.to_string())
+                .collect();
+            return Ok(ids);
+        }
+        if !policy.ir.dynamic_resolution {
+            if let Some(ids) = &targets.resolved_ids {
+                return Ok(ids.clone());
+            }
+        }
+        let Some(snapshot) = snapshot else {
+            return Err((
+                SELECTOR_UNRESOLVED,
+                format!("no inventory snapshot of host {}", targets.host_id),
+            ));
+        };
+        selector
+            .resolve(snapshot)
+            .map(|r| r.ids)
+            .map_err(|e| (SELECTOR_UNRESOLVED, e.message))
+    }
+
+    /// Step 7's host-wide guards: the driver offers every action, the host
+    /// is reachable and its breaker lets calls through.
+    fn host_guard(&self, policy: &Policy, facts: &FactsSnapshot) -> Guard {
+        let host = &policy.ir.targets.host_id;
+        let Some(driver) = self.drivers.get(host) else {
+            return Guard::Fail(
+                CAPABILITY_MISSING,
+                format!("no driver is registered for host {host}; re-validate the policy"),
+            );
+        };
+        for step in &policy.ir.plan {
+            let offered = shipped()
+                .get(driver.plugin_id())
+                .and_then(|m| m.capability(&step.capability))
+                .is_some_and(|c| c.has_verb(&step.verb));
+            if !offered {
+                return Guard::Fail(
+                    CAPABILITY_MISSING,
+                    format!(
+                        "host {host} ({}) does not offer {} {}; re-validate the policy",
+                        driver.plugin_id(),
+                        step.capability,
+                        step.verb
+                    ),
+                );
+            }
+        }
+        if facts.host_reachable(host) == Some(false) {
+            return Guard::Fail(HOST_UNREACHABLE, format!("host {host} is unreachable"));
+        }
+        if !self.breakers.for_host(host).would_allow() {
+            return Guard::Fail(
+                HOST_UNREACHABLE,
+                format!("the circuit breaker of host {host} is open"),
+            );
+        }
+        Guard::Pass
+    }
+
+    /// Writes what a decision implies (steps 4, 8, 9 for non-executing
+    /// outcomes) and enqueues its items. Returns whether anything was
+    /// scheduled.
+    async fn apply(
+        &mut self,
+        decision: &mut PolicyDecision,
+        event: &Event,
+        now: DateTime<Utc>,
+    ) -> Result<bool, EngineError> {
+        let id = decision.policy_id;
+        let audit = |kind: &str, decision: &PolicyDecision| {
+            Write::AppendAudit(AuditRecord {
+                ts: now,
+                correlation_id: event.correlation_id,
+                kind: kind.to_string(),
+                policy_id: Some(id),
+                details: json!({"code": decision.code, "explain": decision.explain}),
+            })
+        };
+        if decision.code == SUPPRESSED_WINDOW {
+            info!(policy_id = %id, correlation_id = %event.correlation_id, "engine.suppressed_window");
+            self.store.write(&[
+                Write::RecordSuppressed {
+                    policy_id: id,
+                    at: now,
+                },
+                audit(SUPPRESSED_WINDOW, decision),
+            ])?;
+            return Ok(false);
+        }
+        if decision.code == SELECTOR_EMPTY {
+            warn!(policy_id = %id, correlation_id = %event.correlation_id, "selector.empty");
+        }
+        let is_error = decision.severity >= Severity::Error;
+        if decision.planned.is_empty() && !is_error {
+            self.store.write(&[audit("engine.evaluated", decision)])?;
+            return Ok(false);
+        }
+        let ir = &self.policies[&id].ir;
+        let run_id = Uuid::new_v4();
+        decision.run_id = Some(run_id);
+        let record = RunRecord {
+            run_id,
+            policy_id: id,
+            version_int: ir.version_int,
+            event: RunEvent {
+                kind: event.kind.as_str().to_string(),
+                subject: SubjectRecord {
+                    kind: event.subject.kind.as_str().to_string(),
+                    id: event.subject.id.clone(),
+                },
+                correlation_id: event.correlation_id,
+            },
+            started_at: now,
+            finished_at: now,
+            severity: decision.severity,
+            status: RunStatus::Error,
+            results: decision.skipped.clone(),
+            explain: decision.explain.clone(),
+        };
+        if decision.planned.is_empty() {
+            tracing::error!(policy_id = %id, correlation_id = %event.correlation_id, code = %decision.code, "policy run ended in an error");
+            self.store
+                .write(&[Write::AppendRun(record), audit("engine.run", decision)])?;
+            return Ok(false);
+        }
+        // Step 8: persist intents (with the keys they record and the inverse
+        // keys they clear) and the fire, then enqueue.
+        let mut batch = vec![
+            Write::RecordFire {
+                policy_id: id,
+                at: now,
+            },
+            audit("engine.scheduled", decision),
+        ];
+        let mut intents = Vec::new();
+        for planned in &decision.planned {
+            let keys: Vec<String> = planned
+                .targets
+                .iter()
+                .map(|t| action_key(&planned.action, t))
+                .collect();
+            let intent = IntentRecord {
+                run_id,
+                policy_id: id,
+                action_index: planned.action_index,
+                capability: planned.action.capability.clone(),
+                verb: planned.action.verb.clone(),
+                params: Value::Object(planned.action.params.clone()),
+                host: planned.host.clone(),
+                targets: planned.targets.clone(),
+                idempotency_keys: keys.clone(),
+                correlation_id: event.correlation_id,
+                created_at: now,
+            };
+            batch.push(Write::PersistIntent(intent.clone()));
+            for key in keys {
+                batch.push(Write::RecordKey {
+                    policy_id: id,
+                    key,
+                    at: now,
+                });
+            }
+            let inverse_keys = inverse_keys(&planned.action, &planned.targets);
+            if !inverse_keys.is_empty() {
+                batch.push(Write::ClearKeys { keys: inverse_keys });
+            }
+            intents.push(intent);
+        }
+        self.store.write(&batch)?;
+        self.open.insert(
+            run_id,
+            OpenRun {
+                record,
+                items_left: intents.len(),
+            },
+        );
+        for (planned, intent) in decision.planned.iter().zip(intents) {
+            let Some(driver) = self.drivers.get(&planned.host).cloned() else {
+                let outcome = Err(format!("no driver for host {}", planned.host));
+                self.item_done(run_id, &intent, outcome, 0)?;
+                continue;
+            };
+            let powers_off_self = self.config.self_host.as_deref() == Some(planned.host.as_str())
+                && shipped()
+                    .capability(&planned.action.capability)
+                    .is_some_and(|(_, c)| c.powers_off(&planned.action.verb));
+            let item_id = Uuid::new_v4();
+            let mut item = QueueItem::new(
+                item_id,
+                planned.host.clone(),
+                ActionWork {
+                    driver,
+                    action: planned.action.clone(),
+                    targets: planned.targets.clone(),
+                },
+            )
+            .with_ttl(self.config.item_ttl);
+            if powers_off_self {
+                item = item.powering_off_self();
+            }
+            if let Err(e) = self.scheduler.enqueue(item).await {
+                let outcome = Err(format!("not enqueued: {}", e.reason));
+                self.item_done(run_id, &intent, outcome, 0)?;
+                continue;
+            }
+            self.pending.insert(
+                item_id,
+                Pending {
+                    run_id,
+                    intent,
+                    started: tokio::time::Instant::now(),
+                },
+            );
+        }
+        Ok(true)
+    }
+
+    /// Waits for every queued or running item and closes their runs (step
+    /// 9). Returns the ledger entries written, in closing order.
+    pub async fn settle(&mut self) -> Result<Vec<RunRecord>, EngineError> {
+        let mut closed = Vec::new();
+        while !self.pending.is_empty() {
+            if let Some(run) = self.next_run().await? {
+                closed.push(run);
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Waits for the next item report and records it. Returns the ledger
+    /// entry when that report closed a run, `None` when the run has items
+    /// left or nothing was pending. For a service loop that `select!`s
+    /// between the event bus and this.
+    pub async fn next_run(&mut self) -> Result<Option<RunRecord>, EngineError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let Some(report) = self.reports.recv().await else {
+            return Err(EngineError::Scheduler {
+                source: SchedulerError::Stopped,
+            });
+        };
+        self.on_report(report)
+    }
+
+    /// How many scheduled items have not been reported yet.
+    pub fn pending_items(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn on_report(
+        &mut self,
+        report: Report<<ActionWork as Work>::Output>,
+    ) -> Result<Option<RunRecord>, EngineError> {
+        let Some(item) = self.pending.remove(&report.id) else {
+            return Ok(None);
+        };
+        let elapsed = item.started.elapsed().as_millis() as u64;
+        let outcome = match report.outcome {
+            Outcome::Completed(Ok(list)) => Ok(list),
+            Outcome::Completed(Err(e)) => Err(e.to_string()),
+            Outcome::Cancelled { .. } => Err("cancelled".to_string()),
+            Outcome::Dropped(reason) => Err(format!("dropped: {reason}")),
+            Outcome::NotRun => Err("not run: the scheduler shut down".to_string()),
+            Outcome::Interrupted => Err("interrupted at the shutdown deadline".to_string()),
+            Outcome::Panicked(why) => Err(format!("panicked: {why}")),
+        };
+        self.item_done(item.run_id, &item.intent, outcome, elapsed)
+    }
+
+    /// Records one item's outcome in its run and closes the run when it was
+    /// the last one.
+    fn item_done(
+        &mut self,
+        run_id: Uuid,
+        intent: &IntentRecord,
+        outcome: Result<Vec<ExecOutcome>, String>,
+        elapsed_ms: u64,
+    ) -> Result<Option<RunRecord>, EngineError> {
+        let Some(mut open) = self.open.remove(&run_id) else {
+            return Ok(None);
+        };
+        let finished = self.finish_item(&mut open.record, intent, outcome, elapsed_ms);
+        open.items_left = open.items_left.saturating_sub(1);
+        if open.items_left > 0 {
+            self.open.insert(run_id, open);
+            finished?;
+            return Ok(None);
+        }
+        finished?;
+        self.close_run(open.record).map(Some)
+    }
+
+    /// Step 9: status and severity from the results, the suppression of
+    /// undone policies cleared, the ledger entry and its audit record.
+    fn close_run(&self, mut record: RunRecord) -> Result<RunRecord, EngineError> {
+        record.finished_at = (self.config.clock)();
+        let executed: Vec<&ResultRecord> = record
+            .results
+            .iter()
+            .filter(|r| r.code.as_deref().is_none_or(|c| !c.starts_with("engine.")))
+            .collect();
+        let ok = executed.iter().filter(|r| r.ok).count();
+        record.status = match ok {
+            0 => RunStatus::Failed,
+            n if n == executed.len() => RunStatus::Ok,
+            _ => RunStatus::Partial,
+        };
+        record.severity = record
+            .results
+            .iter()
+            .map(|r| r.severity)
+            .max()
+            .unwrap_or(Severity::Info);
+        self.clear_undone_suppression(&record)?;
+        self.store.write(&[
+            Write::AppendAudit(AuditRecord {
+                ts: record.finished_at,
+                correlation_id: record.event.correlation_id,
+                kind: "engine.run_finished".into(),
+                policy_id: Some(record.policy_id),
+                details: json!({"run_id": record.run_id, "status": record.status.as_str()}),
+            }),
+            Write::AppendRun(record.clone()),
+        ])?;
+        Ok(record)
+    }
+
+    /// Records one item's per-target results, completes its intent and
+    /// forgets the keys of the targets it failed on.
+    fn finish_item(
+        &self,
+        record: &mut RunRecord,
+        intent: &IntentRecord,
+        outcome: Result<Vec<ExecOutcome>, String>,
+        elapsed_ms: u64,
+    ) -> Result<(), EngineError> {
+        let action = Action {
+            capability: intent.capability.clone(),
+            verb: intent.verb.clone(),
+            params: intent.params.as_object().cloned().unwrap_or_default(),
+        };
+        let first_row = record.results.len();
+        let mut failed_keys = Vec::new();
+        let mut all_ok = true;
+        let mut reason = String::new();
+        for target in &intent.targets {
+            let result = match &outcome {
+                Ok(list) => match list.iter().find(|o| &o.target == target) {
+                    Some(o) => ResultRecord {
+                        changed: o.ok && o.code != "driver.already_desired",
+                        ok: o.ok,
+                        severity: o.severity,
+                        code: Some(o.code.clone()),
+                        reason: o.reason.clone().unwrap_or_default(),
+                        evidence: Value::Object(o.evidence.clone()),
+                        duration_ms: o.duration_ms,
+                        ..row(
+                            0,
+                            &action,
+                            &intent.host,
+                            target,
+                            true,
+                            Severity::Info,
+                            "",
+                            "",
+                        )
+                    },
+                    None => row(
+                        0,
+                        &action,
+                        &intent.host,
+                        target,
+                        false,
+                        Severity::Error,
+                        EXECUTION_FAILED,
+                        "the driver reported nothing for this target",
+                    ),
+                },
+                Err(why) => ResultRecord {
+                    duration_ms: elapsed_ms,
+                    ..row(
+                        0,
+                        &action,
+                        &intent.host,
+                        target,
+                        false,
+                        Severity::Error,
+                        EXECUTION_FAILED,
+                        why,
+                    )
+                },
+            };
+            let result = ResultRecord {
+                action_index: intent.action_index,
+                ..result
+            };
+            if !result.ok {
+                all_ok = false;
+                reason = result.reason.clone();
+                failed_keys.push(action_key(&action, target));
+            }
+            record.results.push(result);
+        }
+        let worst = record.results[first_row..]
+            .iter()
+            .map(|r| r.severity)
+            .max()
+            .unwrap_or(Severity::Info);
+        let finished_at = (self.config.clock)();
+        let mut batch = vec![
+            Write::CompleteIntent {
+                id: intent.id(),
+                outcome: IntentOutcome {
+                    finished_at,
+                    ok: all_ok,
+                    severity: worst,
+                    code: (!all_ok).then(|| EXECUTION_FAILED.to_string()),
+                    reason: reason.clone(),
+                },
+            },
+            Write::AppendAudit(AuditRecord {
+                ts: finished_at,
+                correlation_id: intent.correlation_id,
+                kind: "execution.finished".into(),
+                policy_id: Some(intent.policy_id),
+                details: json!({
+                    "run_id": intent.run_id,
+                    "action_index": intent.action_index,
+                    "capability": intent.capability,
+                    "verb": intent.verb,
+                    "host": intent.host,
+                    "targets": intent.targets,
+                    "ok": all_ok,
+                    "reason": reason,
+                }),
+            }),
+        ];
+        if !failed_keys.is_empty() {
+            batch.push(Write::ClearKeys { keys: failed_keys });
+        }
+        self.store.write(&batch)?;
+        Ok(())
+    }
+
+    /// Step 4's clearing: every other policy with an action that `record`'s
+    /// successful actions invert, on a target its latest successful run
+    /// changed (or its compiled selection), gets its suppression cleared.
+    fn clear_undone_suppression(&self, record: &RunRecord) -> Result<(), EngineError> {
+        let changed: Vec<&ResultRecord> = record
+            .results
+            .iter()
+            .filter(|r| r.ok && r.changed)
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let mut cleared = Vec::new();
+        for (other_id, other) in &self.policies {
+            if *other_id == record.policy_id {
+                continue;
+            }
+            let theirs: HashSet<(String, String)> =
+                match self.store.latest_successful_run(*other_id)? {
+                    Some(run) => run
+                        .changed_targets()
+                        .into_iter()
+                        .map(|(h, t)| (h.to_string(), t.to_string()))
+                        .collect(),
+                    None => other
+                        .ir
+                        .targets
+                        .resolved_ids
+                        .iter()
+                        .flatten()
+                        .map(|t| (other.ir.targets.host_id.clone(), t.clone()))
+                        .collect(),
+                };
+            let undone = changed.iter().any(|r| {
+                let Some(cap) = capability(&r.capability) else {
+                    return false;
+                };
+                let Some(ours) = self
+                    .policies
+                    .get(&record.policy_id)
+                    .and_then(|p| p.ir.plan.get(r.action_index as usize))
+                    .map(|step| &step.params)
+                else {
+                    return false;
+                };
+                other.ir.plan.iter().any(|step| {
+                    step.capability == r.capability
+                        && cap.inverts(&r.verb, ours, &step.verb, &step.params)
+                }) && theirs.contains(&(r.host.clone(), r.target.clone()))
+            });
+            if undone {
+                cleared.push(Write::ClearSuppression {
+                    policy_id: *other_id,
+                });
+            }
+        }
+        if !cleared.is_empty() {
+            self.store.write(&cleared)?;
+        }
+        Ok(())
+    }
+}
+
+fn capability(id: &str) -> Option<&'static Capability> {
+    shipped().capability(id).map(|(_, c)| c)
+}
+
+/// The idempotency keys of the actions `action` undoes, on `targets`.
+fn inverse_keys(action: &Action, targets: &[String]) -> Vec<String> {
+    let Some(cap) = capability(&action.capability) else {
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    for undone in cap.undoes(&action.verb, &action.params) {
+        let forward = Action {
+            capability: action.capability.clone(),
+            verb: undone.verb,
+            params: undone.params,
+        };
+        keys.extend(targets.iter().map(|t| action_key(&forward, t)));
+    }
+    keys
+}
+
+/// The target statuses in which an action has nothing left to do, for the
+/// engine's already-desired guard (SPEC §6 step 7). Read from the inventory
+/// snapshot, never from a driver call; an action not listed (reset, reboot,
+/// cycle, post, ...) is never skipped. Statuses are the ones the shipped
+/// drivers report (Proxmox `running`/`stopped`/`paused`, AOS-S `on`/`off`
+/// and `up`/`down`, systemd `active`/`inactive`).
+pub fn desired_statuses(action: &Action) -> &'static [&'static str] {
+    let param = |name: &str| action.params.get(name).and_then(Value::as_str);
+    match (action.capability.as_str(), action.verb.as_str()) {
+        ("proxmox.vm" | "proxmox.ct", "start" | "resume") => &["running"],
+        ("proxmox.vm" | "proxmox.ct", "shutdown" | "stop") => &["stopped"],
+        ("proxmox.vm", "suspend") => &["paused", "suspended"],
+        ("aoss.poe.port", "set") => match param("state") {
+            Some("on") => &["on"],
+            Some("off") => &["off"],
+            _ => &[],
+        },
+        ("aoss.interface", "set") => match param("admin") {
+            Some("up") => &["up"],
+            Some("down") => &["down"],
+            _ => &[],
+        },
+        ("host.service", "start") => &["running", "active"],
+        ("host.service", "stop") => &["stopped", "inactive"],
+        _ => &[],
+    }
+}
+
+/// The target's status when it already is what `action` leads to.
+fn already_desired(
+    action: &Action,
+    snapshot: Option<&HostInventory>,
+    target: &str,
+) -> Option<String> {
+    let status = snapshot?.get(target)?.status.as_deref()?;
+    desired_statuses(action)
+        .contains(&status)
+        .then(|| status.to_string())
+}
+
+/// A result row the engine writes itself (skips, errors).
+#[allow(clippy::too_many_arguments)]
+fn row(
+    index: usize,
+    action: &Action,
+    host: &str,
+    target: &str,
+    ok: bool,
+    severity: Severity,
+    code: &str,
+    reason: &str,
+) -> ResultRecord {
+    ResultRecord {
+        action_index: index as u32,
+        capability: action.capability.clone(),
+        verb: action.verb.clone(),
+        host: host.to_string(),
+        target: target.to_string(),
+        ok,
+        changed: false,
+        severity,
+        code: (!code.is_empty()).then(|| code.to_string()),
+        reason: reason.to_string(),
+        evidence: Value::Null,
+        duration_ms: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(capability: &str, verb: &str, params: Value) -> Action {
+        Action {
+            capability: capability.into(),
+            verb: verb.into(),
+            params: params.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn desired_status_table_follows_verb_and_state_param() {
+        let table = [
+            (
+                action("proxmox.vm", "shutdown", json!({})),
+                &["stopped"][..],
+            ),
+            (action("proxmox.vm", "start", json!({})), &["running"][..]),
+            (action("proxmox.vm", "reset", json!({})), &[][..]),
+            (
+                action("aoss.poe.port", "set", json!({"state": "off"})),
+                &["off"][..],
+            ),
+            (
+                action("aoss.poe.port", "set", json!({"state": "cycle"})),
+                &[][..],
+            ),
+            (
+                action("aoss.interface", "set", json!({"admin": "down"})),
+                &["down"][..],
+            ),
+            (action("host.power", "poweroff", json!({})), &[][..]),
+        ];
+        for (action, expected) in table {
+            assert_eq!(desired_statuses(&action), expected, "{action:?}");
+        }
+    }
+
+    #[test]
+    fn running_an_action_clears_the_keys_of_what_it_undoes() {
+        let on = action("aoss.poe.port", "set", json!({"state": "on"}));
+        let off = action("aoss.poe.port", "set", json!({"state": "off"}));
+        let targets = vec!["poe-port:1/1".to_string()];
+        assert_eq!(
+            inverse_keys(&on, &targets),
+            vec![action_key(&off, "poe-port:1/1")]
+        );
+        let start = action("proxmox.vm", "start", json!({}));
+        let keys = inverse_keys(&start, &["vm:104".to_string()]);
+        assert!(keys.contains(&action_key(
+            &action("proxmox.vm", "shutdown", json!({})),
+            "vm:104"
+        )));
+        let cycle = action("aoss.poe.port", "set", json!({"state": "cycle"}));
+        assert!(inverse_keys(&cycle, &targets).is_empty());
+    }
+}
