@@ -743,6 +743,12 @@ impl<W: Work> Actor<W> {
         if self.paused || self.drain.is_some() {
             return;
         }
+        // Once the agent's own host is powering off, nothing else starts:
+        // it would be cut off mid-change. Held items stay queued (their
+        // intents are persisted; a restart reconciles them).
+        if self.running.values().any(|r| r.is_self) {
+            return;
+        }
         while !self.ready.is_empty() {
             let Some(permit) = self.take_permit() else {
                 return;
@@ -1313,6 +1319,28 @@ mod tests {
                 .self_poweroff_hooks,
             2
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_starts_while_the_self_poweroff_item_runs() {
+        let log = Log::default();
+        let (handle, mut rx) = start(
+            4,
+            Hooks {
+                recheck: Arc::new(|_| Recheck::Keep),
+                before_self_poweroff: Arc::new(|| Box::pin(async {})),
+            },
+        );
+        handle
+            .enqueue(item(0, "me", "poweroff", 50 * MS, &log).powering_off_self())
+            .await
+            .unwrap();
+        // Let the poweroff start, then offer other work.
+        sleep(5 * MS).await;
+        handle.enqueue(item(1, "b", "b1", MS, &log)).await.unwrap();
+        let reports = collect(&mut rx, 2).await;
+        assert_eq!(reports[0].id, Uuid::from_u128(0));
+        assert!(log.time("b1", true) >= log.time("poweroff", false));
     }
 
     #[tokio::test(start_paused = true)]
