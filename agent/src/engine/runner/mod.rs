@@ -1,4 +1,4 @@
-//! The per-policy run (SPEC §6, issue 4 items 5, 7, 9 and 11): one event in,
+//! The per-policy run (SPEC §6, issue 4 items 5, 7–11): one event in,
 //! every shortlisted policy taken through steps 1–10 in the binding order,
 //! actions enqueued on the per-host scheduler, outcomes in the ledger.
 //!
@@ -7,12 +7,25 @@
 //! enqueues every scheduled action without waiting for it, so a slow host
 //! never holds up the next event; [`Engine::next_run`] (or
 //! [`Engine::settle`]) takes the scheduler's reports and writes one ledger
-//! entry per run once its last item is reported. Idempotency keys are recorded when the intent is
-//! persisted (a queued action counts as run) and forgotten again for targets
-//! whose execution failed, so a failure is retried by the next event.
-//! [`Engine::dry_run_event`] takes the same decision on a copy of the trigger
-//! state, asks the drivers for dry-runs instead of executing, and persists
-//! nothing: it returns a [`Transcript`].
+//! entry per run once its last item is reported. Idempotency keys are
+//! recorded when the intent is persisted (a queued action counts as run) and
+//! forgotten again for targets whose execution failed, so a failure is
+//! retried by the next event. [`Engine::dry_run_event`] takes the same
+//! decision on a copy of the trigger state, asks the drivers for dry-runs
+//! instead of executing, and persists nothing: it returns a [`Transcript`].
+//!
+//! A service loop `select!`s between the event bus, [`Engine::next_run`] and
+//! a sleep until [`Engine::next_deadline`], after which it calls
+//! [`Engine::fire_due`]: the engine arms and persists the `for` /
+//! `timer.after` countdowns and `timer.at` fires itself and delivers them as
+//! internal timer events. [`Engine::start`] restores what a previous run
+//! left (the `lifecycle` submodule): the kill switch, countdowns, interrupted intents and
+//! missed `timer.at` fires. [`Engine::pause`] / [`Engine::resume`] are the
+//! persisted kill switch; at release the scheduler re-checks each held item
+//! with step 7's guards. Before a self-poweroff item runs, the scheduler's
+//! hook asks the engine to flush every finished run to the ledger; the
+//! engine answers while it waits in [`Engine::next_run`] or at the end of
+//! [`Engine::handle_event`] (else the item runs after [`FLUSH_TIMEOUT`]).
 //!
 //! The engine never names a concrete driver: it is handed `Arc<dyn Driver>`
 //! per host (already guarded by the breaker by the registry) and reads the
@@ -20,28 +33,35 @@
 //!
 //! # Not yet here
 //!
-//! - Held-item rechecks on kill-switch release ([`Hooks::recheck`]) are the
-//!   scheduler's default (keep); the engine does not yet supply step 7 there.
 //! - Store calls are synchronous on the calling task (fine for
 //!   [`super::store::MemoryStore`]; SQLite wants `spawn_blocking`).
-//! - Countdowns come back in [`EventReport::timers`] for the caller to arm;
-//!   they and the trigger state are not persisted here, and a stale snapshot
-//!   is not refreshed before the guards run.
-//! - A self-poweroff item runs last, but this run's ledger entry is written
-//!   after it, not in [`Hooks::before_self_poweroff`].
+//! - A stale snapshot is not refreshed before the guards run (at decision
+//!   time nor at kill-switch release); the engine reads [`Snapshots`] as is.
+//! - Trigger state is persisted only while a countdown is pending (it rides
+//!   on the store's deadline records); edge state without a countdown (a
+//!   UPS already seen `on_battery`) is not, so after a restart the same
+//!   state can fire again (the suppression window, which is persisted,
+//!   still holds it). A trigger-state record in the store would close this.
+//! - A run interrupted by a crash gets an `interrupted` ledger entry holding
+//!   only its open intents' rows: the store cannot list a run's completed
+//!   intents, and the event's kind and subject are not in the intent.
+//! - A `timer.at` fire's check time is recorded when it is taken from the
+//!   queue, before its run: a crash in between loses that fire rather than
+//!   repeating it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use chrono_tz::Tz;
 use drivers::breaker::Breakers;
 use drivers::driver::{action_key, Action, Driver, DriverError, DryRunAnswer, ExecOutcome};
 use drivers::manifest::{shipped, Capability};
 use inventory::selector::{parse_selector, SelectorMode};
 use inventory::{HostInventory, Inventory, Severity};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
@@ -55,8 +75,15 @@ use super::store::{
     AuditRecord, EngineStore, IntentOutcome, IntentRecord, ResultRecord, RunEvent, RunRecord,
     RunStatus, StoreError, SubjectRecord, Write,
 };
-use super::triggers::{Interest, TimerRequest, TriggerIndex, TriggerState};
+use super::triggers::{
+    Interest, TimerQueue, TimerRequest, TriggerIndex, TriggerState, DEFAULT_MISSED_GRACE,
+};
 use crate::compile::Ir;
+
+mod lifecycle;
+
+use lifecycle::recheck_held;
+pub use lifecycle::{Reconciled, StartReport};
 
 /// `info`: the policy fired within its suppression window.
 pub const SUPPRESSED_WINDOW: &str = "engine.suppressed_window";
@@ -76,6 +103,18 @@ pub const SELECTOR_UNRESOLVED: &str = "selector.unresolved";
 pub const NOT_MATCHED: &str = "engine.not_matched";
 /// `error`: the scheduler or the driver failed the queued item as a whole.
 pub const EXECUTION_FAILED: &str = "engine.execution_failed";
+/// `warn`: an intent had no outcome at start (the agent stopped mid-run);
+/// it was reconciled by a dry-run, not re-executed.
+pub const INTERRUPTED: &str = "engine.interrupted";
+/// `warn`: an item held by the kill switch outlived its TTL and was dropped.
+pub const HELD_EXPIRED: &str = "engine.held_expired";
+/// `warn`: a `timer.at` fire fell in the time the agent was down, beyond
+/// the grace period, and was not run.
+pub const TIMER_MISSED: &str = "engine.timer_missed";
+
+/// How long the `before_self_poweroff` hook waits for the engine to flush
+/// the ledger before the self-poweroff item runs anyway.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A policy the engine runs: its stored id and compiled IR.
 #[derive(Debug, Clone)]
@@ -122,6 +161,11 @@ pub struct EngineConfig {
     pub item_ttl: Duration,
     /// Now, for windows and the ledger.
     pub clock: Clock,
+    /// The zone `timer.at` schedules are read in.
+    pub timezone: Tz,
+    /// How old a `timer.at` fire missed while the agent was down may be and
+    /// still run once at start (SPEC §6: 5 min).
+    pub missed_grace: Duration,
 }
 
 impl Default for EngineConfig {
@@ -131,6 +175,8 @@ impl Default for EngineConfig {
             self_host: None,
             item_ttl: scheduler::DEFAULT_TTL,
             clock: tokio_clock(),
+            timezone: Tz::UTC,
+            missed_grace: DEFAULT_MISSED_GRACE,
         }
     }
 }
@@ -207,8 +253,8 @@ pub struct EventReport {
     pub correlation_id: Uuid,
     /// One decision per policy that could fire, in run order.
     pub decisions: Vec<PolicyDecision>,
-    /// Countdowns the trigger layer asked for; the caller arms them and
-    /// publishes each one's event when due.
+    /// Countdowns the trigger layer asked for on this event. The engine has
+    /// armed and persisted them already; [`Engine::fire_due`] delivers them.
     pub timers: Vec<TimerRequest>,
 }
 
@@ -254,6 +300,31 @@ pub struct Engine {
     open: HashMap<Uuid, OpenRun>,
     /// Queued or running items, by scheduler item id.
     pending: HashMap<Uuid, Pending>,
+    /// Armed `for` / `timer.after` countdowns of every policy.
+    timers: TimerQueue,
+    /// The countdowns armed (in `timers` and the store) per policy.
+    armed: HashMap<Uuid, Vec<TimerRequest>>,
+    /// What the scheduler's recheck reads at kill-switch release.
+    guard_view: Arc<GuardView>,
+    /// Flush requests from the scheduler's `before_self_poweroff` hook.
+    flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+    /// Runs closed while serving a flush, not yet handed to the caller.
+    closed: VecDeque<RunRecord>,
+    /// Next `timer.at` fire per (instant, policy, trigger index).
+    at_fires: BTreeSet<(DateTime<Utc>, Uuid, usize)>,
+    /// Timer events to deliver at the next [`Engine::fire_due`] (late
+    /// `timer.at` fires found at start).
+    due_events: VecDeque<Event>,
+    /// [`Engine::start`] ran.
+    started: bool,
+}
+
+/// The state step 7 reads when the scheduler re-checks a held item: the
+/// facts as of the last [`Engine::resume`], the snapshots and the breakers.
+struct GuardView {
+    facts: RwLock<FactsSnapshot>,
+    snapshots: Arc<dyn Snapshots>,
+    breakers: Arc<Breakers>,
 }
 
 /// One scheduled item awaiting its report.
@@ -284,7 +355,31 @@ impl Engine {
         breakers: Arc<Breakers>,
         config: EngineConfig,
     ) -> Engine {
-        let (scheduler, reports) = scheduler::spawn(config.scheduler.clone(), Hooks::default());
+        let guard_view = Arc::new(GuardView {
+            facts: RwLock::new(FactsSnapshot::new()),
+            snapshots: snapshots.clone(),
+            breakers: breakers.clone(),
+        });
+        let (flush_tx, flushes) = mpsc::unbounded_channel();
+        let hooks = Hooks {
+            recheck: {
+                let view = guard_view.clone();
+                Arc::new(move |item: &QueueItem<ActionWork>| recheck_held(&view, item))
+            },
+            before_self_poweroff: Arc::new(move || {
+                let flush_tx: mpsc::UnboundedSender<oneshot::Sender<()>> = flush_tx.clone();
+                Box::pin(async move {
+                    let (reply, done) = oneshot::channel();
+                    if flush_tx.send(reply).is_err() {
+                        return;
+                    }
+                    if tokio::time::timeout(FLUSH_TIMEOUT, done).await.is_err() {
+                        warn!("ledger flush before self power-off timed out");
+                    }
+                })
+            }),
+        };
+        let (scheduler, reports) = scheduler::spawn(config.scheduler.clone(), hooks);
         Engine {
             policies: BTreeMap::new(),
             index: TriggerIndex::default(),
@@ -299,6 +394,14 @@ impl Engine {
             config,
             open: HashMap::new(),
             pending: HashMap::new(),
+            timers: TimerQueue::default(),
+            armed: HashMap::new(),
+            guard_view,
+            flushes,
+            closed: VecDeque::new(),
+            at_fires: BTreeSet::new(),
+            due_events: VecDeque::new(),
+            started: false,
         }
     }
 
@@ -326,7 +429,8 @@ impl Engine {
         &mut self.facts
     }
 
-    /// The scheduler, for the kill switch and shutdown.
+    /// The scheduler, for snapshots and shutdown. Pause through
+    /// [`Engine::pause`], which persists the kill switch.
     pub fn scheduler(&self) -> &SchedulerHandle<ActionWork> {
         &self.scheduler
     }
@@ -335,7 +439,12 @@ impl Engine {
     /// of every scheduled item. It does not wait for them: their results
     /// reach the ledger through [`Engine::next_run`] or [`Engine::settle`]
     /// (runs whose items have already been reported are closed here too).
+    ///
+    /// The first call runs [`Engine::start`] if the caller did not.
     pub async fn handle_event(&mut self, event: &Event) -> Result<EventReport, EngineError> {
+        if !self.started {
+            self.start().await?;
+        }
         self.facts.apply(event);
         let now = (self.config.clock)();
         let mut decisions = Vec::new();
@@ -345,6 +454,7 @@ impl Engine {
                 continue;
             };
             let mut state = self.states.remove(&id).unwrap_or_default();
+            let before = state.clone();
             let span = tracing::info_span!(
                 "policy_run",
                 policy_id = %id,
@@ -353,7 +463,9 @@ impl Engine {
             );
             let decision = span
                 .in_scope(|| self.decide(id, pref.interest, &mut state, event, now, &mut timers));
+            let synced = self.sync_timers(id, &before, &state);
             self.states.insert(id, state);
+            synced?;
             let Some(mut decision) = decision? else {
                 continue;
             };
@@ -368,8 +480,11 @@ impl Engine {
             }
         }
         while let Ok(report) = self.reports.try_recv() {
-            self.on_report(report)?;
+            if let Some(run) = self.on_report(report)? {
+                self.closed.push_back(run);
+            }
         }
+        self.serve_flushes()?;
         Ok(EventReport {
             correlation_id: event.correlation_id,
             decisions,
@@ -901,12 +1016,13 @@ impl Engine {
     /// Waits for every queued or running item and closes their runs (step
     /// 9). Returns the ledger entries written, in closing order.
     pub async fn settle(&mut self) -> Result<Vec<RunRecord>, EngineError> {
-        let mut closed = Vec::new();
+        let mut closed: Vec<RunRecord> = self.closed.drain(..).collect();
         while !self.pending.is_empty() {
             if let Some(run) = self.next_run().await? {
                 closed.push(run);
             }
         }
+        closed.extend(self.closed.drain(..));
         Ok(closed)
     }
 
@@ -914,16 +1030,53 @@ impl Engine {
     /// entry when that report closed a run, `None` when the run has items
     /// left or nothing was pending. For a service loop that `select!`s
     /// between the event bus and this.
+    ///
+    /// While it waits it also serves the scheduler's `before_self_poweroff`
+    /// hook: every report already sent is recorded (the ledger is flushed)
+    /// before the self-poweroff item may start.
     pub async fn next_run(&mut self) -> Result<Option<RunRecord>, EngineError> {
-        if self.pending.is_empty() {
-            return Ok(None);
+        loop {
+            if let Some(run) = self.closed.pop_front() {
+                return Ok(Some(run));
+            }
+            if self.pending.is_empty() {
+                return Ok(None);
+            }
+            tokio::select! {
+                report = self.reports.recv() => {
+                    let Some(report) = report else {
+                        return Err(EngineError::Scheduler {
+                            source: SchedulerError::Stopped,
+                        });
+                    };
+                    return self.on_report(report);
+                }
+                Some(reply) = self.flushes.recv() => {
+                    self.flush_reports()?;
+                    let _ = reply.send(());
+                }
+            }
         }
-        let Some(report) = self.reports.recv().await else {
-            return Err(EngineError::Scheduler {
-                source: SchedulerError::Stopped,
-            });
-        };
-        self.on_report(report)
+    }
+
+    /// Records every report already on the channel; closed runs wait in
+    /// `closed` for [`Engine::next_run`].
+    fn flush_reports(&mut self) -> Result<(), EngineError> {
+        while let Ok(report) = self.reports.try_recv() {
+            if let Some(run) = self.on_report(report)? {
+                self.closed.push_back(run);
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers flush requests already waiting (see [`Engine::next_run`]).
+    fn serve_flushes(&mut self) -> Result<(), EngineError> {
+        while let Ok(reply) = self.flushes.try_recv() {
+            self.flush_reports()?;
+            let _ = reply.send(());
+        }
+        Ok(())
     }
 
     /// How many scheduled items have not been reported yet.
@@ -940,10 +1093,10 @@ impl Engine {
         };
         let elapsed = item.started.elapsed().as_millis() as u64;
         let outcome = match report.outcome {
+            Outcome::Dropped(reason) => Ok(self.held_dropped(&item.intent, &reason)?),
             Outcome::Completed(Ok(list)) => Ok(list),
             Outcome::Completed(Err(e)) => Err(e.to_string()),
             Outcome::Cancelled { .. } => Err("cancelled".to_string()),
-            Outcome::Dropped(reason) => Err(format!("dropped: {reason}")),
             Outcome::NotRun => Err("not run: the scheduler shut down".to_string()),
             Outcome::Interrupted => Err("interrupted at the shutdown deadline".to_string()),
             Outcome::Panicked(why) => Err(format!("panicked: {why}")),
@@ -985,6 +1138,16 @@ impl Engine {
             .collect();
         let ok = executed.iter().filter(|r| r.ok).count();
         record.status = match ok {
+            // Nothing reached a driver: every item was dropped at release.
+            0 if executed.is_empty()
+                && record
+                    .results
+                    .iter()
+                    .any(|r| r.code.as_deref() == Some(HELD_EXPIRED)) =>
+            {
+                RunStatus::Cancelled
+            }
+            0 if executed.is_empty() && record.results.iter().all(|r| r.ok) => RunStatus::Ok,
             0 => RunStatus::Failed,
             n if n == executed.len() => RunStatus::Ok,
             _ => RunStatus::Partial,
@@ -1027,11 +1190,14 @@ impl Engine {
         let mut failed_keys = Vec::new();
         let mut all_ok = true;
         let mut reason = String::new();
+        let mut failed_code = EXECUTION_FAILED.to_string();
         for target in &intent.targets {
             let result = match &outcome {
                 Ok(list) => match list.iter().find(|o| &o.target == target) {
                     Some(o) => ResultRecord {
-                        changed: o.ok && o.code != "driver.already_desired",
+                        changed: o.ok
+                            && o.code != "driver.already_desired"
+                            && !o.code.starts_with("engine."),
                         ok: o.ok,
                         severity: o.severity,
                         code: Some(o.code.clone()),
@@ -1081,6 +1247,9 @@ impl Engine {
             if !result.ok {
                 all_ok = false;
                 reason = result.reason.clone();
+                if let Some(code) = result.code.as_deref().filter(|c| c.starts_with("engine.")) {
+                    failed_code = code.to_string();
+                }
                 failed_keys.push(action_key(&action, target));
             }
             record.results.push(result);
@@ -1098,7 +1267,7 @@ impl Engine {
                     finished_at,
                     ok: all_ok,
                     severity: worst,
-                    code: (!all_ok).then(|| EXECUTION_FAILED.to_string()),
+                    code: (!all_ok).then_some(failed_code),
                     reason: reason.clone(),
                 },
             },

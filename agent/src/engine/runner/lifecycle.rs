@@ -1,0 +1,644 @@
+//! The engine's life across restarts and the kill switch (SPEC §6
+//! "Persistence and restarts", "Kill switch"): what [`Engine::start`]
+//! restores, the countdowns [`Engine::fire_due`] delivers, and the pause and
+//! release of [`Engine::pause`] / [`Engine::resume`].
+//!
+//! Countdowns are persisted as the store's deadline records, one per
+//! (policy, trigger, kind), each carrying the policy's whole trigger state
+//! and the hash of the policy version it belongs to, so a restart re-arms
+//! exactly what was pending. Intents left without an outcome are reconciled
+//! by a driver dry-run (reading the targets' state), never re-executed.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use chrono::{DateTime, Utc};
+use drivers::driver::{action_key, Action, ExecOutcome};
+use drivers::manifest::shipped;
+use inventory::Severity;
+use serde_json::{json, Map, Value};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::{
+    already_desired, desired_statuses, row, ActionWork, Engine, EngineError, EventReport,
+    GuardView, ALREADY_DESIRED, CAPABILITY_MISSING, EXECUTION_FAILED, HELD_EXPIRED,
+    HOST_UNREACHABLE, INTERRUPTED, TIMER_MISSED,
+};
+use crate::engine::conditions::Facts;
+use crate::engine::event::Event;
+use crate::engine::scheduler::{DropReason, QueueItem, Recheck};
+use crate::engine::store::{
+    AuditRecord, DeadlineKind, DeadlineRecord, IntentId, IntentOutcome, IntentRecord,
+    KillSwitchState, RunEvent, RunRecord, RunStatus, SubjectRecord, Write,
+};
+use crate::engine::triggers::{
+    missed_fires, next_fire, timer_at_event, TimerKind, TimerRequest, TriggerState,
+};
+use crate::spec::Trigger;
+
+/// What [`Engine::start`] found and did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StartReport {
+    /// The persisted kill switch was engaged, so the scheduler starts paused.
+    pub paused: bool,
+    /// `for` / `timer.after` countdowns re-armed from the store.
+    pub rearmed: usize,
+    /// Open intents found and reconciled, oldest first.
+    pub reconciled: Vec<Reconciled>,
+    /// `timer.at` fires missed while down and queued to run once (within
+    /// the grace); [`Engine::fire_due`] delivers them.
+    pub late_fires: usize,
+    /// `timer.at` fires missed while down and recorded as missed.
+    pub missed: usize,
+}
+
+/// One open intent reconciled at start by reading its targets' state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconciled {
+    pub intent: IntentId,
+    /// Targets the dry-run shows in the state the action leads to: their
+    /// idempotency keys are kept.
+    pub done: Vec<String>,
+    /// Targets not (or not known to be) there: their keys are cleared so the
+    /// next event acts on them; nothing is re-executed now.
+    pub not_done: Vec<String>,
+    /// Why the dry-run could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+impl Engine {
+    /// Restores what the store kept (SPEC §6 "Persistence and restarts",
+    /// "Kill switch"): applies the persisted kill switch to the scheduler,
+    /// re-arms the persisted `for` / `timer.after` countdowns with their
+    /// trigger state, reconciles intents left without an outcome (marked
+    /// `engine.interrupted`, read by a driver dry-run, never re-executed),
+    /// and decides about `timer.at` fires missed while down. Call it once
+    /// after loading the policies and drivers; [`Engine::handle_event`] runs
+    /// it first if it was not called.
+    pub async fn start(&mut self) -> Result<StartReport, EngineError> {
+        if self.started {
+            return Ok(StartReport::default());
+        }
+        self.started = true;
+        let mut report = StartReport::default();
+        let now = (self.config.clock)();
+        if self.store.kill_switch()?.paused {
+            self.scheduler
+                .pause()
+                .await
+                .map_err(|source| EngineError::Scheduler { source })?;
+            report.paused = true;
+        }
+        report.rearmed = self.restore_countdowns()?;
+        report.reconciled = self.reconcile(now).await?;
+        let (late, missed) = self.arm_timer_at(now)?;
+        report.late_fires = late;
+        report.missed = missed;
+        Ok(report)
+    }
+
+    /// The earliest instant [`Engine::fire_due`] has something to deliver.
+    /// A service loop sleeps until then (or the next event).
+    pub fn next_deadline(&self) -> Option<DateTime<Utc>> {
+        if !self.due_events.is_empty() {
+            return Some((self.config.clock)());
+        }
+        let at = self.at_fires.first().map(|(t, _, _)| *t);
+        match (self.timers.next_deadline(), at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Delivers every countdown and `timer.at` fire due at `now` as its
+    /// internal timer event, through [`Engine::handle_event`], earliest
+    /// first. Returns one report per delivered event.
+    pub async fn fire_due(&mut self, now: DateTime<Utc>) -> Result<Vec<EventReport>, EngineError> {
+        if !self.started {
+            self.start().await?;
+        }
+        let mut events: Vec<Event> = self.due_events.drain(..).collect();
+        let mut checked = Vec::new();
+        while let Some(&(at, id, trigger)) = self.at_fires.first() {
+            if at > now {
+                break;
+            }
+            self.at_fires.pop_first();
+            events.push(timer_at_event(&id.to_string(), trigger, at));
+            checked.push(Write::SetTimerChecked {
+                policy_id: id,
+                trigger_index: trigger as u32,
+                at,
+            });
+            if let Some(next) = self
+                .timer_at_schedule(id, trigger)
+                .and_then(|schedule| next_fire(schedule, at, self.config.timezone))
+            {
+                self.at_fires.insert((next, id, trigger));
+            }
+        }
+        if !checked.is_empty() {
+            self.store.write(&checked)?;
+        }
+        events.extend(self.timers.pop_due(now).iter().map(TimerRequest::event));
+        events.sort_by_key(|e| e.ts);
+        let mut reports = Vec::new();
+        for event in events {
+            reports.push(self.handle_event(&event).await?);
+        }
+        Ok(reports)
+    }
+
+    /// Engages the kill switch: persisted first, then every queued and new
+    /// item is held (running ones finish). Dry-runs keep working.
+    pub async fn pause(&mut self, by: &str, reason: &str) -> Result<(), EngineError> {
+        let now = (self.config.clock)();
+        self.store.write(&[
+            Write::SetKillSwitch(KillSwitchState {
+                paused: true,
+                since: Some(now),
+                by: Some(by.to_string()),
+                reason: Some(reason.to_string()),
+            }),
+            Write::AppendAudit(AuditRecord {
+                ts: now,
+                correlation_id: Uuid::new_v4(),
+                kind: "engine.paused".into(),
+                policy_id: None,
+                details: json!({"by": by, "reason": reason}),
+            }),
+        ])?;
+        self.scheduler
+            .pause()
+            .await
+            .map_err(|source| EngineError::Scheduler { source })
+    }
+
+    /// Releases the kill switch: persisted, then each held item is dropped
+    /// with a record if older than its TTL, else re-checked by step 7's
+    /// guards from the current facts, snapshots and breakers (an item whose
+    /// targets are all already in the desired state is dropped with an
+    /// `engine.already_desired` record). Dropped items close their runs;
+    /// [`Engine::next_run`] or [`Engine::settle`] hand those out.
+    pub async fn resume(&mut self) -> Result<(), EngineError> {
+        let now = (self.config.clock)();
+        self.store.write(&[
+            Write::SetKillSwitch(KillSwitchState {
+                paused: false,
+                since: Some(now),
+                by: None,
+                reason: None,
+            }),
+            Write::AppendAudit(AuditRecord {
+                ts: now,
+                correlation_id: Uuid::new_v4(),
+                kind: "engine.resumed".into(),
+                policy_id: None,
+                details: json!({}),
+            }),
+        ])?;
+        *self
+            .guard_view
+            .facts
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = self.facts.clone();
+        self.scheduler
+            .resume()
+            .await
+            .map_err(|source| EngineError::Scheduler { source })
+    }
+
+    /// Arms `state`'s countdowns for policy `id` in place of the ones armed
+    /// before, and persists them with the trigger state: one deadline record
+    /// per (trigger, kind), the earliest subject's deadline, each carrying
+    /// the whole state. Writes nothing when nothing changed.
+    pub(super) fn sync_timers(
+        &mut self,
+        id: Uuid,
+        before: &TriggerState,
+        state: &TriggerState,
+    ) -> Result<(), EngineError> {
+        let Some(policy) = self.policies.get(&id) else {
+            return Ok(());
+        };
+        let pending = state.pending_timers(&id.to_string(), &policy.ir.match_.trigger_group);
+        let old = self.armed.remove(&id).unwrap_or_default();
+        if pending == old && before == state {
+            if !old.is_empty() {
+                self.armed.insert(id, old);
+            }
+            return Ok(());
+        }
+        for request in &old {
+            self.timers.cancel(request);
+        }
+        let mut due: BTreeMap<(u32, DeadlineKind), DateTime<Utc>> = BTreeMap::new();
+        for request in &pending {
+            self.timers.arm(request.clone());
+            let slot = due
+                .entry((request.trigger as u32, deadline_kind(request.kind)))
+                .or_insert(request.deadline);
+            *slot = (*slot).min(request.deadline);
+        }
+        let stored = json!({"hash": policy.ir.hash, "trigger_state": state.to_json()});
+        let mut batch: Vec<Write> = due
+            .iter()
+            .map(|(&(trigger_index, kind), &due_at)| {
+                Write::UpsertDeadline(DeadlineRecord {
+                    policy_id: id,
+                    trigger_index,
+                    kind,
+                    due_at,
+                    state: stored.clone(),
+                })
+            })
+            .collect();
+        let gone: BTreeSet<(u32, DeadlineKind)> = old
+            .iter()
+            .map(|r| (r.trigger as u32, deadline_kind(r.kind)))
+            .filter(|key| !due.contains_key(key))
+            .collect();
+        batch.extend(
+            gone.into_iter()
+                .map(|(trigger_index, kind)| Write::RemoveDeadline {
+                    policy_id: id,
+                    trigger_index,
+                    kind,
+                }),
+        );
+        if !pending.is_empty() {
+            self.armed.insert(id, pending);
+        }
+        if !batch.is_empty() {
+            self.store.write(&batch)?;
+        }
+        Ok(())
+    }
+
+    /// Re-arms the countdowns the store kept, with their trigger state.
+    /// State of another version of the policy (its hash changed) is dropped.
+    fn restore_countdowns(&mut self) -> Result<usize, EngineError> {
+        let mut seen = HashSet::new();
+        let mut stale = Vec::new();
+        let mut rearmed = 0;
+        for record in self.store.deadlines()? {
+            let Some(policy) = self.policies.get(&record.policy_id) else {
+                continue;
+            };
+            let same_version =
+                record.state.get("hash").and_then(Value::as_str) == Some(policy.ir.hash.as_str());
+            let state = record
+                .state
+                .get("trigger_state")
+                .and_then(TriggerState::from_json)
+                .filter(|_| same_version);
+            let Some(state) = state else {
+                stale.push(Write::RemoveDeadline {
+                    policy_id: record.policy_id,
+                    trigger_index: record.trigger_index,
+                    kind: record.kind,
+                });
+                continue;
+            };
+            if !seen.insert(record.policy_id) {
+                continue;
+            }
+            let pending = state.pending_timers(
+                &record.policy_id.to_string(),
+                &policy.ir.match_.trigger_group,
+            );
+            for request in &pending {
+                self.timers.arm(request.clone());
+            }
+            rearmed += pending.len();
+            if !pending.is_empty() {
+                self.armed.insert(record.policy_id, pending);
+            }
+            self.states.insert(record.policy_id, state);
+        }
+        if !stale.is_empty() {
+            self.store.write(&stale)?;
+        }
+        Ok(rearmed)
+    }
+
+    /// Marks every intent without outcome `engine.interrupted` and
+    /// reconciles it by a driver dry-run: targets already where the action
+    /// leads keep their keys, the others have them cleared. One
+    /// `interrupted` ledger entry per run; nothing is executed.
+    async fn reconcile(&mut self, now: DateTime<Utc>) -> Result<Vec<Reconciled>, EngineError> {
+        let mut runs: BTreeMap<Uuid, RunRecord> = BTreeMap::new();
+        let mut out = Vec::new();
+        for intent in self.store.open_intents()? {
+            let action = Action {
+                capability: intent.capability.clone(),
+                verb: intent.verb.clone(),
+                params: intent.params.as_object().cloned().unwrap_or_default(),
+            };
+            let answer = match self.drivers.get(&intent.host) {
+                Some(driver) => driver
+                    .dry_run(&action, &intent.targets)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err(format!("no driver for host {}", intent.host)),
+            };
+            let desired = desired_statuses(&action);
+            let mut done = Vec::new();
+            let mut not_done = Vec::new();
+            let mut rows = Vec::new();
+            for target in &intent.targets {
+                let from = answer.as_ref().ok().and_then(|list| {
+                    list.iter()
+                        .flat_map(|a| a.effects.per_target.iter())
+                        .find(|e| &e.id == target)
+                        .and_then(|e| e.from.clone())
+                });
+                let reached = from.as_deref().is_some_and(|s| desired.contains(&s));
+                let seen = from.as_deref().unwrap_or("unknown");
+                let why = if reached {
+                    format!(
+                        "interrupted by a restart; {target} is {seen}, so the action took effect"
+                    )
+                } else {
+                    format!(
+                        "interrupted by a restart; {target} is {seen}: not re-executed, \
+                         the next event acts on it"
+                    )
+                };
+                let mut result = row(
+                    intent.action_index as usize,
+                    &action,
+                    &intent.host,
+                    target,
+                    reached,
+                    Severity::Warn,
+                    INTERRUPTED,
+                    &why,
+                );
+                result.changed = reached;
+                rows.push(result);
+                if reached {
+                    done.push(target.clone());
+                } else {
+                    not_done.push(target.clone());
+                }
+            }
+            let error = answer.err();
+            let reason = match &error {
+                Some(e) => format!("interrupted by a restart; dry-run failed: {e}"),
+                None => format!(
+                    "interrupted by a restart; {} of {} targets reached the desired state",
+                    done.len(),
+                    intent.targets.len()
+                ),
+            };
+            warn!(policy_id = %intent.policy_id, host = %intent.host, correlation_id = %intent.correlation_id, reason = %reason, "engine.interrupted");
+            let mut batch = vec![
+                Write::CompleteIntent {
+                    id: intent.id(),
+                    outcome: IntentOutcome {
+                        finished_at: now,
+                        ok: not_done.is_empty(),
+                        severity: Severity::Warn,
+                        code: Some(INTERRUPTED.to_string()),
+                        reason: reason.clone(),
+                    },
+                },
+                Write::AppendAudit(AuditRecord {
+                    ts: now,
+                    correlation_id: intent.correlation_id,
+                    kind: INTERRUPTED.into(),
+                    policy_id: Some(intent.policy_id),
+                    details: json!({
+                        "run_id": intent.run_id,
+                        "action_index": intent.action_index,
+                        "capability": intent.capability,
+                        "verb": intent.verb,
+                        "host": intent.host,
+                        "done": done,
+                        "not_done": not_done,
+                        "reason": reason,
+                    }),
+                }),
+            ];
+            let cleared: Vec<String> = not_done.iter().map(|t| action_key(&action, t)).collect();
+            if !cleared.is_empty() {
+                batch.push(Write::ClearKeys { keys: cleared });
+            }
+            self.store.write(&batch)?;
+            let version_int = self
+                .policies
+                .get(&intent.policy_id)
+                .map_or(0, |p| p.ir.version_int);
+            runs.entry(intent.run_id)
+                .or_insert_with(|| RunRecord {
+                    run_id: intent.run_id,
+                    policy_id: intent.policy_id,
+                    version_int,
+                    event: RunEvent {
+                        kind: INTERRUPTED.into(),
+                        subject: SubjectRecord {
+                            kind: "host".into(),
+                            id: intent.host.clone(),
+                        },
+                        correlation_id: intent.correlation_id,
+                    },
+                    started_at: intent.created_at,
+                    finished_at: now,
+                    severity: Severity::Warn,
+                    status: RunStatus::Interrupted,
+                    results: Vec::new(),
+                    explain: json!({"restart": "the agent stopped before this run finished"}),
+                })
+                .results
+                .extend(rows);
+            out.push(Reconciled {
+                intent: intent.id(),
+                done,
+                not_done,
+                error,
+            });
+        }
+        let batch: Vec<Write> = runs.into_values().map(Write::AppendRun).collect();
+        if !batch.is_empty() {
+            self.store.write(&batch)?;
+        }
+        Ok(out)
+    }
+
+    /// Arms the next fire of every `timer.at` trigger and decides about the
+    /// ones missed while down: the latest within the grace runs once (queued
+    /// for [`Engine::fire_due`]), the others are audited as missed. Returns
+    /// (late fires queued, fires recorded as missed).
+    fn arm_timer_at(&mut self, now: DateTime<Utc>) -> Result<(usize, usize), EngineError> {
+        let checks = self.store.timer_checks()?;
+        let mut batch = Vec::new();
+        let (mut late, mut missed_count) = (0, 0);
+        let tz = self.config.timezone;
+        for (id, policy) in &self.policies {
+            for (index, trigger) in policy.ir.match_.trigger_group.triggers.iter().enumerate() {
+                let Trigger::TimerAt { schedule } = trigger else {
+                    continue;
+                };
+                let last = checks
+                    .iter()
+                    .find(|c| c.policy_id == *id && c.trigger_index == index as u32)
+                    .map(|c| c.checked_at);
+                if let Some(last) = last {
+                    let decision = missed_fires(schedule, last, now, self.config.missed_grace, tz);
+                    if let Some(due) = decision.due.filter(|_| decision.fire_once) {
+                        self.due_events
+                            .push_back(timer_at_event(&id.to_string(), index, due));
+                        late += 1;
+                    }
+                    missed_count += decision.missed.len();
+                    if !decision.missed.is_empty() {
+                        batch.push(Write::AppendAudit(AuditRecord {
+                            ts: now,
+                            correlation_id: Uuid::new_v4(),
+                            kind: TIMER_MISSED.into(),
+                            policy_id: Some(*id),
+                            details: json!({
+                                "trigger": index,
+                                "missed": decision.missed,
+                                "truncated": decision.truncated,
+                                "grace_s": self.config.missed_grace.as_secs(),
+                            }),
+                        }));
+                    }
+                }
+                batch.push(Write::SetTimerChecked {
+                    policy_id: *id,
+                    trigger_index: index as u32,
+                    at: now,
+                });
+                if let Some(next) = next_fire(schedule, now, tz) {
+                    self.at_fires.insert((next, *id, index));
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.store.write(&batch)?;
+        }
+        Ok((late, missed_count))
+    }
+
+    /// The schedule of `timer.at` trigger `index` of policy `id`.
+    fn timer_at_schedule(&self, id: Uuid, index: usize) -> Option<&crate::spec::Schedule> {
+        match self
+            .policies
+            .get(&id)?
+            .ir
+            .match_
+            .trigger_group
+            .triggers
+            .get(index)?
+        {
+            Trigger::TimerAt { schedule } => Some(schedule),
+            _ => None,
+        }
+    }
+
+    /// The per-target rows of an item the kill switch dropped at release,
+    /// as if the driver had answered, and its audit record.
+    pub(super) fn held_dropped(
+        &self,
+        intent: &IntentRecord,
+        reason: &DropReason,
+    ) -> Result<Vec<ExecOutcome>, EngineError> {
+        let (ok, severity, code, why) = match reason {
+            DropReason::Expired { .. } => (false, Severity::Warn, HELD_EXPIRED, reason.to_string()),
+            DropReason::Recheck(text) => match text.split_once(": ") {
+                Some((ALREADY_DESIRED, why)) => (true, Severity::Info, ALREADY_DESIRED, why.into()),
+                Some((HOST_UNREACHABLE, why)) => {
+                    (false, Severity::Error, HOST_UNREACHABLE, why.into())
+                }
+                Some((CAPABILITY_MISSING, why)) => {
+                    (false, Severity::Error, CAPABILITY_MISSING, why.into())
+                }
+                _ => (false, Severity::Error, EXECUTION_FAILED, text.clone()),
+            },
+        };
+        info!(policy_id = %intent.policy_id, host = %intent.host, correlation_id = %intent.correlation_id, code, reason = %why, "held item dropped at release");
+        self.store.write(&[Write::AppendAudit(AuditRecord {
+            ts: (self.config.clock)(),
+            correlation_id: intent.correlation_id,
+            kind: "engine.held_dropped".into(),
+            policy_id: Some(intent.policy_id),
+            details: json!({
+                "run_id": intent.run_id,
+                "action_index": intent.action_index,
+                "host": intent.host,
+                "targets": intent.targets,
+                "code": code,
+                "reason": why,
+            }),
+        })])?;
+        Ok(intent
+            .targets
+            .iter()
+            .map(|target| ExecOutcome {
+                target: target.clone(),
+                ok,
+                severity,
+                code: code.to_string(),
+                reason: Some(why.clone()),
+                evidence: Map::new(),
+                duration_ms: 0,
+                result_state: None,
+            })
+            .collect())
+    }
+}
+
+/// The store's name for a countdown kind.
+fn deadline_kind(kind: TimerKind) -> DeadlineKind {
+    match kind {
+        TimerKind::ForHold => DeadlineKind::For,
+        TimerKind::After => DeadlineKind::After,
+    }
+}
+
+/// Step 7 for an item held by the kill switch, at release: the driver
+/// still offers the action, the host is reachable and its breaker closed,
+/// and not every target is already in the desired state. A drop reason
+/// starts with the finding code (`engine.already_desired: ...`).
+pub(super) fn recheck_held(view: &GuardView, item: &QueueItem<ActionWork>) -> Recheck {
+    let work = &item.work;
+    let host = &item.host;
+    let offered = shipped()
+        .get(work.driver.plugin_id())
+        .and_then(|m| m.capability(&work.action.capability))
+        .is_some_and(|c| c.has_verb(&work.action.verb));
+    if !offered {
+        return Recheck::Drop(format!(
+            "{CAPABILITY_MISSING}: host {host} does not offer {} {}; re-validate the policy",
+            work.action.capability, work.action.verb
+        ));
+    }
+    let reachable = view
+        .facts
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .host_reachable(host);
+    if reachable == Some(false) {
+        return Recheck::Drop(format!("{HOST_UNREACHABLE}: host {host} is unreachable"));
+    }
+    if !view.breakers.for_host(host).would_allow() {
+        return Recheck::Drop(format!(
+            "{HOST_UNREACHABLE}: the circuit breaker of host {host} is open"
+        ));
+    }
+    let snapshot = view.snapshots.host(host);
+    let statuses: Option<Vec<String>> = work
+        .targets
+        .iter()
+        .map(|t| already_desired(&work.action, snapshot.as_ref(), t).map(|s| format!("{t} is {s}")))
+        .collect();
+    match statuses {
+        Some(list) if !list.is_empty() => {
+            Recheck::Drop(format!("{ALREADY_DESIRED}: {}", list.join(", ")))
+        }
+        _ => Recheck::Keep,
+    }
+}

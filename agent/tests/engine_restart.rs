@@ -1,0 +1,747 @@
+//! The engine across restarts and the kill switch (SPEC §6 "Persistence and
+//! restarts", "Kill switch"), on a virtual clock: `for` countdowns armed,
+//! persisted and re-armed; intents interrupted by a crash reconciled by a
+//! dry-run; held items re-checked at release; the ledger flushed before a
+//! self power-off; `timer.at` fires missed while down. A restart is a new
+//! [`Engine`] over the same store and the same clock.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent::compile::{CompileContext, Ir};
+use agent::engine::event::{Event, EventKind, Subject, SubjectKind};
+use agent::engine::runner::{
+    Clock, Engine, EngineConfig, Policy, Snapshots, ALREADY_DESIRED, HELD_EXPIRED, INTERRUPTED,
+    TIMER_MISSED,
+};
+use agent::engine::store::{
+    AuditQuery, EngineStore, IntentId, KillSwitchState, MemoryStore, RunStatus, SqliteStore,
+};
+use agent::validate::validate_text;
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use drivers::breaker::{BreakerConfig, Breakers};
+use drivers::driver::{
+    action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ExecOutcome,
+    Plan, RefreshMode, TargetEffect,
+};
+use drivers::manifest::shipped;
+use inventory::{HostInventory, Severity, Target};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+/// A driver for one host with a status per canonical target id; targets
+/// listed in `failing` are left as they are by `execute`.
+struct FakeDriver {
+    host: String,
+    plugin: String,
+    state: Mutex<BTreeMap<String, Option<String>>>,
+    latency: Mutex<Duration>,
+    failing: Mutex<Vec<String>>,
+    executes: Mutex<Vec<(String, Vec<String>)>>,
+    dry_runs: AtomicUsize,
+    /// Called at the start of every execute (to look at the store then).
+    probe: Mutex<Option<Box<dyn Fn() + Send>>>,
+}
+
+impl FakeDriver {
+    fn new(host: &str, plugin: &str, targets: &[(&str, &str)]) -> Arc<FakeDriver> {
+        Arc::new(FakeDriver {
+            host: host.into(),
+            plugin: plugin.into(),
+            state: Mutex::new(
+                targets
+                    .iter()
+                    .map(|(id, s)| (id.to_string(), Some(s.to_string())))
+                    .collect(),
+            ),
+            latency: Mutex::new(Duration::from_millis(200)),
+            failing: Mutex::new(Vec::new()),
+            executes: Mutex::new(Vec::new()),
+            dry_runs: AtomicUsize::new(0),
+            probe: Mutex::new(None),
+        })
+    }
+
+    fn status(&self, target: &str) -> Option<String> {
+        self.state.lock().unwrap().get(target).cloned().flatten()
+    }
+
+    fn set_status(&self, target: &str, status: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .insert(target.into(), Some(status.into()));
+    }
+
+    fn executes(&self) -> Vec<(String, Vec<String>)> {
+        self.executes.lock().unwrap().clone()
+    }
+
+    fn snapshot(&self) -> HostInventory {
+        let targets = self
+            .state
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, status)| {
+                let (target_type, id) = id.split_once(':').unwrap();
+                Target {
+                    target_type: target_type.into(),
+                    id: id.into(),
+                    name: None,
+                    status: status.clone(),
+                    labels: BTreeMap::new(),
+                    attrs: BTreeMap::new(),
+                }
+            })
+            .collect();
+        HostInventory::new(&self.host, &self.plugin, targets)
+    }
+}
+
+/// The status an action leaves a target in.
+fn after(action: &Action, before: Option<String>) -> Option<String> {
+    match action.verb.as_str() {
+        "start" => Some("running".into()),
+        "shutdown" | "stop" => Some("stopped".into()),
+        _ => before,
+    }
+}
+
+#[async_trait]
+impl Driver for FakeDriver {
+    fn plugin_id(&self) -> &str {
+        &self.plugin
+    }
+
+    fn host_id(&self) -> &str {
+        &self.host
+    }
+
+    async fn discover(
+        &self,
+        _mode: RefreshMode,
+        _budget: Duration,
+    ) -> Result<Vec<Target>, DriverError> {
+        Ok(self.snapshot().into_targets())
+    }
+
+    async fn dry_run(
+        &self,
+        action: &Action,
+        targets: &[String],
+    ) -> Result<Vec<DryRunAnswer>, DriverError> {
+        self.dry_runs.fetch_add(1, Ordering::SeqCst);
+        Ok(targets
+            .iter()
+            .map(|t| {
+                let from = self.status(t);
+                DryRunAnswer {
+                    ok: true,
+                    severity: Severity::Info,
+                    idempotency_key: action_key(action, t),
+                    preconditions: Vec::new(),
+                    plan: Plan {
+                        kind: "api".into(),
+                        preview: Vec::new(),
+                    },
+                    effects: Effects {
+                        summary: format!("{} would run", action.verb),
+                        per_target: vec![TargetEffect {
+                            id: t.clone(),
+                            to: after(action, from.clone()),
+                            from,
+                        }],
+                    },
+                    reason: None,
+                }
+            })
+            .collect())
+    }
+
+    async fn execute(
+        &self,
+        action: &Action,
+        targets: &[String],
+    ) -> Result<Vec<ExecOutcome>, DriverError> {
+        if let Some(probe) = self.probe.lock().unwrap().as_ref() {
+            probe();
+        }
+        self.executes
+            .lock()
+            .unwrap()
+            .push((action.verb.clone(), targets.to_vec()));
+        let latency = *self.latency.lock().unwrap();
+        tokio::time::sleep(latency).await;
+        let failing = self.failing.lock().unwrap().clone();
+        Ok(targets
+            .iter()
+            .map(|t| {
+                let ok = !failing.contains(t);
+                if ok {
+                    let before = self.status(t);
+                    if let Some(to) = after(action, before) {
+                        self.set_status(t, &to);
+                    }
+                }
+                ExecOutcome {
+                    target: t.clone(),
+                    ok,
+                    severity: if ok { Severity::Info } else { Severity::Error },
+                    code: if ok {
+                        "driver.ok"
+                    } else {
+                        "driver.server_error"
+                    }
+                    .into(),
+                    reason: (!ok).then(|| "scripted failure".to_string()),
+                    evidence: Map::new(),
+                    duration_ms: latency.as_millis() as u64,
+                    result_state: self.status(t),
+                }
+            })
+            .collect())
+    }
+
+    async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {
+        Ok(ConnectionReport {
+            ok: true,
+            details: Map::new(),
+            duration_ms: 0,
+        })
+    }
+}
+
+/// Snapshots read live from the fake drivers.
+struct Live(Vec<Arc<FakeDriver>>);
+
+impl Snapshots for Live {
+    fn host(&self, host_id: &str) -> Option<HostInventory> {
+        self.0
+            .iter()
+            .find(|d| d.host == host_id)
+            .map(|d| d.snapshot())
+    }
+}
+
+fn pve() -> Arc<FakeDriver> {
+    FakeDriver::new(
+        "pve-01",
+        "proxmox.ve",
+        &[
+            ("vm:101", "running"),
+            ("vm:102", "running"),
+            ("host:pve-01", "running"),
+        ],
+    )
+}
+
+/// 2026-11-22 09:50:00 UTC: a wall time the `timer.at` tests reason about.
+fn base() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-22T09:50:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+/// A clock at [`base`] when created, advancing with tokio's paused clock;
+/// shared by every engine of a test, as the wall clock is across restarts.
+fn clock() -> Clock {
+    let start = tokio::time::Instant::now();
+    Arc::new(move || base() + TimeDelta::from_std(start.elapsed()).unwrap())
+}
+
+/// A new engine (a start of the agent) over `store` with `policies`.
+fn engine(
+    store: Arc<dyn EngineStore>,
+    driver: &Arc<FakeDriver>,
+    clock: &Clock,
+    self_host: Option<&str>,
+    policies: Vec<Policy>,
+) -> Engine {
+    let mut engine = Engine::new(
+        store,
+        Arc::new(Live(vec![driver.clone()])),
+        Arc::new(Breakers::new(BreakerConfig::default())),
+        EngineConfig {
+            clock: clock.clone(),
+            self_host: self_host.map(str::to_string),
+            ..EngineConfig::default()
+        },
+    );
+    engine.add_driver(driver.clone() as Arc<dyn Driver>);
+    for policy in policies {
+        engine.add_policy(policy).unwrap();
+    }
+    engine
+}
+
+fn ir(yaml: &str) -> Ir {
+    let validated = validate_text(
+        yaml,
+        shipped(),
+        &CompileContext {
+            version_int: 1,
+            ..CompileContext::default()
+        },
+    );
+    validated
+        .report
+        .ir
+        .unwrap_or_else(|| panic!("policy does not compile: {:?}", validated.report.issues))
+}
+
+/// A policy on `trigger` running `action` on `selector` of `ty` on pve-01.
+fn policy(
+    id: u128,
+    priority: i64,
+    trigger: &str,
+    ty: &str,
+    selector: &str,
+    action: &str,
+) -> Policy {
+    let yaml = format!(
+        "version: 1\nname: test policy\npriority: {priority}\ntrigger_group:\n  triggers:\n    - {trigger}\n\
+         targets:\n  host_id: pve-01\n  target_type: {ty}\n  selector: {selector}\n\
+         actions:\n  - {action}\n"
+    );
+    Policy {
+        id: Uuid::from_u128(id),
+        ir: ir(&yaml),
+    }
+}
+
+const ON_BATTERY_120S: &str = "{ type: ups.state, equals: on_battery, for: 120s }";
+const ON_BATTERY: &str = "{ type: ups.state, equals: on_battery }";
+const HOURLY: &str = "{ type: timer.at, schedule: { cron: \"0 0 * * * *\" } }";
+const SHUTDOWN_VMS: &str = "{ capability_id: proxmox.vm, verb: shutdown }";
+
+fn vms(value: &str) -> String {
+    format!("{{ mode: range, value: \"{value}\" }}")
+}
+
+fn held_policy() -> Policy {
+    policy(1, 10, ON_BATTERY_120S, "vm", &vms("101"), SHUTDOWN_VMS)
+}
+
+fn ups(state: &str) -> Event {
+    let mut attrs = Map::new();
+    attrs.insert("state".into(), json!(state));
+    Event {
+        kind: EventKind::UpsState,
+        subject: Subject {
+            kind: SubjectKind::Ups,
+            id: "ups1@nas.lan:3493".into(),
+        },
+        attrs,
+        ts: Utc::now(),
+        correlation_id: Uuid::new_v4(),
+    }
+}
+
+async fn seconds(n: u64) {
+    tokio::time::advance(Duration::from_secs(n)).await;
+}
+
+fn audit_kinds(store: &dyn EngineStore, kind: &str) -> Vec<Value> {
+    store
+        .audit(&AuditQuery {
+            kind: Some(kind.into()),
+            ..AuditQuery::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record.details)
+        .collect()
+}
+
+/// Delivers what is due now and returns how many policies scheduled work.
+async fn fire(engine: &mut Engine, clock: &Clock) -> usize {
+    let reports = engine.fire_due(clock()).await.unwrap();
+    engine.settle().await.unwrap();
+    reports
+        .iter()
+        .flat_map(|r| &r.decisions)
+        .filter(|d| d.code == "engine.scheduled")
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_for_120s_hold_on_battery_fires_after_120_seconds() {
+    let pve = pve();
+    let store = Arc::new(MemoryStore::default());
+    let clock = clock();
+    let mut engine = engine(store.clone(), &pve, &clock, None, vec![held_policy()]);
+    let report = engine.handle_event(&ups("on_battery")).await.unwrap();
+    assert_eq!(report.timers.len(), 1);
+    assert_eq!(
+        engine.next_deadline(),
+        Some(clock() + TimeDelta::seconds(120))
+    );
+    assert_eq!(store.deadlines().unwrap().len(), 1);
+    seconds(119).await;
+    assert_eq!(fire(&mut engine, &clock).await, 0);
+    assert!(pve.executes().is_empty());
+    seconds(1).await;
+    assert_eq!(fire(&mut engine, &clock).await, 1);
+    assert_eq!(pve.status("vm:101").as_deref(), Some("stopped"));
+    assert!(store.deadlines().unwrap().is_empty());
+    assert_eq!(engine.next_deadline(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_three_second_blip_cancels_the_countdown_and_nothing_fires() {
+    let pve = pve();
+    let store = Arc::new(MemoryStore::default());
+    let clock = clock();
+    let mut engine = engine(store.clone(), &pve, &clock, None, vec![held_policy()]);
+    engine.handle_event(&ups("on_battery")).await.unwrap();
+    seconds(3).await;
+    engine.handle_event(&ups("on_mains")).await.unwrap();
+    assert_eq!(engine.next_deadline(), None);
+    assert!(store.deadlines().unwrap().is_empty());
+    seconds(600).await;
+    assert_eq!(fire(&mut engine, &clock).await, 0);
+    assert!(pve.executes().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_rearms_the_countdown_and_fires_it_once_not_twice() {
+    let pve = pve();
+    let store: Arc<dyn EngineStore> = Arc::new(MemoryStore::default());
+    let clock = clock();
+    let armed_at = clock();
+    let mut first = engine(store.clone(), &pve, &clock, None, vec![held_policy()]);
+    first.handle_event(&ups("on_battery")).await.unwrap();
+    seconds(60).await;
+    drop(first);
+
+    let mut second = engine(store.clone(), &pve, &clock, None, vec![held_policy()]);
+    let start = second.start().await.unwrap();
+    assert_eq!(start.rearmed, 1);
+    assert_eq!(
+        second.next_deadline(),
+        Some(armed_at + TimeDelta::seconds(120))
+    );
+    seconds(59).await;
+    assert_eq!(fire(&mut second, &clock).await, 0);
+    seconds(1).await;
+    assert_eq!(fire(&mut second, &clock).await, 1);
+    assert_eq!(fire(&mut second, &clock).await, 0);
+    drop(second);
+
+    let mut third = engine(store.clone(), &pve, &clock, None, vec![held_policy()]);
+    assert_eq!(third.start().await.unwrap().rearmed, 0);
+    seconds(600).await;
+    assert_eq!(fire(&mut third, &clock).await, 0);
+    assert_eq!(pve.executes().len(), 1);
+    assert_eq!(store.runs(Uuid::from_u128(1), 30).unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_intent_interrupted_by_a_crash_is_reconciled_by_a_dry_run_never_re_executed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hazel.db");
+    let pve = pve();
+    *pve.latency.lock().unwrap() = Duration::from_secs(10);
+    pve.failing.lock().unwrap().push("vm:102".into());
+    let clock = clock();
+    let shutdown = policy(1, 10, ON_BATTERY, "vm", &vms("101-102"), SHUTDOWN_VMS);
+    let store: Arc<dyn EngineStore> = Arc::new(SqliteStore::open(&path).unwrap());
+    let mut first = engine(store.clone(), &pve, &clock, None, vec![shutdown.clone()]);
+    first.handle_event(&ups("on_battery")).await.unwrap();
+    seconds(1).await;
+    assert_eq!(pve.executes().len(), 1);
+    // The agent dies mid-execution: nothing records the outcome. The
+    // request had reached the host: vm:101 stops, vm:102 does not.
+    drop(first);
+    drop(store);
+    seconds(20).await;
+    pve.set_status("vm:101", "stopped");
+
+    let store: Arc<dyn EngineStore> = Arc::new(SqliteStore::open(&path).unwrap());
+    assert_eq!(store.open_intents().unwrap().len(), 1);
+    let mut second = engine(store.clone(), &pve, &clock, None, vec![shutdown]);
+    let start = second.start().await.unwrap();
+    assert_eq!(start.reconciled.len(), 1);
+    assert_eq!(start.reconciled[0].done, vec!["vm:101"]);
+    assert_eq!(start.reconciled[0].not_done, vec!["vm:102"]);
+    assert_eq!(pve.dry_runs.load(Ordering::SeqCst), 1);
+    assert_eq!(pve.executes().len(), 1, "nothing is re-executed");
+    assert!(store.open_intents().unwrap().is_empty());
+
+    let runs = store.runs(Uuid::from_u128(1), 30).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Interrupted);
+    assert!(runs[0]
+        .results
+        .iter()
+        .all(|r| r.code.as_deref() == Some(INTERRUPTED)));
+    assert_eq!(audit_kinds(store.as_ref(), INTERRUPTED).len(), 1);
+
+    let action = Action {
+        capability: "proxmox.vm".into(),
+        verb: "shutdown".into(),
+        params: Map::new(),
+    };
+    assert!(store
+        .key_ran_at(&action_key(&action, "vm:101"))
+        .unwrap()
+        .is_some());
+    assert!(store
+        .key_ran_at(&action_key(&action, "vm:102"))
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_kill_switch_holds_items_and_rechecks_them_at_release() {
+    let pve = pve();
+    let store = Arc::new(MemoryStore::default());
+    let clock = clock();
+    let wanted = policy(1, 10, ON_BATTERY, "vm", &vms("101"), SHUTDOWN_VMS);
+    let moot = policy(2, 20, ON_BATTERY, "vm", &vms("102"), SHUTDOWN_VMS);
+    let mut engine = engine(store.clone(), &pve, &clock, None, vec![wanted, moot]);
+    engine.pause("ops", "maintenance").await.unwrap();
+    assert!(store.kill_switch().unwrap().paused);
+    // Dry-runs keep working while paused.
+    let transcript = engine.dry_run_event(&ups("on_battery")).await.unwrap();
+    assert!(matches!(
+        transcript.decisions[0].planned[0].dry_run,
+        Some(Ok(_))
+    ));
+
+    let report = engine.handle_event(&ups("on_battery")).await.unwrap();
+    assert_eq!(report.decisions.len(), 2);
+    seconds(120).await;
+    assert!(pve.executes().is_empty());
+    assert_eq!(engine.pending_items(), 2);
+    assert_eq!(store.open_intents().unwrap().len(), 2);
+
+    // Someone stops vm:102 by hand meanwhile.
+    pve.set_status("vm:102", "stopped");
+    engine.resume().await.unwrap();
+    let runs = engine.settle().await.unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(!store.kill_switch().unwrap().paused);
+    assert_eq!(
+        pve.executes(),
+        vec![("shutdown".into(), vec!["vm:101".into()])]
+    );
+    let moot = store.runs(Uuid::from_u128(2), 30).unwrap();
+    assert_eq!(moot[0].status, RunStatus::Ok);
+    assert_eq!(moot[0].results[0].code.as_deref(), Some(ALREADY_DESIRED));
+    assert!(!moot[0].results[0].changed);
+    assert_eq!(audit_kinds(store.as_ref(), "engine.held_dropped").len(), 1);
+    assert!(store.open_intents().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_item_held_past_its_ttl_is_dropped_with_a_record_and_its_key_forgotten() {
+    let pve = pve();
+    let store = Arc::new(MemoryStore::default());
+    let clock = clock();
+    let shutdown = policy(1, 10, ON_BATTERY, "vm", &vms("101"), SHUTDOWN_VMS);
+    let mut engine = engine(store.clone(), &pve, &clock, None, vec![shutdown]);
+    engine.pause("ops", "maintenance").await.unwrap();
+    engine.handle_event(&ups("on_battery")).await.unwrap();
+    seconds(11 * 60).await;
+    engine.resume().await.unwrap();
+    let runs = engine.settle().await.unwrap();
+    assert_eq!(runs[0].status, RunStatus::Cancelled);
+    assert_eq!(runs[0].results[0].code.as_deref(), Some(HELD_EXPIRED));
+    let intent = store
+        .intent(&IntentId {
+            run_id: runs[0].run_id,
+            action_index: 0,
+            host: "pve-01".into(),
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(intent.outcome.unwrap().code.as_deref(), Some(HELD_EXPIRED));
+    let action = Action {
+        capability: "proxmox.vm".into(),
+        verb: "shutdown".into(),
+        params: Map::new(),
+    };
+    assert!(store
+        .key_ran_at(&action_key(&action, "vm:101"))
+        .unwrap()
+        .is_none());
+    assert!(pve.executes().is_empty());
+    assert_eq!(audit_kinds(store.as_ref(), "engine.held_dropped").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_persisted_kill_switch_is_applied_at_start() {
+    let pve = pve();
+    let store = Arc::new(MemoryStore::default());
+    store
+        .set_kill_switch(&KillSwitchState {
+            paused: true,
+            since: Some(base()),
+            by: Some("ops".into()),
+            reason: Some("maintenance".into()),
+        })
+        .unwrap();
+    let clock = clock();
+    let shutdown = policy(1, 10, ON_BATTERY, "vm", &vms("101"), SHUTDOWN_VMS);
+    let mut engine = engine(store.clone(), &pve, &clock, None, vec![shutdown]);
+    assert!(engine.start().await.unwrap().paused);
+    engine.handle_event(&ups("on_battery")).await.unwrap();
+    seconds(60).await;
+    assert!(pve.executes().is_empty());
+    assert_eq!(engine.pending_items(), 1);
+    engine.resume().await.unwrap();
+    engine.settle().await.unwrap();
+    assert_eq!(pve.executes().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_ledger_is_flushed_before_a_self_poweroff_item_runs() {
+    let pve = pve();
+    let store = Arc::new(MemoryStore::default());
+    let clock = clock();
+    let vms_first = policy(1, 10, ON_BATTERY, "vm", &vms("101-102"), SHUTDOWN_VMS);
+    let node_last = policy(
+        2,
+        20,
+        ON_BATTERY,
+        "host",
+        "{ mode: list, value: \"pve-01\" }",
+        "{ capability_id: proxmox.node, verb: shutdown }",
+    );
+    let mut engine = engine(
+        store.clone(),
+        &pve,
+        &clock,
+        Some("pve-01"),
+        vec![vms_first, node_last],
+    );
+    let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
+    {
+        let seen = seen.clone();
+        let store = store.clone();
+        *pve.probe.lock().unwrap() = Some(Box::new(move || {
+            let runs = store.runs(Uuid::from_u128(1), 30).unwrap().len();
+            seen.lock().unwrap().push(runs);
+        }));
+    }
+    engine.handle_event(&ups("on_battery")).await.unwrap();
+    engine.settle().await.unwrap();
+    let executes = pve.executes();
+    assert_eq!(executes.len(), 2);
+    assert_eq!(executes[1].1, vec!["host:pve-01"]);
+    // When the node shutdown started, the VM run was already in the ledger.
+    assert_eq!(*seen.lock().unwrap(), vec![0, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timer_at_missed_while_down_fires_once_within_the_grace() {
+    let pve = pve();
+    let store: Arc<dyn EngineStore> = Arc::new(MemoryStore::default());
+    let clock = clock();
+    let hourly = || policy(1, 10, HOURLY, "vm", &vms("101"), SHUTDOWN_VMS);
+    let mut first = engine(store.clone(), &pve, &clock, None, vec![hourly()]);
+    first.start().await.unwrap();
+    seconds(8 * 60).await;
+    drop(first);
+    // Down from 09:58 to 10:03: the 10:00 fire is 3 minutes old.
+    seconds(5 * 60).await;
+    let mut second = engine(store.clone(), &pve, &clock, None, vec![hourly()]);
+    let start = second.start().await.unwrap();
+    assert_eq!((start.late_fires, start.missed), (1, 0));
+    assert_eq!(fire(&mut second, &clock).await, 1);
+    assert_eq!(fire(&mut second, &clock).await, 0);
+    assert_eq!(pve.executes().len(), 1);
+    assert_eq!(
+        second.next_deadline(),
+        Some(base() + TimeDelta::minutes(70))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timer_at_missed_beyond_the_grace_is_recorded_as_missed_and_not_run() {
+    let pve = pve();
+    let store: Arc<dyn EngineStore> = Arc::new(MemoryStore::default());
+    let clock = clock();
+    let hourly = || policy(1, 10, HOURLY, "vm", &vms("101"), SHUTDOWN_VMS);
+    let mut first = engine(store.clone(), &pve, &clock, None, vec![hourly()]);
+    first.start().await.unwrap();
+    drop(first);
+    // Down from 09:50 to 10:20: the 10:00 fire is 20 minutes old.
+    seconds(30 * 60).await;
+    let mut second = engine(store.clone(), &pve, &clock, None, vec![hourly()]);
+    let start = second.start().await.unwrap();
+    assert_eq!((start.late_fires, start.missed), (0, 1));
+    assert_eq!(fire(&mut second, &clock).await, 0);
+    assert!(pve.executes().is_empty());
+    let missed = audit_kinds(store.as_ref(), TIMER_MISSED);
+    assert_eq!(missed.len(), 1);
+    assert_eq!(missed[0]["missed"], json!(["2026-11-22T10:00:00Z"]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timer_at_fires_at_its_time_while_the_agent_runs_and_records_the_check() {
+    let pve = pve();
+    let store: Arc<dyn EngineStore> = Arc::new(MemoryStore::default());
+    let clock = clock();
+    let hourly = policy(1, 10, HOURLY, "vm", &vms("101"), SHUTDOWN_VMS);
+    let mut engine = engine(store.clone(), &pve, &clock, None, vec![hourly]);
+    engine.start().await.unwrap();
+    assert_eq!(
+        engine.next_deadline(),
+        Some(base() + TimeDelta::minutes(10))
+    );
+    seconds(9 * 60).await;
+    assert_eq!(fire(&mut engine, &clock).await, 0);
+    seconds(60).await;
+    assert_eq!(fire(&mut engine, &clock).await, 1);
+    assert_eq!(pve.executes().len(), 1);
+    let checks = store.timer_checks().unwrap();
+    assert_eq!(checks[0].checked_at, base() + TimeDelta::minutes(10));
+    assert_eq!(
+        engine.next_deadline(),
+        Some(base() + TimeDelta::minutes(70))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_self_poweroff_item_waits_for_the_engine_to_flush_the_ledger() {
+    let pve = pve();
+    let store = Arc::new(MemoryStore::default());
+    let clock = clock();
+    let vms_first = policy(1, 10, ON_BATTERY, "vm", &vms("101"), SHUTDOWN_VMS);
+    let node_last = policy(
+        2,
+        20,
+        ON_BATTERY,
+        "host",
+        "{ mode: list, value: \"pve-01\" }",
+        "{ capability_id: proxmox.node, verb: shutdown }",
+    );
+    let mut engine = engine(
+        store.clone(),
+        &pve,
+        &clock,
+        Some("pve-01"),
+        vec![vms_first, node_last],
+    );
+    engine.handle_event(&ups("on_battery")).await.unwrap();
+    // Nobody reads the engine's reports: the VM run is not in the ledger,
+    // so the node shutdown waits for the flush (a sleep lets every task run).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(pve.executes().len(), 1);
+    assert!(store.runs(Uuid::from_u128(1), 30).unwrap().is_empty());
+    // The next event lets the engine answer the flush.
+    let mut other = ups("on_mains");
+    other.correlation_id = Uuid::new_v4();
+    engine.handle_event(&other).await.unwrap();
+    assert_eq!(store.runs(Uuid::from_u128(1), 30).unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pve.executes().len(), 2);
+    let runs = engine.settle().await.unwrap();
+    assert_eq!(runs.len(), 2);
+}
