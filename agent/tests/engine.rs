@@ -11,7 +11,7 @@ use agent::compile::{CompileContext, Ir};
 use agent::engine::event::{Event, EventKind, Subject, SubjectKind};
 use agent::engine::runner::{
     tokio_clock, Engine, EngineConfig, EventReport, Policy, Snapshots, ALREADY_DESIRED,
-    HOST_UNREACHABLE, SELECTOR_EMPTY, SUPPRESSED_IDEMPOTENT, SUPPRESSED_WINDOW,
+    HOST_UNREACHABLE, INTERRUPTED, SELECTOR_EMPTY, SUPPRESSED_IDEMPOTENT, SUPPRESSED_WINDOW,
 };
 use agent::engine::store::{
     AuditQuery, EngineStore, MemoryStore, RunStatus, LEDGER_RUNS_PER_POLICY,
@@ -38,6 +38,8 @@ struct FakeDriver {
     state: Mutex<BTreeMap<String, Option<String>>>,
     latency: Mutex<Duration>,
     failing: Mutex<HashSet<String>>,
+    /// Verbs whose execute fails as a whole (a driver error).
+    erroring: Mutex<HashSet<String>>,
     /// `(verb, state param, targets)` of every execute, in call order.
     calls: Mutex<Vec<Call>>,
     dry_runs: AtomicUsize,
@@ -58,6 +60,7 @@ impl FakeDriver {
             ),
             latency: Mutex::new(Duration::from_millis(200)),
             failing: Mutex::new(HashSet::new()),
+            erroring: Mutex::new(HashSet::new()),
             calls: Mutex::new(Vec::new()),
             dry_runs: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
@@ -175,6 +178,13 @@ impl Driver for FakeDriver {
         ));
         let latency = *self.latency.lock().unwrap();
         tokio::time::sleep(latency).await;
+        if self.erroring.lock().unwrap().contains(&action.verb) {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            return Err(DriverError::new(
+                ErrorKind::ServerError,
+                "scripted whole-item failure",
+            ));
+        }
         let failing = self.failing.lock().unwrap().clone();
         let mut out = Vec::new();
         for t in targets {
@@ -978,4 +988,131 @@ mod properties {
             });
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_whole_item_failure_makes_the_run_partial_or_failed() {
+    let pve = pve();
+    pve.erroring.lock().unwrap().insert("reset".into());
+    let mut h = harness(&[&pve]);
+    let two = format!("{}\n  - {}", vm("shutdown"), vm("reset"));
+    h.engine
+        .add_policy(policy(1, DEPLOY, "pve-01", "vm", &range("101"), &two))
+        .unwrap();
+    h.engine
+        .add_policy(policy(
+            2,
+            DEPLOY,
+            "pve-01",
+            "vm",
+            &range("104"),
+            &vm("reset"),
+        ))
+        .unwrap();
+    handle(&mut h, &webhook("deploy")).await;
+    let run = &h.store.runs(Uuid::from_u128(1), 1).unwrap()[0];
+    assert_eq!(run.results.len(), 2);
+    assert!(run.results[0].ok);
+    assert_eq!(
+        run.results[1].code.as_deref(),
+        Some("engine.execution_failed")
+    );
+    assert_eq!(run.status, RunStatus::Partial);
+    assert_eq!(run.severity, Severity::Error);
+    let run = &h.store.runs(Uuid::from_u128(2), 1).unwrap()[0];
+    assert_eq!(run.status, RunStatus::Failed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idempotency_runs_before_the_host_guard() {
+    let sw = switch();
+    let mut h = harness(&[&sw]);
+    // Port 1/3 reports no status, so only the key can tell it was done.
+    let mut p = policy(1, DEPLOY, "sw-01", "poe-port", &range("1/3"), &poe("off"));
+    p.ir.windows.suppression_s = 0;
+    h.engine.add_policy(p).unwrap();
+    handle(&mut h, &webhook("deploy")).await;
+    handle(&mut h, &host_state("sw-01", false)).await;
+    minutes(1).await;
+    let report = handle(&mut h, &webhook("deploy")).await;
+    assert_eq!(codes(&report), vec![(1, SUPPRESSED_IDEMPOTENT.to_string())]);
+    assert_eq!(report.decisions[0].severity, Severity::Info);
+    // Only the first run is in the ledger: no error entry.
+    let runs = h.store.runs(Uuid::from_u128(1), 30).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Ok);
+    assert_eq!(sw.calls().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn finished_items_are_applied_before_the_next_event_without_settling() {
+    let sw = switch();
+    let mut h = harness(&[&sw]);
+    h.engine
+        .add_policy(policy(
+            1,
+            ON_BATTERY,
+            "sw-01",
+            "poe-port",
+            &range("1/1-1/2"),
+            &poe("off"),
+        ))
+        .unwrap();
+    h.engine
+        .add_policy(policy(
+            2,
+            ON_MAINS,
+            "sw-01",
+            "poe-port",
+            &range("1/1-1/2"),
+            &poe("on"),
+        ))
+        .unwrap();
+    let mut all = Vec::new();
+    for event in ["on_battery", "on_mains", "on_battery"] {
+        // No settle / next_run: only virtual time passes, so the items
+        // finish and their reports wait on the channel.
+        let report = h.engine.handle_event(&ups(event)).await.unwrap();
+        all.extend(codes(&report));
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    }
+    assert_eq!(
+        all,
+        vec![
+            (1, "engine.scheduled".to_string()),
+            (2, "engine.scheduled".to_string()),
+            (1, "engine.scheduled".to_string()),
+        ]
+    );
+    h.engine.settle().await.unwrap();
+    let states: Vec<Option<String>> = sw.calls().into_iter().map(|c| c.1).collect();
+    assert_eq!(
+        states,
+        vec![Some("off".into()), Some("on".into()), Some("off".into())]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_item_cancelled_while_running_is_interrupted_and_never_rerun() {
+    let pve = pve();
+    let mut h = harness(&[&pve]);
+    let mut p = policy(1, DEPLOY, "pve-01", "vm", &range("101"), &vm("shutdown"));
+    p.ir.windows.suppression_s = 0;
+    h.engine.add_policy(p).unwrap();
+    h.engine.handle_event(&webhook("deploy")).await.unwrap();
+    // The driver has been called (it takes 200 ms) when the cancel lands.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(pve.calls().len(), 1);
+    assert_eq!(h.engine.scheduler().cancel_host("pve-01").await.unwrap(), 1);
+    let runs = h.engine.settle().await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Interrupted);
+    assert_eq!(runs[0].results[0].code.as_deref(), Some(INTERRUPTED));
+    assert_eq!(runs[0].results[0].severity, Severity::Warn);
+    assert!(h.store.open_intents().unwrap().is_empty());
+    // The key stays: the next event does not run the shutdown again.
+    minutes(1).await;
+    let report = handle(&mut h, &webhook("deploy")).await;
+    assert_eq!(codes(&report), vec![(1, SUPPRESSED_IDEMPOTENT.to_string())]);
+    assert_eq!(pve.calls().len(), 1);
 }

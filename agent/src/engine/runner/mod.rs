@@ -10,7 +10,10 @@
 //! entry per run once its last item is reported. Idempotency keys are
 //! recorded when the intent is persisted (a queued action counts as run) and
 //! forgotten again for targets whose execution failed, so a failure is
-//! retried by the next event. [`Engine::dry_run_event`] takes the same
+//! retried by the next event; an item stopped while running (cancelled,
+//! interrupted at shutdown, panicked) may have acted, so it keeps its keys
+//! and is recorded `engine.interrupted`, never retried blindly. Reports
+//! already sent are applied before each new event is decided. [`Engine::dry_run_event`] takes the same
 //! decision on a copy of the trigger state, asks the drivers for dry-runs
 //! instead of executing, and persists nothing: it returns a [`Transcript`].
 //!
@@ -103,8 +106,10 @@ pub const SELECTOR_UNRESOLVED: &str = "selector.unresolved";
 pub const NOT_MATCHED: &str = "engine.not_matched";
 /// `error`: the scheduler or the driver failed the queued item as a whole.
 pub const EXECUTION_FAILED: &str = "engine.execution_failed";
-/// `warn`: an intent had no outcome at start (the agent stopped mid-run);
-/// it was reconciled by a dry-run, not re-executed.
+/// `warn`: an intent had no outcome at start (the agent stopped mid-run;
+/// it was reconciled by a dry-run, not re-executed), or its item was
+/// cancelled, interrupted at shutdown or panicked while running (it may
+/// have acted: its keys stay, it is not retried).
 pub const INTERRUPTED: &str = "engine.interrupted";
 /// `warn`: an item held by the kill switch outlived its TTL and was dropped.
 pub const HELD_EXPIRED: &str = "engine.held_expired";
@@ -445,6 +450,10 @@ impl Engine {
         if !self.started {
             self.start().await?;
         }
+        // Reports already sent are applied first: a finished run may clear
+        // another policy's suppression (its effect was undone) or forget the
+        // keys of failed targets, and this event must see that.
+        self.flush_reports()?;
         self.facts.apply(event);
         let now = (self.config.clock)();
         let mut decisions = Vec::new();
@@ -667,9 +676,11 @@ impl Engine {
             return finish(decision, explain);
         }
         explain.insert("targets".into(), json!(ids));
-        // Step 7 (host-wide part): capability and reachability.
+        // Step 7's host-wide part (capability, reachability) is computed
+        // here but applied after step 6, to the pairs idempotency left.
         let host = ir.targets.host_id.clone();
         let guard = self.host_guard(policy, facts);
+        let mut guarded = false;
         let idem = Duration::from_secs(ir.windows.idempotency_s);
         for (index, step) in ir.plan.iter().enumerate() {
             let action = Action {
@@ -677,21 +688,6 @@ impl Engine {
                 verb: step.verb.clone(),
                 params: step.params.clone(),
             };
-            if let Guard::Fail(code, why) = &guard {
-                for target in &ids {
-                    decision.skipped.push(row(
-                        index,
-                        &action,
-                        &host,
-                        target,
-                        false,
-                        Severity::Error,
-                        code,
-                        why,
-                    ));
-                }
-                continue;
-            }
             let mut targets = Vec::new();
             for target in &ids {
                 // Step 6: idempotency.
@@ -712,6 +708,21 @@ impl Engine {
                         Severity::Info,
                         SUPPRESSED_IDEMPOTENT,
                         &why,
+                    ));
+                    continue;
+                }
+                // Step 7 (host-wide): capability and reachability.
+                if let Guard::Fail(code, why) = &guard {
+                    guarded = true;
+                    decision.skipped.push(row(
+                        index,
+                        &action,
+                        &host,
+                        target,
+                        false,
+                        Severity::Error,
+                        code,
+                        why,
                     ));
                     continue;
                 }
@@ -744,18 +755,18 @@ impl Engine {
         }
         let worst = decision.skipped.iter().map(|r| r.severity).max();
         decision.severity = worst.unwrap_or(Severity::Info);
-        decision.code = if let Guard::Fail(code, why) = guard {
-            explain.insert("guards".into(), Value::String(why));
-            code.to_string()
-        } else if !decision.planned.is_empty() {
-            "engine.scheduled".to_string()
-        } else {
+        decision.code = match guard {
+            Guard::Fail(code, why) if guarded => {
+                explain.insert("guards".into(), Value::String(why));
+                code.to_string()
+            }
+            _ if !decision.planned.is_empty() => "engine.scheduled".to_string(),
             // Nothing left to do: report the first reason.
-            decision
+            _ => decision
                 .skipped
                 .first()
                 .and_then(|r| r.code.clone())
-                .unwrap_or_else(|| ALREADY_DESIRED.to_string())
+                .unwrap_or_else(|| ALREADY_DESIRED.to_string()),
         };
         finish(decision, explain)
     }
@@ -1096,10 +1107,21 @@ impl Engine {
             Outcome::Dropped(reason) => Ok(self.held_dropped(&item.intent, &reason)?),
             Outcome::Completed(Ok(list)) => Ok(list),
             Outcome::Completed(Err(e)) => Err(e.to_string()),
-            Outcome::Cancelled { .. } => Err("cancelled".to_string()),
+            Outcome::Cancelled { started: false } => Err("cancelled".to_string()),
             Outcome::NotRun => Err("not run: the scheduler shut down".to_string()),
-            Outcome::Interrupted => Err("interrupted at the shutdown deadline".to_string()),
-            Outcome::Panicked(why) => Err(format!("panicked: {why}")),
+            // The item was running: the driver may already have acted.
+            Outcome::Cancelled { started: true } => Ok(interrupted_outcomes(
+                &item.intent,
+                "cancelled while running",
+            )),
+            Outcome::Interrupted => Ok(interrupted_outcomes(
+                &item.intent,
+                "interrupted at the shutdown deadline",
+            )),
+            Outcome::Panicked(why) => Ok(interrupted_outcomes(
+                &item.intent,
+                &format!("panicked while running: {why}"),
+            )),
         };
         self.item_done(item.run_id, &item.intent, outcome, elapsed)
     }
@@ -1131,13 +1153,26 @@ impl Engine {
     /// undone policies cleared, the ledger entry and its audit record.
     fn close_run(&self, mut record: RunRecord) -> Result<RunRecord, EngineError> {
         record.finished_at = (self.config.clock)();
+        // Rows of pairs that were attempted: the driver's answers and the
+        // engine's whole-item failures (driver error, cancel, TTL drop), but
+        // not the pairs skipped by a window or a guard.
         let executed: Vec<&ResultRecord> = record
             .results
             .iter()
-            .filter(|r| r.code.as_deref().is_none_or(|c| !c.starts_with("engine.")))
+            .filter(|r| {
+                r.code.as_deref().is_none_or(|c| {
+                    !c.starts_with("engine.") || c == EXECUTION_FAILED || c == INTERRUPTED
+                })
+            })
             .collect();
         let ok = executed.iter().filter(|r| r.ok).count();
+        let interrupted = executed
+            .iter()
+            .any(|r| r.code.as_deref() == Some(INTERRUPTED));
         record.status = match ok {
+            // A running item was stopped midway: it may have acted, and is
+            // reconciled by reading state, never retried blindly.
+            _ if interrupted => RunStatus::Interrupted,
             // Nothing reached a driver: every item was dropped at release.
             0 if executed.is_empty()
                 && record
@@ -1250,7 +1285,11 @@ impl Engine {
                 if let Some(code) = result.code.as_deref().filter(|c| c.starts_with("engine.")) {
                     failed_code = code.to_string();
                 }
-                failed_keys.push(action_key(&action, target));
+                // An interrupted target may have been acted on: its key
+                // stays, so it is never run twice by accident.
+                if result.code.as_deref() != Some(INTERRUPTED) {
+                    failed_keys.push(action_key(&action, target));
+                }
             }
             record.results.push(result);
         }
@@ -1360,6 +1399,31 @@ impl Engine {
 
 fn capability(id: &str) -> Option<&'static Capability> {
     shipped().capability(id).map(|(_, c)| c)
+}
+
+/// The per-target rows of an item stopped while it ran (cancelled,
+/// interrupted at shutdown, panicked): the driver may already have acted, so
+/// they are `engine.interrupted`, not plain failures. Their keys stay
+/// recorded and the target's state tells what happened (SPEC §6
+/// "Persistence and restarts"); nothing re-executes them blindly.
+fn interrupted_outcomes(intent: &IntentRecord, why: &str) -> Vec<ExecOutcome> {
+    intent
+        .targets
+        .iter()
+        .map(|target| ExecOutcome {
+            target: target.clone(),
+            ok: false,
+            severity: Severity::Warn,
+            code: INTERRUPTED.to_string(),
+            reason: Some(format!(
+                "{why}; {target} may already have been acted on: not retried, \
+                 reconcile by reading its state"
+            )),
+            evidence: serde_json::Map::new(),
+            duration_ms: 0,
+            result_state: None,
+        })
+        .collect()
 }
 
 /// The idempotency keys of the actions `action` undoes, on `targets`.
