@@ -326,6 +326,31 @@ struct GuestCtx<'a> {
     params: &'a PowerParams,
 }
 
+/// The answer for a target already in the desired state: `info`, no change.
+fn no_change(
+    key: String,
+    preconditions: Vec<Precondition>,
+    preview: Vec<Value>,
+    per_target: Vec<TargetEffect>,
+    reason: String,
+) -> DryRunAnswer {
+    DryRunAnswer {
+        ok: true,
+        severity: Severity::Info,
+        idempotency_key: key,
+        preconditions,
+        plan: Plan {
+            kind: "api".into(),
+            preview,
+        },
+        effects: Effects {
+            summary: "no change".into(),
+            per_target,
+        },
+        reason: Some(reason),
+    }
+}
+
 fn check(name: &str, ok: bool, details: Option<Value>) -> Precondition {
     Precondition {
         check: name.to_string(),
@@ -539,21 +564,9 @@ impl GuestCtx<'_> {
         }
         let key = action_key(self.action, self.target);
         if already {
-            return DryRunAnswer {
-                ok: true,
-                severity: Severity::Info,
-                idempotency_key: key,
-                preconditions,
-                plan: Plan {
-                    kind: "api".into(),
-                    preview,
-                },
-                effects: Effects {
-                    summary: "no change".into(),
-                    per_target: self.effect(Some(&state), Some(&state)),
-                },
-                reason: Some(format!("{} is already {state}", self.target)),
-            };
+            let per_target = self.effect(Some(&state), Some(&state));
+            let reason = format!("{} is already {state}", self.target);
+            return no_change(key, preconditions, preview, per_target, reason);
         }
         let request =
             PowerRequest::guest(self.kind, &guest.node, self.vmid, self.verb, self.params);
@@ -695,21 +708,9 @@ async fn node_dry_run(
                 Some(json!({"already_desired": no_op})),
             ));
             if no_op {
-                return DryRunAnswer {
-                    ok: true,
-                    severity: Severity::Info,
-                    idempotency_key: key,
-                    preconditions,
-                    plan: Plan {
-                        kind: "api".into(),
-                        preview,
-                    },
-                    effects: Effects {
-                        summary: "no change".into(),
-                        per_target: effect(Some(state), Some(state)),
-                    },
-                    reason: Some(format!("node {name} is already {state}")),
-                };
+                let per_target = effect(Some(state), Some(state));
+                let reason = format!("node {name} is already {state}");
+                return no_change(key, preconditions, preview, per_target, reason);
             }
             if !online {
                 let reason =
