@@ -1,239 +1,30 @@
 //! The per-policy run (SPEC §6) end to end on a virtual clock: real policies
 //! compiled from YAML, the in-memory store, the real scheduler, and a
-//! scriptable fake driver that keeps a status per target.
+//! scriptable fake driver that keeps a status per target (`support`). The
+//! properties over random policy sets and event streams are in
+//! `engine_props.rs`.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use agent::compile::{CompileContext, Ir};
-use agent::engine::event::{Event, EventKind, Subject, SubjectKind};
+use agent::engine::event::Event;
 use agent::engine::runner::{
-    tokio_clock, Engine, EngineConfig, EventReport, Policy, Snapshots, ALREADY_DESIRED,
-    HOST_UNREACHABLE, INTERRUPTED, SELECTOR_EMPTY, SUPPRESSED_IDEMPOTENT, SUPPRESSED_WINDOW,
+    tokio_clock, Engine, EngineConfig, EventReport, ALREADY_DESIRED, HOST_UNREACHABLE, INTERRUPTED,
+    SELECTOR_EMPTY, SUPPRESSED_IDEMPOTENT, SUPPRESSED_WINDOW,
 };
 use agent::engine::store::{
     AuditQuery, EngineStore, MemoryStore, RunStatus, LEDGER_RUNS_PER_POLICY,
 };
-use agent::validate::validate_text;
-use async_trait::async_trait;
 use drivers::breaker::{BreakerConfig, Breakers};
-use drivers::driver::{
-    action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
-    ExecOutcome, Plan, RefreshMode, TargetEffect,
+use drivers::driver::ErrorKind;
+use inventory::Severity;
+use support::{
+    host_state, poe, policy, range, ups, vm, webhook, FakeDriver, DEPLOY, ON_BATTERY, ON_MAINS,
 };
-use drivers::manifest::shipped;
-use inventory::{HostInventory, Severity, Target};
-use serde_json::{json, Map, Value};
 use uuid::Uuid;
-
-/// One execute as the fake saw it: verb, `state` param, targets.
-type Call = (String, Option<String>, Vec<String>);
-
-/// A driver for one host with a status per canonical target id.
-struct FakeDriver {
-    host: String,
-    plugin: String,
-    state: Mutex<BTreeMap<String, Option<String>>>,
-    latency: Mutex<Duration>,
-    failing: Mutex<HashSet<String>>,
-    /// Verbs whose execute fails as a whole (a driver error).
-    erroring: Mutex<HashSet<String>>,
-    /// `(verb, state param, targets)` of every execute, in call order.
-    calls: Mutex<Vec<Call>>,
-    dry_runs: AtomicUsize,
-    running: AtomicUsize,
-    max_running: AtomicUsize,
-}
-
-impl FakeDriver {
-    fn new(host: &str, plugin: &str, targets: &[(&str, Option<&str>)]) -> Arc<FakeDriver> {
-        Arc::new(FakeDriver {
-            host: host.into(),
-            plugin: plugin.into(),
-            state: Mutex::new(
-                targets
-                    .iter()
-                    .map(|(id, s)| (id.to_string(), s.map(str::to_string)))
-                    .collect(),
-            ),
-            latency: Mutex::new(Duration::from_millis(200)),
-            failing: Mutex::new(HashSet::new()),
-            erroring: Mutex::new(HashSet::new()),
-            calls: Mutex::new(Vec::new()),
-            dry_runs: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
-            max_running: AtomicUsize::new(0),
-        })
-    }
-
-    fn status(&self, target: &str) -> Option<String> {
-        self.state.lock().unwrap().get(target).cloned().flatten()
-    }
-
-    fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap().clone()
-    }
-
-    fn snapshot(&self) -> HostInventory {
-        let targets = self
-            .state
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(id, status)| {
-                let (target_type, id) = id.split_once(':').unwrap();
-                Target {
-                    target_type: target_type.into(),
-                    id: id.into(),
-                    name: None,
-                    status: status.clone(),
-                    labels: BTreeMap::new(),
-                    attrs: BTreeMap::new(),
-                }
-            })
-            .collect();
-        HostInventory::new(&self.host, &self.plugin, targets)
-    }
-}
-
-/// The status an action leaves a target in.
-fn after(action: &Action, before: Option<String>) -> Option<String> {
-    let state = action.params.get("state").and_then(Value::as_str);
-    match (action.verb.as_str(), state) {
-        ("start", _) => Some("running".into()),
-        ("shutdown" | "stop", _) => Some("stopped".into()),
-        ("set", Some(s)) => Some(s.into()),
-        _ => before,
-    }
-}
-
-#[async_trait]
-impl Driver for FakeDriver {
-    fn plugin_id(&self) -> &str {
-        &self.plugin
-    }
-
-    fn host_id(&self) -> &str {
-        &self.host
-    }
-
-    async fn discover(
-        &self,
-        _mode: RefreshMode,
-        _budget: Duration,
-    ) -> Result<Vec<Target>, DriverError> {
-        Ok(self.snapshot().into_targets())
-    }
-
-    async fn dry_run(
-        &self,
-        action: &Action,
-        targets: &[String],
-    ) -> Result<Vec<DryRunAnswer>, DriverError> {
-        self.dry_runs.fetch_add(1, Ordering::SeqCst);
-        Ok(targets
-            .iter()
-            .map(|t| {
-                let from = self.status(t);
-                DryRunAnswer {
-                    ok: true,
-                    severity: Severity::Info,
-                    idempotency_key: action_key(action, t),
-                    preconditions: Vec::new(),
-                    plan: Plan {
-                        kind: "api".into(),
-                        preview: Vec::new(),
-                    },
-                    effects: Effects {
-                        summary: format!("{} would run", action.verb),
-                        per_target: vec![TargetEffect {
-                            id: t.clone(),
-                            to: after(action, from.clone()),
-                            from,
-                        }],
-                    },
-                    reason: None,
-                }
-            })
-            .collect())
-    }
-
-    async fn execute(
-        &self,
-        action: &Action,
-        targets: &[String],
-    ) -> Result<Vec<ExecOutcome>, DriverError> {
-        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_running.fetch_max(now, Ordering::SeqCst);
-        self.calls.lock().unwrap().push((
-            action.verb.clone(),
-            action
-                .params
-                .get("state")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            targets.to_vec(),
-        ));
-        let latency = *self.latency.lock().unwrap();
-        tokio::time::sleep(latency).await;
-        if self.erroring.lock().unwrap().contains(&action.verb) {
-            self.running.fetch_sub(1, Ordering::SeqCst);
-            return Err(DriverError::new(
-                ErrorKind::ServerError,
-                "scripted whole-item failure",
-            ));
-        }
-        let failing = self.failing.lock().unwrap().clone();
-        let mut out = Vec::new();
-        for t in targets {
-            let ok = !failing.contains(t);
-            if ok {
-                let mut state = self.state.lock().unwrap();
-                let before = state.get(t).cloned().flatten();
-                state.insert(t.clone(), after(action, before));
-            }
-            out.push(ExecOutcome {
-                target: t.clone(),
-                ok,
-                severity: if ok { Severity::Info } else { Severity::Error },
-                code: if ok {
-                    "driver.ok"
-                } else {
-                    "driver.server_error"
-                }
-                .into(),
-                reason: (!ok).then(|| "scripted failure".to_string()),
-                evidence: Map::new(),
-                duration_ms: latency.as_millis() as u64,
-                result_state: self.status(t),
-            });
-        }
-        self.running.fetch_sub(1, Ordering::SeqCst);
-        Ok(out)
-    }
-
-    async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {
-        Ok(ConnectionReport {
-            ok: true,
-            details: Map::new(),
-            duration_ms: 0,
-        })
-    }
-}
-
-/// Snapshots read live from the fake drivers, as a fresh refresh would.
-struct Live(Vec<Arc<FakeDriver>>);
-
-impl Snapshots for Live {
-    fn host(&self, host_id: &str) -> Option<HostInventory> {
-        self.0
-            .iter()
-            .find(|d| d.host == host_id)
-            .map(|d| d.snapshot())
-    }
-}
 
 struct Harness {
     engine: Engine,
@@ -244,18 +35,15 @@ struct Harness {
 fn harness(drivers: &[&Arc<FakeDriver>]) -> Harness {
     let store = Arc::new(MemoryStore::default());
     let breakers = Arc::new(Breakers::new(BreakerConfig::default()));
-    let mut engine = Engine::new(
+    let engine = support::engine(
         store.clone(),
-        Arc::new(Live(drivers.iter().map(|d| Arc::clone(d)).collect())),
+        drivers,
         breakers.clone(),
         EngineConfig {
             clock: tokio_clock(),
             ..EngineConfig::default()
         },
     );
-    for d in drivers {
-        engine.add_driver(Arc::clone(d) as Arc<dyn Driver>);
-    }
     Harness {
         engine,
         store,
@@ -286,96 +74,6 @@ fn switch() -> Arc<FakeDriver> {
             ("poe-port:1/3", None),
         ],
     )
-}
-
-/// Compiles a policy from YAML, failing the test on any blocker.
-fn ir(yaml: &str) -> Ir {
-    let validated = validate_text(
-        yaml,
-        shipped(),
-        &CompileContext {
-            version_int: 1,
-            ..CompileContext::default()
-        },
-    );
-    validated
-        .report
-        .ir
-        .unwrap_or_else(|| panic!("policy does not compile: {:?}", validated.report.issues))
-}
-
-/// A policy on `trigger` acting `verb params` on `selector` of `host`.
-fn policy(id: u128, trigger: &str, host: &str, ty: &str, selector: &str, action: &str) -> Policy {
-    let yaml = format!(
-        "version: 1\nname: test policy\ntrigger_group:\n  triggers:\n    - {trigger}\n\
-         targets:\n  host_id: {host}\n  target_type: {ty}\n  selector: {selector}\n\
-         actions:\n  - {action}\n"
-    );
-    Policy {
-        id: Uuid::from_u128(id),
-        ir: ir(&yaml),
-    }
-}
-
-const ON_BATTERY: &str = "{ type: ups.state, equals: on_battery }";
-const ON_MAINS: &str = "{ type: ups.state, equals: on_mains }";
-const DEPLOY: &str = "{ type: webhook.custom, name: deploy }";
-
-fn range(value: &str) -> String {
-    format!("{{ mode: range, value: \"{value}\" }}")
-}
-
-fn vm(verb: &str) -> String {
-    format!("{{ capability_id: proxmox.vm, verb: {verb} }}")
-}
-
-fn poe(state: &str) -> String {
-    format!("{{ capability_id: aoss.poe.port, verb: set, params: {{ state: {state} }} }}")
-}
-
-fn ups(state: &str) -> Event {
-    let mut attrs = Map::new();
-    attrs.insert("state".into(), json!(state));
-    Event {
-        kind: EventKind::UpsState,
-        subject: Subject {
-            kind: SubjectKind::Ups,
-            id: "ups1@nas.lan:3493".into(),
-        },
-        attrs,
-        ts: chrono::Utc::now(),
-        correlation_id: Uuid::new_v4(),
-    }
-}
-
-fn webhook(name: &str) -> Event {
-    let mut attrs = Map::new();
-    attrs.insert("name".into(), json!(name));
-    Event {
-        kind: EventKind::WebhookCustom,
-        subject: Subject {
-            kind: SubjectKind::Integration,
-            id: name.into(),
-        },
-        attrs,
-        ts: chrono::Utc::now(),
-        correlation_id: Uuid::new_v4(),
-    }
-}
-
-fn host_state(host: &str, reachable: bool) -> Event {
-    let mut attrs = Map::new();
-    attrs.insert("reachable".into(), json!(reachable));
-    Event {
-        kind: EventKind::HostState,
-        subject: Subject {
-            kind: SubjectKind::Host,
-            id: host.into(),
-        },
-        attrs,
-        ts: chrono::Utc::now(),
-        correlation_id: Uuid::new_v4(),
-    }
 }
 
 /// Handles one event and waits for every item it scheduled.
@@ -427,7 +125,7 @@ async fn policies_run_by_priority_then_by_uuid() {
     let report = handle(&mut h, &webhook("deploy")).await;
     let order: Vec<u128> = codes(&report).iter().map(|(id, _)| *id).collect();
     assert_eq!(order, vec![2, 3, 1]);
-    let targets: Vec<Vec<String>> = pve.calls().into_iter().map(|c| c.2).collect();
+    let targets: Vec<Vec<String>> = pve.calls().into_iter().map(|c| c.targets).collect();
     assert_eq!(
         targets,
         vec![vec!["vm:104"], vec!["vm:102"], vec!["vm:101"]]
@@ -561,7 +259,7 @@ async fn an_inverse_action_on_the_same_targets_clears_the_suppression_window() {
     minutes(1).await;
     let report = handle(&mut h, &ups("on_battery")).await;
     assert_eq!(codes(&report), vec![(1, "engine.scheduled".to_string())]);
-    let verbs: Vec<String> = pve.calls().into_iter().map(|c| c.0).collect();
+    let verbs: Vec<String> = pve.calls().into_iter().map(|c| c.verb).collect();
     assert_eq!(verbs, vec!["shutdown", "start", "shutdown"]);
 }
 
@@ -593,7 +291,7 @@ async fn poe_off_on_off_within_the_windows_acts_every_time() {
         handle(&mut h, &ups(event)).await;
         minutes(2).await;
     }
-    let states: Vec<Option<String>> = sw.calls().into_iter().map(|c| c.1).collect();
+    let states: Vec<Option<String>> = sw.calls().into_iter().map(|c| c.state).collect();
     assert_eq!(
         states,
         vec![Some("off".into()), Some("on".into()), Some("off".into())]
@@ -689,8 +387,8 @@ async fn ledger_selector_restarts_exactly_what_was_stopped() {
     let starts: Vec<Vec<String>> = pve
         .calls()
         .into_iter()
-        .filter(|c| c.0 == "start")
-        .map(|c| c.2)
+        .filter(|c| c.verb == "start")
+        .map(|c| c.targets)
         .collect();
     assert_eq!(starts, vec![vec!["vm:101", "vm:102"]]);
     assert_eq!(pve.status("vm:103").as_deref(), Some("stopped"));
@@ -933,63 +631,6 @@ async fn the_kill_switch_holds_scheduled_items_until_release() {
     assert_eq!(pve.status("vm:101").as_deref(), Some("stopped"));
 }
 
-mod properties {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
-
-        /// Random policy sets over two hosts, random event streams: the fake
-        /// drivers never see two executions on one host at once, and the
-        /// ledger never grows past 30 per policy.
-        #[test]
-        fn no_host_ever_runs_two_actions_at_once(
-            policies in proptest::collection::vec((0u8..3, 0i64..3, 101u32..105, any::<bool>()), 1..8),
-            events in proptest::collection::vec(0u8..3, 1..12),
-        ) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let pve = pve();
-                let sw = switch();
-                let mut h = harness(&[&pve, &sw]);
-                let triggers = [ON_BATTERY, ON_MAINS, DEPLOY];
-                for (i, (trigger, priority, vmid, on_switch)) in policies.iter().enumerate() {
-                    let trigger = triggers[*trigger as usize];
-                    let mut p = if *on_switch {
-                        policy(i as u128 + 1, trigger, "sw-01", "poe-port", &range("1/1-1/3"), &poe("off"))
-                    } else {
-                        policy(i as u128 + 1, trigger, "pve-01", "vm", &range(&vmid.to_string()), &vm("reset"))
-                    };
-                    p.ir.priority = *priority;
-                    p.ir.windows.suppression_s = 0;
-                    p.ir.windows.idempotency_s = 0;
-                    h.engine.add_policy(p).unwrap();
-                }
-                let all = [ups("on_battery"), ups("on_mains"), webhook("deploy")];
-                for e in &events {
-                    let mut event = all[*e as usize].clone();
-                    event.correlation_id = Uuid::new_v4();
-                    // No settle between events: items of several events overlap.
-                    h.engine.handle_event(&event).await.unwrap();
-                    tokio::time::advance(Duration::from_millis(50)).await;
-                }
-                h.engine.settle().await.unwrap();
-                assert!(pve.max_running.load(Ordering::SeqCst) <= 1);
-                assert!(sw.max_running.load(Ordering::SeqCst) <= 1);
-                for i in 0..policies.len() {
-                    let runs = h.store.runs(Uuid::from_u128(i as u128 + 1), 100).unwrap();
-                    assert!(runs.len() <= LEDGER_RUNS_PER_POLICY);
-                }
-            });
-        }
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_whole_item_failure_makes_the_run_partial_or_failed() {
     let pve = pve();
@@ -1085,7 +726,7 @@ async fn finished_items_are_applied_before_the_next_event_without_settling() {
         ]
     );
     h.engine.settle().await.unwrap();
-    let states: Vec<Option<String>> = sw.calls().into_iter().map(|c| c.1).collect();
+    let states: Vec<Option<String>> = sw.calls().into_iter().map(|c| c.state).collect();
     assert_eq!(
         states,
         vec![Some("off".into()), Some("on".into()), Some("off".into())]

@@ -5,236 +5,33 @@
 //! self power-off; `timer.at` fires missed while down. A restart is a new
 //! [`Engine`] over the same store and the same clock.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod support;
+
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent::compile::{CompileContext, Ir};
-use agent::engine::event::{Event, EventKind, Subject, SubjectKind};
 use agent::engine::runner::{
-    Clock, Engine, EngineConfig, Policy, Snapshots, ALREADY_DESIRED, HELD_EXPIRED, INTERRUPTED,
-    TIMER_MISSED,
+    Clock, Engine, EngineConfig, Policy, ALREADY_DESIRED, HELD_EXPIRED, INTERRUPTED, TIMER_MISSED,
 };
 use agent::engine::store::{
     AuditQuery, EngineStore, IntentId, KillSwitchState, MemoryStore, RunStatus, SqliteStore,
 };
-use agent::validate::validate_text;
-use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use drivers::breaker::{BreakerConfig, Breakers};
-use drivers::driver::{
-    action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ExecOutcome,
-    Plan, RefreshMode, TargetEffect,
-};
-use drivers::manifest::shipped;
-use inventory::{HostInventory, Severity, Target};
+use drivers::driver::{action_key, Action};
 use serde_json::{json, Map, Value};
+use support::{policy_at, range as vms, ups, FakeDriver, ON_BATTERY};
 use uuid::Uuid;
-
-/// A driver for one host with a status per canonical target id; targets
-/// listed in `failing` are left as they are by `execute`.
-struct FakeDriver {
-    host: String,
-    plugin: String,
-    state: Mutex<BTreeMap<String, Option<String>>>,
-    latency: Mutex<Duration>,
-    failing: Mutex<Vec<String>>,
-    executes: Mutex<Vec<(String, Vec<String>)>>,
-    dry_runs: AtomicUsize,
-    /// Called at the start of every execute (to look at the store then).
-    probe: Mutex<Option<Box<dyn Fn() + Send>>>,
-}
-
-impl FakeDriver {
-    fn new(host: &str, plugin: &str, targets: &[(&str, &str)]) -> Arc<FakeDriver> {
-        Arc::new(FakeDriver {
-            host: host.into(),
-            plugin: plugin.into(),
-            state: Mutex::new(
-                targets
-                    .iter()
-                    .map(|(id, s)| (id.to_string(), Some(s.to_string())))
-                    .collect(),
-            ),
-            latency: Mutex::new(Duration::from_millis(200)),
-            failing: Mutex::new(Vec::new()),
-            executes: Mutex::new(Vec::new()),
-            dry_runs: AtomicUsize::new(0),
-            probe: Mutex::new(None),
-        })
-    }
-
-    fn status(&self, target: &str) -> Option<String> {
-        self.state.lock().unwrap().get(target).cloned().flatten()
-    }
-
-    fn set_status(&self, target: &str, status: &str) {
-        self.state
-            .lock()
-            .unwrap()
-            .insert(target.into(), Some(status.into()));
-    }
-
-    fn executes(&self) -> Vec<(String, Vec<String>)> {
-        self.executes.lock().unwrap().clone()
-    }
-
-    fn snapshot(&self) -> HostInventory {
-        let targets = self
-            .state
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(id, status)| {
-                let (target_type, id) = id.split_once(':').unwrap();
-                Target {
-                    target_type: target_type.into(),
-                    id: id.into(),
-                    name: None,
-                    status: status.clone(),
-                    labels: BTreeMap::new(),
-                    attrs: BTreeMap::new(),
-                }
-            })
-            .collect();
-        HostInventory::new(&self.host, &self.plugin, targets)
-    }
-}
-
-/// The status an action leaves a target in.
-fn after(action: &Action, before: Option<String>) -> Option<String> {
-    match action.verb.as_str() {
-        "start" => Some("running".into()),
-        "shutdown" | "stop" => Some("stopped".into()),
-        _ => before,
-    }
-}
-
-#[async_trait]
-impl Driver for FakeDriver {
-    fn plugin_id(&self) -> &str {
-        &self.plugin
-    }
-
-    fn host_id(&self) -> &str {
-        &self.host
-    }
-
-    async fn discover(
-        &self,
-        _mode: RefreshMode,
-        _budget: Duration,
-    ) -> Result<Vec<Target>, DriverError> {
-        Ok(self.snapshot().into_targets())
-    }
-
-    async fn dry_run(
-        &self,
-        action: &Action,
-        targets: &[String],
-    ) -> Result<Vec<DryRunAnswer>, DriverError> {
-        self.dry_runs.fetch_add(1, Ordering::SeqCst);
-        Ok(targets
-            .iter()
-            .map(|t| {
-                let from = self.status(t);
-                DryRunAnswer {
-                    ok: true,
-                    severity: Severity::Info,
-                    idempotency_key: action_key(action, t),
-                    preconditions: Vec::new(),
-                    plan: Plan {
-                        kind: "api".into(),
-                        preview: Vec::new(),
-                    },
-                    effects: Effects {
-                        summary: format!("{} would run", action.verb),
-                        per_target: vec![TargetEffect {
-                            id: t.clone(),
-                            to: after(action, from.clone()),
-                            from,
-                        }],
-                    },
-                    reason: None,
-                }
-            })
-            .collect())
-    }
-
-    async fn execute(
-        &self,
-        action: &Action,
-        targets: &[String],
-    ) -> Result<Vec<ExecOutcome>, DriverError> {
-        if let Some(probe) = self.probe.lock().unwrap().as_ref() {
-            probe();
-        }
-        self.executes
-            .lock()
-            .unwrap()
-            .push((action.verb.clone(), targets.to_vec()));
-        let latency = *self.latency.lock().unwrap();
-        tokio::time::sleep(latency).await;
-        let failing = self.failing.lock().unwrap().clone();
-        Ok(targets
-            .iter()
-            .map(|t| {
-                let ok = !failing.contains(t);
-                if ok {
-                    let before = self.status(t);
-                    if let Some(to) = after(action, before) {
-                        self.set_status(t, &to);
-                    }
-                }
-                ExecOutcome {
-                    target: t.clone(),
-                    ok,
-                    severity: if ok { Severity::Info } else { Severity::Error },
-                    code: if ok {
-                        "driver.ok"
-                    } else {
-                        "driver.server_error"
-                    }
-                    .into(),
-                    reason: (!ok).then(|| "scripted failure".to_string()),
-                    evidence: Map::new(),
-                    duration_ms: latency.as_millis() as u64,
-                    result_state: self.status(t),
-                }
-            })
-            .collect())
-    }
-
-    async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {
-        Ok(ConnectionReport {
-            ok: true,
-            details: Map::new(),
-            duration_ms: 0,
-        })
-    }
-}
-
-/// Snapshots read live from the fake drivers.
-struct Live(Vec<Arc<FakeDriver>>);
-
-impl Snapshots for Live {
-    fn host(&self, host_id: &str) -> Option<HostInventory> {
-        self.0
-            .iter()
-            .find(|d| d.host == host_id)
-            .map(|d| d.snapshot())
-    }
-}
 
 fn pve() -> Arc<FakeDriver> {
     FakeDriver::new(
         "pve-01",
         "proxmox.ve",
         &[
-            ("vm:101", "running"),
-            ("vm:102", "running"),
-            ("host:pve-01", "running"),
+            ("vm:101", Some("running")),
+            ("vm:102", Some("running")),
+            ("host:pve-01", Some("running")),
         ],
     )
 }
@@ -261,9 +58,9 @@ fn engine(
     self_host: Option<&str>,
     policies: Vec<Policy>,
 ) -> Engine {
-    let mut engine = Engine::new(
+    let mut engine = support::engine(
         store,
-        Arc::new(Live(vec![driver.clone()])),
+        &[driver],
         Arc::new(Breakers::new(BreakerConfig::default())),
         EngineConfig {
             clock: clock.clone(),
@@ -271,26 +68,10 @@ fn engine(
             ..EngineConfig::default()
         },
     );
-    engine.add_driver(driver.clone() as Arc<dyn Driver>);
     for policy in policies {
         engine.add_policy(policy).unwrap();
     }
     engine
-}
-
-fn ir(yaml: &str) -> Ir {
-    let validated = validate_text(
-        yaml,
-        shipped(),
-        &CompileContext {
-            version_int: 1,
-            ..CompileContext::default()
-        },
-    );
-    validated
-        .report
-        .ir
-        .unwrap_or_else(|| panic!("policy does not compile: {:?}", validated.report.issues))
 }
 
 /// A policy on `trigger` running `action` on `selector` of `ty` on pve-01.
@@ -302,43 +83,15 @@ fn policy(
     selector: &str,
     action: &str,
 ) -> Policy {
-    let yaml = format!(
-        "version: 1\nname: test policy\npriority: {priority}\ntrigger_group:\n  triggers:\n    - {trigger}\n\
-         targets:\n  host_id: pve-01\n  target_type: {ty}\n  selector: {selector}\n\
-         actions:\n  - {action}\n"
-    );
-    Policy {
-        id: Uuid::from_u128(id),
-        ir: ir(&yaml),
-    }
+    policy_at(id, priority, trigger, "pve-01", ty, selector, action)
 }
 
 const ON_BATTERY_120S: &str = "{ type: ups.state, equals: on_battery, for: 120s }";
-const ON_BATTERY: &str = "{ type: ups.state, equals: on_battery }";
 const HOURLY: &str = "{ type: timer.at, schedule: { cron: \"0 0 * * * *\" } }";
 const SHUTDOWN_VMS: &str = "{ capability_id: proxmox.vm, verb: shutdown }";
 
-fn vms(value: &str) -> String {
-    format!("{{ mode: range, value: \"{value}\" }}")
-}
-
 fn held_policy() -> Policy {
     policy(1, 10, ON_BATTERY_120S, "vm", &vms("101"), SHUTDOWN_VMS)
-}
-
-fn ups(state: &str) -> Event {
-    let mut attrs = Map::new();
-    attrs.insert("state".into(), json!(state));
-    Event {
-        kind: EventKind::UpsState,
-        subject: Subject {
-            kind: SubjectKind::Ups,
-            id: "ups1@nas.lan:3493".into(),
-        },
-        attrs,
-        ts: Utc::now(),
-        correlation_id: Uuid::new_v4(),
-    }
 }
 
 async fn seconds(n: u64) {
@@ -446,7 +199,7 @@ async fn an_intent_interrupted_by_a_crash_is_reconciled_by_a_dry_run_never_re_ex
     let path = dir.path().join("hazel.db");
     let pve = pve();
     *pve.latency.lock().unwrap() = Duration::from_secs(10);
-    pve.failing.lock().unwrap().push("vm:102".into());
+    pve.failing.lock().unwrap().insert("vm:102".into());
     let clock = clock();
     let shutdown = policy(1, 10, ON_BATTERY, "vm", &vms("101-102"), SHUTDOWN_VMS);
     let store: Arc<dyn EngineStore> = Arc::new(SqliteStore::open(&path).unwrap());
@@ -744,4 +497,70 @@ async fn a_self_poweroff_item_waits_for_the_engine_to_flush_the_ledger() {
     assert_eq!(pve.executes().len(), 2);
     let runs = engine.settle().await.unwrap();
     assert_eq!(runs.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_seen_before_a_restart_is_not_a_new_edge_after_it() {
+    // Zero windows: only the persisted edge state can keep the second
+    // `on_battery` reading (after the restart) from firing again.
+    let pve = pve();
+    let store: Arc<dyn EngineStore> = Arc::new(MemoryStore::default());
+    let clock = clock();
+    let on_battery = || {
+        let mut p = policy(
+            7,
+            10,
+            "{ type: ups.state, equals: on_battery }",
+            "vm",
+            &vms("101"),
+            SHUTDOWN_VMS,
+        );
+        p.ir.windows.suppression_s = 0;
+        p.ir.windows.idempotency_s = 0;
+        p
+    };
+    let mut first = engine(store.clone(), &pve, &clock, None, vec![on_battery()]);
+    let report = first.handle_event(&ups("on_battery")).await.unwrap();
+    assert_eq!(report.decisions[0].code, "engine.scheduled");
+    first.settle().await.unwrap();
+    assert_eq!(store.trigger_states().unwrap().len(), 1);
+    drop(first);
+
+    pve.set_status("vm:101", "running");
+    seconds(30).await;
+    let mut second = engine(store.clone(), &pve, &clock, None, vec![on_battery()]);
+    second.start().await.unwrap();
+    let report = second.handle_event(&ups("on_battery")).await.unwrap();
+    assert!(
+        report.decisions.iter().all(|d| d.code != "engine.scheduled"),
+        "the same state read again after a restart fired: {:?}",
+        report.decisions
+    );
+    second.settle().await.unwrap();
+    assert_eq!(pve.executes().len(), 1);
+
+    // A real edge after the restart still fires.
+    second.handle_event(&ups("on_mains")).await.unwrap();
+    let report = second.handle_event(&ups("on_battery")).await.unwrap();
+    assert_eq!(report.decisions[0].code, "engine.scheduled");
+    second.settle().await.unwrap();
+    assert_eq!(pve.executes().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_policy_forgets_its_countdown_and_edge_state() {
+    let pve = pve();
+    let store: Arc<dyn EngineStore> = Arc::new(MemoryStore::default());
+    let clock = clock();
+    let mut engine = engine(store.clone(), &pve, &clock, None, vec![held_policy()]);
+    engine.handle_event(&ups("on_battery")).await.unwrap();
+    assert_eq!(store.deadlines().unwrap().len(), 1);
+    assert!(engine.remove_policy(Uuid::from_u128(1)).unwrap());
+    assert!(!engine.remove_policy(Uuid::from_u128(1)).unwrap());
+    assert!(store.deadlines().unwrap().is_empty());
+    assert!(store.trigger_states().unwrap().is_empty());
+    assert_eq!(engine.next_deadline(), None);
+    seconds(600).await;
+    assert_eq!(fire(&mut engine, &clock).await, 0);
+    assert!(pve.executes().is_empty());
 }

@@ -12,14 +12,15 @@
 //! whole [`Write`] batch in one transaction, so a crash or a failed statement
 //! mid-batch leaves nothing partial.
 //!
-//! # Extending (the service issue)
+//! # The service's state
 //!
 //! Policies, hosts, inventory snapshots and transcripts live in the same
-//! database file. They get their own trait (a `PolicyStore` next to this
-//! one) implemented by [`SqliteStore`] on the same connection, with their
-//! tables added as new entries appended to the migration list (never edited
-//! in place). [`Write`] is `#[non_exhaustive]`, so engine-side variants can
-//! be added without breaking callers.
+//! database file, behind their own trait, [`PolicyStore`], implemented by
+//! [`SqliteStore`] on the same connection; their tables are migrations
+//! appended to the list (never edited in place). Each policy or host
+//! mutation commits together with its audit record. Host secrets are
+//! encrypted at rest with a [`SecretKey`]. [`Write`] is `#[non_exhaustive]`,
+//! so engine-side variants can be added without breaking callers.
 
 use std::time::Duration;
 
@@ -30,9 +31,13 @@ use serde_json::Value;
 use uuid::Uuid;
 
 mod memory;
+mod policy;
+mod secrets;
 mod sqlite;
 
 pub use memory::MemoryStore;
+pub use policy::*;
+pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_ENV};
 pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
 
 /// How many ledger entries are kept per policy (SPEC §6 step 9, §10).
@@ -103,6 +108,10 @@ pub trait EngineStore: Send + Sync {
 
     /// Audit records matching `query`, newest first.
     fn audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
+
+    /// Every persisted trigger edge state (see [`Write::SetTriggerState`]),
+    /// by policy id ascending.
+    fn trigger_states(&self) -> StoreResult<Vec<(Uuid, Value)>>;
 
     /// Whether `key` ran at or after `now - window`. A key recorded in the
     /// future of `now` (clock stepped back) counts as recent: repeating an
@@ -215,6 +224,14 @@ pub trait EngineStore: Send + Sync {
     fn append_audit(&self, record: &AuditRecord) -> StoreResult<()> {
         self.write(&[Write::AppendAudit(record.clone())])
     }
+
+    /// Persists (or with `Value::Null` forgets) a policy's trigger edge state.
+    fn set_trigger_state(&self, policy_id: Uuid, state: &Value) -> StoreResult<()> {
+        self.write(&[Write::SetTriggerState {
+            policy_id,
+            state: state.clone(),
+        }])
+    }
 }
 
 /// One write of a [`EngineStore::write`] batch. The engine batches the
@@ -273,6 +290,10 @@ pub enum Write {
     SetKillSwitch(KillSwitchState),
     /// Appends an audit record.
     AppendAudit(AuditRecord),
+    /// Inserts or replaces a policy's trigger edge state (what the trigger
+    /// layer needs to tell an edge from a level after a restart, opaque to
+    /// the store); `Value::Null` deletes it.
+    SetTriggerState { policy_id: Uuid, state: Value },
 }
 
 /// Per-policy window state (SPEC §6 steps 4 and 9).
@@ -636,6 +657,19 @@ pub enum StoreError {
     /// The write names something that is not stored.
     #[error("store has no {what}")]
     NotFound { what: String },
+    /// Another stored policy has the same canonical hash (SPEC §10: 409).
+    #[error("policy {existing_id} already has this hash")]
+    DuplicateHash { existing_id: Uuid },
+    /// A host with secrets was written or read, but no secret key is set.
+    #[error(
+        "host {host} has secrets but no secret key is set \
+         (set HAZEL_SECRET_KEY or secret_key_file)"
+    )]
+    SecretKeyMissing { host: String },
+    /// A host's stored secrets do not decrypt with the key set: another key
+    /// wrote them, or the stored blob is damaged.
+    #[error("cannot decrypt the secrets of host {host} (wrong secret key or damaged data)")]
+    SecretUndecryptable { host: String },
 }
 
 impl StoreError {

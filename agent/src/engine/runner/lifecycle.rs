@@ -89,6 +89,7 @@ impl Engine {
                 .map_err(|source| EngineError::Scheduler { source })?;
             report.paused = true;
         }
+        self.restore_trigger_states()?;
         report.rearmed = self.restore_countdowns()?;
         report.reconciled = self.reconcile(now).await?;
         let (late, missed) = self.arm_timer_at(now)?;
@@ -271,6 +272,38 @@ impl Engine {
         }
         if !batch.is_empty() {
             self.store.write(&batch)?;
+        }
+        Ok(())
+    }
+
+    /// Restores the edge state the store kept for each loaded policy (so a
+    /// UPS already seen on battery is not a new edge after a restart).
+    /// State of another version of the policy (its hash changed) is dropped.
+    /// Countdowns restored next override it with their own, newer state.
+    fn restore_trigger_states(&mut self) -> Result<(), EngineError> {
+        let mut stale = Vec::new();
+        for (policy_id, stored) in self.store.trigger_states()? {
+            let state = self.policies.get(&policy_id).and_then(|policy| {
+                let same = stored.get("hash").and_then(Value::as_str) == Some(policy.ir.hash.as_str());
+                stored
+                    .get("trigger_state")
+                    .and_then(TriggerState::from_json)
+                    .filter(|_| same)
+            });
+            match state {
+                Some(state) => {
+                    self.states.insert(policy_id, state);
+                }
+                None if self.policies.contains_key(&policy_id) => stale.push(Write::SetTriggerState {
+                    policy_id,
+                    state: Value::Null,
+                }),
+                // A policy not loaded now (disabled) keeps its state.
+                None => {}
+            }
+        }
+        if !stale.is_empty() {
+            self.store.write(&stale)?;
         }
         Ok(())
     }
@@ -592,7 +625,7 @@ impl Engine {
 }
 
 /// The store's name for a countdown kind.
-fn deadline_kind(kind: TimerKind) -> DeadlineKind {
+pub(super) fn deadline_kind(kind: TimerKind) -> DeadlineKind {
     match kind {
         TimerKind::ForHold => DeadlineKind::For,
         TimerKind::After => DeadlineKind::After,

@@ -36,15 +36,11 @@
 //!
 //! # Not yet here
 //!
-//! - Store calls are synchronous on the calling task (fine for
-//!   [`super::store::MemoryStore`]; SQLite wants `spawn_blocking`).
+//! - Store calls are synchronous on the calling task. The service runs
+//!   the engine on its own thread and runtime (`service::engine_loop`), so
+//!   an `fsync` blocks only the engine and its scheduler, not the API.
 //! - A stale snapshot is not refreshed before the guards run (at decision
 //!   time nor at kill-switch release); the engine reads [`Snapshots`] as is.
-//! - Trigger state is persisted only while a countdown is pending (it rides
-//!   on the store's deadline records); edge state without a countdown (a
-//!   UPS already seen `on_battery`) is not, so after a restart the same
-//!   state can fire again (the suppression window, which is persisted,
-//!   still holds it). A trigger-state record in the store would close this.
 //! - A run interrupted by a crash gets an `interrupted` ledger entry holding
 //!   only its open intents' rows: the store cannot list a run's completed
 //!   intents, and the event's kind and subject are not in the intent.
@@ -425,8 +421,76 @@ impl Engine {
             policy.ir.priority,
             &policy.ir.match_.trigger_group,
         );
+        if self.started {
+            // Loaded after start: arm its `timer.at` fires from now (there
+            // is nothing missed to look back on for a policy just loaded).
+            let now = (self.config.clock)();
+            for (index, trigger) in policy.ir.match_.trigger_group.triggers.iter().enumerate() {
+                if let crate::spec::Trigger::TimerAt { schedule } = trigger {
+                    if let Some(next) = super::triggers::next_fire(schedule, now, self.config.timezone) {
+                        self.at_fires.insert((next, policy.id, index));
+                    }
+                }
+            }
+        }
         self.policies.insert(policy.id, policy);
         Ok(())
+    }
+
+    /// Unloads a policy (deleted, disabled or about to be replaced): its
+    /// trigger state, armed countdowns (in memory and in the store) and
+    /// `timer.at` fires go with it. Items it already queued still run and
+    /// reach the ledger. Returns whether it was loaded.
+    pub fn remove_policy(&mut self, id: Uuid) -> Result<bool, EngineError> {
+        let Some(policy) = self.policies.remove(&id) else {
+            return Ok(false);
+        };
+        let ids: Vec<String> = self.policies.keys().map(Uuid::to_string).collect();
+        self.index = TriggerIndex::build(
+            ids.iter()
+                .zip(self.policies.values())
+                .map(|(id, p)| (id.as_str(), p.ir.priority, &p.ir.match_.trigger_group)),
+        );
+        self.states.remove(&id);
+        self.at_fires.retain(|(_, policy_id, _)| *policy_id != id);
+        let mut batch = Vec::new();
+        for request in self.armed.remove(&id).unwrap_or_default() {
+            self.timers.cancel(&request);
+            batch.push(Write::RemoveDeadline {
+                policy_id: id,
+                trigger_index: request.trigger as u32,
+                kind: lifecycle::deadline_kind(request.kind),
+            });
+        }
+        batch.dedup();
+        batch.push(Write::SetTriggerState {
+            policy_id: id,
+            state: Value::Null,
+        });
+        drop(policy);
+        self.store.write(&batch)?;
+        Ok(true)
+    }
+
+    /// The store write that keeps `state` for policy `id`, tagged with the
+    /// policy's hash so a changed policy starts from a clean state.
+    fn trigger_state_write(&self, id: Uuid, state: &TriggerState) -> Write {
+        let hash = self.policies.get(&id).map_or("", |p| p.ir.hash.as_str());
+        Write::SetTriggerState {
+            policy_id: id,
+            state: json!({"hash": hash, "trigger_state": state.to_json()}),
+        }
+    }
+
+    /// Whether [`Engine::next_run`] has something to wait for or hand out:
+    /// items not yet reported, or runs closed but not yet taken.
+    pub fn has_work(&self) -> bool {
+        !self.pending.is_empty() || !self.closed.is_empty()
+    }
+
+    /// The ids of the loaded policies, in id order.
+    pub fn policy_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.policies.keys().copied()
     }
 
     /// The facts conditions read; kept current from every handled event.
@@ -458,6 +522,7 @@ impl Engine {
         let now = (self.config.clock)();
         let mut decisions = Vec::new();
         let mut timers = Vec::new();
+        let mut edges = Vec::new();
         for pref in self.index.shortlist(event) {
             let Ok(id) = Uuid::parse_str(&pref.policy_id) else {
                 continue;
@@ -473,6 +538,9 @@ impl Engine {
             let decision = span
                 .in_scope(|| self.decide(id, pref.interest, &mut state, event, now, &mut timers));
             let synced = self.sync_timers(id, &before, &state);
+            if state != before {
+                edges.push(self.trigger_state_write(id, &state));
+            }
             self.states.insert(id, state);
             synced?;
             let Some(mut decision) = decision? else {
@@ -487,6 +555,11 @@ impl Engine {
             if stop {
                 break;
             }
+        }
+        // Edge state (a UPS seen on battery) survives a restart, so the same
+        // state read again after it does not fire as a new edge.
+        if !edges.is_empty() {
+            self.store.write(&edges)?;
         }
         while let Ok(report) = self.reports.try_recv() {
             if let Some(run) = self.on_report(report)? {

@@ -503,6 +503,55 @@ fn an_execution_batch_commits_outcome_keys_and_cleared_inverses_together(store: 
     assert_eq!(store.window_state(forward).unwrap().last_fired_at, None);
 }
 
+fn trigger_states_are_upserted_listed_by_policy_and_deleted_by_null(store: &dyn EngineStore) {
+    assert!(store.trigger_states().unwrap().is_empty());
+    let (first, second) = (Uuid::from_u128(2), Uuid::from_u128(1));
+    store
+        .set_trigger_state(first, &json!({"last": "on_battery"}))
+        .unwrap();
+    store
+        .write(&[Write::SetTriggerState {
+            policy_id: second,
+            state: json!([true, false]),
+        }])
+        .unwrap();
+    store
+        .set_trigger_state(first, &json!({"last": "on_mains"}))
+        .unwrap();
+    assert_eq!(
+        store.trigger_states().unwrap(),
+        vec![
+            (second, json!([true, false])),
+            (first, json!({"last": "on_mains"})),
+        ]
+    );
+    store.set_trigger_state(second, &Value::Null).unwrap();
+    // Deleting an absent state is a no-op, like every other delete.
+    store
+        .set_trigger_state(Uuid::from_u128(3), &Value::Null)
+        .unwrap();
+    assert_eq!(
+        store.trigger_states().unwrap(),
+        vec![(first, json!({"last": "on_mains"}))]
+    );
+    // A failed batch leaves the previous state.
+    let dup = intent(1, 0, "pve1");
+    store.persist_intent(&dup).unwrap();
+    store
+        .write(&[
+            Write::SetTriggerState {
+                policy_id: first,
+                state: json!("changed"),
+            },
+            Write::PersistIntent(dup),
+        ])
+        .unwrap_err();
+    assert_eq!(
+        store.trigger_states().unwrap(),
+        vec![(first, json!({"last": "on_mains"}))]
+    );
+}
+
 macro_rules! conformance_suite {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -520,6 +569,7 @@ macro_rules! conformance_suite {
                 audit_records_are_listed_newest_first_with_filters_and_pages,
                 a_failed_batch_leaves_nothing_partial,
                 an_execution_batch_commits_outcome_keys_and_cleared_inverses_together,
+                trigger_states_are_upserted_listed_by_policy_and_deleted_by_null,
             );
         }
     };

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
@@ -37,6 +38,7 @@ struct State {
     next_run_seq: u64,
     kill_switch: KillSwitchState,
     audit: Vec<AuditEntry>,
+    trigger_states: BTreeMap<Uuid, Value>,
 }
 
 impl MemoryStore {
@@ -146,6 +148,15 @@ impl EngineStore for MemoryStore {
 
     fn kill_switch(&self) -> StoreResult<KillSwitchState> {
         Ok(self.lock().kill_switch.clone())
+    }
+
+    fn trigger_states(&self) -> StoreResult<Vec<(Uuid, Value)>> {
+        Ok(self
+            .lock()
+            .trigger_states
+            .iter()
+            .map(|(id, state)| (*id, state.clone()))
+            .collect())
     }
 
     fn audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
@@ -268,6 +279,13 @@ impl State {
                     seq,
                     record: record.clone(),
                 });
+            }
+            Write::SetTriggerState { policy_id, state } => {
+                if state.is_null() {
+                    self.trigger_states.remove(policy_id);
+                } else {
+                    self.trigger_states.insert(*policy_id, state.clone());
+                }
             }
         }
         Ok(())

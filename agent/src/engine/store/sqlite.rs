@@ -7,7 +7,7 @@
 //! are indexed or filtered on.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use super::{
     AuditEntry, AuditQuery, AuditRecord, DeadlineKind, DeadlineRecord, EngineStore, IntentEntry,
-    IntentId, IntentOutcome, IntentRecord, KillSwitchState, RunRecord, StoreError, StoreResult,
-    TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
+    IntentId, IntentOutcome, IntentRecord, KillSwitchState, RunRecord, SecretKey, StoreError,
+    StoreResult, TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
 };
 
 /// How the store opens its database.
@@ -67,10 +67,16 @@ pub enum Synchronous {
 /// engine reaches the store from `spawn_blocking`. Other processes (a CLI
 /// reading the ledger) may open the same file; WAL lets them read while the
 /// agent writes.
+///
+/// The same store implements [`super::PolicyStore`] (policies, hosts,
+/// transcripts, inventory snapshots). Host secrets are encrypted with the
+/// key given to [`SqliteStore::set_secret_key`]; without one, a host with
+/// secrets can be neither written nor read.
 #[derive(Debug)]
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    secret_key: RwLock<Option<SecretKey>>,
 }
 
 /// One schema migration. Append new ones at the end, never edit applied ones:
@@ -82,10 +88,11 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "engine state",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "engine state",
+        sql: r#"
 CREATE TABLE policy_window (
     policy_id TEXT PRIMARY KEY,
     last_fired_at TEXT,
@@ -161,7 +168,71 @@ CREATE TABLE audit (
 CREATE INDEX audit_policy ON audit (policy_id, seq);
 CREATE INDEX audit_correlation ON audit (correlation_id, seq);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "service state",
+        sql: r#"
+CREATE TABLE policies (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    version_int INTEGER NOT NULL CHECK (version_int >= 1),
+    hash TEXT NOT NULL UNIQUE,
+    compiled_ir TEXT NOT NULL,
+    enabled_intent INTEGER NOT NULL CHECK (enabled_intent IN (0, 1)),
+    status TEXT NOT NULL CHECK (status IN ('enabled', 'disabled', 'invalid')),
+    last_validation TEXT,
+    last_dry_run TEXT,
+    last_transcript_id TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE transcripts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    policy_id TEXT,
+    created_at TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    body TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE hosts (
+    id TEXT PRIMARY KEY,
+    plugin TEXT NOT NULL,
+    connection TEXT NOT NULL,
+    secrets BLOB,
+    source TEXT NOT NULL CHECK (source IN ('config', 'api')),
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE inventory_snapshots (
+    host_id TEXT PRIMARY KEY,
+    ts TEXT NOT NULL,
+    snapshot TEXT NOT NULL
+) STRICT;
+"#,
+    },
+    Migration {
+        version: 3,
+        name: "trigger state",
+        sql: r#"
+CREATE TABLE trigger_states (
+    policy_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+) STRICT;
+"#,
+    },
+];
+
+/// The version of every known migration, in order (for tests that build
+/// an older schema).
+#[cfg(test)]
+pub(super) fn migration_versions() -> Vec<u32> {
+    MIGRATIONS.iter().map(|m| m.version).collect()
+}
 
 impl SqliteStore {
     /// The database file's name inside the agent's data directory.
@@ -191,7 +262,34 @@ impl SqliteStore {
         Ok(SqliteStore {
             path,
             conn: Mutex::new(conn),
+            secret_key: RwLock::new(None),
         })
+    }
+
+    /// Sets the key that encrypts host secrets at rest (replacing any
+    /// previous one). Secrets already stored under another key stay
+    /// encrypted with it and read back as [`StoreError::SecretUndecryptable`].
+    pub fn set_secret_key(&self, key: SecretKey) {
+        *self
+            .secret_key
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(key);
+    }
+
+    /// Whether a secret key is set.
+    pub fn has_secret_key(&self) -> bool {
+        self.secret_key
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_some()
+    }
+
+    /// The secret key, for the policy store's host secrets.
+    pub(super) fn secret_key(&self) -> Option<SecretKey> {
+        self.secret_key
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// The database file.
@@ -231,7 +329,7 @@ impl SqliteStore {
 
     // A poisoned lock is safe to reuse: a panic mid-transaction drops the
     // `Transaction`, which rolls back.
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -523,6 +621,24 @@ impl EngineStore for SqliteStore {
         })
     }
 
+    fn trigger_states(&self) -> StoreResult<Vec<(Uuid, serde_json::Value)>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT policy_id, state FROM trigger_states ORDER BY policy_id")
+            .map_err(sql("trigger_states"))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(sql("trigger_states"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (policy_id, state) = row.map_err(sql("trigger_states"))?;
+            out.push((parse_uuid(&policy_id)?, from_json("trigger state", &state)?));
+        }
+        Ok(out)
+    }
+
     fn audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
         let conn = self.lock();
         let mut stmt = conn
@@ -717,21 +833,42 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<()> {
             )
             .map_err(sql("set_kill_switch"))?;
         }
-        Write::AppendAudit(record) => {
-            tx.execute(
-                "INSERT INTO audit (ts, correlation_id, kind, policy_id, details)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    ts(&record.ts),
-                    record.correlation_id.to_string(),
-                    record.kind,
-                    record.policy_id.map(|p| p.to_string()),
-                    to_json("audit details", &record.details)?,
-                ],
-            )
-            .map_err(sql("append_audit"))?;
+        Write::AppendAudit(record) => insert_audit(tx, record)?,
+        Write::SetTriggerState { policy_id, state } => {
+            if state.is_null() {
+                tx.execute(
+                    "DELETE FROM trigger_states WHERE policy_id = ?1",
+                    params![policy_id.to_string()],
+                )
+                .map_err(sql("set_trigger_state"))?;
+            } else {
+                tx.execute(
+                    "INSERT INTO trigger_states (policy_id, state) VALUES (?1, ?2)
+                     ON CONFLICT (policy_id) DO UPDATE SET state = excluded.state",
+                    params![policy_id.to_string(), to_json("trigger state", state)?],
+                )
+                .map_err(sql("set_trigger_state"))?;
+            }
         }
     }
+    Ok(())
+}
+
+/// Appends an audit record inside a caller's transaction: the engine's
+/// [`Write::AppendAudit`] and the policy store's mutations share it.
+pub(super) fn insert_audit(tx: &Transaction<'_>, record: &AuditRecord) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO audit (ts, correlation_id, kind, policy_id, details)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            ts(&record.ts),
+            record.correlation_id.to_string(),
+            record.kind,
+            record.policy_id.map(|p| p.to_string()),
+            to_json("audit details", &record.details)?,
+        ],
+    )
+    .map_err(sql("append_audit"))?;
     Ok(())
 }
 
@@ -817,11 +954,11 @@ fn json_column<P: rusqlite::Params>(
         .map_err(sql(op))
 }
 
-fn sql(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+pub(super) fn sql(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sqlite { op, source }
 }
 
-fn conflict_or(
+pub(super) fn conflict_or(
     source: rusqlite::Error,
     op: &'static str,
     what: impl FnOnce() -> String,
@@ -838,11 +975,11 @@ fn describe(id: &IntentId) -> String {
 }
 
 /// Fixed-width RFC 3339 (nanoseconds, `Z`): text order is time order.
-fn ts(at: &DateTime<Utc>) -> String {
+pub(super) fn ts(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
-fn parse_ts(text: &str) -> StoreResult<DateTime<Utc>> {
+pub(super) fn parse_ts(text: &str) -> StoreResult<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| StoreError::Corrupt {
@@ -851,18 +988,18 @@ fn parse_ts(text: &str) -> StoreResult<DateTime<Utc>> {
         })
 }
 
-fn parse_uuid(text: &str) -> StoreResult<Uuid> {
+pub(super) fn parse_uuid(text: &str) -> StoreResult<Uuid> {
     Uuid::parse_str(text).map_err(|_| StoreError::Corrupt {
         what: "uuid",
         value: text.to_owned(),
     })
 }
 
-fn to_json<T: Serialize + ?Sized>(what: &'static str, value: &T) -> StoreResult<String> {
+pub(super) fn to_json<T: Serialize + ?Sized>(what: &'static str, value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|source| StoreError::Json { what, source })
 }
 
-fn from_json<T: DeserializeOwned>(what: &'static str, text: &str) -> StoreResult<T> {
+pub(super) fn from_json<T: DeserializeOwned>(what: &'static str, text: &str) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|source| StoreError::Json { what, source })
 }
 
