@@ -6,5 +6,6 @@ pub mod compile;
 pub mod engine;
 pub mod hash;
 pub mod inventory_service;
+pub mod inverse;
 pub mod spec;
 pub mod validate;
