@@ -532,7 +532,10 @@ async fn a_state_seen_before_a_restart_is_not_a_new_edge_after_it() {
     second.start().await.unwrap();
     let report = second.handle_event(&ups("on_battery")).await.unwrap();
     assert!(
-        report.decisions.iter().all(|d| d.code != "engine.scheduled"),
+        report
+            .decisions
+            .iter()
+            .all(|d| d.code != "engine.scheduled"),
         "the same state read again after a restart fired: {:?}",
         report.decisions
     );

@@ -284,7 +284,8 @@ impl Engine {
         let mut stale = Vec::new();
         for (policy_id, stored) in self.store.trigger_states()? {
             let state = self.policies.get(&policy_id).and_then(|policy| {
-                let same = stored.get("hash").and_then(Value::as_str) == Some(policy.ir.hash.as_str());
+                let same =
+                    stored.get("hash").and_then(Value::as_str) == Some(policy.ir.hash.as_str());
                 stored
                     .get("trigger_state")
                     .and_then(TriggerState::from_json)
@@ -294,10 +295,12 @@ impl Engine {
                 Some(state) => {
                     self.states.insert(policy_id, state);
                 }
-                None if self.policies.contains_key(&policy_id) => stale.push(Write::SetTriggerState {
-                    policy_id,
-                    state: Value::Null,
-                }),
+                None if self.policies.contains_key(&policy_id) => {
+                    stale.push(Write::SetTriggerState {
+                        policy_id,
+                        state: Value::Null,
+                    })
+                }
                 // A policy not loaded now (disabled) keeps its state.
                 None => {}
             }

@@ -427,7 +427,9 @@ impl Engine {
             let now = (self.config.clock)();
             for (index, trigger) in policy.ir.match_.trigger_group.triggers.iter().enumerate() {
                 if let crate::spec::Trigger::TimerAt { schedule } = trigger {
-                    if let Some(next) = super::triggers::next_fire(schedule, now, self.config.timezone) {
+                    if let Some(next) =
+                        super::triggers::next_fire(schedule, now, self.config.timezone)
+                    {
                         self.at_fires.insert((next, policy.id, index));
                     }
                 }

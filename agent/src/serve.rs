@@ -1,0 +1,110 @@
+//! `hazel serve --config hazel.yaml`: reads the config, sets up logging,
+//! opens the [`Service`] (store, hosts, engine), binds the API and runs
+//! until SIGINT or SIGTERM, then shuts down gracefully: stop taking
+//! requests, drain running actions within `shutdown_grace`, write the
+//! ledger, exit. The shutdown follows mini-redis: one signal future handed
+//! to the server, in-flight work drained before a deadline.
+
+use std::path::Path;
+
+use tracing::{error, info};
+
+use crate::api::auth::JwtKey;
+use crate::api::{self, ApiConfig};
+use crate::service::config::{Config, ConfigError, LogFormat};
+use crate::service::{OpenOptions, Service, ServiceError};
+
+/// Why `hazel serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// `hazel.yaml` is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The API token key is unusable.
+    #[error("auth key: {0}")]
+    Key(String),
+    /// The service could not open (store, hosts, engine).
+    #[error("cannot start the service: {0}")]
+    Service(#[from] ServiceError),
+    /// The listen address could not be bound or the server failed.
+    #[error("cannot serve on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the agent as configured in `config_path` until a stop signal.
+pub async fn run(config_path: &Path) -> Result<(), ServeError> {
+    let config = Config::load(config_path)?;
+    init_logging(config.log_format);
+    let jwt = JwtKey::from_bytes(config.jwt_key()?).map_err(|e| ServeError::Key(e.to_string()))?;
+    let service = Service::open(config.clone(), OpenOptions::default()).await?;
+    let router = api::router(
+        service.clone(),
+        ApiConfig {
+            body_limit: config.api.body_limit_bytes,
+            rate_per_s: config.api.rate_per_s,
+            rate_burst: config.api.rate_burst,
+            jwt,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    info!(listen = %config.listen, data_dir = %config.data_dir.display(), "hazel serving");
+    let served = api::serve(listener, router, stop_signal()).await;
+    info!("stopping: draining running actions");
+    service.shutdown().await;
+    served.map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })
+}
+
+/// Structured logs on stderr, `RUST_LOG` filtered (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    // A second init (tests, `hazel demo` after serve) keeps the first.
+    let _ = result;
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd stop).
+async fn stop_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("SIGINT received"),
+        _ = term => info!("SIGTERM received"),
+    }
+}

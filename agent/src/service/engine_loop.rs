@@ -1,0 +1,396 @@
+//! The engine's home in the service: one OS thread with its own
+//! current-thread tokio runtime runs the [`Engine`] loop. The loop
+//! `select!`s between commands from the service (events to decide, dry-runs,
+//! policy loads and unloads, the kill switch, shutdown), events from the bus
+//! (sources such as NUT and timers publish there), the scheduler's reports
+//! ([`Engine::next_run`]) and the next countdown deadline
+//! ([`Engine::fire_due`]).
+//!
+//! The engine calls its store synchronously (an `fsync` per committed
+//! batch); on its own thread that blocks only the engine and its
+//! scheduler, never the API's runtime.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drivers::breaker::Breakers;
+use drivers::driver::Driver;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use super::metrics::Metrics;
+use crate::engine::bus::Consumer;
+use crate::engine::event::Event;
+use crate::engine::runner::{
+    Engine, EngineConfig, EngineError, EventReport, Policy, Snapshots, Transcript,
+};
+use crate::engine::store::{EngineStore, RunRecord};
+
+/// What the service asks of the engine thread.
+enum Command {
+    Event {
+        event: Event,
+        reply: oneshot::Sender<Result<EventReport, String>>,
+    },
+    DryRun {
+        event: Event,
+        reply: oneshot::Sender<Result<Transcript, String>>,
+    },
+    Load {
+        policy: Box<Policy>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Unload {
+        id: Uuid,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
+    Driver {
+        driver: Arc<dyn Driver>,
+    },
+    Pause {
+        by: String,
+        reason: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Resume {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Whether the engine thread runs, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct EngineStatus {
+    started: AtomicBool,
+    stopped: AtomicBool,
+}
+
+impl EngineStatus {
+    /// The engine finished [`Engine::start`] and its loop is running.
+    pub fn ready(&self) -> bool {
+        self.started.load(Ordering::Acquire) && !self.stopped.load(Ordering::Acquire)
+    }
+}
+
+/// The service's handle on the engine thread.
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    shutdown: Mutex<Option<oneshot::Sender<Duration>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    status: Arc<EngineStatus>,
+}
+
+/// Why a command did not reach the engine or failed there.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineCallError {
+    /// The engine thread is gone (shut down or crashed).
+    #[error("the engine is not running")]
+    Stopped,
+    /// The engine answered with an error.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What the engine thread is started with.
+pub struct EngineParts {
+    pub store: Arc<dyn EngineStore>,
+    pub snapshots: Arc<dyn Snapshots>,
+    pub breakers: Arc<Breakers>,
+    pub config: EngineConfig,
+    pub drivers: Vec<Arc<dyn Driver>>,
+    pub policies: Vec<Policy>,
+    pub metrics: Arc<Metrics>,
+    /// Events from sources (NUT, timers, webhooks); `None` for no sources.
+    pub bus: Option<Consumer>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread: loads `parts`' drivers and policies, runs
+    /// [`Engine::start`] (restart reconciliation) and enters the loop.
+    /// Returns once the thread runs; [`EngineStatus::ready`] turns true after
+    /// `start`.
+    pub fn spawn(parts: EngineParts) -> std::io::Result<EngineHandle> {
+        let (commands, rx) = mpsc::channel(256);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let status = Arc::new(EngineStatus::default());
+        let thread_status = status.clone();
+        let thread = std::thread::Builder::new()
+            .name("hazel-engine".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        error!(error = %e, "cannot start the engine runtime");
+                        thread_status.stopped.store(true, Ordering::Release);
+                        return;
+                    }
+                };
+                runtime.block_on(run(parts, rx, stop_rx, thread_status.clone()));
+                thread_status.stopped.store(true, Ordering::Release);
+            })?;
+        Ok(EngineHandle {
+            commands,
+            shutdown: Mutex::new(Some(stop_tx)),
+            thread: Mutex::new(Some(thread)),
+            status,
+        })
+    }
+
+    /// Whether the engine runs.
+    pub fn status(&self) -> &Arc<EngineStatus> {
+        &self.status
+    }
+
+    /// Decides `event` for real; the report lists every policy decision.
+    pub async fn event(&self, event: Event) -> Result<EventReport, EngineCallError> {
+        self.call(|reply| Command::Event { event, reply }).await
+    }
+
+    /// The whole decision for `event` with driver dry-runs; nothing persisted.
+    pub async fn dry_run(&self, event: Event) -> Result<Transcript, EngineCallError> {
+        self.call(|reply| Command::DryRun { event, reply }).await
+    }
+
+    /// Loads (or replaces) an enabled policy.
+    pub async fn load(&self, policy: Policy) -> Result<(), EngineCallError> {
+        self.call(|reply| Command::Load {
+            policy: Box::new(policy),
+            reply,
+        })
+        .await
+    }
+
+    /// Unloads a policy; `false` when it was not loaded.
+    pub async fn unload(&self, id: Uuid) -> Result<bool, EngineCallError> {
+        self.call(|reply| Command::Unload { id, reply }).await
+    }
+
+    /// Registers (or replaces) a host's driver.
+    pub async fn add_driver(&self, driver: Arc<dyn Driver>) -> Result<(), EngineCallError> {
+        self.commands
+            .send(Command::Driver { driver })
+            .await
+            .map_err(|_| EngineCallError::Stopped)
+    }
+
+    /// Engages the persisted kill switch.
+    pub async fn pause(&self, by: &str, reason: &str) -> Result<(), EngineCallError> {
+        let (by, reason) = (by.to_string(), reason.to_string());
+        self.call(|reply| Command::Pause { by, reason, reply })
+            .await
+    }
+
+    /// Releases the kill switch (held items re-checked).
+    pub async fn resume(&self) -> Result<(), EngineCallError> {
+        self.call(|reply| Command::Resume { reply }).await
+    }
+
+    /// Stops intake, drains running items for at most `grace` (the rest is
+    /// recorded interrupted), writes the ledger and joins the thread.
+    pub async fn shutdown(&self, grace: Duration) {
+        let stop = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(stop) = stop {
+            let _ = stop.send(grace);
+        }
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+    ) -> Result<T, EngineCallError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| EngineCallError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| EngineCallError::Stopped)?
+            .map_err(EngineCallError::Failed)
+    }
+}
+
+async fn run(
+    parts: EngineParts,
+    mut commands: mpsc::Receiver<Command>,
+    mut stop: oneshot::Receiver<Duration>,
+    status: Arc<EngineStatus>,
+) {
+    let EngineParts {
+        store,
+        snapshots,
+        breakers,
+        config,
+        drivers,
+        policies,
+        metrics,
+        mut bus,
+    } = parts;
+    let clock = config.clock.clone();
+    let mut engine = Engine::new(store, snapshots, breakers, config);
+    for driver in drivers {
+        engine.add_driver(driver);
+    }
+    for policy in policies {
+        let id = policy.id;
+        if let Err(e) = engine.add_policy(policy) {
+            warn!(policy_id = %id, error = %e, "policy not loaded");
+        }
+    }
+    match engine.start().await {
+        Ok(report) => info!(
+            paused = report.paused,
+            rearmed = report.rearmed,
+            reconciled = report.reconciled.len(),
+            late_fires = report.late_fires,
+            missed = report.missed,
+            "engine started"
+        ),
+        Err(e) => error!(error = %e, "engine start failed; it keeps running with what it restored"),
+    }
+    status.started.store(true, Ordering::Release);
+    let grace = loop {
+        let sleep = match engine.next_deadline() {
+            Some(at) => (at - clock()).to_std().unwrap_or(Duration::ZERO),
+            None => Duration::from_secs(3600),
+        };
+        let has_work = engine.has_work();
+        tokio::select! {
+            grace = &mut stop => break grace.unwrap_or(Duration::from_secs(30)),
+            command = commands.recv() => {
+                let Some(command) = command else { break Duration::from_secs(30) };
+                handle(&mut engine, command, &metrics).await;
+            }
+            event = next_bus_event(&mut bus) => {
+                match event {
+                    Some(event) => {
+                        metrics.event(event.kind.as_str(), false);
+                        match engine.handle_event(&event).await {
+                            Ok(report) => count(&metrics, &report),
+                            Err(e) => error!(correlation_id = %event.correlation_id, error = %e, "event not fully handled"),
+                        }
+                    }
+                    None => bus = None,
+                }
+            }
+            run = engine.next_run(), if has_work => match run {
+                Ok(Some(run)) => record(&metrics, &run),
+                Ok(None) => {}
+                Err(e) => error!(error = %e, "recording an action outcome failed"),
+            },
+            _ = tokio::time::sleep(sleep) => {
+                match engine.fire_due(clock()).await {
+                    Ok(reports) => reports.iter().for_each(|r| count(&metrics, r)),
+                    Err(e) => error!(error = %e, "firing due timers failed"),
+                }
+            }
+        }
+        publish_queues(&engine, &metrics).await;
+    };
+    // Graceful drain: stop taking commands, let running items finish
+    // within the grace, record everything in the ledger.
+    commands.close();
+    let deadline = tokio::time::Instant::now() + grace;
+    match engine.scheduler().shutdown(deadline).await {
+        Ok(report) => info!(?report, "scheduler drained"),
+        Err(e) => warn!(error = %e, "scheduler drain failed"),
+    }
+    match engine.settle().await {
+        Ok(runs) => runs.iter().for_each(|r| record(&metrics, r)),
+        Err(e) => error!(error = %e, "ledger flush at shutdown failed"),
+    }
+    info!("engine stopped");
+}
+
+async fn next_bus_event(bus: &mut Option<Consumer>) -> Option<Event> {
+    match bus {
+        Some(consumer) => consumer.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn handle(engine: &mut Engine, command: Command, metrics: &Metrics) {
+    match command {
+        Command::Event { event, reply } => {
+            metrics.event(event.kind.as_str(), false);
+            let result = engine.handle_event(&event).await;
+            if let Ok(report) = &result {
+                count(metrics, report);
+            }
+            let _ = reply.send(result.map_err(|e| describe(&e)));
+        }
+        Command::DryRun { event, reply } => {
+            metrics.event(event.kind.as_str(), true);
+            let result = engine.dry_run_event(&event).await;
+            let _ = reply.send(result.map_err(|e| describe(&e)));
+        }
+        Command::Load { policy, reply } => {
+            let id = policy.id;
+            let result = engine
+                .remove_policy(id)
+                .and_then(|_| engine.add_policy(*policy));
+            let _ = reply.send(result.map_err(|e| describe(&e)));
+        }
+        Command::Unload { id, reply } => {
+            let _ = reply.send(engine.remove_policy(id).map_err(|e| describe(&e)));
+        }
+        Command::Driver { driver } => engine.add_driver(driver),
+        Command::Pause { by, reason, reply } => {
+            let _ = reply.send(engine.pause(&by, &reason).await.map_err(|e| describe(&e)));
+        }
+        Command::Resume { reply } => {
+            let _ = reply.send(engine.resume().await.map_err(|e| describe(&e)));
+        }
+    }
+}
+
+/// An engine error with its causes, for the service's answer.
+fn describe(e: &EngineError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+fn count(metrics: &Metrics, report: &EventReport) {
+    for decision in &report.decisions {
+        metrics.decision(&decision.code);
+    }
+}
+
+fn record(metrics: &Metrics, run: &RunRecord) {
+    for result in &run.results {
+        let outcome = match (&result.code, result.ok) {
+            (Some(code), _) => code.as_str(),
+            (None, true) => "ok",
+            (None, false) => "failed",
+        };
+        metrics.action(outcome);
+    }
+}
+
+async fn publish_queues(engine: &Engine, metrics: &Metrics) {
+    if let Ok(snapshot) = engine.scheduler().snapshot().await {
+        let depths = snapshot
+            .hosts
+            .iter()
+            .map(|(host, stats)| (host.clone(), stats.queued as u64));
+        metrics.set_queues(depths, snapshot.running as u64);
+    }
+}

@@ -1,0 +1,1294 @@
+//! The HTTP API end to end on a loopback port: a real `Service` over the
+//! SQLite store in a temporary directory, the Proxmox API simulator as the
+//! host's device, and a real HTTP client. Every endpoint and its status
+//! codes, the auth/CSRF/size/shape refusals, the policy gates (duplicate
+//! hash, version bumps, enable gating and forcing), inverses of every
+//! shipped example, and a restart that keeps what was stored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agent::api::auth::{mint, JwtKey};
+use agent::api::{self, Access, ApiConfig, BodyDoc, ROUTES};
+use agent::service::config::WebhookConfig;
+use agent::service::{Config, OpenOptions, Role, Service};
+use chrono::Utc;
+use drivers::proxmox::sim::{ProxmoxSim, SimConfig};
+use drivers::registry::HostConfig;
+use hmac::{Hmac, Mac};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const JWT_KEY: &[u8] = b"integration-test-key-0123456789abcdef";
+const WEBHOOK_SECRET: &str = "deploy-hook-secret";
+
+/// A running API over a service, with the address to reach it.
+struct Server {
+    base: String,
+    service: Service,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    http: reqwest::Client,
+}
+
+/// A test's world: its directory, the simulator and the server.
+struct World {
+    dir: TempDir,
+    sim: Option<ProxmoxSim>,
+    server: Server,
+}
+
+fn key() -> JwtKey {
+    JwtKey::from_bytes(JWT_KEY).unwrap()
+}
+
+fn token(role: Role) -> String {
+    mint(
+        &key(),
+        role.as_str(),
+        role,
+        Duration::from_secs(3600),
+        Utc::now(),
+    )
+}
+
+fn config(dir: &Path, sim: &ProxmoxSim) -> Config {
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("store.key"), "ab".repeat(32)).unwrap();
+    std::fs::write(secrets.join("deploy.secret"), WEBHOOK_SECRET).unwrap();
+    let mut config = Config {
+        data_dir: dir.join("data"),
+        hosts: vec![HostConfig {
+            id: "pve-01".into(),
+            plugin: "proxmox.ve".into(),
+            self_host: false,
+            connection: sim.connection(),
+        }],
+        shutdown_grace: Duration::from_secs(2),
+        ..Config::default()
+    };
+    config.secrets.key_file = Some(secrets.join("store.key"));
+    config.secrets.key_env = "HAZEL_API_TEST_NO_SUCH_VAR".into();
+    let hook = |secret_file: Option<PathBuf>, allow_unsigned| WebhookConfig {
+        secret_env: None,
+        secret_file,
+        allow_unsigned,
+    };
+    config.webhooks = BTreeMap::from([
+        (
+            "deploy".to_string(),
+            hook(Some(secrets.join("deploy.secret")), false),
+        ),
+        ("open".to_string(), hook(None, true)),
+        ("closed".to_string(), hook(None, false)),
+    ]);
+    config
+}
+
+fn api_config() -> ApiConfig {
+    ApiConfig {
+        rate_per_s: 10_000,
+        rate_burst: 10_000,
+        ..ApiConfig::new(key())
+    }
+}
+
+async fn start_server(config: Config, api_config: ApiConfig) -> Server {
+    let options = OpenOptions {
+        discovery: false,
+        ..OpenOptions::default()
+    };
+    let service = Service::open(config, options)
+        .await
+        .expect("the service opens on a fresh data dir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = api::router(service.clone(), api_config);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(api::serve(listener, router, async move {
+        let _ = stopped.await;
+    }));
+    Server {
+        base,
+        service,
+        stop: Some(stop),
+        task,
+        http: reqwest::Client::new(),
+    }
+}
+
+async fn world_with(tweak: impl FnOnce(&mut Config, &mut ApiConfig)) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = ProxmoxSim::start(SimConfig::demo())
+        .await
+        .expect("the Proxmox simulator binds a loopback port");
+    let mut cfg = config(dir.path(), &sim);
+    let mut api_cfg = api_config();
+    tweak(&mut cfg, &mut api_cfg);
+    let server = start_server(cfg, api_cfg).await;
+    World {
+        dir,
+        sim: Some(sim),
+        server,
+    }
+}
+
+async fn world() -> World {
+    world_with(|_, _| {}).await
+}
+
+impl Server {
+    /// A request with no token and no CSRF header.
+    fn bare(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    /// A request as `role`, with the CSRF header.
+    fn as_role(&self, role: Role, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.bare(method, path)
+            .bearer_auth(token(role))
+            .header("X-Hazel-CSRF", "1")
+    }
+
+    fn admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.as_role(Role::Admin, method, path)
+    }
+
+    /// Stops taking connections, drains, and stops the service.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.unwrap().unwrap();
+        self.service.shutdown().await;
+    }
+}
+
+/// Sends and reads the answer as (status, JSON or `null`).
+async fn send(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = req.send().await.expect("the server answers");
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+fn yaml(req: reqwest::RequestBuilder, text: &str) -> reqwest::RequestBuilder {
+    req.header("content-type", "application/yaml")
+        .body(text.to_string())
+}
+
+/// A policy on the simulator's VM 104 (running, unlocked, so its dry-run
+/// is clean); `grace` makes each one's hash distinct.
+fn policy(name: &str, grace: u32) -> String {
+    format!(
+        r#"version: 1
+name: "{name}"
+enabled: false
+trigger_group:
+  triggers:
+    - {{ type: ups.state, equals: on_battery }}
+targets:
+  host_id: pve-01
+  target_type: vm
+  selector: {{ mode: list, value: "104" }}
+actions:
+  - capability_id: proxmox.vm
+    verb: shutdown
+    params: {{ grace_s: {grace}, force_after_grace: true }}
+"#
+    )
+}
+
+async fn create(server: &Server, text: &str) -> Value {
+    let (status, body) = send(yaml(server.admin(Method::POST, "/api/policies"), text)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn probes_and_metrics_answer_without_a_token() {
+    let w = world().await;
+    let s = &w.server;
+    assert_eq!(
+        send(s.bare(Method::GET, "/healthz")).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = send(s.bare(Method::GET, "/readyz")).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
+    let response = s.bare(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = response.text().await.unwrap();
+    assert!(text.contains("# TYPE hazel_"), "{text}");
+    assert!(
+        text.contains("/readyz"),
+        "HTTP requests are counted by route: {text}"
+    );
+    s.service.shutdown().await;
+    let (status, _) = send(s.bare(Method::GET, "/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        send(s.bare(Method::GET, "/healthz")).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_public_and_documents_every_route_with_its_role() {
+    let w = world().await;
+    let (status, doc) = send(w.server.bare(Method::GET, "/api/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for route in ROUTES {
+        let op = &doc["paths"][route.path][route.method.to_ascii_lowercase()];
+        assert!(
+            op.is_object(),
+            "{} {} undocumented",
+            route.method,
+            route.path
+        );
+        assert!(op["x-hazel-role"].is_string());
+        assert_eq!(op.get("requestBody").is_some(), route.body != BodyDoc::None);
+        assert!(!op["responses"].as_object().unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn every_route_answers_only_statuses_its_documentation_lists() {
+    let w = world().await;
+    let s = &w.server;
+    for route in ROUTES {
+        let path = route
+            .path
+            .replace("{id}", &uuid::Uuid::new_v4().to_string())
+            .replace("{host_id}", "pve-01")
+            .replace("{name}", "open");
+        let method = Method::from_bytes(route.method.as_bytes()).unwrap();
+        let mut req = s.admin(method, &path);
+        if route.body != BodyDoc::None {
+            req = req.header("content-type", "application/json").body("{}");
+        }
+        let (status, body) = send(req).await;
+        let documented: Vec<u16> = route.responses().iter().map(|(c, _)| *c).collect();
+        assert!(
+            documented.contains(&status.as_u16()),
+            "{} {} answered {status} ({body}), documented {documented:?}",
+            route.method,
+            route.path
+        );
+        if status.is_client_error() {
+            assert!(
+                body["error"]["code"].is_string(),
+                "{} {}: {body}",
+                route.method,
+                route.path
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_refused_with_401() {
+    let w = world().await;
+    let s = &w.server;
+    let (status, body) = send(s.bare(Method::GET, "/api/policies")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "auth.missing")
+    );
+
+    let other = JwtKey::from_bytes(vec![9u8; 32]).unwrap();
+    let forged = mint(
+        &other,
+        "eve",
+        Role::Admin,
+        Duration::from_secs(60),
+        Utc::now(),
+    );
+    let (status, body) = send(s.bare(Method::GET, "/api/policies").bearer_auth(forged)).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "auth.invalid_signature")
+    );
+
+    let old = Utc::now() - chrono::Duration::hours(2);
+    let expired = mint(&key(), "bob", Role::Admin, Duration::from_secs(60), old);
+    let (status, body) = send(s.bare(Method::GET, "/api/policies").bearer_auth(expired)).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "auth.expired")
+    );
+
+    let (status, body) = send(
+        s.bare(Method::GET, "/api/policies")
+            .bearer_auth("not.a.jwt"),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "auth.malformed")
+    );
+
+    let (status, body) = send(
+        s.bare(Method::POST, "/api/policies")
+            .header("X-Hazel-CSRF", "1")
+            .header("content-type", "application/yaml")
+            .body(policy("p", 90)),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "auth.missing")
+    );
+}
+
+#[tokio::test]
+async fn a_role_below_the_route_is_forbidden_with_403() {
+    let w = world().await;
+    let s = &w.server;
+    let (status, _) = send(s.as_role(Role::Viewer, Method::GET, "/api/policies")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = send(yaml(
+        s.as_role(Role::Viewer, Method::POST, "/api/policies"),
+        &policy("p", 90),
+    ))
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "auth.forbidden")
+    );
+    assert_eq!(body["error"]["required_role"], "admin");
+    let (status, body) = send(
+        s.as_role(Role::Operator, Method::POST, "/api/kill-switch")
+            .json(&json!({"paused": true})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "auth.forbidden")
+    );
+    let (status, body) = send(
+        s.as_role(Role::Viewer, Method::POST, "/api/events?dry_run=true")
+            .json(&json!({"kind": "ups.state", "subject": {"kind": "ups", "id": "ups1"}, "attrs": {"state": "on_battery"}})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "auth.forbidden")
+    );
+    let (status, _) = send(
+        s.as_role(Role::Operator, Method::POST, "/api/events?dry_run=true")
+            .json(&json!({"kind": "ups.state", "subject": {"kind": "ups", "id": "ups1"}, "attrs": {"state": "on_battery"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "operators inject events");
+}
+
+#[tokio::test]
+async fn a_mutating_request_without_the_csrf_header_is_refused_but_webhooks_are_exempt() {
+    let w = world().await;
+    let s = &w.server;
+    let no_csrf = s
+        .bare(Method::POST, "/api/kill-switch")
+        .bearer_auth(token(Role::Admin))
+        .json(&json!({"paused": true}));
+    let (status, body) = send(no_csrf).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "csrf.missing")
+    );
+    let wrong = s
+        .bare(Method::POST, "/api/kill-switch")
+        .bearer_auth(token(Role::Admin))
+        .header("X-Hazel-CSRF", "yes")
+        .json(&json!({"paused": true}));
+    assert_eq!(error_code(&send(wrong).await.1), "csrf.missing");
+    let (status, body) = send(s.admin(Method::GET, "/api/kill-switch")).await;
+    assert_eq!(
+        (status, &body["paused"]),
+        (StatusCode::OK, &json!(false)),
+        "nothing was paused"
+    );
+
+    let (status, body) = send(s.bare(Method::POST, "/api/webhooks/open").body("{}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
+
+#[tokio::test]
+async fn oversize_bodies_are_refused_with_413() {
+    let w = world_with(|_, api| api.body_limit = 8 * 1024).await;
+    let s = &w.server;
+    let big = format!("# {}\n{}", "x".repeat(16 * 1024), policy("big", 90));
+    let (status, body) = send(yaml(s.admin(Method::POST, "/api/policies/validate"), &big)).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "request.too_large")
+    );
+    assert_eq!(body["error"]["limit_bytes"], 8 * 1024);
+    let (status, body) = send(
+        s.bare(Method::POST, "/api/webhooks/open")
+            .body(vec![b'a'; 9 * 1024]),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "request.too_large")
+    );
+    let (status, _) = send(yaml(
+        s.admin(Method::POST, "/api/policies/validate"),
+        &policy("small", 90),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "a body under the limit passes");
+}
+
+#[tokio::test]
+async fn malformed_and_mistyped_bodies_are_refused_with_their_position() {
+    let w = world().await;
+    let s = &w.server;
+    let (status, body) = send(
+        s.admin(Method::POST, "/api/kill-switch")
+            .header("content-type", "application/json")
+            .body("{\n  \"paused\": tru\n}"),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "request.malformed_json")
+    );
+    assert!(body["error"]["line"].as_u64().unwrap() >= 2, "{body}");
+    assert!(body["error"]["column"].is_u64(), "{body}");
+
+    let (status, body) = send(
+        s.admin(Method::POST, "/api/kill-switch")
+            .json(&json!({"paused": "yes"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "request.invalid_body")
+    );
+
+    let (status, body) = send(
+        s.admin(Method::POST, "/api/kill-switch")
+            .header("content-type", "text/plain")
+            .body(r#"{"paused": true}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "request.content_type")
+    );
+    let (status, body) = send(
+        s.admin(Method::POST, "/api/policies")
+            .header("content-type", "text/plain")
+            .body(policy("p", 90)),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "request.content_type")
+    );
+
+    let (status, body) = send(
+        s.admin(Method::POST, "/api/events")
+            .json(&json!({"kind": "ups.nope"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "event.invalid")
+    );
+
+    let (status, body) = send(s.admin(Method::GET, "/api/policies?limit=0")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "request.bad_query")
+    );
+    let (status, body) = send(s.admin(Method::GET, "/api/policies?limit=501")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "request.bad_query")
+    );
+    let (status, body) = send(s.admin(Method::GET, "/api/audit?policy_id=zzz")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "request.bad_query")
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_wrong_methods_405_and_bad_ids_400() {
+    let w = world().await;
+    let s = &w.server;
+    let (status, body) = send(s.admin(Method::GET, "/api/nothing-here")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "route.not_found")
+    );
+    let (status, body) = send(s.admin(Method::PATCH, "/api/hosts")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::METHOD_NOT_ALLOWED, "route.method_not_allowed")
+    );
+    let (status, body) = send(s.admin(Method::GET, "/api/policies/not-a-uuid")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "request.bad_id")
+    );
+    assert_eq!(body["error"]["param"], "id");
+    let (status, body) = send(s.admin(Method::GET, "/api/transcripts/42")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "request.bad_id")
+    );
+    let missing = uuid::Uuid::new_v4();
+    let (status, body) = send(s.admin(Method::GET, &format!("/api/policies/{missing}"))).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "policy.not_found")
+    );
+    let (status, body) = send(s.admin(Method::GET, &format!("/api/transcripts/{missing}"))).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "transcript.not_found")
+    );
+}
+
+#[tokio::test]
+async fn no_answer_carries_cors_headers() {
+    let w = world().await;
+    let response = w
+        .server
+        .bare(Method::OPTIONS, "/api/policies")
+        .header("Origin", "https://evil.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "x-hazel-csrf")
+        .send()
+        .await
+        .unwrap();
+    assert!(!response.status().is_success());
+    for (name, _) in response.headers() {
+        assert!(!name.as_str().starts_with("access-control-"), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn validate_answers_200_with_the_report_for_json_yaml_and_blockers() {
+    let w = world().await;
+    let s = &w.server;
+    let (status, report) = send(yaml(
+        s.admin(Method::POST, "/api/policies/validate"),
+        &policy("validate me", 90),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(report["hash"].is_string());
+    let spec: Value = serde_norway::from_str(&policy("validate me", 90)).unwrap();
+    let (status, as_json) = send(s.admin(Method::POST, "/api/policies/validate").json(&spec)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(as_json["hash"], report["hash"], "JSON and YAML hash alike");
+    let (status, bad) = send(
+        s.as_role(Role::Operator, Method::POST, "/api/policies/validate")
+            .header("content-type", "text/yaml")
+            .body("version: 1\nname: x\n"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bad["ok"], false);
+    assert!(!bad["issues"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn policies_are_created_listed_updated_with_version_bumps_and_deleted() {
+    let w = world().await;
+    let s = &w.server;
+    let response = yaml(s.admin(Method::POST, "/api/policies"), &policy("first", 90))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let first: Value = response.json().await.unwrap();
+    let id = first["id"].as_str().unwrap().to_string();
+    assert_eq!(location, format!("/api/policies/{id}"));
+    assert_eq!(first["version_int"], 1);
+    assert_eq!(first["status"], "disabled");
+
+    // The same policy under another name is a duplicate.
+    let (status, body) = send(yaml(
+        s.admin(Method::POST, "/api/policies"),
+        &policy("again", 90),
+    ))
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "policy.duplicate_hash")
+    );
+    assert_eq!(body["error"]["existing_id"], id.as_str());
+
+    // Blockers refuse the save with the report.
+    let (status, body) = send(yaml(
+        s.admin(Method::POST, "/api/policies"),
+        "version: 1\nname: x\n",
+    ))
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "policy.invalid")
+    );
+    assert_eq!(body["error"]["report"]["ok"], false);
+
+    for grace in [91, 92] {
+        create(s, &policy(&format!("p{grace}"), grace)).await;
+    }
+    let (status, page) = send(s.as_role(Role::Viewer, Method::GET, "/api/policies?limit=2")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["total"], 3);
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let next = page["next"].as_str().expect("a second page").to_string();
+    let (_, rest) =
+        send(s.admin(Method::GET, &format!("/api/policies?after={next}&limit=2"))).await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert!(rest.get("next").is_none_or(Value::is_null));
+
+    let path = format!("/api/policies/{id}");
+    let (status, updated) =
+        send(yaml(s.admin(Method::PUT, &path), &policy("first", 120)).header("If-Match", "1"))
+            .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["version_int"], 2);
+    assert_ne!(updated["hash"], first["hash"]);
+    let (status, body) =
+        send(yaml(s.admin(Method::PUT, &path), &policy("first", 121)).header("If-Match", "1"))
+            .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "policy.version_conflict")
+    );
+    let (status, body) =
+        send(yaml(s.admin(Method::PUT, &path), &policy("first", 121)).header("If-Match", "two"))
+            .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "request.bad_header")
+    );
+    let (status, updated) = send(yaml(s.admin(Method::PUT, &path), &policy("first", 121))).await;
+    assert_eq!(
+        (status, &updated["version_int"]),
+        (StatusCode::OK, &json!(3))
+    );
+    let (_, shown) = send(s.as_role(Role::Viewer, Method::GET, &path)).await;
+    assert_eq!(shown["version_int"], 3);
+
+    let (status, body) = send(s.admin(Method::DELETE, &path)).await;
+    assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+    let (status, body) = send(s.admin(Method::GET, &path)).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "policy.not_found")
+    );
+    let (status, _) = send(s.admin(Method::DELETE, &path)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn enable_is_gated_by_the_dry_run_and_an_admin_can_force_it_with_a_reason() {
+    let mut w = world().await;
+    let s = &w.server;
+    let created = create(s, &policy("gated", 90)).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let enable = format!("/api/policies/{id}/enable");
+
+    // A healthy host: the dry-run passes and enable succeeds.
+    let (status, body) = send(s.admin(Method::POST, &enable)).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("enabled")),
+        "{body}"
+    );
+    let (status, body) = send(s.admin(Method::POST, &format!("/api/policies/{id}/disable"))).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("disabled"))
+    );
+
+    // The host goes away: the dry-run has errors and enable is refused.
+    w.sim.take().unwrap().shutdown().await;
+    let (status, body) = send(s.admin(Method::POST, &enable)).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "policy.enable_blocked"),
+        "{body}"
+    );
+    assert!(!body["error"]["errors"].as_array().unwrap().is_empty());
+    assert!(body["error"]["transcript_id"].is_string());
+
+    let (status, body) = send(s.admin(Method::POST, &enable).json(&json!({"force": true}))).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "policy.force_reason_required")
+    );
+    let (status, body) = send(
+        s.admin(Method::POST, &enable)
+            .json(&json!({"force": true, "reason": "  "})),
+    )
+    .await;
+    assert_eq!(
+        error_code(&body),
+        "policy.force_reason_required",
+        "{status}"
+    );
+    let (status, body) = send(
+        s.as_role(Role::Operator, Method::POST, &enable)
+            .json(&json!({"force": true, "reason": "x"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "auth.forbidden")
+    );
+
+    let reason = "host is being replaced; run anyway";
+    let (status, body) = send(
+        s.admin(Method::POST, &enable)
+            .json(&json!({"force": true, "reason": reason})),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("enabled")),
+        "{body}"
+    );
+    let (status, audit) = send(s.as_role(
+        Role::Viewer,
+        Method::GET,
+        &format!("/api/audit?policy_id={id}&kind=policy.enable_forced"),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let items = audit["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{audit}");
+    assert_eq!(items[0]["record"]["details"]["reason"], reason);
+}
+
+#[tokio::test]
+async fn a_dry_run_keeps_a_transcript_and_the_ledger_is_readable() {
+    let w = world().await;
+    let s = &w.server;
+    let created = create(s, &policy("dry", 90)).await;
+    let id = created["id"].as_str().unwrap();
+    let (status, transcript) = send(s.as_role(
+        Role::Operator,
+        Method::POST,
+        &format!("/api/policies/{id}/dry-run"),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{transcript}");
+    let transcript_id = transcript["transcript_id"].as_str().unwrap();
+    assert!(transcript["used_inventory"].is_object(), "{transcript}");
+    let (status, kept) = send(s.as_role(
+        Role::Viewer,
+        Method::GET,
+        &format!("/api/transcripts/{transcript_id}"),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(kept["transcript_id"], transcript_id);
+    let (_, shown) = send(s.admin(Method::GET, &format!("/api/policies/{id}"))).await;
+    assert_eq!(shown["last_dry_run"]["transcript_id"], transcript_id);
+
+    let (status, ledger) = send(s.as_role(
+        Role::Viewer,
+        Method::GET,
+        &format!("/api/policies/{id}/executions?limit=30"),
+    ))
+    .await;
+    assert_eq!((status, ledger), (StatusCode::OK, json!([])));
+    let (status, body) = send(s.admin(
+        Method::GET,
+        &format!("/api/policies/{id}/executions?limit=31"),
+    ))
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "request.bad_query")
+    );
+}
+
+#[tokio::test]
+async fn events_are_decided_live_or_as_a_dry_run() {
+    let w = world().await;
+    let s = &w.server;
+    let created = create(s, &policy("on battery", 90)).await;
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = send(s.admin(Method::POST, &format!("/api/policies/{id}/enable"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let event = json!({
+        "kind": "ups.state",
+        "subject": {"kind": "ups", "id": "ups1@nas:3493"},
+        "attrs": {"state": "on_battery"},
+    });
+    let (status, answer) = send(
+        s.as_role(Role::Operator, Method::POST, "/api/events?dry_run=true")
+            .json(&event),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["dry_run"], true);
+    assert!(answer["transcript_id"].is_string());
+    let (status, _) = send(s.admin(
+        Method::GET,
+        &format!(
+            "/api/transcripts/{}",
+            answer["transcript_id"].as_str().unwrap()
+        ),
+    ))
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the event dry-run transcript is kept"
+    );
+
+    let (status, body) = send(
+        s.admin(Method::POST, "/api/events?dry_run=maybe")
+            .json(&event),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "request.bad_query")
+    );
+
+    let (status, answer) = send(
+        s.as_role(Role::Operator, Method::POST, "/api/events")
+            .json(&event),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["dry_run"], false);
+    let correlation = answer["correlation_id"].as_str().unwrap();
+    let (_, audit) = send(s.admin(
+        Method::GET,
+        &format!("/api/audit?correlation_id={correlation}"),
+    ))
+    .await;
+    assert!(!audit["items"].as_array().unwrap().is_empty(), "{audit}");
+}
+
+#[tokio::test]
+async fn the_kill_switch_is_read_by_viewers_and_set_by_admins() {
+    let w = world().await;
+    let s = &w.server;
+    let (status, body) = send(
+        s.admin(Method::POST, "/api/kill-switch")
+            .json(&json!({"paused": true, "reason": "maintenance"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["paused"], true);
+    let (status, body) = send(s.as_role(Role::Viewer, Method::GET, "/api/kill-switch")).await;
+    assert_eq!(
+        (status, &body["paused"], &body["reason"]),
+        (StatusCode::OK, &json!(true), &json!("maintenance"))
+    );
+    assert_eq!(body["by"], "admin");
+    let (_, body) = send(
+        s.admin(Method::POST, "/api/kill-switch")
+            .json(&json!({"paused": false})),
+    )
+    .await;
+    assert_eq!(body["paused"], false);
+    let (status, body) = send(
+        s.admin(Method::POST, "/api/kill-switch")
+            .json(&json!({"paused": true, "extra": 1})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "request.invalid_body")
+    );
+}
+
+#[tokio::test]
+async fn webhooks_need_a_valid_signature_unless_configured_unsigned() {
+    let w = world().await;
+    let s = &w.server;
+    let payload = br#"{"ref": "main"}"#.to_vec();
+    let (status, body) = send(
+        s.bare(Method::POST, "/api/webhooks/deploy")
+            .header("X-Hazel-Signature", sign(&payload))
+            .body(payload.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, body) = send(
+        s.bare(Method::POST, "/api/webhooks/deploy")
+            .header("X-Hazel-Signature", sign(b"something else"))
+            .body(payload.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "webhook.bad_signature")
+    );
+    let (status, body) = send(
+        s.bare(Method::POST, "/api/webhooks/deploy")
+            .body(payload.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "webhook.unsigned")
+    );
+    let (status, body) = send(
+        s.bare(Method::POST, "/api/webhooks/closed")
+            .body(payload.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "webhook.unsigned_refused")
+    );
+    let (status, body) = send(s.bare(Method::POST, "/api/webhooks/nope").body(payload)).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "webhook.unknown")
+    );
+}
+
+#[tokio::test]
+async fn hosts_are_listed_with_secrets_masked_and_created_by_admins() {
+    let w = world().await;
+    let s = &w.server;
+    let sim = w.sim.as_ref().unwrap();
+    let secret = sim.connection()["token_secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, hosts) = send(s.as_role(Role::Viewer, Method::GET, "/api/hosts")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(hosts[0]["id"], "pve-01");
+    assert!(
+        !hosts.to_string().contains(&secret),
+        "the secret leaks: {hosts}"
+    );
+
+    let (status, caps) = send(s.admin(Method::GET, "/api/hosts/pve-01/capabilities")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        caps["capabilities"].to_string().contains("proxmox.vm"),
+        "{caps}"
+    );
+    let (status, inv) =
+        send(s.admin(Method::GET, "/api/hosts/pve-01/inventory?refresh=true")).await;
+    assert_eq!(status, StatusCode::OK, "{inv}");
+    assert_eq!(inv["stale"], false);
+    assert!(inv["targets"].to_string().contains("104"), "{inv}");
+    let (status, body) = send(s.admin(Method::GET, "/api/hosts/nope/inventory")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "host.not_found")
+    );
+
+    let host = json!({"id": "pve-02", "plugin": "proxmox.ve", "connection": sim.connection()});
+    let (status, body) = send(
+        s.as_role(Role::Operator, Method::POST, "/api/hosts")
+            .json(&host),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "auth.forbidden")
+    );
+    let response = s
+        .admin(Method::POST, "/api/hosts")
+        .json(&host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["location"], "/api/hosts/pve-02");
+    let created = response.text().await.unwrap();
+    assert!(!created.contains(&secret), "the secret leaks: {created}");
+    let declared = json!({"id": "pve-01", "plugin": "proxmox.ve", "connection": sim.connection()});
+    let (status, body) = send(s.admin(Method::POST, "/api/hosts").json(&declared)).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "host.declared_in_config")
+    );
+    let (status, body) = send(
+        s.admin(Method::POST, "/api/hosts")
+            .json(&json!({"id": "x", "plugin": "nope"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "host.invalid")
+    );
+}
+
+/// The hosts the shipped examples name besides `pve-01`, declared so the
+/// examples compile; nothing listens at their addresses, so their
+/// preflights fail (which must not stop a save).
+fn example_hosts() -> Vec<HostConfig> {
+    let host = |id: &str, plugin: &str, connection: Value| HostConfig {
+        id: id.into(),
+        plugin: plugin.into(),
+        self_host: false,
+        connection: connection.as_object().unwrap().clone(),
+    };
+    let ssh = json!({"host": "127.0.0.1", "port": 9, "username": "root", "private_key": "/nonexistent/id_ed25519", "trust_on_first_use": true});
+    vec![
+        host(
+            "sw-01",
+            "aruba.aoss",
+            json!({"host": "127.0.0.1", "port": 9, "username": "manager", "password": "not-a-real-password", "trust_on_first_use": true}),
+        ),
+        host("nas-01", "linux.ssh", ssh.clone()),
+        host("web-01", "linux.ssh", ssh),
+        host(
+            "notify",
+            "http.webhook",
+            json!({"url": "http://127.0.0.1:9/hook"}),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_policy_whose_preflight_fails_is_saved_disabled_with_201() {
+    let w = world_with(|config, _| config.hosts.extend(example_hosts())).await;
+    let s = &w.server;
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/03-low-battery-poweroff-nas.yaml"),
+    )
+    .unwrap();
+    let (status, body) = send(yaml(s.admin(Method::POST, "/api/policies"), &text)).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "SPEC §9: preflight error -> saved disabled: {body}"
+    );
+    assert_eq!(body["status"], "disabled");
+}
+
+#[tokio::test]
+async fn the_inverse_of_every_shipped_example_is_answered_unsaved_and_disabled() {
+    let w = world_with(|config, _| config.hosts.extend(example_hosts())).await;
+    let s = &w.server;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 7, "{examples:?}");
+    for path in &examples {
+        let text = std::fs::read_to_string(path).unwrap();
+        let (status, created) = send(yaml(s.admin(Method::POST, "/api/policies"), &text)).await;
+        // A failing preflight keeps the policy (stored, not running); that
+        // answer's status is checked by the test above.
+        let id = match status {
+            StatusCode::CREATED => created["id"].as_str().unwrap().to_string(),
+            StatusCode::CONFLICT if error_code(&created) == "policy.enable_blocked" => {
+                let (_, page) = send(s.admin(Method::GET, "/api/policies?limit=500")).await;
+                let name = serde_norway::from_str::<Value>(&text).unwrap()["name"].clone();
+                page["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == name)
+                    .unwrap_or_else(|| panic!("{} was not saved", path.display()))["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }
+            _ => panic!("{}: {status} {created}", path.display()),
+        };
+        let (status, inverse) = send(s.as_role(
+            Role::Operator,
+            Method::POST,
+            &format!("/api/policies/{id}/inverse"),
+        ))
+        .await;
+        assert_eq!(status, StatusCode::OK, "{}: {inverse}", path.display());
+        assert_eq!(inverse["enabled"], false, "{}", path.display());
+        assert!(
+            inverse["spec_inverse"].is_object(),
+            "{}: {inverse}",
+            path.display()
+        );
+        assert!(inverse["needs_input"].is_array(), "{}", path.display());
+    }
+    let (_, page) = send(s.admin(Method::GET, "/api/policies")).await;
+    assert_eq!(page["total"], examples.len(), "inverses are not saved");
+}
+
+#[tokio::test]
+async fn a_restart_keeps_policies_versions_and_transcripts() {
+    let World { dir, sim, server } = world().await;
+    let sim = sim.unwrap();
+    let created = create(&server, &policy("kept", 90)).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("/api/policies/{id}");
+    let (status, _) = send(yaml(server.admin(Method::PUT, &path), &policy("kept", 95))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, transcript) = send(server.admin(Method::POST, &format!("{path}/dry-run"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let transcript_id = transcript["transcript_id"].as_str().unwrap().to_string();
+    let (_, before) = send(server.admin(Method::GET, &path)).await;
+    server.stop().await;
+
+    let again = start_server(config(dir.path(), &sim), api_config()).await;
+    let (status, after) = send(again.admin(Method::GET, &path)).await;
+    assert_eq!(status, StatusCode::OK, "{after}");
+    assert_eq!(after["version_int"], 2);
+    assert_eq!(after["hash"], before["hash"]);
+    assert_eq!(after["spec"], before["spec"]);
+    assert_eq!(
+        after["last_dry_run"]["transcript_id"],
+        transcript_id.as_str()
+    );
+    let (status, kept) =
+        send(again.admin(Method::GET, &format!("/api/transcripts/{transcript_id}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(kept, transcript);
+    let (_, audit) = send(again.admin(Method::GET, &format!("/api/audit?policy_id={id}"))).await;
+    let kinds: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["record"]["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"policy.created") && kinds.contains(&"policy.updated"),
+        "{kinds:?}"
+    );
+    again.stop().await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after_but_spares_the_probes() {
+    let w = world_with(|_, api| {
+        api.rate_per_s = 1;
+        api.rate_burst = 2;
+    })
+    .await;
+    let s = &w.server;
+    for _ in 0..2 {
+        assert_eq!(
+            send(s.admin(Method::GET, "/api/hosts")).await.0,
+            StatusCode::OK
+        );
+    }
+    let response = s.admin(Method::GET, "/api/hosts").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "rate_limited");
+    assert_eq!(
+        send(s.bare(Method::GET, "/healthz")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(send(s.bare(Method::GET, "/readyz")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn audit_pages_newest_first_with_a_cursor() {
+    let w = world().await;
+    let s = &w.server;
+    for grace in [90, 91, 92] {
+        create(s, &policy(&format!("a{grace}"), grace)).await;
+    }
+    let (status, first) = send(s.as_role(
+        Role::Viewer,
+        Method::GET,
+        "/api/audit?kind=policy.created&limit=2",
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let items = first["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(
+        items[0]["seq"].as_i64() > items[1]["seq"].as_i64(),
+        "newest first"
+    );
+    let next = first["next"].as_i64().expect("a cursor");
+    let (_, rest) = send(s.admin(
+        Method::GET,
+        &format!("/api/audit?kind=policy.created&limit=2&before={next}"),
+    ))
+    .await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert!(rest["next"].is_null());
+    // Access is what the table says: viewers cannot see what only admins may do.
+    assert!(ROUTES
+        .iter()
+        .any(|r| r.path == "/api/audit" && r.access == Access::Role(Role::Viewer)));
+}
+
+#[tokio::test]
+async fn a_chunked_body_is_cut_at_the_limit_with_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world_with(|_, api| api.body_limit = 8 * 1024).await;
+    let addr = w.server.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/webhooks/open HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'a'; 4096];
+    for _ in 0..3 {
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        frame.extend_from_slice(&chunk);
+        frame.extend_from_slice(b"\r\n");
+        if stream.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("request.too_large"), "{answer}");
+}
