@@ -159,6 +159,111 @@ async fn run() {
     let _ = stop_tx.send(());
     let _ = server.await;
     service.shutdown().await;
+
+    dry_run_1000().await;
+}
+
+/// Target (issue 5): the dry-run of a 1 000-target policy against the
+/// Proxmox simulator (20 ms per answer, like a LAN Proxmox) completes within
+/// the 5 s refresh SLA, through `POST /api/policies/{id}/dry-run`.
+async fn dry_run_1000() {
+    use drivers::proxmox::sim::{ProxmoxSim, SimConfig};
+    let sim = ProxmoxSim::start(SimConfig {
+        latency_ms: 20,
+        ..SimConfig::generated(1, 1000)
+    })
+    .await
+    .expect("simulator binds a loopback port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut connection = sim.connection();
+    connection.insert("node".into(), json!("pve1"));
+    let host: HostConfig = serde_json::from_value(json!({
+        "id": "pve-sim", "plugin": "proxmox.ve", "connection": connection,
+    }))
+    .expect("host");
+    let config = Config {
+        data_dir: dir.path().to_path_buf(),
+        hosts: vec![host],
+        ..Config::default()
+    };
+    let service = Service::open(
+        config,
+        OpenOptions {
+            discovery: false,
+            ..OpenOptions::default()
+        },
+    )
+    .await
+    .expect("service opens");
+    let key = JwtKey::from_bytes(vec![7u8; 32]).expect("key");
+    let token = mint(
+        &key,
+        "bench",
+        Role::Admin,
+        Duration::from_secs(3600),
+        chrono::Utc::now(),
+    );
+    let router = api::router(service.clone(), ApiConfig::new(key));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, router, async {
+        let _ = stop_rx.await;
+    }));
+    let http = reqwest::Client::new();
+    let spec = "version: 1\nname: bench 1000 VMs\nenabled: false\n\
+        trigger_group: { triggers: [ { type: ups.state, equals: on_battery } ] }\n\
+        targets: { host_id: pve-sim, target_type: vm, selector: { mode: range, value: \"100-1099\" } }\n\
+        actions: [ { capability_id: proxmox.vm, verb: shutdown } ]\n";
+    let created: serde_json::Value = http
+        .post(format!("http://{addr}/api/policies"))
+        .bearer_auth(&token)
+        .header("X-Hazel-CSRF", "1")
+        .header("content-type", "application/yaml")
+        .body(spec)
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("created policy");
+    let id = created["id"].as_str().expect("policy id").to_string();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let answer = http
+            .post(format!("http://{addr}/api/policies/{id}/dry-run"))
+            .bearer_auth(&token)
+            .header("X-Hazel-CSRF", "1")
+            .send()
+            .await
+            .expect("dry-run");
+        assert_eq!(answer.status(), 200);
+        let transcript: serde_json::Value = answer.json().await.expect("transcript");
+        times.push(started.elapsed());
+        assert_eq!(transcript["targets"].as_array().map(Vec::len), Some(1000));
+        assert_eq!(
+            transcript["actions"][0]["answers"].as_array().map(Vec::len),
+            Some(1000)
+        );
+        assert_eq!(transcript["used_inventory"]["refreshed"], true);
+    }
+    let worst = times.iter().max().copied().unwrap_or_default();
+    println!(
+        "api/dry-run: 1000-VM policy, simulator at 20 ms per answer: rounds {:?}, worst {:?} (SLA 5 s), {} simulator requests",
+        times,
+        worst,
+        sim.total_requests()
+    );
+    assert!(
+        worst < Duration::from_secs(5),
+        "dry-run of 1000 targets took {worst:?}"
+    );
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    service.shutdown().await;
 }
 
 fn vms(n: u32) -> Vec<Target> {
