@@ -757,3 +757,48 @@ async fn an_item_cancelled_while_running_is_interrupted_and_never_rerun() {
     assert_eq!(codes(&report), vec![(1, SUPPRESSED_IDEMPOTENT.to_string())]);
     assert_eq!(pve.calls().len(), 1);
 }
+
+/// Snapshots as the inventory service would serve them after a failed
+/// refresh: the last one taken, flagged stale.
+struct Stale(Arc<FakeDriver>);
+
+impl agent::engine::runner::Snapshots for Stale {
+    fn host(&self, host_id: &str) -> Option<inventory::HostInventory> {
+        (self.0.host == host_id).then(|| self.0.snapshot().with_stale(true))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_snapshot_never_skips_an_action_as_already_desired() {
+    // vm:103 shows `stopped` in a stale snapshot but runs now: the engine
+    // must not trust the old status; the driver's execute reads the live one.
+    let pve = pve();
+    pve.set_status("vm:103", "running");
+    let frozen = FakeDriver::new("pve-01", "proxmox.ve", &[("vm:103", Some("stopped"))]);
+    let store = Arc::new(MemoryStore::default());
+    let mut engine = agent::engine::runner::Engine::new(
+        store.clone(),
+        Arc::new(Stale(frozen)),
+        Arc::new(Breakers::new(BreakerConfig::default())),
+        EngineConfig {
+            clock: tokio_clock(),
+            ..EngineConfig::default()
+        },
+    );
+    engine.add_driver(pve.clone());
+    engine
+        .add_policy(policy(
+            1,
+            ON_BATTERY,
+            "pve-01",
+            "vm",
+            &range("103"),
+            &vm("shutdown"),
+        ))
+        .unwrap();
+    let report = engine.handle_event(&ups("on_battery")).await.unwrap();
+    assert_eq!(report.decisions[0].code, "engine.scheduled");
+    engine.settle().await.unwrap();
+    assert_eq!(pve.status("vm:103").as_deref(), Some("stopped"));
+    assert_eq!(pve.calls().len(), 1);
+}

@@ -41,6 +41,9 @@
 //!   an `fsync` blocks only the engine and its scheduler, not the API.
 //! - A stale snapshot is not refreshed before the guards run (at decision
 //!   time nor at kill-switch release); the engine reads [`Snapshots`] as is.
+//!   A stale snapshot never skips an action as already desired (the
+//!   driver's idempotent execute reads the live state), but selectors still
+//!   resolve against it.
 //! - A run interrupted by a crash gets an `interrupted` ledger entry holding
 //!   only its open intents' rows: the store cannot list a run's completed
 //!   intents, and the event's kind and subject are not in the intent.
@@ -1547,12 +1550,19 @@ pub fn desired_statuses(action: &Action) -> &'static [&'static str] {
 }
 
 /// The target's status when it already is what `action` leads to.
+///
+/// Only a fresh snapshot may skip an action: a stale one (its refresh
+/// failed or it is older than its max age) may show a VM stopped that has
+/// been started since, and skipping then would be a missed shutdown. With a
+/// stale snapshot the item runs and the driver's idempotent `execute` reads
+/// the live state (a target already there is a no-op).
 fn already_desired(
     action: &Action,
     snapshot: Option<&HostInventory>,
     target: &str,
 ) -> Option<String> {
-    let status = snapshot?.get(target)?.status.as_deref()?;
+    let snapshot = snapshot.filter(|s| !s.stale)?;
+    let status = snapshot.get(target)?.status.as_deref()?;
     desired_statuses(action)
         .contains(&status)
         .then(|| status.to_string())
