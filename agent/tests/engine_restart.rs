@@ -142,6 +142,9 @@ async fn a_for_120s_hold_on_battery_fires_after_120_seconds() {
     assert_eq!(pve.status("vm:101").as_deref(), Some("stopped"));
     assert!(store.deadlines().unwrap().is_empty());
     assert_eq!(engine.next_deadline(), None);
+    // A countdown that ran out fired: it was never cancelled.
+    assert_eq!(audit_kinds(store.as_ref(), "engine.countdown_started").len(), 1);
+    assert!(audit_kinds(store.as_ref(), "engine.countdown_cancelled").is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -158,6 +161,12 @@ async fn a_three_second_blip_cancels_the_countdown_and_nothing_fires() {
     seconds(600).await;
     assert_eq!(fire(&mut engine, &clock).await, 0);
     assert!(pve.executes().is_empty());
+    // The audit log tells the story: the countdown started, then was cancelled.
+    let started = audit_kinds(store.as_ref(), "engine.countdown_started");
+    let cancelled = audit_kinds(store.as_ref(), "engine.countdown_cancelled");
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+    assert_eq!(cancelled[0]["timer"], "for");
 }
 
 #[tokio::test(start_paused = true)]

@@ -233,6 +233,30 @@ impl Engine {
         for request in &old {
             self.timers.cancel(request);
         }
+        // The audit log tells a countdown's story: started, and cancelled
+        // when the condition stopped holding before its deadline (a
+        // countdown that ran out fired, and its run is in the ledger).
+        let now = (self.config.clock)();
+        let mut audit: Vec<Write> = Vec::new();
+        for request in pending.iter().filter(|r| !old.contains(r)) {
+            audit.push(countdown_audit(
+                "engine.countdown_started",
+                id,
+                request,
+                now,
+            ));
+        }
+        for request in old
+            .iter()
+            .filter(|r| !pending.contains(r) && r.deadline > now)
+        {
+            audit.push(countdown_audit(
+                "engine.countdown_cancelled",
+                id,
+                request,
+                now,
+            ));
+        }
         let mut due: BTreeMap<(u32, DeadlineKind), DateTime<Utc>> = BTreeMap::new();
         for request in &pending {
             self.timers.arm(request.clone());
@@ -270,6 +294,7 @@ impl Engine {
         if !pending.is_empty() {
             self.armed.insert(id, pending);
         }
+        batch.extend(audit);
         if !batch.is_empty() {
             self.store.write(&batch)?;
         }
@@ -628,6 +653,27 @@ impl Engine {
 }
 
 /// The store's name for a countdown kind.
+/// The audit record of a countdown starting or being cancelled.
+fn countdown_audit(
+    kind: &str,
+    policy_id: Uuid,
+    request: &TimerRequest,
+    now: DateTime<Utc>,
+) -> Write {
+    Write::AppendAudit(AuditRecord {
+        ts: now,
+        correlation_id: request.correlation_id,
+        kind: kind.to_string(),
+        policy_id: Some(policy_id),
+        details: json!({
+            "trigger": request.trigger,
+            "timer": request.kind.as_str(),
+            "deadline": request.deadline,
+            "subject": request.subject_id,
+        }),
+    })
+}
+
 pub(super) fn deadline_kind(kind: TimerKind) -> DeadlineKind {
     match kind {
         TimerKind::ForHold => DeadlineKind::For,
