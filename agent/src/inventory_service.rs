@@ -317,7 +317,45 @@ impl InventoryService {
         status.refreshed_at = Some(taken);
         status.newest_start = Some(taken);
         status.last_error = None;
+        status.unsure = false;
         Ok(())
+    }
+
+    /// Records what the agent's own actions did to targets of `host_id`,
+    /// so the next decision does not read a state they changed: a target
+    /// with a resulting state (`stopped`) gets it in the snapshot; a result
+    /// without one (a failure, an interrupted item, a driver that does not
+    /// read back) marks the snapshot stale until the next refresh, and a
+    /// stale snapshot never skips an action as already desired. A refresh
+    /// that started before this call may have read the old state: its
+    /// result is dropped.
+    pub fn record_results(&self, host_id: &str, results: &[(String, Option<String>)]) {
+        let Ok(host) = self.host(host_id) else {
+            return;
+        };
+        let mut status = host.lock_status();
+        status.newest_start = Some(Instant::now());
+        let Some(snapshot) = status.snapshot.clone() else {
+            status.unsure = true;
+            return;
+        };
+        let mut targets = snapshot.targets().to_vec();
+        let mut unsure = false;
+        for (target, state) in results {
+            let found = targets.iter_mut().find(|t| t.canonical_id() == *target);
+            match (found, state) {
+                (Some(t), Some(state)) => t.status = Some(state.clone()),
+                _ => unsure = true,
+            }
+        }
+        let mut updated =
+            HostInventory::new(snapshot.host_id.clone(), snapshot.plugin.clone(), targets)
+                .with_stale(snapshot.stale);
+        if let Some(ts) = snapshot.ts {
+            updated = updated.with_ts(ts);
+        }
+        status.snapshot = Some(Arc::new(updated));
+        status.unsure |= unsure;
     }
 
     /// Refreshes a host on the fast path within its SLA (see
@@ -532,6 +570,9 @@ struct Status {
     /// runtime clock (for its age).
     refreshed_at: Option<Instant>,
     last_error: Option<RefreshError>,
+    /// The agent's own actions changed targets in ways it did not read back
+    /// (no resulting state reported): stale until the next refresh.
+    unsure: bool,
     /// Start of the newest refresh whose result (success or failure) was
     /// recorded: a result of a refresh that started earlier arrives late
     /// and is dropped.
@@ -589,7 +630,8 @@ impl HostState {
     }
 
     fn is_stale(&self, status: &Status, now: Instant) -> bool {
-        status.last_error.is_some()
+        status.unsure
+            || status.last_error.is_some()
             || status
                 .refreshed_at
                 .is_none_or(|at| now.saturating_duration_since(at) > self.settings.max_age())
@@ -766,6 +808,7 @@ impl HostState {
         status.refreshed_at = Some(started.at);
         status.newest_start = Some(started.at);
         status.last_error = None;
+        status.unsure = false;
         RefreshOutcome {
             refreshed: true,
             ts: Some(started.wall),

@@ -997,3 +997,31 @@ fn refresh_settings_come_from_the_manifest() {
     );
     assert_eq!(settings.max_age(), settings.discovery_interval * 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_agents_own_results_update_the_snapshot_and_unknown_ones_make_it_stale() {
+    let driver = FakeDriver::new("pve", Step::ok(10, vms()));
+    let service = service(&driver, settings());
+    service.fast_refresh("pve").await.unwrap();
+    let status = |id: &str| {
+        let snapshot = service.snapshot("pve").unwrap().unwrap();
+        snapshot.get(id).and_then(|t| t.status.clone())
+    };
+
+    // A shutdown read back as `stopped`: the snapshot says so at once, and
+    // stays fresh (the next decision may trust it).
+    service.record_results("pve", &[("vm:101".into(), Some("stopped".into()))]);
+    assert_eq!(status("vm:101").as_deref(), Some("stopped"));
+    assert!(!service.snapshot("pve").unwrap().unwrap().stale);
+
+    // A result without a state read back: stale until the next refresh.
+    service.record_results("pve", &[("vm:103".into(), None)]);
+    assert!(service.snapshot("pve").unwrap().unwrap().stale);
+    service.fast_refresh("pve").await.unwrap();
+    assert!(!service.snapshot("pve").unwrap().unwrap().stale);
+    assert_eq!(
+        status("vm:101").as_deref(),
+        Some("running"),
+        "the refresh wins"
+    );
+}

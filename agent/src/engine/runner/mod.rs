@@ -132,6 +132,14 @@ pub struct Policy {
 pub trait Snapshots: Send + Sync {
     /// The current snapshot of `host_id`, if the host is known.
     fn host(&self, host_id: &str) -> Option<HostInventory>;
+
+    /// What the engine's own actions did: each (target, resulting state if
+    /// the driver read it back). The inventory service writes the states
+    /// into its snapshot and marks it stale where a state is unknown, so a
+    /// later decision (an inverse on mains return) does not skip a target
+    /// on a status the engine itself changed. Test doubles that read live
+    /// state need not implement it.
+    fn record_results(&self, _host_id: &str, _results: &[(String, Option<String>)]) {}
 }
 
 impl Snapshots for RwLock<Inventory> {
@@ -1181,27 +1189,66 @@ impl Engine {
             return Ok(None);
         };
         let elapsed = item.started.elapsed().as_millis() as u64;
-        let outcome = match report.outcome {
-            Outcome::Dropped(reason) => Ok(self.held_dropped(&item.intent, &reason)?),
+        let outcome = self.observe_outcome(&item.intent, report.outcome)?;
+        self.item_done(item.run_id, &item.intent, outcome, elapsed)
+    }
+
+    /// Turns a scheduler outcome into the item's results and tells the
+    /// snapshots what the item did to its targets.
+    fn observe_outcome(
+        &mut self,
+        intent: &IntentRecord,
+        outcome: Outcome<<ActionWork as Work>::Output>,
+    ) -> Result<Result<Vec<ExecOutcome>, String>, EngineError> {
+        let started = !matches!(
+            outcome,
+            Outcome::Dropped(_) | Outcome::Cancelled { started: false } | Outcome::NotRun
+        );
+        let outcome = self.outcome_results(intent, outcome)?;
+        if started {
+            let results: Vec<(String, Option<String>)> = match &outcome {
+                Ok(list) => intent
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        let state = list
+                            .iter()
+                            .find(|o| &o.target == t && o.ok)
+                            .and_then(|o| o.result_state.clone());
+                        (t.clone(), state)
+                    })
+                    .collect(),
+                Err(_) => intent.targets.iter().map(|t| (t.clone(), None)).collect(),
+            };
+            self.snapshots.record_results(&intent.host, &results);
+        }
+        Ok(outcome)
+    }
+
+    fn outcome_results(
+        &mut self,
+        intent: &IntentRecord,
+        outcome: Outcome<<ActionWork as Work>::Output>,
+    ) -> Result<Result<Vec<ExecOutcome>, String>, EngineError> {
+        Ok(match outcome {
+            Outcome::Dropped(reason) => Ok(self.held_dropped(intent, &reason)?),
             Outcome::Completed(Ok(list)) => Ok(list),
             Outcome::Completed(Err(e)) => Err(e.to_string()),
             Outcome::Cancelled { started: false } => Err("cancelled".to_string()),
             Outcome::NotRun => Err("not run: the scheduler shut down".to_string()),
             // The item was running: the driver may already have acted.
-            Outcome::Cancelled { started: true } => Ok(interrupted_outcomes(
-                &item.intent,
-                "cancelled while running",
-            )),
+            Outcome::Cancelled { started: true } => {
+                Ok(interrupted_outcomes(intent, "cancelled while running"))
+            }
             Outcome::Interrupted => Ok(interrupted_outcomes(
-                &item.intent,
+                intent,
                 "interrupted at the shutdown deadline",
             )),
             Outcome::Panicked(why) => Ok(interrupted_outcomes(
-                &item.intent,
+                intent,
                 &format!("panicked while running: {why}"),
             )),
-        };
-        self.item_done(item.run_id, &item.intent, outcome, elapsed)
+        })
     }
 
     /// Records one item's outcome in its run and closes the run when it was
