@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs the system packages Hazel's build and tests need when they are
-# missing: OpenSSH (the real sshd the SSH driver tests talk to), libssl and
+# missing: OpenSSH (the real sshd the SSH driver tests talk to), NUT (the real
+# upsd and dummy-ups driver the NUT tests talk to), libssl and
 # pkg-config (libssh2), a C compiler. Idempotent; does nothing when all are there.
 set -euo pipefail
 
 need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+[ -x /lib/nut/upsd ] && [ -x /lib/nut/dummy-ups ] || need+=(nut-server)
+command -v upsc >/dev/null 2>&1 || need+=(nut-client)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 command -v cc >/dev/null 2>&1 || need+=(gcc)

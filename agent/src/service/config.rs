@@ -52,6 +52,9 @@ pub struct Config {
     /// Named webhooks accepted at `POST /api/webhooks/:name`.
     #[serde(default)]
     pub webhooks: BTreeMap<String, WebhookConfig>,
+    /// UPSes to watch through NUT `upsd` servers (`docs/nut.md`).
+    #[serde(default)]
+    pub nut: Vec<crate::nut::NutConfig>,
     /// Age after which an action held by the kill switch is dropped, e.g. `10m`.
     #[serde(default = "default_item_ttl", with = "duration_text")]
     pub item_ttl: Duration,
@@ -140,6 +143,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             api: ApiLimits::default(),
             webhooks: BTreeMap::new(),
+            nut: Vec::new(),
             item_ttl: default_item_ttl(),
             shutdown_grace: default_drain(),
         }

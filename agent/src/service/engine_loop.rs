@@ -103,6 +103,9 @@ pub struct EngineParts {
     pub metrics: Arc<Metrics>,
     /// Events from sources (NUT, timers, webhooks); `None` for no sources.
     pub bus: Option<Consumer>,
+    /// The NUT sources' latest readings, baselines included: they publish
+    /// no event, so conditions (`ups.runtime_minutes >= 5`) read them here.
+    pub readings: Option<crate::nut::LatestReadings>,
 }
 
 impl EngineHandle {
@@ -237,6 +240,7 @@ async fn run(
         policies,
         metrics,
         mut bus,
+        readings,
     } = parts;
     let clock = config.clock.clone();
     let mut engine = Engine::new(store, snapshots, breakers, config);
@@ -271,11 +275,13 @@ async fn run(
             grace = &mut stop => break grace.unwrap_or(Duration::from_secs(30)),
             command = commands.recv() => {
                 let Some(command) = command else { break Duration::from_secs(30) };
+                seed_facts(&mut engine, readings.as_ref());
                 handle(&mut engine, command, &metrics).await;
             }
             event = next_bus_event(&mut bus) => {
                 match event {
                     Some(event) => {
+                        seed_facts(&mut engine, readings.as_ref());
                         metrics.event(event.kind.as_str(), false);
                         match engine.handle_event(&event).await {
                             Ok(report) => count(&metrics, &report),
@@ -312,6 +318,24 @@ async fn run(
         Err(e) => error!(error = %e, "ledger flush at shutdown failed"),
     }
     info!("engine stopped");
+}
+
+/// Copies the latest UPS readings into the engine's facts. Readings win
+/// for numbers (they are the newest); the state comes from events (edges),
+/// so a reading sets it only for a UPS the engine has no state for yet
+/// (its baseline after start).
+fn seed_facts(engine: &mut Engine, readings: Option<&crate::nut::LatestReadings>) {
+    let Some(readings) = readings else { return };
+    for ups in readings.snapshot() {
+        let entry = engine.facts_mut().ups_entry(&ups.subject_id);
+        if entry.state.is_none() {
+            entry.state = ups.state;
+        }
+        entry.runtime_minutes = ups.runtime_minutes.or(entry.runtime_minutes);
+        entry.charge_pct = ups.charge_pct.or(entry.charge_pct);
+        entry.load = ups.load.or(entry.load);
+        entry.variables.extend(ups.variables);
+    }
 }
 
 async fn next_bus_event(bus: &mut Option<Consumer>) -> Option<Event> {

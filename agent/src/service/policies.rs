@@ -83,6 +83,8 @@ pub(super) struct Inner {
     /// Serializes policy mutations, so the duplicate-hash check and the
     /// write see the same store.
     writes: tokio::sync::Mutex<()>,
+    /// The NUT pollers, stopped first at shutdown.
+    nut: tokio::sync::Mutex<Option<crate::nut::NutSources>>,
 }
 
 /// A registered host and its driver (guarded by its breaker).
@@ -103,6 +105,10 @@ impl Snapshots for ServiceSnapshots {
             .ok()
             .flatten()
             .map(|s| HostInventory::clone(&s))
+    }
+
+    fn record_results(&self, host_id: &str, results: &[(String, Option<String>)]) {
+        self.0.record_results(host_id, results);
     }
 }
 
@@ -246,6 +252,20 @@ impl Service {
             hosts: &service_hosts,
         };
         let policies = partial.reload_policies().await?;
+        // Event sources: NUT pollers publish on a bus the engine consumes.
+        let (bus, nut) = match options.bus {
+            Some(bus) => (Some(bus), None),
+            None if !config.nut.is_empty() => {
+                let capacity =
+                    std::num::NonZeroUsize::new(1024).unwrap_or(std::num::NonZeroUsize::MIN);
+                let (publisher, consumer) = crate::engine::bus::channel(capacity, "nut");
+                (
+                    Some(consumer),
+                    Some(crate::nut::spawn(&config.nut, publisher)),
+                )
+            }
+            None => (None, None),
+        };
         let engine = EngineHandle::spawn(EngineParts {
             store: store.clone() as Arc<dyn EngineStore>,
             snapshots: Arc::new(ServiceSnapshots(inner_inventory)),
@@ -254,7 +274,8 @@ impl Service {
             drivers,
             policies,
             metrics: metrics.clone(),
-            bus: options.bus,
+            bus,
+            readings: nut.as_ref().map(|n| n.readings().clone()),
         })
         .map_err(|e| ServiceError::Internal {
             message: format!("cannot start the engine thread: {e}"),
@@ -276,6 +297,7 @@ impl Service {
                 webhook_secrets,
                 inventory_cache: Mutex::new(None),
                 writes: tokio::sync::Mutex::new(()),
+                nut: tokio::sync::Mutex::new(nut),
             }),
         })
     }
@@ -304,6 +326,9 @@ impl Service {
     /// get `config.shutdown_grace` to finish, the ledger is written.
     pub async fn shutdown(&self) {
         let grace = self.inner.config.shutdown_grace;
+        if let Some(nut) = self.inner.nut.lock().await.take() {
+            nut.shutdown().await;
+        }
         self.inner
             .inventory
             .stop_discovery(Duration::from_secs(2))
