@@ -711,14 +711,30 @@ async fn dry_run_makes_one_resources_call_for_all_targets() {
         "answers come in target order"
     );
     assert_eq!(sim.request_count("GET", "/cluster/resources"), 1);
+    // 30 guests are more than fit one status call each inside the SLA at
+    // the capability's rate limit: the resource list is the batch.
     assert_eq!(
-        sim.request_count_prefix("/nodes/") - 30,
+        sim.request_count_prefix("/nodes/"),
         3,
-        "one task list per node"
+        "one task list per node, no status call per guest"
     );
     for node in ["pve1", "pve2", "pve3"] {
         assert_eq!(sim.request_count("GET", &format!("/nodes/{node}/tasks")), 1);
     }
+}
+
+#[tokio::test]
+async fn a_dry_run_of_a_few_guests_reads_each_ones_exact_status() {
+    let sim = start(SimConfig::generated(2, 6)).await;
+    let driver = driver_for(&sim);
+    let ids: Vec<String> = (100..106).map(|id| format!("vm:{id}")).collect();
+    let answers = driver.dry_run(&shutdown(), &ids).await.unwrap();
+    assert!(answers.iter().all(|a| a.ok));
+    assert_eq!(
+        sim.request_count_prefix("/nodes/"),
+        6 + 2,
+        "one status call per guest and one task list per node"
+    );
 }
 
 #[tokio::test]

@@ -58,6 +58,15 @@ impl MemoryStore {
 impl EngineStore for MemoryStore {
     fn write(&self, batch: &[Write]) -> StoreResult<()> {
         let mut guard = self.lock();
+        // A batch that cannot fail is applied in place; one that may fail
+        // is applied to a copy first, so it leaves nothing partial. (Copying
+        // every time made each write cost the whole history.)
+        if !guard.may_fail(batch) {
+            for write in batch {
+                guard.apply(write)?;
+            }
+            return Ok(());
+        }
         let mut next = guard.clone();
         for write in batch {
             next.apply(write)?;
@@ -173,6 +182,45 @@ impl EngineStore for MemoryStore {
 }
 
 impl State {
+    /// Whether applying `batch` could return an error (a conflict or a
+    /// missing intent), counting what the batch itself writes first.
+    /// Conservative: a batch that prunes intents is treated as fallible.
+    fn may_fail(&self, batch: &[Write]) -> bool {
+        let mut persisted = std::collections::BTreeSet::new();
+        let mut completed = std::collections::BTreeSet::new();
+        let mut appended = std::collections::BTreeSet::new();
+        for write in batch {
+            match write {
+                Write::PersistIntent(intent) => {
+                    let id = intent.id();
+                    if self.intents.contains_key(&id) || !persisted.insert(id) {
+                        return true;
+                    }
+                }
+                Write::CompleteIntent { id, .. } => {
+                    let stored = self.intents.get(id).map(|e| e.outcome.is_some());
+                    let known = stored.is_some() || persisted.contains(id);
+                    if !known || stored == Some(true) || !completed.insert(id.clone()) {
+                        return true;
+                    }
+                }
+                Write::PruneIntents { .. } => return true,
+                Write::AppendRun(run) => {
+                    let kept = self
+                        .runs
+                        .values()
+                        .flatten()
+                        .any(|(_, kept)| kept.run_id == run.run_id);
+                    if kept || !appended.insert(run.run_id) {
+                        return true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+
     fn apply(&mut self, write: &Write) -> StoreResult<()> {
         match write {
             Write::RecordFire { policy_id, at } => {
