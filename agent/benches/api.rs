@@ -249,6 +249,11 @@ async fn dry_run_1000() {
             Some(1000)
         );
         assert_eq!(transcript["used_inventory"]["refreshed"], true);
+        assert_eq!(
+            transcript["severity"], "info",
+            "every VM answered: {}",
+            transcript["findings"]
+        );
     }
     let worst = times.iter().max().copied().unwrap_or_default();
     println!(

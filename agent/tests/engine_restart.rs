@@ -143,7 +143,10 @@ async fn a_for_120s_hold_on_battery_fires_after_120_seconds() {
     assert!(store.deadlines().unwrap().is_empty());
     assert_eq!(engine.next_deadline(), None);
     // A countdown that ran out fired: it was never cancelled.
-    assert_eq!(audit_kinds(store.as_ref(), "engine.countdown_started").len(), 1);
+    assert_eq!(
+        audit_kinds(store.as_ref(), "engine.countdown_started").len(),
+        1
+    );
     assert!(audit_kinds(store.as_ref(), "engine.countdown_cancelled").is_empty());
 }
 

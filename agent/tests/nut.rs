@@ -302,7 +302,11 @@ async fn a_killed_upsd_is_comm_lost_then_low_battery_and_its_return_publishes_th
     }
     let seen = collect_for(&mut rx, Duration::from_millis(500)).await;
     assert_eq!(states(&seen), ["on_battery"], "{seen:?}");
-    assert_eq!(seen.len(), 1, "no metric events from the baseline: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        1,
+        "no metric events from the baseline: {seen:?}"
+    );
 
     upsd.set_status("OL");
     assert_eq!(until_state(&mut rx, UpsState::OnMains).await, ["on_mains"]);

@@ -303,6 +303,14 @@ impl FactsSnapshot {
 
 impl Facts for FactsSnapshot {
     fn ups(&self, subject_or_name: Option<&str>) -> Lookup<&UpsFacts> {
+        // A full subject id (`ups1@nas.lan:3493`) can only match itself: a
+        // name part never contains `@`. One lookup instead of a scan.
+        if let Some(id) = subject_or_name.filter(|f| f.contains('@')) {
+            return match self.ups.get(id) {
+                Some(u) => Lookup::Found(u),
+                None => Lookup::Missing,
+            };
+        }
         let matching: Vec<&UpsFacts> = match subject_or_name {
             Some(filter) => self
                 .ups

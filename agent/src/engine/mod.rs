@@ -6,6 +6,8 @@
 //! - [`conditions`]: condition evaluation against a facts view;
 //! - [`triggers`]: the trigger index and the trigger semantics of SPEC §2
 //!   (edges, `for` debounce, `ALL`, timers), as pure state machines;
+//! - [`decide`]: steps 1–3 for one event in memory (shortlist, order,
+//!   triggers, conditions), the part measured by `benches/decide.rs`;
 //! - [`scheduler`]: per-host single-flight FIFO queues under a global cap;
 //! - [`store`]: persistence of window state, deadlines, intents and the
 //!   ledger behind a trait, with an embedded SQLite implementation;
@@ -16,6 +18,7 @@
 
 pub mod bus;
 pub mod conditions;
+pub mod decide;
 pub mod event;
 pub mod runner;
 pub mod scheduler;

@@ -60,6 +60,13 @@ struct Entry {
     interest: Interest,
 }
 
+impl Entry {
+    /// Priority ascending, then policy id ascending; `Fire` before `Observe`.
+    fn run_order(&self) -> (i64, &str, Interest) {
+        (self.priority, &self.policy_id, self.interest)
+    }
+}
+
 /// How [`TriggerIndex::insert`] files one key: kind, discriminator, UPS filter.
 type AddKey<'a> = dyn FnMut(EventKind, &str, Option<&str>, Interest) + 'a;
 
@@ -104,11 +111,15 @@ impl TriggerIndex {
                 None => &mut bucket.any,
                 Some(filter) => bucket.by_ups.entry(filter.into()).or_default(),
             };
-            list.push(Entry {
+            // Lists stay in run order, so a shortlist drawn from one list
+            // needs no sort (see `shortlist`).
+            let entry = Entry {
                 priority,
                 policy_id: id.clone(),
                 interest,
-            });
+            };
+            let at = list.partition_point(|e| e.run_order() <= entry.run_order());
+            list.insert(at, entry);
         };
         for trigger in &group.triggers {
             match trigger {
@@ -197,9 +208,9 @@ impl TriggerIndex {
                 }
             }
         }
-        found.sort_unstable_by(|a, b| {
-            (a.priority, &a.policy_id, a.interest).cmp(&(b.priority, &b.policy_id, b.interest))
-        });
+        // Each list is sorted already: a stable sort finds those runs and
+        // only merges them (no sort at all for a single list).
+        found.sort_by(|a, b| a.run_order().cmp(&b.run_order()));
         // `Fire` sorts before `Observe`, so the first entry of a policy wins.
         found.dedup_by(|later, earlier| later.policy_id == earlier.policy_id);
         found

@@ -111,10 +111,10 @@ impl TriggerState {
             match outcome {
                 Outcome::Untouched => {}
                 Outcome::Noted(text) => {
-                    let _ = writeln!(notes, "trigger {i} ({}): {text}", describe(trigger));
+                    let _ = writeln!(notes, "trigger {i} ({}): {text}", Describe(trigger));
                 }
                 Outcome::BecameTrue(text) => {
-                    let _ = writeln!(notes, "trigger {i} ({}): {text}", describe(trigger));
+                    let _ = writeln!(notes, "trigger {i} ({}): {text}", Describe(trigger));
                     became_true.push(i);
                 }
             }
@@ -159,7 +159,7 @@ impl TriggerState {
                 };
                 format!(
                     "fired by trigger {i} ({}){all}\n{notes}",
-                    describe(&group.triggers[i])
+                    Describe(&group.triggers[i])
                 )
             }
             None if notes.is_empty() => format!(
@@ -382,16 +382,18 @@ impl PerTrigger {
         let Some(state) = ctx.event.ups_state() else {
             return Outcome::Untouched;
         };
-        let subject = ctx.subject_id().to_string();
-        if filter.is_some_and(|f| !ups_matches(f, &subject)) {
+        // Borrowed until it is stored: most policies an event reaches are
+        // observers with nothing to track.
+        let subject = ctx.subject_id();
+        if filter.is_some_and(|f| !ups_matches(f, subject)) {
             return Outcome::Untouched;
         }
-        let tracked = self.subjects.contains_key(&subject);
+        let tracked = self.subjects.contains_key(subject);
         if state != equals {
             if !tracked {
                 return Outcome::Untouched;
             }
-            let counting = self.untrack(&subject, ctx, TimerKind::ForHold, eval);
+            let counting = self.untrack(subject, ctx, TimerKind::ForHold, eval);
             let tail = if counting {
                 "; countdown cancelled"
             } else {
@@ -411,7 +413,7 @@ impl PerTrigger {
         }
         match for_s {
             None => {
-                self.subjects.insert(subject.clone(), ctx.track(None));
+                self.subjects.insert(subject.to_string(), ctx.track(None));
                 Outcome::BecameTrue(format!("{subject} entered {}", equals.as_str()))
             }
             Some(n) => {
@@ -421,10 +423,10 @@ impl PerTrigger {
                     ctx.policy_id,
                     ctx.trigger,
                     TimerKind::ForHold,
-                    &subject,
+                    subject,
                     deadline,
                 ));
-                self.subjects.insert(subject.clone(), tracked);
+                self.subjects.insert(subject.to_string(), tracked);
                 Outcome::Noted(format!(
                     "{subject} entered {}; must stay {n}s",
                     equals.as_str()
@@ -610,45 +612,51 @@ impl PerTrigger {
 
 /// A trigger in one line, for explain texts.
 pub fn describe(trigger: &Trigger) -> String {
-    let mut out = match trigger {
-        Trigger::UpsState { equals, for_s, .. } => {
-            let mut s = format!("ups.state = {}", equals.as_str());
-            if let Some(n) = for_s {
-                let _ = write!(s, " for {n}s");
+    Describe(trigger).to_string()
+}
+
+/// [`describe`] without the intermediate `String`, for `write!`.
+struct Describe<'a>(&'a Trigger);
+
+impl std::fmt::Display for Describe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Trigger::UpsState { equals, for_s, .. } => {
+                write!(f, "ups.state = {}", equals.as_str())?;
+                if let Some(n) = for_s {
+                    write!(f, " for {n}s")?;
+                }
             }
-            s
-        }
-        Trigger::MetricThreshold {
-            metric,
-            op,
-            value,
-            for_s,
-            ..
-        } => {
-            let mut s = format!("metric.threshold {metric} {} {value}", op.as_str());
-            if let Some(n) = for_s {
-                let _ = write!(s, " for {n}s");
+            Trigger::MetricThreshold {
+                metric,
+                op,
+                value,
+                for_s,
+                ..
+            } => {
+                write!(f, "metric.threshold {metric} {} {value}", op.as_str())?;
+                if let Some(n) = for_s {
+                    write!(f, " for {n}s")?;
+                }
             }
-            s
-        }
-        Trigger::TimerAt { schedule } => format!("timer.at {}", describe_schedule(schedule)),
-        Trigger::TimerAfter {
-            after_s,
-            since_event,
-        } => {
-            format!(
+            Trigger::TimerAt { schedule } => write!(f, "timer.at {}", describe_schedule(schedule))?,
+            Trigger::TimerAfter {
+                after_s,
+                since_event,
+            } => write!(
+                f,
                 "timer.after {after_s}s since {}",
                 describe_pattern(since_event)
-            )
+            )?,
+            Trigger::WebhookCustom { name } => write!(f, "webhook.custom {name}")?,
         }
-        Trigger::WebhookCustom { name } => format!("webhook.custom {name}"),
-    };
-    if let Trigger::UpsState { ups: Some(u), .. } | Trigger::MetricThreshold { ups: Some(u), .. } =
-        trigger
-    {
-        let _ = write!(out, " on {u}");
+        if let Trigger::UpsState { ups: Some(u), .. }
+        | Trigger::MetricThreshold { ups: Some(u), .. } = self.0
+        {
+            write!(f, " on {u}")?;
+        }
+        Ok(())
     }
-    out
 }
 
 fn describe_pattern(pattern: &EventPattern) -> String {

@@ -1,0 +1,270 @@
+//! Event -> decided actions.
+//!
+//! Target (issue 4): 10 000 enabled policies spread over 200 (kind,
+//! discriminator) keys: event -> decided actions (in-memory decision;
+//! persistence off the hot path) >= 200 000 events/s on one core, p99 < 1 ms.
+//!
+//! Two figures. `decide/in_memory` is the decision the target is about:
+//! facts updated from the event, the trigger index shortlist in run order,
+//! every shortlisted policy's trigger evaluation and, for those that fired,
+//! its conditions ([`agent::engine::decide::decide`]). `decide/engine` is
+//! the whole [`Engine::handle_event`] with the in-memory store and a driver
+//! that answers at once: suppression, re-resolution, idempotency keys,
+//! guards, intents and enqueueing of every matched policy (windows are 0 s,
+//! so every match schedules). Executions are settled between timed events,
+//! outside the measurement.
+//!
+//! The policies come from real spec JSON through `validate_text`; each
+//! event of the stream (see `common::event_stream`) is an edge for the 50
+//! policies on its key. Criterion reports the mean per event; the p99 is
+//! measured in a separate loop that times every event on its own and is
+//! printed to stderr.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use agent::compile::Ir;
+use agent::engine::conditions::FactsSnapshot;
+use agent::engine::decide::{decide, PolicyLookup, PolicyView};
+use agent::engine::event::Event;
+use agent::engine::runner::{Engine, EngineConfig, Policy};
+use agent::engine::store::MemoryStore;
+use agent::engine::triggers::{TriggerIndex, TriggerState};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use drivers::breaker::{BreakerConfig, Breakers};
+use drivers::driver::Driver;
+use inventory::Inventory;
+
+mod common;
+
+/// Events timed one by one for the p99.
+const P99_EVENTS: usize = 20_000;
+/// Events through the whole engine (the in-memory store makes each one
+/// slower than the last, see below).
+const ENGINE_EVENTS: usize = 20;
+
+/// The loaded policies by the id the index holds.
+struct Policies(HashMap<String, Ir>);
+
+impl PolicyLookup for Policies {
+    fn policy(&self, policy_id: &str) -> Option<PolicyView<'_>> {
+        self.0.get(policy_id).map(|ir| PolicyView {
+            group: &ir.match_.trigger_group,
+            conditions: &ir.match_.conditions,
+            host_id: &ir.targets.host_id,
+        })
+    }
+
+    fn count_matching(&self, policy_id: &str) -> Result<usize, String> {
+        self.0
+            .get(policy_id)
+            .map(|ir| ir.targets.resolved_ids.as_ref().map_or(0, Vec::len))
+            .ok_or_else(|| format!("no policy {policy_id}"))
+    }
+}
+
+/// The in-memory decision state: index, policies, trigger states, facts.
+struct Decider {
+    index: TriggerIndex,
+    policies: Policies,
+    states: HashMap<Arc<str>, TriggerState>,
+    facts: FactsSnapshot,
+}
+
+impl Decider {
+    fn new(compiled: &[(uuid::Uuid, Ir)]) -> Decider {
+        let policies = Policies(
+            compiled
+                .iter()
+                .map(|(id, ir)| (id.to_string(), ir.clone()))
+                .collect(),
+        );
+        let index = TriggerIndex::build(
+            policies
+                .0
+                .iter()
+                .map(|(id, ir)| (id.as_str(), ir.priority, &ir.match_.trigger_group)),
+        );
+        Decider {
+            index,
+            policies,
+            states: HashMap::new(),
+            facts: common::facts(),
+        }
+    }
+
+    /// One event: facts, then steps 1–3. Returns how many policies matched.
+    fn handle(&mut self, event: &Event) -> usize {
+        self.facts.apply(event);
+        let decided = decide(
+            &self.index,
+            &self.policies,
+            &mut self.states,
+            event,
+            event.ts,
+            &self.facts,
+        );
+        decided.iter().filter(|d| d.matched()).count()
+    }
+}
+
+/// Whether a bench id passes the command line's filter: the setup and p99
+/// loops outside criterion follow the same filter as the criterion benches
+/// (plain substring match on arguments naming `decide`).
+fn wanted(id: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-') && a.contains("decide"))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| id.contains(f.as_str()))
+}
+
+/// The 99th percentile of `samples` (sorted in place).
+fn p99(samples: &mut [Duration]) -> Duration {
+    samples.sort_unstable();
+    samples[(samples.len() * 99).div_ceil(100) - 1]
+}
+
+fn report_p99(what: &str, samples: &mut [Duration]) {
+    let total: Duration = samples.iter().sum();
+    let mean = total / samples.len() as u32;
+    let p50 = {
+        samples.sort_unstable();
+        samples[samples.len() / 2]
+    };
+    eprintln!(
+        "{what}: {} events timed one by one: mean {mean:?} ({:.0} events/s), p50 {p50:?}, p99 {:?}, max {:?}",
+        samples.len(),
+        1.0 / mean.as_secs_f64(),
+        p99(samples),
+        samples[samples.len() - 1],
+    );
+}
+
+fn bench_decide(c: &mut Criterion) {
+    let compiled = common::compiled_policies();
+    let stream = common::event_stream();
+
+    let mut group = c.benchmark_group("decide");
+    group.throughput(Throughput::Elements(1));
+
+    // (a) the in-memory decision.
+    if wanted("decide/in_memory") {
+        in_memory(&mut group, &compiled, &stream);
+    }
+    // (b) the whole engine, in-memory store, instant drivers.
+    if wanted("decide/engine") {
+        engine(&compiled, &stream);
+    }
+    group.finish();
+}
+
+fn in_memory(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    compiled: &[(uuid::Uuid, Ir)],
+    stream: &[Event],
+) {
+    let mut decider = Decider::new(compiled);
+    assert_eq!(decider.index.len(), common::POLICIES);
+    // One pass to reach the steady state, and to check the stream is edges.
+    let matched: usize = stream.iter().map(|e| decider.handle(e)).sum();
+    eprintln!(
+        "decide/in_memory: {} policies over {} keys; one pass of {} events matched {matched} policies ({:.1} per event)",
+        common::POLICIES,
+        common::KEYS,
+        stream.len(),
+        matched as f64 / stream.len() as f64
+    );
+    assert!(
+        matched >= stream.len() * 30,
+        "the stream must fire policies"
+    );
+    let mut samples = Vec::with_capacity(P99_EVENTS);
+    for event in stream.iter().cycle().take(P99_EVENTS) {
+        let start = Instant::now();
+        black_box(decider.handle(event));
+        samples.push(start.elapsed());
+    }
+    report_p99("decide/in_memory", &mut samples);
+
+    let mut next = stream.iter().cycle();
+    group.bench_function("in_memory", |b| {
+        b.iter(|| decider.handle(next.next().expect("the stream cycles")))
+    });
+}
+
+fn engine(compiled: &[(uuid::Uuid, Ir)], stream: &[Event]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let mut engine = rt.block_on(async {
+        let inventory: Inventory = (0..common::HOSTS)
+            .map(|h| common::host_snapshot(h, 10))
+            .collect();
+        let mut engine = Engine::new(
+            Arc::new(MemoryStore::default()),
+            Arc::new(RwLock::new(inventory)),
+            Arc::new(Breakers::new(BreakerConfig::default())),
+            EngineConfig::default(),
+        );
+        for h in 0..common::HOSTS {
+            engine.add_driver(Arc::new(common::InstantDriver::new(h)) as Arc<dyn Driver>);
+        }
+        for (id, ir) in compiled {
+            engine
+                .add_policy(Policy {
+                    id: *id,
+                    ir: ir.clone(),
+                })
+                .expect("ids are unique");
+        }
+        *engine.facts_mut() = common::facts();
+        engine.start().await.expect("the engine starts");
+        engine
+    });
+    let settle = |engine: &mut Engine| {
+        rt.block_on(async {
+            engine.settle().await.expect("runs settle");
+        })
+    };
+    // Timed one by one; executions settle every 10 events, untimed. The
+    // in-memory store's history grows with every run, so the figure is
+    // given per 5 events, not as a criterion steady state.
+    let mut scheduled = 0usize;
+    let mut samples = Vec::with_capacity(ENGINE_EVENTS);
+    for (n, event) in stream.iter().cycle().take(ENGINE_EVENTS).enumerate() {
+        let start = Instant::now();
+        let report = rt
+            .block_on(engine.handle_event(event))
+            .expect("event handled");
+        samples.push(start.elapsed());
+        scheduled += report
+            .decisions
+            .iter()
+            .filter(|d| d.code == "engine.scheduled")
+            .count();
+        if n % 10 == 9 {
+            settle(&mut engine);
+        }
+    }
+    settle(&mut engine);
+    eprintln!(
+        "decide/engine: {ENGINE_EVENTS} events scheduled {scheduled} policies' actions ({:.1} per event)",
+        scheduled as f64 / ENGINE_EVENTS as f64
+    );
+    for (pass, chunk) in samples.chunks(5).enumerate() {
+        let mean = chunk.iter().sum::<Duration>() / chunk.len() as u32;
+        eprintln!(
+            "decide/engine: events {}..{}: mean {mean:?} per event",
+            pass * 5,
+            pass * 5 + chunk.len()
+        );
+    }
+    report_p99("decide/engine", &mut samples);
+}
+
+criterion_group!(benches, bench_decide);
+criterion_main!(benches);
