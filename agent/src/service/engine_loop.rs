@@ -400,6 +400,21 @@ fn count(metrics: &Metrics, report: &EventReport) {
 
 fn record(metrics: &Metrics, run: &RunRecord) {
     for result in &run.results {
+        // Rows the engine wrote itself (skips, interruptions) made no driver call.
+        let by_driver = !result
+            .code
+            .as_deref()
+            .is_some_and(|c| c.starts_with("engine."));
+        if by_driver {
+            if let Some((manifest, _)) = drivers::manifest::shipped().capability(&result.capability)
+            {
+                metrics.driver_latency(
+                    &manifest.id,
+                    "execute",
+                    Duration::from_millis(result.duration_ms),
+                );
+            }
+        }
         let outcome = match (&result.code, result.ok) {
             (Some(code), _) => code.as_str(),
             (None, true) => "ok",
