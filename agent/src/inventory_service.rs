@@ -313,11 +313,13 @@ impl InventoryService {
         let now = Instant::now();
         let taken = now.checked_sub(age).unwrap_or(now);
         let mut status = host.lock_status();
+        // A snapshot seeded as stale (restored from the store at start)
+        // stays stale until a real refresh, whatever its age says.
+        status.unsure = snapshot.stale;
         status.snapshot = Some(Arc::new(snapshot.with_ts(ts)));
         status.refreshed_at = Some(taken);
         status.newest_start = Some(taken);
         status.last_error = None;
-        status.unsure = false;
         Ok(())
     }
 

@@ -110,7 +110,10 @@ pub trait EngineStore: Send + Sync {
     fn audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
 
     /// Every persisted trigger edge state (see [`Write::SetTriggerState`]),
-    /// by policy id ascending.
+    /// by policy id ascending. The engine does not restore edge state at
+    /// start (the runner's module docs say why: with silent source
+    /// baselines a restored state could hide the next outage); this stays
+    /// for sources that can confirm a state at start.
     fn trigger_states(&self) -> StoreResult<Vec<(Uuid, Value)>>;
 
     /// Whether `key` ran at or after `now - window`. A key recorded in the

@@ -7,8 +7,10 @@
 //! connection, polls every UPS of that server with `LIST VAR` on a fixed
 //! schedule, reconnects with backoff, and stops on the shutdown signal.
 //!
-//! Rules (`docs/nut.md`): the first reading after start or reconnect is a
-//! baseline and publishes nothing; then `ups.status` tokens that appear
+//! Rules (`docs/nut.md`): the first reading after start is a baseline and
+//! publishes nothing; each later good reading is compared with the last
+//! good one (across failures, so a change while unreachable is published
+//! once and an unchanged state never twice); `ups.status` tokens that appear
 //! become `ups.state` events and changed readings become `metric.threshold`
 //! events; a UPS not read for `comm_lost_after_ms` becomes one `comm_lost`,
 //! followed by `low_battery` when it was last seen on battery (the upsmon
@@ -172,8 +174,8 @@ pub struct TrackerOptions {
 #[derive(Debug, Clone)]
 pub struct UpsTracker {
     options: TrackerOptions,
-    /// States and metrics of the last reading since the baseline; `None`
-    /// until a baseline is set (at start and after every failure).
+    /// States and metrics of the last good reading; `None` until the first
+    /// one (the baseline). Kept across failures.
     current: Option<Snapshot>,
     /// Whether the last good reading had `OB` (kept across failures, for
     /// the fail-safe).
@@ -277,9 +279,12 @@ impl UpsTracker {
         match reading {
             Reading::Wait => self.check(now),
             Reading::Failed => {
-                // Any failure ends the baseline: the next good reading is
-                // the first after a reconnect.
-                self.current = None;
+                // The last good reading stays the baseline: the first good
+                // reading after a failure is compared with it, so a change
+                // during a short failure (OL -> OB while the driver was
+                // stale) is still published, and a state that did not
+                // change while the UPS was unreachable is not published
+                // again (a mains-return policy must not start VMs twice).
                 self.failing_since.get_or_insert(now);
                 self.check(now)
             }
@@ -293,22 +298,14 @@ impl UpsTracker {
                     return self.observe(now, &Reading::Failed);
                 }
                 self.failing_since = None;
-                let was_lost = std::mem::take(&mut self.comm_lost_published);
+                self.comm_lost_published = false;
                 self.last_on_battery = status.split_whitespace().any(|t| t == "OB");
                 let next = Snapshot {
                     states: status_states(status),
                     metrics: canonical_metrics(vars),
                 };
                 let Some(prev) = self.current.replace(next.clone()) else {
-                    // A baseline publishes nothing, except after a published
-                    // `comm_lost`: the engine then holds `comm_lost` for this
-                    // UPS, and the power state found on reconnect is news (the
-                    // mains may have returned while the UPS was unreachable;
-                    // staying silent would keep a mains-return policy from
-                    // ever firing).
-                    if was_lost {
-                        return next.states.iter().map(|&s| Change::State(s)).collect();
-                    }
+                    // The first reading after start is the baseline.
                     return Vec::new();
                 };
                 let mut out: Vec<Change> = next
@@ -731,17 +728,24 @@ mod tests {
     }
 
     #[test]
-    fn the_state_found_after_a_published_comm_lost_is_published() {
+    fn after_a_failure_the_first_reading_is_compared_with_the_last_good_one() {
         let t0 = Instant::now();
         let mut t = UpsTracker::new(options());
         t.observe(t0, &status("OB"));
         t.observe(secs(t0, 2), &Reading::Failed);
         assert_eq!(show(&t.check(secs(t0, 18))), ["comm_lost", "low_battery"]);
-        // The mains came back while the UPS was unreachable.
+        // The mains came back while the UPS was unreachable: published.
         assert_eq!(show(&t.observe(secs(t0, 20), &status("OL"))), ["on_mains"]);
-        // A short failure without a published comm_lost stays a silent baseline.
+        // On mains before and after a loss: nothing to publish again.
         t.observe(secs(t0, 22), &Reading::Failed);
-        assert!(t.observe(secs(t0, 24), &status("OL")).is_empty());
+        assert_eq!(show(&t.check(secs(t0, 40))), ["comm_lost"]);
+        assert!(t.observe(secs(t0, 41), &status("OL")).is_empty());
+        // A change during a short failure (no comm_lost) is published.
+        t.observe(secs(t0, 43), &Reading::Failed);
+        assert_eq!(
+            show(&t.observe(secs(t0, 44), &status("OB"))),
+            ["on_battery"]
+        );
     }
 
     #[test]
@@ -774,13 +778,13 @@ mod tests {
     }
 
     #[test]
-    fn the_first_reading_after_a_failure_is_a_baseline_again() {
+    fn a_change_during_a_short_failure_is_published_when_read() {
         let t0 = Instant::now();
         let mut t = UpsTracker::new(options());
         t.observe(t0, &status("OL"));
         t.observe(secs(t0, 2), &Reading::Failed);
-        assert!(!t.has_baseline());
-        assert!(t.observe(secs(t0, 4), &status("OB")).is_empty());
+        assert!(t.has_baseline(), "the last good reading stays the baseline");
+        assert_eq!(show(&t.observe(secs(t0, 4), &status("OB"))), ["on_battery"]);
         assert_eq!(show(&t.observe(secs(t0, 6), &status("OL"))), ["on_mains"]);
         // A short outage publishes no comm_lost, and the clock restarts.
         t.observe(secs(t0, 8), &Reading::Failed);
@@ -811,7 +815,6 @@ mod tests {
         let mut t = UpsTracker::new(options());
         t.observe(t0, &status("OL"));
         t.observe(secs(t0, 1), &status(""));
-        assert!(!t.has_baseline());
         assert_eq!(show(&t.check(secs(t0, 16))), ["comm_lost"]);
     }
 

@@ -294,6 +294,13 @@ async fn run(
             run = engine.next_run(), if has_work => match run {
                 Ok(Some(run)) => record(&metrics, &run),
                 Ok(None) => {}
+                // The scheduler is gone: nothing can run or report any more,
+                // and polling would spin. Stop (readyz turns false); the
+                // open intents are reconciled at the next start.
+                Err(e @ EngineError::Scheduler { .. }) => {
+                    error!(error = %e, "the scheduler stopped; the engine stops");
+                    break Duration::ZERO;
+                }
                 Err(e) => error!(error = %e, "recording an action outcome failed"),
             },
             _ = tokio::time::sleep(sleep) => {
@@ -361,10 +368,7 @@ async fn handle(engine: &mut Engine, command: Command, metrics: &Metrics) {
             let _ = reply.send(result.map_err(|e| describe(&e)));
         }
         Command::Load { policy, reply } => {
-            let id = policy.id;
-            let result = engine
-                .remove_policy(id)
-                .and_then(|_| engine.add_policy(*policy));
+            let result = engine.load_policy(*policy);
             let _ = reply.send(result.map_err(|e| describe(&e)));
         }
         Command::Unload { id, reply } => {

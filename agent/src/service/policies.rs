@@ -408,6 +408,19 @@ impl Service {
     ) -> Result<PolicyView, ServiceError> {
         let _write = self.inner.writes.lock().await;
         let current = self.record(id).await?;
+        // Checked before anything changes (the `writes` lock makes it
+        // race-free): a refused update must leave the policy running.
+        if let Some(expected) = expected_version {
+            if expected != current.version_int {
+                return Err(ServiceError::Conflict {
+                    code: "policy.version_conflict",
+                    message: format!(
+                        "the policy is at version {}, not {expected}; read the policy again and retry",
+                        current.version_int
+                    ),
+                });
+            }
+        }
         let version = current.version_int + 1;
         let (validated, spec) = self.validate_for_store(body, id, version)?;
         let hash = validated.report.hash.clone().unwrap_or_default();
@@ -888,17 +901,22 @@ impl Service {
                     warn!(policy_id = %id, by = %actor.subject, reason, "enable forced past dry-run errors");
                 }
                 None => {
-                    // The intent stays recorded; what runs stays disabled.
+                    // A refused Enable changes nothing that runs: a disabled
+                    // policy stays disabled (its intent is recorded), an
+                    // enabled one stays enabled (a host briefly down must
+                    // not switch a running policy off).
                     let audit = audit(
                         actor,
                         "policy.enable_blocked",
                         Some(id),
                         json!({"transcript_id": transcript.transcript_id}),
                     );
-                    self.store(move |s| {
-                        s.set_policy_status(id, PolicyStatus::Disabled, true, &audit)
-                    })
-                    .await?;
+                    let status = match record.status {
+                        PolicyStatus::Enabled => PolicyStatus::Enabled,
+                        _ => PolicyStatus::Disabled,
+                    };
+                    self.store(move |s| s.set_policy_status(id, status, true, &audit))
+                        .await?;
                     return Err(ServiceError::EnableBlocked {
                         errors,
                         transcript_id: Some(transcript.transcript_id),
@@ -917,10 +935,17 @@ impl Service {
             Some(id),
             json!({"forced": force.is_some()}),
         );
-        self.store(move |s| s.set_policy_status(id, PolicyStatus::Enabled, true, &audit))
-            .await?;
+        // The engine first: if it cannot load the policy the store keeps
+        // what runs (disabled); if the store write fails, unload again.
         self.engine_call(self.inner.engine.load(Policy { id, ir }))
             .await?;
+        let stored = self
+            .store(move |s| s.set_policy_status(id, PolicyStatus::Enabled, true, &audit))
+            .await;
+        if let Err(e) = stored {
+            let _ = self.engine_call(self.inner.engine.unload(id)).await;
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -1344,7 +1369,14 @@ fn host_config(record: &HostRecord) -> HostConfig {
 /// recorded); only Enable answers 409.
 fn saved_even_if_blocked(result: Result<(), ServiceError>) -> Result<(), ServiceError> {
     match result {
+        Ok(()) => Ok(()),
+        // The policy is stored (disabled); the client must not think it was
+        // not (a retry would then be a duplicate). The refusal is audited by
+        // the gate; other failures are logged here.
         Err(ServiceError::EnableBlocked { .. }) => Ok(()),
-        other => other,
+        Err(e) => {
+            warn!(error = %e, code = e.code(), "saved policy left disabled: its enable failed");
+            Ok(())
+        }
     }
 }

@@ -89,7 +89,6 @@ impl Engine {
                 .map_err(|source| EngineError::Scheduler { source })?;
             report.paused = true;
         }
-        self.restore_trigger_states()?;
         report.rearmed = self.restore_countdowns()?;
         report.reconciled = self.reconcile(now).await?;
         let (late, missed) = self.arm_timer_at(now)?;
@@ -297,41 +296,6 @@ impl Engine {
         batch.extend(audit);
         if !batch.is_empty() {
             self.store.write(&batch)?;
-        }
-        Ok(())
-    }
-
-    /// Restores the edge state the store kept for each loaded policy (so a
-    /// UPS already seen on battery is not a new edge after a restart).
-    /// State of another version of the policy (its hash changed) is dropped.
-    /// Countdowns restored next override it with their own, newer state.
-    fn restore_trigger_states(&mut self) -> Result<(), EngineError> {
-        let mut stale = Vec::new();
-        for (policy_id, stored) in self.store.trigger_states()? {
-            let state = self.policies.get(&policy_id).and_then(|policy| {
-                let same =
-                    stored.get("hash").and_then(Value::as_str) == Some(policy.ir.hash.as_str());
-                stored
-                    .get("trigger_state")
-                    .and_then(TriggerState::from_json)
-                    .filter(|_| same)
-            });
-            match state {
-                Some(state) => {
-                    self.states.insert(policy_id, state);
-                }
-                None if self.policies.contains_key(&policy_id) => {
-                    stale.push(Write::SetTriggerState {
-                        policy_id,
-                        state: Value::Null,
-                    })
-                }
-                // A policy not loaded now (disabled) keeps its state.
-                None => {}
-            }
-        }
-        if !stale.is_empty() {
-            self.store.write(&stale)?;
         }
         Ok(())
     }
@@ -654,7 +618,7 @@ impl Engine {
 
 /// The store's name for a countdown kind.
 /// The audit record of a countdown starting or being cancelled.
-fn countdown_audit(
+pub(super) fn countdown_audit(
     kind: &str,
     policy_id: Uuid,
     request: &TimerRequest,

@@ -44,6 +44,12 @@
 //!   A stale snapshot never skips an action as already desired (the
 //!   driver's idempotent execute reads the live state), but selectors still
 //!   resolve against it.
+//! - Edge state without a pending countdown (a UPS seen on battery) is not
+//!   restored after a restart, on purpose: the NUT source's first reading
+//!   after a start is a silent baseline, so a restored "on battery" could
+//!   never be seen to end and the next outage would not be an edge — a
+//!   missed shutdown. Starting clean can at worst repeat an action, which
+//!   the persisted suppression and idempotency windows hold back.
 //! - A run interrupted by a crash gets an `interrupted` ledger entry holding
 //!   only its open intents' rows: the store cannot list a run's completed
 //!   intents, and the event's kind and subject are not in the intent.
@@ -450,6 +456,23 @@ impl Engine {
         Ok(())
     }
 
+    /// Loads `policy`, or replaces the loaded policy with the same id. A
+    /// replacement that behaves the same (same hash: an Enable of an enabled
+    /// policy, a re-saved identical spec) keeps its trigger state and armed
+    /// countdowns — a UPS already on battery would not publish again, so a
+    /// dropped `for` countdown would never come back. A changed policy
+    /// starts clean ([`Engine::remove_policy`], then [`Engine::add_policy`]).
+    pub fn load_policy(&mut self, policy: Policy) -> Result<(), EngineError> {
+        if let Some(loaded) = self.policies.get_mut(&policy.id) {
+            if loaded.ir.hash == policy.ir.hash {
+                *loaded = policy;
+                return Ok(());
+            }
+            self.remove_policy(policy.id)?;
+        }
+        self.add_policy(policy)
+    }
+
     /// Unloads a policy (deleted, disabled or about to be replaced): its
     /// trigger state, armed countdowns (in memory and in the store) and
     /// `timer.at` fires go with it. Items it already queued still run and
@@ -467,8 +490,15 @@ impl Engine {
         self.states.remove(&id);
         self.at_fires.retain(|(_, policy_id, _)| *policy_id != id);
         let mut batch = Vec::new();
+        let now = (self.config.clock)();
         for request in self.armed.remove(&id).unwrap_or_default() {
             self.timers.cancel(&request);
+            batch.push(lifecycle::countdown_audit(
+                "engine.countdown_cancelled",
+                id,
+                &request,
+                now,
+            ));
             batch.push(Write::RemoveDeadline {
                 policy_id: id,
                 trigger_index: request.trigger as u32,
@@ -476,23 +506,9 @@ impl Engine {
             });
         }
         batch.dedup();
-        batch.push(Write::SetTriggerState {
-            policy_id: id,
-            state: Value::Null,
-        });
         drop(policy);
         self.store.write(&batch)?;
         Ok(true)
-    }
-
-    /// The store write that keeps `state` for policy `id`, tagged with the
-    /// policy's hash so a changed policy starts from a clean state.
-    fn trigger_state_write(&self, id: Uuid, state: &TriggerState) -> Write {
-        let hash = self.policies.get(&id).map_or("", |p| p.ir.hash.as_str());
-        Write::SetTriggerState {
-            policy_id: id,
-            state: json!({"hash": hash, "trigger_state": state.to_json()}),
-        }
     }
 
     /// Whether [`Engine::next_run`] has something to wait for or hand out:
@@ -535,7 +551,6 @@ impl Engine {
         let now = (self.config.clock)();
         let mut decisions = Vec::new();
         let mut timers = Vec::new();
-        let mut edges = Vec::new();
         for pref in self.index.shortlist(event) {
             let Ok(id) = Uuid::parse_str(&pref.policy_id) else {
                 continue;
@@ -551,9 +566,6 @@ impl Engine {
             let decision = span
                 .in_scope(|| self.decide(id, pref.interest, &mut state, event, now, &mut timers));
             let synced = self.sync_timers(id, &before, &state);
-            if state != before {
-                edges.push(self.trigger_state_write(id, &state));
-            }
             self.states.insert(id, state);
             synced?;
             let Some(mut decision) = decision? else {
@@ -568,11 +580,6 @@ impl Engine {
             if stop {
                 break;
             }
-        }
-        // Edge state (a UPS seen on battery) survives a restart, so the same
-        // state read again after it does not fire as a new edge.
-        if !edges.is_empty() {
-            self.store.write(&edges)?;
         }
         while let Ok(report) = self.reports.try_recv() {
             if let Some(run) = self.on_report(report)? {
