@@ -1202,7 +1202,7 @@ async fn a_restart_keeps_policies_versions_and_transcripts() {
 }
 
 #[tokio::test]
-async fn the_rate_limit_answers_429_with_retry_after_but_spares_the_probes() {
+async fn the_rate_limit_answers_429_with_retry_after_but_spares_the_probes_and_the_kill_switch() {
     let w = world_with(|_, api| {
         api.rate_per_s = 1;
         api.rate_burst = 2;
@@ -1230,6 +1230,11 @@ async fn the_rate_limit_answers_429_with_retry_after_but_spares_the_probes() {
         StatusCode::OK
     );
     assert_eq!(send(s.bare(Method::GET, "/readyz")).await.0, StatusCode::OK);
+    // The kill switch stays reachable under a flood.
+    assert_eq!(
+        send(s.admin(Method::GET, "/api/kill-switch")).await.0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]

@@ -544,7 +544,13 @@ async fn body_limit(State(shared): State<Arc<Shared>>, mut req: Request, next: N
 
 /// The global rate limit: 429 `rate_limited` with `Retry-After`.
 async fn rate_limit(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let exempt = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    // The probes, and the kill switch: an operator must be able to pause
+    // the agent even while something floods the API (the route still needs
+    // an admin token and the CSRF header).
+    let exempt = matches!(
+        req.uri().path(),
+        "/healthz" | "/readyz" | "/metrics" | "/api/kill-switch"
+    );
     if let (Some(limiter), false) = (&shared.limiter, exempt) {
         if let Err(not_until) = limiter.check() {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
