@@ -364,8 +364,18 @@ async fn handle(engine: &mut Engine, command: Command, metrics: &Metrics) {
         }
         Command::DryRun { event, reply } => {
             metrics.event(event.kind.as_str(), true);
-            let result = engine.dry_run_event(&event).await;
-            let _ = reply.send(result.map_err(|e| describe(&e)));
+            // Decided here; the driver dry-runs (network, up to a host's
+            // SLA) run in a task of their own so live events never wait.
+            match engine.plan_dry_run(&event) {
+                Ok(plan) => {
+                    tokio::spawn(async move {
+                        let _ = reply.send(Ok(plan.run().await));
+                    });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(describe(&e)));
+                }
+            }
         }
         Command::Load { policy, reply } => {
             let result = engine.load_policy(*policy);

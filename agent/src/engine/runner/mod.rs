@@ -286,6 +286,55 @@ pub struct Transcript {
     pub severity: Severity,
 }
 
+/// An event dry-run decided, its driver dry-runs not yet asked
+/// ([`Engine::plan_dry_run`]).
+pub struct DryRunPlan {
+    correlation_id: Uuid,
+    decisions: Vec<PolicyDecision>,
+    drivers: HashMap<String, Arc<dyn Driver>>,
+}
+
+impl DryRunPlan {
+    /// Asks each planned action's driver for its dry-run and rolls the
+    /// worst severity up into the transcript.
+    pub async fn run(mut self) -> Transcript {
+        for decision in &mut self.decisions {
+            for planned in &mut decision.planned {
+                let answer = match self.drivers.get(&planned.host) {
+                    Some(driver) => driver
+                        .dry_run(&planned.action, &planned.targets)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Err(format!("no driver for host {}", planned.host)),
+                };
+                planned.dry_run = Some(answer);
+            }
+        }
+        let severity = self
+            .decisions
+            .iter()
+            .map(|d| {
+                let answers = d.planned.iter().map(|p| match &p.dry_run {
+                    Some(Ok(list)) => list
+                        .iter()
+                        .map(|a| a.severity)
+                        .max()
+                        .unwrap_or(Severity::Info),
+                    _ => Severity::Error,
+                });
+                answers.fold(d.severity, Ord::max)
+            })
+            .max()
+            .unwrap_or(Severity::Info);
+        Transcript {
+            transcript_id: Uuid::new_v4(),
+            correlation_id: self.correlation_id,
+            decisions: self.decisions,
+            severity,
+        }
+    }
+}
+
 /// The queued work: one action over its targets on one host.
 pub struct ActionWork {
     driver: Arc<dyn Driver>,
@@ -597,6 +646,13 @@ impl Engine {
     /// The whole decision for `event` with driver dry-runs; trigger state,
     /// facts and store are left untouched (SPEC §6 "Dry-run of an event").
     pub async fn dry_run_event(&self, event: &Event) -> Result<Transcript, EngineError> {
+        Ok(self.plan_dry_run(event)?.run().await)
+    }
+
+    /// The decision part of [`Engine::dry_run_event`], without the driver
+    /// calls: a service loop runs [`DryRunPlan::run`] in a task of its own,
+    /// so a slow host's dry-run never holds up live events.
+    pub fn plan_dry_run(&self, event: &Event) -> Result<DryRunPlan, EngineError> {
         let now = (self.config.clock)();
         let mut decisions = Vec::new();
         let mut timers = Vec::new();
@@ -616,45 +672,28 @@ impl Engine {
                 now,
                 &mut timers,
             )?;
-            let Some(mut decision) = decision else {
+            let Some(decision) = decision else {
                 continue;
             };
-            for planned in &mut decision.planned {
-                let answer = match self.drivers.get(&planned.host) {
-                    Some(driver) => driver
-                        .dry_run(&planned.action, &planned.targets)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    None => Err(format!("no driver for host {}", planned.host)),
-                };
-                planned.dry_run = Some(answer);
-            }
             let stop = !decision.planned.is_empty() && self.policies[&id].ir.stop_on_match;
             decisions.push(decision);
             if stop {
                 break;
             }
         }
-        let severity = decisions
+        let drivers = decisions
             .iter()
-            .map(|d| {
-                let answers = d.planned.iter().map(|p| match &p.dry_run {
-                    Some(Ok(list)) => list
-                        .iter()
-                        .map(|a| a.severity)
-                        .max()
-                        .unwrap_or(Severity::Info),
-                    _ => Severity::Error,
-                });
-                answers.fold(d.severity, Ord::max)
+            .flat_map(|d| &d.planned)
+            .filter_map(|p| {
+                self.drivers
+                    .get(&p.host)
+                    .map(|d| (p.host.clone(), d.clone()))
             })
-            .max()
-            .unwrap_or(Severity::Info);
-        Ok(Transcript {
-            transcript_id: Uuid::new_v4(),
+            .collect();
+        Ok(DryRunPlan {
             correlation_id: event.correlation_id,
             decisions,
-            severity,
+            drivers,
         })
     }
 
