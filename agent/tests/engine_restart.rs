@@ -595,3 +595,109 @@ async fn reloading_an_unchanged_policy_keeps_its_running_countdown() {
         1
     );
 }
+
+/// A store whose writes can be made to fail, as a full disk would.
+struct Flaky {
+    inner: MemoryStore,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl EngineStore for Flaky {
+    fn write(
+        &self,
+        batch: &[agent::engine::store::Write],
+    ) -> agent::engine::store::StoreResult<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(agent::engine::store::StoreError::Corrupt {
+                what: "test",
+                value: "writes refused".into(),
+            });
+        }
+        self.inner.write(batch)
+    }
+    fn window_state(
+        &self,
+        id: Uuid,
+    ) -> agent::engine::store::StoreResult<agent::engine::store::WindowState> {
+        self.inner.window_state(id)
+    }
+    fn key_ran_at(&self, key: &str) -> agent::engine::store::StoreResult<Option<DateTime<Utc>>> {
+        self.inner.key_ran_at(key)
+    }
+    fn deadlines(
+        &self,
+    ) -> agent::engine::store::StoreResult<Vec<agent::engine::store::DeadlineRecord>> {
+        self.inner.deadlines()
+    }
+    fn timer_checks(
+        &self,
+    ) -> agent::engine::store::StoreResult<Vec<agent::engine::store::TimerCheckRecord>> {
+        self.inner.timer_checks()
+    }
+    fn open_intents(
+        &self,
+    ) -> agent::engine::store::StoreResult<Vec<agent::engine::store::IntentRecord>> {
+        self.inner.open_intents()
+    }
+    fn intent(
+        &self,
+        id: &agent::engine::store::IntentId,
+    ) -> agent::engine::store::StoreResult<Option<agent::engine::store::IntentEntry>> {
+        self.inner.intent(id)
+    }
+    fn runs(
+        &self,
+        id: Uuid,
+        limit: usize,
+    ) -> agent::engine::store::StoreResult<Vec<agent::engine::store::RunRecord>> {
+        self.inner.runs(id, limit)
+    }
+    fn latest_successful_run(
+        &self,
+        id: Uuid,
+    ) -> agent::engine::store::StoreResult<Option<agent::engine::store::RunRecord>> {
+        self.inner.latest_successful_run(id)
+    }
+    fn kill_switch(
+        &self,
+    ) -> agent::engine::store::StoreResult<agent::engine::store::KillSwitchState> {
+        self.inner.kill_switch()
+    }
+    fn audit(
+        &self,
+        query: &AuditQuery,
+    ) -> agent::engine::store::StoreResult<Vec<agent::engine::store::AuditEntry>> {
+        self.inner.audit(query)
+    }
+    fn trigger_states(&self) -> agent::engine::store::StoreResult<Vec<(Uuid, Value)>> {
+        self.inner.trigger_states()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_due_countdown_whose_run_cannot_be_stored_is_kept_and_fires_on_retry() {
+    let pve = pve();
+    let flaky = Arc::new(Flaky {
+        inner: MemoryStore::default(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    let store: Arc<dyn EngineStore> = flaky.clone();
+    let clock = clock();
+    let mut engine = engine(store.clone(), &pve, &clock, None, vec![held_policy()]);
+    engine.handle_event(&ups("on_battery")).await.unwrap();
+    seconds(120).await;
+    flaky
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(engine.fire_due(clock()).await.is_err());
+    assert!(pve.executes().is_empty());
+    // Still due: the fire was put back, not dropped.
+    assert_eq!(engine.next_deadline(), Some(clock()));
+    flaky
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    seconds(1).await;
+    assert_eq!(fire(&mut engine, &clock).await, 1);
+    assert_eq!(pve.status("vm:101").as_deref(), Some("stopped"));
+    assert_eq!(fire(&mut engine, &clock).await, 0, "fired once, not twice");
+}

@@ -265,11 +265,17 @@ async fn run(
         Err(e) => error!(error = %e, "engine start failed; it keeps running with what it restored"),
     }
     status.started.store(true, Ordering::Release);
+    // After a failed `fire_due` (the store refused a write) the fires stay
+    // queued; wait a second before the next try instead of spinning.
+    let mut fire_retry_at: Option<tokio::time::Instant> = None;
     let grace = loop {
-        let sleep = match engine.next_deadline() {
+        let mut sleep = match engine.next_deadline() {
             Some(at) => (at - clock()).to_std().unwrap_or(Duration::ZERO),
             None => Duration::from_secs(3600),
         };
+        if let Some(retry) = fire_retry_at {
+            sleep = sleep.max(retry.saturating_duration_since(tokio::time::Instant::now()));
+        }
         let has_work = engine.has_work();
         tokio::select! {
             grace = &mut stop => break grace.unwrap_or(Duration::from_secs(30)),
@@ -283,10 +289,7 @@ async fn run(
                     Some(event) => {
                         seed_facts(&mut engine, readings.as_ref());
                         metrics.event(event.kind.as_str(), false);
-                        match engine.handle_event(&event).await {
-                            Ok(report) => count(&metrics, &report),
-                            Err(e) => error!(correlation_id = %event.correlation_id, error = %e, "event not fully handled"),
-                        }
+                        handle_source_event(&mut engine, &event, &metrics).await;
                     }
                     None => bus = None,
                 }
@@ -305,8 +308,14 @@ async fn run(
             },
             _ = tokio::time::sleep(sleep) => {
                 match engine.fire_due(clock()).await {
-                    Ok(reports) => reports.iter().for_each(|r| count(&metrics, r)),
-                    Err(e) => error!(error = %e, "firing due timers failed"),
+                    Ok(reports) => {
+                        fire_retry_at = None;
+                        reports.iter().for_each(|r| count(&metrics, r));
+                    }
+                    Err(e) => {
+                        fire_retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                        error!(error = %e, "firing due timers failed; they stay queued and are retried");
+                    }
                 }
             }
         }
@@ -342,6 +351,29 @@ fn seed_facts(engine: &mut Engine, readings: Option<&crate::nut::LatestReadings>
         entry.charge_pct = ups.charge_pct.or(entry.charge_pct);
         entry.load = ups.load.or(entry.load);
         entry.variables.extend(ups.variables);
+    }
+}
+
+/// A source's event is published once (NUT publishes a change, not a
+/// level): when the store refuses what it implies, the engine puts the
+/// trigger state back and the event is tried again a few times, a second
+/// apart, before it is given up with an error.
+async fn handle_source_event(engine: &mut Engine, event: &Event, metrics: &Metrics) {
+    const ATTEMPTS: u32 = 4;
+    for attempt in 1..=ATTEMPTS {
+        match engine.handle_event(event).await {
+            Ok(report) => {
+                count(metrics, &report);
+                return;
+            }
+            Err(e) if attempt < ATTEMPTS => {
+                warn!(correlation_id = %event.correlation_id, attempt, error = %e, "event not handled; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                error!(correlation_id = %event.correlation_id, error = %e, "event not handled; given up");
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 //! exactly what was pending. Intents left without an outcome are reconciled
 //! by a driver dry-run (reading the targets' state), never re-executed.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use drivers::driver::{action_key, Action, ExecOutcome};
@@ -137,16 +137,37 @@ impl Engine {
                 self.at_fires.insert((next, id, trigger));
             }
         }
-        if !checked.is_empty() {
-            self.store.write(&checked)?;
-        }
         events.extend(self.timers.pop_due(now).iter().map(TimerRequest::event));
         events.sort_by_key(|e| e.ts);
+        let mut events: VecDeque<Event> = events.into();
+        // A fire taken out of its queue is never dropped: on a failure it
+        // and every fire after it go back to the front of `due_events`, and
+        // the next call delivers them (an event handled in part is safe to
+        // decide again: the fires and keys it persisted hold it back).
+        if !checked.is_empty() {
+            if let Err(e) = self.store.write(&checked) {
+                self.requeue(events);
+                return Err(e.into());
+            }
+        }
         let mut reports = Vec::new();
-        for event in events {
-            reports.push(self.handle_event(&event).await?);
+        while let Some(event) = events.pop_front() {
+            match self.handle_event(&event).await {
+                Ok(report) => reports.push(report),
+                Err(e) => {
+                    events.push_front(event);
+                    self.requeue(events);
+                    return Err(e);
+                }
+            }
         }
         Ok(reports)
+    }
+
+    /// Puts undelivered fires back, ahead of anything queued since.
+    fn requeue(&mut self, mut events: VecDeque<Event>) {
+        events.extend(self.due_events.drain(..));
+        self.due_events = events;
     }
 
     /// Engages the kill switch: persisted first, then every queued and new

@@ -560,6 +560,17 @@ impl Engine {
         Ok(true)
     }
 
+    /// Puts a policy's trigger state and armed countdowns back to `before`
+    /// after the store refused what the event implied, so the same event
+    /// handled again (a retried timer fire) decides the same way instead of
+    /// finding its edge or countdown already consumed. Best effort on the
+    /// store side: the refused writes never landed, and a failing re-write
+    /// of the old deadlines leaves the store as it was.
+    fn revert_state(&mut self, id: Uuid, current: TriggerState, before: TriggerState) {
+        let _ = self.sync_timers(id, &current, &before);
+        self.states.insert(id, before);
+    }
+
     /// Whether [`Engine::next_run`] has something to wait for or hand out:
     /// items not yet reported, or runs closed but not yet taken.
     pub fn has_work(&self) -> bool {
@@ -615,15 +626,27 @@ impl Engine {
             let decision = span
                 .in_scope(|| self.decide(id, pref.interest, &mut state, event, now, &mut timers));
             let synced = self.sync_timers(id, &before, &state);
-            self.states.insert(id, state);
-            synced?;
-            let Some(mut decision) = decision? else {
+            let decision = match synced.and(decision) {
+                Ok(decision) => decision,
+                Err(e) => {
+                    self.revert_state(id, state, before);
+                    return Err(e);
+                }
+            };
+            let Some(mut decision) = decision else {
+                self.states.insert(id, state);
                 continue;
             };
-            let scheduled = self
-                .apply(&mut decision, event, now)
-                .instrument(span)
-                .await?;
+            let after = state.clone();
+            self.states.insert(id, state);
+            let scheduled = match self.apply(&mut decision, event, now).instrument(span).await {
+                Ok(scheduled) => scheduled,
+                Err(e) => {
+                    self.states.remove(&id);
+                    self.revert_state(id, after, before);
+                    return Err(e);
+                }
+            };
             let stop = scheduled && self.policies[&id].ir.stop_on_match;
             decisions.push(decision);
             if stop {
