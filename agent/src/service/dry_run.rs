@@ -299,15 +299,12 @@ async fn resolve(
         let run = service
             .store(move |s| s.latest_successful_run(forward))
             .await?;
-        let prefix = format!("{}:", spec.target_type);
-        let ids = run
-            .iter()
-            .flat_map(|r| r.changed_targets())
-            .filter(|(host, target)| *host == host_id && target.starts_with(&prefix))
-            .filter(|(_, target)| snapshot.as_ref().is_none_or(|s| s.contains(target)))
-            .map(|(_, target)| target.to_string())
-            .collect();
-        return Ok(ids);
+        return Ok(crate::engine::store::ledger_targets(
+            run.as_ref(),
+            host_id,
+            &spec.target_type,
+            snapshot.as_deref(),
+        ));
     }
     let Some(snapshot) = snapshot else {
         findings.push(Finding::new(

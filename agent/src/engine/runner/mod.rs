@@ -955,15 +955,12 @@ impl Engine {
                 .store
                 .latest_successful_run(forward)
                 .map_err(|e| (SELECTOR_UNRESOLVED, e.to_string()))?;
-            let prefix = format!("{}:", targets.target_type);
-            let ids = run
-                .iter()
-                .flat_map(|r| r.changed_targets())
-                .filter(|(host, target)| *host == targets.host_id && target.starts_with(&prefix))
-                .filter(|(_, target)| snapshot.is_none_or(|s| s.contains(target)))
-                .map(|(_, target)| target.to_string())
-                .collect();
-            return Ok(ids);
+            return Ok(super::store::ledger_targets(
+                run.as_ref(),
+                &targets.host_id,
+                &targets.target_type,
+                snapshot,
+            ));
         }
         if !policy.ir.dynamic_resolution {
             if let Some(ids) = &targets.resolved_ids {
