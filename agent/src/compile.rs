@@ -105,14 +105,18 @@ pub struct SpecMeta {
 }
 
 /// Compiles a spec; see the module docs. The spec is consumed: its parts
-/// move into the IR instead of being copied.
-pub fn compile(spec: PolicySpec, manifests: &ManifestSet, ctx: &CompileContext<'_>) -> Compiled {
+/// move into the IR instead of being copied (the actions' ids, verbs and
+/// params into the plan steps; the hash reads the plan, not the actions).
+pub fn compile(
+    mut spec: PolicySpec,
+    manifests: &ManifestSet,
+    ctx: &CompileContext<'_>,
+) -> Compiled {
     let mut findings = Vec::new();
     let host = resolve_host(&spec, manifests, ctx, &mut findings);
     check_target_type(&spec, manifests, host.as_ref(), &mut findings);
-    let plan: Vec<Option<PlanStep>> = spec
-        .actions
-        .iter()
+    let plan: Vec<Option<PlanStep>> = std::mem::take(&mut spec.actions)
+        .into_iter()
         .enumerate()
         .map(|(i, action)| {
             compile_action(
@@ -295,15 +299,18 @@ fn check_target_type(
     }
 }
 
+/// Checks one action and turns it into a plan step, moving its parts. JSON
+/// pointers (`/actions/{i}/...`) are only formatted for a finding: a valid
+/// action needs none.
 fn compile_action(
     i: usize,
-    action: &ActionSpec,
+    action: ActionSpec,
     target_type: &str,
     manifests: &ManifestSet,
     host: Option<&HostPlugin<'_>>,
     findings: &mut Vec<Finding>,
 ) -> Option<PlanStep> {
-    let path = format!("/actions/{i}");
+    let path = || format!("/actions/{i}");
     let cap_id = action.capability_id.as_str();
     let capability = find_capability(&path, cap_id, manifests, host, findings)?;
 
@@ -317,7 +324,7 @@ fn compile_action(
             Finding::new(
                 Severity::Blocker,
                 "compile.unknown_verb",
-                format!("{path}/verb"),
+                format!("{}/verb", path()),
                 format!("capability `{cap_id}` has no verb `{}`", action.verb),
             )
             .with_hint(hint),
@@ -329,7 +336,7 @@ fn compile_action(
             Finding::new(
                 Severity::Blocker,
                 "compile.target_type_unsupported",
-                format!("{path}/capability_id"),
+                format!("{}/capability_id", path()),
                 format!(
                     "capability `{cap_id}` acts on {}, not on `{target_type}`",
                     capability.targets.join(", ")
@@ -339,28 +346,32 @@ fn compile_action(
         );
         ok = false;
     }
-    let params = if ok {
-        compile_params(&path, action, capability, findings)
-    } else {
-        None
-    };
+    if !ok {
+        return None;
+    }
+    let ActionSpec {
+        capability_id,
+        verb,
+        params,
+        key_hint,
+    } = action;
+    let params = compile_params(&path, &verb, params, capability, findings)?;
     Some(PlanStep {
-        capability: cap_id.to_string(),
-        verb: action.verb.clone(),
-        params: params?,
-        key_hint: action.key_hint.clone(),
+        capability: capability_id,
+        verb,
+        params,
+        key_hint,
     })
-    .filter(|_| ok)
 }
 
 fn find_capability<'m>(
-    path: &str,
+    path: &dyn Fn() -> String,
     cap_id: &str,
     manifests: &'m ManifestSet,
     host: Option<&HostPlugin<'m>>,
     findings: &mut Vec<Finding>,
 ) -> Option<&'m Capability> {
-    let cpath = format!("{path}/capability_id");
+    let cpath = || format!("{}/capability_id", path());
     if let Some(host) = host {
         if let Some(cap) = host.plugin.capability(cap_id) {
             return Some(cap);
@@ -370,7 +381,7 @@ fn find_capability<'m>(
                 Finding::new(
                     Severity::Blocker,
                     "compile.capability_not_on_host",
-                    cpath,
+                    cpath(),
                     format!(
                         "capability `{cap_id}` belongs to plugin `{}`, but the host uses plugin `{}`",
                         other.id, host.plugin.id
@@ -403,7 +414,7 @@ fn find_capability<'m>(
         Finding::new(
             Severity::Blocker,
             "compile.unknown_capability",
-            cpath,
+            cpath(),
             format!("unknown capability `{cap_id}`"),
         )
         .with_hint(hint),
@@ -411,20 +422,32 @@ fn find_capability<'m>(
     None
 }
 
+/// Checks an action's params against the capability and completes them
+/// with the manifest's defaults. The given params are all kept when every
+/// one passes, so the map is checked by reference first and then extended
+/// in place; anything else reports every problem and returns `None`.
 fn compile_params(
-    path: &str,
-    action: &ActionSpec,
+    path: &dyn Fn() -> String,
+    verb: &str,
+    params: Map<String, Value>,
     capability: &Capability,
     findings: &mut Vec<Finding>,
 ) -> Option<Map<String, Value>> {
-    let verb = action.verb.as_str();
-    let mut out = Map::new();
     let mut ok = true;
-    let declared: Vec<(&str, &drivers::manifest::ParamSpec)> =
-        capability.params_for(verb).collect();
-    for (name, value) in &action.params {
-        let ppath = format!("{path}/params/{}", inventory::finding::pointer_token(name));
-        let Some((_, spec)) = declared.iter().find(|(n, _)| *n == name.as_str()) else {
+    let declared = || capability.params_for(verb);
+    for (name, value) in &params {
+        let ppath = || {
+            format!(
+                "{}/params/{}",
+                path(),
+                inventory::finding::pointer_token(name)
+            )
+        };
+        let Some(spec) = capability
+            .params
+            .get(name.as_str())
+            .filter(|spec| spec.applies_to(verb))
+        else {
             let other_verb = capability.params.contains_key(name.as_str());
             let message = if other_verb {
                 format!(
@@ -434,14 +457,14 @@ fn compile_params(
             } else {
                 format!("capability `{}` has no param `{name}`", capability.id)
             };
-            let names: Vec<&str> = declared.iter().map(|(n, _)| *n).collect();
+            let names: Vec<&str> = declared().map(|(n, _)| n).collect();
             let hint = match did_you_mean(name, names.iter().copied()) {
                 Some(close) => format!("did you mean `{close}`?"),
                 None if names.is_empty() => format!("verb `{verb}` takes no params"),
                 None => format!("params of `{verb}`: {}", names.join(", ")),
             };
             findings.push(
-                Finding::new(Severity::Blocker, "compile.unknown_param", ppath, message)
+                Finding::new(Severity::Blocker, "compile.unknown_param", ppath(), message)
                     .with_hint(hint),
             );
             ok = false;
@@ -456,21 +479,17 @@ fn compile_params(
             findings.push(Finding::new(
                 Severity::Blocker,
                 code,
-                ppath,
+                ppath(),
                 format!("param `{name}`: {why}"),
             ));
             ok = false;
-            continue;
         }
-        out.insert(name.clone(), value.clone());
     }
-    for (name, spec) in &declared {
-        if out.contains_key(*name) || action.params.contains_key(*name) {
+    for (name, spec) in declared() {
+        if params.contains_key(name) || spec.default.is_some() {
             continue;
         }
-        if let Some(default) = &spec.default {
-            out.insert((*name).to_string(), default.clone());
-        } else if spec.required {
+        if spec.required {
             let hint = match &spec.allowed {
                 Some(values) => format!(
                     "one of: {}",
@@ -486,7 +505,7 @@ fn compile_params(
                 Finding::new(
                     Severity::Blocker,
                     "compile.missing_param",
-                    format!("{path}/params/{name}"),
+                    format!("{}/params/{name}", path()),
                     format!("verb `{verb}` of `{}` needs param `{name}`", capability.id),
                 )
                 .with_hint(hint),
@@ -494,7 +513,18 @@ fn compile_params(
             ok = false;
         }
     }
-    ok.then_some(out)
+    if !ok {
+        return None;
+    }
+    let mut out = params;
+    for (name, spec) in declared() {
+        if let Some(default) = &spec.default {
+            if !out.contains_key(name) {
+                out.insert(name.to_string(), default.clone());
+            }
+        }
+    }
+    Some(out)
 }
 
 fn resolve_selector(
@@ -520,13 +550,11 @@ fn resolve_selector(
     {
         return match selector.resolve(host) {
             Ok(resolution) => {
-                findings.extend(resolution.findings.iter().map(|f| Finding {
-                    path: if f.path.is_empty() {
-                        path.to_string()
-                    } else {
-                        f.path.clone()
-                    },
-                    ..f.clone()
+                findings.extend(resolution.findings.into_iter().map(|mut f| {
+                    if f.path.is_empty() {
+                        f.path = path.to_string();
+                    }
+                    f
                 }));
                 (Some(resolution.ids), ctx.now.clone())
             }

@@ -16,6 +16,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::compile::PlanStep;
+use crate::spec::json::plain_len;
 use crate::spec::{Condition, EventPattern, PolicySpec, Repeat, Schedule, Scope, Trigger, Weekday};
 use inventory::selector::SelectorMode;
 
@@ -98,6 +99,12 @@ impl<'w> Obj<'w> {
         write_str(self.key(key), value);
     }
 
+    /// A value from Hazel's own vocabulary (a type, an operator, a scope):
+    /// known not to need escaping, so it is copied without the check.
+    fn word(&mut self, key: &'static str, value: &'static str) {
+        push_word(self.key(key), value);
+    }
+
     fn opt_str(&mut self, key: &'static str, value: Option<&str>) {
         if let Some(v) = value {
             self.str(key, v);
@@ -129,9 +136,9 @@ fn write_trigger(out: &mut Vec<u8>, t: &Trigger) {
     let mut o = Obj::new(out);
     match t {
         Trigger::UpsState { equals, for_s, ups } => {
-            o.str("equals", equals.as_str());
+            o.word("equals", equals.as_str());
             o.opt_uint("for_s", *for_s);
-            o.str("type", t.type_name());
+            o.word("type", t.type_name());
             o.opt_str("ups", ups.as_deref());
         }
         Trigger::MetricThreshold {
@@ -143,8 +150,8 @@ fn write_trigger(out: &mut Vec<u8>, t: &Trigger) {
         } => {
             o.opt_uint("for_s", *for_s);
             o.str("metric", metric);
-            o.str("op", op.as_str());
-            o.str("type", t.type_name());
+            o.word("op", op.as_str());
+            o.word("type", t.type_name());
             o.opt_str("ups", ups.as_deref());
             write_canonical(o.key("value"), &Value::from(*value));
         }
@@ -160,11 +167,11 @@ fn write_trigger(out: &mut Vec<u8>, t: &Trigger) {
                             if i > 0 {
                                 list.push(b',');
                             }
-                            write_str(list, Weekday::NAMES[*d as usize]);
+                            push_word(list, Weekday::NAMES[*d as usize]);
                         }
                         list.push(b']');
                     }
-                    s.str(
+                    s.word(
                         "repeat",
                         if *repeat == Repeat::Daily {
                             "daily"
@@ -176,7 +183,7 @@ fn write_trigger(out: &mut Vec<u8>, t: &Trigger) {
                 Schedule::Cron { cron } => s.str("cron", cron),
             }
             s.end();
-            o.str("type", t.type_name());
+            o.word("type", t.type_name());
         }
         Trigger::TimerAfter {
             after_s,
@@ -186,21 +193,21 @@ fn write_trigger(out: &mut Vec<u8>, t: &Trigger) {
             let mut s = Obj::new(o.key("since_event"));
             match since_event {
                 EventPattern::UpsState { equals, ups } => {
-                    s.str("equals", equals.as_str());
-                    s.str("type", "ups.state");
+                    s.word("equals", equals.as_str());
+                    s.word("type", "ups.state");
                     s.opt_str("ups", ups.as_deref());
                 }
                 EventPattern::WebhookCustom { name } => {
                     s.str("name", name);
-                    s.str("type", "webhook.custom");
+                    s.word("type", "webhook.custom");
                 }
             }
             s.end();
-            o.str("type", t.type_name());
+            o.word("type", t.type_name());
         }
         Trigger::WebhookCustom { name } => {
             o.str("name", name);
-            o.str("type", t.type_name());
+            o.word("type", t.type_name());
         }
     }
     o.end();
@@ -209,32 +216,44 @@ fn write_trigger(out: &mut Vec<u8>, t: &Trigger) {
 fn write_condition(out: &mut Vec<u8>, c: &Condition) {
     let mut o = Obj::new(out);
     o.str("field", &c.field);
-    o.str("op", c.op.as_str());
-    o.str("scope", Scope::NAMES[c.scope as usize]);
+    o.word("op", c.op.as_str());
+    o.word("scope", Scope::NAMES[c.scope as usize]);
     o.opt_str("ups", c.ups.as_deref());
     write_canonical(o.key("value"), &c.value);
     o.end();
 }
 
-/// Writes items whose order carries no meaning: each is written once into
-/// one scratch buffer, then the texts are emitted in sorted order.
+/// Writes items whose order carries no meaning: each is written once past
+/// the end of `out`, then the texts are appended in sorted order and the
+/// unsorted copies removed. Using `out` as the scratch space (and the stack
+/// for the spans of up to 16 items) keeps this free of allocations: the
+/// buffer is reused per thread by [`policy_hash`].
 fn write_sorted<T>(out: &mut Vec<u8>, items: &[T], write: fn(&mut Vec<u8>, &T)) {
-    let mut scratch = Vec::with_capacity(items.len() * 96);
-    let mut spans: Vec<(usize, usize)> = Vec::with_capacity(items.len());
-    for item in items {
-        let start = scratch.len();
-        write(&mut scratch, item);
-        spans.push((start, scratch.len()));
+    let mut small = [(0, 0); 16];
+    let mut large = Vec::new();
+    let spans: &mut [(usize, usize)] = if items.len() <= small.len() {
+        &mut small[..items.len()]
+    } else {
+        large.resize(items.len(), (0, 0));
+        &mut large
+    };
+    let scratch = out.len();
+    for (item, span) in items.iter().zip(spans.iter_mut()) {
+        let start = out.len();
+        write(out, item);
+        *span = (start, out.len());
     }
-    spans.sort_unstable_by(|a, b| scratch[a.0..a.1].cmp(&scratch[b.0..b.1]));
+    spans.sort_unstable_by(|a, b| out[a.0..a.1].cmp(&out[b.0..b.1]));
+    let sorted = out.len();
     out.push(b'[');
-    for (i, (start, end)) in spans.into_iter().enumerate() {
+    for (i, &(start, end)) in spans.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&scratch[start..end]);
+        out.extend_from_within(start..end);
     }
     out.push(b']');
+    out.drain(scratch..sorted);
 }
 
 fn write_canonical_spec(out: &mut Vec<u8>, spec: &PolicySpec, plan: &[PlanStep]) {
@@ -266,7 +285,7 @@ fn write_canonical_spec(out: &mut Vec<u8>, spec: &PolicySpec, plan: &[PlanStep])
         t.str("host_id", &spec.targets.host_id);
         {
             let mut sel = Obj::new(t.key("selector"));
-            sel.str("mode", spec.targets.selector.mode.as_str());
+            sel.word("mode", spec.targets.selector.mode.as_str());
             let value = &spec.targets.selector.value;
             match spec.targets.selector.mode {
                 SelectorMode::List | SelectorMode::Range if value.contains(char::is_whitespace) => {
@@ -289,7 +308,7 @@ fn write_canonical_spec(out: &mut Vec<u8>, spec: &PolicySpec, plan: &[PlanStep])
     }
     {
         let mut g = Obj::new(o.key("trigger_group"));
-        g.str(
+        g.word(
             "logic",
             match spec.trigger_group.logic {
                 crate::spec::Logic::All => "ALL",
@@ -308,24 +327,47 @@ fn write_canonical_spec(out: &mut Vec<u8>, spec: &PolicySpec, plan: &[PlanStep])
 }
 
 fn write_map(out: &mut impl Write, map: &serde_json::Map<String, Value>) {
-    let mut keys: Vec<&String> = map.keys().collect();
-    keys.sort_unstable();
+    // serde_json's default map iterates in key order already; only a map
+    // that keeps insertion order (a serde_json feature) needs sorting.
+    if map.keys().is_sorted() {
+        write_entries(out, map.iter());
+    } else {
+        let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+        entries.sort_unstable_by_key(|(k, _)| *k);
+        write_entries(out, entries.into_iter());
+    }
+}
+
+fn write_entries<'v>(out: &mut impl Write, entries: impl Iterator<Item = (&'v String, &'v Value)>) {
     let _ = out.write_all(b"{");
-    for (i, key) in keys.into_iter().enumerate() {
+    for (i, (key, value)) in entries.enumerate() {
         if i > 0 {
             let _ = out.write_all(b",");
         }
         write_str(out, key);
         let _ = out.write_all(b":");
-        write_canonical(out, &map[key]);
+        write_canonical(out, value);
     }
     let _ = out.write_all(b"}");
+}
+
+/// Writes a string of Hazel's vocabulary (no quote, backslash or control
+/// character: debug builds check) as JSON.
+fn push_word(out: &mut Vec<u8>, word: &'static str) {
+    debug_assert_eq!(
+        plain_len(word.as_bytes()),
+        word.len(),
+        "{word:?} needs escaping"
+    );
+    out.push(b'"');
+    out.extend_from_slice(word.as_bytes());
+    out.push(b'"');
 }
 
 /// Writes a JSON string; text without quotes, backslashes or control
 /// characters (nearly all of a policy) is copied as it is.
 fn write_str(out: &mut impl Write, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if plain_len(s.as_bytes()) == s.len() {
         let _ = out.write_all(b"\"");
         let _ = out.write_all(s.as_bytes());
         let _ = out.write_all(b"\"");

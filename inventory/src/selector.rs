@@ -391,7 +391,7 @@ impl Selector {
                 if *count > MAX_IDS {
                     return Err(too_large(None, &self.value, *count as u128));
                 }
-                let positions = self.resolve_items(host, items, *overlapping);
+                let positions = self.resolve_items(host, items, *count, *overlapping);
                 let missing = count - positions.len();
                 (positions, missing)
             }
@@ -435,11 +435,19 @@ impl Selector {
     }
 
     /// Positions in `host` of the listed ids that exist, in expansion order.
-    fn resolve_items(&self, host: &HostInventory, items: &[Item], overlapping: bool) -> Vec<usize> {
+    /// `count` (the distinct ids listed) bounds the result, so the list is
+    /// allocated once instead of growing.
+    fn resolve_items(
+        &self,
+        host: &HostInventory,
+        items: &[Item],
+        count: usize,
+        overlapping: bool,
+    ) -> Vec<usize> {
         let Some(index) = host.type_index(&self.target_type) else {
             return Vec::new();
         };
-        let mut positions = Vec::new();
+        let mut positions = Vec::with_capacity(count.min(host.len()));
         let mut seen = if overlapping {
             vec![false; host.len()]
         } else {

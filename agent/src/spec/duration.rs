@@ -30,7 +30,7 @@ pub enum DurationError {
 
 /// Parses a duration into whole seconds.
 pub fn parse_duration(text: &str) -> Result<u64, DurationError> {
-    if text.trim().is_empty() {
+    if super::parse::is_blank(text) {
         return Err(DurationError::Empty);
     }
     let mut total: u64 = 0;

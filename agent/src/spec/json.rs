@@ -43,6 +43,45 @@ pub fn parse<'a>(text: &'a str, arena: &'a Bump) -> Result<Node<'a>, JsonError> 
     Ok(node)
 }
 
+/// How many bytes at the start of `bytes` a JSON string holds as they are:
+/// everything before the first quote, backslash or control character (all
+/// of `bytes` when there is none).
+///
+/// Eight bytes are tested at once (SWAR): a byte-at-a-time loop was the
+/// costliest part of reading a policy, and the canonical writer of the hash
+/// asks the same question of every string it writes. Each mask below flags
+/// its lowest matching byte exactly; wrong flags can only appear above a
+/// right one (a borrow runs upwards), so the lowest flag of the union is the
+/// first special byte.
+#[inline]
+pub(crate) fn plain_len(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_le_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
+    const SPACES: u64 = u64::from_le_bytes([0x20; 8]);
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("a chunk of 8 bytes"));
+        let quote = word ^ QUOTES;
+        let backslash = word ^ BACKSLASHES;
+        // A byte is flagged when it is zero after the XOR (a quote or a
+        // backslash) or below 0x20 (a control character).
+        let special = ((quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (word.wrapping_sub(SPACES) & !word))
+            & HIGHS;
+        if special != 0 {
+            return i + (special.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + bytes[i..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .unwrap_or(bytes.len() - i)
+}
+
 struct Parser<'a> {
     text: &'a str,
     bytes: &'a [u8],
@@ -56,6 +95,7 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
+    #[cold]
     fn error(&self, message: &'static str) -> JsonError {
         let upto = &self.bytes[..self.pos.min(self.bytes.len())];
         let line = upto.iter().filter(|b| **b == b'\n').count() + 1;
@@ -72,9 +112,13 @@ impl<'a> Parser<'a> {
     }
 
     fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.pos) {
-            self.pos += 1;
+        // A local position: the loop then runs in registers instead of
+        // storing the field at every byte of a pretty-printed indentation.
+        let mut pos = self.pos;
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(pos) {
+            pos += 1;
         }
+        self.pos = pos;
     }
 
     fn peek(&self) -> Option<u8> {
@@ -101,6 +145,18 @@ impl<'a> Parser<'a> {
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(_) => Err(self.error("expected value")),
             None => Err(self.error("EOF while parsing a value")),
+        }
+    }
+
+    /// A value inside an object or a list. Most of them are strings, read
+    /// here directly: going through [`Parser::value`] costs a call that saves
+    /// and restores half the registers for each of them.
+    #[inline(always)]
+    fn element(&mut self) -> Result<Node<'a>, JsonError> {
+        if self.peek() == Some(b'"') {
+            self.string().map(Node::Str)
+        } else {
+            self.value()
         }
     }
 
@@ -140,7 +196,7 @@ impl<'a> Parser<'a> {
                 _ => return Err(self.error("expected `:`")),
             }
             self.skip_ws();
-            let value = self.value()?;
+            let value = self.element()?;
             self.entries.push((key, value));
             self.skip_ws();
             match self.peek() {
@@ -167,7 +223,7 @@ impl<'a> Parser<'a> {
         }
         loop {
             self.skip_ws();
-            let item = self.value()?;
+            let item = self.element()?;
             self.items.push(item);
             self.skip_ws();
             match self.peek() {
@@ -184,24 +240,30 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// A string borrowed from the text when it has no escape (inlined into
+    /// the callers: nearly every string of a policy takes this path), else
+    /// [`Parser::string_slow`].
+    #[inline(always)]
     fn string(&mut self) -> Result<&'a str, JsonError> {
-        self.pos += 1; // opening quote
-        let start = self.pos;
-        // Fast path: no escape before the closing quote.
-        while let Some(&b) = self.bytes.get(self.pos) {
-            match b {
-                b'"' => {
-                    let s = &self.text[start..self.pos];
-                    self.pos += 1;
-                    return Ok(s);
-                }
-                b'\\' => break,
-                0x00..=0x1f => return Err(self.error("control character in string")),
-                _ => self.pos += 1,
-            }
+        let start = self.pos + 1; // after the opening quote
+        let end = start + plain_len(&self.bytes[start..]);
+        if self.bytes.get(end) == Some(&b'"') {
+            self.pos = end + 1;
+            return Ok(&self.text[start..end]);
         }
-        if self.pos >= self.bytes.len() {
-            return Err(self.error("EOF while parsing a string"));
+        self.pos = end;
+        self.string_slow(start)
+    }
+
+    /// The rest of a string that `start` opened, from the first byte
+    /// [`plain_len`] stopped at: an escape, a control character or the end.
+    #[cold]
+    #[inline(never)]
+    fn string_slow(&mut self, start: usize) -> Result<&'a str, JsonError> {
+        match self.bytes.get(self.pos) {
+            Some(b'\\') => {}
+            Some(_) => return Err(self.error("control character in string")),
+            None => return Err(self.error("EOF while parsing a string")),
         }
         let mut out = String::with_capacity(self.pos - start + 16);
         out.push_str(&self.text[start..self.pos]);
@@ -241,12 +303,7 @@ impl<'a> Parser<'a> {
                     // Copy a run of plain characters at once (UTF-8 safe:
                     // the run ends at an ASCII quote, backslash or control).
                     let run_start = self.pos;
-                    while let Some(&c) = self.bytes.get(self.pos) {
-                        if c == b'"' || c == b'\\' || c < 0x20 {
-                            break;
-                        }
-                        self.pos += 1;
-                    }
+                    self.pos += plain_len(&self.bytes[self.pos..]);
                     out.push_str(&self.text[run_start..self.pos]);
                 }
             }
@@ -426,6 +483,36 @@ mod tests {
         );
     }
 
+    /// The byte-at-a-time definition [`plain_len`] must agree with.
+    fn plain_len_slow(bytes: &[u8]) -> usize {
+        bytes
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .unwrap_or(bytes.len())
+    }
+
+    #[test]
+    fn plain_len_stops_at_the_first_quote_backslash_or_control() {
+        for text in [
+            "",
+            "plain",
+            "exactly8",
+            "sixteen bytes!!!",
+            "a\"b",
+            "0123456789\\x",
+            "tab\there",
+            "\u{1f}",
+            "ünïcödé text that is longer than eight bytes\"",
+            "\u{7f}\u{80}\u{ff} high bytes are plain",
+        ] {
+            assert_eq!(
+                plain_len(text.as_bytes()),
+                plain_len_slow(text.as_bytes()),
+                "{text:?}"
+            );
+        }
+    }
+
     fn json_text() -> impl Strategy<Value = String> {
         // Valid JSON from serde_json plus mutations of it: both must agree.
         let leaf = prop_oneof![
@@ -475,6 +562,11 @@ mod tests {
         #[test]
         fn agrees_with_serde_json_on_valid_and_broken_text(text in json_text()) {
             prop_assert!(agree(&text), "disagree on {:?}", text);
+        }
+
+        #[test]
+        fn plain_len_agrees_with_a_byte_loop(bytes in prop::collection::vec(any::<u8>(), 0..40)) {
+            prop_assert_eq!(plain_len(&bytes), plain_len_slow(&bytes));
         }
 
         #[test]

@@ -129,6 +129,18 @@ pub fn is_literal_id(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b':' | b'-'))
 }
 
+/// Whether `text` is empty or only whitespace (`text.trim().is_empty()`).
+/// Text that starts with printable ASCII, nearly every value of a policy,
+/// is answered from its first byte instead of a Unicode trim.
+pub(crate) fn is_blank(text: &str) -> bool {
+    match text.as_bytes().first() {
+        // `char::is_whitespace` in ASCII: tab, line feed, vertical tab, form
+        // feed, carriage return, space; all of them are at most 0x20.
+        Some(&b) if b > b' ' && b.is_ascii() => false,
+        _ => text.trim().is_empty(),
+    }
+}
+
 /// Walks a `serde_json::Value` into a [`PolicySpec`]; see [`parse_spec_node`].
 pub fn parse_spec(doc: &Value) -> (Option<PolicySpec>, Vec<Finding>) {
     let arena = bumpalo::Bump::new();
@@ -232,17 +244,24 @@ impl Walker {
             self.wrong_type(path, "an object", v);
             return None;
         };
-        for (i, (key, _)) in map.iter().enumerate() {
-            if !fields.iter().any(|f| same_word(f, key)) {
-                self.unknown_field(path, key, fields);
-            } else if map[..i].iter().any(|(k, _)| same_word(k, key)) {
-                // JSON parsers keep one of the two silently; say which one counts.
-                self.blocker(
-                    "schema.duplicate_field",
-                    &path.key(key),
-                    format!("field `{key}` is written twice"),
-                )
-                .hint = Some("remove one of them; only the first would be read".into());
+        // Known fields seen so far, by their index in `fields`: a key is
+        // written twice exactly when its field was already seen, which saves
+        // comparing every key with every earlier one.
+        debug_assert!(fields.len() <= 64, "a field set fits the bit mask");
+        let mut seen = 0u64;
+        for (key, _) in map.iter() {
+            match fields.iter().position(|f| same_word(f, key)) {
+                None => self.unknown_field(path, key, fields),
+                Some(i) if seen & (1 << i) != 0 => {
+                    // JSON parsers keep one of the two silently; say which one counts.
+                    self.blocker(
+                        "schema.duplicate_field",
+                        &path.key(key),
+                        format!("field `{key}` is written twice"),
+                    )
+                    .hint = Some("remove one of them; only the first would be read".into());
+                }
+                Some(i) => seen |= 1 << i,
             }
         }
         Some(map)
@@ -279,7 +298,7 @@ impl Walker {
 
     fn string<'v, 'a: 'v>(&mut self, v: &'v Node<'a>, path: &P<'_>) -> Option<&'v str> {
         match v {
-            Node::Str(s) if !s.trim().is_empty() => Some(s),
+            Node::Str(s) if !is_blank(s) => Some(s),
             Node::Str(_) => {
                 self.blocker("schema.empty", path, "must not be empty".into());
                 None
@@ -381,7 +400,8 @@ impl Walker {
             .required(root, "name", r)
             .and_then(|v| self.string(v, &r.key("name")))
             .and_then(|n| {
-                if n.trim().chars().count() < 3 {
+                // Fewer than 3 characters: no third one (without counting all).
+                if n.trim().chars().nth(2).is_none() {
                     self.blocker(
                         "schema.name_too_short",
                         &r.key("name"),
@@ -1052,5 +1072,20 @@ impl Walker {
             params: params?,
             key_hint: key_hint?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_blank_agrees_with_trim() {
+        for text in [
+            "", " ", "\t\n", "\u{b}", "\u{c}x", "x", " x", "\u{a0}", "\u{a0}y", "\u{1}", "é",
+            "\u{7f}",
+        ] {
+            assert_eq!(is_blank(text), text.trim().is_empty(), "{text:?}");
+        }
     }
 }
