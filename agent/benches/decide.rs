@@ -7,7 +7,9 @@
 //! Two figures. `decide/in_memory` is the decision the target is about:
 //! facts updated from the event, the trigger index shortlist in run order,
 //! every shortlisted policy's trigger evaluation and, for those that fired,
-//! its conditions ([`agent::engine::decide::decide`]). `decide/engine` is
+//! its conditions, through the same [`Decider`] the engine holds
+//! ([`Decider::decide`]; explain text is rendered from the verdicts only
+//! when a ledger entry is written, so not here). `decide/engine` is
 //! the whole [`Engine::handle_event`] with the in-memory store and a driver
 //! that answers at once: suppression, re-resolution, idempotency keys,
 //! guards, intents and enqueueing of every matched policy (windows are 0 s,
@@ -23,15 +25,17 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::{Arc, RwLock};
+
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 use agent::compile::Ir;
 use agent::engine::conditions::FactsSnapshot;
-use agent::engine::decide::{decide, PolicyLookup, PolicyView};
+use agent::engine::decide::{ConditionMemo, Decided, Decider};
 use agent::engine::event::Event;
 use agent::engine::runner::{Engine, EngineConfig, Policy};
 use agent::engine::store::MemoryStore;
-use agent::engine::triggers::{TriggerIndex, TriggerState};
+use agent::engine::triggers::EventView;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use drivers::breaker::{BreakerConfig, Breakers};
 use drivers::driver::Driver;
@@ -45,68 +49,61 @@ const P99_EVENTS: usize = 20_000;
 /// slower than the last, see below).
 const ENGINE_EVENTS: usize = 20;
 
-/// The loaded policies by the id the index holds.
-struct Policies(HashMap<String, Ir>);
-
-impl PolicyLookup for Policies {
-    fn policy(&self, policy_id: &str) -> Option<PolicyView<'_>> {
-        self.0.get(policy_id).map(|ir| PolicyView {
-            group: &ir.match_.trigger_group,
-            conditions: &ir.match_.conditions,
-            host_id: &ir.targets.host_id,
-        })
-    }
-
-    fn count_matching(&self, policy_id: &str) -> Result<usize, String> {
-        self.0
-            .get(policy_id)
-            .map(|ir| ir.targets.resolved_ids.as_ref().map_or(0, Vec::len))
-            .ok_or_else(|| format!("no policy {policy_id}"))
-    }
-}
-
-/// The in-memory decision state: index, policies, trigger states, facts.
-struct Decider {
-    index: TriggerIndex,
-    policies: Policies,
-    states: HashMap<Arc<str>, TriggerState>,
+/// The in-memory decision state the engine holds ([`Decider`]: index,
+/// policies, trigger states, condition lists), the facts, and the buffers
+/// reused from event to event.
+struct InMemory {
+    decider: Decider,
+    targets: HashMap<Uuid, usize>,
     facts: FactsSnapshot,
+    memo: ConditionMemo,
+    decided: Vec<Decided>,
 }
 
-impl Decider {
-    fn new(compiled: &[(uuid::Uuid, Ir)]) -> Decider {
-        let policies = Policies(
-            compiled
+impl InMemory {
+    fn new(compiled: &[(Uuid, Ir)]) -> InMemory {
+        let mut decider = Decider::new();
+        for (id, ir) in compiled {
+            decider.insert(
+                *id,
+                ir.priority,
+                &ir.match_.trigger_group,
+                &ir.match_.conditions,
+                &ir.targets.host_id,
+            );
+        }
+        InMemory {
+            decider,
+            targets: compiled
                 .iter()
-                .map(|(id, ir)| (id.to_string(), ir.clone()))
+                .map(|(id, ir)| (*id, ir.targets.resolved_ids.as_ref().map_or(0, Vec::len)))
                 .collect(),
-        );
-        let index = TriggerIndex::build(
-            policies
-                .0
-                .iter()
-                .map(|(id, ir)| (id.as_str(), ir.priority, &ir.match_.trigger_group)),
-        );
-        Decider {
-            index,
-            policies,
-            states: HashMap::new(),
             facts: common::facts(),
+            memo: ConditionMemo::default(),
+            decided: Vec::new(),
         }
     }
 
     /// One event: facts, then steps 1–3. Returns how many policies matched.
     fn handle(&mut self, event: &Event) -> usize {
         self.facts.apply(event);
-        let decided = decide(
-            &self.index,
-            &self.policies,
-            &mut self.states,
-            event,
+        self.decided.clear();
+        let targets = &self.targets;
+        let count = |id: Uuid| {
+            targets
+                .get(&id)
+                .copied()
+                .ok_or_else(|| format!("no policy {id}"))
+        };
+        self.decider.decide(
+            &EventView::new(event),
             event.ts,
             &self.facts,
+            &mut self.memo,
+            &count,
+            &mut self.decided,
         );
-        decided.iter().filter(|d| d.matched()).count()
+        self.decided.iter().filter(|d| d.matched()).count()
     }
 }
 
@@ -163,11 +160,11 @@ fn bench_decide(c: &mut Criterion) {
 
 fn in_memory(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    compiled: &[(uuid::Uuid, Ir)],
+    compiled: &[(Uuid, Ir)],
     stream: &[Event],
 ) {
-    let mut decider = Decider::new(compiled);
-    assert_eq!(decider.index.len(), common::POLICIES);
+    let mut decider = InMemory::new(compiled);
+    assert_eq!(decider.decider.len(), common::POLICIES);
     // One pass to reach the steady state, and to check the stream is edges.
     let matched: usize = stream.iter().map(|e| decider.handle(e)).sum();
     eprintln!(
@@ -195,7 +192,7 @@ fn in_memory(
     });
 }
 
-fn engine(compiled: &[(uuid::Uuid, Ir)], stream: &[Event]) {
+fn engine(compiled: &[(Uuid, Ir)], stream: &[Event]) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

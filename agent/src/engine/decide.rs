@@ -3,11 +3,30 @@
 //! and its conditions hold. Nothing here reads or writes the store, so this
 //! is the part of event handling whose speed is measured on its own
 //! (`agent/benches/decide.rs`); windows, re-resolution, guards and
-//! persistence (steps 4–10) follow in the runner for the policies that matched.
+//! persistence (steps 4–10) follow in the runner for the policies that
+//! matched.
 //!
-//! [`decide_policy`] is step 3 for one shortlisted policy, the unit a runner
-//! interleaves with its own steps 4–10 (a later policy must see what an
-//! earlier one recorded); [`decide`] runs steps 1–3 for the whole shortlist.
+//! The [`Decider`] is what the engine holds: the loaded policies' triggers
+//! and conditions in numbered slots, their trigger states beside them, and
+//! the trigger index filed by slot. One event costs one pass over the
+//! shortlist with no id parsed, hashed or copied:
+//!
+//! - the event is read once into an [`EventView`] that every policy shares;
+//! - the index hands back slot numbers, already in run order;
+//! - a policy's trigger verdict records its reasons as data and becomes
+//!   explain text only when the runner writes a ledger entry or an audit
+//!   record ([`Evaluation::explain`]);
+//! - a condition list is evaluated once per event and the outcome shared by
+//!   every fired policy with the same list ([`ConditionMemo`]): conditions
+//!   read only the event and the facts (and, for `host` conditions, the
+//!   policy's host, which is part of the key), which do not change while
+//!   one event is decided. Lists with a `vm` condition depend on the
+//!   policy's own selector and are evaluated per policy.
+//!
+//! [`Decider::decide_one`] is step 3 for one shortlisted policy, the unit the
+//! runner interleaves with its own steps 4–10 (a later policy must see what
+//! an earlier one recorded); [`Decider::decide`] runs steps 1–3 for the
+//! whole shortlist.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,58 +35,69 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::conditions::{self, ConditionOutcome, Facts, Lookup, PolicyContext};
-use super::event::Event;
-use super::triggers::{Evaluation, Interest, PolicyRef, TriggerIndex, TriggerState};
-use crate::spec::{Condition, TriggerGroup};
+use super::triggers::{Evaluation, EventView, Hit, Interest, TriggerIndex, TriggerState};
+use crate::spec::{Condition, Scope, TriggerGroup};
 
-/// What the decision reads of one policy.
-#[derive(Debug, Clone, Copy)]
-pub struct PolicyView<'a> {
-    pub group: &'a TriggerGroup,
-    pub conditions: &'a [Condition],
+/// What the decision reads of one loaded policy for every event that
+/// shortlists it: small, so that one event's policies cost few cache lines.
+#[derive(Debug, Clone)]
+struct Slot {
+    id: Uuid,
+    /// `id` as text: timer tags and countdown requests name policies so.
+    id_text: Box<str>,
+    priority: i64,
+    /// The trigger group, in the shared table: policies with equal groups
+    /// (typically many per UPS state or webhook) read one copy.
+    group: u32,
+    /// The shared condition list, or `None` when it must be evaluated per
+    /// policy (it has a `vm` condition).
+    shared: Option<u32>,
+    /// The policy's trigger state, beside what reads it.
+    state: TriggerState,
+}
+
+/// What only a fired policy's conditions read.
+#[derive(Debug, Clone)]
+struct Details {
+    conditions: Vec<Condition>,
     /// `targets.host_id`, the host `host.reachable` conditions are about.
-    pub host_id: &'a str,
+    host_id: String,
 }
 
-/// Where the decision finds the policies the index names.
-pub trait PolicyLookup {
-    /// The policy with this id (as the [`TriggerIndex`] holds it), if loaded.
-    fn policy(&self, policy_id: &str) -> Option<PolicyView<'_>>;
-
-    /// `vm.count_matching`: how many targets the policy's selector resolves
-    /// to now. Called only for a policy whose triggers fired and that has a
-    /// `vm` condition.
-    fn count_matching(&self, policy_id: &str) -> Result<usize, String>;
-}
-
-/// Where the decision keeps each policy's trigger state.
-pub trait TriggerStates {
-    /// The state of `policy_id` (the index's shared id), created empty on
-    /// first use; `None` when the id cannot name a policy of this table.
-    fn state_mut(&mut self, policy_id: &Arc<str>) -> Option<&mut TriggerState>;
-}
-
-impl TriggerStates for HashMap<Arc<str>, TriggerState> {
-    fn state_mut(&mut self, policy_id: &Arc<str>) -> Option<&mut TriggerState> {
-        Some(self.entry(policy_id.clone()).or_default())
-    }
-}
-
-impl TriggerStates for HashMap<Uuid, TriggerState> {
-    fn state_mut(&mut self, policy_id: &Arc<str>) -> Option<&mut TriggerState> {
-        let id = Uuid::parse_str(policy_id).ok()?;
-        Some(self.entry(id).or_default())
-    }
+/// The policies' triggers, conditions and trigger states, and the index
+/// over them (see the module docs).
+#[derive(Debug, Default)]
+pub struct Decider {
+    index: TriggerIndex,
+    slots: Vec<Option<Slot>>,
+    /// Indexed like `slots`.
+    details: Vec<Option<Details>>,
+    groups: Shared<TriggerGroup>,
+    ids: HashMap<Uuid, u32>,
+    free: Vec<u32>,
+    /// Condition lists by [`shared_key`]; the outcomes live in a
+    /// [`ConditionMemo`].
+    lists: Shared<()>,
+    /// The shortlist buffer, reused from event to event.
+    hits: Vec<Hit>,
+    /// One bit per slot: set when the policy's trigger state tracks a
+    /// subject. An [`Interest::Leave`] hit on a policy that tracks nothing
+    /// would evaluate to nothing, so [`Decider::shortlist`] drops it
+    /// without reading the policy at all.
+    tracking: Vec<u64>,
 }
 
 /// Step 3's verdict on one shortlisted policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decided {
-    pub policy: PolicyRef,
-    /// The trigger group's verdict, with its explain text and countdowns.
+    pub policy_id: Uuid,
+    pub priority: i64,
+    pub interest: Interest,
+    /// The trigger group's verdict, with its reasons and countdowns.
     pub evaluation: Evaluation,
-    /// The conditions, evaluated only when the triggers fired.
-    pub conditions: Option<ConditionOutcome>,
+    /// The conditions, evaluated only when the triggers fired (shared with
+    /// every policy of the same list that fired on the same event).
+    pub conditions: Option<Arc<ConditionOutcome>>,
 }
 
 impl Decided {
@@ -78,97 +108,435 @@ impl Decided {
     }
 }
 
-/// Step 3 for one shortlisted policy: its triggers against `event` at `now`
-/// (moving `state`), then, when they fired, its conditions against `facts`
-/// (which must already include `event`). `None` for an observer the event
-/// only moved (nothing to record).
-pub fn decide_policy(
-    pref: &PolicyRef,
-    policy: PolicyView<'_>,
-    state: &mut TriggerState,
-    event: &Event,
+impl Decider {
+    pub fn new() -> Decider {
+        Decider::default()
+    }
+
+    /// Loads a policy: `id`, its priority, trigger group, conditions and
+    /// host. Its trigger state starts empty. `false` (and nothing changed)
+    /// when `id` is loaded already.
+    pub fn insert(
+        &mut self,
+        id: Uuid,
+        priority: i64,
+        group: &TriggerGroup,
+        conditions: &[Condition],
+        host_id: &str,
+    ) -> bool {
+        if self.ids.contains_key(&id) {
+            return false;
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                self.details.push(None);
+                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 policies")
+            }
+        };
+        let shared = shared_key(conditions, host_id).map(|key| self.lists.acquire(key, ()));
+        let entry = Slot {
+            id,
+            id_text: id.to_string().into(),
+            priority,
+            group: self.groups.acquire(group_key(group), group.clone()),
+            shared,
+            state: TriggerState::default(),
+        };
+        self.index
+            .insert_slot(&entry.id_text, slot, priority, group);
+        self.note_tracking(slot, &entry.state);
+        self.slots[slot as usize] = Some(entry);
+        self.details[slot as usize] = Some(Details {
+            conditions: conditions.to_vec(),
+            host_id: host_id.to_string(),
+        });
+        self.ids.insert(id, slot);
+        true
+    }
+
+    /// Unloads a policy and its trigger state; `false` if it was not loaded.
+    pub fn remove(&mut self, id: Uuid) -> bool {
+        let Some(slot) = self.ids.remove(&id) else {
+            return false;
+        };
+        if let Some(entry) = self.slots[slot as usize].take() {
+            self.groups.release(entry.group);
+            if let Some(list) = entry.shared {
+                self.lists.release(list);
+            }
+        }
+        self.details[slot as usize] = None;
+        self.note_tracking(slot, &TriggerState::default());
+        self.free.push(slot);
+        // The index has no removal: rebuilt from the remaining slots.
+        let mut index = TriggerIndex::default();
+        for (n, entry) in self.slots.iter().enumerate() {
+            if let Some(e) = entry {
+                index.insert_slot(&e.id_text, n as u32, e.priority, self.groups.get(e.group));
+            }
+        }
+        self.index = index;
+        true
+    }
+
+    /// How many policies are loaded.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The trigger state of a loaded policy.
+    pub fn state(&self, id: Uuid) -> Option<&TriggerState> {
+        let slot = self.ids.get(&id)?;
+        self.slots[*slot as usize].as_ref().map(|s| &s.state)
+    }
+
+    /// Replaces the trigger state of a loaded policy; `false` (and nothing
+    /// kept) when it is not loaded.
+    pub fn set_state(&mut self, id: Uuid, state: TriggerState) -> bool {
+        let Some(&n) = self.ids.get(&id) else {
+            return false;
+        };
+        self.note_tracking(n, &state);
+        match self.slots[n as usize].as_mut() {
+            Some(slot) => {
+                slot.state = state;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes a shortlisted policy's state out (leaving it empty) for
+    /// [`Decider::decide_one`]; put it back with [`Decider::put_state`].
+    pub fn take_state(&mut self, hit: Hit) -> TriggerState {
+        match &mut self.slots[hit.slot as usize] {
+            Some(slot) => std::mem::take(&mut slot.state),
+            None => TriggerState::default(),
+        }
+    }
+
+    pub fn put_state(&mut self, hit: Hit, state: TriggerState) {
+        self.note_tracking(hit.slot, &state);
+        if let Some(slot) = &mut self.slots[hit.slot as usize] {
+            slot.state = state;
+        }
+    }
+
+    fn is_tracking(&self, slot: u32) -> bool {
+        let (word, bit) = (slot as usize / 64, slot % 64);
+        self.tracking.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    /// Records whether the state of `slot` tracks a subject (see `tracking`).
+    fn note_tracking(&mut self, slot: u32, state: &TriggerState) {
+        self.set_tracking(slot, state.tracking() > 0);
+    }
+
+    fn set_tracking(&mut self, slot: u32, tracking: bool) {
+        let (word, bit) = (slot as usize / 64, slot % 64);
+        if self.tracking.len() <= word {
+            self.tracking.resize(word + 1, 0);
+        }
+        if tracking {
+            self.tracking[word] |= 1 << bit;
+        } else {
+            self.tracking[word] &= !(1 << bit);
+        }
+    }
+
+    /// The id of a shortlisted policy (`None` for a slot freed since).
+    pub fn policy_id(&self, hit: Hit) -> Option<Uuid> {
+        self.slots[hit.slot as usize].as_ref().map(|s| s.id)
+    }
+
+    /// Step 1–2: the policies `view` concerns, in run order (priority, then
+    /// id), each once with its strongest interest, into `out`. A policy the
+    /// event could only make leave a state it does not track is left out.
+    pub fn shortlist(&self, view: &EventView<'_>, out: &mut Vec<Hit>) {
+        self.index.shortlist_hits(view, out);
+        out.retain(|hit| hit.interest != Interest::Leave || self.is_tracking(hit.slot));
+    }
+
+    /// Step 3 for one shortlisted policy: its triggers against the event at
+    /// `now` (moving `state`, which [`Decider::take_state`] handed out or a
+    /// dry-run's copy), then, when they fired, its conditions against
+    /// `facts` (which must already include the event). `count_matching`
+    /// answers `vm.count_matching` for this policy. `None` for an observer
+    /// the event only moved (nothing to record) and for a freed slot.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_one(
+        &self,
+        hit: Hit,
+        state: &mut TriggerState,
+        view: &EventView<'_>,
+        now: DateTime<Utc>,
+        facts: &dyn Facts,
+        memo: &mut ConditionMemo,
+        count_matching: &dyn Fn() -> Result<usize, String>,
+    ) -> Option<Decided> {
+        let slot = self.slots[hit.slot as usize].as_ref()?;
+        let details = self.details[hit.slot as usize].as_ref();
+        let step = Step {
+            view,
+            now,
+            facts,
+            count_matching,
+        };
+        judge(&self.groups, slot, details, hit, state, &step, memo)
+    }
+
+    /// Steps 1–3 for the event in `view`: every shortlisted policy decided by
+    /// [`Decider::decide_one`], moving the trigger states, appended to `out`
+    /// in run order. `facts` must already include the event;
+    /// `count_matching` answers `vm.count_matching` by policy id.
+    pub fn decide(
+        &mut self,
+        view: &EventView<'_>,
+        now: DateTime<Utc>,
+        facts: &dyn Facts,
+        memo: &mut ConditionMemo,
+        count_matching: &dyn Fn(Uuid) -> Result<usize, String>,
+        out: &mut Vec<Decided>,
+    ) {
+        memo.next_event();
+        let mut hits = std::mem::take(&mut self.hits);
+        self.shortlist(view, &mut hits);
+        for &hit in &hits {
+            let n = hit.slot as usize;
+            let Some(slot) = self.slots[n].as_mut() else {
+                continue;
+            };
+            let id = slot.id;
+            let count = || count_matching(id);
+            let step = Step {
+                view,
+                now,
+                facts,
+                count_matching: &count,
+            };
+            // The state is moved in place, beside the slot it belongs to.
+            let mut state = std::mem::take(&mut slot.state);
+            let decided = judge(
+                &self.groups,
+                slot,
+                self.details[n].as_ref(),
+                hit,
+                &mut state,
+                &step,
+                memo,
+            );
+            let tracking = state.tracking() > 0;
+            slot.state = state;
+            self.set_tracking(hit.slot, tracking);
+            out.extend(decided);
+        }
+        self.hits = hits;
+    }
+}
+
+/// What step 3 reads of the event at hand, the same for every policy.
+struct Step<'a, 'e> {
+    view: &'a EventView<'e>,
     now: DateTime<Utc>,
-    facts: &dyn Facts,
-    count_matching: &dyn Fn() -> Result<usize, String>,
+    /// The facts, with the event applied.
+    facts: &'a dyn Facts,
+    /// `vm.count_matching` for the policy being decided.
+    count_matching: &'a dyn Fn() -> Result<usize, String>,
+}
+
+/// Step 3 for one policy (see [`Decider::decide_one`]).
+fn judge(
+    groups: &Shared<TriggerGroup>,
+    slot: &Slot,
+    details: Option<&Details>,
+    hit: Hit,
+    state: &mut TriggerState,
+    step: &Step<'_, '_>,
+    memo: &mut ConditionMemo,
 ) -> Option<Decided> {
-    let evaluation = state.evaluate(&pref.policy_id, policy.group, event, now, |ups| match facts
-        .ups(Some(ups))
-    {
-        Lookup::Found(u) => u.state,
-        _ => None,
+    let (view, facts) = (step.view, step.facts);
+    let group = groups.get(slot.group);
+    let evaluation = state.evaluate_view(&slot.id_text, group, view, step.now, |ups| {
+        match facts.ups(Some(ups)) {
+            Lookup::Found(u) => u.state,
+            _ => None,
+        }
     });
-    if evaluation.fired.is_none() && pref.interest == Interest::Observe {
+    if evaluation.fired.is_none() && hit.interest != Interest::Fire {
         return None;
     }
     let conditions = evaluation.fired.map(|_| {
-        let ctx = PolicyContext {
-            host_id: policy.host_id,
-            count_matching,
+        let evaluate = || {
+            let Some(details) = details else {
+                return Arc::new(conditions::evaluate(&[], view.event, facts, &NO_POLICY));
+            };
+            let ctx = PolicyContext {
+                host_id: &details.host_id,
+                count_matching: step.count_matching,
+            };
+            Arc::new(conditions::evaluate(
+                &details.conditions,
+                view.event,
+                facts,
+                &ctx,
+            ))
         };
-        conditions::evaluate(policy.conditions, event, facts, &ctx)
+        match slot.shared {
+            Some(list) => memo.get_or_insert(list, evaluate),
+            None => evaluate(),
+        }
     });
     Some(Decided {
-        policy: pref.clone(),
+        policy_id: slot.id,
+        priority: slot.priority,
+        interest: hit.interest,
         evaluation,
         conditions,
     })
 }
 
-/// Steps 1–3 for `event`: the shortlist from `index` in run order (priority,
-/// then policy id), each policy decided by [`decide_policy`]. Ids the index
-/// names but `policies` or `states` do not know are skipped. `facts` must
-/// already include `event` (the caller applies it first).
-pub fn decide(
-    index: &TriggerIndex,
-    policies: &impl PolicyLookup,
-    states: &mut impl TriggerStates,
-    event: &Event,
-    now: DateTime<Utc>,
-    facts: &dyn Facts,
-) -> Vec<Decided> {
-    let mut out = Vec::new();
-    for pref in index.shortlist(event) {
-        let Some(policy) = policies.policy(&pref.policy_id) else {
-            continue;
-        };
-        let Some(state) = states.state_mut(&pref.policy_id) else {
-            continue;
-        };
-        let id = pref.policy_id.clone();
-        let count = || policies.count_matching(&id);
-        out.extend(decide_policy(
-            &pref, policy, state, event, now, facts, &count,
-        ));
+/// The context of a slot whose details are gone (never the case for a
+/// loaded policy): no host, no targets.
+const NO_POLICY: PolicyContext<'static> = PolicyContext {
+    host_id: "",
+    count_matching: &|| Err("the policy is not loaded".to_string()),
+};
+
+/// The key two policies share a trigger group under: its canonical JSON.
+fn group_key(group: &TriggerGroup) -> String {
+    serde_json::to_string(group).unwrap_or_default()
+}
+
+/// The key two policies share a condition list under: equal conditions
+/// and, if a condition reads the policy's host, the same host. `None` for
+/// a list with a `vm` condition, which depends on the policy's own selector.
+fn shared_key(conditions: &[Condition], host_id: &str) -> Option<String> {
+    if conditions.iter().any(|c| c.scope == Scope::Vm) {
+        return None;
     }
-    out
+    let host = if conditions.iter().any(|c| c.scope == Scope::Host) {
+        host_id
+    } else {
+        ""
+    };
+    Some(format!(
+        "{host}\n{}",
+        serde_json::to_string(conditions).ok()?
+    ))
+}
+
+/// Values shared by the policies whose keys are equal, counted, each
+/// dropped when its last policy is unloaded.
+#[derive(Debug)]
+struct Shared<T> {
+    by_key: HashMap<String, u32>,
+    /// `(key, value, policies using it)`, by number; `None` once unused.
+    entries: Vec<Option<(String, T, usize)>>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Shared<T> {
+    fn default() -> Self {
+        Shared {
+            by_key: HashMap::new(),
+            entries: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> Shared<T> {
+    /// The number of the entry under `key` (made from `value` if new),
+    /// counted as used once more.
+    fn acquire(&mut self, key: String, value: T) -> u32 {
+        if let Some(&n) = self.by_key.get(&key) {
+            if let Some((_, _, users)) = &mut self.entries[n as usize] {
+                *users += 1;
+            }
+            return n;
+        }
+        let n = match self.free.pop() {
+            Some(n) => n,
+            None => {
+                self.entries.push(None);
+                u32::try_from(self.entries.len() - 1).expect("fewer than 2^32 entries")
+            }
+        };
+        self.entries[n as usize] = Some((key.clone(), value, 1));
+        self.by_key.insert(key, n);
+        n
+    }
+
+    /// The value of a live entry.
+    fn get(&self, n: u32) -> &T {
+        match &self.entries[n as usize] {
+            Some((_, value, _)) => value,
+            None => unreachable!("shared entry {n} is used by a loaded policy"),
+        }
+    }
+
+    fn release(&mut self, n: u32) {
+        let Some((key, _, users)) = &mut self.entries[n as usize] else {
+            return;
+        };
+        *users -= 1;
+        if *users == 0 {
+            self.by_key.remove(key.as_str());
+            self.entries[n as usize] = None;
+            self.free.push(n);
+        }
+    }
+}
+
+/// Condition outcomes of the current event, by shared list number. Valid
+/// for one event: call [`ConditionMemo::next_event`] before each (the
+/// facts change between events). Kept by the caller so that a read-only
+/// decision (a dry-run) can use one of its own.
+#[derive(Debug, Default)]
+pub struct ConditionMemo {
+    event: u64,
+    outcomes: Vec<(u64, Option<Arc<ConditionOutcome>>)>,
+}
+
+impl ConditionMemo {
+    /// Forgets the outcomes of the previous event.
+    pub fn next_event(&mut self) {
+        self.event += 1;
+    }
+
+    fn get_or_insert(
+        &mut self,
+        list: u32,
+        evaluate: impl FnOnce() -> Arc<ConditionOutcome>,
+    ) -> Arc<ConditionOutcome> {
+        let n = list as usize;
+        if self.outcomes.len() <= n {
+            self.outcomes.resize(n + 1, (0, None));
+        }
+        match &self.outcomes[n] {
+            (event, Some(outcome)) if *event == self.event => outcome.clone(),
+            _ => {
+                let outcome = evaluate();
+                self.outcomes[n] = (self.event, Some(outcome.clone()));
+                outcome
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::conditions::{FactsSnapshot, UpsFacts};
-    use crate::engine::event::{EventKind, Subject, SubjectKind};
-    use crate::spec::{Logic, Op, Scope, Trigger, UpsState};
+    use crate::engine::event::{Event, EventKind, Subject, SubjectKind};
+    use crate::spec::{Logic, Op, Trigger, UpsState};
     use serde_json::{json, Map};
-
-    struct Table(Vec<(String, TriggerGroup, Vec<Condition>)>);
-
-    impl PolicyLookup for Table {
-        fn policy(&self, policy_id: &str) -> Option<PolicyView<'_>> {
-            self.0
-                .iter()
-                .find(|(id, _, _)| id == policy_id)
-                .map(|(_, group, conditions)| PolicyView {
-                    group,
-                    conditions,
-                    host_id: "pve-01",
-                })
-        }
-
-        fn count_matching(&self, _: &str) -> Result<usize, String> {
-            Ok(1)
-        }
-    }
 
     fn ups(state: &str) -> Event {
         let mut attrs = Map::new();
@@ -185,53 +553,143 @@ mod tests {
         }
     }
 
-    fn runtime_at_least(minutes: f64) -> Condition {
+    fn condition(scope: Scope, field: &str, op: Op, value: serde_json::Value) -> Condition {
         Condition {
-            scope: Scope::Ups,
-            field: "runtime_minutes".into(),
-            op: Op::Ge,
-            value: json!(minutes),
+            scope,
+            field: field.into(),
+            op,
+            value,
             ups: None,
         }
     }
 
-    #[test]
-    fn decide_fires_on_entering_checks_conditions_and_skips_mere_observers() {
-        let on = |state| TriggerGroup {
+    fn runtime_at_least(minutes: f64) -> Condition {
+        condition(Scope::Ups, "runtime_minutes", Op::Ge, json!(minutes))
+    }
+
+    fn on(state: UpsState) -> TriggerGroup {
+        TriggerGroup {
             logic: Logic::Any,
             triggers: vec![Trigger::UpsState {
                 equals: state,
                 for_s: None,
                 ups: None,
             }],
-        };
-        let table = Table(vec![
-            (
-                "a".into(),
-                on(UpsState::OnBattery),
-                vec![runtime_at_least(5.0)],
-            ),
-            (
-                "b".into(),
-                on(UpsState::OnBattery),
-                vec![runtime_at_least(50.0)],
-            ),
-            ("c".into(), on(UpsState::OnMains), vec![]),
-        ]);
-        let index = TriggerIndex::build(table.0.iter().map(|(id, g, _)| (id.as_str(), 0, g)));
-        let mut states: HashMap<Arc<str>, TriggerState> = HashMap::new();
-        let mut facts = FactsSnapshot::new()
-            .with_ups(UpsFacts::new("ups1@nas.lan:3493").with_reading("runtime_minutes", 10.0));
-        let event = ups("on_battery");
-        facts.apply(&event);
-        let decided = decide(&index, &table, &mut states, &event, Utc::now(), &facts);
-        let verdicts: Vec<(&str, bool)> = decided
-            .iter()
-            .map(|d| (&*d.policy.policy_id, d.matched()))
-            .collect();
-        assert_eq!(verdicts, [("a", true), ("b", false)]);
+        }
+    }
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn facts() -> FactsSnapshot {
+        FactsSnapshot::new()
+            .with_ups(UpsFacts::new("ups1@nas.lan:3493").with_reading("runtime_minutes", 10.0))
+            .with_host("pve-01", true)
+            .with_host("pve-02", false)
+    }
+
+    fn run(decider: &mut Decider, event: &Event, facts: &mut FactsSnapshot) -> Vec<Decided> {
+        facts.apply(event);
+        let mut out = Vec::new();
+        let mut memo = ConditionMemo::default();
+        decider.decide(
+            &EventView::new(event),
+            Utc::now(),
+            facts,
+            &mut memo,
+            &|_| Ok(3),
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn decide_fires_on_entering_checks_conditions_and_skips_mere_observers() {
+        let mut decider = Decider::new();
+        let battery = on(UpsState::OnBattery);
+        assert!(decider.insert(id(1), 0, &battery, &[runtime_at_least(5.0)], "pve-01"));
+        assert!(decider.insert(id(2), 0, &battery, &[runtime_at_least(50.0)], "pve-01"));
+        assert!(decider.insert(id(3), 0, &on(UpsState::OnMains), &[], "pve-01"));
+        assert!(!decider.insert(id(3), 0, &battery, &[], "pve-01"));
+        let mut facts = facts();
+        let decided = run(&mut decider, &ups("on_battery"), &mut facts);
+        let verdicts: Vec<(Uuid, bool)> =
+            decided.iter().map(|d| (d.policy_id, d.matched())).collect();
+        assert_eq!(verdicts, [(id(1), true), (id(2), false)]);
+        assert_eq!(
+            decided[0].evaluation.explain(&battery, "ups1@nas.lan:3493"),
+            "fired by trigger 0 (ups.state = on_battery)\n\
+             trigger 0 (ups.state = on_battery): ups1@nas.lan:3493 entered on_battery\n"
+        );
         // Staying on battery is not entering: shortlisted, not fired.
-        let again = decide(&index, &table, &mut states, &event, Utc::now(), &facts);
+        let again = run(&mut decider, &ups("on_battery"), &mut facts);
         assert!(again.iter().all(|d| d.evaluation.fired.is_none()));
+        // Back on mains: policy 3 fires; 1 and 2 only re-arm (observers).
+        let mains = run(&mut decider, &ups("on_mains"), &mut facts);
+        let ids: Vec<Uuid> = mains.iter().map(|d| d.policy_id).collect();
+        assert_eq!(ids, [id(3)]);
+        assert!(mains[0].matched());
+    }
+
+    #[test]
+    fn run_order_is_priority_then_id_and_removal_frees_the_slot() {
+        let mut decider = Decider::new();
+        let battery = on(UpsState::OnBattery);
+        for (n, priority) in [(5, 1), (2, 1), (9, 0)] {
+            decider.insert(id(n), priority, &battery, &[], "pve-01");
+        }
+        let mut facts = facts();
+        let order = |d: &[Decided]| d.iter().map(|d| d.policy_id).collect::<Vec<_>>();
+        let first = run(&mut decider, &ups("on_battery"), &mut facts);
+        assert_eq!(order(&first), [id(9), id(2), id(5)]);
+        assert!(decider.remove(id(2)));
+        assert!(!decider.remove(id(2)));
+        assert_eq!(decider.len(), 2);
+        // The freed slot is reused by a new policy with a fresh state.
+        decider.insert(id(1), 1, &battery, &[], "pve-01");
+        run(&mut decider, &ups("on_mains"), &mut facts);
+        let second = run(&mut decider, &ups("on_battery"), &mut facts);
+        assert_eq!(order(&second), [id(9), id(1), id(5)]);
+        assert!(second.iter().all(Decided::matched));
+    }
+
+    #[test]
+    fn a_condition_list_is_shared_only_where_its_answer_is_the_same() {
+        let mut decider = Decider::new();
+        let battery = on(UpsState::OnBattery);
+        let reachable = [condition(Scope::Host, "reachable", Op::Eq, json!(true))];
+        let count = [condition(Scope::Vm, "count_matching", Op::Ge, json!(1))];
+        decider.insert(id(1), 0, &battery, &reachable, "pve-01");
+        decider.insert(id(2), 0, &battery, &reachable, "pve-02");
+        decider.insert(id(3), 0, &battery, &reachable, "pve-01");
+        decider.insert(id(4), 0, &battery, &count, "pve-01");
+        decider.insert(id(5), 0, &battery, &count, "pve-02");
+        let mut facts = facts();
+        facts.apply(&ups("on_battery"));
+        let mut out = Vec::new();
+        let mut memo = ConditionMemo::default();
+        decider.decide(
+            &EventView::new(&ups("on_battery")),
+            Utc::now(),
+            &facts,
+            &mut memo,
+            &|policy| Ok(if policy == id(4) { 2 } else { 0 }),
+            &mut out,
+        );
+        let verdicts: Vec<bool> = out.iter().map(Decided::matched).collect();
+        // pve-02 is unreachable; policy 5's selector matches nothing.
+        assert_eq!(verdicts, [true, false, true, true, false]);
+        let outcome = |n: usize| out[n].conditions.clone().expect("fired");
+        assert!(Arc::ptr_eq(&outcome(0), &outcome(2)), "same host: shared");
+        assert!(!Arc::ptr_eq(&outcome(0), &outcome(1)), "other host");
+        assert!(!Arc::ptr_eq(&outcome(3), &outcome(4)), "vm: per policy");
+        // Shared outcomes last one event only.
+        let mut facts = facts.with_host("pve-01", false);
+        decider.remove(id(2));
+        decider.remove(id(5));
+        run(&mut decider, &ups("on_mains"), &mut facts);
+        let later = run(&mut decider, &ups("on_battery"), &mut facts);
+        assert!(later.iter().take(2).all(|d| !d.matched()));
     }
 }

@@ -20,9 +20,9 @@ pub mod schedule;
 pub mod state;
 pub mod timer;
 
-pub use index::{Interest, PolicyRef, TriggerIndex};
+pub use index::{Hit, Interest, PolicyRef, TriggerIndex};
 pub use schedule::{missed_fires, next_fire, MissedDecision, DEFAULT_MISSED_GRACE};
-pub use state::{describe, Evaluation, FiredBy, TriggerState};
+pub use state::{describe, Evaluation, EventView, FiredBy, TriggerState};
 pub use timer::{timer_at_event, TimerKind, TimerQueue, TimerRequest, TimerTag};
 
 #[cfg(test)]
@@ -197,11 +197,11 @@ mod tests {
                 None => "-".into(),
             };
             let mut line = format!("+{}s {what}: {verdict}", (now - t0()).num_seconds());
-            if !eval.timers.is_empty() {
-                line += &format!(" [armed {}]", eval.timers.len());
+            if !eval.timers().is_empty() {
+                line += &format!(" [armed {}]", eval.timers().len());
             }
-            if !eval.cancelled.is_empty() {
-                line += &format!(" [cancelled {}]", eval.cancelled.len());
+            if !eval.cancelled().is_empty() {
+                line += &format!(" [cancelled {}]", eval.cancelled().len());
             }
             self.log += &line;
             self.log += "\n";
@@ -276,13 +276,13 @@ mod tests {
         let first = state.evaluate(P, &g, &ups(UPS1, "on_battery", 0), at(0), none);
         state.evaluate(P, &g, &ups(UPS1, "on_mains", 3), at(3), none);
         state.evaluate(P, &g, &ups(UPS1, "on_battery", 10), at(10), none);
-        let stale = state.evaluate(P, &g, &first.timers[0].event(), at(120), none);
+        let stale = state.evaluate(P, &g, &first.timers()[0].event(), at(120), none);
         assert_eq!(stale.fired, None);
         expect![[r#"
             not fired
             trigger 0 (ups.state = on_battery for 120s): stale timer for ups1@nas.lan:3493 ignored: the hold was broken or re-armed
         "#]]
-        .assert_eq(&stale.explain);
+        .assert_eq(&stale.explain(&g, UPS1));
     }
 
     #[test]
@@ -370,7 +370,7 @@ mod tests {
             trigger 0 (ups.state = on_battery): ups1@nas.lan:3493 entered on_battery
             ALL: trigger 0 became true but trigger 1 (metric.threshold load > 60 for 30s) does not hold now
         "#]]
-        .assert_eq(&eval.explain);
+        .assert_eq(&eval.explain(&g, UPS1));
     }
 
     #[test]
@@ -527,7 +527,7 @@ mod tests {
             fired by trigger 1 (timer.at daily at 01:00)
             trigger 1 (timer.at daily at 01:00): scheduled fire 2026-11-22T11:30:00Z of daily at 01:00
         "#]]
-        .assert_eq(&eval.explain);
+        .assert_eq(&eval.explain(&g, "timer"));
         let other = state.evaluate(
             P,
             &g,
@@ -564,9 +564,9 @@ mod tests {
         let eval = state.evaluate(P, &g, &ups(UPS1, "on_battery", 0), at(0), |_| None);
         let restored = TriggerState::from_json(&state.to_json()).expect("state parses back");
         assert_eq!(restored, state);
-        assert_eq!(restored.pending_timers(P, &g), eval.timers);
+        assert_eq!(restored.pending_timers(P, &g), eval.timers());
         let mut restored = restored;
-        let fired = restored.evaluate(P, &g, &eval.timers[0].event(), at(120), |_| None);
+        let fired = restored.evaluate(P, &g, &eval.timers()[0].event(), at(120), |_| None);
         assert_eq!(fired.fired, Some(FiredBy { trigger: 0 }));
     }
 
@@ -707,15 +707,15 @@ mod tests {
             expect![[r#"
                 00000000-0000-4000-8000-000000000001 Fire
                 00000000-0000-4000-8000-000000000002 Fire
-                00000000-0000-4000-8000-000000000004 Observe
+                00000000-0000-4000-8000-000000000004 Leave
             "#]],
         );
         check_shortlist(
             &index,
             &ups(UPS2, "on_mains", 0),
             expect![[r#"
-                00000000-0000-4000-8000-000000000001 Observe
-                00000000-0000-4000-8000-000000000003 Observe
+                00000000-0000-4000-8000-000000000001 Leave
+                00000000-0000-4000-8000-000000000003 Leave
                 00000000-0000-4000-8000-000000000004 Observe
             "#]],
         );

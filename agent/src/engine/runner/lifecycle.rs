@@ -360,7 +360,7 @@ impl Engine {
             if !pending.is_empty() {
                 self.armed.insert(record.policy_id, pending);
             }
-            self.states.insert(record.policy_id, state);
+            self.decider.set_state(record.policy_id, state);
         }
         if !stale.is_empty() {
             self.store.write(&stale)?;

@@ -73,7 +73,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
-use super::conditions::{self, Facts, FactsSnapshot, Lookup, PolicyContext};
+use super::conditions::{Facts, FactsSnapshot};
+use super::decide::{ConditionMemo, Decider};
 use super::event::Event;
 use super::scheduler::{
     self, BoxFuture, Hooks, Outcome, QueueItem, Report, SchedulerConfig, SchedulerError,
@@ -84,7 +85,7 @@ use super::store::{
     RunStatus, StoreError, SubjectRecord, Write,
 };
 use super::triggers::{
-    Interest, TimerQueue, TimerRequest, TriggerIndex, TriggerState, DEFAULT_MISSED_GRACE,
+    EventView, Hit, TimerQueue, TimerRequest, TriggerState, DEFAULT_MISSED_GRACE,
 };
 use crate::compile::Ir;
 
@@ -350,11 +351,22 @@ impl Work for ActionWork {
     }
 }
 
+/// What one shortlisted policy's decision reads of the event at hand.
+struct DecideStep<'a> {
+    hit: Hit,
+    view: &'a EventView<'a>,
+    /// The facts with the event applied.
+    facts: &'a FactsSnapshot,
+    now: DateTime<Utc>,
+}
+
 /// The engine: policies, their trigger state, facts, and the scheduler.
 pub struct Engine {
     policies: BTreeMap<Uuid, Policy>,
-    index: TriggerIndex,
-    states: HashMap<Uuid, TriggerState>,
+    /// Steps 1–3: the trigger index, trigger states and condition lists.
+    decider: Decider,
+    /// Condition outcomes shared within the event being handled.
+    memo: ConditionMemo,
     facts: FactsSnapshot,
     store: Arc<dyn EngineStore>,
     snapshots: Arc<dyn Snapshots>,
@@ -449,8 +461,8 @@ impl Engine {
         let (scheduler, reports) = scheduler::spawn(config.scheduler.clone(), hooks);
         Engine {
             policies: BTreeMap::new(),
-            index: TriggerIndex::default(),
-            states: HashMap::new(),
+            decider: Decider::new(),
+            memo: ConditionMemo::default(),
             facts: FactsSnapshot::new(),
             store,
             snapshots,
@@ -482,10 +494,13 @@ impl Engine {
         if self.policies.contains_key(&policy.id) {
             return Err(EngineError::DuplicatePolicy { id: policy.id });
         }
-        self.index.insert(
-            &policy.id.to_string(),
-            policy.ir.priority,
-            &policy.ir.match_.trigger_group,
+        let ir = &policy.ir;
+        self.decider.insert(
+            policy.id,
+            ir.priority,
+            &ir.match_.trigger_group,
+            &ir.match_.conditions,
+            &ir.targets.host_id,
         );
         if self.started {
             // Loaded after start: arm its `timer.at` fires from now (there
@@ -530,13 +545,7 @@ impl Engine {
         let Some(policy) = self.policies.remove(&id) else {
             return Ok(false);
         };
-        let ids: Vec<String> = self.policies.keys().map(Uuid::to_string).collect();
-        self.index = TriggerIndex::build(
-            ids.iter()
-                .zip(self.policies.values())
-                .map(|(id, p)| (id.as_str(), p.ir.priority, &p.ir.match_.trigger_group)),
-        );
-        self.states.remove(&id);
+        self.decider.remove(id);
         self.at_fires.retain(|(_, policy_id, _)| *policy_id != id);
         let mut batch = Vec::new();
         let now = (self.config.clock)();
@@ -568,7 +577,7 @@ impl Engine {
     /// of the old deadlines leaves the store as it was.
     fn revert_state(&mut self, id: Uuid, current: TriggerState, before: TriggerState) {
         let _ = self.sync_timers(id, &current, &before);
-        self.states.insert(id, before);
+        self.decider.set_state(id, before);
     }
 
     /// Whether [`Engine::next_run`] has something to wait for or hand out:
@@ -611,11 +620,16 @@ impl Engine {
         let now = (self.config.clock)();
         let mut decisions = Vec::new();
         let mut timers = Vec::new();
-        for pref in self.index.shortlist(event) {
-            let Ok(id) = Uuid::parse_str(&pref.policy_id) else {
+        let view = EventView::new(event);
+        let mut memo = std::mem::take(&mut self.memo);
+        memo.next_event();
+        let mut hits = Vec::new();
+        self.decider.shortlist(&view, &mut hits);
+        for hit in hits {
+            let Some(id) = self.decider.policy_id(hit) else {
                 continue;
             };
-            let mut state = self.states.remove(&id).unwrap_or_default();
+            let mut state = self.decider.take_state(hit);
             let before = state.clone();
             let span = tracing::info_span!(
                 "policy_run",
@@ -623,8 +637,15 @@ impl Engine {
                 host = %self.policies.get(&id).map_or("", |p| p.ir.targets.host_id.as_str()),
                 correlation_id = %event.correlation_id
             );
-            let decision = span
-                .in_scope(|| self.decide(id, pref.interest, &mut state, event, now, &mut timers));
+            let facts = &self.facts;
+            let step = DecideStep {
+                hit,
+                view: &view,
+                facts,
+                now,
+            };
+            let decision =
+                span.in_scope(|| self.decide_with(&step, id, &mut state, &mut memo, &mut timers));
             let synced = self.sync_timers(id, &before, &state);
             let decision = match synced.and(decision) {
                 Ok(decision) => decision,
@@ -634,15 +655,14 @@ impl Engine {
                 }
             };
             let Some(mut decision) = decision else {
-                self.states.insert(id, state);
+                self.decider.put_state(hit, state);
                 continue;
             };
             let after = state.clone();
-            self.states.insert(id, state);
+            self.decider.put_state(hit, state);
             let scheduled = match self.apply(&mut decision, event, now).instrument(span).await {
                 Ok(scheduled) => scheduled,
                 Err(e) => {
-                    self.states.remove(&id);
                     self.revert_state(id, after, before);
                     return Err(e);
                 }
@@ -653,6 +673,7 @@ impl Engine {
                 break;
             }
         }
+        self.memo = memo;
         while let Ok(report) = self.reports.try_recv() {
             if let Some(run) = self.on_report(report)? {
                 self.closed.push_back(run);
@@ -681,20 +702,23 @@ impl Engine {
         let mut timers = Vec::new();
         let mut facts = self.facts.clone();
         facts.apply(event);
-        for pref in self.index.shortlist(event) {
-            let Ok(id) = Uuid::parse_str(&pref.policy_id) else {
+        let view = EventView::new(event);
+        let mut memo = ConditionMemo::default();
+        memo.next_event();
+        let mut hits = Vec::new();
+        self.decider.shortlist(&view, &mut hits);
+        for hit in hits {
+            let Some(id) = self.decider.policy_id(hit) else {
                 continue;
             };
-            let mut state = self.states.get(&id).cloned().unwrap_or_default();
-            let decision = self.decide_with(
-                &facts,
-                id,
-                pref.interest,
-                &mut state,
-                event,
+            let mut state = self.decider.state(id).cloned().unwrap_or_default();
+            let step = DecideStep {
+                hit,
+                view: &view,
+                facts: &facts,
                 now,
-                &mut timers,
-            )?;
+            };
+            let decision = self.decide_with(&step, id, &mut state, &mut memo, &mut timers)?;
             let Some(decision) = decision else {
                 continue;
             };
@@ -720,47 +744,39 @@ impl Engine {
         })
     }
 
-    fn decide(
-        &self,
-        id: Uuid,
-        interest: Interest,
-        state: &mut TriggerState,
-        event: &Event,
-        now: DateTime<Utc>,
-        timers: &mut Vec<TimerRequest>,
-    ) -> Result<Option<PolicyDecision>, EngineError> {
-        self.decide_with(&self.facts, id, interest, state, event, now, timers)
-    }
-
     /// Steps 3–7 for one policy; reads the store, writes nothing. `None`
     /// when the event could only move the trigger state (observer).
-    #[allow(clippy::too_many_arguments)]
     fn decide_with(
         &self,
-        facts: &FactsSnapshot,
+        step: &DecideStep<'_>,
         id: Uuid,
-        interest: Interest,
         state: &mut TriggerState,
-        event: &Event,
-        now: DateTime<Utc>,
+        memo: &mut ConditionMemo,
         timers: &mut Vec<TimerRequest>,
     ) -> Result<Option<PolicyDecision>, EngineError> {
         let policy = &self.policies[&id];
         let ir = &policy.ir;
+        let (now, facts) = (step.now, step.facts);
+        let snapshot = self.snapshots.host(&ir.targets.host_id);
+        let count = || {
+            self.resolve(policy, snapshot.as_ref())
+                .map(|ids| ids.len())
+                .map_err(|(_, why)| why)
+        };
         // Step 3: triggers, then conditions only for a fired policy.
-        let eval = state.evaluate(
-            &id.to_string(),
-            &ir.match_.trigger_group,
-            event,
-            now,
-            |ups| match facts.ups(Some(ups)) {
-                Lookup::Found(u) => u.state,
-                _ => None,
-            },
-        );
-        timers.extend(eval.timers.iter().cloned());
+        let Some(decided) = self
+            .decider
+            .decide_one(step.hit, state, step.view, now, facts, memo, &count)
+        else {
+            return Ok(None);
+        };
+        let eval = &decided.evaluation;
+        timers.extend(eval.timers().iter().cloned());
         let mut explain = serde_json::Map::new();
-        explain.insert("trigger".into(), Value::String(eval.explain.clone()));
+        explain.insert(
+            "trigger".into(),
+            Value::String(eval.explain(&ir.match_.trigger_group, &step.view.event.subject.id)),
+        );
         let mut decision = PolicyDecision {
             policy_id: id,
             severity: Severity::Info,
@@ -774,23 +790,9 @@ impl Engine {
             d.explain = Value::Object(explain);
             Ok(Some(d))
         };
-        if eval.fired.is_none() {
-            if interest == Interest::Observe {
-                return Ok(None);
-            }
+        let Some(outcome) = &decided.conditions else {
             return finish(decision, explain);
-        }
-        let snapshot = self.snapshots.host(&ir.targets.host_id);
-        let count = || {
-            self.resolve(policy, snapshot.as_ref())
-                .map(|ids| ids.len())
-                .map_err(|(_, why)| why)
         };
-        let ctx = PolicyContext {
-            host_id: &ir.targets.host_id,
-            count_matching: &count,
-        };
-        let outcome = conditions::evaluate(&ir.match_.conditions, event, facts, &ctx);
         explain.insert("conditions".into(), Value::String(outcome.explain()));
         if !outcome.all_true {
             return finish(decision, explain);

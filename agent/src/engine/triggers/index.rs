@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::engine::event::{Event, EventKind};
 use crate::spec::{EventPattern, Trigger, TriggerGroup, UpsState};
 
-use super::timer::TimerTag;
+use super::state::EventView;
 
 /// Why a shortlisted policy must see the event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -28,6 +28,10 @@ pub enum Interest {
     /// a countdown); it can never fire the policy. Evaluate the triggers so
     /// the state moves, and skip conditions and audit.
     Observe,
+    /// Like [`Interest::Observe`], but the event can only make the policy
+    /// stop tracking a subject (a UPS left the state a trigger waits in):
+    /// a policy that tracks nothing is untouched by it and may be skipped.
+    Leave,
 }
 
 /// One shortlisted policy.
@@ -35,6 +39,15 @@ pub enum Interest {
 pub struct PolicyRef {
     pub priority: i64,
     pub policy_id: Arc<str>,
+    pub interest: Interest,
+}
+
+/// One shortlisted policy by the slot number it was inserted with
+/// ([`TriggerIndex::insert_slot`]): what the engine's hot path reads, with
+/// no id to copy or compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    pub slot: u32,
     pub interest: Interest,
 }
 
@@ -57,13 +70,21 @@ struct Bucket {
 struct Entry {
     priority: i64,
     policy_id: Arc<str>,
+    slot: u32,
     interest: Interest,
 }
 
 impl Entry {
-    /// Priority ascending, then policy id ascending; `Fire` before `Observe`.
-    fn run_order(&self) -> (i64, &str, Interest) {
-        (self.priority, &self.policy_id, self.interest)
+    /// Priority ascending, then policy id ascending.
+    fn run_order(&self) -> (i64, &str) {
+        (self.priority, &self.policy_id)
+    }
+
+    fn hit(&self) -> Hit {
+        Hit {
+            slot: self.slot,
+            interest: self.interest,
+        }
     }
 }
 
@@ -71,14 +92,15 @@ impl Entry {
 type AddKey<'a> = dyn FnMut(EventKind, &str, Option<&str>, Interest) + 'a;
 
 /// Registers a UPS-state trigger (or `since_event`) under every state: the
-/// state it names with `entering` interest, all others as observers, since
-/// any other state from the same UPS means it left the named one.
+/// state it names with `entering` interest, all others as
+/// [`Interest::Leave`], since any other state from the same UPS means it
+/// left the named one.
 fn register_states(equals: UpsState, ups: Option<&str>, entering: Interest, add: &mut AddKey<'_>) {
     for state in UpsState::ALL {
         let interest = if state == equals {
             entering
         } else {
-            Interest::Observe
+            Interest::Leave
         };
         add(EventKind::UpsState, state.as_str(), ups, interest);
     }
@@ -86,7 +108,7 @@ fn register_states(equals: UpsState, ups: Option<&str>, entering: Interest, add:
 
 impl TriggerIndex {
     /// Builds the index from `(policy_id, priority, trigger group)` entries
-    /// (the enabled policies).
+    /// (the enabled policies), numbering their slots in order.
     pub fn build<'a>(
         policies: impl IntoIterator<Item = (&'a str, i64, &'a TriggerGroup)>,
     ) -> TriggerIndex {
@@ -97,8 +119,17 @@ impl TriggerIndex {
         index
     }
 
-    /// Adds one policy. A policy inserted twice is shortlisted once.
+    /// Adds one policy under the next slot number.
     pub fn insert(&mut self, policy_id: &str, priority: i64, group: &TriggerGroup) {
+        let slot = u32::try_from(self.policies).unwrap_or(u32::MAX);
+        self.insert_slot(policy_id, slot, priority, group);
+    }
+
+    /// Adds one policy under the caller's `slot` number, which
+    /// [`TriggerIndex::shortlist_hits`] hands back. A policy whose triggers
+    /// register the same key twice is filed there once, with its strongest
+    /// interest, so no shortlist drawn from one list needs a dedup.
+    pub fn insert_slot(&mut self, policy_id: &str, slot: u32, priority: i64, group: &TriggerGroup) {
         let id: Arc<str> = Arc::from(policy_id);
         let mut add = |kind: EventKind, disc: &str, ups: Option<&str>, interest: Interest| {
             let bucket = self
@@ -112,10 +143,15 @@ impl TriggerIndex {
                 Some(filter) => bucket.by_ups.entry(filter.into()).or_default(),
             };
             // Lists stay in run order, so a shortlist drawn from one list
-            // needs no sort (see `shortlist`).
+            // needs no sort (see `shortlist_hits`).
+            if let Some(known) = list.iter_mut().find(|e| e.slot == slot) {
+                known.interest = known.interest.min(interest);
+                return;
+            }
             let entry = Entry {
                 priority,
                 policy_id: id.clone(),
+                slot,
                 interest,
             };
             let at = list.partition_point(|e| e.run_order() <= entry.run_order());
@@ -174,46 +210,9 @@ impl TriggerIndex {
     /// The policies that must see `event`, each once (with its strongest
     /// interest), ordered by priority ascending, then policy id ascending.
     pub fn shortlist(&self, event: &Event) -> Vec<PolicyRef> {
-        let disc: &str = match event.kind {
-            EventKind::UpsState => match event.ups_state() {
-                Some(state) => state.as_str(),
-                None => return Vec::new(),
-            },
-            EventKind::MetricThreshold => match event.metric() {
-                Some((name, _)) => name,
-                None => return Vec::new(),
-            },
-            EventKind::WebhookCustom => match event.webhook_name() {
-                Some(name) => name,
-                None => return Vec::new(),
-            },
-            EventKind::TimerAt | EventKind::TimerAfter => match TimerTag::from_event(event) {
-                Some(tag) => tag.policy_id,
-                None => return Vec::new(),
-            },
-            EventKind::HostState => return Vec::new(),
-        };
-        let Some(bucket) = self.buckets.get(&event.kind).and_then(|b| b.get(disc)) else {
-            return Vec::new();
-        };
-        let subject = event.subject.id.as_str();
-        let mut found: Vec<&Entry> = bucket.any.iter().collect();
-        if !bucket.by_ups.is_empty() {
-            if let Some(list) = bucket.by_ups.get(subject) {
-                found.extend(list);
-            }
-            if let Some((name, _)) = subject.split_once('@') {
-                if let Some(list) = bucket.by_ups.get(name) {
-                    found.extend(list);
-                }
-            }
-        }
-        // Each list is sorted already: a stable sort finds those runs and
-        // only merges them (no sort at all for a single list).
-        found.sort_by(|a, b| a.run_order().cmp(&b.run_order()));
-        // `Fire` sorts before `Observe`, so the first entry of a policy wins.
-        found.dedup_by(|later, earlier| later.policy_id == earlier.policy_id);
-        found
+        let mut entries = Vec::new();
+        self.shortlist_entries(&EventView::new(event), &mut entries);
+        entries
             .into_iter()
             .map(|e| PolicyRef {
                 priority: e.priority,
@@ -221,5 +220,76 @@ impl TriggerIndex {
                 interest: e.interest,
             })
             .collect()
+    }
+
+    /// [`TriggerIndex::shortlist`] by slot, into a buffer the caller reuses
+    /// (cleared first): the engine's per-event path.
+    pub fn shortlist_hits(&self, view: &EventView<'_>, out: &mut Vec<Hit>) {
+        out.clear();
+        let Some(bucket) = self.bucket(view) else {
+            return;
+        };
+        let (named, by_name) = self.ups_lists(bucket, view);
+        match (named, by_name) {
+            // The common case: one list, already in run order and free of
+            // duplicates.
+            (None, None) => out.extend(bucket.any.iter().map(Entry::hit)),
+            (Some(list), None) | (None, Some(list)) if bucket.any.is_empty() => {
+                out.extend(list.iter().map(Entry::hit))
+            }
+            _ => {
+                let mut entries = Vec::new();
+                self.shortlist_entries(view, &mut entries);
+                out.extend(entries.into_iter().map(Entry::hit));
+            }
+        }
+    }
+
+    /// The bucket of the event's kind and discriminator.
+    fn bucket(&self, view: &EventView<'_>) -> Option<&Bucket> {
+        let event = view.event;
+        let disc: &str = match event.kind {
+            EventKind::UpsState => view.ups_state()?.as_str(),
+            EventKind::MetricThreshold => view.metric()?.0,
+            EventKind::WebhookCustom => view.webhook_name()?,
+            EventKind::TimerAt | EventKind::TimerAfter => view.timer_tag()?.policy_id,
+            EventKind::HostState => return None,
+        };
+        self.buckets.get(&event.kind)?.get(disc)
+    }
+
+    /// The lists filed under a UPS filter that names the event's subject:
+    /// by its full id, and by its name part.
+    fn ups_lists<'b>(
+        &self,
+        bucket: &'b Bucket,
+        view: &EventView<'_>,
+    ) -> (Option<&'b Vec<Entry>>, Option<&'b Vec<Entry>>) {
+        if bucket.by_ups.is_empty() {
+            return (None, None);
+        }
+        let subject = view.event.subject.id.as_str();
+        let named = bucket.by_ups.get(subject);
+        let by_name = subject
+            .split_once('@')
+            .and_then(|(name, _)| bucket.by_ups.get(name));
+        (named, by_name)
+    }
+
+    /// Every entry that must see the event, merged into run order and
+    /// deduplicated (the general case of [`TriggerIndex::shortlist_hits`]).
+    fn shortlist_entries<'b>(&'b self, view: &EventView<'_>, found: &mut Vec<&'b Entry>) {
+        let Some(bucket) = self.bucket(view) else {
+            return;
+        };
+        found.extend(&bucket.any);
+        let (named, by_name) = self.ups_lists(bucket, view);
+        found.extend(named.into_iter().flatten());
+        found.extend(by_name.into_iter().flatten());
+        // Each list is sorted already: a stable sort finds those runs and
+        // only merges them (no sort at all for a single list). `Fire` sorts
+        // before `Observe`, so the first entry of a policy wins the dedup.
+        found.sort_by(|a, b| (a.run_order(), a.interest).cmp(&(b.run_order(), b.interest)));
+        found.dedup_by(|later, earlier| later.policy_id == earlier.policy_id);
     }
 }

@@ -9,12 +9,20 @@
 //! persist it with the policy; after a restart [`TriggerState::pending_timers`]
 //! re-arms the countdowns. State belongs to one version of a policy: when the
 //! policy's hash changes, start from [`TriggerState::default`].
+//!
+//! This runs once per shortlisted policy for every event, so it is built not
+//! to allocate on the common path: the event is read once into an
+//! [`EventView`] shared by every policy, a tracked subject shares the view's
+//! subject id, and the verdict records *why* as small structured notes that
+//! become the explain text only when someone reads it
+//! ([`Evaluation::explain`]).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
 use crate::engine::event::{ups_matches, Event, EventKind, SubjectKind};
@@ -22,17 +30,72 @@ use crate::spec::{EventPattern, Logic, Schedule, Trigger, TriggerGroup, UpsState
 
 use super::timer::{TimerKind, TimerRequest, TimerTag};
 
+/// One event as every trigger reads it, parsed once per event rather than
+/// once per policy: the entered UPS state, the metric reading, the webhook
+/// name, the timer tag, and the subject id as a shared string that tracked
+/// subjects keep without copying it.
+#[derive(Debug, Clone)]
+pub struct EventView<'a> {
+    pub event: &'a Event,
+    ups_state: Option<UpsState>,
+    metric: Option<(&'a str, f64)>,
+    webhook: Option<&'a str>,
+    tag: Option<TimerTag<'a>>,
+    subject: Arc<str>,
+}
+
+impl<'a> EventView<'a> {
+    pub fn new(event: &'a Event) -> EventView<'a> {
+        EventView {
+            event,
+            ups_state: event.ups_state(),
+            metric: event.metric(),
+            webhook: event.webhook_name(),
+            tag: TimerTag::from_event(event),
+            subject: Arc::from(event.subject.id.as_str()),
+        }
+    }
+
+    /// The state a `ups.state` event entered.
+    pub fn ups_state(&self) -> Option<UpsState> {
+        self.ups_state
+    }
+
+    /// `(name, value)` of a `metric.threshold` event.
+    pub fn metric(&self) -> Option<(&'a str, f64)> {
+        self.metric
+    }
+
+    /// The name of a `webhook.custom` event.
+    pub fn webhook_name(&self) -> Option<&'a str> {
+        self.webhook
+    }
+
+    /// The tag of a timer event.
+    pub fn timer_tag(&self) -> Option<TimerTag<'a>> {
+        self.tag
+    }
+}
+
 /// The outcome of evaluating one policy's trigger group against one event.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Evaluation {
     /// Set when the policy fires on this event.
     pub fired: Option<FiredBy>,
-    /// Which trigger fired, or why none did, in one line per trigger touched.
-    pub explain: String,
-    /// Countdowns to arm; deliver each one's [`TimerRequest::event`] when due.
-    pub timers: Vec<TimerRequest>,
-    /// Countdowns that no longer apply; their expiry would be ignored anyway.
-    pub cancelled: Vec<TimerRequest>,
+    /// Countdowns armed and cancelled, boxed: most evaluations have none,
+    /// and a small evaluation is cheap to hand around.
+    countdowns: Option<Box<Countdowns>>,
+    /// The kind of the event evaluated, for the explain text.
+    kind: Option<EventKind>,
+    /// What each trigger the event touched made of it, in trigger order;
+    /// [`Evaluation::explain`] renders them.
+    notes: Notes,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Countdowns {
+    timers: Vec<TimerRequest>,
+    cancelled: Vec<TimerRequest>,
 }
 
 /// The trigger that made the policy fire.
@@ -42,23 +105,319 @@ pub struct FiredBy {
     pub trigger: usize,
 }
 
+/// Notes in order. Almost every evaluation has at most one, kept inline so
+/// that the common case allocates nothing.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Notes {
+    first: Option<Note>,
+    more: Vec<Note>,
+}
+
+impl Notes {
+    fn push(&mut self, note: Note) {
+        if self.first.is_none() {
+            self.first = Some(note);
+        } else {
+            self.more.push(note);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Note> {
+        self.first.iter().chain(&self.more)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+}
+
+/// What trigger `trigger` made of the event, or (for [`Said::AllMissing`])
+/// why `ALL` did not fire.
+#[derive(Debug, Clone, PartialEq)]
+struct Note {
+    trigger: u32,
+    /// The event made this trigger true.
+    became_true: bool,
+    said: Said,
+}
+
+/// One explain line, as data. Names that equal the trigger's own (the
+/// metric, the webhook) are read from the trigger when rendered.
+#[derive(Debug, Clone, PartialEq)]
+enum Said {
+    Entered {
+        equals: UpsState,
+    },
+    EnteredMustStay {
+        equals: UpsState,
+        for_s: u64,
+    },
+    AlreadyIn {
+        equals: UpsState,
+    },
+    Left {
+        equals: UpsState,
+        to: UpsState,
+        cancelled: bool,
+    },
+    MetricBecameTrue {
+        reading: f64,
+    },
+    MetricMustHold {
+        reading: f64,
+        for_s: u64,
+    },
+    MetricStillTrue {
+        reading: f64,
+        since: DateTime<Utc>,
+    },
+    MetricFalseAgain {
+        reading: f64,
+    },
+    MetricFalse {
+        reading: f64,
+    },
+    /// `what` is the UPS state held, `None` for a metric comparison.
+    HoldGone {
+        what: Option<UpsState>,
+    },
+    Held {
+        what: Option<UpsState>,
+        for_s: u64,
+        since: DateTime<Utc>,
+    },
+    StaleHold,
+    ScheduledFire {
+        deadline: Option<DateTime<Utc>>,
+    },
+    WebhookPosted,
+    AfterPassed {
+        after_s: u64,
+    },
+    StaleAfter,
+    /// A `timer.after` started counting: the UPS entered `entered`, or
+    /// (`None`) the webhook was posted.
+    AfterStarted {
+        entered: Option<UpsState>,
+        after_s: u64,
+    },
+    AfterUnchanged {
+        equals: UpsState,
+    },
+    /// `ALL`: `trigger` became true but `missing` does not hold now.
+    AllMissing {
+        missing: usize,
+    },
+}
+
 /// Runtime state of one policy's triggers (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TriggerState {
     /// Indexed like the policy's triggers.
-    triggers: Vec<PerTrigger>,
+    triggers: PerTriggers,
+}
+
+/// The per-trigger states. Most policies have one trigger, kept inline so
+/// that reading a policy's state is one memory access, not two. Serialized
+/// as a JSON array either way.
+#[derive(Debug, Clone, Default)]
+enum PerTriggers {
+    #[default]
+    None,
+    One(PerTrigger),
+    Many(Vec<PerTrigger>),
+}
+
+/// Equal when every trigger's state is: a trigger no event has touched yet
+/// equals one with an empty state.
+impl PartialEq for PerTriggers {
+    fn eq(&self, other: &PerTriggers) -> bool {
+        let (mine, theirs) = (self.as_slice(), other.as_slice());
+        let empty = PerTrigger::default();
+        (0..mine.len().max(theirs.len()))
+            .all(|i| mine.get(i).unwrap_or(&empty) == theirs.get(i).unwrap_or(&empty))
+    }
+}
+
+impl Eq for PerTriggers {}
+
+impl PerTriggers {
+    fn from_vec(mut all: Vec<PerTrigger>) -> PerTriggers {
+        match all.len() {
+            0 => PerTriggers::None,
+            1 => PerTriggers::One(all.pop().unwrap_or_default()),
+            _ => PerTriggers::Many(all),
+        }
+    }
+
+    fn as_slice(&self) -> &[PerTrigger] {
+        match self {
+            PerTriggers::None => &[],
+            PerTriggers::One(one) => std::slice::from_ref(one),
+            PerTriggers::Many(all) => all,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [PerTrigger] {
+        match self {
+            PerTriggers::None => &mut [],
+            PerTriggers::One(one) => std::slice::from_mut(one),
+            PerTriggers::Many(all) => all,
+        }
+    }
+
+    /// Makes room for `n` triggers, keeping the states of the first ones.
+    fn fit(&mut self, n: usize) {
+        if self.as_slice().len() != n {
+            let mut all = std::mem::take(self).into_vec();
+            all.resize_with(n, PerTrigger::default);
+            *self = PerTriggers::from_vec(all);
+        }
+    }
+
+    fn into_vec(self) -> Vec<PerTrigger> {
+        match self {
+            PerTriggers::None => Vec::new(),
+            PerTriggers::One(one) => vec![one],
+            PerTriggers::Many(all) => all,
+        }
+    }
+}
+
+impl Serialize for PerTriggers {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.as_slice().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PerTriggers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<PerTrigger>::deserialize(deserializer).map(PerTriggers::from_vec)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 struct PerTrigger {
     /// Keyed by subject id.
-    subjects: BTreeMap<String, Tracked>,
+    subjects: Subjects,
+}
+
+/// The subjects one trigger tracks: rarely more than one, so the first is
+/// kept inline (reading a policy's state touches no other memory) and more
+/// go to a small vector searched in place, which keeps its capacity when a
+/// subject leaves. Serialized as a JSON object keyed by subject id, in id
+/// order.
+#[derive(Debug, Clone, Default)]
+enum Subjects {
+    #[default]
+    None,
+    One((Arc<str>, Tracked)),
+    Many(Vec<(Arc<str>, Tracked)>),
+}
+
+/// Equal when they track the same subjects the same way, however stored.
+impl PartialEq for Subjects {
+    fn eq(&self, other: &Subjects) -> bool {
+        fn sorted(s: &Subjects) -> BTreeMap<&str, &Tracked> {
+            s.iter().collect()
+        }
+        let (mine, theirs) = (self.as_slice(), other.as_slice());
+        mine.len() == theirs.len() && (mine == theirs || sorted(self) == sorted(other))
+    }
+}
+
+impl Eq for Subjects {}
+
+impl Subjects {
+    fn as_slice(&self) -> &[(Arc<str>, Tracked)] {
+        match self {
+            Subjects::None => &[],
+            Subjects::One(one) => std::slice::from_ref(one),
+            Subjects::Many(all) => all,
+        }
+    }
+
+    fn position(&self, subject: &str) -> Option<usize> {
+        self.as_slice().iter().position(|(s, _)| &**s == subject)
+    }
+
+    fn contains_key(&self, subject: &str) -> bool {
+        self.position(subject).is_some()
+    }
+
+    fn get(&self, subject: &str) -> Option<&Tracked> {
+        self.position(subject).map(|i| &self.as_slice()[i].1)
+    }
+
+    fn get_mut(&mut self, subject: &str) -> Option<&mut Tracked> {
+        let i = self.position(subject)?;
+        match self {
+            Subjects::None => None,
+            Subjects::One(one) => Some(&mut one.1),
+            Subjects::Many(all) => Some(&mut all[i].1),
+        }
+    }
+
+    fn insert(&mut self, subject: Arc<str>, tracked: Tracked) {
+        if let Some(known) = self.get_mut(&subject) {
+            *known = tracked;
+            return;
+        }
+        match std::mem::take(self) {
+            Subjects::None => *self = Subjects::One((subject, tracked)),
+            Subjects::One(first) => *self = Subjects::Many(vec![first, (subject, tracked)]),
+            Subjects::Many(mut all) => {
+                all.push((subject, tracked));
+                *self = Subjects::Many(all);
+            }
+        }
+    }
+
+    fn remove(&mut self, subject: &str) -> Option<Tracked> {
+        let i = self.position(subject)?;
+        match std::mem::take(self) {
+            Subjects::None => None,
+            Subjects::One((_, tracked)) => Some(tracked),
+            Subjects::Many(mut all) => {
+                let (_, tracked) = all.swap_remove(i);
+                *self = Subjects::Many(all);
+                Some(tracked)
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &Tracked)> {
+        self.as_slice().iter().map(|(s, t)| (&**s, t))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Tracked> {
+        self.as_slice().iter().map(|(_, t)| t)
+    }
+}
+
+impl Serialize for Subjects {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let sorted: BTreeMap<&str, &Tracked> = self.iter().collect();
+        sorted.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Subjects {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, Tracked>::deserialize(deserializer)?;
+        let mut subjects = Subjects::None;
+        for (subject, tracked) in map {
+            subjects.insert(Arc::from(subject), tracked);
+        }
+        Ok(subjects)
+    }
 }
 
 /// One subject a trigger tracks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Tracked {
-    subject_kind: String,
+    #[serde(with = "subject_kind")]
+    subject_kind: SubjectKind,
     /// When the UPS entered the state, the comparison became true, or the
     /// `timer.after` started counting.
     since: DateTime<Utc>,
@@ -69,15 +428,25 @@ struct Tracked {
     correlation_id: Uuid,
 }
 
-/// What one trigger made of one event.
-enum Outcome {
-    /// Nothing to say: the event is not about this trigger.
-    Untouched,
-    /// The event moved the state but did not make the trigger true.
-    Noted(String),
-    /// The event made the trigger true.
-    BecameTrue(String),
+/// [`SubjectKind`] as its name, the form persisted states have always had.
+/// An unknown name reads as a UPS, the only subject that counts down.
+mod subject_kind {
+    use super::SubjectKind;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(kind: &SubjectKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(kind.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SubjectKind, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(SubjectKind::parse(&name).unwrap_or(SubjectKind::Ups))
+    }
 }
+
+/// What one trigger made of one event: nothing (the event is not about this
+/// trigger), or a note, which says whether the trigger became true.
+type Outcome = Option<Note>;
 
 impl TriggerState {
     /// Evaluates `event` against `group` (the triggers of policy `policy_id`)
@@ -85,6 +454,9 @@ impl TriggerState {
     /// subject id, or by the name or id a trigger's `ups` filter gives); it
     /// lets `ALL` see a UPS that was already in a state when the policy
     /// started tracking, and keeps a stale tracked state from counting.
+    ///
+    /// For one event evaluated against many policies, build the
+    /// [`EventView`] once and call [`TriggerState::evaluate_view`].
     pub fn evaluate(
         &mut self,
         policy_id: &str,
@@ -93,93 +465,104 @@ impl TriggerState {
         now: DateTime<Utc>,
         facts_ups_state: impl Fn(&str) -> Option<UpsState>,
     ) -> Evaluation {
-        self.triggers
-            .resize_with(group.triggers.len(), PerTrigger::default);
-        let tag = TimerTag::from_event(event).filter(|t| t.policy_id == policy_id);
-        let mut eval = Evaluation::default();
-        let mut became_true = Vec::new();
-        let mut notes = String::new();
+        self.evaluate_view(
+            policy_id,
+            group,
+            &EventView::new(event),
+            now,
+            facts_ups_state,
+        )
+    }
+
+    /// [`TriggerState::evaluate`] on an event already read into a view.
+    pub fn evaluate_view(
+        &mut self,
+        policy_id: &str,
+        group: &TriggerGroup,
+        view: &EventView<'_>,
+        now: DateTime<Utc>,
+        facts_ups_state: impl Fn(&str) -> Option<UpsState>,
+    ) -> Evaluation {
+        self.triggers.fit(group.triggers.len());
+        let per = self.triggers.as_mut_slice();
+        let tag = view.tag.filter(|t| t.policy_id == policy_id);
+        let mut eval = Evaluation {
+            kind: Some(view.event.kind),
+            ..Evaluation::default()
+        };
         for (i, trigger) in group.triggers.iter().enumerate() {
             let ctx = Ctx {
                 policy_id,
                 trigger: i,
-                event,
+                view,
                 now,
                 tag: tag.filter(|t| t.trigger == i),
             };
-            let outcome = self.triggers[i].step(trigger, &ctx, &facts_ups_state, &mut eval);
-            match outcome {
-                Outcome::Untouched => {}
-                Outcome::Noted(text) => {
-                    let _ = writeln!(notes, "trigger {i} ({}): {text}", Describe(trigger));
-                }
-                Outcome::BecameTrue(text) => {
-                    let _ = writeln!(notes, "trigger {i} ({}): {text}", Describe(trigger));
-                    became_true.push(i);
-                }
+            if let Some(note) = per[i].step(trigger, &ctx, &facts_ups_state, &mut eval) {
+                eval.notes.push(note);
             }
         }
         let fired = match group.logic {
-            Logic::Any => became_true.first().copied(),
+            Logic::Any => eval
+                .notes
+                .iter()
+                .find(|n| n.became_true)
+                .map(|n| n.trigger as usize),
             Logic::All => {
+                let became: Vec<usize> = eval
+                    .notes
+                    .iter()
+                    .filter(|n| n.became_true)
+                    .map(|n| n.trigger as usize)
+                    .collect();
                 let mut fired = None;
-                for &i in &became_true {
+                for i in became {
                     let missing = (0..group.triggers.len()).find(|&j| {
-                        j != i
-                            && !self.triggers[j].currently_true(
-                                &group.triggers[j],
-                                now,
-                                &facts_ups_state,
-                            )
+                        j != i && !per[j].currently_true(&group.triggers[j], now, &facts_ups_state)
                     });
                     match missing {
                         None => {
                             fired = Some(i);
                             break;
                         }
-                        Some(j) => {
-                            let _ = writeln!(
-                                notes,
-                                "ALL: trigger {i} became true but trigger {j} ({}) does not hold now",
-                                describe(&group.triggers[j])
-                            );
-                        }
+                        Some(j) => eval.notes.push(Note {
+                            trigger: i as u32,
+                            became_true: false,
+                            said: Said::AllMissing { missing: j },
+                        }),
                     }
                 }
                 fired
             }
         };
         eval.fired = fired.map(|trigger| FiredBy { trigger });
-        eval.explain = match fired {
-            Some(i) => {
-                let all = if group.logic == Logic::All && group.triggers.len() > 1 {
-                    " while every other trigger holds"
-                } else {
-                    ""
-                };
-                format!(
-                    "fired by trigger {i} ({}){all}\n{notes}",
-                    Describe(&group.triggers[i])
-                )
-            }
-            None if notes.is_empty() => format!(
-                "not fired: no trigger reacts to this {} event\n",
-                event.kind.as_str()
-            ),
-            None => format!("not fired\n{notes}"),
-        };
         eval
+    }
+
+    /// How many subjects the state tracks over all triggers.
+    pub fn tracking(&self) -> usize {
+        self.triggers
+            .as_slice()
+            .iter()
+            .map(|t| t.subjects.as_slice().len())
+            .sum()
     }
 
     /// The countdowns this state is waiting for: re-arm them after a restart.
     pub fn pending_timers(&self, policy_id: &str, group: &TriggerGroup) -> Vec<TimerRequest> {
         let mut out = Vec::new();
-        for (i, (per, trigger)) in self.triggers.iter().zip(&group.triggers).enumerate() {
+        for (i, (per, trigger)) in self
+            .triggers
+            .as_slice()
+            .iter()
+            .zip(&group.triggers)
+            .enumerate()
+        {
             let kind = match trigger {
                 Trigger::TimerAfter { .. } => TimerKind::After,
                 _ => TimerKind::ForHold,
             };
-            for (subject, tracked) in &per.subjects {
+            for (subject, tracked) in per.subjects.iter() {
                 if let Some(deadline) = tracked.deadline {
                     out.push(tracked.request(policy_id, i, kind, subject, deadline));
                 }
@@ -201,11 +584,198 @@ impl TriggerState {
     }
 }
 
+impl Evaluation {
+    /// Countdowns to arm; deliver each one's [`TimerRequest::event`] when due.
+    pub fn timers(&self) -> &[TimerRequest] {
+        self.countdowns.as_ref().map_or(&[], |c| &c.timers)
+    }
+
+    /// Countdowns that no longer apply; their expiry would be ignored anyway.
+    pub fn cancelled(&self) -> &[TimerRequest] {
+        self.countdowns.as_ref().map_or(&[], |c| &c.cancelled)
+    }
+
+    fn countdowns(&mut self) -> &mut Countdowns {
+        self.countdowns.get_or_insert_with(Box::default)
+    }
+
+    /// Which trigger fired, or why none did, one line per trigger the event
+    /// touched: the `trigger` part of a ledger entry's explain. `group` is
+    /// the trigger group this evaluation came from and `subject` the id of
+    /// the evaluated event's subject (every note is about it).
+    pub fn explain(&self, group: &TriggerGroup, subject: &str) -> String {
+        let mut notes = String::new();
+        for note in self.notes.iter() {
+            let _ = match &note.said {
+                Said::AllMissing { missing } => writeln!(
+                    notes,
+                    "ALL: trigger {} became true but trigger {missing} ({}) does not hold now",
+                    note.trigger,
+                    Describe(&group.triggers[*missing])
+                ),
+                said => writeln!(
+                    notes,
+                    "trigger {} ({}): {}",
+                    note.trigger,
+                    Describe(&group.triggers[note.trigger as usize]),
+                    Render(said, &group.triggers[note.trigger as usize], subject)
+                ),
+            };
+        }
+        match self.fired {
+            Some(FiredBy { trigger: i }) => {
+                let all = if group.logic == Logic::All && group.triggers.len() > 1 {
+                    " while every other trigger holds"
+                } else {
+                    ""
+                };
+                format!(
+                    "fired by trigger {i} ({}){all}\n{notes}",
+                    Describe(&group.triggers[i])
+                )
+            }
+            None if self.notes.is_empty() => format!(
+                "not fired: no trigger reacts to this {} event\n",
+                self.kind.map_or("unknown", EventKind::as_str)
+            ),
+            None => format!("not fired\n{notes}"),
+        }
+    }
+}
+
+/// One [`Said`] as the text after `trigger i (...): `.
+struct Render<'a>(&'a Said, &'a Trigger, &'a str);
+
+impl fmt::Display for Render<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let subject = self.2;
+        let metric = match self.1 {
+            Trigger::MetricThreshold { metric, .. } => metric.as_str(),
+            _ => "",
+        };
+        match self.0 {
+            Said::Entered { equals } => write!(f, "{subject} entered {}", equals.as_str()),
+            Said::EnteredMustStay { equals, for_s } => write!(
+                f,
+                "{subject} entered {}; must stay {for_s}s",
+                equals.as_str()
+            ),
+            Said::AlreadyIn { equals } => write!(
+                f,
+                "{subject} is already {}: staying is not entering",
+                equals.as_str()
+            ),
+            Said::Left {
+                equals,
+                to,
+                cancelled,
+            } => write!(
+                f,
+                "{subject} left {} for {}{}",
+                equals.as_str(),
+                to.as_str(),
+                if *cancelled {
+                    "; countdown cancelled"
+                } else {
+                    ""
+                }
+            ),
+            Said::MetricBecameTrue { reading } => {
+                write!(f, "{metric} = {reading} on {subject} became true")
+            }
+            Said::MetricMustHold { reading, for_s } => write!(
+                f,
+                "{metric} = {reading} on {subject} became true; must hold {for_s}s"
+            ),
+            Said::MetricStillTrue { reading, since } => write!(
+                f,
+                "{metric} = {reading} on {subject} still true since {} (no new edge)",
+                since.format("%H:%M:%S")
+            ),
+            Said::MetricFalseAgain { reading } => write!(
+                f,
+                "{metric} = {reading} on {subject} is false again; re-armed"
+            ),
+            Said::MetricFalse { reading } => {
+                write!(f, "{metric} = {reading} on {subject} is false")
+            }
+            Said::HoldGone { what } => write!(
+                f,
+                "hold of {} on {subject} ran out but the facts say it no longer holds",
+                held(*what)
+            ),
+            Said::Held { what, for_s, since } => write!(
+                f,
+                "{} on {subject} held {for_s}s since {}",
+                held(*what),
+                since.format("%H:%M:%S")
+            ),
+            Said::StaleHold => write!(
+                f,
+                "stale timer for {subject} ignored: the hold was broken or re-armed"
+            ),
+            Said::ScheduledFire { deadline } => {
+                let schedule = match self.1 {
+                    Trigger::TimerAt { schedule } => describe_schedule(schedule),
+                    _ => String::new(),
+                };
+                write!(
+                    f,
+                    "scheduled fire {} of {schedule}",
+                    deadline
+                        .map(super::timer::format_instant)
+                        .unwrap_or_default()
+                )
+            }
+            Said::WebhookPosted => match self.1 {
+                Trigger::WebhookCustom { name } => write!(f, "webhook {name} posted"),
+                _ => write!(f, "webhook posted"),
+            },
+            Said::AfterPassed { after_s } => {
+                let since = match self.1 {
+                    Trigger::TimerAfter { since_event, .. } => describe_pattern(since_event),
+                    _ => String::new(),
+                };
+                write!(f, "{after_s}s passed since {since} on {subject}")
+            }
+            Said::StaleAfter => write!(
+                f,
+                "stale timer for {subject} ignored: its countdown was cancelled or re-armed"
+            ),
+            Said::AfterStarted { entered, after_s } => {
+                match (entered, self.1) {
+                    (Some(state), _) => write!(f, "{subject} entered {}", state.as_str())?,
+                    (
+                        None,
+                        Trigger::TimerAfter {
+                            since_event: EventPattern::WebhookCustom { name },
+                            ..
+                        },
+                    ) => write!(f, "webhook {name} posted")?,
+                    (None, _) => write!(f, "webhook posted")?,
+                }
+                write!(f, "; fires in {after_s}s unless cancelled")
+            }
+            Said::AfterUnchanged { equals } => write!(
+                f,
+                "{subject} is already {}; countdown unchanged",
+                equals.as_str()
+            ),
+            Said::AllMissing { missing } => write!(f, "trigger {missing} does not hold now"),
+        }
+    }
+}
+
+/// What a `for` hold was about: the UPS state, or a metric comparison.
+fn held(what: Option<UpsState>) -> &'static str {
+    what.map_or("held", UpsState::as_str)
+}
+
 /// What every trigger step needs to know about the event.
 struct Ctx<'a> {
     policy_id: &'a str,
     trigger: usize,
-    event: &'a Event,
+    view: &'a EventView<'a>,
     now: DateTime<Utc>,
     /// The event's timer tag when it is addressed to this trigger.
     tag: Option<TimerTag<'a>>,
@@ -213,16 +783,29 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn subject_id(&self) -> &str {
-        &self.event.subject.id
+        &self.view.subject
+    }
+
+    /// The subject id, shared.
+    fn subject(&self) -> Arc<str> {
+        self.view.subject.clone()
+    }
+
+    fn note(&self, became_true: bool, said: Said) -> Outcome {
+        Some(Note {
+            trigger: self.trigger as u32,
+            became_true,
+            said,
+        })
     }
 
     fn track(&self, deadline: Option<DateTime<Utc>>) -> Tracked {
         Tracked {
-            subject_kind: self.event.subject.kind.as_str().to_string(),
+            subject_kind: self.view.event.subject.kind,
             since: self.now,
             deadline,
             fired: deadline.is_none(),
-            correlation_id: self.event.correlation_id,
+            correlation_id: self.view.event.correlation_id,
         }
     }
 
@@ -248,7 +831,7 @@ impl Tracked {
             policy_id: policy_id.to_string(),
             trigger,
             kind,
-            subject_kind: SubjectKind::parse(&self.subject_kind).unwrap_or(SubjectKind::Ups),
+            subject_kind: self.subject_kind,
             subject_id: subject.to_string(),
             correlation_id: self.correlation_id,
         }
@@ -289,75 +872,65 @@ impl PerTrigger {
                         hold(*for_s).unwrap_or(0),
                         deadline,
                         |_| true,
-                        "held",
+                        None,
                     );
                 }
-                let Some((name, reading)) = ctx.event.metric() else {
-                    return Outcome::Untouched;
-                };
+                let (name, reading) = ctx.view.metric?;
                 if name != metric
                     || ups
                         .as_deref()
                         .is_some_and(|f| !ups_matches(f, ctx.subject_id()))
                 {
-                    return Outcome::Untouched;
+                    return None;
                 }
                 let holds = op.compare(reading, *value);
-                let subject = ctx.subject_id().to_string();
-                match (holds, self.subjects.get(&subject)) {
-                    (true, Some(tracked)) => Outcome::Noted(format!(
-                        "{name} = {reading} on {subject} still true since {} (no new edge)",
-                        tracked.since.format("%H:%M:%S")
-                    )),
+                let subject = ctx.subject_id();
+                match (holds, self.subjects.get(subject)) {
+                    (true, Some(tracked)) => ctx.note(
+                        false,
+                        Said::MetricStillTrue {
+                            since: tracked.since,
+                            reading,
+                        },
+                    ),
                     (true, None) => match hold(*for_s) {
                         None => {
-                            self.subjects.insert(subject.clone(), ctx.track(None));
-                            Outcome::BecameTrue(format!(
-                                "{name} = {reading} on {subject} became true"
-                            ))
+                            self.subjects.insert(ctx.subject(), ctx.track(None));
+                            ctx.note(true, Said::MetricBecameTrue { reading })
                         }
                         Some(n) => {
                             let deadline = ctx.now + seconds(n);
                             let tracked = ctx.track(Some(deadline));
-                            eval.timers.push(tracked.request(
+                            eval.countdowns().timers.push(tracked.request(
                                 ctx.policy_id,
                                 ctx.trigger,
                                 TimerKind::ForHold,
-                                &subject,
+                                subject,
                                 deadline,
                             ));
-                            self.subjects.insert(subject.clone(), tracked);
-                            Outcome::Noted(format!(
-                                "{name} = {reading} on {subject} became true; must hold {n}s"
-                            ))
+                            self.subjects.insert(ctx.subject(), tracked);
+                            ctx.note(false, Said::MetricMustHold { reading, for_s: n })
                         }
                     },
                     (false, Some(_)) => {
-                        self.untrack(&subject, ctx, TimerKind::ForHold, eval);
-                        Outcome::Noted(format!(
-                            "{name} = {reading} on {subject} is false again; re-armed"
-                        ))
+                        self.untrack(subject, ctx, TimerKind::ForHold, eval);
+                        ctx.note(false, Said::MetricFalseAgain { reading })
                     }
-                    (false, None) => {
-                        Outcome::Noted(format!("{name} = {reading} on {subject} is false"))
-                    }
+                    (false, None) => ctx.note(false, Said::MetricFalse { reading }),
                 }
             }
-            Trigger::TimerAt { schedule } => match ctx.tag {
-                Some(tag) if ctx.event.kind == EventKind::TimerAt => Outcome::BecameTrue(format!(
-                    "scheduled fire {} of {}",
-                    tag.deadline
-                        .map(super::timer::format_instant)
-                        .unwrap_or_default(),
-                    describe_schedule(schedule)
-                )),
-                _ => Outcome::Untouched,
+            Trigger::TimerAt { .. } => match ctx.tag {
+                Some(tag) if ctx.view.event.kind == EventKind::TimerAt => ctx.note(
+                    true,
+                    Said::ScheduledFire {
+                        deadline: tag.deadline,
+                    },
+                ),
+                _ => None,
             },
-            Trigger::WebhookCustom { name } => match ctx.event.webhook_name() {
-                Some(posted) if posted == name => {
-                    Outcome::BecameTrue(format!("webhook {name} posted"))
-                }
-                _ => Outcome::Untouched,
+            Trigger::WebhookCustom { name } => match ctx.view.webhook {
+                Some(posted) if posted == name => ctx.note(true, Said::WebhookPosted),
+                _ => None,
             },
             Trigger::TimerAfter {
                 after_s,
@@ -377,60 +950,48 @@ impl PerTrigger {
     ) -> Outcome {
         if let Some(deadline) = ctx.expiry(TimerKind::ForHold) {
             let still = |subject: &str| facts(subject).is_none_or(|s| s == equals);
-            return self.hold_expired(ctx, for_s.unwrap_or(0), deadline, still, equals.as_str());
+            return self.hold_expired(ctx, for_s.unwrap_or(0), deadline, still, Some(equals));
         }
-        let Some(state) = ctx.event.ups_state() else {
-            return Outcome::Untouched;
-        };
-        // Borrowed until it is stored: most policies an event reaches are
-        // observers with nothing to track.
+        let state = ctx.view.ups_state?;
         let subject = ctx.subject_id();
         if filter.is_some_and(|f| !ups_matches(f, subject)) {
-            return Outcome::Untouched;
+            return None;
         }
         let tracked = self.subjects.contains_key(subject);
         if state != equals {
             if !tracked {
-                return Outcome::Untouched;
+                return None;
             }
-            let counting = self.untrack(subject, ctx, TimerKind::ForHold, eval);
-            let tail = if counting {
-                "; countdown cancelled"
-            } else {
-                ""
-            };
-            return Outcome::Noted(format!(
-                "{subject} left {} for {}{tail}",
-                equals.as_str(),
-                state.as_str()
-            ));
+            let cancelled = self.untrack(subject, ctx, TimerKind::ForHold, eval);
+            return ctx.note(
+                false,
+                Said::Left {
+                    equals,
+                    to: state,
+                    cancelled,
+                },
+            );
         }
         if tracked {
-            return Outcome::Noted(format!(
-                "{subject} is already {}: staying is not entering",
-                equals.as_str()
-            ));
+            return ctx.note(false, Said::AlreadyIn { equals });
         }
         match for_s {
             None => {
-                self.subjects.insert(subject.to_string(), ctx.track(None));
-                Outcome::BecameTrue(format!("{subject} entered {}", equals.as_str()))
+                self.subjects.insert(ctx.subject(), ctx.track(None));
+                ctx.note(true, Said::Entered { equals })
             }
             Some(n) => {
                 let deadline = ctx.now + seconds(n);
                 let tracked = ctx.track(Some(deadline));
-                eval.timers.push(tracked.request(
+                eval.countdowns().timers.push(tracked.request(
                     ctx.policy_id,
                     ctx.trigger,
                     TimerKind::ForHold,
                     subject,
                     deadline,
                 ));
-                self.subjects.insert(subject.to_string(), tracked);
-                Outcome::Noted(format!(
-                    "{subject} entered {}; must stay {n}s",
-                    equals.as_str()
-                ))
+                self.subjects.insert(ctx.subject(), tracked);
+                ctx.note(false, Said::EnteredMustStay { equals, for_s: n })
             }
         }
     }
@@ -442,80 +1003,64 @@ impl PerTrigger {
         ctx: &Ctx<'_>,
         eval: &mut Evaluation,
     ) -> Outcome {
+        let subject = ctx.subject_id();
         if let Some(deadline) = ctx.expiry(TimerKind::After) {
-            let subject = ctx.subject_id();
             return match self.subjects.get_mut(subject) {
                 Some(t) if t.deadline == Some(deadline) && ctx.now >= deadline => {
                     t.deadline = None;
                     t.fired = true;
-                    let text = format!(
-                        "{after_s}s passed since {} on {subject}",
-                        describe_pattern(since)
-                    );
                     if matches!(since, EventPattern::WebhookCustom { .. }) {
                         self.subjects.remove(subject);
                     }
-                    Outcome::BecameTrue(text)
+                    ctx.note(true, Said::AfterPassed { after_s })
                 }
-                _ => Outcome::Noted(format!(
-                    "stale timer for {subject} ignored: its countdown was cancelled or re-armed"
-                )),
+                _ => ctx.note(false, Said::StaleAfter {}),
             };
         }
-        let subject = ctx.subject_id().to_string();
-        let start = |this: &mut PerTrigger, eval: &mut Evaluation, what: String| {
+        let start = |this: &mut PerTrigger, eval: &mut Evaluation, entered: Option<UpsState>| {
             let deadline = ctx.now + seconds(after_s);
             let tracked = ctx.track(Some(deadline));
-            eval.timers.push(tracked.request(
+            eval.countdowns().timers.push(tracked.request(
                 ctx.policy_id,
                 ctx.trigger,
                 TimerKind::After,
-                &subject,
+                subject,
                 deadline,
             ));
-            this.subjects.insert(subject.clone(), tracked);
-            Outcome::Noted(format!("{what}; fires in {after_s}s unless cancelled"))
+            this.subjects.insert(ctx.subject(), tracked);
+            ctx.note(false, Said::AfterStarted { entered, after_s })
         };
         match since {
             EventPattern::UpsState { equals, ups } => {
-                let Some(state) = ctx.event.ups_state() else {
-                    return Outcome::Untouched;
-                };
-                if ups.as_deref().is_some_and(|f| !ups_matches(f, &subject)) {
-                    return Outcome::Untouched;
+                let state = ctx.view.ups_state?;
+                if ups.as_deref().is_some_and(|f| !ups_matches(f, subject)) {
+                    return None;
                 }
-                let tracked = self.subjects.contains_key(&subject);
+                let tracked = self.subjects.contains_key(subject);
                 match (state == *equals, tracked) {
-                    (true, false) => {
-                        start(self, eval, format!("{subject} entered {}", equals.as_str()))
-                    }
-                    (true, true) => Outcome::Noted(format!(
-                        "{subject} is already {}; countdown unchanged",
-                        equals.as_str()
-                    )),
+                    (true, false) => start(self, eval, Some(*equals)),
+                    (true, true) => ctx.note(false, Said::AfterUnchanged { equals: *equals }),
                     (false, true) => {
-                        let counting = self.untrack(&subject, ctx, TimerKind::After, eval);
-                        let tail = if counting {
-                            "; countdown cancelled"
-                        } else {
-                            ""
-                        };
-                        Outcome::Noted(format!(
-                            "{subject} left {} for {}{tail}",
-                            equals.as_str(),
-                            state.as_str()
-                        ))
+                        let cancelled = self.untrack(subject, ctx, TimerKind::After, eval);
+                        ctx.note(
+                            false,
+                            Said::Left {
+                                equals: *equals,
+                                to: state,
+                                cancelled,
+                            },
+                        )
                     }
-                    (false, false) => Outcome::Untouched,
+                    (false, false) => None,
                 }
             }
-            EventPattern::WebhookCustom { name } => match ctx.event.webhook_name() {
+            EventPattern::WebhookCustom { name } => match ctx.view.webhook {
                 Some(posted) if posted == name => {
                     // A repeated webhook restarts the delay: it counts from the latest.
-                    self.untrack(&subject, ctx, TimerKind::After, eval);
-                    start(self, eval, format!("webhook {name} posted"))
+                    self.untrack(subject, ctx, TimerKind::After, eval);
+                    start(self, eval, None)
                 }
-                _ => Outcome::Untouched,
+                _ => None,
             },
         }
     }
@@ -528,7 +1073,7 @@ impl PerTrigger {
         for_s: u64,
         deadline: DateTime<Utc>,
         still: impl Fn(&str) -> bool,
-        what: &str,
+        what: Option<UpsState>,
     ) -> Outcome {
         let subject = ctx.subject_id();
         match self.subjects.get_mut(subject) {
@@ -539,20 +1084,14 @@ impl PerTrigger {
             {
                 if !still(subject) {
                     self.subjects.remove(subject);
-                    return Outcome::Noted(format!(
-                        "hold of {what} on {subject} ran out but the facts say it no longer holds"
-                    ));
+                    return ctx.note(false, Said::HoldGone { what });
                 }
                 t.deadline = None;
                 t.fired = true;
-                Outcome::BecameTrue(format!(
-                    "{what} on {subject} held {for_s}s since {}",
-                    t.since.format("%H:%M:%S")
-                ))
+                let since = t.since;
+                ctx.note(true, Said::Held { what, for_s, since })
             }
-            _ => Outcome::Noted(format!(
-                "stale timer for {subject} ignored: the hold was broken or re-armed"
-            )),
+            _ => ctx.note(false, Said::StaleHold {}),
         }
     }
 
@@ -570,8 +1109,13 @@ impl PerTrigger {
         };
         match t.deadline {
             Some(deadline) => {
-                eval.cancelled
-                    .push(t.request(ctx.policy_id, ctx.trigger, kind, subject, deadline));
+                eval.countdowns().cancelled.push(t.request(
+                    ctx.policy_id,
+                    ctx.trigger,
+                    kind,
+                    subject,
+                    deadline,
+                ));
                 true
             }
             None => false,

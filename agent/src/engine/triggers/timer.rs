@@ -175,10 +175,10 @@ impl TimerQueue {
 
     /// Cancels, then arms, what one evaluation asked for.
     pub fn apply(&mut self, evaluation: &super::Evaluation) {
-        for request in &evaluation.cancelled {
+        for request in evaluation.cancelled() {
             self.cancel(request);
         }
-        for request in &evaluation.timers {
+        for request in evaluation.timers() {
             self.arm(request.clone());
         }
     }
