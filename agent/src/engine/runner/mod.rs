@@ -757,9 +757,16 @@ impl Engine {
         let policy = &self.policies[&id];
         let ir = &policy.ir;
         let (now, facts) = (step.now, step.facts);
-        let snapshot = self.snapshots.host(&ir.targets.host_id);
+        // The host's snapshot is a copy of its whole inventory: read only
+        // for a policy whose triggers fired, once.
+        let snapshot = std::cell::OnceCell::new();
+        let snapshot = || {
+            snapshot
+                .get_or_init(|| self.snapshots.host(&ir.targets.host_id))
+                .as_ref()
+        };
         let count = || {
-            self.resolve(policy, snapshot.as_ref())
+            self.resolve(policy, snapshot())
                 .map(|ids| ids.len())
                 .map_err(|(_, why)| why)
         };
@@ -797,6 +804,7 @@ impl Engine {
         if !outcome.all_true {
             return finish(decision, explain);
         }
+        let snapshot = snapshot();
         // Step 4: suppression window.
         let window = self.store.window_state(id)?;
         let suppression = TimeDelta::seconds(ir.windows.suppression_s as i64);
@@ -814,7 +822,7 @@ impl Engine {
             }
         }
         // Step 5: dynamic re-resolution (or the compiled ids).
-        let ids = match self.resolve(policy, snapshot.as_ref()) {
+        let ids = match self.resolve(policy, snapshot) {
             Ok(ids) => ids,
             Err((code, why)) => {
                 explain.insert("targets".into(), Value::String(why));
@@ -884,7 +892,7 @@ impl Engine {
                     continue;
                 }
                 // Step 7 (per target): already in the desired state.
-                if let Some(status) = already_desired(&action, snapshot.as_ref(), target) {
+                if let Some(status) = already_desired(&action, snapshot, target) {
                     let why = format!("{target} is already {status}");
                     decision.skipped.push(row(
                         index,
