@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::engine::event::{ups_matches, Event, EventKind, SubjectKind};
+use crate::engine::event::{Event, EventKind, SubjectKind};
 use crate::spec::{EventPattern, Logic, Schedule, Trigger, TriggerGroup, UpsState};
 
 use super::timer::{TimerKind, TimerRequest, TimerTag};
@@ -42,6 +42,8 @@ pub struct EventView<'a> {
     webhook: Option<&'a str>,
     tag: Option<TimerTag<'a>>,
     subject: Arc<str>,
+    /// The name part of a UPS subject id (`ups1` of `ups1@nas.lan:3493`).
+    ups_name: Option<&'a str>,
 }
 
 impl<'a> EventView<'a> {
@@ -53,7 +55,15 @@ impl<'a> EventView<'a> {
             webhook: event.webhook_name(),
             tag: TimerTag::from_event(event),
             subject: Arc::from(event.subject.id.as_str()),
+            ups_name: event.subject.id.split_once('@').map(|(name, _)| name),
         }
+    }
+
+    /// Whether a trigger's `ups:` filter (a subject id or a UPS name) names
+    /// the event's subject: [`crate::engine::event::ups_matches`] with the
+    /// subject id split once per event, not once per policy.
+    pub fn ups_matches(&self, filter: &str) -> bool {
+        filter == &*self.subject || self.ups_name == Some(filter)
     }
 
     /// The state a `ups.state` event entered.
@@ -876,11 +886,7 @@ impl PerTrigger {
                     );
                 }
                 let (name, reading) = ctx.view.metric?;
-                if name != metric
-                    || ups
-                        .as_deref()
-                        .is_some_and(|f| !ups_matches(f, ctx.subject_id()))
-                {
+                if name != metric || ups.as_deref().is_some_and(|f| !ctx.view.ups_matches(f)) {
                     return None;
                 }
                 let holds = op.compare(reading, *value);
@@ -954,7 +960,7 @@ impl PerTrigger {
         }
         let state = ctx.view.ups_state?;
         let subject = ctx.subject_id();
-        if filter.is_some_and(|f| !ups_matches(f, subject)) {
+        if filter.is_some_and(|f| !ctx.view.ups_matches(f)) {
             return None;
         }
         let tracked = self.subjects.contains_key(subject);
@@ -1033,7 +1039,7 @@ impl PerTrigger {
         match since {
             EventPattern::UpsState { equals, ups } => {
                 let state = ctx.view.ups_state?;
-                if ups.as_deref().is_some_and(|f| !ups_matches(f, subject)) {
+                if ups.as_deref().is_some_and(|f| !ctx.view.ups_matches(f)) {
                     return None;
                 }
                 let tracked = self.subjects.contains_key(subject);
