@@ -54,6 +54,8 @@ struct Slot {
     shared: Option<u32>,
     /// The policy's trigger state, beside what reads it.
     state: TriggerState,
+    /// Read only for a fired policy, so kept out of the slot's cache lines.
+    details: Box<Details>,
 }
 
 /// What only a fired policy's conditions read.
@@ -70,8 +72,6 @@ struct Details {
 pub struct Decider {
     index: TriggerIndex,
     slots: Vec<Option<Slot>>,
-    /// Indexed like `slots`.
-    details: Vec<Option<Details>>,
     groups: Shared<TriggerGroup>,
     ids: HashMap<Uuid, u32>,
     free: Vec<u32>,
@@ -131,27 +131,26 @@ impl Decider {
             Some(slot) => slot,
             None => {
                 self.slots.push(None);
-                self.details.push(None);
                 u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 policies")
             }
         };
-        let shared = shared_key(conditions, host_id).map(|key| self.lists.acquire(key, ()));
+        let shared = shared_key(conditions, host_id).map(|key| self.lists.acquire(key, || ()));
         let entry = Slot {
             id,
             id_text: id.to_string().into(),
             priority,
-            group: self.groups.acquire(group_key(group), group.clone()),
+            group: self.groups.acquire(group_key(group), || group.clone()),
             shared,
             state: TriggerState::default(),
+            details: Box::new(Details {
+                conditions: conditions.to_vec(),
+                host_id: host_id.to_string(),
+            }),
         };
         self.index
             .insert_slot(&entry.id_text, slot, priority, group);
         self.note_tracking(slot, &entry.state);
         self.slots[slot as usize] = Some(entry);
-        self.details[slot as usize] = Some(Details {
-            conditions: conditions.to_vec(),
-            host_id: host_id.to_string(),
-        });
         self.ids.insert(id, slot);
         true
     }
@@ -167,7 +166,6 @@ impl Decider {
                 self.lists.release(list);
             }
         }
-        self.details[slot as usize] = None;
         self.note_tracking(slot, &TriggerState::default());
         self.free.push(slot);
         // The index has no removal: rebuilt from the remaining slots.
@@ -281,14 +279,13 @@ impl Decider {
         count_matching: &dyn Fn() -> Result<usize, String>,
     ) -> Option<Decided> {
         let slot = self.slots[hit.slot as usize].as_ref()?;
-        let details = self.details[hit.slot as usize].as_ref();
         let step = Step {
             view,
             now,
             facts,
             count_matching,
         };
-        judge(&self.groups, slot, details, hit, state, &step, memo)
+        judge(&self.groups, slot, hit, state, &step, memo)
     }
 
     /// Steps 1–3 for the event in `view`: every shortlisted policy decided by
@@ -322,15 +319,7 @@ impl Decider {
             };
             // The state is moved in place, beside the slot it belongs to.
             let mut state = std::mem::take(&mut slot.state);
-            let decided = judge(
-                &self.groups,
-                slot,
-                self.details[n].as_ref(),
-                hit,
-                &mut state,
-                &step,
-                memo,
-            );
+            let decided = judge(&self.groups, slot, hit, &mut state, &step, memo);
             let tracking = state.tracking() > 0;
             slot.state = state;
             self.set_tracking(hit.slot, tracking);
@@ -354,7 +343,6 @@ struct Step<'a, 'e> {
 fn judge(
     groups: &Shared<TriggerGroup>,
     slot: &Slot,
-    details: Option<&Details>,
     hit: Hit,
     state: &mut TriggerState,
     step: &Step<'_, '_>,
@@ -373,9 +361,7 @@ fn judge(
     }
     let conditions = evaluation.fired.map(|_| {
         let evaluate = || {
-            let Some(details) = details else {
-                return Arc::new(conditions::evaluate(&[], view.event, facts, &NO_POLICY));
-            };
+            let details = &slot.details;
             let ctx = PolicyContext {
                 host_id: &details.host_id,
                 count_matching: step.count_matching,
@@ -400,13 +386,6 @@ fn judge(
         conditions,
     })
 }
-
-/// The context of a slot whose details are gone (never the case for a
-/// loaded policy): no host, no targets.
-const NO_POLICY: PolicyContext<'static> = PolicyContext {
-    host_id: "",
-    count_matching: &|| Err("the policy is not loaded".to_string()),
-};
 
 /// The key two policies share a trigger group under: its canonical JSON.
 fn group_key(group: &TriggerGroup) -> String {
@@ -452,9 +431,9 @@ impl<T> Default for Shared<T> {
 }
 
 impl<T> Shared<T> {
-    /// The number of the entry under `key` (made from `value` if new),
+    /// The number of the entry under `key` (made by `value` if new),
     /// counted as used once more.
-    fn acquire(&mut self, key: String, value: T) -> u32 {
+    fn acquire(&mut self, key: String, value: impl FnOnce() -> T) -> u32 {
         if let Some(&n) = self.by_key.get(&key) {
             if let Some((_, _, users)) = &mut self.entries[n as usize] {
                 *users += 1;
@@ -468,7 +447,7 @@ impl<T> Shared<T> {
                 u32::try_from(self.entries.len() - 1).expect("fewer than 2^32 entries")
             }
         };
-        self.entries[n as usize] = Some((key.clone(), value, 1));
+        self.entries[n as usize] = Some((key.clone(), value(), 1));
         self.by_key.insert(key, n);
         n
     }
