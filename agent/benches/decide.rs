@@ -149,7 +149,12 @@ fn bench_decide(c: &mut Criterion) {
 
     // (a) the in-memory decision.
     if wanted("decide/in_memory") {
-        in_memory(&mut group, &compiled, &stream);
+        in_memory(&mut group, "in_memory", &compiled, &stream);
+    }
+    // (a') the same with no two trigger groups equal: nothing shared.
+    if wanted("decide/in_memory_distinct") {
+        let distinct = common::compiled_policies_with(true);
+        in_memory(&mut group, "in_memory_distinct", &distinct, &stream);
     }
     // (b) the whole engine, in-memory store, instant drivers.
     if wanted("decide/engine") {
@@ -160,6 +165,7 @@ fn bench_decide(c: &mut Criterion) {
 
 fn in_memory(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
     compiled: &[(Uuid, Ir)],
     stream: &[Event],
 ) {
@@ -168,7 +174,7 @@ fn in_memory(
     // One pass to reach the steady state, and to check the stream is edges.
     let matched: usize = stream.iter().map(|e| decider.handle(e)).sum();
     eprintln!(
-        "decide/in_memory: {} policies over {} keys; one pass of {} events matched {matched} policies ({:.1} per event)",
+        "decide/{name}: {} policies over {} keys; one pass of {} events matched {matched} policies ({:.1} per event)",
         common::POLICIES,
         common::KEYS,
         stream.len(),
@@ -184,10 +190,10 @@ fn in_memory(
         black_box(decider.handle(event));
         samples.push(start.elapsed());
     }
-    report_p99("decide/in_memory", &mut samples);
+    report_p99(&format!("decide/{name}"), &mut samples);
 
     let mut next = stream.iter().cycle();
-    group.bench_function("in_memory", |b| {
+    group.bench_function(name, |b| {
         b.iter(|| decider.handle(next.next().expect("the stream cycles")))
     });
 }

@@ -47,6 +47,22 @@ enum Step {
     Timer(usize),
     /// Unload policy `n % len`, then load it again with a fresh state.
     Reload(usize),
+    /// Give policy `n % len` the state of policy `m % len` if their
+    /// trigger groups are equal, else an empty state, as a restart
+    /// restores states from the store.
+    Restore(usize, usize),
+    /// The event of the inner step decided as the runner does when a run
+    /// stops early (`stop_on_match`, an error): only the first `reach`
+    /// policies of the shortlist are stepped. With `revert`, the last one
+    /// stepped gets its state from before the event back (the store
+    /// refused what the event implied). Without `close`, the event is
+    /// left open and the next one closes it.
+    Partial {
+        inner: Box<Step>,
+        reach: usize,
+        revert: bool,
+        close: bool,
+    },
 }
 
 fn ups_filter() -> impl Strategy<Value = Option<String>> {
@@ -138,7 +154,7 @@ fn policy() -> impl Strategy<Value = (i64, TriggerGroup, Vec<Condition>, usize)>
         })
 }
 
-fn step() -> impl Strategy<Value = Step> {
+fn event_step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0usize..2, state()).prop_map(|(u, s)| Step::Ups(u, s)),
         2 => (0usize..2, prop::sample::select(vec!["load", "charge_pct"]), prop::sample::select(vec![20.0, 80.0]))
@@ -146,7 +162,22 @@ fn step() -> impl Strategy<Value = Step> {
         1 => prop::sample::select(vec!["deploy", "drill"]).prop_map(Step::Webhook),
         1 => (0usize..2, prop::bool::ANY).prop_map(|(h, r)| Step::Host(h, r)),
         2 => (0usize..8).prop_map(Step::Timer),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        10 => event_step(),
         1 => (0usize..16).prop_map(Step::Reload),
+        1 => (0usize..16, 0usize..16).prop_map(|(n, m)| Step::Restore(n, m)),
+        2 => (event_step(), 0usize..6, prop::bool::ANY, prop::bool::ANY).prop_map(
+            |(inner, reach, revert, close)| Step::Partial {
+                inner: Box::new(inner),
+                reach,
+                revert,
+                close,
+            }
+        ),
     ]
 }
 
@@ -191,7 +222,15 @@ struct Reference {
 }
 
 impl Reference {
-    fn decide(&mut self, event: &Event, now: DateTime<Utc>, facts: &FactsSnapshot) -> Vec<Verdict> {
+    /// The verdicts on `event` of the first `reach` shortlisted policies
+    /// (all without a reach), and the ids of those policies.
+    fn decide(
+        &mut self,
+        event: &Event,
+        now: DateTime<Utc>,
+        facts: &FactsSnapshot,
+        reach: Option<usize>,
+    ) -> (Vec<Verdict>, Vec<Uuid>) {
         let ids: Vec<String> = self.policies.keys().map(Uuid::to_string).collect();
         let index = TriggerIndex::build(
             ids.iter()
@@ -199,8 +238,11 @@ impl Reference {
                 .map(|(id, p)| (id.as_str(), p.priority, &p.group)),
         );
         let mut out = Vec::new();
-        for pref in index.shortlist(event) {
+        let mut reached = Vec::new();
+        let shortlist = index.shortlist(event);
+        for pref in shortlist.iter().take(reach.unwrap_or(usize::MAX)) {
             let id: Uuid = pref.policy_id.parse().expect("a uuid");
+            reached.push(id);
             let def = &self.policies[&id];
             let state = self.states.entry(id).or_default();
             let eval = state.evaluate(&pref.policy_id, &def.group, event, now, |ups| {
@@ -230,7 +272,7 @@ impl Reference {
                 conditions: outcome,
             });
         }
-        out
+        (out, reached)
     }
 }
 
@@ -238,9 +280,20 @@ fn load(decider: &mut Decider, def: &PolicyDef) {
     assert!(decider.insert(def.id, def.priority, &def.group, &def.conditions, def.host));
 }
 
-fn run(policies: Vec<(i64, TriggerGroup, Vec<Condition>, usize)>, steps: Vec<Step>) {
+/// A policy of the generated set, loaded `copies` times (equal trigger
+/// groups: the decider shares one state among them while it can) with
+/// priorities that differ, so copies interleave with other policies.
+type Generated = ((i64, TriggerGroup, Vec<Condition>, usize), usize);
+
+fn run(policies: Vec<Generated>, steps: Vec<Step>) {
     let defs: Vec<PolicyDef> = policies
         .into_iter()
+        .flat_map(|(policy, copies)| {
+            (0..copies as i64).map(move |c| {
+                let (priority, group, conditions, host) = policy.clone();
+                ((priority + c) % 3, group, conditions, host)
+            })
+        })
         .enumerate()
         .map(|(n, (priority, group, conditions, host))| PolicyDef {
             id: Uuid::from_u128(0x4000_8000_0000_0000_0000 + (n as u128 * 7919) % 1000),
@@ -266,6 +319,15 @@ fn run(policies: Vec<(i64, TriggerGroup, Vec<Condition>, usize)>, steps: Vec<Ste
     let mut memo = ConditionMemo::default();
     for step in steps {
         now += Duration::seconds(7);
+        let (step, partial) = match step {
+            Step::Partial {
+                inner,
+                reach,
+                revert,
+                close,
+            } => (*inner, Some((reach, revert, close))),
+            step => (step, None),
+        };
         let event = match step {
             Step::Ups(u, s) => event(
                 EventKind::UpsState,
@@ -306,18 +368,52 @@ fn run(policies: Vec<(i64, TriggerGroup, Vec<Condition>, usize)>, steps: Vec<Ste
                 load(&mut decider, def);
                 continue;
             }
+            Step::Restore(n, m) => {
+                let (to, from) = (&defs[n % defs.len()], &defs[m % defs.len()]);
+                let state = match to.group == from.group {
+                    true => decider.state(from.id).cloned().expect("loaded"),
+                    false => TriggerState::default(),
+                };
+                assert!(decider.set_state(to.id, state.clone()));
+                reference.states.insert(to.id, state);
+                continue;
+            }
+            Step::Partial { .. } => unreachable!("event_step makes no Partial"),
         };
         facts.apply(&event);
-        let expected = reference.decide(&event, now, &facts);
+        let (expected, reached) = reference.decide(&event, now, &facts, partial.map(|p| p.0));
         let mut decided = Vec::new();
-        decider.decide(
-            &EventView::new(&event),
-            now,
-            &facts,
-            &mut memo,
-            &count_of,
-            &mut decided,
-        );
+        let view = EventView::new(&event);
+        match partial {
+            None => decider.decide(&view, now, &facts, &mut memo, &count_of, &mut decided),
+            Some((_, revert, close)) => {
+                // As the runner does: begin, advance while the run goes on,
+                // maybe revert the last one, end.
+                memo.next_event();
+                let mut hits = Vec::new();
+                decider.begin(&view, &mut hits);
+                let mut last = None;
+                for hit in hits {
+                    let Some(id) = decider.policy_id(hit) else {
+                        continue;
+                    };
+                    if !reached.contains(&id) {
+                        break;
+                    }
+                    let before = decider.hit_state(hit).cloned().expect("loaded");
+                    let count = || count_of(id);
+                    decided.extend(decider.advance(hit, &view, now, &facts, &mut memo, &count));
+                    last = Some((id, before));
+                }
+                if let (true, Some((id, before))) = (revert, last) {
+                    assert!(decider.set_state(id, before.clone()));
+                    reference.states.insert(id, before);
+                }
+                if close {
+                    decider.end();
+                }
+            }
+        }
         let group_of = |id: Uuid| &reference.policies[&id].group;
         let actual: Vec<Verdict> = decided
             .into_iter()
@@ -361,7 +457,7 @@ proptest! {
 
     #[test]
     fn the_decider_decides_like_the_plain_composition(
-        policies in prop::collection::vec(policy(), 1..16),
+        policies in prop::collection::vec((policy(), 1usize..4), 1..10),
         steps in prop::collection::vec(step(), 1..60),
     ) {
         run(policies, steps);
@@ -414,4 +510,52 @@ fn a_policy_that_tracks_nothing_is_skipped_on_leave_but_not_when_tracking() {
     let (out, after) = decide(UpsState::OnMains, 3);
     assert!(out.is_empty(), "an observer's move is not a verdict");
     assert!(after.pending_timers(&id.to_string(), &battery).is_empty());
+}
+
+#[test]
+fn a_run_left_open_keeps_the_unreached_policies_states() {
+    // Found by the property: copies of a `timer.after` policy, an event
+    // that reaches only the first copy and is never closed, then an event
+    // that closes it and reaches one policy.
+    let on = |equals| TriggerGroup {
+        logic: Logic::Any,
+        triggers: vec![Trigger::UpsState {
+            equals,
+            for_s: None,
+            ups: None,
+        }],
+    };
+    let after_overload = TriggerGroup {
+        logic: Logic::Any,
+        triggers: vec![Trigger::TimerAfter {
+            after_s: 60,
+            since_event: EventPattern::UpsState {
+                equals: UpsState::Overload,
+                ups: None,
+            },
+        }],
+    };
+    let battery = on(UpsState::OnBattery);
+    run(
+        vec![
+            ((0, after_overload, vec![], 0), 2),
+            ((0, battery.clone(), vec![], 0), 2),
+            ((0, battery, vec![], 0), 2),
+        ],
+        vec![
+            Step::Ups(1, UpsState::Overload),
+            Step::Partial {
+                inner: Box::new(Step::Ups(0, UpsState::Overload)),
+                reach: 1,
+                revert: false,
+                close: false,
+            },
+            Step::Partial {
+                inner: Box::new(Step::Ups(0, UpsState::OnBattery)),
+                reach: 1,
+                revert: false,
+                close: true,
+            },
+        ],
+    );
 }

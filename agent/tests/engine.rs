@@ -178,6 +178,19 @@ async fn stop_on_match_skips_later_policies_once_an_action_was_scheduled() {
     );
     assert_eq!(pve.status("vm:101").as_deref(), Some("stopped"));
     assert_eq!(pve.status("vm:102").as_deref(), Some("running"));
+    // The three share one trigger group, but the run never reached policy 3:
+    // it has not seen the UPS enter on_battery. The same state published
+    // again is its edge, and only its.
+    let report = handle(&mut h, &ups("on_battery")).await;
+    assert_eq!(
+        codes(&report),
+        vec![
+            (1, "engine.not_matched".to_string()),
+            (2, "engine.not_matched".to_string()),
+            (3, "engine.scheduled".to_string())
+        ]
+    );
+    assert_eq!(pve.status("vm:102").as_deref(), Some("stopped"));
 }
 
 #[tokio::test(start_paused = true)]

@@ -50,6 +50,14 @@ pub fn policy_uuid(n: usize) -> Uuid {
 /// condition that holds with the facts of [`facts`], a 2-VM range on one of
 /// [`HOSTS`] hosts, windows of 0 s so every match schedules its action.
 pub fn spec_json(n: usize) -> String {
+    spec_json_with(n, false)
+}
+
+/// [`spec_json`], and with `distinct` a second trigger no event of the
+/// stream fires (`webhook.custom never-{n}`, `ANY`): no two policies have
+/// equal trigger groups, so nothing is shared between them, the worst case
+/// for the decision.
+pub fn spec_json_with(n: usize, distinct: bool) -> String {
     let key = n % KEYS;
     let (trigger, condition) = if key < UPSES * UPS_STATES.len() {
         let (u, s) = (key / UPS_STATES.len(), UPS_STATES[key % UPS_STATES.len()]);
@@ -71,11 +79,15 @@ pub fn spec_json(n: usize) -> String {
         )
     };
     let first = 101 + (n / KEYS) % 9;
+    let mut triggers = vec![trigger];
+    if distinct {
+        triggers.push(json!({ "type": "webhook.custom", "name": format!("never-{n}") }));
+    }
     json!({
         "version": 1,
         "name": format!("bench policy {n}"),
         "priority": (n % 7) as i64,
-        "trigger_group": { "triggers": [trigger] },
+        "trigger_group": { "triggers": triggers },
         "conditions": { "all": [condition] },
         "targets": {
             "host_id": host_id(n % HOSTS),
@@ -91,13 +103,18 @@ pub fn spec_json(n: usize) -> String {
 
 /// Compiles every policy through `validate_text`, as the API would.
 pub fn compiled_policies() -> Vec<(Uuid, Ir)> {
+    compiled_policies_with(false)
+}
+
+/// [`compiled_policies`] from [`spec_json_with`].
+pub fn compiled_policies_with(distinct: bool) -> Vec<(Uuid, Ir)> {
     let ctx = CompileContext {
         version_int: 1,
         ..CompileContext::default()
     };
     (0..POLICIES)
         .map(|n| {
-            let validated = validate_text(&spec_json(n), shipped(), &ctx);
+            let validated = validate_text(&spec_json_with(n, distinct), shipped(), &ctx);
             let ir = validated.report.ir.unwrap_or_else(|| {
                 panic!("policy {n} does not compile: {:?}", validated.report.issues)
             });

@@ -7,12 +7,21 @@
 //! matched.
 //!
 //! The [`Decider`] is what the engine holds: the loaded policies' triggers
-//! and conditions in numbered slots, their trigger states beside them, and
-//! the trigger index filed by slot. One event costs one pass over the
-//! shortlist with no id parsed, hashed or copied:
+//! and conditions in numbered slots, their trigger states, and the trigger
+//! index filed by slot. One event costs one pass over the shortlist with no
+//! id parsed, hashed or copied:
 //!
 //! - the event is read once into an [`EventView`] that every policy shares;
 //! - the index hands back slot numbers, already in run order;
+//! - policies with equal trigger groups share one copy of the group, and
+//!   while their trigger states are equal too (the common case: they saw
+//!   the same events since they were loaded) they *follow* one state kept
+//!   with the group, which is evaluated once per event; each follower takes
+//!   that verdict with its countdowns renamed to it
+//!   ([`Evaluation::for_policy`]). A policy whose state differs (a timer
+//!   addressed to it alone, a state restored or reverted by the runner, a
+//!   run that stopped before reaching it) gets a state of its own, and
+//!   follows its group again once the two are equal at the end of an event;
 //! - a policy's trigger verdict records its reasons as data and becomes
 //!   explain text only when the runner writes a ledger entry or an audit
 //!   record ([`Evaluation::explain`]);
@@ -23,10 +32,15 @@
 //!   one event is decided. Lists with a `vm` condition depend on the
 //!   policy's own selector and are evaluated per policy.
 //!
-//! [`Decider::decide_one`] is step 3 for one shortlisted policy, the unit the
-//! runner interleaves with its own steps 4–10 (a later policy must see what
-//! an earlier one recorded); [`Decider::decide`] runs steps 1–3 for the
-//! whole shortlist.
+//! One event is [`Decider::begin`] (the shortlist), then
+//! [`Decider::advance`] for the shortlisted policies in order (the unit the
+//! runner interleaves with its own steps 4–10: a later policy must see what
+//! an earlier one recorded), then [`Decider::end`] with the policies the run
+//! did not reach (`stop_on_match`, an error), which keep the state they had.
+//! [`Decider::decide`] is all three for a whole shortlist. Every policy's
+//! state, verdict and countdowns are exactly those of evaluating it alone
+//! ([`Decider::decide_one`], which a dry-run uses on a copy of the state);
+//! `agent/tests/decide_props.rs` checks that against the plain composition.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,30 +54,72 @@ use crate::spec::{Condition, Scope, TriggerGroup};
 
 /// What the decision reads of one loaded policy for every event that
 /// shortlists it: small, so that one event's policies cost few cache lines.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Slot {
     id: Uuid,
-    /// `id` as text: timer tags and countdown requests name policies so.
-    id_text: Box<str>,
     priority: i64,
-    /// The trigger group, in the shared table: policies with equal groups
-    /// (typically many per UPS state or webhook) read one copy.
+    /// The trigger group, in the shared table.
     group: u32,
-    /// The shared condition list, or `None` when it must be evaluated per
-    /// policy (it has a `vm` condition).
-    shared: Option<u32>,
-    /// The policy's trigger state, beside what reads it.
-    state: TriggerState,
-    /// Read only for a fired policy, so kept out of the slot's cache lines.
+    /// The shared condition list, or [`PER_POLICY`] when it must be
+    /// evaluated per policy (it has a `vm` condition).
+    list: u32,
+    /// The policy's own trigger state; `None` while it follows its group's.
+    own: Option<Box<TriggerState>>,
+    /// The last event that [`Decider::advance`]d this policy: a follower
+    /// not yet advanced in an event that moved its group still has the
+    /// group's state from before the event.
+    seen: u64,
+    /// Read only for a fired policy or one with a state of its own, so kept
+    /// out of the slot's cache line.
     details: Box<Details>,
 }
 
-/// What only a fired policy's conditions read.
-#[derive(Debug, Clone)]
+/// [`Slot::list`] of a condition list evaluated per policy.
+const PER_POLICY: u32 = u32::MAX;
+
+/// What only a fired policy's conditions, or its own evaluation, read.
+#[derive(Debug)]
 struct Details {
+    /// The policy id as text: timer tags and countdowns name policies so.
+    id_text: Box<str>,
     conditions: Vec<Condition>,
     /// `targets.host_id`, the host `host.reachable` conditions are about.
     host_id: String,
+}
+
+/// One trigger group, shared by the policies that have it, and the state
+/// its followers share (see the module docs).
+#[derive(Debug)]
+struct Group {
+    group: TriggerGroup,
+    /// The trigger state of every policy of this group that follows it.
+    state: TriggerState,
+    followers: u32,
+    /// This event's step of `state`, valid while `event` is the decider's:
+    /// the state before it (kept only when the group has more than one
+    /// follower: only another follower can read it), the verdict, and the
+    /// policy whose id the verdict's countdowns carry.
+    event: u64,
+    before: TriggerState,
+    evaluation: Arc<Evaluation>,
+    evaluated_for: Uuid,
+    /// Whether `state` tracks a subject (see [`Decider::tracking`]).
+    tracking: bool,
+}
+
+impl Group {
+    fn new(group: &TriggerGroup) -> Group {
+        Group {
+            group: group.clone(),
+            state: TriggerState::default(),
+            followers: 0,
+            event: 0,
+            before: TriggerState::default(),
+            evaluation: Arc::default(),
+            evaluated_for: Uuid::nil(),
+            tracking: false,
+        }
+    }
 }
 
 /// The policies' triggers, conditions and trigger states, and the index
@@ -72,19 +128,31 @@ struct Details {
 pub struct Decider {
     index: TriggerIndex,
     slots: Vec<Option<Slot>>,
-    groups: Shared<TriggerGroup>,
+    groups: Shared<Group>,
     ids: HashMap<Uuid, u32>,
     free: Vec<u32>,
     /// Condition lists by [`shared_key`]; the outcomes live in a
     /// [`ConditionMemo`].
     lists: Shared<()>,
-    /// The shortlist buffer, reused from event to event.
+    /// The shortlist buffer of [`Decider::decide`], reused from event to
+    /// event.
     hits: Vec<Hit>,
     /// One bit per slot: set when the policy's trigger state tracks a
     /// subject. An [`Interest::Leave`] hit on a policy that tracks nothing
     /// would evaluate to nothing, so [`Decider::shortlist`] drops it
     /// without reading the policy at all.
     tracking: Vec<u64>,
+    /// The number of the event being decided ([`Decider::begin`]).
+    event: u64,
+    /// Slots with a state of their own that this event moved or set: each
+    /// follows its group again at [`Decider::end`] if their states are
+    /// equal then.
+    touched: Vec<u32>,
+    /// The shortlist of the event being decided, and how far into it
+    /// [`Decider::advance`] has come; `None` between events.
+    open: Option<(Vec<Hit>, usize)>,
+    /// The buffer of `open` between events.
+    spare: Vec<Hit>,
 }
 
 /// Step 3's verdict on one shortlisted policy.
@@ -93,8 +161,9 @@ pub struct Decided {
     pub policy_id: Uuid,
     pub priority: i64,
     pub interest: Interest,
-    /// The trigger group's verdict, with its reasons and countdowns.
-    pub evaluation: Evaluation,
+    /// The trigger group's verdict, with its reasons and countdowns
+    /// (shared by the policies that follow one group state).
+    pub evaluation: Arc<Evaluation>,
     /// The conditions, evaluated only when the triggers fired (shared with
     /// every policy of the same list that fired on the same event).
     pub conditions: Option<Arc<ConditionOutcome>>,
@@ -105,6 +174,29 @@ impl Decided {
     /// suppression, resolution and its actions (steps 4–10).
     pub fn matched(&self) -> bool {
         self.evaluation.fired.is_some() && self.conditions.as_ref().is_some_and(|c| c.all_true)
+    }
+}
+
+/// What step 3 reads of the event at hand, the same for every policy.
+struct Step<'a, 'e> {
+    view: &'a EventView<'e>,
+    now: DateTime<Utc>,
+    /// The facts, with the event applied.
+    facts: &'a dyn Facts,
+    /// `vm.count_matching` for the policy being decided.
+    count_matching: &'a dyn Fn() -> Result<usize, String>,
+}
+
+impl Step<'_, '_> {
+    /// A trigger group's verdict on the event, moving `state`.
+    fn evaluate(&self, state: &mut TriggerState, policy: &str, group: &TriggerGroup) -> Evaluation {
+        let facts = self.facts;
+        state.evaluate_view(policy, group, self.view, self.now, |ups| {
+            match facts.ups(Some(ups)) {
+                Lookup::Found(u) => u.state,
+                _ => None,
+            }
+        })
     }
 }
 
@@ -127,6 +219,9 @@ impl Decider {
         if self.ids.contains_key(&id) {
             return false;
         }
+        // Slot numbers are about to change meaning: an event still open
+        // ends first.
+        self.end();
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -134,45 +229,58 @@ impl Decider {
                 u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 policies")
             }
         };
-        let shared = shared_key(conditions, host_id).map(|key| self.lists.acquire(key, || ()));
-        let entry = Slot {
+        let list = shared_key(conditions, host_id)
+            .map_or(PER_POLICY, |key| self.lists.acquire(key, || ()));
+        let number = self.groups.acquire(group_key(group), || Group::new(group));
+        let id_text: Box<str> = id.to_string().into();
+        self.index.insert_slot(&id_text, slot, priority, group);
+        self.slots[slot as usize] = Some(Slot {
             id,
-            id_text: id.to_string().into(),
             priority,
-            group: self.groups.acquire(group_key(group), || group.clone()),
-            shared,
-            state: TriggerState::default(),
+            group: number,
+            list,
+            own: Some(Box::default()),
+            seen: self.event,
             details: Box::new(Details {
+                id_text,
                 conditions: conditions.to_vec(),
                 host_id: host_id.to_string(),
             }),
-        };
-        self.index
-            .insert_slot(&entry.id_text, slot, priority, group);
-        self.note_tracking(slot, &entry.state);
-        self.slots[slot as usize] = Some(entry);
+        });
+        self.set_tracking(slot, false);
         self.ids.insert(id, slot);
+        // Its state starts empty: it follows its group if the group's is
+        // empty too (or nobody follows the group).
+        self.rejoin(slot);
         true
     }
 
     /// Unloads a policy and its trigger state; `false` if it was not loaded.
     pub fn remove(&mut self, id: Uuid) -> bool {
+        if !self.ids.contains_key(&id) {
+            return false;
+        }
+        self.end();
         let Some(slot) = self.ids.remove(&id) else {
             return false;
         };
         if let Some(entry) = self.slots[slot as usize].take() {
+            if entry.own.is_none() {
+                self.groups.get_mut(entry.group).followers -= 1;
+            }
             self.groups.release(entry.group);
-            if let Some(list) = entry.shared {
-                self.lists.release(list);
+            if entry.list != PER_POLICY {
+                self.lists.release(entry.list);
             }
         }
-        self.note_tracking(slot, &TriggerState::default());
+        self.set_tracking(slot, false);
         self.free.push(slot);
         // The index has no removal: rebuilt from the remaining slots.
         let mut index = TriggerIndex::default();
         for (n, entry) in self.slots.iter().enumerate() {
             if let Some(e) = entry {
-                index.insert_slot(&e.id_text, n as u32, e.priority, self.groups.get(e.group));
+                let group = &self.groups.get(e.group).group;
+                index.insert_slot(&e.details.id_text, n as u32, e.priority, group);
             }
         }
         self.index = index;
@@ -191,49 +299,102 @@ impl Decider {
     /// The trigger state of a loaded policy.
     pub fn state(&self, id: Uuid) -> Option<&TriggerState> {
         let slot = self.ids.get(&id)?;
-        self.slots[*slot as usize].as_ref().map(|s| &s.state)
+        self.slot_state(*slot)
     }
 
-    /// Replaces the trigger state of a loaded policy; `false` (and nothing
-    /// kept) when it is not loaded.
+    /// The trigger state of a shortlisted policy (`None` for a slot freed
+    /// since).
+    pub fn hit_state(&self, hit: Hit) -> Option<&TriggerState> {
+        self.slot_state(hit.slot)
+    }
+
+    fn slot_state(&self, n: u32) -> Option<&TriggerState> {
+        let slot = self.slots[n as usize].as_ref()?;
+        let group = self.groups.get(slot.group);
+        let open = self.open.is_some();
+        Some(match &slot.own {
+            Some(own) => own,
+            None if open && group.event == self.event && slot.seen != self.event => &group.before,
+            None => &group.state,
+        })
+    }
+
+    /// Replaces the trigger state of a loaded policy (restored from the
+    /// store, or put back after the store refused what an event implied);
+    /// `false` (and nothing kept) when it is not loaded.
     pub fn set_state(&mut self, id: Uuid, state: TriggerState) -> bool {
         let Some(&n) = self.ids.get(&id) else {
             return false;
         };
-        self.note_tracking(n, &state);
-        match self.slots[n as usize].as_mut() {
-            Some(slot) => {
-                slot.state = state;
-                true
+        self.set_tracking(n, state.tracking() > 0);
+        let Some(slot) = self.slots[n as usize].as_mut() else {
+            return false;
+        };
+        let group = self.groups.get_mut(slot.group);
+        if slot.own.is_none() {
+            group.followers -= 1;
+        }
+        slot.own = Some(Box::new(state));
+        // Equal states are equal whenever they are compared, even while an
+        // event is open: a policy advanced in it already has its group's
+        // state after the event.
+        self.rejoin(n);
+        true
+    }
+
+    /// Makes the policy in slot `n`, which has a state of its own, follow
+    /// its group again if their states are equal (or nobody follows the
+    /// group: it takes the policy's state).
+    fn rejoin(&mut self, n: u32) {
+        let Some(slot) = self.slots[n as usize].as_mut() else {
+            return;
+        };
+        let group = self.groups.get_mut(slot.group);
+        let joins = match &slot.own {
+            None => return,
+            Some(own) => group.followers == 0 || **own == group.state,
+        };
+        if !joins {
+            return;
+        }
+        // It has the group's state as it is now, whatever moved it in this
+        // event.
+        slot.seen = self.event;
+        if let Some(own) = slot.own.take() {
+            if group.followers == 0 {
+                group.tracking = own.tracking() > 0;
+                group.state = *own;
+                group.event = 0;
             }
-            None => false,
         }
+        group.followers += 1;
     }
 
-    /// Takes a shortlisted policy's state out (leaving it empty) for
-    /// [`Decider::decide_one`]; put it back with [`Decider::put_state`].
-    pub fn take_state(&mut self, hit: Hit) -> TriggerState {
-        match &mut self.slots[hit.slot as usize] {
-            Some(slot) => std::mem::take(&mut slot.state),
-            None => TriggerState::default(),
+    /// Gives the policy in slot `n`, which follows its group, a state of
+    /// its own: the one [`Decider::state`] says it has.
+    fn leave_group(&mut self, n: u32) {
+        let event = self.event;
+        let Some(slot) = self.slots[n as usize].as_mut() else {
+            return;
+        };
+        if slot.own.is_some() {
+            return;
         }
-    }
-
-    pub fn put_state(&mut self, hit: Hit, state: TriggerState) {
-        self.note_tracking(hit.slot, &state);
-        if let Some(slot) = &mut self.slots[hit.slot as usize] {
-            slot.state = state;
-        }
+        let group = self.groups.get_mut(slot.group);
+        let state = if group.event == event && slot.seen != event {
+            group.before.clone()
+        } else {
+            group.state.clone()
+        };
+        group.followers -= 1;
+        let tracking = state.tracking() > 0;
+        slot.own = Some(Box::new(state));
+        self.set_tracking(n, tracking);
     }
 
     fn is_tracking(&self, slot: u32) -> bool {
         let (word, bit) = (slot as usize / 64, slot % 64);
         self.tracking.get(word).is_some_and(|w| w & (1 << bit) != 0)
-    }
-
-    /// Records whether the state of `slot` tracks a subject (see `tracking`).
-    fn note_tracking(&mut self, slot: u32, state: &TriggerState) {
-        self.set_tracking(slot, state.tracking() > 0);
     }
 
     fn set_tracking(&mut self, slot: u32, tracking: bool) {
@@ -261,12 +422,154 @@ impl Decider {
         out.retain(|hit| hit.interest != Interest::Leave || self.is_tracking(hit.slot));
     }
 
-    /// Step 3 for one shortlisted policy: its triggers against the event at
-    /// `now` (moving `state`, which [`Decider::take_state`] handed out or a
-    /// dry-run's copy), then, when they fired, its conditions against
-    /// `facts` (which must already include the event). `count_matching`
-    /// answers `vm.count_matching` for this policy. `None` for an observer
-    /// the event only moved (nothing to record) and for a freed slot.
+    /// Starts deciding the event in `view`: its shortlist ([`Decider::shortlist`])
+    /// into `out`, to be passed to [`Decider::advance`] in order and closed
+    /// with [`Decider::end`].
+    pub fn begin(&mut self, view: &EventView<'_>, out: &mut Vec<Hit>) {
+        // An event nobody closed (its run was abandoned) ends here, with
+        // the policies it did not reach as they were.
+        self.end();
+        self.event += 1;
+        self.touched.clear();
+        self.shortlist(view, out);
+        let mut open = std::mem::take(&mut self.spare);
+        open.clone_from(out);
+        self.open = Some((open, 0));
+    }
+
+    /// Step 3 for one policy of the shortlist [`Decider::begin`] gave, in
+    /// order: its triggers against the event at `now`, moving its trigger
+    /// state, then, when they fired, its conditions against `facts` (which
+    /// must already include the event). `count_matching` answers
+    /// `vm.count_matching` for this policy. `None` for an observer the
+    /// event only moved (nothing to record) and for a freed slot.
+    #[allow(clippy::too_many_arguments)]
+    pub fn advance(
+        &mut self,
+        hit: Hit,
+        view: &EventView<'_>,
+        now: DateTime<Utc>,
+        facts: &dyn Facts,
+        memo: &mut ConditionMemo,
+        count_matching: &dyn Fn() -> Result<usize, String>,
+    ) -> Option<Decided> {
+        let n = hit.slot;
+        let next = self.open.as_ref().and_then(|(hits, reached)| {
+            let at = hits[*reached..].iter().position(|&h| h == hit)?;
+            Some(reached + at + 1)
+        });
+        match next {
+            Some(next) => {
+                if let Some((_, reached)) = &mut self.open {
+                    *reached = next;
+                }
+            }
+            None => {
+                // Not the open event's (a caller's mistake): decided as an
+                // event of its own, which is exact for one policy.
+                debug_assert!(false, "{hit:?} is not next in the open shortlist");
+                self.end();
+                self.event += 1;
+                self.open = Some((vec![hit], 1));
+            }
+        }
+        let follows = self.slots[n as usize].as_ref()?.own.is_none();
+        // A timer names one policy: it moves that policy's state alone.
+        if follows && view.timer_tag().is_some() {
+            self.leave_group(n);
+        }
+        let step = Step {
+            view,
+            now,
+            facts,
+            count_matching,
+        };
+        let event = self.event;
+        let slot = self.slots[n as usize].as_mut()?;
+        slot.seen = event;
+        let (evaluation, tracking) = match &mut slot.own {
+            Some(own) => {
+                let evaluation = step.evaluate(
+                    own,
+                    &slot.details.id_text,
+                    &self.groups.get(slot.group).group,
+                );
+                self.touched.push(n);
+                let observed = evaluation.fired.is_none() && hit.interest != Interest::Fire;
+                (
+                    Some(Arc::new(evaluation)).filter(|_| !observed),
+                    own.tracking() > 0,
+                )
+            }
+            None => {
+                let group = self.groups.get_mut(slot.group);
+                if group.event != event {
+                    // The state before the event is read only for the other
+                    // followers (not yet advanced, or never if the run stops
+                    // first); a policy that joins later has the state after.
+                    if group.followers > 1 {
+                        group.before.clone_from(&group.state);
+                    }
+                    group.evaluation = Arc::new(step.evaluate(
+                        &mut group.state,
+                        &slot.details.id_text,
+                        &group.group,
+                    ));
+                    group.evaluated_for = slot.id;
+                    group.tracking = group.state.tracking() > 0;
+                    group.event = event;
+                }
+                let shared = &group.evaluation;
+                let evaluation = if shared.fired.is_none() && hit.interest != Interest::Fire {
+                    // An observer's move: no verdict to hand out.
+                    None
+                } else if shared.has_countdowns() && group.evaluated_for != slot.id {
+                    Some(Arc::new(shared.for_policy(&slot.details.id_text)))
+                } else {
+                    Some(shared.clone())
+                };
+                (evaluation, group.tracking)
+            }
+        };
+        self.set_tracking(n, tracking);
+        let slot = self.slots[n as usize].as_ref()?;
+        verdict(slot, hit, evaluation?, &step, memo)
+    }
+
+    /// Closes the event [`Decider::begin`] started. The shortlisted
+    /// policies after the last one [`Decider::advance`]d (the run stopped
+    /// on a match, or on an error) keep the states they had before the
+    /// event. Nothing to do between events.
+    pub fn end(&mut self) {
+        let Some((hits, reached)) = self.open.take() else {
+            return;
+        };
+        let unreached = &hits[reached.min(hits.len())..];
+        for hit in unreached {
+            let moved = self.slots[hit.slot as usize]
+                .as_ref()
+                .is_some_and(|s| s.own.is_none() && self.groups.get(s.group).event == self.event);
+            if moved {
+                self.leave_group(hit.slot);
+            }
+        }
+        let touched = std::mem::take(&mut self.touched);
+        for &n in &touched {
+            self.rejoin(n);
+        }
+        for &hit in unreached {
+            self.rejoin(hit.slot);
+        }
+        self.touched = touched;
+        self.touched.clear();
+        // The buffer is kept for the next event.
+        self.open = None;
+        self.spare = hits;
+    }
+
+    /// Step 3 for one shortlisted policy on a state of the caller's (a
+    /// dry-run's copy of [`Decider::state`]), changing nothing here: the
+    /// verdict [`Decider::advance`] would give on that state.
     #[allow(clippy::too_many_arguments)]
     pub fn decide_one(
         &self,
@@ -285,13 +588,19 @@ impl Decider {
             facts,
             count_matching,
         };
-        judge(&self.groups, slot, hit, state, &step, memo)
+        let group = &self.groups.get(slot.group).group;
+        let evaluation = step.evaluate(state, &slot.details.id_text, group);
+        if evaluation.fired.is_none() && hit.interest != Interest::Fire {
+            return None;
+        }
+        verdict(slot, hit, Arc::new(evaluation), &step, memo)
     }
 
-    /// Steps 1–3 for the event in `view`: every shortlisted policy decided by
-    /// [`Decider::decide_one`], moving the trigger states, appended to `out`
-    /// in run order. `facts` must already include the event;
-    /// `count_matching` answers `vm.count_matching` by policy id.
+    /// Steps 1–3 for the event in `view`: [`Decider::begin`], every
+    /// shortlisted policy [`Decider::advance`]d, [`Decider::end`]; the
+    /// verdicts appended to `out` in run order. `facts` must already
+    /// include the event; `count_matching` answers `vm.count_matching` by
+    /// policy id.
     pub fn decide(
         &mut self,
         view: &EventView<'_>,
@@ -303,62 +612,28 @@ impl Decider {
     ) {
         memo.next_event();
         let mut hits = std::mem::take(&mut self.hits);
-        self.shortlist(view, &mut hits);
+        self.begin(view, &mut hits);
         for &hit in &hits {
-            let n = hit.slot as usize;
-            let Some(slot) = self.slots[n].as_mut() else {
+            let Some(id) = self.policy_id(hit) else {
                 continue;
             };
-            let id = slot.id;
             let count = || count_matching(id);
-            let step = Step {
-                view,
-                now,
-                facts,
-                count_matching: &count,
-            };
-            // The state is moved in place, beside the slot it belongs to.
-            let mut state = std::mem::take(&mut slot.state);
-            let decided = judge(&self.groups, slot, hit, &mut state, &step, memo);
-            let tracking = state.tracking() > 0;
-            slot.state = state;
-            self.set_tracking(hit.slot, tracking);
-            out.extend(decided);
+            out.extend(self.advance(hit, view, now, facts, memo, &count));
         }
+        self.end();
         self.hits = hits;
     }
 }
 
-/// What step 3 reads of the event at hand, the same for every policy.
-struct Step<'a, 'e> {
-    view: &'a EventView<'e>,
-    now: DateTime<Utc>,
-    /// The facts, with the event applied.
-    facts: &'a dyn Facts,
-    /// `vm.count_matching` for the policy being decided.
-    count_matching: &'a dyn Fn() -> Result<usize, String>,
-}
-
-/// Step 3 for one policy (see [`Decider::decide_one`]).
-fn judge(
-    groups: &Shared<TriggerGroup>,
+/// The rest of step 3 once a policy's triggers are evaluated: its
+/// conditions if they fired (shared through `memo` when the list is).
+fn verdict(
     slot: &Slot,
     hit: Hit,
-    state: &mut TriggerState,
+    evaluation: Arc<Evaluation>,
     step: &Step<'_, '_>,
     memo: &mut ConditionMemo,
 ) -> Option<Decided> {
-    let (view, facts) = (step.view, step.facts);
-    let group = groups.get(slot.group);
-    let evaluation = state.evaluate_view(&slot.id_text, group, view, step.now, |ups| {
-        match facts.ups(Some(ups)) {
-            Lookup::Found(u) => u.state,
-            _ => None,
-        }
-    });
-    if evaluation.fired.is_none() && hit.interest != Interest::Fire {
-        return None;
-    }
     let conditions = evaluation.fired.map(|_| {
         let evaluate = || {
             let details = &slot.details;
@@ -368,14 +643,14 @@ fn judge(
             };
             Arc::new(conditions::evaluate(
                 &details.conditions,
-                view.event,
-                facts,
+                step.view.event,
+                step.facts,
                 &ctx,
             ))
         };
-        match slot.shared {
-            Some(list) => memo.get_or_insert(list, evaluate),
-            None => evaluate(),
+        match slot.list {
+            PER_POLICY => evaluate(),
+            list => memo.get_or_insert(list, evaluate),
         }
     });
     Some(Decided {
@@ -455,6 +730,14 @@ impl<T> Shared<T> {
     /// The value of a live entry.
     fn get(&self, n: u32) -> &T {
         match &self.entries[n as usize] {
+            Some((_, value, _)) => value,
+            None => unreachable!("shared entry {n} is used by a loaded policy"),
+        }
+    }
+
+    /// The value of a live entry, to change.
+    fn get_mut(&mut self, n: u32) -> &mut T {
+        match &mut self.entries[n as usize] {
             Some((_, value, _)) => value,
             None => unreachable!("shared entry {n} is used by a loaded policy"),
         }
@@ -670,5 +953,38 @@ mod tests {
         run(&mut decider, &ups("on_mains"), &mut facts);
         let later = run(&mut decider, &ups("on_battery"), &mut facts);
         assert!(later.iter().take(2).all(|d| !d.matched()));
+    }
+
+    #[test]
+    fn policies_with_equal_groups_and_states_share_one_evaluation_until_they_differ() {
+        let mut decider = Decider::new();
+        let battery = on(UpsState::OnBattery);
+        for n in 1..=3 {
+            decider.insert(id(n), 0, &battery, &[], "pve-01");
+        }
+        let mut facts = facts();
+        let first = run(&mut decider, &ups("on_battery"), &mut facts);
+        assert!(Arc::ptr_eq(&first[0].evaluation, &first[1].evaluation));
+        assert!(Arc::ptr_eq(&first[1].evaluation, &first[2].evaluation));
+        // Policy 3's state is restored to empty (as after a restart with a
+        // lost record): it has a state of its own and is evaluated alone.
+        assert!(decider.set_state(id(3), TriggerState::default()));
+        assert_ne!(decider.state(id(3)), decider.state(id(1)));
+        let again = run(&mut decider, &ups("on_battery"), &mut facts);
+        let fired: Vec<bool> = again.iter().map(|d| d.evaluation.fired.is_some()).collect();
+        assert_eq!(fired, [false, false, true]);
+        assert!(Arc::ptr_eq(&again[0].evaluation, &again[1].evaluation));
+        assert!(!Arc::ptr_eq(&again[1].evaluation, &again[2].evaluation));
+        // Policy 3 entered later than the others (its state says since
+        // when): still its own. Back on mains none tracks anything: equal
+        // states, one evaluation again.
+        assert_ne!(decider.state(id(3)), decider.state(id(1)));
+        run(&mut decider, &ups("on_mains"), &mut facts);
+        assert_eq!(decider.state(id(3)), decider.state(id(1)));
+        let third = run(&mut decider, &ups("on_battery"), &mut facts);
+        assert!(third
+            .iter()
+            .all(|d| Arc::ptr_eq(&d.evaluation, &third[0].evaluation)));
+        assert!(third.iter().all(Decided::matched));
     }
 }

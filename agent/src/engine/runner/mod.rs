@@ -57,6 +57,7 @@
 //!   queue, before its run: a crash in between loses that fire rather than
 //!   repeating it.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -74,7 +75,7 @@ use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
 use super::conditions::{Facts, FactsSnapshot};
-use super::decide::{ConditionMemo, Decider};
+use super::decide::{ConditionMemo, Decided, Decider};
 use super::event::Event;
 use super::scheduler::{
     self, BoxFuture, Hooks, Outcome, QueueItem, Report, SchedulerConfig, SchedulerError,
@@ -84,9 +85,7 @@ use super::store::{
     AuditRecord, EngineStore, IntentOutcome, IntentRecord, ResultRecord, RunEvent, RunRecord,
     RunStatus, StoreError, SubjectRecord, Write,
 };
-use super::triggers::{
-    EventView, Hit, TimerQueue, TimerRequest, TriggerState, DEFAULT_MISSED_GRACE,
-};
+use super::triggers::{EventView, TimerQueue, TimerRequest, TriggerState, DEFAULT_MISSED_GRACE};
 use crate::compile::Ir;
 
 mod lifecycle;
@@ -353,11 +352,12 @@ impl Work for ActionWork {
 
 /// What one shortlisted policy's decision reads of the event at hand.
 struct DecideStep<'a> {
-    hit: Hit,
     view: &'a EventView<'a>,
     /// The facts with the event applied.
     facts: &'a FactsSnapshot,
     now: DateTime<Utc>,
+    /// The policy's host snapshot, once read ([`Engine::snapshot`]).
+    snapshot: &'a OnceCell<Option<HostInventory>>,
 }
 
 /// The engine: policies, their trigger state, facts, and the scheduler.
@@ -624,47 +624,59 @@ impl Engine {
         let mut memo = std::mem::take(&mut self.memo);
         memo.next_event();
         let mut hits = Vec::new();
-        self.decider.shortlist(&view, &mut hits);
+        self.decider.begin(&view, &mut hits);
+        let mut failed = None;
         for hit in hits {
             let Some(id) = self.decider.policy_id(hit) else {
                 continue;
             };
-            let mut state = self.decider.take_state(hit);
-            let before = state.clone();
+            let before = self.decider.hit_state(hit).cloned().unwrap_or_default();
             let span = tracing::info_span!(
                 "policy_run",
                 policy_id = %id,
                 host = %self.policies.get(&id).map_or("", |p| p.ir.targets.host_id.as_str()),
                 correlation_id = %event.correlation_id
             );
-            let facts = &self.facts;
+            let snapshot = OnceCell::new();
             let step = DecideStep {
-                hit,
                 view: &view,
-                facts,
+                facts: &self.facts,
                 now,
+                snapshot: &snapshot,
             };
-            let decision =
-                span.in_scope(|| self.decide_with(&step, id, &mut state, &mut memo, &mut timers));
-            let synced = self.sync_timers(id, &before, &state);
+            // The decider is moved out while it steps: `vm.count_matching`
+            // reads the rest of the engine. Nothing here awaits.
+            let mut decider = std::mem::take(&mut self.decider);
+            let decided = span.in_scope(|| {
+                let count = || self.count_matching(id, &step);
+                decider.advance(hit, &view, now, &self.facts, &mut memo, &count)
+            });
+            self.decider = decider;
+            let after = self.decider.hit_state(hit).cloned().unwrap_or_default();
+            let decision = match decided {
+                Some(decided) => {
+                    span.in_scope(|| self.decide_with(&step, id, &decided, &mut timers))
+                }
+                None => Ok(None),
+            };
+            let synced = self.sync_timers(id, &before, &after);
             let decision = match synced.and(decision) {
                 Ok(decision) => decision,
                 Err(e) => {
-                    self.revert_state(id, state, before);
-                    return Err(e);
+                    self.revert_state(id, after, before);
+                    failed = Some(e);
+                    break;
                 }
             };
             let Some(mut decision) = decision else {
-                self.decider.put_state(hit, state);
                 continue;
             };
-            let after = state.clone();
-            self.decider.put_state(hit, state);
             let scheduled = match self.apply(&mut decision, event, now).instrument(span).await {
                 Ok(scheduled) => scheduled,
                 Err(e) => {
                     self.revert_state(id, after, before);
-                    return Err(e);
+                    failed = Some(e);
+                    break;
                 }
             };
             let stop = scheduled && self.policies[&id].ir.stop_on_match;
@@ -673,7 +685,12 @@ impl Engine {
                 break;
             }
         }
+        // The policies not reached keep their states.
+        self.decider.end();
         self.memo = memo;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         while let Ok(report) = self.reports.try_recv() {
             if let Some(run) = self.on_report(report)? {
                 self.closed.push_back(run);
@@ -711,15 +728,22 @@ impl Engine {
             let Some(id) = self.decider.policy_id(hit) else {
                 continue;
             };
-            let mut state = self.decider.state(id).cloned().unwrap_or_default();
+            let mut state = self.decider.hit_state(hit).cloned().unwrap_or_default();
+            let snapshot = OnceCell::new();
             let step = DecideStep {
-                hit,
                 view: &view,
                 facts: &facts,
                 now,
+                snapshot: &snapshot,
             };
-            let decision = self.decide_with(&step, id, &mut state, &mut memo, &mut timers)?;
-            let Some(decision) = decision else {
+            let count = || self.count_matching(id, &step);
+            let Some(decided) = self
+                .decider
+                .decide_one(hit, &mut state, &view, now, &facts, &mut memo, &count)
+            else {
+                continue;
+            };
+            let Some(decision) = self.decide_with(&step, id, &decided, &mut timers)? else {
                 continue;
             };
             let stop = !decision.planned.is_empty() && self.policies[&id].ir.stop_on_match;
@@ -744,39 +768,47 @@ impl Engine {
         })
     }
 
-    /// Steps 3–7 for one policy; reads the store, writes nothing. `None`
-    /// when the event could only move the trigger state (observer).
+    /// The host snapshot a policy's step reads: a copy of the host's whole
+    /// inventory, so read at most once per policy and event, and only for
+    /// a policy that needs it (a `vm` condition, or triggers that fired).
+    fn snapshot<'s>(&self, id: Uuid, step: &'s DecideStep<'_>) -> Option<&'s HostInventory> {
+        step.snapshot
+            .get_or_init(|| {
+                let host = self
+                    .policies
+                    .get(&id)
+                    .map(|p| p.ir.targets.host_id.as_str());
+                host.and_then(|h| self.snapshots.host(h))
+            })
+            .as_ref()
+    }
+
+    /// `vm.count_matching` for policy `id`: how many targets its selector
+    /// resolves to now.
+    fn count_matching(&self, id: Uuid, step: &DecideStep<'_>) -> Result<usize, String> {
+        let policy = self
+            .policies
+            .get(&id)
+            .ok_or_else(|| format!("no policy {id}"))?;
+        self.resolve(policy, self.snapshot(id, step))
+            .map(|ids| ids.len())
+            .map_err(|(_, why)| why)
+    }
+
+    /// Steps 4–7 for one policy whose step 3 gave `decided`; reads the
+    /// store, writes nothing. `None` when the event could only move the
+    /// trigger state (observer).
     fn decide_with(
         &self,
         step: &DecideStep<'_>,
         id: Uuid,
-        state: &mut TriggerState,
-        memo: &mut ConditionMemo,
+        decided: &Decided,
         timers: &mut Vec<TimerRequest>,
     ) -> Result<Option<PolicyDecision>, EngineError> {
         let policy = &self.policies[&id];
         let ir = &policy.ir;
         let (now, facts) = (step.now, step.facts);
-        // The host's snapshot is a copy of its whole inventory: read only
-        // for a policy whose triggers fired, once.
-        let snapshot = std::cell::OnceCell::new();
-        let snapshot = || {
-            snapshot
-                .get_or_init(|| self.snapshots.host(&ir.targets.host_id))
-                .as_ref()
-        };
-        let count = || {
-            self.resolve(policy, snapshot())
-                .map(|ids| ids.len())
-                .map_err(|(_, why)| why)
-        };
-        // Step 3: triggers, then conditions only for a fired policy.
-        let Some(decided) = self
-            .decider
-            .decide_one(step.hit, state, step.view, now, facts, memo, &count)
-        else {
-            return Ok(None);
-        };
+        let snapshot = || self.snapshot(id, step);
         let eval = &decided.evaluation;
         timers.extend(eval.timers().iter().cloned());
         let mut explain = serde_json::Map::new();

@@ -609,6 +609,32 @@ impl Evaluation {
         self.countdowns.get_or_insert_with(Box::default)
     }
 
+    /// Whether the evaluation arms or cancels a countdown.
+    pub fn has_countdowns(&self) -> bool {
+        self.countdowns.is_some()
+    }
+
+    /// This evaluation as it reads for policy `policy_id`: the same verdict
+    /// and notes, with the countdowns naming that policy. An evaluation
+    /// depends on the policy only through those names when the event is
+    /// not a timer addressed to a policy, so policies with equal trigger
+    /// groups and equal states share one evaluation this way.
+    pub fn for_policy(&self, policy_id: &str) -> Evaluation {
+        let mut eval = self.clone();
+        if let Some(countdowns) = &mut eval.countdowns {
+            for request in countdowns
+                .timers
+                .iter_mut()
+                .chain(&mut countdowns.cancelled)
+            {
+                if request.policy_id != policy_id {
+                    request.policy_id = policy_id.to_string();
+                }
+            }
+        }
+        eval
+    }
+
     /// Which trigger fired, or why none did, one line per trigger the event
     /// touched: the `trigger` part of a ledger entry's explain. `group` is
     /// the trigger group this evaluation came from and `subject` the id of
