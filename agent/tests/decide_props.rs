@@ -245,12 +245,17 @@ impl Reference {
             reached.push(id);
             let def = &self.policies[&id];
             let state = self.states.entry(id).or_default();
-            let eval = state.evaluate(&pref.policy_id, &def.group, event, now, |ups| {
-                match facts.ups(Some(ups)) {
-                    Lookup::Found(u) => u.state,
-                    _ => None,
-                }
-            });
+            let eval =
+                state.evaluate(
+                    &pref.policy_id,
+                    &def.group,
+                    event,
+                    now,
+                    |ups, state| match facts.ups(Some(ups)) {
+                        Lookup::Found(u) => u.is_in(state),
+                        _ => None,
+                    },
+                );
             if eval.fired.is_none() && pref.interest != Interest::Fire {
                 continue;
             }

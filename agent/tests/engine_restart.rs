@@ -151,6 +151,28 @@ async fn a_for_120s_hold_on_battery_fires_after_120_seconds() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn low_battery_and_lost_contact_during_the_hold_do_not_cancel_it() {
+    // NUT: `OB`, then `OB LB` 30 s later, then the server stops answering
+    // (`comm_lost`, and the fail-safe `low_battery`). The UPS never left
+    // battery: the shutdown still runs when the 120 s are up.
+    let pve = pve();
+    let store = Arc::new(MemoryStore::default());
+    let clock = clock();
+    let mut engine = engine(store.clone(), &pve, &clock, None, vec![held_policy()]);
+    engine.handle_event(&ups("on_battery")).await.unwrap();
+    seconds(30).await;
+    engine.handle_event(&ups("low_battery")).await.unwrap();
+    seconds(30).await;
+    engine.handle_event(&ups("comm_lost")).await.unwrap();
+    engine.handle_event(&ups("low_battery")).await.unwrap();
+    assert_eq!(store.deadlines().unwrap().len(), 1);
+    seconds(60).await;
+    assert_eq!(fire(&mut engine, &clock).await, 1);
+    assert_eq!(pve.status("vm:101").as_deref(), Some("stopped"));
+    assert!(audit_kinds(store.as_ref(), "engine.countdown_cancelled").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_three_second_blip_cancels_the_countdown_and_nothing_fires() {
     let pve = pve();
     let store = Arc::new(MemoryStore::default());

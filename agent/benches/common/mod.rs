@@ -163,7 +163,8 @@ fn event(
 
 /// Four rounds over every key (500 events), repeating without a break when
 /// replayed: each UPS steps through its four states (every event enters a
-/// state: 50 policies fire, the 50 that tracked the state it left re-arm),
+/// state: 50 policies fire; entering a power source also ends the other
+/// one and the conditions, whose tracking policies re-arm),
 /// each metric alternates 80 / 20 around its threshold 60 (an edge every
 /// other round), each webhook is posted every round.
 pub fn event_stream() -> Vec<Event> {

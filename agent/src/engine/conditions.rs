@@ -17,8 +17,13 @@ use crate::spec::{Condition, Op, Scope, UpsState};
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct UpsFacts {
     pub subject_id: String,
-    /// The state the UPS last entered.
+    /// The power source the UPS last entered (`on_battery`, `on_mains`),
+    /// if any yet.
     pub state: Option<UpsState>,
+    /// The other states it entered since ([`UpsState::ends`]): conditions
+    /// on top of the power source (`low_battery`, `overload`, ...) and
+    /// `comm_lost`, in the order entered.
+    pub conditions: Vec<UpsState>,
     /// `battery.runtime` / 60.
     pub runtime_minutes: Option<f64>,
     /// `battery.charge`, percent.
@@ -199,8 +204,41 @@ impl UpsFacts {
     }
 
     pub fn with_state(mut self, state: UpsState) -> UpsFacts {
-        self.state = Some(state);
+        self.enter(state);
         self
+    }
+
+    /// The UPS entered `state`: a power source replaces the previous one
+    /// and ends the conditions; a condition comes on top.
+    pub fn enter(&mut self, state: UpsState) {
+        if state.is_power_source() {
+            self.state = Some(state);
+            self.conditions.clear();
+        } else if !self.conditions.contains(&state) {
+            self.conditions.push(state);
+        }
+    }
+
+    /// Whether the UPS is in `state` now; `None` when no state is known.
+    pub fn is_in(&self, state: UpsState) -> Option<bool> {
+        if state.is_power_source() {
+            return self.state.map(|s| s == state);
+        }
+        if self.state.is_none() && self.conditions.is_empty() {
+            return None;
+        }
+        Some(self.conditions.contains(&state))
+    }
+
+    /// The known states, power source first (`on_battery, low_battery`).
+    fn describe_states(&self) -> String {
+        let names: Vec<&str> = self
+            .state
+            .iter()
+            .chain(&self.conditions)
+            .map(|s| s.as_str())
+            .collect();
+        names.join(", ")
     }
 
     pub fn with_reading(mut self, name: &str, value: f64) -> UpsFacts {
@@ -271,21 +309,24 @@ impl FactsSnapshot {
             .insert(name.to_string(), value);
     }
 
-    /// Folds an event into the view: `ups.state` sets the UPS's state,
-    /// `metric.threshold` records the reading (on the UPS when a UPS sent
-    /// it), `host.state` with a boolean `attrs.reachable` records
-    /// reachability. Other events carry no facts.
+    /// Folds an event into the view: `ups.state` enters the UPS's state
+    /// ([`UpsFacts::enter`]), `metric.threshold` records the reading (on
+    /// the UPS when a UPS sent it: a reading means contact is back, so it
+    /// ends `comm_lost`), `host.state` with a boolean `attrs.reachable`
+    /// records reachability. Other events carry no facts.
     pub fn apply(&mut self, event: &Event) {
         match event.kind {
             EventKind::UpsState => {
                 if let Some(state) = event.ups_state() {
-                    self.ups_entry(&event.subject.id).state = Some(state);
+                    self.ups_entry(&event.subject.id).enter(state);
                 }
             }
             EventKind::MetricThreshold => {
                 if let Some((name, value)) = event.metric() {
                     if event.subject.kind == SubjectKind::Ups {
-                        self.ups_entry(&event.subject.id).set_reading(name, value);
+                        let ups = self.ups_entry(&event.subject.id);
+                        ups.set_reading(name, value);
+                        ups.conditions.retain(|&s| s != UpsState::CommLost);
                     } else {
                         self.set_metric(&event.subject.id, name, value);
                     }
@@ -404,9 +445,9 @@ fn eval_ups(cond: &Condition, event: &Event, facts: &dyn Facts) -> Verdict {
         }
     };
     if cond.field == "state" {
-        let Some(state) = ups.state else {
+        if ups.state.is_none() && ups.conditions.is_empty() {
             return unknown(MISSING_FACT, format!("{} reports no state", ups.subject_id));
-        };
+        }
         let wanted = match cond.value.as_str().map(|s| (s, UpsState::parse(s))) {
             Some((_, Some(wanted))) => wanted,
             Some((text, None)) => {
@@ -420,10 +461,16 @@ fn eval_ups(cond: &Condition, event: &Event, facts: &dyn Facts) -> Verdict {
             }
             None => return unknown(TYPE_MISMATCH, "a UPS state is compared with a state name"),
         };
-        return match equality(cond.op, state == wanted) {
+        let Some(is_in) = ups.is_in(wanted) else {
+            return unknown(
+                MISSING_FACT,
+                format!("{} reports no power source yet", ups.subject_id),
+            );
+        };
+        return match equality(cond.op, is_in) {
             Some(ok) => Verdict::Evaluated {
                 ok,
-                observed: format!("{} reports {}", ups.subject_id, state.as_str()),
+                observed: format!("{} reports {}", ups.subject_id, ups.describe_states()),
             },
             None => ordering_on_non_numbers(cond.op),
         };
@@ -703,6 +750,64 @@ mod tests {
 
     fn check(facts: &FactsSnapshot, event: &Event, conditions: &[&str], expect: Expect) {
         check_in(facts, event, "pve-01", Ok(2), conditions, expect);
+    }
+
+    #[test]
+    fn a_condition_on_top_of_the_power_source_keeps_both_until_the_power_changes() {
+        let state = |name: &str| {
+            event(
+                EventKind::UpsState,
+                SubjectKind::Ups,
+                "ups1@nas:3493",
+                json!({ "state": name }),
+            )
+        };
+        let mut facts = one_ups();
+        facts.apply(&state("low_battery"));
+        facts.apply(&state("comm_lost"));
+        let asked = [
+            "ups.state = on_battery",
+            "ups.state = low_battery",
+            "ups.state = comm_lost",
+            "ups.state = on_mains",
+        ];
+        check(
+            &facts,
+            &state("comm_lost"),
+            &asked,
+            expect![[r#"
+                all_true: false
+                #0 ok ups.state = on_battery is true: ups1@nas:3493 reports on_battery, low_battery, comm_lost
+                #1 ok ups.state = low_battery is true: ups1@nas:3493 reports on_battery, low_battery, comm_lost
+                #2 ok ups.state = comm_lost is true: ups1@nas:3493 reports on_battery, low_battery, comm_lost
+                #3 FAIL ups.state = on_mains is false: ups1@nas:3493 reports on_battery, low_battery, comm_lost
+                explain: condition 4: ups.state = on_mains is false: ups1@nas:3493 reports on_battery, low_battery, comm_lost"#]],
+        );
+        // A reading means contact is back; mains return ends the rest.
+        facts.apply(&event(
+            EventKind::MetricThreshold,
+            SubjectKind::Ups,
+            "ups1@nas:3493",
+            json!({ "metric": "charge_pct", "value": 35 }),
+        ));
+        let Lookup::Found(ups) = facts.ups(Some("ups1")) else {
+            panic!("ups1 is known")
+        };
+        assert_eq!(ups.is_in(UpsState::CommLost), Some(false));
+        assert_eq!(ups.is_in(UpsState::LowBattery), Some(true));
+        facts.apply(&state("on_mains"));
+        check(
+            &facts,
+            &state("on_mains"),
+            &asked,
+            expect![[r#"
+                all_true: false
+                #0 FAIL ups.state = on_battery is false: ups1@nas:3493 reports on_mains
+                #1 FAIL ups.state = low_battery is false: ups1@nas:3493 reports on_mains
+                #2 FAIL ups.state = comm_lost is false: ups1@nas:3493 reports on_mains
+                #3 ok ups.state = on_mains is true: ups1@nas:3493 reports on_mains
+                explain: condition 1: ups.state = on_battery is false: ups1@nas:3493 reports on_mains; condition 2: ups.state = low_battery is false: ups1@nas:3493 reports on_mains; condition 3: ups.state = comm_lost is false: ups1@nas:3493 reports on_mains"#]],
+        );
     }
 
     #[test]

@@ -191,11 +191,11 @@ impl Step<'_, '_> {
     /// A trigger group's verdict on the event, moving `state`.
     fn evaluate(&self, state: &mut TriggerState, policy: &str, group: &TriggerGroup) -> Evaluation {
         let facts = self.facts;
-        state.evaluate_view(policy, group, self.view, self.now, |ups| {
-            match facts.ups(Some(ups)) {
-                Lookup::Found(u) => u.state,
-                _ => None,
-            }
+        state.evaluate_view(policy, group, self.view, self.now, |ups, state| match facts
+            .ups(Some(ups))
+        {
+            Lookup::Found(u) => u.is_in(state),
+            _ => None,
         })
     }
 }

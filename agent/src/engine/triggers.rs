@@ -126,7 +126,7 @@ mod tests {
         group: TriggerGroup,
         state: TriggerState,
         queue: TimerQueue,
-        facts: std::collections::HashMap<String, UpsState>,
+        facts: std::collections::HashMap<String, crate::engine::conditions::UpsFacts>,
         log: String,
     }
 
@@ -159,18 +159,25 @@ mod tests {
 
         fn deliver(&mut self, event: Event, now: DateTime<Utc>) {
             if let Some(state) = event.ups_state() {
-                self.facts.insert(event.subject.id.clone(), state);
+                let id = &event.subject.id;
+                self.facts
+                    .entry(id.clone())
+                    .or_insert_with(|| crate::engine::conditions::UpsFacts::new(id))
+                    .enter(state);
             }
             let facts = &self.facts;
             let eval = self
                 .state
-                .evaluate(P, &self.group, &event, now, |id: &str| {
-                    facts.get(id).copied().or_else(|| {
-                        facts
-                            .iter()
-                            .find(|(k, _)| crate::engine::event::ups_matches(id, k))
-                            .map(|(_, v)| *v)
-                    })
+                .evaluate(P, &self.group, &event, now, |id: &str, state| {
+                    facts
+                        .get(id)
+                        .or_else(|| {
+                            facts
+                                .iter()
+                                .find(|(k, _)| crate::engine::event::ups_matches(id, k))
+                                .map(|(_, v)| v)
+                        })
+                        .and_then(|u| u.is_in(state))
                 });
             self.queue.apply(&eval);
             let what = match event.kind {
@@ -266,13 +273,58 @@ mod tests {
     }
 
     #[test]
+    fn low_battery_or_lost_contact_on_top_of_on_battery_keeps_its_hold_counting() {
+        // NUT reports `OB` then `OB LB`; the source then loses the UPS
+        // (`comm_lost`, and the fail-safe `low_battery` again). The UPS
+        // never left battery: the 120 s hold runs out and fires. Only mains
+        // return would have cancelled it.
+        let mut run = Run::new(group(
+            Logic::Any,
+            vec![on_state(UpsState::OnBattery, Some(120), None)],
+        ));
+        run.feed(ups(UPS1, "on_battery", 0))
+            .feed(ups(UPS1, "low_battery", 30))
+            .feed(ups(UPS1, "comm_lost", 60))
+            .advance_to(at(600));
+        run.check(expect![[r#"
+            +0s ups1@nas.lan:3493 on_battery: - [armed 1]
+            +30s ups1@nas.lan:3493 low_battery: -
+            +60s ups1@nas.lan:3493 comm_lost: -
+            +120s timer.after for: FIRED by 0
+        "#]]);
+    }
+
+    #[test]
+    fn a_condition_state_rearms_on_a_power_change_not_on_another_condition() {
+        let mut run = Run::new(group(
+            Logic::Any,
+            vec![on_state(UpsState::LowBattery, None, None)],
+        ));
+        run.feed(ups(UPS1, "on_battery", 0))
+            .feed(ups(UPS1, "low_battery", 10))
+            .feed(ups(UPS1, "overload", 11))
+            .feed(ups(UPS1, "on_mains", 20))
+            .feed(ups(UPS1, "on_battery", 30))
+            .feed(ups(UPS1, "low_battery", 40))
+            .advance_to(at(600));
+        run.check(expect![[r#"
+            +0s ups1@nas.lan:3493 on_battery: -
+            +10s ups1@nas.lan:3493 low_battery: FIRED by 0
+            +11s ups1@nas.lan:3493 overload: -
+            +20s ups1@nas.lan:3493 on_mains: -
+            +30s ups1@nas.lan:3493 on_battery: -
+            +40s ups1@nas.lan:3493 low_battery: FIRED by 0
+        "#]]);
+    }
+
+    #[test]
     fn a_stale_countdown_event_is_ignored_even_if_it_was_never_cancelled() {
         let g = group(
             Logic::Any,
             vec![on_state(UpsState::OnBattery, Some(120), None)],
         );
         let mut state = TriggerState::default();
-        let none = |_: &str| None;
+        let none = |_: &str, _| None;
         let first = state.evaluate(P, &g, &ups(UPS1, "on_battery", 0), at(0), none);
         state.evaluate(P, &g, &ups(UPS1, "on_mains", 3), at(3), none);
         state.evaluate(P, &g, &ups(UPS1, "on_battery", 10), at(10), none);
@@ -363,7 +415,7 @@ mod tests {
             ],
         );
         let mut state = TriggerState::default();
-        let eval = state.evaluate(P, &g, &ups(UPS1, "on_battery", 0), at(0), |_| None);
+        let eval = state.evaluate(P, &g, &ups(UPS1, "on_battery", 0), at(0), |_, _| None);
         assert_eq!(eval.fired, None);
         expect![[r#"
             not fired
@@ -412,8 +464,8 @@ mod tests {
             ],
         );
         let mut state = TriggerState::default();
-        let eval = state.evaluate(P, &g, &webhook("deploy", 0), at(0), |u| {
-            (u == "ups1").then_some(UpsState::OnBattery)
+        let eval = state.evaluate(P, &g, &webhook("deploy", 0), at(0), |u, s| {
+            (u == "ups1").then_some(s == UpsState::OnBattery)
         });
         assert_eq!(eval.fired, Some(FiredBy { trigger: 1 }));
     }
@@ -521,7 +573,7 @@ mod tests {
             ],
         );
         let mut state = TriggerState::default();
-        let eval = state.evaluate(P, &g, &timer_at_event(P, 1, at(0)), at(0), |_| None);
+        let eval = state.evaluate(P, &g, &timer_at_event(P, 1, at(0)), at(0), |_, _| None);
         assert_eq!(eval.fired, Some(FiredBy { trigger: 1 }));
         expect![[r#"
             fired by trigger 1 (timer.at daily at 01:00)
@@ -533,7 +585,7 @@ mod tests {
             &g,
             &timer_at_event("another-policy", 1, at(0)),
             at(0),
-            |_| None,
+            |_, _| None,
         );
         assert_eq!(other.fired, None);
     }
@@ -561,12 +613,12 @@ mod tests {
             vec![on_state(UpsState::OnBattery, Some(120), None)],
         );
         let mut state = TriggerState::default();
-        let eval = state.evaluate(P, &g, &ups(UPS1, "on_battery", 0), at(0), |_| None);
+        let eval = state.evaluate(P, &g, &ups(UPS1, "on_battery", 0), at(0), |_, _| None);
         let restored = TriggerState::from_json(&state.to_json()).expect("state parses back");
         assert_eq!(restored, state);
         assert_eq!(restored.pending_timers(P, &g), eval.timers());
         let mut restored = restored;
-        let fired = restored.evaluate(P, &g, &eval.timers()[0].event(), at(120), |_| None);
+        let fired = restored.evaluate(P, &g, &eval.timers()[0].event(), at(120), |_, _| None);
         assert_eq!(fired.fired, Some(FiredBy { trigger: 0 }));
     }
 
@@ -771,7 +823,8 @@ mod tests {
         proptest! {
             /// For random UPS event streams, a policy with `for: N` fires
             /// only after the UPS stayed in the state for N seconds without
-            /// interruption, and does fire once it has.
+            /// interruption (low battery on top does not interrupt it), and
+            /// does fire once it has.
             #[test]
             fn a_policy_with_for_never_fires_before_n_seconds_of_continuous_state(
                 hold_s in 1u64..200,
@@ -781,13 +834,15 @@ mod tests {
                 let g = group(Logic::Any, vec![on_state(UpsState::OnBattery, Some(hold_s), None)]);
                 let mut state = TriggerState::default();
                 let mut queue = TimerQueue::default();
-                // Per UPS: the state it is in and since when (the real history).
+                // Per UPS: the power source it is on and since when (the
+                // real history), and whether it reported low battery since.
                 let mut truth: std::collections::HashMap<&str, (&str, DateTime<Utc>)> = Default::default();
+                let mut low: std::collections::HashSet<&str> = Default::default();
                 let mut now = at(0);
                 let mut fires = 0usize;
                 let check = |event: &Event, now: DateTime<Utc>, state: &mut TriggerState, queue: &mut TimerQueue,
                              truth: &std::collections::HashMap<&str, (&str, DateTime<Utc>)>, fires: &mut usize| {
-                    let eval = state.evaluate(P, &g, event, now, |_| None);
+                    let eval = state.evaluate(P, &g, event, now, |_, _| None);
                     queue.apply(&eval);
                     if eval.fired.is_some() {
                         *fires += 1;
@@ -808,11 +863,20 @@ mod tests {
                     now = next;
                     let id = [UPS1, UPS2][ups_ix];
                     let name = states[state_ix];
-                    // Sources publish changes only.
-                    if truth.get(id).is_some_and(|(s, _)| *s == name) {
-                        continue;
+                    // Sources publish changes only. Low battery comes on
+                    // top of the power source (NUT's `OB LB`): the UPS
+                    // stays on battery, and the hold keeps counting.
+                    if name == "low_battery" {
+                        if !low.insert(id) {
+                            continue;
+                        }
+                    } else {
+                        if truth.get(id).is_some_and(|(s, _)| *s == name) {
+                            continue;
+                        }
+                        truth.insert(id, (name, now));
+                        low.remove(id);
                     }
-                    truth.insert(id, (name, now));
                     check(&ups(id, name, 0), now, &mut state, &mut queue, &truth, &mut fires)?;
                 }
                 // And it is live: a UPS that ends on battery fires once its hold runs out.

@@ -193,8 +193,9 @@ struct Snapshot {
 }
 
 /// The order several states that appear at once are published in: the
-/// power source first, then increasingly severe conditions, so the state
-/// the engine holds last for the UPS is the most severe one.
+/// power source first (entering it ends the conditions of the previous
+/// one, [`UpsState::ends`]), then the conditions on top of it, increasingly
+/// severe.
 const STATE_ORDER: [UpsState; 6] = [
     UpsState::OnMains,
     UpsState::OnBattery,
@@ -308,10 +309,17 @@ impl UpsTracker {
                     // The first reading after start is the baseline.
                     return Vec::new();
                 };
+                // Going on battery ends the conditions seen on mains: the
+                // ones still present (`OL LB` -> `OB LB`) are reported again
+                // after it, so a low-battery policy acts on this outage.
+                // Back on mains they are not: what was acted on during the
+                // outage is not acted on again.
+                let to_battery = next.states.contains(&UpsState::OnBattery)
+                    && !prev.states.contains(&UpsState::OnBattery);
                 let mut out: Vec<Change> = next
                     .states
                     .iter()
-                    .filter(|s| !prev.states.contains(s))
+                    .filter(|s| !prev.states.contains(s) || (to_battery && !s.is_power_source()))
                     .map(|&s| Change::State(s))
                     .collect();
                 for (&name, &value) in &next.metrics {
@@ -367,9 +375,16 @@ impl LatestReadings {
             .entry(subject_id.to_string())
             .or_insert_with(|| UpsFacts::new(subject_id));
         if let Some(status) = vars.get("ups.status") {
-            if let Some(&state) = status_states(status).last() {
-                facts.state = Some(state);
+            // The power source, and the conditions on top of it exactly as
+            // this reading has them (a reading also means contact is back).
+            let states = status_states(status);
+            if let Some(&power) = states.iter().find(|s| s.is_power_source()) {
+                facts.state = Some(power);
             }
+            facts.conditions = states
+                .into_iter()
+                .filter(|s| !s.is_power_source())
+                .collect();
         }
         for (name, value) in canonical_metrics(vars) {
             facts.set_reading(name, value);
@@ -690,6 +705,37 @@ mod tests {
         );
         // Tokens that go away publish nothing; unknown tokens are ignored.
         assert!(t.observe(secs(t0, 10), &status("OB ALARM XYZ")).is_empty());
+    }
+
+    #[test]
+    fn latest_readings_keep_the_power_source_and_the_conditions_on_top() {
+        let readings = LatestReadings::default();
+        let Reading::Vars(vars) = status("OB LB OVER") else {
+            unreachable!("status() reads variables")
+        };
+        readings.record("ups1@nas:3493", &vars);
+        let ups = &readings.snapshot()[0];
+        assert_eq!(ups.state, Some(UpsState::OnBattery));
+        assert_eq!(ups.conditions, [UpsState::Overload, UpsState::LowBattery]);
+        assert_eq!(ups.is_in(UpsState::LowBattery), Some(true));
+        assert_eq!(ups.charge_pct, Some(100.0));
+    }
+
+    #[test]
+    fn conditions_still_present_are_reported_again_when_the_ups_goes_on_battery() {
+        let t0 = Instant::now();
+        let mut t = UpsTracker::new(options());
+        t.observe(t0, &status("OL LB"));
+        // Mains fail with the battery still low from the last outage.
+        assert_eq!(
+            show(&t.observe(secs(t0, 2), &status("OB LB"))),
+            ["on_battery", "low_battery"]
+        );
+        // Back on mains, the low battery is not news.
+        assert_eq!(
+            show(&t.observe(secs(t0, 4), &status("OL LB"))),
+            ["on_mains"]
+        );
     }
 
     #[test]

@@ -344,8 +344,9 @@ fn seed_facts(engine: &mut Engine, readings: Option<&crate::nut::LatestReadings>
     let Some(readings) = readings else { return };
     for ups in readings.snapshot() {
         let entry = engine.facts_mut().ups_entry(&ups.subject_id);
-        if entry.state.is_none() {
+        if entry.state.is_none() && entry.conditions.is_empty() {
             entry.state = ups.state;
+            entry.conditions = ups.conditions;
         }
         entry.runtime_minutes = ups.runtime_minutes.or(entry.runtime_minutes);
         entry.charge_pct = ups.charge_pct.or(entry.charge_pct);

@@ -115,6 +115,25 @@ impl UpsState {
             .position(|n| *n == text)
             .map(|i| UpsState::ALL[i])
     }
+
+    /// `on_battery` and `on_mains`: where the power comes from. A UPS is in
+    /// exactly one; the other states are conditions that come on top of it
+    /// (NUT reports `OB LB`, `OL RB`, `OB OVER`) or, for `comm_lost`, say
+    /// that nothing is known.
+    pub fn is_power_source(self) -> bool {
+        matches!(self, UpsState::OnBattery | UpsState::OnMains)
+    }
+
+    /// Whether a UPS entering `self` is no longer in `other`. Entering a
+    /// power source ends the other one and every condition entered since:
+    /// they are armed again for the next time a source reports them (the
+    /// NUT source reports the conditions present when a UPS goes on
+    /// battery). Entering a condition, or losing contact, ends nothing: a
+    /// UPS on battery that reports low battery is still on battery, and
+    /// one the source cannot read is in whatever state it was last seen in.
+    pub fn ends(self, other: UpsState) -> bool {
+        self != other && self.is_power_source()
+    }
 }
 
 /// Comparison operators of thresholds and conditions.

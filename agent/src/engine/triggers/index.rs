@@ -91,18 +91,17 @@ impl Entry {
 /// How [`TriggerIndex::insert`] files one key: kind, discriminator, UPS filter.
 type AddKey<'a> = dyn FnMut(EventKind, &str, Option<&str>, Interest) + 'a;
 
-/// Registers a UPS-state trigger (or `since_event`) under every state: the
-/// state it names with `entering` interest, all others as
-/// [`Interest::Leave`], since any other state from the same UPS means it
-/// left the named one.
+/// Registers a UPS-state trigger (or `since_event`): the state it names
+/// with `entering` interest, and as [`Interest::Leave`] every state whose
+/// event means the UPS left the named one ([`UpsState::ends`]: the other
+/// power source, or for a condition either power source).
 fn register_states(equals: UpsState, ups: Option<&str>, entering: Interest, add: &mut AddKey<'_>) {
     for state in UpsState::ALL {
-        let interest = if state == equals {
-            entering
-        } else {
-            Interest::Leave
-        };
-        add(EventKind::UpsState, state.as_str(), ups, interest);
+        if state == equals {
+            add(EventKind::UpsState, state.as_str(), ups, entering);
+        } else if state.ends(equals) {
+            add(EventKind::UpsState, state.as_str(), ups, Interest::Leave);
+        }
     }
 }
 

@@ -460,10 +460,11 @@ type Outcome = Option<Note>;
 
 impl TriggerState {
     /// Evaluates `event` against `group` (the triggers of policy `policy_id`)
-    /// at `now`. `facts_ups_state` reads the current state of a UPS (by
-    /// subject id, or by the name or id a trigger's `ups` filter gives); it
-    /// lets `ALL` see a UPS that was already in a state when the policy
-    /// started tracking, and keeps a stale tracked state from counting.
+    /// at `now`. `facts_ups_state` says whether a UPS (by subject id, or by
+    /// the name or id a trigger's `ups` filter gives) is in a state now
+    /// (`None`: not known); it lets `ALL` see a UPS that was already in a
+    /// state when the policy started tracking, and keeps a stale tracked
+    /// state from counting.
     ///
     /// For one event evaluated against many policies, build the
     /// [`EventView`] once and call [`TriggerState::evaluate_view`].
@@ -473,7 +474,7 @@ impl TriggerState {
         group: &TriggerGroup,
         event: &Event,
         now: DateTime<Utc>,
-        facts_ups_state: impl Fn(&str) -> Option<UpsState>,
+        facts_ups_state: impl Fn(&str, UpsState) -> Option<bool>,
     ) -> Evaluation {
         self.evaluate_view(
             policy_id,
@@ -491,7 +492,7 @@ impl TriggerState {
         group: &TriggerGroup,
         view: &EventView<'_>,
         now: DateTime<Utc>,
-        facts_ups_state: impl Fn(&str) -> Option<UpsState>,
+        facts_ups_state: impl Fn(&str, UpsState) -> Option<bool>,
     ) -> Evaluation {
         self.triggers.fit(group.triggers.len());
         let per = self.triggers.as_mut_slice();
@@ -888,7 +889,7 @@ impl PerTrigger {
         &mut self,
         trigger: &Trigger,
         ctx: &Ctx<'_>,
-        facts: &impl Fn(&str) -> Option<UpsState>,
+        facts: &impl Fn(&str, UpsState) -> Option<bool>,
         eval: &mut Evaluation,
     ) -> Outcome {
         match trigger {
@@ -977,11 +978,11 @@ impl PerTrigger {
         for_s: Option<u64>,
         filter: Option<&str>,
         ctx: &Ctx<'_>,
-        facts: &impl Fn(&str) -> Option<UpsState>,
+        facts: &impl Fn(&str, UpsState) -> Option<bool>,
         eval: &mut Evaluation,
     ) -> Outcome {
         if let Some(deadline) = ctx.expiry(TimerKind::ForHold) {
-            let still = |subject: &str| facts(subject).is_none_or(|s| s == equals);
+            let still = |subject: &str| facts(subject, equals) != Some(false);
             return self.hold_expired(ctx, for_s.unwrap_or(0), deadline, still, Some(equals));
         }
         let state = ctx.view.ups_state?;
@@ -991,7 +992,9 @@ impl PerTrigger {
         }
         let tracked = self.subjects.contains_key(subject);
         if state != equals {
-            if !tracked {
+            // A condition on top (`OB LB`) or lost contact does not end a
+            // power source: an `on_battery` hold keeps counting.
+            if !tracked || !state.ends(equals) {
                 return None;
             }
             let cancelled = self.untrack(subject, ctx, TimerKind::ForHold, eval);
@@ -1072,7 +1075,7 @@ impl PerTrigger {
                 match (state == *equals, tracked) {
                     (true, false) => start(self, eval, Some(*equals)),
                     (true, true) => ctx.note(false, Said::AfterUnchanged { equals: *equals }),
-                    (false, true) => {
+                    (false, true) if state.ends(*equals) => {
                         let cancelled = self.untrack(subject, ctx, TimerKind::After, eval);
                         ctx.note(
                             false,
@@ -1083,7 +1086,7 @@ impl PerTrigger {
                             },
                         )
                     }
-                    (false, false) => None,
+                    (false, _) => None,
                 }
             }
             EventPattern::WebhookCustom { name } => match ctx.view.webhook {
@@ -1161,19 +1164,21 @@ impl PerTrigger {
         &self,
         trigger: &Trigger,
         now: DateTime<Utc>,
-        facts: &impl Fn(&str) -> Option<UpsState>,
+        facts: &impl Fn(&str, UpsState) -> Option<bool>,
     ) -> bool {
         match trigger {
             Trigger::UpsState { equals, for_s, ups } => {
                 let held = seconds(hold(*for_s).unwrap_or(0));
                 let tracked = self.subjects.iter().any(|(subject, t)| {
-                    t.since + held <= now && facts(subject).is_none_or(|s| s == *equals)
+                    t.since + held <= now && facts(subject, *equals) != Some(false)
                 });
                 // A UPS already in the state before tracking began counts
                 // only without `for`: its entry time is unknown.
                 tracked
                     || (hold(*for_s).is_none()
-                        && ups.as_deref().is_some_and(|f| facts(f) == Some(*equals)))
+                        && ups
+                            .as_deref()
+                            .is_some_and(|f| facts(f, *equals) == Some(true)))
             }
             Trigger::MetricThreshold { for_s, .. } => {
                 let held = seconds(hold(*for_s).unwrap_or(0));
