@@ -384,6 +384,15 @@ actions:
         check(
             &with(
                 "type: ups.state, equals: on_battery, for: 2m",
+                "type: metric.threshold, metric: load, op: '>', value: .inf",
+            ),
+            expect![[r#"
+                Schema blocker schema.type /trigger_group/triggers/0/value: expected a finite number, found inf: a threshold of YAML's .inf or .nan compares with nothing
+                blocked"#]],
+        );
+        check(
+            &with(
+                "type: ups.state, equals: on_battery, for: 2m",
                 "type: metric.threshold, metric: load, op: '=>', value: 60",
             ),
             expect![[r#"

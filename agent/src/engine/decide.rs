@@ -335,9 +335,9 @@ impl Decider {
             group.followers -= 1;
         }
         slot.own = Some(Box::new(state));
-        // Equal states are equal whenever they are compared, even while an
-        // event is open: a policy advanced in it already has its group's
-        // state after the event.
+        // Equal states are equal whenever they are compared; while an
+        // event is open, a policy it has not decided yet waits for its end
+        // (see `rejoin`).
         self.rejoin(n);
         true
     }
@@ -350,6 +350,13 @@ impl Decider {
             return;
         };
         let group = self.groups.get_mut(slot.group);
+        if self.open.is_some() && group.event == self.event && slot.seen != self.event {
+            // Its group moved in the open event, which has not decided this
+            // policy yet: following now would hand it a verdict computed
+            // from another state. It rejoins when the event ends.
+            self.touched.push(n);
+            return;
+        }
         let joins = match &slot.own {
             None => return,
             Some(own) => group.followers == 0 || **own == group.state,
@@ -454,28 +461,39 @@ impl Decider {
         count_matching: &dyn Fn() -> Result<usize, String>,
     ) -> Option<Decided> {
         let n = hit.slot;
-        let next = self.open.as_ref().and_then(|(hits, reached)| {
+        let at = self.open.as_ref().and_then(|(hits, reached)| {
             let at = hits[*reached..].iter().position(|&h| h == hit)?;
-            Some(reached + at + 1)
+            Some((*reached, reached + at))
         });
-        match next {
-            Some(next) => {
-                if let Some((_, reached)) = &mut self.open {
-                    *reached = next;
+        let alone = match at {
+            Some((from, at)) => {
+                // Policies skipped on the way (a caller's choice) are not
+                // decided in this event: they keep the state they have.
+                for i in from..at {
+                    let skipped = self.open.as_ref().map(|(hits, _)| hits[i].slot);
+                    if let Some(skipped) = skipped {
+                        self.leave_group(skipped);
+                        self.touched.push(skipped);
+                    }
                 }
+                if let Some((_, reached)) = &mut self.open {
+                    *reached = at + 1;
+                }
+                // A timer names one policy: it moves that policy's state
+                // alone.
+                view.timer_tag().is_some()
             }
             None => {
                 // Not the open event's (a caller's mistake): decided as an
-                // event of its own, which is exact for one policy.
+                // event of its own, on this policy's state alone.
                 debug_assert!(false, "{hit:?} is not next in the open shortlist");
                 self.end();
                 self.event += 1;
                 self.open = Some((vec![hit], 1));
+                true
             }
-        }
-        let follows = self.slots[n as usize].as_ref()?.own.is_none();
-        // A timer names one policy: it moves that policy's state alone.
-        if follows && view.timer_tag().is_some() {
+        };
+        if alone {
             self.leave_group(n);
         }
         let step = Step {
@@ -986,5 +1004,40 @@ mod tests {
             .iter()
             .all(|d| Arc::ptr_eq(&d.evaluation, &third[0].evaluation)));
         assert!(third.iter().all(Decided::matched));
+    }
+
+    #[test]
+    fn a_state_set_mid_event_on_a_policy_not_yet_decided_is_decided_on_that_state() {
+        // Policies 1 and 2 follow one state. The event moves it through
+        // policy 1; policy 2 is then given the state after the event
+        // (as a caller may) before its turn: it has already entered, so
+        // the event is not its edge.
+        let mut decider = Decider::new();
+        let battery = on(UpsState::OnBattery);
+        decider.insert(id(1), 0, &battery, &[], "pve-01");
+        decider.insert(id(2), 1, &battery, &[], "pve-01");
+        let mut facts = facts();
+        let event = ups("on_battery");
+        facts.apply(&event);
+        let view = EventView::new(&event);
+        let mut memo = ConditionMemo::default();
+        memo.next_event();
+        let mut hits = Vec::new();
+        decider.begin(&view, &mut hits);
+        let now = Utc::now();
+        let count = || Ok(0);
+        let first = decider
+            .advance(hits[0], &view, now, &facts, &mut memo, &count)
+            .expect("fired");
+        assert!(first.evaluation.fired.is_some());
+        let after = decider.state(id(1)).cloned().expect("loaded");
+        assert!(decider.set_state(id(2), after.clone()));
+        let second = decider
+            .advance(hits[1], &view, now, &facts, &mut memo, &count)
+            .expect("a Fire hit gives a verdict");
+        assert_eq!(second.evaluation.fired, None, "already on battery");
+        decider.end();
+        assert_eq!(decider.state(id(2)), Some(&after));
+        assert_eq!(decider.state(id(1)), decider.state(id(2)));
     }
 }

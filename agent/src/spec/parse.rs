@@ -632,7 +632,18 @@ impl Walker {
                 let value = self
                     .required(map, "value", path)
                     .and_then(|v| match v.as_f64() {
-                        Some(n) => Some(n),
+                        Some(n) if n.is_finite() => Some(n),
+                        Some(n) => {
+                            self.blocker(
+                                "schema.type",
+                                &path.key("value"),
+                                format!(
+                                    "expected a finite number, found {n}: a threshold of \
+                                     YAML's .inf or .nan compares with nothing"
+                                ),
+                            );
+                            None
+                        }
                         None => {
                             self.wrong_type(&path.key("value"), "a number", v);
                             None
