@@ -1238,6 +1238,45 @@ async fn the_rate_limit_answers_429_with_retry_after_but_spares_the_probes_and_t
 }
 
 #[tokio::test]
+async fn a_flood_without_a_valid_token_does_not_use_up_the_operators_budget() {
+    let w = world_with(|_, api| {
+        api.rate_per_s = 1;
+        api.rate_burst = 2;
+    })
+    .await;
+    let s = &w.server;
+    // Requests without a token, or with a forged one, exhaust their budget...
+    for _ in 0..2 {
+        assert_eq!(
+            send(s.bare(Method::GET, "/api/hosts")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let forged = s
+        .bare(Method::GET, "/api/hosts")
+        .header("authorization", "Bearer a.b.c")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::TOO_MANY_REQUESTS);
+    // ...while an operator's own budget is untouched.
+    for _ in 0..2 {
+        assert_eq!(
+            send(s.admin(Method::GET, "/api/hosts")).await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        s.admin(Method::GET, "/api/hosts")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
 async fn audit_pages_newest_first_with_a_cursor() {
     let w = world().await;
     let s = &w.server;

@@ -10,8 +10,10 @@
 //!
 //! Layers, outermost first: request metrics; the body limit (a declared
 //! `Content-Length` above it is refused before anything is read, a streamed
-//! body is cut at it); the global rate limit (not on `/healthz`, `/readyz`,
-//! `/metrics`); then, per route, the bearer token and role check and the
+//! body is cut at it); the rate limit (not on `/healthz`, `/readyz`,
+//! `/metrics`, `/api/kill-switch`), one budget for requests that carry a
+//! valid token and one for every other request, so that a flood without a
+//! token never locks operators out; then, per route, the bearer token and role check and the
 //! `X-Hazel-CSRF: 1` check on mutating methods (webhooks exempt). The API
 //! never sends CORS headers, so browsers never grant the cross-site
 //! preflight a forged CSRF header would need.
@@ -441,7 +443,8 @@ pub struct AppState {
 /// What every request shares: the key, the limiter, the rendered document.
 struct Shared {
     jwt: JwtKey,
-    limiter: Option<DefaultDirectRateLimiter>,
+    /// `(with a valid token, without)`: see the module docs.
+    limiter: Option<(DefaultDirectRateLimiter, DefaultDirectRateLimiter)>,
     body_limit: usize,
     openapi: Bytes,
 }
@@ -467,7 +470,8 @@ fn is_mutating(method: &str) -> bool {
 pub fn router(service: Service, config: ApiConfig) -> Router {
     let limiter = NonZeroU32::new(config.rate_per_s).map(|rate| {
         let burst = NonZeroU32::new(config.rate_burst).unwrap_or(NonZeroU32::MIN);
-        RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        let quota = Quota::per_second(rate).allow_burst(burst);
+        (RateLimiter::direct(quota), RateLimiter::direct(quota))
     });
     let shared = Arc::new(Shared {
         jwt: config.jwt,
@@ -542,8 +546,10 @@ async fn body_limit(State(shared): State<Arc<Shared>>, mut req: Request, next: N
     next.run(req).await
 }
 
-/// The global rate limit: 429 `rate_limited` with `Retry-After`.
-async fn rate_limit(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+/// The rate limit: 429 `rate_limited` with `Retry-After`. Requests with a
+/// valid token (whatever their role; the route checks it) and all others
+/// draw on separate budgets of the same size.
+async fn rate_limit(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
     // The probes, and the kill switch: an operator must be able to pause
     // the agent even while something floods the API (the route still needs
     // an admin token and the CSRF header).
@@ -551,15 +557,30 @@ async fn rate_limit(State(shared): State<Arc<Shared>>, req: Request, next: Next)
         req.uri().path(),
         "/healthz" | "/readyz" | "/metrics" | "/api/kill-switch"
     );
-    if let (Some(limiter), false) = (&shared.limiter, exempt) {
+    if let (Some((signed, other)), false) = (&shared.limiter, exempt) {
+        let claims = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| auth::bearer(Some(v)).ok())
+            .and_then(|t| auth::verify(&shared.jwt, t, chrono::Utc::now()).ok());
+        let limiter = if claims.is_some() { signed } else { other };
         if let Err(not_until) = limiter.check() {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             return ApiError::rate_limited(secs.max(1)).into_response();
         }
+        // The route's guard reads these instead of verifying again.
+        if let Some(claims) = claims {
+            req.extensions_mut().insert(Verified(claims));
+        }
     }
     next.run(req).await
 }
+
+/// A token's claims, verified by [`rate_limit`] for this request.
+#[derive(Debug, Clone)]
+struct Verified(auth::Claims);
 
 /// The per-route guard: token and role, then CSRF on mutating methods.
 async fn guard(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
@@ -574,14 +595,19 @@ fn check(guard: &Guard, req: &mut Request) -> Result<(), ApiError> {
         Access::Public | Access::Webhook => return Ok(()),
         Access::Role(need) => need,
     };
-    let header = match req.headers().get(header::AUTHORIZATION) {
-        None => None,
-        Some(value) => Some(value.to_str().map_err(|_| auth::AuthError::Malformed {
-            reason: "the Authorization header is not text".into(),
-        })?),
+    let claims = match req.extensions_mut().remove::<Verified>() {
+        Some(Verified(claims)) => claims,
+        None => {
+            let header = match req.headers().get(header::AUTHORIZATION) {
+                None => None,
+                Some(value) => Some(value.to_str().map_err(|_| auth::AuthError::Malformed {
+                    reason: "the Authorization header is not text".into(),
+                })?),
+            };
+            let token = auth::bearer(header)?;
+            auth::verify(&guard.shared.jwt, token, chrono::Utc::now())?
+        }
     };
-    let token = auth::bearer(header)?;
-    let claims = auth::verify(&guard.shared.jwt, token, chrono::Utc::now())?;
     if claims.role < need {
         return Err(auth::AuthError::Forbidden {
             have: claims.role.as_str(),
