@@ -219,6 +219,32 @@ impl UpsFacts {
         }
     }
 
+    /// Folds in the latest reading of the same UPS, as a source polled it
+    /// (newer than the events handled so far): its numbers win; the state
+    /// comes from events (edges) and is taken from the reading only while
+    /// none is known (the baseline after start, which publishes no event);
+    /// conditions the reading shows on the same power source are added,
+    /// since an event reports a condition only when it appears, so one that
+    /// outlasted the last power change (`OB LB` -> `OL LB`) is known from
+    /// readings alone. Nothing is removed: a condition the source stated
+    /// without a reading (`comm_lost`, its fail-safe `low_battery`) stays.
+    pub fn merge_reading(&mut self, reading: UpsFacts) {
+        if self.state.is_none() && self.conditions.is_empty() {
+            self.state = reading.state;
+            self.conditions = reading.conditions;
+        } else if self.state.is_some() && self.state == reading.state {
+            for condition in reading.conditions {
+                if !self.conditions.contains(&condition) {
+                    self.conditions.push(condition);
+                }
+            }
+        }
+        self.runtime_minutes = reading.runtime_minutes.or(self.runtime_minutes);
+        self.charge_pct = reading.charge_pct.or(self.charge_pct);
+        self.load = reading.load.or(self.load);
+        self.variables.extend(reading.variables);
+    }
+
     /// Whether the UPS is in `state` now; `None` when no state is known.
     pub fn is_in(&self, state: UpsState) -> Option<bool> {
         if state.is_power_source() {
@@ -808,6 +834,35 @@ mod tests {
                 #3 ok ups.state = on_mains is true: ups1@nas:3493 reports on_mains
                 explain: condition 1: ups.state = on_battery is false: ups1@nas:3493 reports on_mains; condition 2: ups.state = low_battery is false: ups1@nas:3493 reports on_mains; condition 3: ups.state = comm_lost is false: ups1@nas:3493 reports on_mains"#]],
         );
+    }
+
+    #[test]
+    fn a_reading_adds_the_conditions_that_outlasted_a_power_change() {
+        let id = "ups1@nas:3493";
+        // Events: on battery, low battery, mains back (ends low battery).
+        let mut facts = UpsFacts::new(id).with_state(UpsState::OnBattery);
+        facts.enter(UpsState::LowBattery);
+        facts.enter(UpsState::OnMains);
+        assert_eq!(facts.is_in(UpsState::LowBattery), Some(false));
+        // The latest poll says `OL LB`: still low, on mains.
+        let mut reading = UpsFacts::new(id).with_reading("charge_pct", 20.0);
+        reading.state = Some(UpsState::OnMains);
+        reading.conditions = vec![UpsState::LowBattery];
+        facts.merge_reading(reading.clone());
+        assert_eq!(facts.is_in(UpsState::LowBattery), Some(true));
+        assert_eq!(facts.charge_pct, Some(20.0));
+        // A reading on another power source than the events' (the events
+        // lag behind the poll) changes no state.
+        let mut behind = UpsFacts::new(id).with_state(UpsState::OnBattery);
+        behind.merge_reading(reading);
+        assert_eq!(behind.is_in(UpsState::OnBattery), Some(true));
+        assert_eq!(behind.is_in(UpsState::LowBattery), Some(false));
+        // No state known yet: the reading is the baseline.
+        let mut fresh = UpsFacts::new(id);
+        let mut baseline = UpsFacts::new(id);
+        baseline.state = Some(UpsState::OnBattery);
+        fresh.merge_reading(baseline);
+        assert_eq!(fresh.is_in(UpsState::OnBattery), Some(true));
     }
 
     #[test]

@@ -336,22 +336,13 @@ async fn run(
     info!("engine stopped");
 }
 
-/// Copies the latest UPS readings into the engine's facts. Readings win
-/// for numbers (they are the newest); the state comes from events (edges),
-/// so a reading sets it only for a UPS the engine has no state for yet
-/// (its baseline after start).
+/// Copies the latest UPS readings into the engine's facts
+/// ([`crate::engine::conditions::UpsFacts::merge_reading`]).
 fn seed_facts(engine: &mut Engine, readings: Option<&crate::nut::LatestReadings>) {
     let Some(readings) = readings else { return };
     for ups in readings.snapshot() {
-        let entry = engine.facts_mut().ups_entry(&ups.subject_id);
-        if entry.state.is_none() && entry.conditions.is_empty() {
-            entry.state = ups.state;
-            entry.conditions = ups.conditions;
-        }
-        entry.runtime_minutes = ups.runtime_minutes.or(entry.runtime_minutes);
-        entry.charge_pct = ups.charge_pct.or(entry.charge_pct);
-        entry.load = ups.load.or(entry.load);
-        entry.variables.extend(ups.variables);
+        let id = ups.subject_id.clone();
+        engine.facts_mut().ups_entry(&id).merge_reading(ups);
     }
 }
 
