@@ -191,6 +191,23 @@ impl Agent {
         let value = self.get(&format!("/api/audit?kind={kind}&limit=200")).await;
         value["items"].as_array().cloned().unwrap_or_default()
     }
+
+    /// How many live `ups.state` events the agent has handled, from
+    /// `/metrics`.
+    async fn ups_state_events(&self) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("agent answers")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix("hazel_events_total{kind=\"ups.state\",mode=\"live\"} "))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    }
 }
 
 impl Drop for Agent {
@@ -402,8 +419,35 @@ async fn an_outage_and_its_return_run_end_to_end_against_real_peers() {
     assert!(!markers.path().join("poweroff-called").exists());
 
     // The outage: after `for`, the running low-tier VMs stop and the NAS
-    // powers off; the ledger shows both.
+    // powers off; the ledger shows both. Low battery comes on top during
+    // the hold (`OB DISCHRG LB`): the UPS is still on battery, so the
+    // countdowns keep running (they used to be cancelled, and nothing ran).
+    let started = agent.audit("engine.countdown_started").await.len();
+    let cancelled = agent.audit("engine.countdown_cancelled").await.len();
     upsd.set_status("OB DISCHRG");
+    eventually(
+        "the outage's countdowns to start",
+        Duration::from_secs(10),
+        &agent,
+        || async {
+            let now = agent.audit("engine.countdown_started").await.len();
+            (now > started).then_some(())
+        },
+    )
+    .await;
+    let seen = agent.ups_state_events().await;
+    upsd.set_status("OB DISCHRG LB");
+    eventually(
+        "the low-battery event",
+        Duration::from_secs(10),
+        &agent,
+        || async { (agent.ups_state_events().await > seen).then_some(()) },
+    )
+    .await;
+    assert!(
+        agent.executions(&forward_id).await.is_empty(),
+        "low battery arrived after the hold ran out: this step tests nothing"
+    );
     let run = eventually(
         "the forward run in the ledger",
         Duration::from_secs(30),
@@ -422,6 +466,11 @@ async fn an_outage_and_its_return_run_end_to_end_against_real_peers() {
     assert!(
         markers.path().join("poweroff-called").exists(),
         "the NAS power-off command ran"
+    );
+    assert_eq!(
+        agent.audit("engine.countdown_cancelled").await.len(),
+        cancelled,
+        "low battery cancelled an on-battery hold"
     );
     for id in [101, 102, 103] {
         assert_eq!(vm_status(&sim, id), Some(SimStatus::Stopped), "vm {id}");
