@@ -208,6 +208,16 @@ async fn a_restart_rearms_the_countdown_and_fires_it_once_not_twice() {
     let mut second = engine(store.clone(), &pve, &clock, None, vec![held_policy()]);
     let start = second.start().await.unwrap();
     assert_eq!(start.rearmed, 1);
+    // The countdown waits for the first reading to confirm the outage
+    // (SPEC §6 "Outage lifecycle"), then keeps its original deadline.
+    assert_eq!(second.next_deadline(), None);
+    second
+        .handle_event(&agent::engine::subjects::level_event(
+            "ups1@nas.lan:3493",
+            &[agent::spec::UpsState::OnBattery],
+        ))
+        .await
+        .unwrap();
     assert_eq!(
         second.next_deadline(),
         Some(armed_at + TimeDelta::seconds(120))
@@ -693,6 +703,11 @@ impl EngineStore for Flaky {
     }
     fn trigger_states(&self) -> agent::engine::store::StoreResult<Vec<(Uuid, Value)>> {
         self.inner.trigger_states()
+    }
+    fn subject_states(
+        &self,
+    ) -> agent::engine::store::StoreResult<Vec<agent::engine::store::SubjectState>> {
+        self.inner.subject_states()
     }
 }
 

@@ -45,6 +45,9 @@ fn consumer() -> (bus::Publisher, Consumer) {
 }
 
 fn describe(e: &Event) -> String {
+    if let Some(level) = agent::engine::subjects::level_reading(e) {
+        return format!("level[{}]", level.names().join(","));
+    }
     match (e.ups_state(), e.metric()) {
         (Some(state), _) => state.as_str().to_string(),
         (_, Some((name, value))) => format!("{name}={value}"),
@@ -201,17 +204,18 @@ async fn connecting_to_a_closed_port_is_a_retryable_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_source_publishes_status_and_metric_changes_after_a_silent_baseline() {
+async fn the_source_publishes_a_first_level_reading_then_status_and_metric_changes() {
     let upsd = Upsd::start();
     let config = fast(&upsd);
     let subject = config.subject_id();
     let (tx, mut rx) = consumer();
     let sources = agent::nut::spawn(&[config], tx);
 
-    // The baseline (OL) publishes nothing.
+    // The first reading (OL) is one level reading for the engine to judge
+    // against what it last knew; then it is the baseline.
     assert_eq!(
         collect_for(&mut rx, Duration::from_millis(1500)).await,
-        Vec::<String>::new()
+        ["level[on_mains]"]
     );
     let facts = sources.readings().snapshot();
     assert_eq!(facts.len(), 1);
@@ -260,9 +264,10 @@ async fn a_killed_upsd_is_comm_lost_then_low_battery_and_its_return_publishes_on
     let mut upsd = Upsd::start();
     let (tx, mut rx) = consumer();
     let sources = agent::nut::spawn(&[fast(&upsd)], tx);
-    assert!(collect_for(&mut rx, Duration::from_millis(1000))
-        .await
-        .is_empty());
+    assert_eq!(
+        collect_for(&mut rx, Duration::from_millis(1000)).await,
+        ["level[on_mains]"]
+    );
 
     upsd.set_status("OB");
     assert_eq!(
@@ -318,9 +323,10 @@ async fn with_the_fail_safe_off_a_ups_lost_on_battery_is_only_comm_lost() {
         ..fast(&upsd)
     };
     let sources = agent::nut::spawn(&[config], tx);
-    assert!(collect_for(&mut rx, Duration::from_millis(1000))
-        .await
-        .is_empty());
+    assert_eq!(
+        collect_for(&mut rx, Duration::from_millis(1000)).await,
+        ["level[on_battery]"]
+    );
     upsd.kill_upsd();
     let seen = until_state(&mut rx, UpsState::CommLost).await;
     assert_eq!(states(&seen), ["comm_lost"]);

@@ -23,4 +23,5 @@ pub mod event;
 pub mod runner;
 pub mod scheduler;
 pub mod store;
+pub mod subjects;
 pub mod triggers;

@@ -116,6 +116,11 @@ pub trait EngineStore: Send + Sync {
     /// for sources that can confirm a state at start.
     fn trigger_states(&self) -> StoreResult<Vec<(Uuid, Value)>>;
 
+    /// The last state the engine accepted for every subject that has one
+    /// (SPEC §1: what a source's first reading after start is compared
+    /// with), by subject id ascending.
+    fn subject_states(&self) -> StoreResult<Vec<SubjectState>>;
+
     /// Whether `key` ran at or after `now - window`. A key recorded in the
     /// future of `now` (clock stepped back) counts as recent: repeating an
     /// action is worse than skipping one. `now` is the engine's clock, so
@@ -297,6 +302,8 @@ pub enum Write {
     /// layer needs to tell an edge from a level after a restart, opaque to
     /// the store); `Value::Null` deletes it.
     SetTriggerState { policy_id: Uuid, state: Value },
+    /// Inserts or replaces a subject's last known state.
+    SetSubjectState(SubjectState),
 }
 
 /// Per-policy window state (SPEC §6 steps 4 and 9).
@@ -473,6 +480,19 @@ pub struct RunEvent {
 pub struct SubjectRecord {
     pub kind: String,
     pub id: String,
+}
+
+/// What the agent last knew of a subject (for a UPS: its power source and
+/// conditions, SPEC §1), kept across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectState {
+    /// `ups1@nas.lan:3493`.
+    pub id: String,
+    /// The state names, the power source first (`["on_battery",
+    /// "low_battery"]`).
+    pub states: Vec<String>,
+    /// When the engine accepted it.
+    pub at: DateTime<Utc>,
 }
 
 /// The result of one action on one target.

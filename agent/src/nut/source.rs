@@ -7,8 +7,11 @@
 //! connection, polls every UPS of that server with `LIST VAR` on a fixed
 //! schedule, reconnects with backoff, and stops on the shutdown signal.
 //!
-//! Rules (`docs/nut.md`): the first reading after start is a baseline and
-//! publishes nothing; each later good reading is compared with the last
+//! Rules (`docs/nut.md`): the first reading after start is published as a
+//! level reading (every state the UPS is in), which the engine compares
+//! with the state it last knew and persisted (SPEC §1), so a restart on
+//! mains fires nothing and a mains return while the agent was down is
+//! still seen; each later good reading is compared with the last
 //! good one (across failures, so a change while unreachable is published
 //! once and an unchanged state never twice); `ups.status` tokens that appear
 //! become `ups.state` events and changed readings become `metric.threshold`
@@ -35,6 +38,7 @@ use super::protocol;
 use crate::engine::bus::Publisher;
 use crate::engine::conditions::UpsFacts;
 use crate::engine::event::{Event, EventKind, Subject, SubjectKind};
+use crate::engine::subjects::{level_event, PUBLISH_ORDER};
 use crate::spec::UpsState;
 
 /// One UPS on one upsd server (`nut:` in `hazel.yaml`).
@@ -156,6 +160,10 @@ pub enum Reading {
 /// What the source publishes for a UPS.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
+    /// The first reading after start: every state the UPS is in, published
+    /// as a level reading that the engine compares with what it last knew
+    /// (SPEC §1; [`crate::engine::subjects`]).
+    Level(Vec<UpsState>),
     /// A `ups.state` event.
     State(UpsState),
     /// A `metric.threshold` event under a canonical metric name.
@@ -192,18 +200,8 @@ struct Snapshot {
     metrics: BTreeMap<&'static str, f64>,
 }
 
-/// The order several states that appear at once are published in: the
-/// power source first (entering it ends the conditions of the previous
-/// one, [`UpsState::ends`]), then the conditions on top of it, increasingly
-/// severe.
-const STATE_ORDER: [UpsState; 6] = [
-    UpsState::OnMains,
-    UpsState::OnBattery,
-    UpsState::ReplaceBattery,
-    UpsState::Overload,
-    UpsState::LowBattery,
-    UpsState::ForcedShutdown,
-];
+/// The order several states that appear at once are published in.
+const STATE_ORDER: [UpsState; 6] = PUBLISH_ORDER;
 
 /// The `ups.state` a status token stands for, if any.
 pub fn token_state(token: &str) -> Option<UpsState> {
@@ -306,8 +304,10 @@ impl UpsTracker {
                     metrics: canonical_metrics(vars),
                 };
                 let Some(prev) = self.current.replace(next.clone()) else {
-                    // The first reading after start is the baseline.
-                    return Vec::new();
+                    // The first reading after start is a level: the engine
+                    // judges it against the state it last knew. Its metrics
+                    // are the baseline for the next readings.
+                    return vec![Change::Level(next.states)];
                 };
                 // Going on battery ends the conditions seen on mains: the
                 // ones still present (`OL LB` -> `OB LB`) are reported again
@@ -607,6 +607,7 @@ async fn publish(publisher: &Publisher, subject_id: &str, changes: Vec<Change>) 
 /// The SPEC §1 event for a change of the UPS `subject_id`.
 pub fn change_event(subject_id: &str, change: &Change) -> Event {
     let (kind, attrs) = match change {
+        Change::Level(states) => return level_event(subject_id, states),
         Change::State(state) => {
             let mut attrs = Map::new();
             attrs.insert("state".into(), Value::from(state.as_str()));
@@ -664,6 +665,14 @@ mod tests {
         changes
             .iter()
             .map(|c| match c {
+                Change::Level(states) => format!(
+                    "level[{}]",
+                    states
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
                 Change::State(s) => s.as_str().to_string(),
                 Change::Metric { name, value } => format!("{name}={value}"),
             })
@@ -671,10 +680,13 @@ mod tests {
     }
 
     #[test]
-    fn the_first_reading_is_a_baseline_and_publishes_nothing() {
+    fn the_first_reading_is_a_level_for_the_engine_and_then_a_baseline() {
         let t0 = Instant::now();
         let mut t = UpsTracker::new(options());
-        assert!(t.observe(t0, &status("OB LB")).is_empty());
+        assert_eq!(
+            show(&t.observe(t0, &status("OB LB"))),
+            ["level[on_battery,low_battery]"]
+        );
         assert!(t.has_baseline());
         assert!(t.observe(secs(t0, 2), &status("OB LB")).is_empty());
     }

@@ -41,7 +41,8 @@ use crate::spec::Trigger;
 pub struct StartReport {
     /// The persisted kill switch was engaged, so the scheduler starts paused.
     pub paused: bool,
-    /// `for` / `timer.after` countdowns re-armed from the store.
+    /// `for` / `timer.after` countdowns re-armed from the store (those on
+    /// a UPS wait for its first reading before they can fire).
     pub rearmed: usize,
     /// Open intents found and reconciled, oldest first.
     pub reconciled: Vec<Reconciled>,
@@ -89,6 +90,7 @@ impl Engine {
                 .map_err(|source| EngineError::Scheduler { source })?;
             report.paused = true;
         }
+        self.load_levels()?;
         report.rearmed = self.restore_countdowns()?;
         report.reconciled = self.reconcile(now).await?;
         let (late, missed) = self.arm_timer_at(now)?;
@@ -279,7 +281,9 @@ impl Engine {
         }
         let mut due: BTreeMap<(u32, DeadlineKind), DateTime<Utc>> = BTreeMap::new();
         for request in &pending {
-            self.timers.arm(request.clone());
+            if !self.levels.is_gated(request) {
+                self.timers.arm(request.clone());
+            }
             let slot = due
                 .entry((request.trigger as u32, deadline_kind(request.kind)))
                 .or_insert(request.deadline);
@@ -354,7 +358,13 @@ impl Engine {
                 &policy.ir.match_.trigger_group,
             );
             for request in &pending {
-                self.timers.arm(request.clone());
+                // A countdown on a UPS waits for the first reading to
+                // confirm the state it counts on (SPEC §6 "Outage lifecycle").
+                if self.needs_confirmation(request) {
+                    self.gate(record.policy_id, request.clone());
+                } else {
+                    self.timers.arm(request.clone());
+                }
             }
             rearmed += pending.len();
             if !pending.is_empty() {

@@ -89,9 +89,11 @@ use super::triggers::{EventView, TimerQueue, TimerRequest, TriggerState, DEFAULT
 use crate::compile::Ir;
 
 mod lifecycle;
+mod outage;
 
 use lifecycle::recheck_held;
 pub use lifecycle::{Reconciled, StartReport};
+pub use outage::NOT_CONFIRMED;
 
 /// `info`: the policy fired within its suppression window.
 pub const SUPPRESSED_WINDOW: &str = "engine.suppressed_window";
@@ -184,6 +186,12 @@ pub struct EngineConfig {
     /// How old a `timer.at` fire missed while the agent was down may be and
     /// still run once at start (SPEC §6: 5 min).
     pub missed_grace: Duration,
+    /// The UPS subjects a live source reads and so confirms after start
+    /// (SPEC §6 "Outage lifecycle"): a countdown restored on one of them
+    /// waits for its first reading. `None`: every UPS subject is read. A
+    /// countdown on a subject no source reads is re-armed at once, as no
+    /// reading will come to confirm it.
+    pub read_subjects: Option<BTreeSet<String>>,
 }
 
 impl Default for EngineConfig {
@@ -195,6 +203,7 @@ impl Default for EngineConfig {
             clock: tokio_clock(),
             timezone: Tz::UTC,
             missed_grace: DEFAULT_MISSED_GRACE,
+            read_subjects: None,
         }
     }
 }
@@ -396,6 +405,8 @@ pub struct Engine {
     due_events: VecDeque<Event>,
     /// [`Engine::start`] ran.
     started: bool,
+    /// Last known UPS levels and restored countdowns awaiting a reading.
+    levels: outage::Levels,
 }
 
 /// The state step 7 reads when the scheduler re-checks a held item: the
@@ -481,6 +492,7 @@ impl Engine {
             at_fires: BTreeSet::new(),
             due_events: VecDeque::new(),
             started: false,
+            levels: outage::Levels::default(),
         }
     }
 
@@ -602,13 +614,13 @@ impl Engine {
         &self.scheduler
     }
 
-    /// Handles one event for real: SPEC §6 steps 1–10 up to the enqueueing
-    /// of every scheduled item. It does not wait for them: their results
-    /// reach the ledger through [`Engine::next_run`] or [`Engine::settle`]
-    /// (runs whose items have already been reported are closed here too).
-    ///
-    /// The first call runs [`Engine::start`] if the caller did not.
-    pub async fn handle_event(&mut self, event: &Event) -> Result<EventReport, EngineError> {
+    /// Handles one edge event: SPEC §6 steps 1–10 up to the enqueueing of
+    /// every scheduled item. It does not wait for them: their results reach
+    /// the ledger through [`Engine::next_run`] or [`Engine::settle`] (runs
+    /// whose items have already been reported are closed here too). Every
+    /// event enters through [`Engine::handle_event`] (`outage.rs`), which
+    /// turns level readings into edges first.
+    async fn handle_edge(&mut self, event: &Event) -> Result<EventReport, EngineError> {
         if !self.started {
             self.start().await?;
         }

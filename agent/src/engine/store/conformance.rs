@@ -503,6 +503,35 @@ fn an_execution_batch_commits_outcome_keys_and_cleared_inverses_together(store: 
     assert_eq!(store.window_state(forward).unwrap().last_fired_at, None);
 }
 
+fn subject_states_are_upserted_and_listed_by_subject(store: &dyn EngineStore) {
+    assert!(store.subject_states().unwrap().is_empty());
+    let state = |id: &str, states: &[&str], at| SubjectState {
+        id: id.into(),
+        states: states.iter().map(|s| s.to_string()).collect(),
+        at,
+    };
+    store
+        .write(&[
+            Write::SetSubjectState(state("ups2@b:3493", &["on_mains"], t(1))),
+            Write::SetSubjectState(state("ups1@a:3493", &["on_battery"], t(2))),
+        ])
+        .unwrap();
+    store
+        .write(&[Write::SetSubjectState(state(
+            "ups1@a:3493",
+            &["on_battery", "low_battery"],
+            t(3),
+        ))])
+        .unwrap();
+    assert_eq!(
+        store.subject_states().unwrap(),
+        [
+            state("ups1@a:3493", &["on_battery", "low_battery"], t(3)),
+            state("ups2@b:3493", &["on_mains"], t(1)),
+        ]
+    );
+}
+
 fn trigger_states_are_upserted_listed_by_policy_and_deleted_by_null(store: &dyn EngineStore) {
     assert!(store.trigger_states().unwrap().is_empty());
     let (first, second) = (Uuid::from_u128(2), Uuid::from_u128(1));
@@ -570,6 +599,7 @@ macro_rules! conformance_suite {
                 a_failed_batch_leaves_nothing_partial,
                 an_execution_batch_commits_outcome_keys_and_cleared_inverses_together,
                 trigger_states_are_upserted_listed_by_policy_and_deleted_by_null,
+                subject_states_are_upserted_and_listed_by_subject,
             );
         }
     };

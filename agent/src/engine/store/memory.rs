@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::{
     AuditEntry, AuditQuery, DeadlineKind, DeadlineRecord, EngineStore, IntentEntry, IntentId,
-    IntentRecord, KillSwitchState, RunRecord, StoreError, StoreResult, TimerCheckRecord,
-    WindowState, Write, LEDGER_RUNS_PER_POLICY,
+    IntentRecord, KillSwitchState, RunRecord, StoreError, StoreResult, SubjectState,
+    TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
 };
 
 /// An [`EngineStore`] held in memory.
@@ -39,6 +39,7 @@ struct State {
     kill_switch: KillSwitchState,
     audit: Vec<AuditEntry>,
     trigger_states: BTreeMap<Uuid, Value>,
+    subject_states: BTreeMap<String, SubjectState>,
 }
 
 impl MemoryStore {
@@ -157,6 +158,10 @@ impl EngineStore for MemoryStore {
 
     fn kill_switch(&self) -> StoreResult<KillSwitchState> {
         Ok(self.lock().kill_switch.clone())
+    }
+
+    fn subject_states(&self) -> StoreResult<Vec<SubjectState>> {
+        Ok(self.lock().subject_states.values().cloned().collect())
     }
 
     fn trigger_states(&self) -> StoreResult<Vec<(Uuid, Value)>> {
@@ -327,6 +332,9 @@ impl State {
                     seq,
                     record: record.clone(),
                 });
+            }
+            Write::SetSubjectState(state) => {
+                self.subject_states.insert(state.id.clone(), state.clone());
             }
             Write::SetTriggerState { policy_id, state } => {
                 if state.is_null() {

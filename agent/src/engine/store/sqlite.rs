@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::{
     AuditEntry, AuditQuery, AuditRecord, DeadlineKind, DeadlineRecord, EngineStore, IntentEntry,
     IntentId, IntentOutcome, IntentRecord, KillSwitchState, RunRecord, SecretKey, StoreError,
-    StoreResult, TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
+    StoreResult, SubjectState, TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
 };
 
 /// How the store opens its database.
@@ -222,6 +222,17 @@ CREATE TABLE inventory_snapshots (
 CREATE TABLE trigger_states (
     policy_id TEXT PRIMARY KEY,
     state TEXT NOT NULL
+) STRICT;
+"#,
+    },
+    Migration {
+        version: 4,
+        name: "subject states",
+        sql: r#"
+CREATE TABLE subject_states (
+    subject_id TEXT PRIMARY KEY,
+    states TEXT NOT NULL,
+    at TEXT NOT NULL
 ) STRICT;
 "#,
     },
@@ -621,6 +632,32 @@ impl EngineStore for SqliteStore {
         })
     }
 
+    fn subject_states(&self) -> StoreResult<Vec<SubjectState>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT subject_id, states, at FROM subject_states ORDER BY subject_id")
+            .map_err(sql("subject_states"))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(sql("subject_states"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, states, at) = row.map_err(sql("subject_states"))?;
+            out.push(SubjectState {
+                id,
+                states: from_json("subject states", &states)?,
+                at: parse_ts(&at)?,
+            });
+        }
+        Ok(out)
+    }
+
     fn trigger_states(&self) -> StoreResult<Vec<(Uuid, serde_json::Value)>> {
         let conn = self.lock();
         let mut stmt = conn
@@ -834,6 +871,18 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<()> {
             .map_err(sql("set_kill_switch"))?;
         }
         Write::AppendAudit(record) => insert_audit(tx, record)?,
+        Write::SetSubjectState(state) => {
+            tx.execute(
+                "INSERT INTO subject_states (subject_id, states, at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (subject_id) DO UPDATE SET states = excluded.states, at = excluded.at",
+                params![
+                    state.id,
+                    to_json("subject states", &state.states)?,
+                    ts(&state.at)
+                ],
+            )
+            .map_err(sql("set_subject_state"))?;
+        }
         Write::SetTriggerState { policy_id, state } => {
             if state.is_null() {
                 tx.execute(

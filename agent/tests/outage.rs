@@ -1,0 +1,339 @@
+//! The life of an outage across agent restarts (SPEC §1 level-based
+//! sources, §6 "Outage lifecycle"), on a virtual clock over one SQLite file.
+//!
+//! A source's first reading after start is a level reading
+//! (`subjects::level_event`), as the NUT source publishes it; a restart is
+//! a new [`Engine`] over the same file, a crash the same without the
+//! first engine finishing anything. Each test asserts the exact driver
+//! calls made (verb, targets, virtual time).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::engine::event::Event;
+use agent::engine::runner::{Clock, Engine, EngineConfig, Policy, NOT_CONFIRMED};
+use agent::engine::store::{AuditQuery, EngineStore, SqliteStore};
+use agent::engine::subjects::{level_event, UpsLevel};
+use agent::spec::UpsState::{self, LowBattery, OnBattery, OnMains};
+use chrono::{DateTime, TimeDelta, Utc};
+use drivers::breaker::{BreakerConfig, Breakers};
+use serde_json::Value;
+use support::{policy_at, range, ups, vm, FakeDriver, ON_BATTERY, ON_MAINS};
+use uuid::Uuid;
+
+const UPS: &str = "ups1@nas.lan:3493";
+const ON_BATTERY_20S: &str = "{ type: ups.state, equals: on_battery, for: 20s }";
+const LOW_BATTERY: &str = "{ type: ups.state, equals: low_battery }";
+
+/// One agent installation: a data dir with its SQLite file, the Proxmox
+/// host it drives and the wall clock, shared by every start of the agent.
+struct Site {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    pve: Arc<FakeDriver>,
+    clock: Clock,
+    t0: tokio::time::Instant,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("hazel.db");
+        let t0 = tokio::time::Instant::now();
+        let base = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        Site {
+            _dir: dir,
+            path,
+            pve: FakeDriver::new(
+                "pve-01",
+                "proxmox.ve",
+                &[
+                    ("vm:101", Some("running")),
+                    ("vm:102", Some("running")),
+                    ("vm:103", Some("stopped")),
+                ],
+            ),
+            clock: Arc::new(move || base + TimeDelta::from_std(t0.elapsed()).unwrap()),
+            t0,
+        }
+    }
+
+    fn store(&self) -> Arc<dyn EngineStore> {
+        Arc::new(SqliteStore::open(&self.path).expect("open the store"))
+    }
+
+    /// A start of the agent with `policies` over the site's file.
+    async fn start(&self, policies: Vec<Policy>) -> Engine {
+        let mut engine = support::engine(
+            self.store(),
+            &[&self.pve],
+            Arc::new(Breakers::new(BreakerConfig::default())),
+            EngineConfig {
+                clock: self.clock.clone(),
+                ..EngineConfig::default()
+            },
+        );
+        for policy in policies {
+            engine.add_policy(policy).unwrap();
+        }
+        engine.start().await.unwrap();
+        engine
+    }
+
+    /// `(verb, targets, seconds since the test began)` of every execute.
+    fn calls(&self) -> Vec<(String, Vec<String>, u64)> {
+        self.pve
+            .calls()
+            .into_iter()
+            .map(|c| (c.verb, c.targets, c.start.duration_since(self.t0).as_secs()))
+            .collect()
+    }
+
+    fn audit(&self, kind: &str) -> Vec<Value> {
+        self.store()
+            .audit(&AuditQuery {
+                kind: Some(kind.into()),
+                ..AuditQuery::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record.details)
+            .collect()
+    }
+}
+
+fn reading(states: &[UpsState]) -> Event {
+    level_event(UPS, states)
+}
+
+fn call(verb: &str, targets: &[&str], at: u64) -> (String, Vec<String>, u64) {
+    (
+        verb.to_string(),
+        targets.iter().map(|t| t.to_string()).collect(),
+        at,
+    )
+}
+
+/// Stop the running VMs 101-103 on battery (after `trigger`'s hold).
+fn shutdown_on(trigger: &str) -> Policy {
+    policy_at(
+        1,
+        10,
+        trigger,
+        "pve-01",
+        "vm",
+        &range("101-103"),
+        &vm("shutdown"),
+    )
+}
+
+/// The inverse: start what policy 1 stopped, when the mains return.
+fn restore_on_mains() -> Policy {
+    let selector = format!("{{ mode: ledger, value: \"{}\" }}", Uuid::from_u128(1));
+    policy_at(2, 20, ON_MAINS, "pve-01", "vm", &selector, &vm("start"))
+}
+
+async fn seconds(n: u64) {
+    tokio::time::advance(Duration::from_secs(n)).await;
+}
+
+/// Delivers what is due now and waits for the runs to finish.
+async fn fire(engine: &mut Engine, clock: &Clock) {
+    engine.fire_due(clock()).await.unwrap();
+    engine.settle().await.unwrap();
+}
+
+async fn handle(engine: &mut Engine, event: &Event) {
+    engine.handle_event(event).await.unwrap();
+    engine.settle().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_during_a_hold_with_the_mains_back_while_down_shuts_nothing_down() {
+    let site = Site::new();
+    let mut first = site.start(vec![shutdown_on(ON_BATTERY_20S)]).await;
+    handle(&mut first, &reading(&[OnMains])).await;
+    seconds(5).await;
+    handle(&mut first, &ups("on_battery")).await;
+    seconds(8).await;
+    drop(first); // SIGTERM 8 s into the 20 s hold
+
+    seconds(30).await; // the mains return while the agent is down
+    let mut second = site.start(vec![shutdown_on(ON_BATTERY_20S)]).await;
+    // The original deadline passed while down: nothing fires before the
+    // first reading confirms the outage.
+    assert_eq!(second.next_deadline(), None);
+    fire(&mut second, &site.clock).await;
+    seconds(2).await;
+    handle(&mut second, &reading(&[OnMains])).await;
+    fire(&mut second, &site.clock).await;
+    seconds(600).await;
+    fire(&mut second, &site.clock).await;
+
+    assert_eq!(site.calls(), []);
+    let cancelled = site.audit("engine.countdown_cancelled");
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+    assert_eq!(cancelled[0]["reason"], NOT_CONFIRMED);
+    assert!(site.store().deadlines().unwrap().is_empty());
+    assert_eq!(
+        second.known_levels().get(UPS),
+        Some(&UpsLevel::from_states(&[OnMains]))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_during_a_hold_still_on_battery_fires_at_the_original_deadline() {
+    let site = Site::new();
+    let mut first = site.start(vec![shutdown_on(ON_BATTERY_20S)]).await;
+    handle(&mut first, &reading(&[OnBattery])).await; // hold starts at 0 s
+    seconds(8).await;
+    drop(first);
+
+    seconds(4).await;
+    let mut second = site.start(vec![shutdown_on(ON_BATTERY_20S)]).await;
+    handle(&mut second, &reading(&[OnBattery])).await; // 12 s: confirmed
+    assert_eq!(
+        second.next_deadline(),
+        Some((site.clock)() + TimeDelta::seconds(8))
+    );
+    seconds(7).await;
+    fire(&mut second, &site.clock).await;
+    assert_eq!(site.calls(), []);
+    seconds(1).await;
+    fire(&mut second, &site.clock).await;
+    assert_eq!(site.calls(), [call("shutdown", &["vm:101", "vm:102"], 20)]);
+    assert!(site.audit("engine.countdown_cancelled").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_whose_deadline_passed_while_down_fires_once_the_outage_is_confirmed() {
+    let site = Site::new();
+    let mut first = site.start(vec![shutdown_on(ON_BATTERY_20S)]).await;
+    handle(&mut first, &reading(&[OnBattery])).await;
+    seconds(8).await;
+    drop(first);
+
+    seconds(60).await;
+    let mut second = site.start(vec![shutdown_on(ON_BATTERY_20S)]).await;
+    fire(&mut second, &site.clock).await;
+    assert_eq!(site.calls(), [], "nothing runs before the first reading");
+    seconds(2).await;
+    handle(&mut second, &reading(&[OnBattery])).await;
+    fire(&mut second, &site.clock).await;
+    assert_eq!(site.calls(), [call("shutdown", &["vm:101", "vm:102"], 70)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_mains_returning_while_the_agent_is_down_after_the_forward_ran_are_restored_at_start_exactly_once(
+) {
+    let site = Site::new();
+    let policies = || vec![shutdown_on(ON_BATTERY), restore_on_mains()];
+    let mut first = site.start(policies()).await;
+    handle(&mut first, &reading(&[OnMains])).await;
+    seconds(1).await;
+    handle(&mut first, &ups("on_battery")).await;
+    drop(first); // the agent (or its host) goes down during the outage
+
+    seconds(3600).await; // the mains return while it is down
+    let mut second = site.start(policies()).await;
+    handle(&mut second, &reading(&[OnMains])).await;
+    drop(second);
+
+    seconds(60).await; // another restart on mains: nothing more
+    let mut third = site.start(policies()).await;
+    handle(&mut third, &reading(&[OnMains])).await;
+
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &["vm:101", "vm:102"], 1),
+            call("start", &["vm:101", "vm:102"], 3601),
+        ]
+    );
+    assert_eq!(site.pve.status("vm:103").as_deref(), Some("stopped"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_start_during_an_outage_acts_on_it_at_once() {
+    let site = Site::new();
+    let mut engine = site
+        .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
+        .await;
+    handle(&mut engine, &reading(&[OnBattery])).await;
+    assert_eq!(site.calls(), [call("shutdown", &["vm:101", "vm:102"], 0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_start_during_an_outage_acts_after_the_hold() {
+    let site = Site::new();
+    let mut engine = site.start(vec![shutdown_on(ON_BATTERY_20S)]).await;
+    seconds(3).await;
+    handle(&mut engine, &reading(&[OnBattery])).await;
+    seconds(19).await;
+    fire(&mut engine, &site.clock).await;
+    assert_eq!(site.calls(), []);
+    seconds(1).await;
+    fire(&mut engine, &site.clock).await;
+    assert_eq!(site.calls(), [call("shutdown", &["vm:101", "vm:102"], 23)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_with_low_battery_acts_on_the_low_battery() {
+    let site = Site::new();
+    let last_resort = policy_at(
+        3,
+        0,
+        LOW_BATTERY,
+        "pve-01",
+        "vm",
+        &range("101-103"),
+        &vm("stop"),
+    );
+    let mut engine = site.start(vec![last_resort]).await;
+    handle(&mut engine, &reading(&[OnBattery, LowBattery])).await;
+    assert_eq!(site.calls(), [call("stop", &["vm:101", "vm:102"], 0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_on_mains_fires_nothing_first_time_or_after_a_restart() {
+    let site = Site::new();
+    let policies = || vec![shutdown_on(ON_BATTERY), restore_on_mains()];
+    let mut first = site.start(policies()).await;
+    handle(&mut first, &reading(&[OnMains])).await;
+    drop(first);
+    let mut second = site.start(policies()).await;
+    handle(&mut second, &reading(&[OnMains])).await;
+    assert_eq!(site.calls(), []);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_outage_after_a_restart_on_mains_is_acted_on() {
+    // The agent went down on battery and came back after the mains
+    // returned: the reading ends the recorded outage, so the next
+    // `on_battery` is an edge again.
+    let site = Site::new();
+    let mut forward = shutdown_on(ON_BATTERY);
+    forward.ir.windows.suppression_s = 0;
+    forward.ir.windows.idempotency_s = 0;
+    let mut first = site.start(vec![forward.clone()]).await;
+    handle(&mut first, &reading(&[OnBattery])).await;
+    drop(first);
+    site.pve.set_status("vm:101", "running");
+    site.pve.set_status("vm:102", "running");
+    seconds(3600).await;
+    let mut second = site.start(vec![forward]).await;
+    handle(&mut second, &reading(&[OnMains])).await;
+    seconds(60).await;
+    handle(&mut second, &ups("on_battery")).await;
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &["vm:101", "vm:102"], 0),
+            call("shutdown", &["vm:101", "vm:102"], 3660),
+        ]
+    );
+}
