@@ -262,7 +262,7 @@ pub(super) async fn run(
 /// selector against the current snapshot.
 async fn resolve(
     service: &Service,
-    ir: &crate::compile::Ir,
+    ir: &crate::ir::Ir,
     host_id: &str,
     findings: &mut Vec<Finding>,
 ) -> Result<Vec<String>, ServiceError> {

@@ -86,7 +86,7 @@ use super::store::{
     RunStatus, StoreError, SubjectRecord, Write,
 };
 use super::triggers::{EventView, TimerQueue, TimerRequest, TriggerState, DEFAULT_MISSED_GRACE};
-use crate::compile::Ir;
+use crate::ir::Ir;
 
 mod lifecycle;
 
