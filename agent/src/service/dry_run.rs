@@ -299,7 +299,7 @@ async fn resolve(
         let run = service
             .store(move |s| s.latest_successful_run(forward))
             .await?;
-        return Ok(crate::engine::store::ledger_targets(
+        return Ok(crate::engine::runner::ledger_targets(
             run.as_ref(),
             host_id,
             &spec.target_type,
