@@ -44,7 +44,7 @@
 //! per host (already guarded by the breaker by the registry) and reads the
 //! inventory through [`Snapshots`].
 //!
-//! # Not yet here
+//! # Known limits
 //!
 //! - Store calls are synchronous on the calling task. The service runs
 //!   the engine on its own thread and runtime (`service::engine_loop`), so
