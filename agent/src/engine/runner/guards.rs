@@ -169,14 +169,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn action(capability: &str, verb: &str, params: Value) -> Action {
-        Action {
-            capability: capability.into(),
-            verb: verb.into(),
-            params: params.as_object().cloned().unwrap_or_default(),
-        }
-    }
+    use crate::engine::runner::tests::action;
 
     #[test]
     fn desired_status_table_follows_verb_and_state_param() {

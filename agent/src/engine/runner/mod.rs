@@ -1085,7 +1085,8 @@ fn inverse_keys(action: &Action, targets: &[String]) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn action(capability: &str, verb: &str, params: Value) -> Action {
+    /// An action from its parts, for the runner's unit tests.
+    pub(super) fn action(capability: &str, verb: &str, params: Value) -> Action {
         Action {
             capability: capability.into(),
             verb: verb.into(),
