@@ -29,13 +29,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-use agent::compile::Ir;
 use agent::engine::conditions::FactsSnapshot;
 use agent::engine::decide::{ConditionMemo, Decided, Decider};
 use agent::engine::event::Event;
 use agent::engine::runner::{Engine, EngineConfig, Policy};
 use agent::engine::store::MemoryStore;
 use agent::engine::triggers::EventView;
+use agent::ir::Ir;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use drivers::breaker::{BreakerConfig, Breakers};
 use drivers::driver::Driver;

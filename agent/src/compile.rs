@@ -1,6 +1,6 @@
 //! Compile: a schema-valid [`PolicySpec`] checked against the plugin
 //! manifests (and the inventory when one is given) and turned into the
-//! runtime IR of SPEC §3, with its stable hash.
+//! runtime IR of SPEC §3 ([`crate::ir`]), with its stable hash.
 //!
 //! Capability, verb, target type and params are checked against the manifest
 //! of the policy's host when the host is known (from the inventory), otherwise
@@ -17,7 +17,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::hash::policy_hash;
-use crate::spec::{ActionSpec, Condition, PolicySpec, SelectorSpec, TriggerGroup};
+use crate::ir::{Ir, MatchIr, PlanStep, TargetsIr, Windows};
+use crate::spec::{ActionSpec, PolicySpec};
 
 /// What compile knows besides the spec: identity and the clock are inputs, so
 /// compiling the same spec twice gives the same IR.
@@ -31,60 +32,6 @@ pub struct CompileContext<'a> {
     pub inventory: Option<&'a Inventory>,
     /// When the resolution happened (`resolved_at`), RFC 3339.
     pub now: Option<String>,
-}
-
-/// The runtime IR (SPEC §3).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Ir {
-    pub policy_id: Option<String>,
-    pub hash: String,
-    pub version_int: u64,
-    pub priority: i64,
-    pub stop_on_match: bool,
-    pub dynamic_resolution: bool,
-    #[serde(rename = "match")]
-    pub match_: MatchIr,
-    pub targets: TargetsIr,
-    pub plan: Vec<PlanStep>,
-    pub windows: Windows,
-}
-
-/// `match`: the normalized trigger group and conditions.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MatchIr {
-    pub trigger_group: TriggerGroup,
-    pub conditions: Vec<Condition>,
-}
-
-/// `targets`, with the ids the selector resolved to when it could be.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TargetsIr {
-    pub host_id: String,
-    pub target_type: String,
-    pub selector: SelectorSpec,
-    /// Canonical ids (`vm:104`); `None` for `query` without an inventory and
-    /// for `ledger` (resolved by the engine at execution).
-    pub resolved_ids: Option<Vec<String>>,
-    /// When the ids were checked against an inventory; `None` when they were
-    /// only expanded offline.
-    pub resolved_at: Option<String>,
-}
-
-/// One step of the plan: an action with its params completed from the manifest.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PlanStep {
-    pub capability: String,
-    pub verb: String,
-    pub params: Map<String, Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_hint: Option<String>,
-}
-
-/// Suppression and idempotency windows in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Windows {
-    pub suppression_s: u64,
-    pub idempotency_s: u64,
 }
 
 /// Compile output: the IR when nothing blocks, every compile finding, and

@@ -15,7 +15,7 @@ use std::io::Write;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::compile::PlanStep;
+use crate::ir::PlanStep;
 use crate::spec::json::plain_len;
 use crate::spec::{Condition, EventPattern, PolicySpec, Repeat, Schedule, Scope, Trigger, Weekday};
 use inventory::selector::SelectorMode;

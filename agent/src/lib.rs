@@ -10,6 +10,7 @@ pub mod engine;
 pub mod hash;
 pub mod inventory_service;
 pub mod inverse;
+pub mod ir;
 pub mod nut;
 pub mod serve;
 pub mod service;

@@ -7,7 +7,8 @@ use inventory::{Finding, Severity};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::compile::{compile, CompileContext, Ir, SpecMeta};
+use crate::compile::{compile, CompileContext, SpecMeta};
+use crate::ir::Ir;
 use crate::spec::{parse_document, parse_spec_node, Node};
 
 /// Which stage found an issue.

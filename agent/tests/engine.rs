@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use agent::engine::event::Event;
 use agent::engine::runner::{
-    tokio_clock, Engine, EngineConfig, EventReport, ALREADY_DESIRED, HOST_UNREACHABLE, INTERRUPTED,
-    SELECTOR_EMPTY, SUPPRESSED_IDEMPOTENT, SUPPRESSED_WINDOW,
+    tokio_clock, Engine, EngineConfig, EventReport, Policy, ALREADY_DESIRED, HOST_UNREACHABLE,
+    INTERRUPTED, SELECTOR_EMPTY, SUPPRESSED_IDEMPOTENT, SUPPRESSED_WINDOW,
 };
 use agent::engine::store::{
     AuditQuery, EngineStore, MemoryStore, RunStatus, LEDGER_RUNS_PER_POLICY,
@@ -32,10 +32,11 @@ struct Harness {
     breakers: Arc<Breakers>,
 }
 
-fn harness(drivers: &[&Arc<FakeDriver>]) -> Harness {
+/// An engine over `drivers` with `policies` loaded, in the order given.
+fn harness(drivers: &[&Arc<FakeDriver>], policies: impl IntoIterator<Item = Policy>) -> Harness {
     let store = Arc::new(MemoryStore::default());
     let breakers = Arc::new(Breakers::new(BreakerConfig::default()));
-    let engine = support::engine(
+    let mut engine = support::engine(
         store.clone(),
         drivers,
         breakers.clone(),
@@ -44,6 +45,9 @@ fn harness(drivers: &[&Arc<FakeDriver>]) -> Harness {
             ..EngineConfig::default()
         },
     );
+    for policy in policies {
+        engine.add_policy(policy).unwrap();
+    }
     Harness {
         engine,
         store,
@@ -76,6 +80,25 @@ fn switch() -> Arc<FakeDriver> {
     )
 }
 
+/// A policy on `pve-01` running `verb` on the VMs in `vms` (a range).
+fn pve_policy(id: u128, trigger: &str, vms: &str, verb: &str) -> Policy {
+    policy(id, trigger, "pve-01", "vm", &range(vms), &vm(verb))
+}
+
+/// A policy on `sw-01` setting the PoE ports in `ports` (a range) to `state`.
+fn poe_policy(id: u128, trigger: &str, ports: &str, state: &str) -> Policy {
+    policy(id, trigger, "sw-01", "poe-port", &range(ports), &poe(state))
+}
+
+/// Policy 1 turns PoE ports 1/1-1/2 off on battery, policy 2 on again on
+/// mains: the outage pair whose windows the inverse keys must not block.
+fn poe_off_on() -> [Policy; 2] {
+    [
+        poe_policy(1, ON_BATTERY, "1/1-1/2", "off"),
+        poe_policy(2, ON_MAINS, "1/1-1/2", "on"),
+    ]
+}
+
 /// Handles one event and waits for every item it scheduled.
 async fn handle(h: &mut Harness, event: &Event) -> EventReport {
     let report = h.engine.handle_event(event).await.unwrap();
@@ -98,30 +121,16 @@ async fn minutes(n: u64) {
 #[tokio::test(start_paused = true)]
 async fn policies_run_by_priority_then_by_uuid() {
     let pve = pve();
-    let mut h = harness(&[&pve]);
-    let mut late = policy(1, DEPLOY, "pve-01", "vm", &range("101"), &vm("reset"));
+    let mut late = pve_policy(1, DEPLOY, "101", "reset");
     late.ir.priority = 5;
-    h.engine.add_policy(late).unwrap();
-    h.engine
-        .add_policy(policy(
-            3,
-            DEPLOY,
-            "pve-01",
-            "vm",
-            &range("102"),
-            &vm("reset"),
-        ))
-        .unwrap();
-    h.engine
-        .add_policy(policy(
-            2,
-            DEPLOY,
-            "pve-01",
-            "vm",
-            &range("104"),
-            &vm("reset"),
-        ))
-        .unwrap();
+    let mut h = harness(
+        &[&pve],
+        [
+            late,
+            pve_policy(3, DEPLOY, "102", "reset"),
+            pve_policy(2, DEPLOY, "104", "reset"),
+        ],
+    );
     let report = handle(&mut h, &webhook("deploy")).await;
     let order: Vec<u128> = codes(&report).iter().map(|(id, _)| *id).collect();
     assert_eq!(order, vec![2, 3, 1]);
@@ -135,39 +144,15 @@ async fn policies_run_by_priority_then_by_uuid() {
 #[tokio::test(start_paused = true)]
 async fn stop_on_match_skips_later_policies_once_an_action_was_scheduled() {
     let pve = pve();
-    let mut h = harness(&[&pve]);
     // Priority 0 stops on match but has nothing to do (vm:103 is stopped).
-    let mut idle = policy(
-        1,
-        ON_BATTERY,
-        "pve-01",
-        "vm",
-        &range("103"),
-        &vm("shutdown"),
-    );
+    let mut idle = pve_policy(1, ON_BATTERY, "103", "shutdown");
     idle.ir.stop_on_match = true;
-    let mut first = policy(
-        2,
-        ON_BATTERY,
-        "pve-01",
-        "vm",
-        &range("101"),
-        &vm("shutdown"),
-    );
+    let mut first = pve_policy(2, ON_BATTERY, "101", "shutdown");
     first.ir.stop_on_match = true;
     first.ir.priority = 1;
-    let mut second = policy(
-        3,
-        ON_BATTERY,
-        "pve-01",
-        "vm",
-        &range("102"),
-        &vm("shutdown"),
-    );
+    let mut second = pve_policy(3, ON_BATTERY, "102", "shutdown");
     second.ir.priority = 2;
-    for p in [idle, first, second] {
-        h.engine.add_policy(p).unwrap();
-    }
+    let mut h = harness(&[&pve], [idle, first, second]);
     let report = handle(&mut h, &ups("on_battery")).await;
     assert_eq!(
         codes(&report),
@@ -196,17 +181,7 @@ async fn stop_on_match_skips_later_policies_once_an_action_was_scheduled() {
 #[tokio::test(start_paused = true)]
 async fn suppression_window_holds_a_second_outage_and_counts_it() {
     let pve = pve();
-    let mut h = harness(&[&pve]);
-    h.engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "pve-01",
-            "vm",
-            &range("101"),
-            &vm("shutdown"),
-        ))
-        .unwrap();
+    let mut h = harness(&[&pve], [pve_policy(1, ON_BATTERY, "101", "shutdown")]);
     handle(&mut h, &ups("on_battery")).await;
     minutes(1).await;
     handle(&mut h, &ups("on_mains")).await;
@@ -245,27 +220,13 @@ async fn suppression_window_holds_a_second_outage_and_counts_it() {
 #[tokio::test(start_paused = true)]
 async fn an_inverse_action_on_the_same_targets_clears_the_suppression_window() {
     let pve = pve();
-    let mut h = harness(&[&pve]);
-    h.engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "pve-01",
-            "vm",
-            &range("101"),
-            &vm("shutdown"),
-        ))
-        .unwrap();
-    h.engine
-        .add_policy(policy(
-            2,
-            ON_MAINS,
-            "pve-01",
-            "vm",
-            &range("101"),
-            &vm("start"),
-        ))
-        .unwrap();
+    let mut h = harness(
+        &[&pve],
+        [
+            pve_policy(1, ON_BATTERY, "101", "shutdown"),
+            pve_policy(2, ON_MAINS, "101", "start"),
+        ],
+    );
     handle(&mut h, &ups("on_battery")).await;
     minutes(1).await;
     handle(&mut h, &ups("on_mains")).await;
@@ -279,27 +240,7 @@ async fn an_inverse_action_on_the_same_targets_clears_the_suppression_window() {
 #[tokio::test(start_paused = true)]
 async fn poe_off_on_off_within_the_windows_acts_every_time() {
     let sw = switch();
-    let mut h = harness(&[&sw]);
-    h.engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "sw-01",
-            "poe-port",
-            &range("1/1-1/2"),
-            &poe("off"),
-        ))
-        .unwrap();
-    h.engine
-        .add_policy(policy(
-            2,
-            ON_MAINS,
-            "sw-01",
-            "poe-port",
-            &range("1/1-1/2"),
-            &poe("on"),
-        ))
-        .unwrap();
+    let mut h = harness(&[&sw], poe_off_on());
     for event in ["on_battery", "on_mains", "on_battery"] {
         handle(&mut h, &ups(event)).await;
         minutes(2).await;
@@ -315,28 +256,14 @@ async fn poe_off_on_off_within_the_windows_acts_every_time() {
 #[tokio::test(start_paused = true)]
 async fn idempotency_window_skips_a_key_that_already_ran() {
     let sw = switch();
-    let mut h = harness(&[&sw]);
     // Port 1/3 reports no status, so only the key can tell it was done.
-    h.engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "sw-01",
-            "poe-port",
-            &range("1/3"),
-            &poe("off"),
-        ))
-        .unwrap();
-    h.engine
-        .add_policy(policy(
-            2,
-            ON_BATTERY,
-            "sw-01",
-            "poe-port",
-            &range("1/3"),
-            &poe("off"),
-        ))
-        .unwrap();
+    let mut h = harness(
+        &[&sw],
+        [
+            poe_policy(1, ON_BATTERY, "1/3", "off"),
+            poe_policy(2, ON_BATTERY, "1/3", "off"),
+        ],
+    );
     let report = handle(&mut h, &ups("on_battery")).await;
     assert_eq!(
         codes(&report),
@@ -352,17 +279,9 @@ async fn idempotency_window_skips_a_key_that_already_ran() {
 async fn a_failed_target_forgets_its_key_and_is_retried() {
     let sw = switch();
     sw.failing.lock().unwrap().insert("poe-port:1/3".into());
-    let mut h = harness(&[&sw]);
-    let mut p = policy(
-        1,
-        DEPLOY,
-        "sw-01",
-        "poe-port",
-        &range("1/2,1/3"),
-        &poe("off"),
-    );
+    let mut p = poe_policy(1, DEPLOY, "1/2,1/3", "off");
     p.ir.windows.suppression_s = 0;
-    h.engine.add_policy(p).unwrap();
+    let mut h = harness(&[&sw], [p]);
     handle(&mut h, &webhook("deploy")).await;
     let run = &h.store.runs(Uuid::from_u128(1), 1).unwrap()[0];
     assert_eq!(run.status, RunStatus::Partial);
@@ -376,21 +295,14 @@ async fn a_failed_target_forgets_its_key_and_is_retried() {
 #[tokio::test(start_paused = true)]
 async fn ledger_selector_restarts_exactly_what_was_stopped() {
     let pve = pve();
-    let mut h = harness(&[&pve]);
-    h.engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "pve-01",
-            "vm",
-            &range("101-103"),
-            &vm("shutdown"),
-        ))
-        .unwrap();
     let ledger = format!("{{ mode: ledger, value: \"{}\" }}", Uuid::from_u128(1));
-    h.engine
-        .add_policy(policy(2, ON_MAINS, "pve-01", "vm", &ledger, &vm("start")))
-        .unwrap();
+    let mut h = harness(
+        &[&pve],
+        [
+            pve_policy(1, ON_BATTERY, "101-103", "shutdown"),
+            policy(2, ON_MAINS, "pve-01", "vm", &ledger, &vm("start")),
+        ],
+    );
     handle(&mut h, &ups("on_battery")).await;
     let forward = &h.store.runs(Uuid::from_u128(1), 1).unwrap()[0];
     let changed: Vec<&str> = forward.changed_targets().iter().map(|p| p.1).collect();
@@ -411,27 +323,13 @@ async fn ledger_selector_restarts_exactly_what_was_stopped() {
 #[tokio::test(start_paused = true)]
 async fn empty_selection_warns_and_the_next_policy_still_runs() {
     let pve = pve();
-    let mut h = harness(&[&pve]);
-    h.engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "pve-01",
-            "vm",
-            &range("900-901"),
-            &vm("shutdown"),
-        ))
-        .unwrap();
-    h.engine
-        .add_policy(policy(
-            2,
-            ON_BATTERY,
-            "pve-01",
-            "vm",
-            &range("101"),
-            &vm("shutdown"),
-        ))
-        .unwrap();
+    let mut h = harness(
+        &[&pve],
+        [
+            pve_policy(1, ON_BATTERY, "900-901", "shutdown"),
+            pve_policy(2, ON_BATTERY, "101", "shutdown"),
+        ],
+    );
     let report = handle(&mut h, &ups("on_battery")).await;
     assert_eq!(report.decisions[0].code, SELECTOR_EMPTY);
     assert_eq!(report.decisions[0].severity, Severity::Warn);
@@ -442,17 +340,7 @@ async fn empty_selection_warns_and_the_next_policy_still_runs() {
 #[tokio::test(start_paused = true)]
 async fn a_target_already_in_the_desired_state_is_skipped_with_info() {
     let pve = pve();
-    let mut h = harness(&[&pve]);
-    h.engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "pve-01",
-            "vm",
-            &range("103"),
-            &vm("shutdown"),
-        ))
-        .unwrap();
+    let mut h = harness(&[&pve], [pve_policy(1, ON_BATTERY, "103", "shutdown")]);
     let report = handle(&mut h, &ups("on_battery")).await;
     let decision = &report.decisions[0];
     assert_eq!(decision.code, ALREADY_DESIRED);
@@ -465,17 +353,7 @@ async fn a_target_already_in_the_desired_state_is_skipped_with_info() {
 #[tokio::test(start_paused = true)]
 async fn an_unreachable_host_is_an_error_run_and_nothing_executes() {
     let pve = pve();
-    let mut h = harness(&[&pve]);
-    h.engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "pve-01",
-            "vm",
-            &range("101"),
-            &vm("shutdown"),
-        ))
-        .unwrap();
+    let mut h = harness(&[&pve], [pve_policy(1, ON_BATTERY, "101", "shutdown")]);
     handle(&mut h, &host_state("pve-01", false)).await;
     let report = handle(&mut h, &ups("on_battery")).await;
     assert_eq!(report.decisions[0].code, HOST_UNREACHABLE);
@@ -490,17 +368,7 @@ async fn an_unreachable_host_is_an_error_run_and_nothing_executes() {
 #[tokio::test(start_paused = true)]
 async fn an_open_breaker_counts_as_an_unreachable_host() {
     let pve = pve();
-    let mut h = harness(&[&pve]);
-    h.engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "pve-01",
-            "vm",
-            &range("101"),
-            &vm("shutdown"),
-        ))
-        .unwrap();
+    let mut h = harness(&[&pve], [pve_policy(1, ON_BATTERY, "101", "shutdown")]);
     let breaker = h.breakers.for_host("pve-01");
     for _ in 0..3 {
         breaker.acquire().unwrap().failure(ErrorKind::NetworkError);
@@ -513,11 +381,10 @@ async fn an_open_breaker_counts_as_an_unreachable_host() {
 #[tokio::test(start_paused = true)]
 async fn ledger_entries_have_the_spec_shape_and_only_30_are_kept() {
     let pve = pve();
-    let mut h = harness(&[&pve]);
-    let mut p = policy(1, DEPLOY, "pve-01", "vm", &range("101,103"), &vm("reset"));
+    let mut p = pve_policy(1, DEPLOY, "101,103", "reset");
     p.ir.windows.suppression_s = 0;
     p.ir.windows.idempotency_s = 0;
-    h.engine.add_policy(p).unwrap();
+    let mut h = harness(&[&pve], [p]);
     let mut last = None;
     for _ in 0..35 {
         let event = webhook("deploy");
@@ -547,17 +414,7 @@ async fn ledger_entries_have_the_spec_shape_and_only_30_are_kept() {
 #[tokio::test(start_paused = true)]
 async fn event_dry_run_executes_nothing_and_persists_nothing() {
     let pve = pve();
-    let mut h = harness(&[&pve]);
-    h.engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "pve-01",
-            "vm",
-            &range("101-103"),
-            &vm("shutdown"),
-        ))
-        .unwrap();
+    let mut h = harness(&[&pve], [pve_policy(1, ON_BATTERY, "101-103", "shutdown")]);
     let transcript = h.engine.dry_run_event(&ups("on_battery")).await.unwrap();
     let decision = &transcript.decisions[0];
     assert_eq!(decision.code, "engine.scheduled");
@@ -582,27 +439,13 @@ async fn a_slow_host_never_delays_the_next_event_on_another_host() {
     let pve = pve();
     *pve.latency.lock().unwrap() = Duration::from_secs(3600);
     let sw = switch();
-    let mut h = harness(&[&pve, &sw]);
-    h.engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "pve-01",
-            "vm",
-            &range("101"),
-            &vm("shutdown"),
-        ))
-        .unwrap();
-    h.engine
-        .add_policy(policy(
-            2,
-            DEPLOY,
-            "sw-01",
-            "poe-port",
-            &range("1/1"),
-            &poe("off"),
-        ))
-        .unwrap();
+    let mut h = harness(
+        &[&pve, &sw],
+        [
+            pve_policy(1, ON_BATTERY, "101", "shutdown"),
+            poe_policy(2, DEPLOY, "1/1", "off"),
+        ],
+    );
     let start = tokio::time::Instant::now();
     h.engine.handle_event(&ups("on_battery")).await.unwrap();
     h.engine.handle_event(&webhook("deploy")).await.unwrap();
@@ -617,17 +460,7 @@ async fn a_slow_host_never_delays_the_next_event_on_another_host() {
 #[tokio::test(start_paused = true)]
 async fn the_kill_switch_holds_scheduled_items_until_release() {
     let pve = pve();
-    let mut h = harness(&[&pve]);
-    h.engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "pve-01",
-            "vm",
-            &range("101"),
-            &vm("shutdown"),
-        ))
-        .unwrap();
+    let mut h = harness(&[&pve], [pve_policy(1, ON_BATTERY, "101", "shutdown")]);
     h.engine.scheduler().pause().await.unwrap();
     let report = h.engine.handle_event(&ups("on_battery")).await.unwrap();
     assert_eq!(report.decisions[0].code, "engine.scheduled");
@@ -648,21 +481,14 @@ async fn the_kill_switch_holds_scheduled_items_until_release() {
 async fn a_whole_item_failure_makes_the_run_partial_or_failed() {
     let pve = pve();
     pve.erroring.lock().unwrap().insert("reset".into());
-    let mut h = harness(&[&pve]);
     let two = format!("{}\n  - {}", vm("shutdown"), vm("reset"));
-    h.engine
-        .add_policy(policy(1, DEPLOY, "pve-01", "vm", &range("101"), &two))
-        .unwrap();
-    h.engine
-        .add_policy(policy(
-            2,
-            DEPLOY,
-            "pve-01",
-            "vm",
-            &range("104"),
-            &vm("reset"),
-        ))
-        .unwrap();
+    let mut h = harness(
+        &[&pve],
+        [
+            policy(1, DEPLOY, "pve-01", "vm", &range("101"), &two),
+            pve_policy(2, DEPLOY, "104", "reset"),
+        ],
+    );
     handle(&mut h, &webhook("deploy")).await;
     let run = &h.store.runs(Uuid::from_u128(1), 1).unwrap()[0];
     assert_eq!(run.results.len(), 2);
@@ -680,11 +506,10 @@ async fn a_whole_item_failure_makes_the_run_partial_or_failed() {
 #[tokio::test(start_paused = true)]
 async fn idempotency_runs_before_the_host_guard() {
     let sw = switch();
-    let mut h = harness(&[&sw]);
     // Port 1/3 reports no status, so only the key can tell it was done.
-    let mut p = policy(1, DEPLOY, "sw-01", "poe-port", &range("1/3"), &poe("off"));
+    let mut p = poe_policy(1, DEPLOY, "1/3", "off");
     p.ir.windows.suppression_s = 0;
-    h.engine.add_policy(p).unwrap();
+    let mut h = harness(&[&sw], [p]);
     handle(&mut h, &webhook("deploy")).await;
     handle(&mut h, &host_state("sw-01", false)).await;
     minutes(1).await;
@@ -701,27 +526,7 @@ async fn idempotency_runs_before_the_host_guard() {
 #[tokio::test(start_paused = true)]
 async fn finished_items_are_applied_before_the_next_event_without_settling() {
     let sw = switch();
-    let mut h = harness(&[&sw]);
-    h.engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "sw-01",
-            "poe-port",
-            &range("1/1-1/2"),
-            &poe("off"),
-        ))
-        .unwrap();
-    h.engine
-        .add_policy(policy(
-            2,
-            ON_MAINS,
-            "sw-01",
-            "poe-port",
-            &range("1/1-1/2"),
-            &poe("on"),
-        ))
-        .unwrap();
+    let mut h = harness(&[&sw], poe_off_on());
     let mut all = Vec::new();
     for event in ["on_battery", "on_mains", "on_battery"] {
         // No settle / next_run: only virtual time passes, so the items
@@ -749,10 +554,9 @@ async fn finished_items_are_applied_before_the_next_event_without_settling() {
 #[tokio::test(start_paused = true)]
 async fn an_item_cancelled_while_running_is_interrupted_and_never_rerun() {
     let pve = pve();
-    let mut h = harness(&[&pve]);
-    let mut p = policy(1, DEPLOY, "pve-01", "vm", &range("101"), &vm("shutdown"));
+    let mut p = pve_policy(1, DEPLOY, "101", "shutdown");
     p.ir.windows.suppression_s = 0;
-    h.engine.add_policy(p).unwrap();
+    let mut h = harness(&[&pve], [p]);
     h.engine.handle_event(&webhook("deploy")).await.unwrap();
     // The driver has been called (it takes 200 ms) when the cancel lands.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -800,14 +604,7 @@ async fn a_stale_snapshot_never_skips_an_action_as_already_desired() {
     );
     engine.add_driver(pve.clone());
     engine
-        .add_policy(policy(
-            1,
-            ON_BATTERY,
-            "pve-01",
-            "vm",
-            &range("103"),
-            &vm("shutdown"),
-        ))
+        .add_policy(pve_policy(1, ON_BATTERY, "103", "shutdown"))
         .unwrap();
     let report = engine.handle_event(&ups("on_battery")).await.unwrap();
     assert_eq!(report.decisions[0].code, "engine.scheduled");

@@ -8,9 +8,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use agent::compile::{CompileContext, Ir};
+use agent::compile::CompileContext;
 use agent::engine::conditions::{FactsSnapshot, UpsFacts};
 use agent::engine::event::{Event, EventKind, Subject, SubjectKind};
+use agent::ir::Ir;
 use agent::validate::validate_text;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

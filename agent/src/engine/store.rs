@@ -551,26 +551,6 @@ impl RunRecord {
     }
 }
 
-/// What a `ledger` selector resolves to (SPEC §6 step 5): the targets of
-/// `target_type` on `host_id` that the forward policy's latest successful
-/// `run` changed, in result order, keeping only those `snapshot` still has
-/// (all of them without a snapshot). Shared by the engine and the policy
-/// dry-run so both resolve a ledger selector the same way.
-pub fn ledger_targets(
-    run: Option<&RunRecord>,
-    host_id: &str,
-    target_type: &str,
-    snapshot: Option<&inventory::HostInventory>,
-) -> Vec<String> {
-    let prefix = format!("{target_type}:");
-    run.iter()
-        .flat_map(|r| r.changed_targets())
-        .filter(|(host, target)| *host == host_id && target.starts_with(&prefix))
-        .filter(|(_, target)| snapshot.is_none_or(|s| s.contains(target)))
-        .map(|(_, target)| target.to_string())
-        .collect()
-}
-
 /// The agent-wide kill switch (issue 4 item 8).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KillSwitchState {

@@ -262,7 +262,7 @@ pub(super) async fn run(
 /// selector against the current snapshot.
 async fn resolve(
     service: &Service,
-    ir: &crate::compile::Ir,
+    ir: &crate::ir::Ir,
     host_id: &str,
     findings: &mut Vec<Finding>,
 ) -> Result<Vec<String>, ServiceError> {
@@ -299,7 +299,7 @@ async fn resolve(
         let run = service
             .store(move |s| s.latest_successful_run(forward))
             .await?;
-        return Ok(crate::engine::store::ledger_targets(
+        return Ok(crate::engine::runner::ledger_targets(
             run.as_ref(),
             host_id,
             &spec.target_type,

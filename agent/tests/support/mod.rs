@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent::compile::{CompileContext, Ir};
+use agent::compile::CompileContext;
 use agent::engine::event::{Event, EventKind, Subject, SubjectKind};
 use agent::engine::runner::{Engine, EngineConfig, Policy, Snapshots};
 use agent::engine::store::EngineStore;
+use agent::ir::Ir;
 use agent::validate::validate_text;
 use async_trait::async_trait;
 use chrono::Utc;

@@ -13,20 +13,19 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use drivers::driver::{action_key, Action, ExecOutcome};
-use drivers::manifest::shipped;
 use inventory::Severity;
 use serde_json::{json, Map, Value};
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use super::guards::desired_statuses;
+use super::ledger::row;
 use super::{
-    already_desired, desired_statuses, row, ActionWork, Engine, EngineError, EventReport,
-    GuardView, ALREADY_DESIRED, CAPABILITY_MISSING, EXECUTION_FAILED, HELD_EXPIRED,
-    HOST_UNREACHABLE, INTERRUPTED, TIMER_MISSED,
+    Engine, EngineError, EventReport, ALREADY_DESIRED, CAPABILITY_MISSING, EXECUTION_FAILED,
+    HELD_EXPIRED, HOST_UNREACHABLE, INTERRUPTED, TIMER_MISSED,
 };
-use crate::engine::conditions::Facts;
 use crate::engine::event::Event;
-use crate::engine::scheduler::{DropReason, QueueItem, Recheck};
+use crate::engine::scheduler::DropReason;
 use crate::engine::store::{
     AuditRecord, DeadlineKind, DeadlineRecord, IntentId, IntentOutcome, IntentRecord,
     KillSwitchState, RunEvent, RunRecord, RunStatus, SubjectRecord, Write,
@@ -673,49 +672,5 @@ pub(super) fn deadline_kind(kind: TimerKind) -> DeadlineKind {
     match kind {
         TimerKind::ForHold => DeadlineKind::For,
         TimerKind::After => DeadlineKind::After,
-    }
-}
-
-/// Step 7 for an item held by the kill switch, at release: the driver
-/// still offers the action, the host is reachable and its breaker closed,
-/// and not every target is already in the desired state. A drop reason
-/// starts with the finding code (`engine.already_desired: ...`).
-pub(super) fn recheck_held(view: &GuardView, item: &QueueItem<ActionWork>) -> Recheck {
-    let work = &item.work;
-    let host = &item.host;
-    let offered = shipped()
-        .get(work.driver.plugin_id())
-        .and_then(|m| m.capability(&work.action.capability))
-        .is_some_and(|c| c.has_verb(&work.action.verb));
-    if !offered {
-        return Recheck::Drop(format!(
-            "{CAPABILITY_MISSING}: host {host} does not offer {} {}; re-validate the policy",
-            work.action.capability, work.action.verb
-        ));
-    }
-    let reachable = view
-        .facts
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .host_reachable(host);
-    if reachable == Some(false) {
-        return Recheck::Drop(format!("{HOST_UNREACHABLE}: host {host} is unreachable"));
-    }
-    if !view.breakers.for_host(host).would_allow() {
-        return Recheck::Drop(format!(
-            "{HOST_UNREACHABLE}: the circuit breaker of host {host} is open"
-        ));
-    }
-    let snapshot = view.snapshots.host(host);
-    let statuses: Option<Vec<String>> = work
-        .targets
-        .iter()
-        .map(|t| already_desired(&work.action, snapshot.as_ref(), t).map(|s| format!("{t} is {s}")))
-        .collect();
-    match statuses {
-        Some(list) if !list.is_empty() => {
-            Recheck::Drop(format!("{ALREADY_DESIRED}: {}", list.join(", ")))
-        }
-        _ => Recheck::Keep,
     }
 }

@@ -1,6 +1,15 @@
-//! The per-policy run (SPEC §6, issue 4 items 5, 7–11): one event in,
-//! every shortlisted policy taken through steps 1–10 in the binding order,
-//! actions enqueued on the per-host scheduler, outcomes in the ledger.
+//! The per-policy run (SPEC §6): one event in, every shortlisted policy
+//! taken through steps 1–10 in the binding order, actions enqueued on the
+//! per-host scheduler, outcomes in the ledger. This module holds the
+//! [`Engine`] and the per-event flow (decide, resolve, write intents,
+//! enqueue); its submodules hold the rest by job:
+//!
+//! - `guards`: step 7's preflight guards, at decision time and again when
+//!   the kill switch releases a held item;
+//! - `ledger`: step 9, the scheduler's reports turned into ledger entries,
+//!   and the `ledger` selector that reads them back;
+//! - `dry_run`: the event dry-run ([`Engine::dry_run_event`]);
+//! - `lifecycle`: restarts, countdowns and the kill switch.
 //!
 //! [`Engine::handle_event`] decides policy by policy (so a later policy sees
 //! the idempotency keys an earlier one recorded for the same event) and
@@ -13,16 +22,17 @@
 //! retried by the next event; an item stopped while running (cancelled,
 //! interrupted at shutdown, panicked) may have acted, so it keeps its keys
 //! and is recorded `engine.interrupted`, never retried blindly. Reports
-//! already sent are applied before each new event is decided. [`Engine::dry_run_event`] takes the same
-//! decision on a copy of the trigger state, asks the drivers for dry-runs
-//! instead of executing, and persists nothing: it returns a [`Transcript`].
+//! already sent are applied before each new event is decided.
+//! [`Engine::dry_run_event`] takes the same decision on a copy of the
+//! trigger state, asks the drivers for dry-runs instead of executing, and
+//! persists nothing: it returns a [`Transcript`].
 //!
 //! A service loop `select!`s between the event bus, [`Engine::next_run`] and
 //! a sleep until [`Engine::next_deadline`], after which it calls
 //! [`Engine::fire_due`]: the engine arms and persists the `for` /
 //! `timer.after` countdowns and `timer.at` fires itself and delivers them as
 //! internal timer events. [`Engine::start`] restores what a previous run
-//! left (the `lifecycle` submodule): the kill switch, countdowns, interrupted intents and
+//! left (`lifecycle`): the kill switch, countdowns, interrupted intents and
 //! missed `timer.at` fires. [`Engine::pause`] / [`Engine::resume`] are the
 //! persisted kill switch; at release the scheduler re-checks each held item
 //! with step 7's guards. Before a self-poweroff item runs, the scheduler's
@@ -34,7 +44,7 @@
 //! per host (already guarded by the breaker by the registry) and reads the
 //! inventory through [`Snapshots`].
 //!
-//! # Not yet here
+//! # Known limits
 //!
 //! - Store calls are synchronous on the calling task. The service runs
 //!   the engine on its own thread and runtime (`service::engine_loop`), so
@@ -58,7 +68,7 @@
 //!   repeating it.
 
 use std::cell::OnceCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -74,24 +84,31 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
-use super::conditions::{Facts, FactsSnapshot};
+use super::conditions::FactsSnapshot;
 use super::decide::{ConditionMemo, Decided, Decider};
 use super::event::Event;
 use super::scheduler::{
-    self, BoxFuture, Hooks, Outcome, QueueItem, Report, SchedulerConfig, SchedulerError,
-    SchedulerHandle, Work,
+    self, BoxFuture, Hooks, QueueItem, Report, SchedulerConfig, SchedulerError, SchedulerHandle,
+    Work,
 };
 use super::store::{
-    AuditRecord, EngineStore, IntentOutcome, IntentRecord, ResultRecord, RunEvent, RunRecord,
-    RunStatus, StoreError, SubjectRecord, Write,
+    AuditRecord, EngineStore, IntentRecord, ResultRecord, RunEvent, RunRecord, RunStatus,
+    StoreError, SubjectRecord, Write,
 };
 use super::triggers::{EventView, TimerQueue, TimerRequest, TriggerState, DEFAULT_MISSED_GRACE};
-use crate::compile::Ir;
+use crate::ir::Ir;
 
+mod dry_run;
+mod guards;
+mod ledger;
 mod lifecycle;
 mod outage;
 
-use lifecycle::recheck_held;
+pub use dry_run::{DryRunPlan, Transcript};
+pub use guards::desired_statuses;
+use guards::{already_desired, recheck_held, Guard, GuardView};
+pub use ledger::ledger_targets;
+use ledger::row;
 pub use lifecycle::{Reconciled, StartReport};
 pub use outage::NOT_CONFIRMED;
 
@@ -285,65 +302,6 @@ pub struct EventReport {
     pub timers: Vec<TimerRequest>,
 }
 
-/// The result of [`Engine::dry_run_event`]: what would happen, nothing done.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Transcript {
-    pub transcript_id: Uuid,
-    pub correlation_id: Uuid,
-    pub decisions: Vec<PolicyDecision>,
-    /// Worst severity over the decisions and dry-run answers.
-    pub severity: Severity,
-}
-
-/// An event dry-run decided, its driver dry-runs not yet asked
-/// ([`Engine::plan_dry_run`]).
-pub struct DryRunPlan {
-    correlation_id: Uuid,
-    decisions: Vec<PolicyDecision>,
-    drivers: HashMap<String, Arc<dyn Driver>>,
-}
-
-impl DryRunPlan {
-    /// Asks each planned action's driver for its dry-run and rolls the
-    /// worst severity up into the transcript.
-    pub async fn run(mut self) -> Transcript {
-        for decision in &mut self.decisions {
-            for planned in &mut decision.planned {
-                let answer = match self.drivers.get(&planned.host) {
-                    Some(driver) => driver
-                        .dry_run(&planned.action, &planned.targets)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    None => Err(format!("no driver for host {}", planned.host)),
-                };
-                planned.dry_run = Some(answer);
-            }
-        }
-        let severity = self
-            .decisions
-            .iter()
-            .map(|d| {
-                let answers = d.planned.iter().map(|p| match &p.dry_run {
-                    Some(Ok(list)) => list
-                        .iter()
-                        .map(|a| a.severity)
-                        .max()
-                        .unwrap_or(Severity::Info),
-                    _ => Severity::Error,
-                });
-                answers.fold(d.severity, Ord::max)
-            })
-            .max()
-            .unwrap_or(Severity::Info);
-        Transcript {
-            transcript_id: Uuid::new_v4(),
-            correlation_id: self.correlation_id,
-            decisions: self.decisions,
-            severity,
-        }
-    }
-}
-
 /// The queued work: one action over its targets on one host.
 pub struct ActionWork {
     driver: Arc<dyn Driver>,
@@ -409,14 +367,6 @@ pub struct Engine {
     levels: outage::Levels,
 }
 
-/// The state step 7 reads when the scheduler re-checks a held item: the
-/// facts as of the last [`Engine::resume`], the snapshots and the breakers.
-struct GuardView {
-    facts: RwLock<FactsSnapshot>,
-    snapshots: Arc<dyn Snapshots>,
-    breakers: Arc<Breakers>,
-}
-
 /// One scheduled item awaiting its report.
 struct Pending {
     run_id: Uuid,
@@ -429,12 +379,6 @@ struct OpenRun {
     record: RunRecord,
     /// Items not yet reported.
     items_left: usize,
-}
-
-/// Step 7's verdict for one planned host.
-enum Guard {
-    Pass,
-    Fail(&'static str, String),
 }
 
 impl Engine {
@@ -716,70 +660,6 @@ impl Engine {
         })
     }
 
-    /// The whole decision for `event` with driver dry-runs; trigger state,
-    /// facts and store are left untouched (SPEC §6 "Dry-run of an event").
-    pub async fn dry_run_event(&self, event: &Event) -> Result<Transcript, EngineError> {
-        Ok(self.plan_dry_run(event)?.run().await)
-    }
-
-    /// The decision part of [`Engine::dry_run_event`], without the driver
-    /// calls: a service loop runs [`DryRunPlan::run`] in a task of its own,
-    /// so a slow host's dry-run never holds up live events.
-    pub fn plan_dry_run(&self, event: &Event) -> Result<DryRunPlan, EngineError> {
-        let now = (self.config.clock)();
-        let mut decisions = Vec::new();
-        let mut timers = Vec::new();
-        let mut facts = self.facts.clone();
-        facts.apply(event);
-        let view = EventView::new(event);
-        let mut memo = ConditionMemo::default();
-        memo.next_event();
-        let mut hits = Vec::new();
-        self.decider.shortlist(&view, &mut hits);
-        for hit in hits {
-            let Some(id) = self.decider.policy_id(hit) else {
-                continue;
-            };
-            let mut state = self.decider.hit_state(hit).cloned().unwrap_or_default();
-            let snapshot = OnceCell::new();
-            let step = DecideStep {
-                view: &view,
-                facts: &facts,
-                now,
-                snapshot: &snapshot,
-            };
-            let count = || self.count_matching(id, &step);
-            let Some(decided) = self
-                .decider
-                .decide_one(hit, &mut state, &view, now, &facts, &mut memo, &count)
-            else {
-                continue;
-            };
-            let Some(decision) = self.decide_with(&step, id, &decided, &mut timers)? else {
-                continue;
-            };
-            let stop = !decision.planned.is_empty() && self.policies[&id].ir.stop_on_match;
-            decisions.push(decision);
-            if stop {
-                break;
-            }
-        }
-        let drivers = decisions
-            .iter()
-            .flat_map(|d| &d.planned)
-            .filter_map(|p| {
-                self.drivers
-                    .get(&p.host)
-                    .map(|d| (p.host.clone(), d.clone()))
-            })
-            .collect();
-        Ok(DryRunPlan {
-            correlation_id: event.correlation_id,
-            decisions,
-            drivers,
-        })
-    }
-
     /// The host snapshot a policy's step reads: a copy of the host's whole
     /// inventory, so read at most once per policy and event, and only for
     /// a policy that needs it (a `vm` condition, or triggers that fired).
@@ -1009,7 +889,7 @@ impl Engine {
                 .store
                 .latest_successful_run(forward)
                 .map_err(|e| (SELECTOR_UNRESOLVED, e.to_string()))?;
-            return Ok(super::store::ledger_targets(
+            return Ok(ledger_targets(
                 run.as_ref(),
                 &targets.host_id,
                 &targets.target_type,
@@ -1031,45 +911,6 @@ impl Engine {
             .resolve(snapshot)
             .map(|r| r.ids)
             .map_err(|e| (SELECTOR_UNRESOLVED, e.message))
-    }
-
-    /// Step 7's host-wide guards: the driver offers every action, the host
-    /// is reachable and its breaker lets calls through.
-    fn host_guard(&self, policy: &Policy, facts: &FactsSnapshot) -> Guard {
-        let host = &policy.ir.targets.host_id;
-        let Some(driver) = self.drivers.get(host) else {
-            return Guard::Fail(
-                CAPABILITY_MISSING,
-                format!("no driver is registered for host {host}; re-validate the policy"),
-            );
-        };
-        for step in &policy.ir.plan {
-            let offered = shipped()
-                .get(driver.plugin_id())
-                .and_then(|m| m.capability(&step.capability))
-                .is_some_and(|c| c.has_verb(&step.verb));
-            if !offered {
-                return Guard::Fail(
-                    CAPABILITY_MISSING,
-                    format!(
-                        "host {host} ({}) does not offer {} {}; re-validate the policy",
-                        driver.plugin_id(),
-                        step.capability,
-                        step.verb
-                    ),
-                );
-            }
-        }
-        if facts.host_reachable(host) == Some(false) {
-            return Guard::Fail(HOST_UNREACHABLE, format!("host {host} is unreachable"));
-        }
-        if !self.breakers.for_host(host).would_allow() {
-            return Guard::Fail(
-                HOST_UNREACHABLE,
-                format!("the circuit breaker of host {host} is open"),
-            );
-        }
-        Guard::Pass
     }
 
     /// Writes what a decision implies (steps 4, 8, 9 for non-executing
@@ -1229,446 +1070,10 @@ impl Engine {
         }
         Ok(true)
     }
-
-    /// Waits for every queued or running item and closes their runs (step
-    /// 9). Returns the ledger entries written, in closing order.
-    pub async fn settle(&mut self) -> Result<Vec<RunRecord>, EngineError> {
-        let mut closed: Vec<RunRecord> = self.closed.drain(..).collect();
-        while !self.pending.is_empty() {
-            if let Some(run) = self.next_run().await? {
-                closed.push(run);
-            }
-        }
-        closed.extend(self.closed.drain(..));
-        Ok(closed)
-    }
-
-    /// Waits for the next item report and records it. Returns the ledger
-    /// entry when that report closed a run, `None` when the run has items
-    /// left or nothing was pending. For a service loop that `select!`s
-    /// between the event bus and this.
-    ///
-    /// While it waits it also serves the scheduler's `before_self_poweroff`
-    /// hook: every report already sent is recorded (the ledger is flushed)
-    /// before the self-poweroff item may start.
-    pub async fn next_run(&mut self) -> Result<Option<RunRecord>, EngineError> {
-        loop {
-            if let Some(run) = self.closed.pop_front() {
-                return Ok(Some(run));
-            }
-            if self.pending.is_empty() {
-                return Ok(None);
-            }
-            tokio::select! {
-                report = self.reports.recv() => {
-                    let Some(report) = report else {
-                        return Err(EngineError::Scheduler {
-                            source: SchedulerError::Stopped,
-                        });
-                    };
-                    return self.on_report(report);
-                }
-                Some(reply) = self.flushes.recv() => {
-                    self.flush_reports()?;
-                    let _ = reply.send(());
-                }
-            }
-        }
-    }
-
-    /// Records every report already on the channel; closed runs wait in
-    /// `closed` for [`Engine::next_run`].
-    fn flush_reports(&mut self) -> Result<(), EngineError> {
-        while let Ok(report) = self.reports.try_recv() {
-            if let Some(run) = self.on_report(report)? {
-                self.closed.push_back(run);
-            }
-        }
-        Ok(())
-    }
-
-    /// Answers flush requests already waiting (see [`Engine::next_run`]).
-    fn serve_flushes(&mut self) -> Result<(), EngineError> {
-        while let Ok(reply) = self.flushes.try_recv() {
-            self.flush_reports()?;
-            let _ = reply.send(());
-        }
-        Ok(())
-    }
-
-    /// How many scheduled items have not been reported yet.
-    pub fn pending_items(&self) -> usize {
-        self.pending.len()
-    }
-
-    fn on_report(
-        &mut self,
-        report: Report<<ActionWork as Work>::Output>,
-    ) -> Result<Option<RunRecord>, EngineError> {
-        let Some(item) = self.pending.remove(&report.id) else {
-            return Ok(None);
-        };
-        let elapsed = item.started.elapsed().as_millis() as u64;
-        let outcome = self.observe_outcome(&item.intent, report.outcome)?;
-        self.item_done(item.run_id, &item.intent, outcome, elapsed)
-    }
-
-    /// Turns a scheduler outcome into the item's results and tells the
-    /// snapshots what the item did to its targets.
-    fn observe_outcome(
-        &mut self,
-        intent: &IntentRecord,
-        outcome: Outcome<<ActionWork as Work>::Output>,
-    ) -> Result<Result<Vec<ExecOutcome>, String>, EngineError> {
-        let started = !matches!(
-            outcome,
-            Outcome::Dropped(_) | Outcome::Cancelled { started: false } | Outcome::NotRun
-        );
-        let outcome = self.outcome_results(intent, outcome)?;
-        if started {
-            let results: Vec<(String, Option<String>)> = match &outcome {
-                Ok(list) => intent
-                    .targets
-                    .iter()
-                    .map(|t| {
-                        let state = list
-                            .iter()
-                            .find(|o| &o.target == t && o.ok)
-                            .and_then(|o| o.result_state.clone());
-                        (t.clone(), state)
-                    })
-                    .collect(),
-                Err(_) => intent.targets.iter().map(|t| (t.clone(), None)).collect(),
-            };
-            self.snapshots.record_results(&intent.host, &results);
-        }
-        Ok(outcome)
-    }
-
-    fn outcome_results(
-        &mut self,
-        intent: &IntentRecord,
-        outcome: Outcome<<ActionWork as Work>::Output>,
-    ) -> Result<Result<Vec<ExecOutcome>, String>, EngineError> {
-        Ok(match outcome {
-            Outcome::Dropped(reason) => Ok(self.held_dropped(intent, &reason)?),
-            Outcome::Completed(Ok(list)) => Ok(list),
-            Outcome::Completed(Err(e)) => Err(e.to_string()),
-            Outcome::Cancelled { started: false } => Err("cancelled".to_string()),
-            Outcome::NotRun => Err("not run: the scheduler shut down".to_string()),
-            // The item was running: the driver may already have acted.
-            Outcome::Cancelled { started: true } => {
-                Ok(interrupted_outcomes(intent, "cancelled while running"))
-            }
-            Outcome::Interrupted => Ok(interrupted_outcomes(
-                intent,
-                "interrupted at the shutdown deadline",
-            )),
-            Outcome::Panicked(why) => Ok(interrupted_outcomes(
-                intent,
-                &format!("panicked while running: {why}"),
-            )),
-        })
-    }
-
-    /// Records one item's outcome in its run and closes the run when it was
-    /// the last one.
-    fn item_done(
-        &mut self,
-        run_id: Uuid,
-        intent: &IntentRecord,
-        outcome: Result<Vec<ExecOutcome>, String>,
-        elapsed_ms: u64,
-    ) -> Result<Option<RunRecord>, EngineError> {
-        let Some(mut open) = self.open.remove(&run_id) else {
-            return Ok(None);
-        };
-        let finished = self.finish_item(&mut open.record, intent, outcome, elapsed_ms);
-        open.items_left = open.items_left.saturating_sub(1);
-        if open.items_left > 0 {
-            self.open.insert(run_id, open);
-            finished?;
-            return Ok(None);
-        }
-        finished?;
-        self.close_run(open.record).map(Some)
-    }
-
-    /// Step 9: status and severity from the results, the suppression of
-    /// undone policies cleared, the ledger entry and its audit record.
-    fn close_run(&self, mut record: RunRecord) -> Result<RunRecord, EngineError> {
-        record.finished_at = (self.config.clock)();
-        // Rows of pairs that were attempted: the driver's answers and the
-        // engine's whole-item failures (driver error, cancel, TTL drop), but
-        // not the pairs skipped by a window or a guard.
-        let executed: Vec<&ResultRecord> = record
-            .results
-            .iter()
-            .filter(|r| {
-                r.code.as_deref().is_none_or(|c| {
-                    !c.starts_with("engine.") || c == EXECUTION_FAILED || c == INTERRUPTED
-                })
-            })
-            .collect();
-        let ok = executed.iter().filter(|r| r.ok).count();
-        let interrupted = executed
-            .iter()
-            .any(|r| r.code.as_deref() == Some(INTERRUPTED));
-        record.status = match ok {
-            // A running item was stopped midway: it may have acted, and is
-            // reconciled by reading state, never retried blindly.
-            _ if interrupted => RunStatus::Interrupted,
-            // Nothing reached a driver: every item was dropped at release.
-            0 if executed.is_empty()
-                && record
-                    .results
-                    .iter()
-                    .any(|r| r.code.as_deref() == Some(HELD_EXPIRED)) =>
-            {
-                RunStatus::Cancelled
-            }
-            0 if executed.is_empty() && record.results.iter().all(|r| r.ok) => RunStatus::Ok,
-            0 => RunStatus::Failed,
-            n if n == executed.len() => RunStatus::Ok,
-            _ => RunStatus::Partial,
-        };
-        record.severity = record
-            .results
-            .iter()
-            .map(|r| r.severity)
-            .max()
-            .unwrap_or(Severity::Info);
-        self.clear_undone_suppression(&record)?;
-        self.store.write(&[
-            Write::AppendAudit(AuditRecord {
-                ts: record.finished_at,
-                correlation_id: record.event.correlation_id,
-                kind: "engine.run_finished".into(),
-                policy_id: Some(record.policy_id),
-                details: json!({"run_id": record.run_id, "status": record.status.as_str()}),
-            }),
-            Write::AppendRun(record.clone()),
-        ])?;
-        Ok(record)
-    }
-
-    /// Records one item's per-target results, completes its intent and
-    /// forgets the keys of the targets it failed on.
-    fn finish_item(
-        &self,
-        record: &mut RunRecord,
-        intent: &IntentRecord,
-        outcome: Result<Vec<ExecOutcome>, String>,
-        elapsed_ms: u64,
-    ) -> Result<(), EngineError> {
-        let action = Action {
-            capability: intent.capability.clone(),
-            verb: intent.verb.clone(),
-            params: intent.params.as_object().cloned().unwrap_or_default(),
-        };
-        let first_row = record.results.len();
-        let mut failed_keys = Vec::new();
-        let mut all_ok = true;
-        let mut reason = String::new();
-        let mut failed_code = EXECUTION_FAILED.to_string();
-        for target in &intent.targets {
-            let result = match &outcome {
-                Ok(list) => match list.iter().find(|o| &o.target == target) {
-                    Some(o) => ResultRecord {
-                        changed: o.ok
-                            && o.code != "driver.already_desired"
-                            && !o.code.starts_with("engine."),
-                        ok: o.ok,
-                        severity: o.severity,
-                        code: Some(o.code.clone()),
-                        reason: o.reason.clone().unwrap_or_default(),
-                        evidence: Value::Object(o.evidence.clone()),
-                        duration_ms: o.duration_ms,
-                        ..row(
-                            0,
-                            &action,
-                            &intent.host,
-                            target,
-                            true,
-                            Severity::Info,
-                            "",
-                            "",
-                        )
-                    },
-                    None => row(
-                        0,
-                        &action,
-                        &intent.host,
-                        target,
-                        false,
-                        Severity::Error,
-                        EXECUTION_FAILED,
-                        "the driver reported nothing for this target",
-                    ),
-                },
-                Err(why) => ResultRecord {
-                    duration_ms: elapsed_ms,
-                    ..row(
-                        0,
-                        &action,
-                        &intent.host,
-                        target,
-                        false,
-                        Severity::Error,
-                        EXECUTION_FAILED,
-                        why,
-                    )
-                },
-            };
-            let result = ResultRecord {
-                action_index: intent.action_index,
-                ..result
-            };
-            if !result.ok {
-                all_ok = false;
-                reason = result.reason.clone();
-                if let Some(code) = result.code.as_deref().filter(|c| c.starts_with("engine.")) {
-                    failed_code = code.to_string();
-                }
-                // An interrupted target may have been acted on: its key
-                // stays, so it is never run twice by accident.
-                if result.code.as_deref() != Some(INTERRUPTED) {
-                    failed_keys.push(action_key(&action, target));
-                }
-            }
-            record.results.push(result);
-        }
-        let worst = record.results[first_row..]
-            .iter()
-            .map(|r| r.severity)
-            .max()
-            .unwrap_or(Severity::Info);
-        let finished_at = (self.config.clock)();
-        let mut batch = vec![
-            Write::CompleteIntent {
-                id: intent.id(),
-                outcome: IntentOutcome {
-                    finished_at,
-                    ok: all_ok,
-                    severity: worst,
-                    code: (!all_ok).then_some(failed_code),
-                    reason: reason.clone(),
-                },
-            },
-            Write::AppendAudit(AuditRecord {
-                ts: finished_at,
-                correlation_id: intent.correlation_id,
-                kind: "execution.finished".into(),
-                policy_id: Some(intent.policy_id),
-                details: json!({
-                    "run_id": intent.run_id,
-                    "action_index": intent.action_index,
-                    "capability": intent.capability,
-                    "verb": intent.verb,
-                    "host": intent.host,
-                    "targets": intent.targets,
-                    "ok": all_ok,
-                    "reason": reason,
-                }),
-            }),
-        ];
-        if !failed_keys.is_empty() {
-            batch.push(Write::ClearKeys { keys: failed_keys });
-        }
-        self.store.write(&batch)?;
-        Ok(())
-    }
-
-    /// Step 4's clearing: every other policy with an action that `record`'s
-    /// successful actions invert, on a target its latest successful run
-    /// changed (or its compiled selection), gets its suppression cleared.
-    fn clear_undone_suppression(&self, record: &RunRecord) -> Result<(), EngineError> {
-        let changed: Vec<&ResultRecord> = record
-            .results
-            .iter()
-            .filter(|r| r.ok && r.changed)
-            .collect();
-        if changed.is_empty() {
-            return Ok(());
-        }
-        let mut cleared = Vec::new();
-        for (other_id, other) in &self.policies {
-            if *other_id == record.policy_id {
-                continue;
-            }
-            let theirs: HashSet<(String, String)> =
-                match self.store.latest_successful_run(*other_id)? {
-                    Some(run) => run
-                        .changed_targets()
-                        .into_iter()
-                        .map(|(h, t)| (h.to_string(), t.to_string()))
-                        .collect(),
-                    None => other
-                        .ir
-                        .targets
-                        .resolved_ids
-                        .iter()
-                        .flatten()
-                        .map(|t| (other.ir.targets.host_id.clone(), t.clone()))
-                        .collect(),
-                };
-            let undone = changed.iter().any(|r| {
-                let Some(cap) = capability(&r.capability) else {
-                    return false;
-                };
-                let Some(ours) = self
-                    .policies
-                    .get(&record.policy_id)
-                    .and_then(|p| p.ir.plan.get(r.action_index as usize))
-                    .map(|step| &step.params)
-                else {
-                    return false;
-                };
-                other.ir.plan.iter().any(|step| {
-                    step.capability == r.capability
-                        && cap.inverts(&r.verb, ours, &step.verb, &step.params)
-                }) && theirs.contains(&(r.host.clone(), r.target.clone()))
-            });
-            if undone {
-                cleared.push(Write::ClearSuppression {
-                    policy_id: *other_id,
-                });
-            }
-        }
-        if !cleared.is_empty() {
-            self.store.write(&cleared)?;
-        }
-        Ok(())
-    }
 }
 
 fn capability(id: &str) -> Option<&'static Capability> {
     shipped().capability(id).map(|(_, c)| c)
-}
-
-/// The per-target rows of an item stopped while it ran (cancelled,
-/// interrupted at shutdown, panicked): the driver may already have acted, so
-/// they are `engine.interrupted`, not plain failures. Their keys stay
-/// recorded and the target's state tells what happened (SPEC §6
-/// "Persistence and restarts"); nothing re-executes them blindly.
-fn interrupted_outcomes(intent: &IntentRecord, why: &str) -> Vec<ExecOutcome> {
-    intent
-        .targets
-        .iter()
-        .map(|target| ExecOutcome {
-            target: target.clone(),
-            ok: false,
-            severity: Severity::Warn,
-            code: INTERRUPTED.to_string(),
-            reason: Some(format!(
-                "{why}; {target} may already have been acted on: not retried, \
-                 reconcile by reading its state"
-            )),
-            evidence: serde_json::Map::new(),
-            duration_ms: 0,
-            result_state: None,
-        })
-        .collect()
 }
 
 /// The idempotency keys of the actions `action` undoes, on `targets`.
@@ -1688,118 +1093,16 @@ fn inverse_keys(action: &Action, targets: &[String]) -> Vec<String> {
     keys
 }
 
-/// The target statuses in which an action has nothing left to do, for the
-/// engine's already-desired guard (SPEC §6 step 7). Read from the inventory
-/// snapshot, never from a driver call; an action not listed (reset, reboot,
-/// cycle, post, ...) is never skipped. Statuses are the ones the shipped
-/// drivers report (Proxmox `running`/`stopped`/`paused`, AOS-S `on`/`off`
-/// and `up`/`down`, systemd `active`/`inactive`).
-pub fn desired_statuses(action: &Action) -> &'static [&'static str] {
-    let param = |name: &str| action.params.get(name).and_then(Value::as_str);
-    match (action.capability.as_str(), action.verb.as_str()) {
-        ("proxmox.vm" | "proxmox.ct", "start" | "resume") => &["running"],
-        ("proxmox.vm" | "proxmox.ct", "shutdown" | "stop") => &["stopped"],
-        ("proxmox.vm", "suspend") => &["paused", "suspended"],
-        ("aoss.poe.port", "set") => match param("state") {
-            Some("on") => &["on"],
-            Some("off") => &["off"],
-            _ => &[],
-        },
-        ("aoss.interface", "set") => match param("admin") {
-            Some("up") => &["up"],
-            Some("down") => &["down"],
-            _ => &[],
-        },
-        ("host.service", "start") => &["running", "active"],
-        ("host.service", "stop") => &["stopped", "inactive"],
-        _ => &[],
-    }
-}
-
-/// The target's status when it already is what `action` leads to.
-///
-/// Only a fresh snapshot may skip an action: a stale one (its refresh
-/// failed or it is older than its max age) may show a VM stopped that has
-/// been started since, and skipping then would be a missed shutdown. With a
-/// stale snapshot the item runs and the driver's idempotent `execute` reads
-/// the live state (a target already there is a no-op).
-fn already_desired(
-    action: &Action,
-    snapshot: Option<&HostInventory>,
-    target: &str,
-) -> Option<String> {
-    let snapshot = snapshot.filter(|s| !s.stale)?;
-    let status = snapshot.get(target)?.status.as_deref()?;
-    desired_statuses(action)
-        .contains(&status)
-        .then(|| status.to_string())
-}
-
-/// A result row the engine writes itself (skips, errors).
-#[allow(clippy::too_many_arguments)]
-fn row(
-    index: usize,
-    action: &Action,
-    host: &str,
-    target: &str,
-    ok: bool,
-    severity: Severity,
-    code: &str,
-    reason: &str,
-) -> ResultRecord {
-    ResultRecord {
-        action_index: index as u32,
-        capability: action.capability.clone(),
-        verb: action.verb.clone(),
-        host: host.to_string(),
-        target: target.to_string(),
-        ok,
-        changed: false,
-        severity,
-        code: (!code.is_empty()).then(|| code.to_string()),
-        reason: reason.to_string(),
-        evidence: Value::Null,
-        duration_ms: 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn action(capability: &str, verb: &str, params: Value) -> Action {
+    /// An action from its parts, for the runner's unit tests.
+    pub(super) fn action(capability: &str, verb: &str, params: Value) -> Action {
         Action {
             capability: capability.into(),
             verb: verb.into(),
             params: params.as_object().cloned().unwrap_or_default(),
-        }
-    }
-
-    #[test]
-    fn desired_status_table_follows_verb_and_state_param() {
-        let table = [
-            (
-                action("proxmox.vm", "shutdown", json!({})),
-                &["stopped"][..],
-            ),
-            (action("proxmox.vm", "start", json!({})), &["running"][..]),
-            (action("proxmox.vm", "reset", json!({})), &[][..]),
-            (
-                action("aoss.poe.port", "set", json!({"state": "off"})),
-                &["off"][..],
-            ),
-            (
-                action("aoss.poe.port", "set", json!({"state": "cycle"})),
-                &[][..],
-            ),
-            (
-                action("aoss.interface", "set", json!({"admin": "down"})),
-                &["down"][..],
-            ),
-            (action("host.power", "poweroff", json!({})), &[][..]),
-        ];
-        for (action, expected) in table {
-            assert_eq!(desired_statuses(&action), expected, "{action:?}");
         }
     }
 
