@@ -1,4 +1,4 @@
-//! The action scheduler (SPEC §6 step 8, kill switch, issue 4 items 6 and 8):
+//! The action scheduler (SPEC §6 step 8 and "Kill switch"):
 //! per-host single-flight FIFO queues under one global concurrency cap.
 //!
 //! It is kube-runtime's runner idea ("never run the same key twice at once")
@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
-/// Default global concurrency cap (issue 4 item 6).
+/// Default global concurrency cap (SPEC §6 step 8, §12).
 pub const DEFAULT_MAX_CONCURRENT: usize = 16;
 
 /// Default age after which a held item is dropped on resume (SPEC §6).

@@ -551,7 +551,7 @@ impl RunRecord {
     }
 }
 
-/// The agent-wide kill switch (issue 4 item 8).
+/// The agent-wide kill switch (SPEC §6 "Kill switch").
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KillSwitchState {
     pub paused: bool,
