@@ -575,3 +575,100 @@ async fn an_outage_and_its_return_run_end_to_end_against_real_peers() {
     assert!(!agent.executions(&nas_id).await.is_empty());
     agent.stop();
 }
+
+/// SPEC §1 and §6 "Outage lifecycle" against the real `hazel serve` and a
+/// real upsd: a hold interrupted by a restart is not fired when the mains
+/// returned while the agent was down, and a start during an outage acts on
+/// it (the first reading is judged against the state the store kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_the_hold_after_the_mains_returned_shuts_nothing_down_and_a_start_on_battery_acts(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let markers = tempfile::tempdir().unwrap();
+    let sim = ProxmoxSim::start(cluster())
+        .await
+        .expect("the Proxmox simulator binds");
+    let sshd = Sshd::start();
+    let upsd = Upsd::builder().start();
+    upsd.set_status("OL");
+    upsd.wait_for_var("ups.status", "OL");
+    let port = free_port();
+    let config = write_config(dir.path(), port, &sim, &sshd, &upsd, markers.path());
+    let mut agent = Agent::start(&config, port, &dir.path().join("hazel.log"));
+    agent.wait_ready().await;
+    let forward = agent.post("/api/policies", stop_low_tier()).await;
+    let forward_id = forward["id"].as_str().unwrap().to_string();
+    let enabled = agent
+        .post(&format!("/api/policies/{forward_id}/enable"), json!({}))
+        .await;
+    assert_eq!(enabled["status"], "enabled", "{enabled}");
+
+    // On battery; SIGTERM during the hold; the mains return while the
+    // agent is down, and the hold's deadline passes.
+    upsd.set_status("OB DISCHRG");
+    eventually(
+        "the countdown to start",
+        Duration::from_secs(10),
+        &agent,
+        || async {
+            let started = agent.audit("engine.countdown_started").await;
+            (!started.is_empty()).then_some(())
+        },
+    )
+    .await;
+    agent.stop();
+    upsd.set_status("OL");
+    upsd.wait_for_var("ups.status", "OL");
+    tokio::time::sleep(Duration::from_secs(FOR_S + 1)).await;
+    agent.spawn();
+    agent.wait_ready().await;
+    let cancelled = eventually(
+        "the restored countdown to be cancelled by the first reading",
+        Duration::from_secs(10),
+        &agent,
+        || async {
+            agent
+                .audit("engine.countdown_cancelled")
+                .await
+                .into_iter()
+                .find(|e| e.to_string().contains("engine.countdown_not_confirmed"))
+        },
+    )
+    .await;
+    assert!(cancelled.to_string().contains(&forward_id), "{cancelled}");
+    tokio::time::sleep(Duration::from_secs(FOR_S + 1)).await;
+    assert!(
+        agent.executions(&forward_id).await.is_empty(),
+        "a shutdown ran on mains"
+    );
+    for id in [101, 102, 103] {
+        assert_eq!(
+            shutdown_posts(&sim, id),
+            0,
+            "vm {id} was shut down on mains"
+        );
+        assert_eq!(vm_status(&sim, id), Some(SimStatus::Running), "vm {id}");
+    }
+
+    // The agent starts while the UPS is already on battery: the first
+    // reading is an outage the store did not know, so the hold starts and
+    // the shutdown runs.
+    agent.stop();
+    upsd.set_status("OB DISCHRG");
+    upsd.wait_for_var("ups.status", "OB DISCHRG");
+    agent.spawn();
+    agent.wait_ready().await;
+    let run = eventually(
+        "the forward run after a start during the outage",
+        Duration::from_secs(30),
+        &agent,
+        || async { agent.executions(&forward_id).await.into_iter().next() },
+    )
+    .await;
+    assert_eq!(run["status"], "ok", "{run}");
+    for id in [101, 102, 103] {
+        assert_eq!(vm_status(&sim, id), Some(SimStatus::Stopped), "vm {id}");
+        assert_eq!(shutdown_posts(&sim, id), 1, "vm {id} shut down once");
+    }
+    agent.stop();
+}
