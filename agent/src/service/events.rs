@@ -11,7 +11,8 @@ use super::audit::audit;
 use super::{Actor, EventAnswer, Service, ServiceError};
 use crate::engine::event::Event;
 use crate::engine::runner::Transcript;
-use crate::engine::store::{AuditRecord, EngineStore, PolicyStore, TranscriptRecord};
+use crate::engine::store::{AuditRecord, EngineStore};
+use crate::store::{PolicyStore, TranscriptRecord};
 
 impl Service {
     /// Injects a normalized event (SPEC §1): decided for real, or with

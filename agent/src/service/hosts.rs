@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 use super::audit::audit;
 use super::open::bad;
 use super::{Actor, HostInventoryStatus, HostView, Service, ServiceError};
-use crate::engine::store::{HostRecord, HostSource, PolicyStore};
 use crate::inventory_service::{InventoryService, RefreshSettings};
+use crate::store::{HostRecord, HostSource, PolicyStore};
 
 /// How long the inventory used to validate policies is reused before it is
 /// copied again from the inventory service.

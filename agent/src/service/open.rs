@@ -27,11 +27,9 @@ use crate::compile::CompileContext;
 use crate::engine::bus::Consumer;
 use crate::engine::runner::{EngineConfig, Policy, Snapshots};
 use crate::engine::scheduler::SchedulerConfig;
-use crate::engine::store::{
-    AuditRecord, EngineStore, HostSource, PolicyStatus, PolicyStore, SecretKey, SqliteStore,
-    StoreResult,
-};
+use crate::engine::store::{AuditRecord, EngineStore, StoreResult};
 use crate::inventory_service::{InventoryService, RefreshSettings};
+use crate::store::{HostSource, PolicyStatus, PolicyStore, SecretKey, SqliteStore};
 use crate::validate::validate_value;
 
 /// What [`Service::open`] takes besides the config; tests and `hazel demo`

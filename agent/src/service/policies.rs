@@ -13,10 +13,8 @@ use super::open::bad;
 use super::{Actor, Page, PolicyView, Service, ServiceError};
 use crate::compile::CompileContext;
 use crate::engine::runner::Policy;
-use crate::engine::store::{
-    EngineStore, PolicyRecord, PolicyStatus, PolicyStore, StoreError, TranscriptRecord,
-    ValidationRecord,
-};
+use crate::engine::store::{EngineStore, StoreError};
+use crate::store::{PolicyRecord, PolicyStatus, PolicyStore, TranscriptRecord, ValidationRecord};
 use crate::validate::{validate_text, Validated};
 
 impl Service {
@@ -229,7 +227,7 @@ impl Service {
         let transcript = dry_run::run(self, &record).await?;
         let kept = transcript.clone();
         let body = serde_json::to_value(&kept).unwrap_or(Value::Null);
-        let dry = crate::engine::store::DryRunRecord {
+        let dry = crate::store::DryRunRecord {
             ts: kept.ts,
             severity: kept.severity,
             transcript_id: kept.transcript_id,
