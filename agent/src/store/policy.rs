@@ -3,11 +3,11 @@
 //! with their connection config (secrets encrypted at rest); the latest
 //! inventory snapshot per host; dry-run transcripts.
 //!
-//! [`PolicyStore`] is implemented by [`SqliteStore`] on the engine store's
-//! connection and file. Every mutation is one transaction that also appends
-//! its [`AuditRecord`] to the engine's audit log, so a crash mid-write
-//! leaves neither a partial policy nor an audit record of a change that did
-//! not happen. A policy's executions are the engine's ledger
+//! [`PolicyStore`] is implemented by [`SqliteStore`] on the same connection
+//! and file as the engine's state. Every mutation is one transaction that
+//! also appends its [`AuditRecord`] to the engine's audit log, so a crash
+//! mid-write leaves neither a partial policy nor an audit record of a change
+//! that did not happen. A policy's executions are the engine's ledger
 //! ([`crate::engine::store::EngineStore::runs`]).
 
 use std::collections::BTreeMap;

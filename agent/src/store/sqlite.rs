@@ -309,9 +309,9 @@ impl SqliteStore {
     /// Runs `f` in one `IMMEDIATE` transaction, committed when `f` returns
     /// `Ok` and rolled back otherwise. This is the extension point for the
     /// service's stores (policies, hosts, transcripts) on the same file: their
-    /// writes, and engine [`Write`](crate::engine::store::Write)s applied with `apply_writes`, can share
+    /// writes, and the engine's writes applied with `apply_writes`, can share
     /// one transaction.
-    pub(crate) fn with_transaction<T>(
+    pub(super) fn with_transaction<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>,
     ) -> StoreResult<T> {
