@@ -390,7 +390,7 @@ pub async fn run(options: DemoOptions, out: &mut impl Write) -> Result<DemoRepor
         walk.line("--once: stopping now.")?;
     } else {
         walk.line("Press Ctrl-C to stop (the store is removed unless you passed --data-dir).")?;
-        stop_signal().await;
+        crate::serve::stop_signal().await;
         walk.line("Stopping: draining running actions, writing the ledger.")?;
     }
     let _ = stop_api.send(());
@@ -1073,29 +1073,5 @@ fn vms(ids: &[u32]) -> String {
     match names.len() {
         0 => "no VM".into(),
         _ => names.join(", "),
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn stop_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }

@@ -15,4 +15,5 @@ pub mod nut;
 pub mod serve;
 pub mod service;
 pub mod spec;
+pub mod store;
 pub mod validate;

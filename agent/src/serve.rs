@@ -81,8 +81,9 @@ pub fn init_logging(format: LogFormat) {
     let _ = result;
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd stop).
-async fn stop_signal() {
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd stop); `hazel serve` and
+/// `hazel demo` both stop on it.
+pub(crate) async fn stop_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             error!(error = %e, "cannot listen for Ctrl-C");

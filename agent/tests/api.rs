@@ -143,6 +143,15 @@ async fn world() -> World {
     world_with(|_, _| {}).await
 }
 
+/// A world whose API takes a burst of two requests, then one a second.
+async fn rate_limited_world() -> World {
+    world_with(|_, api| {
+        api.rate_per_s = 1;
+        api.rate_burst = 2;
+    })
+    .await
+}
+
 impl Server {
     /// A request with no token and no CSRF header.
     fn bare(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
@@ -218,6 +227,30 @@ async fn create(server: &Server, text: &str) -> Value {
 
 fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+/// A refusal case: a request, and the status and error code it must answer.
+type Refusal = (reqwest::RequestBuilder, StatusCode, &'static str);
+
+/// Sends each case in order and checks its status and error code; returns
+/// the answers' bodies in the same order, for checks of their details.
+async fn refusals(cases: Vec<Refusal>) -> Vec<Value> {
+    let mut bodies = Vec::new();
+    for (n, (req, status, code)) in cases.into_iter().enumerate() {
+        let (got, body) = send(req).await;
+        assert_eq!(
+            (got, error_code(&body)),
+            (status, code),
+            "refusal case {n}: {body}"
+        );
+        bodies.push(body);
+    }
+    bodies
+}
+
+/// [`refusals`] of one case; returns its body.
+async fn refused(req: reqwest::RequestBuilder, status: StatusCode, code: &'static str) -> Value {
+    refusals(vec![(req, status, code)]).await.remove(0)
 }
 
 fn sign(body: &[u8]) -> String {
@@ -322,12 +355,6 @@ async fn every_route_answers_only_statuses_its_documentation_lists() {
 async fn requests_without_a_valid_token_are_refused_with_401() {
     let w = world().await;
     let s = &w.server;
-    let (status, body) = send(s.bare(Method::GET, "/api/policies")).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::UNAUTHORIZED, "auth.missing")
-    );
-
     let other = JwtKey::from_bytes(vec![9u8; 32]).unwrap();
     let forged = mint(
         &other,
@@ -336,41 +363,37 @@ async fn requests_without_a_valid_token_are_refused_with_401() {
         Duration::from_secs(60),
         Utc::now(),
     );
-    let (status, body) = send(s.bare(Method::GET, "/api/policies").bearer_auth(forged)).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::UNAUTHORIZED, "auth.invalid_signature")
-    );
-
     let old = Utc::now() - chrono::Duration::hours(2);
     let expired = mint(&key(), "bob", Role::Admin, Duration::from_secs(60), old);
-    let (status, body) = send(s.bare(Method::GET, "/api/policies").bearer_auth(expired)).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::UNAUTHORIZED, "auth.expired")
-    );
-
-    let (status, body) = send(
-        s.bare(Method::GET, "/api/policies")
-            .bearer_auth("not.a.jwt"),
-    )
+    let policies = || s.bare(Method::GET, "/api/policies");
+    let unauthorized = StatusCode::UNAUTHORIZED;
+    refusals(vec![
+        (policies(), unauthorized, "auth.missing"),
+        (
+            policies().bearer_auth(forged),
+            unauthorized,
+            "auth.invalid_signature",
+        ),
+        (
+            policies().bearer_auth(expired),
+            unauthorized,
+            "auth.expired",
+        ),
+        (
+            policies().bearer_auth("not.a.jwt"),
+            unauthorized,
+            "auth.malformed",
+        ),
+        (
+            s.bare(Method::POST, "/api/policies")
+                .header("X-Hazel-CSRF", "1")
+                .header("content-type", "application/yaml")
+                .body(policy("p", 90)),
+            unauthorized,
+            "auth.missing",
+        ),
+    ])
     .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::UNAUTHORIZED, "auth.malformed")
-    );
-
-    let (status, body) = send(
-        s.bare(Method::POST, "/api/policies")
-            .header("X-Hazel-CSRF", "1")
-            .header("content-type", "application/yaml")
-            .body(policy("p", 90)),
-    )
-    .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::UNAUTHORIZED, "auth.missing")
-    );
 }
 
 #[tokio::test]
@@ -379,34 +402,31 @@ async fn a_role_below_the_route_is_forbidden_with_403() {
     let s = &w.server;
     let (status, _) = send(s.as_role(Role::Viewer, Method::GET, "/api/policies")).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = send(yaml(
-        s.as_role(Role::Viewer, Method::POST, "/api/policies"),
-        &policy("p", 90),
-    ))
+    let forbidden = (StatusCode::FORBIDDEN, "auth.forbidden");
+    let bodies = refusals(vec![
+        (
+            yaml(
+                s.as_role(Role::Viewer, Method::POST, "/api/policies"),
+                &policy("p", 90),
+            ),
+            forbidden.0,
+            forbidden.1,
+        ),
+        (
+            s.as_role(Role::Operator, Method::POST, "/api/kill-switch")
+                .json(&json!({"paused": true})),
+            forbidden.0,
+            forbidden.1,
+        ),
+        (
+            s.as_role(Role::Viewer, Method::POST, "/api/events?dry_run=true")
+                .json(&json!({"kind": "ups.state", "subject": {"kind": "ups", "id": "ups1"}, "attrs": {"state": "on_battery"}})),
+            forbidden.0,
+            forbidden.1,
+        ),
+    ])
     .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::FORBIDDEN, "auth.forbidden")
-    );
-    assert_eq!(body["error"]["required_role"], "admin");
-    let (status, body) = send(
-        s.as_role(Role::Operator, Method::POST, "/api/kill-switch")
-            .json(&json!({"paused": true})),
-    )
-    .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::FORBIDDEN, "auth.forbidden")
-    );
-    let (status, body) = send(
-        s.as_role(Role::Viewer, Method::POST, "/api/events?dry_run=true")
-            .json(&json!({"kind": "ups.state", "subject": {"kind": "ups", "id": "ups1"}, "attrs": {"state": "on_battery"}})),
-    )
-    .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::FORBIDDEN, "auth.forbidden")
-    );
+    assert_eq!(bodies[0]["error"]["required_role"], "admin");
     let (status, _) = send(
         s.as_role(Role::Operator, Method::POST, "/api/events?dry_run=true")
             .json(&json!({"kind": "ups.state", "subject": {"kind": "ups", "id": "ups1"}, "attrs": {"state": "on_battery"}})),
@@ -423,11 +443,7 @@ async fn a_mutating_request_without_the_csrf_header_is_refused_but_webhooks_are_
         .bare(Method::POST, "/api/kill-switch")
         .bearer_auth(token(Role::Admin))
         .json(&json!({"paused": true}));
-    let (status, body) = send(no_csrf).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::FORBIDDEN, "csrf.missing")
-    );
+    refused(no_csrf, StatusCode::FORBIDDEN, "csrf.missing").await;
     let wrong = s
         .bare(Method::POST, "/api/kill-switch")
         .bearer_auth(token(Role::Admin))
@@ -450,21 +466,22 @@ async fn oversize_bodies_are_refused_with_413() {
     let w = world_with(|_, api| api.body_limit = 8 * 1024).await;
     let s = &w.server;
     let big = format!("# {}\n{}", "x".repeat(16 * 1024), policy("big", 90));
-    let (status, body) = send(yaml(s.admin(Method::POST, "/api/policies/validate"), &big)).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::PAYLOAD_TOO_LARGE, "request.too_large")
-    );
-    assert_eq!(body["error"]["limit_bytes"], 8 * 1024);
-    let (status, body) = send(
-        s.bare(Method::POST, "/api/webhooks/open")
-            .body(vec![b'a'; 9 * 1024]),
-    )
+    let too_large = StatusCode::PAYLOAD_TOO_LARGE;
+    let bodies = refusals(vec![
+        (
+            yaml(s.admin(Method::POST, "/api/policies/validate"), &big),
+            too_large,
+            "request.too_large",
+        ),
+        (
+            s.bare(Method::POST, "/api/webhooks/open")
+                .body(vec![b'a'; 9 * 1024]),
+            too_large,
+            "request.too_large",
+        ),
+    ])
     .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::PAYLOAD_TOO_LARGE, "request.too_large")
-    );
+    assert_eq!(bodies[0]["error"]["limit_bytes"], 8 * 1024);
     let (status, _) = send(yaml(
         s.admin(Method::POST, "/api/policies/validate"),
         &policy("small", 90),
@@ -477,113 +494,92 @@ async fn oversize_bodies_are_refused_with_413() {
 async fn malformed_and_mistyped_bodies_are_refused_with_their_position() {
     let w = world().await;
     let s = &w.server;
-    let (status, body) = send(
-        s.admin(Method::POST, "/api/kill-switch")
-            .header("content-type", "application/json")
-            .body("{\n  \"paused\": tru\n}"),
-    )
+    let kill_switch = || s.admin(Method::POST, "/api/kill-switch");
+    let (bad, media) = (StatusCode::BAD_REQUEST, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let bodies = refusals(vec![
+        (
+            kill_switch()
+                .header("content-type", "application/json")
+                .body("{\n  \"paused\": tru\n}"),
+            bad,
+            "request.malformed_json",
+        ),
+        (
+            kill_switch().json(&json!({"paused": "yes"})),
+            bad,
+            "request.invalid_body",
+        ),
+        (
+            kill_switch()
+                .header("content-type", "text/plain")
+                .body(r#"{"paused": true}"#),
+            media,
+            "request.content_type",
+        ),
+        (
+            s.admin(Method::POST, "/api/policies")
+                .header("content-type", "text/plain")
+                .body(policy("p", 90)),
+            media,
+            "request.content_type",
+        ),
+        (
+            s.admin(Method::POST, "/api/events")
+                .json(&json!({"kind": "ups.nope"})),
+            bad,
+            "event.invalid",
+        ),
+        (
+            s.admin(Method::GET, "/api/policies?limit=0"),
+            bad,
+            "request.bad_query",
+        ),
+        (
+            s.admin(Method::GET, "/api/policies?limit=501"),
+            bad,
+            "request.bad_query",
+        ),
+        (
+            s.admin(Method::GET, "/api/audit?policy_id=zzz"),
+            bad,
+            "request.bad_query",
+        ),
+    ])
     .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "request.malformed_json")
-    );
+    let body = &bodies[0];
     assert!(body["error"]["line"].as_u64().unwrap() >= 2, "{body}");
     assert!(body["error"]["column"].is_u64(), "{body}");
-
-    let (status, body) = send(
-        s.admin(Method::POST, "/api/kill-switch")
-            .json(&json!({"paused": "yes"})),
-    )
-    .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "request.invalid_body")
-    );
-
-    let (status, body) = send(
-        s.admin(Method::POST, "/api/kill-switch")
-            .header("content-type", "text/plain")
-            .body(r#"{"paused": true}"#),
-    )
-    .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "request.content_type")
-    );
-    let (status, body) = send(
-        s.admin(Method::POST, "/api/policies")
-            .header("content-type", "text/plain")
-            .body(policy("p", 90)),
-    )
-    .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "request.content_type")
-    );
-
-    let (status, body) = send(
-        s.admin(Method::POST, "/api/events")
-            .json(&json!({"kind": "ups.nope"})),
-    )
-    .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "event.invalid")
-    );
-
-    let (status, body) = send(s.admin(Method::GET, "/api/policies?limit=0")).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "request.bad_query")
-    );
-    let (status, body) = send(s.admin(Method::GET, "/api/policies?limit=501")).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "request.bad_query")
-    );
-    let (status, body) = send(s.admin(Method::GET, "/api/audit?policy_id=zzz")).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "request.bad_query")
-    );
 }
 
 #[tokio::test]
 async fn unknown_routes_are_404_wrong_methods_405_and_bad_ids_400() {
     let w = world().await;
     let s = &w.server;
-    let (status, body) = send(s.admin(Method::GET, "/api/nothing-here")).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::NOT_FOUND, "route.not_found")
-    );
-    let (status, body) = send(s.admin(Method::PATCH, "/api/hosts")).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::METHOD_NOT_ALLOWED, "route.method_not_allowed")
-    );
-    let (status, body) = send(s.admin(Method::GET, "/api/policies/not-a-uuid")).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "request.bad_id")
-    );
-    assert_eq!(body["error"]["param"], "id");
-    let (status, body) = send(s.admin(Method::GET, "/api/transcripts/42")).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "request.bad_id")
-    );
+    let get = |path: &str| s.admin(Method::GET, path);
     let missing = uuid::Uuid::new_v4();
-    let (status, body) = send(s.admin(Method::GET, &format!("/api/policies/{missing}"))).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::NOT_FOUND, "policy.not_found")
-    );
-    let (status, body) = send(s.admin(Method::GET, &format!("/api/transcripts/{missing}"))).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::NOT_FOUND, "transcript.not_found")
-    );
+    let (not_found, bad) = (StatusCode::NOT_FOUND, StatusCode::BAD_REQUEST);
+    let bodies = refusals(vec![
+        (get("/api/nothing-here"), not_found, "route.not_found"),
+        (
+            s.admin(Method::PATCH, "/api/hosts"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "route.method_not_allowed",
+        ),
+        (get("/api/policies/not-a-uuid"), bad, "request.bad_id"),
+        (get("/api/transcripts/42"), bad, "request.bad_id"),
+        (
+            get(&format!("/api/policies/{missing}")),
+            not_found,
+            "policy.not_found",
+        ),
+        (
+            get(&format!("/api/transcripts/{missing}")),
+            not_found,
+            "transcript.not_found",
+        ),
+    ])
+    .await;
+    assert_eq!(bodies[2]["error"]["param"], "id");
 }
 
 #[tokio::test]
@@ -647,29 +643,26 @@ async fn policies_are_created_listed_updated_with_version_bumps_and_deleted() {
     assert_eq!(first["version_int"], 1);
     assert_eq!(first["status"], "disabled");
 
-    // The same policy under another name is a duplicate.
-    let (status, body) = send(yaml(
-        s.admin(Method::POST, "/api/policies"),
-        &policy("again", 90),
-    ))
+    // The same policy under another name is a duplicate; blockers refuse
+    // the save with the report.
+    let bodies = refusals(vec![
+        (
+            yaml(s.admin(Method::POST, "/api/policies"), &policy("again", 90)),
+            StatusCode::CONFLICT,
+            "policy.duplicate_hash",
+        ),
+        (
+            yaml(
+                s.admin(Method::POST, "/api/policies"),
+                "version: 1\nname: x\n",
+            ),
+            StatusCode::BAD_REQUEST,
+            "policy.invalid",
+        ),
+    ])
     .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::CONFLICT, "policy.duplicate_hash")
-    );
-    assert_eq!(body["error"]["existing_id"], id.as_str());
-
-    // Blockers refuse the save with the report.
-    let (status, body) = send(yaml(
-        s.admin(Method::POST, "/api/policies"),
-        "version: 1\nname: x\n",
-    ))
-    .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "policy.invalid")
-    );
-    assert_eq!(body["error"]["report"]["ok"], false);
+    assert_eq!(bodies[0]["error"]["existing_id"], id.as_str());
+    assert_eq!(bodies[1]["error"]["report"]["ok"], false);
 
     for grace in [91, 92] {
         create(s, &policy(&format!("p{grace}"), grace)).await;
@@ -691,20 +684,14 @@ async fn policies_are_created_listed_updated_with_version_bumps_and_deleted() {
     assert_eq!(status, StatusCode::OK, "{updated}");
     assert_eq!(updated["version_int"], 2);
     assert_ne!(updated["hash"], first["hash"]);
-    let (status, body) =
-        send(yaml(s.admin(Method::PUT, &path), &policy("first", 121)).header("If-Match", "1"))
-            .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::CONFLICT, "policy.version_conflict")
-    );
-    let (status, body) =
-        send(yaml(s.admin(Method::PUT, &path), &policy("first", 121)).header("If-Match", "two"))
-            .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "request.bad_header")
-    );
+    let put = |if_match: &str| {
+        yaml(s.admin(Method::PUT, &path), &policy("first", 121)).header("If-Match", if_match)
+    };
+    refusals(vec![
+        (put("1"), StatusCode::CONFLICT, "policy.version_conflict"),
+        (put("two"), StatusCode::BAD_REQUEST, "request.bad_header"),
+    ])
+    .await;
     let (status, updated) = send(yaml(s.admin(Method::PUT, &path), &policy("first", 121))).await;
     assert_eq!(
         (status, &updated["version_int"]),
@@ -715,11 +702,12 @@ async fn policies_are_created_listed_updated_with_version_bumps_and_deleted() {
 
     let (status, body) = send(s.admin(Method::DELETE, &path)).await;
     assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
-    let (status, body) = send(s.admin(Method::GET, &path)).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::NOT_FOUND, "policy.not_found")
-    );
+    refused(
+        s.admin(Method::GET, &path),
+        StatusCode::NOT_FOUND,
+        "policy.not_found",
+    )
+    .await;
     let (status, _) = send(s.admin(Method::DELETE, &path)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
@@ -747,20 +735,21 @@ async fn enable_is_gated_by_the_dry_run_and_an_admin_can_force_it_with_a_reason(
 
     // The host goes away: the dry-run has errors and enable is refused.
     w.sim.take().unwrap().shutdown().await;
-    let (status, body) = send(s.admin(Method::POST, &enable)).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::CONFLICT, "policy.enable_blocked"),
-        "{body}"
-    );
-    assert!(!body["error"]["errors"].as_array().unwrap().is_empty());
-    assert!(body["error"]["transcript_id"].is_string());
-
-    let (status, body) = send(s.admin(Method::POST, &enable).json(&json!({"force": true}))).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "policy.force_reason_required")
-    );
+    let bodies = refusals(vec![
+        (
+            s.admin(Method::POST, &enable),
+            StatusCode::CONFLICT,
+            "policy.enable_blocked",
+        ),
+        (
+            s.admin(Method::POST, &enable).json(&json!({"force": true})),
+            StatusCode::BAD_REQUEST,
+            "policy.force_reason_required",
+        ),
+    ])
+    .await;
+    assert!(!bodies[0]["error"]["errors"].as_array().unwrap().is_empty());
+    assert!(bodies[0]["error"]["transcript_id"].is_string());
     let (status, body) = send(
         s.admin(Method::POST, &enable)
             .json(&json!({"force": true, "reason": "  "})),
@@ -771,15 +760,13 @@ async fn enable_is_gated_by_the_dry_run_and_an_admin_can_force_it_with_a_reason(
         "policy.force_reason_required",
         "{status}"
     );
-    let (status, body) = send(
+    refused(
         s.as_role(Role::Operator, Method::POST, &enable)
             .json(&json!({"force": true, "reason": "x"})),
+        StatusCode::FORBIDDEN,
+        "auth.forbidden",
     )
     .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::FORBIDDEN, "auth.forbidden")
-    );
 
     let reason = "host is being replaced; run anyway";
     let (status, body) = send(
@@ -837,15 +824,15 @@ async fn a_dry_run_keeps_a_transcript_and_the_ledger_is_readable() {
     ))
     .await;
     assert_eq!((status, ledger), (StatusCode::OK, json!([])));
-    let (status, body) = send(s.admin(
-        Method::GET,
-        &format!("/api/policies/{id}/executions?limit=31"),
-    ))
+    refused(
+        s.admin(
+            Method::GET,
+            &format!("/api/policies/{id}/executions?limit=31"),
+        ),
+        StatusCode::BAD_REQUEST,
+        "request.bad_query",
+    )
     .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "request.bad_query")
-    );
 }
 
 #[tokio::test]
@@ -883,15 +870,13 @@ async fn events_are_decided_live_or_as_a_dry_run() {
         "the event dry-run transcript is kept"
     );
 
-    let (status, body) = send(
+    refused(
         s.admin(Method::POST, "/api/events?dry_run=maybe")
             .json(&event),
+        StatusCode::BAD_REQUEST,
+        "request.bad_query",
     )
     .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "request.bad_query")
-    );
 
     let (status, answer) = send(
         s.as_role(Role::Operator, Method::POST, "/api/events")
@@ -932,15 +917,13 @@ async fn the_kill_switch_is_read_by_viewers_and_set_by_admins() {
     )
     .await;
     assert_eq!(body["paused"], false);
-    let (status, body) = send(
+    refused(
         s.admin(Method::POST, "/api/kill-switch")
             .json(&json!({"paused": true, "extra": 1})),
+        StatusCode::BAD_REQUEST,
+        "request.invalid_body",
     )
     .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "request.invalid_body")
-    );
 }
 
 #[tokio::test]
@@ -955,39 +938,25 @@ async fn webhooks_need_a_valid_signature_unless_configured_unsigned() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let (status, body) = send(
-        s.bare(Method::POST, "/api/webhooks/deploy")
-            .header("X-Hazel-Signature", sign(b"something else"))
-            .body(payload.clone()),
-    )
+    let hook = |name: &str| {
+        s.bare(Method::POST, &format!("/api/webhooks/{name}"))
+            .body(payload.clone())
+    };
+    refusals(vec![
+        (
+            hook("deploy").header("X-Hazel-Signature", sign(b"something else")),
+            StatusCode::UNAUTHORIZED,
+            "webhook.bad_signature",
+        ),
+        (hook("deploy"), StatusCode::UNAUTHORIZED, "webhook.unsigned"),
+        (
+            hook("closed"),
+            StatusCode::FORBIDDEN,
+            "webhook.unsigned_refused",
+        ),
+        (hook("nope"), StatusCode::NOT_FOUND, "webhook.unknown"),
+    ])
     .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::UNAUTHORIZED, "webhook.bad_signature")
-    );
-    let (status, body) = send(
-        s.bare(Method::POST, "/api/webhooks/deploy")
-            .body(payload.clone()),
-    )
-    .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::UNAUTHORIZED, "webhook.unsigned")
-    );
-    let (status, body) = send(
-        s.bare(Method::POST, "/api/webhooks/closed")
-            .body(payload.clone()),
-    )
-    .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::FORBIDDEN, "webhook.unsigned_refused")
-    );
-    let (status, body) = send(s.bare(Method::POST, "/api/webhooks/nope").body(payload)).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::NOT_FOUND, "webhook.unknown")
-    );
 }
 
 #[tokio::test]
@@ -1018,22 +987,21 @@ async fn hosts_are_listed_with_secrets_masked_and_created_by_admins() {
     assert_eq!(status, StatusCode::OK, "{inv}");
     assert_eq!(inv["stale"], false);
     assert!(inv["targets"].to_string().contains("104"), "{inv}");
-    let (status, body) = send(s.admin(Method::GET, "/api/hosts/nope/inventory")).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::NOT_FOUND, "host.not_found")
-    );
-
     let host = json!({"id": "pve-02", "plugin": "proxmox.ve", "connection": sim.connection()});
-    let (status, body) = send(
-        s.as_role(Role::Operator, Method::POST, "/api/hosts")
-            .json(&host),
-    )
+    refusals(vec![
+        (
+            s.admin(Method::GET, "/api/hosts/nope/inventory"),
+            StatusCode::NOT_FOUND,
+            "host.not_found",
+        ),
+        (
+            s.as_role(Role::Operator, Method::POST, "/api/hosts")
+                .json(&host),
+            StatusCode::FORBIDDEN,
+            "auth.forbidden",
+        ),
+    ])
     .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::FORBIDDEN, "auth.forbidden")
-    );
     let response = s
         .admin(Method::POST, "/api/hosts")
         .json(&host)
@@ -1045,20 +1013,20 @@ async fn hosts_are_listed_with_secrets_masked_and_created_by_admins() {
     let created = response.text().await.unwrap();
     assert!(!created.contains(&secret), "the secret leaks: {created}");
     let declared = json!({"id": "pve-01", "plugin": "proxmox.ve", "connection": sim.connection()});
-    let (status, body) = send(s.admin(Method::POST, "/api/hosts").json(&declared)).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::CONFLICT, "host.declared_in_config")
-    );
-    let (status, body) = send(
-        s.admin(Method::POST, "/api/hosts")
-            .json(&json!({"id": "x", "plugin": "nope"})),
-    )
+    refusals(vec![
+        (
+            s.admin(Method::POST, "/api/hosts").json(&declared),
+            StatusCode::CONFLICT,
+            "host.declared_in_config",
+        ),
+        (
+            s.admin(Method::POST, "/api/hosts")
+                .json(&json!({"id": "x", "plugin": "nope"})),
+            StatusCode::BAD_REQUEST,
+            "host.invalid",
+        ),
+    ])
     .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::BAD_REQUEST, "host.invalid")
-    );
 }
 
 /// The hosts the shipped examples name besides `pve-01`, declared so the
@@ -1203,11 +1171,7 @@ async fn a_restart_keeps_policies_versions_and_transcripts() {
 
 #[tokio::test]
 async fn the_rate_limit_answers_429_with_retry_after_but_spares_the_probes_and_the_kill_switch() {
-    let w = world_with(|_, api| {
-        api.rate_per_s = 1;
-        api.rate_burst = 2;
-    })
-    .await;
+    let w = rate_limited_world().await;
     let s = &w.server;
     for _ in 0..2 {
         assert_eq!(
@@ -1239,11 +1203,7 @@ async fn the_rate_limit_answers_429_with_retry_after_but_spares_the_probes_and_t
 
 #[tokio::test]
 async fn a_flood_without_a_valid_token_does_not_use_up_the_operators_budget() {
-    let w = world_with(|_, api| {
-        api.rate_per_s = 1;
-        api.rate_burst = 2;
-    })
-    .await;
+    let w = rate_limited_world().await;
     let s = &w.server;
     // Requests without a token, or with a forged one, exhaust their budget...
     for _ in 0..2 {

@@ -15,8 +15,9 @@ use agent::engine::runner::{
     Clock, Engine, EngineConfig, Policy, ALREADY_DESIRED, HELD_EXPIRED, INTERRUPTED, TIMER_MISSED,
 };
 use agent::engine::store::{
-    AuditQuery, EngineStore, IntentId, KillSwitchState, MemoryStore, RunStatus, SqliteStore,
+    AuditQuery, EngineStore, IntentId, KillSwitchState, MemoryStore, RunStatus,
 };
+use agent::store::SqliteStore;
 use chrono::{DateTime, TimeDelta, Utc};
 use drivers::breaker::{BreakerConfig, Breakers};
 use drivers::driver::{action_key, Action};

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use agent::engine::event::Event;
 use agent::engine::runner::{Clock, Engine, EngineConfig, Policy, NOT_CONFIRMED};
-use agent::engine::store::{AuditQuery, EngineStore, SqliteStore};
+use agent::engine::store::{AuditQuery, EngineStore};
 use agent::engine::subjects::{level_event, UpsLevel};
 use agent::spec::UpsState::{self, LowBattery, OnBattery, OnMains};
+use agent::store::SqliteStore;
 use chrono::{DateTime, TimeDelta, Utc};
 use drivers::breaker::{BreakerConfig, Breakers};
 use serde_json::Value;

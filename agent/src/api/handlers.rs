@@ -13,15 +13,13 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{Json, OptionalJson, PathId, PathText, PolicyText, Query, RawBody};
 use super::AppState;
-use crate::engine::store::AuditQuery;
+use crate::engine::store::{AuditQuery, LEDGER_RUNS_PER_POLICY};
 use crate::service::{Actor, Role};
 
 /// Default page size of `GET /api/policies`.
 pub const POLICIES_DEFAULT_LIMIT: usize = 50;
 /// Largest page size of `GET /api/policies`.
 pub const POLICIES_MAX_LIMIT: usize = 500;
-/// Default and largest `limit` of `GET /api/policies/{id}/executions`.
-pub const EXECUTIONS_MAX_LIMIT: usize = 30;
 /// Default page size of `GET /api/audit`.
 pub const AUDIT_DEFAULT_LIMIT: usize = 100;
 /// Largest page size of `GET /api/audit`.
@@ -328,8 +326,8 @@ pub async fn policy_executions(
     let limit = limit_in(
         "limit",
         query.limit,
-        EXECUTIONS_MAX_LIMIT,
-        EXECUTIONS_MAX_LIMIT,
+        LEDGER_RUNS_PER_POLICY,
+        LEDGER_RUNS_PER_POLICY,
     )?;
     ok(state.service.executions(id, limit).await?)
 }

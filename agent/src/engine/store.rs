@@ -4,23 +4,15 @@
 //! audit log, behind the [`EngineStore`] trait so that a restart forgets
 //! nothing and repeats nothing.
 //!
-//! Two implementations share one conformance suite: [`SqliteStore`], the
-//! embedded default (WAL, `synchronous=FULL`, versioned migrations), and
-//! [`MemoryStore`] for tests. The records here are plain serde structs: they
-//! are the storage format, and the engine maps its runtime types to and from
-//! them. Every write goes through [`EngineStore::write`], which applies a
-//! whole [`Write`] batch in one transaction, so a crash or a failed statement
-//! mid-batch leaves nothing partial.
-//!
-//! # The service's state
-//!
-//! Policies, hosts, inventory snapshots and transcripts live in the same
-//! database file, behind their own trait, [`PolicyStore`], implemented by
-//! [`SqliteStore`] on the same connection; their tables are migrations
-//! appended to the list (never edited in place). Each policy or host
-//! mutation commits together with its audit record. Host secrets are
-//! encrypted at rest with a [`SecretKey`]. [`Write`] is `#[non_exhaustive]`,
-//! so engine-side variants can be added without breaking callers.
+//! Two implementations share one conformance suite: the embedded SQLite
+//! store of the agent's database ([`crate::store::SqliteStore`], outside the
+//! engine, which only knows this trait), and [`MemoryStore`] for tests. The
+//! records here are plain serde structs: they are the storage format, and
+//! the engine maps its runtime types to and from them. Every write goes
+//! through [`EngineStore::write`], which applies a whole [`Write`] batch in
+//! one transaction, so a crash or a failed statement mid-batch leaves
+//! nothing partial. [`Write`] is `#[non_exhaustive]`, so engine-side
+//! variants can be added without breaking callers.
 
 use std::time::Duration;
 
@@ -31,14 +23,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 mod memory;
-mod policy;
-mod secrets;
-mod sqlite;
 
 pub use memory::MemoryStore;
-pub use policy::*;
-pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_ENV};
-pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
 
 /// How many ledger entries are kept per policy (SPEC §6 step 9, §10).
 pub const LEDGER_RUNS_PER_POLICY: usize = 30;
@@ -51,7 +37,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// # Blocking
 ///
 /// Every method is synchronous and may block on disk IO (an `fsync` per
-/// committed write for [`SqliteStore`]). The engine calls them from
+/// committed write for the SQLite store). The engine calls them from
 /// `tokio::task::spawn_blocking`, never directly on a runtime thread;
 /// persistence stays off the event hot path.
 ///
@@ -61,7 +47,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 ///   is applied or none is (the error says why). Single-write helpers such as
 ///   [`EngineStore::record_fire`] are batches of one.
 /// - A write that returned `Ok` survives a crash of the agent and, for
-///   [`SqliteStore`] with the default [`Synchronous::Full`], a power loss.
+///   the SQLite store with its default `synchronous=FULL`, a power loss.
 /// - Reads see every write that returned before them.
 /// - Persisting an intent twice, appending a run id twice, or completing an
 ///   intent twice is a [`StoreError::Conflict`]; completing an unknown
@@ -714,4 +700,4 @@ impl StoreError {
 }
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;

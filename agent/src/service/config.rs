@@ -373,7 +373,7 @@ fn default_burst() -> u32 {
 }
 
 fn default_item_ttl() -> Duration {
-    Duration::from_secs(600)
+    crate::engine::scheduler::DEFAULT_TTL
 }
 
 fn default_drain() -> Duration {

@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use super::{Service, ServiceError};
 use crate::compile::CompileContext;
-use crate::engine::store::{EngineStore, PolicyRecord};
+use crate::engine::store::EngineStore;
+use crate::store::PolicyRecord;
 use crate::validate::validate_value;
 
 /// SPEC §5 `used_inventory`.
@@ -168,7 +169,7 @@ pub(super) async fn run(
             let host = host_id.clone();
             service
                 .store(move |s| {
-                    crate::engine::store::PolicyStore::put_inventory_snapshot(s, &host, &value, ts)
+                    crate::store::PolicyStore::put_inventory_snapshot(s, &host, &value, ts)
                 })
                 .await?;
         }

@@ -18,17 +18,22 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+mod audit;
 pub mod config;
 mod dry_run;
 pub mod engine_loop;
+mod events;
+mod hosts;
+mod kill_switch;
 pub mod metrics;
+mod open;
 mod policies;
 
 pub use config::Config;
 pub use dry_run::{PolicyTranscript, UsedInventory};
 pub use engine_loop::EngineStatus;
 pub use metrics::Metrics;
-pub use policies::OpenOptions;
+pub use open::OpenOptions;
 
 /// Who is asking: the token's subject and role (the API checks the role
 /// before calling; the service records the subject in the audit log).
@@ -259,7 +264,7 @@ impl From<crate::engine::store::StoreError> for ServiceError {
 /// Hazel as a service; cheap to clone (one shared state).
 #[derive(Clone)]
 pub struct Service {
-    inner: Arc<policies::Inner>,
+    inner: Arc<open::Inner>,
 }
 
 /// The answer of an event injection (`POST /api/events`).

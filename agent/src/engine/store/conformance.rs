@@ -13,11 +13,11 @@ use uuid::Uuid;
 use super::*;
 
 /// `secs` seconds after a fixed origin (2026-11-22T00:00:00Z).
-pub(super) fn t(secs: i64) -> DateTime<Utc> {
+pub(crate) fn t(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_795_305_600 + secs, 0).expect("valid timestamp")
 }
 
-pub(super) fn intent(run: u128, action_index: u32, host: &str) -> IntentRecord {
+pub(crate) fn intent(run: u128, action_index: u32, host: &str) -> IntentRecord {
     IntentRecord {
         run_id: Uuid::from_u128(run),
         policy_id: Uuid::from_u128(7),
@@ -33,7 +33,7 @@ pub(super) fn intent(run: u128, action_index: u32, host: &str) -> IntentRecord {
     }
 }
 
-pub(super) fn outcome(ok: bool) -> IntentOutcome {
+pub(crate) fn outcome(ok: bool) -> IntentOutcome {
     IntentOutcome {
         finished_at: t(500),
         ok,
@@ -60,7 +60,7 @@ fn result(target: &str, ok: bool, changed: bool) -> ResultRecord {
     }
 }
 
-pub(super) fn run(policy_id: Uuid, n: u128, started: i64, status: RunStatus) -> RunRecord {
+pub(crate) fn run(policy_id: Uuid, n: u128, started: i64, status: RunStatus) -> RunRecord {
     RunRecord {
         run_id: Uuid::from_u128(n),
         policy_id,
@@ -82,7 +82,9 @@ pub(super) fn run(policy_id: Uuid, n: u128, started: i64, status: RunStatus) -> 
     }
 }
 
-fn window_state_records_fires_suppressions_and_clears_the_window(store: &dyn EngineStore) {
+pub(crate) fn window_state_records_fires_suppressions_and_clears_the_window(
+    store: &dyn EngineStore,
+) {
     let policy = Uuid::from_u128(1);
     assert_eq!(store.window_state(policy).unwrap(), WindowState::default());
     store.record_fire(policy, t(10)).unwrap();
@@ -102,7 +104,7 @@ fn window_state_records_fires_suppressions_and_clears_the_window(store: &dyn Eng
     );
 }
 
-fn keys_ran_within_their_window_and_can_be_cleared_and_pruned(store: &dyn EngineStore) {
+pub(crate) fn keys_ran_within_their_window_and_can_be_cleared_and_pruned(store: &dyn EngineStore) {
     let policy = Uuid::from_u128(1);
     let hour = Duration::from_secs(3600);
     store.record_key(policy, "poe.off:sw1/3", t(0)).unwrap();
@@ -135,7 +137,7 @@ fn keys_ran_within_their_window_and_can_be_cleared_and_pruned(store: &dyn Engine
     assert_eq!(store.key_ran_at("vm.stop:pve1/101").unwrap(), Some(t(100)));
 }
 
-fn deadlines_are_upserted_removed_and_listed_soonest_first(store: &dyn EngineStore) {
+pub(crate) fn deadlines_are_upserted_removed_and_listed_soonest_first(store: &dyn EngineStore) {
     let policy = Uuid::from_u128(1);
     let deadline = |index, kind, due, state| DeadlineRecord {
         policy_id: policy,
@@ -180,7 +182,7 @@ fn deadlines_are_upserted_removed_and_listed_soonest_first(store: &dyn EngineSto
     assert_eq!(store.deadlines().unwrap().len(), 2);
 }
 
-fn timer_checks_keep_the_last_check_per_policy_and_trigger(store: &dyn EngineStore) {
+pub(crate) fn timer_checks_keep_the_last_check_per_policy_and_trigger(store: &dyn EngineStore) {
     let a = Uuid::from_u128(1);
     let b = Uuid::from_u128(2);
     store.set_timer_checked(b, 0, t(5)).unwrap();
@@ -203,7 +205,7 @@ fn timer_checks_keep_the_last_check_per_policy_and_trigger(store: &dyn EngineSto
     );
 }
 
-fn intents_are_open_until_completed_exactly_once(store: &dyn EngineStore) {
+pub(crate) fn intents_are_open_until_completed_exactly_once(store: &dyn EngineStore) {
     let first = intent(2, 0, "pve1");
     let second = intent(1, 1, "pve2");
     store.persist_intent(&first).unwrap();
@@ -248,7 +250,9 @@ fn intents_are_open_until_completed_exactly_once(store: &dyn EngineStore) {
     );
 }
 
-fn the_ledger_lists_runs_newest_first_and_finds_the_latest_success(store: &dyn EngineStore) {
+pub(crate) fn the_ledger_lists_runs_newest_first_and_finds_the_latest_success(
+    store: &dyn EngineStore,
+) {
     let policy = Uuid::from_u128(1);
     let other = Uuid::from_u128(2);
     let mut ok = run(policy, 1, 10, RunStatus::Ok);
@@ -292,7 +296,7 @@ fn the_ledger_lists_runs_newest_first_and_finds_the_latest_success(store: &dyn E
     assert!(matches!(dup, StoreError::Conflict { .. }), "{dup:?}");
 }
 
-fn the_ledger_keeps_the_newest_thirty_runs_per_policy(store: &dyn EngineStore) {
+pub(crate) fn the_ledger_keeps_the_newest_thirty_runs_per_policy(store: &dyn EngineStore) {
     let policy = Uuid::from_u128(1);
     let other = Uuid::from_u128(2);
     store
@@ -320,7 +324,7 @@ fn the_ledger_keeps_the_newest_thirty_runs_per_policy(store: &dyn EngineStore) {
     assert_eq!(store.latest_successful_run(policy).unwrap(), None);
 }
 
-fn the_kill_switch_is_off_until_set(store: &dyn EngineStore) {
+pub(crate) fn the_kill_switch_is_off_until_set(store: &dyn EngineStore) {
     assert_eq!(store.kill_switch().unwrap(), KillSwitchState::default());
     let paused = KillSwitchState {
         paused: true,
@@ -340,7 +344,9 @@ fn the_kill_switch_is_off_until_set(store: &dyn EngineStore) {
     assert_eq!(store.kill_switch().unwrap(), released);
 }
 
-fn audit_records_are_listed_newest_first_with_filters_and_pages(store: &dyn EngineStore) {
+pub(crate) fn audit_records_are_listed_newest_first_with_filters_and_pages(
+    store: &dyn EngineStore,
+) {
     let policy = Uuid::from_u128(1);
     let record = |n: i64, kind: &str, policy_id| AuditRecord {
         ts: t(n),
@@ -399,7 +405,7 @@ fn audit_records_are_listed_newest_first_with_filters_and_pages(store: &dyn Engi
     assert_eq!(store.audit(&by_correlation).unwrap().len(), 3);
 }
 
-fn a_failed_batch_leaves_nothing_partial(store: &dyn EngineStore) {
+pub(crate) fn a_failed_batch_leaves_nothing_partial(store: &dyn EngineStore) {
     let policy = Uuid::from_u128(1);
     let existing = intent(1, 0, "pve1");
     store.persist_intent(&existing).unwrap();
@@ -473,7 +479,9 @@ fn a_failed_batch_leaves_nothing_partial(store: &dyn EngineStore) {
     assert_eq!(store.audit(&AuditQuery::default()).unwrap()[0].seq, 1);
 }
 
-fn an_execution_batch_commits_outcome_keys_and_cleared_inverses_together(store: &dyn EngineStore) {
+pub(crate) fn an_execution_batch_commits_outcome_keys_and_cleared_inverses_together(
+    store: &dyn EngineStore,
+) {
     let forward = Uuid::from_u128(1);
     let inverse = Uuid::from_u128(2);
     let intent = intent(5, 0, "sw1");
@@ -503,7 +511,7 @@ fn an_execution_batch_commits_outcome_keys_and_cleared_inverses_together(store: 
     assert_eq!(store.window_state(forward).unwrap().last_fired_at, None);
 }
 
-fn subject_states_are_upserted_and_listed_by_subject(store: &dyn EngineStore) {
+pub(crate) fn subject_states_are_upserted_and_listed_by_subject(store: &dyn EngineStore) {
     assert!(store.subject_states().unwrap().is_empty());
     let state = |id: &str, states: &[&str], at| SubjectState {
         id: id.into(),
@@ -532,7 +540,9 @@ fn subject_states_are_upserted_and_listed_by_subject(store: &dyn EngineStore) {
     );
 }
 
-fn trigger_states_are_upserted_listed_by_policy_and_deleted_by_null(store: &dyn EngineStore) {
+pub(crate) fn trigger_states_are_upserted_listed_by_policy_and_deleted_by_null(
+    store: &dyn EngineStore,
+) {
     assert!(store.trigger_states().unwrap().is_empty());
     let (first, second) = (Uuid::from_u128(2), Uuid::from_u128(1));
     store
@@ -586,7 +596,7 @@ macro_rules! conformance_suite {
         mod $module {
             use super::*;
 
-            conformance_suite!(@cases $make;
+            $crate::engine::store::conformance::conformance_suite!(@cases $make;
                 window_state_records_fires_suppressions_and_clears_the_window,
                 keys_ran_within_their_window_and_can_be_cleared_and_pruned,
                 deadlines_are_upserted_removed_and_listed_soonest_first,
@@ -608,33 +618,29 @@ macro_rules! conformance_suite {
             #[test]
             fn $case() {
                 let (_guard, store) = $make;
-                super::$case(&store);
+                $crate::engine::store::conformance::$case(&store);
             }
         )*
     };
 }
 
-fn sqlite_store(synchronous: Synchronous) -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = SqliteConfig {
-        synchronous,
-        ..SqliteConfig::default()
-    };
-    let store = SqliteStore::open_with(dir.path().join("hazel.db"), &config).expect("open store");
-    (dir, store)
-}
+/// Instantiates the suite for an implementation outside the engine
+/// (`crate::store` runs it on the SQLite store).
+pub(crate) use conformance_suite;
 
 conformance_suite!(memory, ((), MemoryStore::new()));
-conformance_suite!(sqlite, sqlite_store(Synchronous::Full));
 
 /// One random append: (policy 0..3, started_at offset, successful?).
-fn appends() -> impl Strategy<Value = Vec<(u8, i64, bool)>> {
+pub(crate) fn appends() -> impl Strategy<Value = Vec<(u8, i64, bool)>> {
     prop::collection::vec((0u8..3, 0i64..200, any::<bool>()), 0..100)
 }
 
 /// Appends `ops` one by one, checking the cap after each, then checks the
 /// kept runs are exactly the newest 30 by (started_at, append order).
-fn check_ledger_cap(store: &dyn EngineStore, ops: &[(u8, i64, bool)]) -> Result<(), TestCaseError> {
+pub(crate) fn check_ledger_cap(
+    store: &dyn EngineStore,
+    ops: &[(u8, i64, bool)],
+) -> Result<(), TestCaseError> {
     let mut model: Vec<Vec<(i64, usize)>> = vec![Vec::new(); 3];
     for (n, &(policy, started, ok)) in ops.iter().enumerate() {
         let policy_id = Uuid::from_u128(u128::from(policy) + 1);
@@ -663,15 +669,5 @@ proptest! {
     #[test]
     fn the_memory_ledger_never_holds_more_than_thirty_runs_per_policy(ops in appends()) {
         check_ledger_cap(&MemoryStore::new(), &ops)?;
-    }
-}
-
-proptest! {
-    // Each append is its own transaction on disk; fewer cases keep it quick.
-    #![proptest_config(ProptestConfig::with_cases(24))]
-    #[test]
-    fn the_sqlite_ledger_never_holds_more_than_thirty_runs_per_policy(ops in appends()) {
-        let (_dir, store) = sqlite_store(Synchronous::Normal);
-        check_ledger_cap(&store, &ops)?;
     }
 }

@@ -1,6 +1,6 @@
 //! The in-memory store for tests and the event dry-run's scratch state. It
-//! behaves like [`super::SqliteStore`] (the conformance suite checks both)
-//! but keeps nothing across a restart.
+//! behaves like the SQLite store ([`crate::store::SqliteStore`]; the
+//! conformance suite checks both) but keeps nothing across a restart.
 //!
 //! A batch is applied to a copy of the state that replaces the original
 //! only when every write succeeded, which gives the same all-or-nothing

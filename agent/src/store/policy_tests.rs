@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::super::conformance::t;
 use super::super::sqlite::migration_versions;
-use super::super::{AuditQuery, EngineStore, SqliteConfig, Synchronous};
+use super::super::{SqliteConfig, Synchronous};
 use super::*;
+use crate::engine::store::conformance::t;
+use crate::engine::store::{AuditQuery, EngineStore, RunStatus};
 
-use crate::engine::store::SecretKey;
+use crate::store::SecretKey;
 
 const PLAINTEXT: &str = "hunter2-correct-horse-battery-staple";
 
@@ -472,11 +473,11 @@ fn deleting_a_policy_keeps_its_history_and_drops_its_runtime_state() {
         .unwrap();
     store.put_transcript(&transcript(5, Some(id))).unwrap();
     store
-        .append_run(&super::super::conformance::run(
+        .append_run(&crate::engine::store::conformance::run(
             id,
             1,
             5,
-            super::super::RunStatus::Ok,
+            RunStatus::Ok,
         ))
         .unwrap();
     store.record_fire(id, t(5)).unwrap();

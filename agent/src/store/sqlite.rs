@@ -1,5 +1,6 @@
 //! The embedded SQLite store: one database file in the data directory, WAL
-//! journal, versioned migrations, one transaction per [`Write`] batch.
+//! journal, versioned migrations (the engine's tables and the service's),
+//! one connection shared by the engine's state and the service's.
 //!
 //! Timestamps are stored as RFC 3339 text with nine fraction digits and `Z`,
 //! which sorts as text in time order and round-trips exactly. Records with a
@@ -11,18 +12,13 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{
-    params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
-};
+use rusqlite::{params, Connection, ErrorCode, Transaction, TransactionBehavior};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{
-    AuditEntry, AuditQuery, AuditRecord, DeadlineKind, DeadlineRecord, EngineStore, IntentEntry,
-    IntentId, IntentOutcome, IntentRecord, KillSwitchState, RunRecord, SecretKey, StoreError,
-    StoreResult, SubjectState, TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
-};
+use super::SecretKey;
+use crate::engine::store::{StoreError, StoreResult};
 
 /// How the store opens its database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +57,8 @@ pub enum Synchronous {
     Normal,
 }
 
-/// The embedded SQLite implementation of [`EngineStore`].
+/// The agent's database, and the embedded SQLite implementation of
+/// [`EngineStore`](crate::engine::store::EngineStore).
 ///
 /// One connection behind a mutex: writes are serialized anyway, and the
 /// engine reaches the store from `spawn_blocking`. Other processes (a CLI
@@ -323,9 +320,9 @@ impl SqliteStore {
     /// Runs `f` in one `IMMEDIATE` transaction, committed when `f` returns
     /// `Ok` and rolled back otherwise. This is the extension point for the
     /// service's stores (policies, hosts, transcripts) on the same file: their
-    /// writes, and engine [`Write`]s applied with [`apply_writes`], can share
+    /// writes, and the engine's writes applied with `apply_writes`, can share
     /// one transaction.
-    pub(crate) fn with_transaction<T>(
+    pub(super) fn with_transaction<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>,
     ) -> StoreResult<T> {
@@ -431,567 +428,7 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     Ok(())
 }
 
-impl EngineStore for SqliteStore {
-    fn write(&self, batch: &[Write]) -> StoreResult<()> {
-        self.with_transaction(|tx| apply_writes(tx, batch))
-    }
-
-    fn window_state(&self, policy_id: Uuid) -> StoreResult<WindowState> {
-        let row = self
-            .lock()
-            .query_row(
-                "SELECT last_fired_at, last_suppressed_at, suppressed_count
-                 FROM policy_window WHERE policy_id = ?1",
-                params![policy_id.to_string()],
-                |row| {
-                    Ok((
-                        row.get::<_, Option<String>>(0)?,
-                        row.get::<_, Option<String>>(1)?,
-                        row.get::<_, i64>(2)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(sql("window_state"))?;
-        let Some((fired, suppressed, count)) = row else {
-            return Ok(WindowState::default());
-        };
-        Ok(WindowState {
-            last_fired_at: fired.as_deref().map(parse_ts).transpose()?,
-            last_suppressed_at: suppressed.as_deref().map(parse_ts).transpose()?,
-            suppressed_count: u64::try_from(count).map_err(|_| StoreError::Corrupt {
-                what: "suppressed_count",
-                value: count.to_string(),
-            })?,
-        })
-    }
-
-    fn key_ran_at(&self, key: &str) -> StoreResult<Option<DateTime<Utc>>> {
-        let ran_at: Option<String> = self
-            .lock()
-            .query_row(
-                "SELECT ran_at FROM idempotency_keys WHERE key = ?1",
-                params![key],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(sql("key_ran_at"))?;
-        ran_at.as_deref().map(parse_ts).transpose()
-    }
-
-    fn deadlines(&self) -> StoreResult<Vec<DeadlineRecord>> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
-                "SELECT policy_id, trigger_index, kind, due_at, state FROM deadlines
-                 ORDER BY due_at, policy_id, trigger_index, kind",
-            )
-            .map_err(sql("deadlines"))?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, u32>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, String>(4)?,
-                ))
-            })
-            .map_err(sql("deadlines"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (policy_id, trigger_index, kind, due_at, state) = row.map_err(sql("deadlines"))?;
-            out.push(DeadlineRecord {
-                policy_id: parse_uuid(&policy_id)?,
-                trigger_index,
-                kind: DeadlineKind::parse(&kind).ok_or(StoreError::Corrupt {
-                    what: "deadlines.kind",
-                    value: kind,
-                })?,
-                due_at: parse_ts(&due_at)?,
-                state: from_json("deadline state", &state)?,
-            });
-        }
-        Ok(out)
-    }
-
-    fn timer_checks(&self) -> StoreResult<Vec<TimerCheckRecord>> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
-                "SELECT policy_id, trigger_index, checked_at FROM timer_checks
-                 ORDER BY policy_id, trigger_index",
-            )
-            .map_err(sql("timer_checks"))?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, u32>(1)?,
-                    row.get::<_, String>(2)?,
-                ))
-            })
-            .map_err(sql("timer_checks"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (policy_id, trigger_index, checked_at) = row.map_err(sql("timer_checks"))?;
-            out.push(TimerCheckRecord {
-                policy_id: parse_uuid(&policy_id)?,
-                trigger_index,
-                checked_at: parse_ts(&checked_at)?,
-            });
-        }
-        Ok(out)
-    }
-
-    fn open_intents(&self) -> StoreResult<Vec<IntentRecord>> {
-        let docs = json_column(
-            &self.lock(),
-            "open_intents",
-            "SELECT intent FROM intents WHERE outcome IS NULL
-             ORDER BY created_at, run_id, action_index, host",
-            [],
-        )?;
-        docs.iter().map(|doc| from_json("intent", doc)).collect()
-    }
-
-    fn intent(&self, id: &IntentId) -> StoreResult<Option<IntentEntry>> {
-        let row = self
-            .lock()
-            .query_row(
-                "SELECT intent, outcome FROM intents
-                 WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
-                params![id.run_id.to_string(), id.action_index, id.host],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)),
-            )
-            .optional()
-            .map_err(sql("intent"))?;
-        let Some((intent, outcome)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(IntentEntry {
-            intent: from_json("intent", &intent)?,
-            outcome: outcome
-                .as_deref()
-                .map(|doc| from_json("intent outcome", doc))
-                .transpose()?,
-        }))
-    }
-
-    fn runs(&self, policy_id: Uuid, limit: usize) -> StoreResult<Vec<RunRecord>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let docs = json_column(
-            &self.lock(),
-            "runs",
-            "SELECT run FROM runs WHERE policy_id = ?1
-             ORDER BY started_at DESC, seq DESC LIMIT ?2",
-            params![policy_id.to_string(), limit],
-        )?;
-        docs.iter().map(|doc| from_json("run", doc)).collect()
-    }
-
-    fn latest_successful_run(&self, policy_id: Uuid) -> StoreResult<Option<RunRecord>> {
-        let doc: Option<String> = self
-            .lock()
-            .query_row(
-                "SELECT run FROM runs WHERE policy_id = ?1 AND successful = 1
-                 ORDER BY started_at DESC, seq DESC LIMIT 1",
-                params![policy_id.to_string()],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(sql("latest_successful_run"))?;
-        doc.as_deref().map(|doc| from_json("run", doc)).transpose()
-    }
-
-    fn kill_switch(&self) -> StoreResult<KillSwitchState> {
-        let row = self
-            .lock()
-            .query_row(
-                "SELECT paused, since, by_whom, reason FROM kill_switch WHERE id = 1",
-                [],
-                |row| {
-                    Ok((
-                        row.get::<_, bool>(0)?,
-                        row.get::<_, Option<String>>(1)?,
-                        row.get::<_, Option<String>>(2)?,
-                        row.get::<_, Option<String>>(3)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(sql("kill_switch"))?;
-        let Some((paused, since, by, reason)) = row else {
-            return Ok(KillSwitchState::default());
-        };
-        Ok(KillSwitchState {
-            paused,
-            since: since.as_deref().map(parse_ts).transpose()?,
-            by,
-            reason,
-        })
-    }
-
-    fn subject_states(&self) -> StoreResult<Vec<SubjectState>> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT subject_id, states, at FROM subject_states ORDER BY subject_id")
-            .map_err(sql("subject_states"))?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                ))
-            })
-            .map_err(sql("subject_states"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, states, at) = row.map_err(sql("subject_states"))?;
-            out.push(SubjectState {
-                id,
-                states: from_json("subject states", &states)?,
-                at: parse_ts(&at)?,
-            });
-        }
-        Ok(out)
-    }
-
-    fn trigger_states(&self) -> StoreResult<Vec<(Uuid, serde_json::Value)>> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT policy_id, state FROM trigger_states ORDER BY policy_id")
-            .map_err(sql("trigger_states"))?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-            })
-            .map_err(sql("trigger_states"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (policy_id, state) = row.map_err(sql("trigger_states"))?;
-            out.push((parse_uuid(&policy_id)?, from_json("trigger state", &state)?));
-        }
-        Ok(out)
-    }
-
-    fn audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
-                "SELECT seq, ts, correlation_id, kind, policy_id, details FROM audit
-                 WHERE (?1 IS NULL OR policy_id = ?1)
-                   AND (?2 IS NULL OR correlation_id = ?2)
-                   AND (?3 IS NULL OR kind = ?3)
-                   AND (?4 IS NULL OR seq < ?4)
-                 ORDER BY seq DESC LIMIT ?5",
-            )
-            .map_err(sql("audit"))?;
-        let rows = stmt
-            .query_map(
-                params![
-                    query.policy_id.map(|p| p.to_string()),
-                    query.correlation_id.map(|c| c.to_string()),
-                    query.kind,
-                    query.before_seq,
-                    i64::try_from(query.limit).unwrap_or(i64::MAX),
-                ],
-                |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, Option<String>>(4)?,
-                        row.get::<_, String>(5)?,
-                    ))
-                },
-            )
-            .map_err(sql("audit"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, ts, correlation_id, kind, policy_id, details) = row.map_err(sql("audit"))?;
-            out.push(AuditEntry {
-                seq,
-                record: AuditRecord {
-                    ts: parse_ts(&ts)?,
-                    correlation_id: parse_uuid(&correlation_id)?,
-                    kind,
-                    policy_id: policy_id.as_deref().map(parse_uuid).transpose()?,
-                    details: from_json("audit details", &details)?,
-                },
-            });
-        }
-        Ok(out)
-    }
-}
-
-/// Applies engine writes inside a caller's transaction (see
-/// [`SqliteStore::with_transaction`]).
-pub(crate) fn apply_writes(tx: &Transaction<'_>, batch: &[Write]) -> StoreResult<()> {
-    batch.iter().try_for_each(|write| apply(tx, write))
-}
-
-/// Applies one write inside the batch's transaction.
-fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<()> {
-    match write {
-        Write::RecordFire { policy_id, at } => {
-            tx.execute(
-                "INSERT INTO policy_window (policy_id, last_fired_at) VALUES (?1, ?2)
-                 ON CONFLICT (policy_id) DO UPDATE SET last_fired_at = excluded.last_fired_at",
-                params![policy_id.to_string(), ts(at)],
-            )
-            .map_err(sql("record_fire"))?;
-        }
-        Write::RecordSuppressed { policy_id, at } => {
-            tx.execute(
-                "INSERT INTO policy_window (policy_id, last_suppressed_at, suppressed_count)
-                 VALUES (?1, ?2, 1)
-                 ON CONFLICT (policy_id) DO UPDATE SET
-                     last_suppressed_at = excluded.last_suppressed_at,
-                     suppressed_count = suppressed_count + 1",
-                params![policy_id.to_string(), ts(at)],
-            )
-            .map_err(sql("record_suppressed"))?;
-        }
-        Write::ClearSuppression { policy_id } => {
-            tx.execute(
-                "UPDATE policy_window SET last_fired_at = NULL WHERE policy_id = ?1",
-                params![policy_id.to_string()],
-            )
-            .map_err(sql("clear_suppression"))?;
-        }
-        Write::RecordKey { policy_id, key, at } => {
-            tx.execute(
-                "INSERT INTO idempotency_keys (key, policy_id, ran_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key) DO UPDATE SET
-                     policy_id = excluded.policy_id, ran_at = excluded.ran_at",
-                params![key, policy_id.to_string(), ts(at)],
-            )
-            .map_err(sql("record_key"))?;
-        }
-        Write::ClearKeys { keys } => {
-            let mut stmt = tx
-                .prepare_cached("DELETE FROM idempotency_keys WHERE key = ?1")
-                .map_err(sql("clear_keys"))?;
-            for key in keys {
-                stmt.execute(params![key]).map_err(sql("clear_keys"))?;
-            }
-        }
-        Write::PruneKeys { before } => {
-            tx.execute(
-                "DELETE FROM idempotency_keys WHERE ran_at < ?1",
-                params![ts(before)],
-            )
-            .map_err(sql("prune_keys"))?;
-        }
-        Write::UpsertDeadline(deadline) => {
-            tx.execute(
-                "INSERT INTO deadlines (policy_id, trigger_index, kind, due_at, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (policy_id, trigger_index, kind) DO UPDATE SET
-                     due_at = excluded.due_at, state = excluded.state",
-                params![
-                    deadline.policy_id.to_string(),
-                    deadline.trigger_index,
-                    deadline.kind.as_str(),
-                    ts(&deadline.due_at),
-                    to_json("deadline state", &deadline.state)?,
-                ],
-            )
-            .map_err(sql("upsert_deadline"))?;
-        }
-        Write::RemoveDeadline {
-            policy_id,
-            trigger_index,
-            kind,
-        } => {
-            tx.execute(
-                "DELETE FROM deadlines WHERE policy_id = ?1 AND trigger_index = ?2 AND kind = ?3",
-                params![policy_id.to_string(), trigger_index, kind.as_str()],
-            )
-            .map_err(sql("remove_deadline"))?;
-        }
-        Write::SetTimerChecked {
-            policy_id,
-            trigger_index,
-            at,
-        } => {
-            tx.execute(
-                "INSERT INTO timer_checks (policy_id, trigger_index, checked_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (policy_id, trigger_index) DO UPDATE SET
-                     checked_at = excluded.checked_at",
-                params![policy_id.to_string(), trigger_index, ts(at)],
-            )
-            .map_err(sql("set_timer_checked"))?;
-        }
-        Write::PersistIntent(intent) => {
-            tx.execute(
-                "INSERT INTO intents (run_id, action_index, host, policy_id, created_at, intent)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    intent.run_id.to_string(),
-                    intent.action_index,
-                    intent.host,
-                    intent.policy_id.to_string(),
-                    ts(&intent.created_at),
-                    to_json("intent", intent)?,
-                ],
-            )
-            .map_err(|source| {
-                conflict_or(source, "persist_intent", || {
-                    format!("intent {} already persisted", describe(&intent.id()))
-                })
-            })?;
-        }
-        Write::CompleteIntent { id, outcome } => complete_intent(tx, id, outcome)?,
-        Write::PruneIntents { before } => {
-            tx.execute(
-                "DELETE FROM intents WHERE outcome IS NOT NULL AND finished_at < ?1",
-                params![ts(before)],
-            )
-            .map_err(sql("prune_intents"))?;
-        }
-        Write::AppendRun(run) => append_run(tx, run)?,
-        Write::SetKillSwitch(state) => {
-            tx.execute(
-                "INSERT INTO kill_switch (id, paused, since, by_whom, reason)
-                 VALUES (1, ?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET paused = excluded.paused,
-                     since = excluded.since, by_whom = excluded.by_whom,
-                     reason = excluded.reason",
-                params![
-                    state.paused,
-                    state.since.as_ref().map(ts),
-                    state.by,
-                    state.reason
-                ],
-            )
-            .map_err(sql("set_kill_switch"))?;
-        }
-        Write::AppendAudit(record) => insert_audit(tx, record)?,
-        Write::SetSubjectState(state) => {
-            tx.execute(
-                "INSERT INTO subject_states (subject_id, states, at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (subject_id) DO UPDATE SET states = excluded.states, at = excluded.at",
-                params![
-                    state.id,
-                    to_json("subject states", &state.states)?,
-                    ts(&state.at)
-                ],
-            )
-            .map_err(sql("set_subject_state"))?;
-        }
-        Write::SetTriggerState { policy_id, state } => {
-            if state.is_null() {
-                tx.execute(
-                    "DELETE FROM trigger_states WHERE policy_id = ?1",
-                    params![policy_id.to_string()],
-                )
-                .map_err(sql("set_trigger_state"))?;
-            } else {
-                tx.execute(
-                    "INSERT INTO trigger_states (policy_id, state) VALUES (?1, ?2)
-                     ON CONFLICT (policy_id) DO UPDATE SET state = excluded.state",
-                    params![policy_id.to_string(), to_json("trigger state", state)?],
-                )
-                .map_err(sql("set_trigger_state"))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Appends an audit record inside a caller's transaction: the engine's
-/// [`Write::AppendAudit`] and the policy store's mutations share it.
-pub(super) fn insert_audit(tx: &Transaction<'_>, record: &AuditRecord) -> StoreResult<()> {
-    tx.execute(
-        "INSERT INTO audit (ts, correlation_id, kind, policy_id, details)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            ts(&record.ts),
-            record.correlation_id.to_string(),
-            record.kind,
-            record.policy_id.map(|p| p.to_string()),
-            to_json("audit details", &record.details)?,
-        ],
-    )
-    .map_err(sql("append_audit"))?;
-    Ok(())
-}
-
-fn complete_intent(
-    tx: &Transaction<'_>,
-    id: &IntentId,
-    outcome: &IntentOutcome,
-) -> StoreResult<()> {
-    let existing: Option<Option<String>> = tx
-        .query_row(
-            "SELECT outcome FROM intents WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
-            params![id.run_id.to_string(), id.action_index, id.host],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(sql("complete_intent"))?;
-    match existing {
-        None => Err(StoreError::NotFound {
-            what: format!("intent {}", describe(id)),
-        }),
-        Some(Some(_)) => Err(StoreError::Conflict {
-            what: format!("intent {} already has an outcome", describe(id)),
-        }),
-        Some(None) => {
-            tx.execute(
-                "UPDATE intents SET finished_at = ?4, outcome = ?5
-                 WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
-                params![
-                    id.run_id.to_string(),
-                    id.action_index,
-                    id.host,
-                    ts(&outcome.finished_at),
-                    to_json("intent outcome", outcome)?,
-                ],
-            )
-            .map_err(sql("complete_intent"))?;
-            Ok(())
-        }
-    }
-}
-
-fn append_run(tx: &Transaction<'_>, run: &RunRecord) -> StoreResult<()> {
-    let policy_id = run.policy_id.to_string();
-    tx.execute(
-        "INSERT INTO runs (run_id, policy_id, started_at, finished_at, status, successful,
-                           correlation_id, run)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            run.run_id.to_string(),
-            policy_id,
-            ts(&run.started_at),
-            ts(&run.finished_at),
-            run.status.as_str(),
-            run.status.is_successful(),
-            run.event.correlation_id.to_string(),
-            to_json("run", run)?,
-        ],
-    )
-    .map_err(|source| {
-        conflict_or(source, "append_run", || {
-            format!("run {} already in the ledger", run.run_id)
-        })
-    })?;
-    tx.execute(
-        "DELETE FROM runs WHERE policy_id = ?1 AND seq NOT IN (
-             SELECT seq FROM runs WHERE policy_id = ?1
-             ORDER BY started_at DESC, seq DESC LIMIT ?2)",
-        params![policy_id, LEDGER_RUNS_PER_POLICY as i64],
-    )
-    .map_err(sql("append_run prune"))?;
-    Ok(())
-}
-
-fn json_column<P: rusqlite::Params>(
+pub(super) fn json_column<P: rusqlite::Params>(
     conn: &Connection,
     op: &'static str,
     query: &str,
@@ -1017,10 +454,6 @@ pub(super) fn conflict_or(
     } else {
         StoreError::Sqlite { op, source }
     }
-}
-
-fn describe(id: &IntentId) -> String {
-    format!("{} action {} on {}", id.run_id, id.action_index, id.host)
 }
 
 /// Fixed-width RFC 3339 (nanoseconds, `Z`): text order is time order.
@@ -1056,6 +489,7 @@ pub(super) fn from_json<T: DeserializeOwned>(what: &'static str, text: &str) -> 
 mod tests {
     use super::*;
     use crate::engine::store::conformance::{intent, run};
+    use crate::engine::store::*;
 
     fn temp_store() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1120,7 +554,7 @@ mod tests {
         let at = crate::engine::store::conformance::t(100);
         let open_intent = intent(1, 0, "pve1");
         let done_intent = intent(2, 0, "pve1");
-        let ledger = run(policy, 3, 50, super::super::RunStatus::Ok);
+        let ledger = run(policy, 3, 50, RunStatus::Ok);
         {
             let store = SqliteStore::open(&path).expect("open");
             store.record_fire(policy, at).expect("fire");
@@ -1217,7 +651,7 @@ mod tests {
                         policy_id: policy,
                         at: crate::engine::store::conformance::t(1),
                     },
-                    Write::AppendRun(run(policy, 1, 1, super::super::RunStatus::Ok)),
+                    Write::AppendRun(run(policy, 1, 1, RunStatus::Ok)),
                     Write::PersistIntent(dup.clone()),
                 ])
                 .expect_err("duplicate intent");

@@ -1,6 +1,6 @@
 //! The offline commands of the `hazel` binary: `validate` and `compile`.
 //! They read files, print for people or for scripts (`--json`), and return
-//! the documented exit code; `main` only parses arguments and exits.
+//! the documented exit code; no agent is involved.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,21 +10,9 @@ use inventory::index::Inventory;
 use inventory::Severity;
 use serde::Serialize;
 
+use super::{EXIT_BLOCKED, EXIT_OK, EXIT_USAGE};
 use crate::compile::CompileContext;
 use crate::validate::{validate_text, ValidationReport};
-
-/// Exit code: every file is free of blockers.
-pub const EXIT_OK: i32 = 0;
-/// Exit code: at least one file has a blocker; for the client commands, the
-/// agent refused the request or its result has an error or a blocker.
-pub const EXIT_BLOCKED: i32 = 1;
-/// Exit code: bad usage, or a file, plugin dir or inventory that cannot be read.
-pub const EXIT_USAGE: i32 = 2;
-/// Exit code (client commands): the agent cannot be reached.
-pub const EXIT_UNREACHABLE: i32 = 3;
-/// Exit code (client commands): the token is missing, invalid, or its role
-/// is too low (HTTP 401 or 403).
-pub const EXIT_AUTH: i32 = 4;
 
 /// The environment variable that overrides where manifests are loaded from.
 pub const PLUGINS_ENV: &str = "HAZEL_PLUGINS";

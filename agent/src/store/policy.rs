@@ -3,12 +3,12 @@
 //! with their connection config (secrets encrypted at rest); the latest
 //! inventory snapshot per host; dry-run transcripts.
 //!
-//! [`PolicyStore`] is implemented by [`SqliteStore`] on the engine store's
-//! connection and file. Every mutation is one transaction that also appends
-//! its [`AuditRecord`] to the engine's audit log, so a crash mid-write
-//! leaves neither a partial policy nor an audit record of a change that did
-//! not happen. A policy's executions are the engine's ledger
-//! ([`super::EngineStore::runs`]).
+//! [`PolicyStore`] is implemented by [`SqliteStore`] on the same connection
+//! and file as the engine's state. Every mutation is one transaction that
+//! also appends its [`AuditRecord`] to the engine's audit log, so a crash
+//! mid-write leaves neither a partial policy nor an audit record of a change
+//! that did not happen. A policy's executions are the engine's ledger
+//! ([`crate::engine::store::EngineStore::runs`]).
 
 use std::collections::BTreeMap;
 
@@ -20,8 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::sqlite::{conflict_or, from_json, insert_audit, parse_ts, parse_uuid, sql, to_json, ts};
-use super::{AuditRecord, SqliteStore, StoreError, StoreResult};
+use super::engine_state::insert_audit;
+use super::sqlite::{conflict_or, from_json, parse_ts, parse_uuid, sql, to_json, ts};
+use super::SqliteStore;
+use crate::engine::store::{AuditRecord, StoreError, StoreResult};
 
 /// How many transcripts are kept overall; older ones are pruned when a new
 /// one is stored, except the one each policy's `last_dry_run` names.
@@ -31,7 +33,7 @@ pub const TRANSCRIPTS_KEPT: usize = 1000;
 ///
 /// # Blocking
 ///
-/// Like [`super::EngineStore`], every method may block on disk IO: call it
+/// Like [`crate::engine::store::EngineStore`], every method may block on disk IO: call it
 /// from `tokio::task::spawn_blocking`.
 ///
 /// # Guarantees

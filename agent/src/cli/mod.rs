@@ -1,0 +1,28 @@
+//! The `hazel` commands behind the binary's argument parsing: the offline
+//! ones that read files ([`offline`]), the client commands that talk to a
+//! running agent's HTTP API ([`client_cmds`]), and how their answers print
+//! for people ([`render`]). Each returns the documented exit code; `main`
+//! only parses arguments and exits.
+
+pub mod client_cmds;
+pub mod offline;
+mod render;
+
+pub use client_cmds::{ClientOptions, Failure, Outcome};
+pub use offline::{
+    compile_file, load_inventory, load_manifests, validate_files, CliError, FileReport,
+    OfflineOptions, PLUGINS_ENV,
+};
+
+/// Exit code: every file is free of blockers.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: at least one file has a blocker; for the client commands, the
+/// agent refused the request or its result has an error or a blocker.
+pub const EXIT_BLOCKED: i32 = 1;
+/// Exit code: bad usage, or a file, plugin dir or inventory that cannot be read.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code (client commands): the agent cannot be reached.
+pub const EXIT_UNREACHABLE: i32 = 3;
+/// Exit code (client commands): the token is missing, invalid, or its role
+/// is too low (HTTP 401 or 403).
+pub const EXIT_AUTH: i32 = 4;

@@ -1,0 +1,375 @@
+//! How the client commands print for people: tables and one-line summaries
+//! of the API's JSON answers (`--json` prints them unchanged instead). The
+//! layout is what `agent/tests/cli_client.rs` pins.
+
+use std::io::Write;
+
+use serde_json::{json, Value};
+
+use super::client_cmds::Failure;
+use crate::client::table;
+
+pub(super) fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+pub(super) fn print_json(out: &mut impl Write, value: &impl serde::Serialize) {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    let _ = writeln!(out, "{text}");
+}
+
+pub(super) fn to_yaml(value: &Value) -> Result<String, Failure> {
+    serde_norway::to_string(value)
+        .map_err(|e| Failure::Refused(format!("cannot render the spec as YAML: {e}")))
+}
+
+/// A scalar as plain text (`-` for null).
+pub(super) fn text_of(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub(super) fn one_line(value: &Value) -> String {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", text_of(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => text_of(other),
+    }
+}
+
+pub(super) fn short(hash: &Value) -> String {
+    text_of(hash).chars().take(12).collect()
+}
+
+pub(super) fn issue_line(issue: &Value) -> String {
+    let path = match issue["path"].as_str() {
+        None | Some("") => "/".to_string(),
+        Some(p) => p.to_string(),
+    };
+    let mut line = format!(
+        "  {:<7} {:<28} {path}: {}",
+        text_of(&issue["severity"]),
+        text_of(&issue["code"]),
+        text_of(&issue["message"])
+    );
+    if let Some(hint) = issue["hint"].as_str() {
+        line.push_str(&format!(" (hint: {hint})"));
+    }
+    line
+}
+
+pub(super) fn print_policies(out: &mut impl Write, items: &[Value]) {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|p| {
+            vec![
+                text_of(&p["id"]),
+                text_of(&p["name"]),
+                text_of(&p["status"]),
+                if p["enabled_intent"] == json!(true) {
+                    "enabled".into()
+                } else {
+                    "disabled".into()
+                },
+                text_of(&p["version_int"]),
+                short(&p["hash"]),
+                text_of(&p["last_dry_run"]["severity"]),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID", "NAME", "STATUS", "INTENT", "VERSION", "HASH", "DRY-RUN",
+    ];
+    let _ = write!(out, "{}", table(&header, &rows));
+    let _ = writeln!(
+        out,
+        "{} polic{}",
+        items.len(),
+        if items.len() == 1 { "y" } else { "ies" }
+    );
+}
+
+pub(super) fn print_policy(out: &mut impl Write, p: &Value) -> Result<(), Failure> {
+    let intent = if p["enabled_intent"] == json!(true) {
+        "enabled"
+    } else {
+        "disabled"
+    };
+    let _ = writeln!(out, "id:       {}", text_of(&p["id"]));
+    let _ = writeln!(out, "name:     {}", text_of(&p["name"]));
+    let _ = writeln!(
+        out,
+        "status:   {} (intent: {intent})",
+        text_of(&p["status"])
+    );
+    let _ = writeln!(out, "version:  {}", text_of(&p["version_int"]));
+    let _ = writeln!(out, "hash:     {}", text_of(&p["hash"]));
+    let _ = writeln!(out, "updated:  {}", text_of(&p["updated_at"]));
+    let dry = &p["last_dry_run"];
+    if dry.is_object() {
+        let _ = writeln!(
+            out,
+            "dry-run:  {} at {} (transcript {})",
+            text_of(&dry["severity"]),
+            text_of(&dry["ts"]),
+            text_of(&dry["transcript_id"])
+        );
+    } else {
+        let _ = writeln!(out, "dry-run:  never");
+    }
+    let _ = writeln!(out, "spec:");
+    for line in to_yaml(&p["spec"])?.lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    Ok(())
+}
+
+pub(super) fn print_state(out: &mut impl Write, json: bool, verb: &str, p: &Value) {
+    if json {
+        print_json(out, p);
+    } else {
+        let _ = writeln!(
+            out,
+            "{verb} {} {:?} (status {})",
+            text_of(&p["id"]),
+            text_of(&p["name"]),
+            text_of(&p["status"])
+        );
+    }
+}
+
+pub(super) fn print_transcript(out: &mut impl Write, t: &Value) {
+    let _ = writeln!(
+        out,
+        "dry-run of {}: severity {} (transcript {})",
+        text_of(&t["policy_id"]),
+        text_of(&t["severity"]),
+        text_of(&t["transcript_id"])
+    );
+    let inv = &t["used_inventory"];
+    let _ = writeln!(
+        out,
+        "inventory: {} at {}{}",
+        if inv["refreshed"] == json!(true) {
+            "refreshed"
+        } else {
+            "snapshot"
+        },
+        text_of(&inv["ts"]),
+        if inv["stale"] == json!(true) {
+            " (stale)"
+        } else {
+            ""
+        }
+    );
+    let targets = t["targets"].as_array().map_or(0, Vec::len);
+    let _ = writeln!(out, "targets: {targets}");
+    for finding in t["findings"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "{}", issue_line(finding));
+    }
+    let mut rows = Vec::new();
+    for action in t["actions"].as_array().into_iter().flatten() {
+        let what = format!(
+            "{}.{}",
+            text_of(&action["capability"]),
+            text_of(&action["verb"])
+        );
+        if let Some(error) = action.get("error").filter(|e| !e.is_null()) {
+            rows.push(vec![
+                text_of(&action["action_index"]),
+                what.clone(),
+                text_of(&action["host"]),
+                "*".into(),
+                "error".into(),
+                one_line(error),
+            ]);
+        }
+        let targets = action["targets"].as_array().cloned().unwrap_or_default();
+        for (i, answer) in action["answers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            rows.push(vec![
+                text_of(&action["action_index"]),
+                what.clone(),
+                text_of(&action["host"]),
+                targets.get(i).map(text_of).unwrap_or_else(|| "-".into()),
+                text_of(&answer["severity"]),
+                answer["reason"].as_str().unwrap_or("").to_string(),
+            ]);
+        }
+    }
+    if !rows.is_empty() {
+        let header = ["#", "ACTION", "HOST", "TARGET", "SEVERITY", "REASON"];
+        let _ = write!(out, "{}", table(&header, &rows));
+    }
+}
+
+pub(super) fn print_decisions(out: &mut impl Write, answer: &Value) {
+    let mode = if answer["dry_run"] == json!(true) {
+        "simulated"
+    } else {
+        "accepted"
+    };
+    let decisions = answer["decisions"].as_array().cloned().unwrap_or_default();
+    let mut line = format!(
+        "{mode}: correlation {}, {} decision(s)",
+        text_of(&answer["correlation_id"]),
+        decisions.len()
+    );
+    if answer["severity"].is_string() {
+        line.push_str(&format!(", severity {}", text_of(&answer["severity"])));
+    }
+    if answer["transcript_id"].is_string() {
+        line.push_str(&format!(
+            " (transcript {})",
+            text_of(&answer["transcript_id"])
+        ));
+    }
+    let _ = writeln!(out, "{line}");
+    if decisions.is_empty() {
+        return;
+    }
+    let rows: Vec<Vec<String>> = decisions
+        .iter()
+        .map(|d| {
+            let planned = d["planned"].as_array().cloned().unwrap_or_default();
+            let actions: Vec<String> = planned
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}.{} x{}",
+                        text_of(&p["capability"]),
+                        text_of(&p["verb"]),
+                        p["targets"].as_array().map_or(0, Vec::len)
+                    )
+                })
+                .collect();
+            vec![
+                text_of(&d["policy_id"]),
+                text_of(&d["severity"]),
+                text_of(&d["code"]),
+                text_of(&d["run_id"]),
+                if actions.is_empty() {
+                    "-".into()
+                } else {
+                    actions.join(", ")
+                },
+            ]
+        })
+        .collect();
+    let header = ["POLICY", "SEVERITY", "CODE", "RUN", "ACTIONS"];
+    let _ = write!(out, "{}", table(&header, &rows));
+}
+
+pub(super) fn print_inverse(out: &mut impl Write, inverse: &Value) -> Result<(), Failure> {
+    let _ = writeln!(
+        out,
+        "# inverse policy, unsaved and disabled; review, then `hazel policy apply` it"
+    );
+    for need in inverse["needs_input"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "# needs input: {}: {}",
+            text_of(&need["path"]),
+            text_of(&need["note"])
+        );
+    }
+    for note in inverse["notes"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "# note: {}", text_of(note));
+    }
+    let _ = write!(out, "{}", to_yaml(&inverse["spec_inverse"])?);
+    Ok(())
+}
+
+pub(super) fn print_executions(out: &mut impl Write, runs: &Value) {
+    let runs = runs.as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let results = r["results"].as_array().cloned().unwrap_or_default();
+            let ok = results.iter().filter(|x| x["ok"] == json!(true)).count();
+            vec![
+                text_of(&r["run_id"]),
+                text_of(&r["started_at"]),
+                text_of(&r["status"]),
+                text_of(&r["severity"]),
+                text_of(&r["event"]["kind"]),
+                format!("{ok}/{}", results.len()),
+            ]
+        })
+        .collect();
+    let header = ["RUN", "STARTED", "STATUS", "SEVERITY", "EVENT", "OK"];
+    let _ = write!(out, "{}", table(&header, &rows));
+    let _ = writeln!(out, "{} run(s)", runs.len());
+}
+
+pub(super) fn print_hosts(out: &mut impl Write, hosts: &Value) {
+    let hosts = hosts.as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            let inv = &h["inventory"];
+            vec![
+                text_of(&h["id"]),
+                text_of(&h["plugin"]),
+                if h["self"] == json!(true) {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .into(),
+                text_of(&h["source"]),
+                text_of(&inv["targets"]),
+                text_of(&inv["ts"]),
+                match inv["stale"].as_bool() {
+                    Some(true) => "stale".into(),
+                    Some(false) => "fresh".into(),
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "PLUGIN",
+        "SELF",
+        "SOURCE",
+        "TARGETS",
+        "INVENTORY",
+        "STATE",
+    ];
+    let _ = write!(out, "{}", table(&header, &rows));
+}
+
+pub(super) fn kill_switch_line(kill: &Value) -> String {
+    if kill["paused"] == json!(true) {
+        let mut line = format!(
+            "PAUSED since {} by {}",
+            text_of(&kill["since"]),
+            text_of(&kill["by"])
+        );
+        if let Some(reason) = kill["reason"].as_str() {
+            line.push_str(&format!(": {reason}"));
+        }
+        line
+    } else {
+        "off (actions run)".into()
+    }
+}
+
+pub(super) fn print_kill_switch(out: &mut impl Write, json: bool, kill: &Value) {
+    if json {
+        print_json(out, kill);
+    } else {
+        let _ = writeln!(out, "kill switch: {}", kill_switch_line(kill));
+    }
+}

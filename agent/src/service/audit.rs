@@ -1,0 +1,37 @@
+//! The audit log: how the service builds the record of each change a user
+//! makes, and the query that reads records back, newest first.
+
+use chrono::Utc;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Actor, Service, ServiceError};
+use crate::engine::store::{AuditEntry, AuditQuery, AuditRecord, EngineStore};
+
+impl Service {
+    /// Audit records, newest first.
+    pub async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, ServiceError> {
+        self.store(move |s| s.audit(&query)).await
+    }
+}
+
+/// The audit record of a change `actor` made: `details` with who (`by`)
+/// and in which role, under a fresh correlation id.
+pub(super) fn audit(
+    actor: &Actor,
+    kind: &str,
+    policy_id: Option<Uuid>,
+    mut details: Value,
+) -> AuditRecord {
+    if let Value::Object(map) = &mut details {
+        map.insert("by".into(), Value::String(actor.subject.clone()));
+        map.insert("role".into(), Value::String(actor.role.as_str().into()));
+    }
+    AuditRecord {
+        ts: Utc::now(),
+        correlation_id: Uuid::new_v4(),
+        kind: kind.to_string(),
+        policy_id,
+        details,
+    }
+}

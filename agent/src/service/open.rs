@@ -1,0 +1,422 @@
+//! Opening the [`Service`]: the store in `data_dir`, the hosts and their
+//! drivers, the re-validation of stored policies and the engine thread
+//! ([`OpenOptions`] swaps parts for tests and `hazel demo`). It also holds the
+//! shared state every other file of the service reads, with its two doors:
+//! store calls on the blocking pool and calls to the engine thread.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use drivers::breaker::{BreakerConfig, Breakers};
+use drivers::driver::Driver;
+use drivers::manifest::{shipped, ManifestSet};
+use drivers::registry::Registry;
+use inventory::{HostInventory, Inventory};
+use serde_json::{json, Value};
+use tracing::warn;
+use uuid::Uuid;
+
+use super::config::Config;
+use super::engine_loop::{EngineCallError, EngineHandle, EngineParts};
+use super::hosts::{build_inventory, host_config, register, unguarded, HostEntry};
+use super::metrics::Metrics;
+use super::{Service, ServiceError};
+use crate::compile::CompileContext;
+use crate::engine::bus::Consumer;
+use crate::engine::runner::{EngineConfig, Policy, Snapshots};
+use crate::engine::scheduler::SchedulerConfig;
+use crate::engine::store::{AuditRecord, EngineStore, StoreResult};
+use crate::inventory_service::{InventoryService, RefreshSettings};
+use crate::store::{HostSource, PolicyStatus, PolicyStore, SecretKey, SqliteStore};
+use crate::validate::validate_value;
+
+/// What [`Service::open`] takes besides the config; tests and `hazel demo`
+/// swap parts.
+pub struct OpenOptions {
+    /// The drivers by plugin id.
+    pub registry: Registry,
+    /// The manifests; from `plugin_dir` or the built-in ones when `None`.
+    pub manifests: Option<ManifestSet>,
+    /// Events from sources (NUT, timers); `None` when there are none.
+    pub bus: Option<Consumer>,
+    /// Start background discovery of every host.
+    pub discovery: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            registry: Registry::builtin(),
+            manifests: None,
+            bus: None,
+            discovery: true,
+        }
+    }
+}
+
+pub(super) struct Inner {
+    pub(super) config: Config,
+    pub(super) store: Arc<SqliteStore>,
+    pub(super) manifests: Arc<ManifestSet>,
+    pub(super) registry: Registry,
+    pub(super) inventory: InventoryService,
+    pub(super) breakers: Arc<Breakers>,
+    pub(super) engine: EngineHandle,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) hosts: RwLock<BTreeMap<String, HostEntry>>,
+    pub(super) webhook_secrets: BTreeMap<String, Option<Vec<u8>>>,
+    pub(super) inventory_cache: Mutex<Option<(Instant, Arc<Inventory>)>>,
+    /// Serializes policy mutations, so the duplicate-hash check and the
+    /// write see the same store.
+    pub(super) writes: tokio::sync::Mutex<()>,
+    /// The NUT pollers, stopped first at shutdown.
+    nut: tokio::sync::Mutex<Option<crate::nut::NutSources>>,
+}
+
+/// The engine reads the inventory service's snapshots.
+struct ServiceSnapshots(InventoryService);
+
+impl Snapshots for ServiceSnapshots {
+    fn host(&self, host_id: &str) -> Option<HostInventory> {
+        self.0
+            .snapshot(host_id)
+            .ok()
+            .flatten()
+            .map(|s| HostInventory::clone(&s))
+    }
+
+    fn record_results(&self, host_id: &str, results: &[(String, Option<String>)]) {
+        self.0.record_results(host_id, results);
+    }
+}
+
+impl Service {
+    /// Opens the store in `config.data_dir`, registers the hosts (stored
+    /// ones, then `hazel.yaml`'s, which win), re-validates every stored
+    /// policy against the current manifests and hosts (a policy that no
+    /// longer compiles becomes `invalid`), and starts the engine thread with
+    /// the enabled ones. The engine reconciles what a previous run left.
+    pub async fn open(config: Config, options: OpenOptions) -> Result<Service, ServiceError> {
+        config
+            .check()
+            .map_err(|e| bad("config.invalid", e.to_string()))?;
+        let manifests = match options.manifests {
+            Some(m) => m,
+            None => match &config.plugin_dir {
+                Some(dir) => crate::cli::load_manifests(Some(dir))
+                    .map_err(|e| bad("config.plugins", e.to_string()))?,
+                None => shipped().clone(),
+            },
+        };
+        let manifests = Arc::new(manifests);
+        let path = config.data_dir.join(SqliteStore::DEFAULT_FILE_NAME);
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(path))
+            .await
+            .map_err(join_error)??;
+        if let Some(text) = config
+            .secret_key_text()
+            .map_err(|e| bad("config.secrets", e.to_string()))?
+        {
+            let key =
+                SecretKey::from_text(&text).map_err(|e| bad("config.secrets", e.to_string()))?;
+            store.set_secret_key(key);
+        }
+        let store = Arc::new(store);
+        let breakers = Arc::new(Breakers::new(BreakerConfig::default()));
+        let inventory = InventoryService::with_breakers(breakers.clone());
+        let metrics = Arc::new(Metrics::default());
+
+        // Hosts: stored (API-created) first, then the declarative ones.
+        let mut hosts = BTreeMap::new();
+        let stored = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.hosts())
+                .await
+                .map_err(join_error)??
+        };
+        for record in stored {
+            let host = host_config(&record);
+            match register(&options.registry, &manifests, &breakers, &host) {
+                Ok((validated, driver)) => {
+                    hosts.insert(
+                        host.id.clone(),
+                        HostEntry {
+                            validated,
+                            driver,
+                            source: HostSource::Api,
+                        },
+                    );
+                }
+                Err(e) => warn!(host = %host.id, error = %e, "stored host not registered"),
+            }
+        }
+        for host in &config.hosts {
+            if hosts.contains_key(&host.id) {
+                warn!(host = %host.id, "hazel.yaml host replaces the API-created host with the same id");
+            }
+            let (validated, driver) = register(&options.registry, &manifests, &breakers, host)
+                .map_err(|e| ServiceError::BadRequest {
+                    code: "config.host_invalid",
+                    message: format!("hazel.yaml host `{}`: {e}", host.id),
+                    details: json!({"findings": e.findings()}),
+                })?;
+            hosts.insert(
+                host.id.clone(),
+                HostEntry {
+                    validated,
+                    driver,
+                    source: HostSource::Config,
+                },
+            );
+        }
+        for (id, entry) in &hosts {
+            inventory.add_host(
+                unguarded(&entry.driver),
+                RefreshSettings::from_manifest(entry.validated.manifest()),
+            );
+            let stored = {
+                let store = store.clone();
+                let id = id.clone();
+                tokio::task::spawn_blocking(move || store.inventory_snapshot(&id))
+                    .await
+                    .map_err(join_error)??
+            };
+            if let Some((_, snapshot)) = stored {
+                match serde_json::from_value::<HostInventory>(snapshot) {
+                    Ok(snapshot) => {
+                        let _ = inventory.seed(snapshot.with_stale(true));
+                    }
+                    Err(e) => warn!(host = %id, error = %e, "stored inventory snapshot unreadable"),
+                }
+            }
+        }
+
+        let mut webhook_secrets = BTreeMap::new();
+        for name in config.webhooks.keys() {
+            let secret = config
+                .webhook_secret(name)
+                .map_err(|e| bad("config.webhooks", e.to_string()))?;
+            webhook_secrets.insert(name.clone(), secret);
+        }
+
+        let self_host = hosts
+            .values()
+            .find(|h| h.validated.self_host)
+            .map(|h| h.validated.id.clone());
+        let engine_config = EngineConfig {
+            scheduler: SchedulerConfig {
+                max_concurrent: config.concurrency,
+                ..SchedulerConfig::default()
+            },
+            self_host,
+            item_ttl: config.item_ttl,
+            timezone: config.tz(),
+            ..EngineConfig::default()
+        };
+        let inner_inventory = inventory.clone();
+        let service_hosts = RwLock::new(hosts);
+        let drivers: Vec<Arc<dyn Driver>> = service_hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|h| h.driver.clone())
+            .collect();
+
+        // Policies: re-validated now; the enabled ones go to the engine.
+        let partial = PartialService {
+            store: store.clone(),
+            manifests: manifests.clone(),
+            inventory: inventory.clone(),
+            hosts: &service_hosts,
+        };
+        let policies = partial.reload_policies().await?;
+        // Event sources: NUT pollers publish on a bus the engine consumes.
+        let (bus, nut) = match options.bus {
+            Some(bus) => (Some(bus), None),
+            None if !config.nut.is_empty() => {
+                let capacity =
+                    std::num::NonZeroUsize::new(1024).unwrap_or(std::num::NonZeroUsize::MIN);
+                let (publisher, consumer) = crate::engine::bus::channel(capacity, "nut");
+                (
+                    Some(consumer),
+                    Some(crate::nut::spawn(&config.nut, publisher)),
+                )
+            }
+            None => (None, None),
+        };
+        let engine = EngineHandle::spawn(EngineParts {
+            store: store.clone() as Arc<dyn EngineStore>,
+            snapshots: Arc::new(ServiceSnapshots(inner_inventory)),
+            breakers: breakers.clone(),
+            config: engine_config,
+            drivers,
+            policies,
+            metrics: metrics.clone(),
+            bus,
+            readings: nut.as_ref().map(|n| n.readings().clone()),
+        })
+        .map_err(|e| ServiceError::Internal {
+            message: format!("cannot start the engine thread: {e}"),
+        })?;
+        if options.discovery {
+            inventory.start_discovery();
+        }
+        Ok(Service {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                manifests,
+                registry: options.registry,
+                inventory,
+                breakers,
+                engine,
+                metrics,
+                hosts: service_hosts,
+                webhook_secrets,
+                inventory_cache: Mutex::new(None),
+                writes: tokio::sync::Mutex::new(()),
+                nut: tokio::sync::Mutex::new(nut),
+            }),
+        })
+    }
+
+    /// The configuration the service runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The metrics `/metrics` renders.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The inventory service (tests and `hazel demo` seed or refresh it).
+    pub fn inventory(&self) -> &InventoryService {
+        &self.inner.inventory
+    }
+
+    /// Whether the engine runs (`/readyz`).
+    pub fn ready(&self) -> bool {
+        self.inner.engine.status().ready()
+    }
+
+    /// Stops background discovery and drains the engine: running actions
+    /// get `config.shutdown_grace` to finish, the ledger is written.
+    pub async fn shutdown(&self) {
+        let grace = self.inner.config.shutdown_grace;
+        if let Some(nut) = self.inner.nut.lock().await.take() {
+            nut.shutdown().await;
+        }
+        self.inner
+            .inventory
+            .stop_discovery(Duration::from_secs(2))
+            .await;
+        self.inner.engine.shutdown(grace).await;
+    }
+
+    /// Runs a store call on the blocking pool.
+    pub(super) async fn store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SqliteStore) -> StoreResult<T> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(join_error)?
+            .map_err(ServiceError::from)
+    }
+
+    pub(super) async fn engine_call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, EngineCallError>>,
+    ) -> Result<T, ServiceError> {
+        call.await.map_err(|e| match e {
+            EngineCallError::Stopped => ServiceError::Unavailable,
+            EngineCallError::Failed(message) => ServiceError::Internal { message },
+        })
+    }
+}
+
+/// What [`Service::open`] needs to re-validate stored policies before the
+/// service exists.
+struct PartialService<'a> {
+    store: Arc<SqliteStore>,
+    manifests: Arc<ManifestSet>,
+    inventory: InventoryService,
+    hosts: &'a RwLock<BTreeMap<String, HostEntry>>,
+}
+
+impl PartialService<'_> {
+    /// Re-validates every stored policy: one that no longer compiles turns
+    /// `invalid` (and back to `disabled` once it compiles again); the
+    /// enabled ones are returned for the engine.
+    async fn reload_policies(&self) -> Result<Vec<Policy>, ServiceError> {
+        let inventory = build_inventory(
+            &self.inventory,
+            &self.hosts.read().unwrap_or_else(|e| e.into_inner()),
+        );
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let store = self.store.clone();
+            let page = tokio::task::spawn_blocking(move || store.policies(after, 500))
+                .await
+                .map_err(join_error)??;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for record in page {
+                let ctx = CompileContext {
+                    policy_id: Some(record.id.to_string()),
+                    version_int: record.version_int,
+                    inventory: Some(&inventory),
+                    now: Some(Utc::now().to_rfc3339()),
+                };
+                let validated = validate_value(&record.spec, &self.manifests, &ctx);
+                let status = match (&validated.report.ir, record.status) {
+                    (None, _) => PolicyStatus::Invalid,
+                    (Some(_), PolicyStatus::Invalid) => PolicyStatus::Disabled,
+                    (Some(_), status) => status,
+                };
+                if status != record.status {
+                    warn!(policy_id = %record.id, from = record.status.as_str(), to = status.as_str(), "policy status changed at start");
+                    let audit = AuditRecord {
+                        ts: Utc::now(),
+                        correlation_id: Uuid::new_v4(),
+                        kind: "policy.revalidated".into(),
+                        policy_id: Some(record.id),
+                        details: json!({"from": record.status.as_str(), "to": status.as_str(), "issues": validated.report.issues}),
+                    };
+                    let store = self.store.clone();
+                    let (id, intent) = (record.id, record.enabled_intent);
+                    tokio::task::spawn_blocking(move || {
+                        store.set_policy_status(id, status, intent, &audit)
+                    })
+                    .await
+                    .map_err(join_error)??;
+                }
+                if status == PolicyStatus::Enabled {
+                    if let Some(ir) = validated.report.ir {
+                        out.push(Policy { id: record.id, ir });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(super) fn bad(code: &'static str, message: String) -> ServiceError {
+    ServiceError::BadRequest {
+        code,
+        message,
+        details: Value::Null,
+    }
+}
+
+pub(super) fn join_error(e: tokio::task::JoinError) -> ServiceError {
+    ServiceError::Internal {
+        message: format!("blocking task failed: {e}"),
+    }
+}

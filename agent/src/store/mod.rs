@@ -1,0 +1,21 @@
+//! The agent's database: one SQLite file in the data directory
+//! ([`SqliteStore`]: WAL, `synchronous=FULL`, versioned migrations) that
+//! holds both the engine's state, behind the engine's own
+//! [`EngineStore`](crate::engine::store::EngineStore) trait, and the
+//! service's state (SPEC §9, §10): policies, hosts, inventory snapshots and
+//! transcripts, behind [`PolicyStore`].
+//!
+//! The engine never names this module; the service opens the store and
+//! hands it to the engine as an `EngineStore`. The service's tables are
+//! migrations appended to the list (never edited in place). Each policy or
+//! host mutation commits together with its audit record. Host secrets are
+//! encrypted at rest with a [`SecretKey`].
+
+mod engine_state;
+mod policy;
+mod secrets;
+mod sqlite;
+
+pub use policy::*;
+pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_ENV};
+pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
