@@ -213,6 +213,10 @@ impl Service {
             self_host,
             item_ttl: config.item_ttl,
             timezone: config.tz(),
+            // Countdowns restored on these UPSes wait for their NUT
+            // source's first reading (SPEC §6 "Outage lifecycle"); one
+            // on a UPS only the API reports is re-armed at once.
+            read_subjects: Some(config.nut.iter().map(|n| n.subject_id()).collect()),
             ..EngineConfig::default()
         };
         let inner_inventory = inventory.clone();
