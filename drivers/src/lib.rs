@@ -6,6 +6,7 @@ pub mod aruba;
 pub mod breaker;
 pub mod driver;
 pub mod guard;
+pub mod host;
 pub mod linux_ssh;
 pub mod manifest;
 pub mod proxmox;

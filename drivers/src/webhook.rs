@@ -63,8 +63,8 @@ use crate::driver::{
     action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
     ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
 };
+use crate::host::{is_credential_name, ValidatedHost};
 use crate::ratelimit::{fits, Backoff, DeviceLimits, Retry};
-use crate::registry::{is_credential_name, ValidatedHost};
 use crate::secret::{Secret, MASK};
 
 /// The manifest id this driver implements.

@@ -42,9 +42,9 @@ use crate::driver::{
     action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
     ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
 };
+use crate::host::ValidatedHost;
 use crate::manifest::Manifest;
 use crate::ratelimit::DeviceLimits;
-use crate::registry::ValidatedHost;
 use crate::secret::Secret;
 use crate::ssh::{Attempts, HostKeyCheck, KeySource, Shell, SshClient, SshConfig, SshSession};
 

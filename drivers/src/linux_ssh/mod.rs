@@ -35,9 +35,9 @@ use crate::driver::{
     action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
     ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
 };
+use crate::host::ValidatedHost;
 use crate::manifest::Manifest;
 use crate::ratelimit::DeviceLimits;
-use crate::registry::ValidatedHost;
 use crate::secret::Secret;
 use crate::ssh::{
     tail, Attempts, ExecResult, HostKeyCheck, KeySource, SshClient, SshConfig, SshError, SshSession,

@@ -52,8 +52,8 @@ use crate::driver::{
     Action, ConnectionReport, Driver, DriverError, DryRunAnswer, ErrorKind, ExecOutcome,
     RefreshMode,
 };
+use crate::host::ValidatedHost;
 use crate::ratelimit::DeviceLimits;
-use crate::registry::ValidatedHost;
 use crate::secret::Secret;
 
 use client::ApiClient;
