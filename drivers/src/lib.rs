@@ -4,6 +4,7 @@
 
 pub mod aruba;
 pub mod breaker;
+pub mod connection;
 pub mod driver;
 pub mod guard;
 pub mod host;

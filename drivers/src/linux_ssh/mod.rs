@@ -20,7 +20,6 @@
 pub mod commands;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +30,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
+use crate::connection::SshSettings;
 use crate::driver::{
     action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
     ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
@@ -55,30 +55,12 @@ const TAIL_CHARS: usize = 800;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinuxSshConfig {
-    /// Host name or address to connect to.
-    pub host: String,
-    /// SSH port.
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// User to log in as; needs rights for the commands (or `sudo`).
-    pub username: String,
+    /// Address, login, host key check, connect timeout and dry-run budget.
+    #[serde(flatten)]
+    pub ssh: SshSettings,
     /// Private key: a path readable by the agent, or the key text itself
     /// (`-----BEGIN ...`). A secret: never printed.
     pub private_key: Secret,
-    /// Passphrase of an encrypted `private_key`. A secret.
-    #[serde(default)]
-    pub private_key_passphrase: Option<Secret>,
-    /// OpenSSH known_hosts file to verify the host key against.
-    #[serde(default)]
-    pub known_hosts: Option<PathBuf>,
-    /// Pinned host key, `SHA256:<base64>` as `ssh-keygen -lf` prints it;
-    /// wins over `known_hosts`.
-    #[serde(default)]
-    pub host_key_fingerprint: Option<String>,
-    /// Accept an unknown host key on first connection and remember it (in
-    /// `known_hosts` when set). Off unless asked for.
-    #[serde(default = "default_trust_on_first_use")]
-    pub trust_on_first_use: bool,
     /// Prefix changing commands with `sudo -n` (passwordless sudo required).
     #[serde(default = "default_sudo")]
     pub sudo: bool,
@@ -89,20 +71,30 @@ pub struct LinuxSshConfig {
     /// with `commands.list_services`.
     #[serde(default)]
     pub services: Option<Vec<String>>,
-    /// Bound on TCP connect, handshake and login, in seconds (the
-    /// manifest's `defaults.ssh.connect_timeout_s` when the host sets none).
-    #[serde(default = "default_connect_timeout_s")]
-    pub connect_timeout_s: u64,
     /// Bound on each remote command, in seconds (the manifest's
     /// `defaults.ssh.command_timeout_s` when the host sets none).
     #[serde(default = "default_command_timeout_s")]
     pub command_timeout_s: u64,
-    /// Bound on a whole dry-run (connect, login and every read), in seconds
-    /// (the manifest's `defaults.dry_run_refresh_sla_s` when the host sets
-    /// none); past it the dry-run fails with `timeout`.
-    #[serde(default = "default_dry_run_budget_s")]
-    pub dry_run_budget_s: u64,
 }
+
+/// Every field of [`LinuxSshConfig`], flattened ones included, in the order
+/// its unknown-field message lists them.
+const FIELDS: &[&str] = &[
+    "host",
+    "port",
+    "username",
+    "private_key",
+    "private_key_passphrase",
+    "known_hosts",
+    "host_key_fingerprint",
+    "trust_on_first_use",
+    "sudo",
+    "commands",
+    "services",
+    "connect_timeout_s",
+    "command_timeout_s",
+    "dry_run_budget_s",
+];
 
 /// Remote command templates. `{service}` is the validated, shell-quoted
 /// unit name, `{delay_s}` the power delay in seconds.
@@ -132,28 +124,12 @@ pub struct LinuxCommands {
     pub list_services: String,
 }
 
-fn default_port() -> u16 {
-    22
-}
-
-fn default_trust_on_first_use() -> bool {
-    false
-}
-
 fn default_sudo() -> bool {
     false
 }
 
-fn default_connect_timeout_s() -> u64 {
-    5
-}
-
 fn default_command_timeout_s() -> u64 {
     30
-}
-
-fn default_dry_run_budget_s() -> u64 {
-    5
 }
 
 fn default_poweroff() -> String {
@@ -201,7 +177,7 @@ impl Default for LinuxCommands {
 impl LinuxSshConfig {
     /// Reads the config from a host's `connection` map.
     pub fn from_connection(connection: &Map<String, Value>) -> Result<LinuxSshConfig, DriverError> {
-        serde_json::from_value(Value::Object(connection.clone())).map_err(|e| {
+        crate::connection::decode(connection, FIELDS).map_err(|e| {
             DriverError::new(ErrorKind::ConfigError, format!("linux.ssh connection: {e}"))
         })
     }
@@ -319,9 +295,9 @@ impl LinuxSshDriver {
         config: LinuxSshConfig,
     ) -> Result<LinuxSshDriver, DriverError> {
         let host_id = host_id.into();
-        if config.connect_timeout_s == 0
+        if config.ssh.connect_timeout_s == 0
             || config.command_timeout_s == 0
-            || config.dry_run_budget_s == 0
+            || config.ssh.dry_run_budget_s == 0
         {
             return Err(DriverError::new(
                 ErrorKind::ConfigError,
@@ -335,18 +311,18 @@ impl LinuxSshDriver {
                 })?;
             }
         }
-        let connect_timeout = Duration::from_secs(config.connect_timeout_s);
+        let connect_timeout = Duration::from_secs(config.ssh.connect_timeout_s);
         let client = SshClient::new(SshConfig {
-            host: config.host.clone(),
-            port: config.port,
-            username: config.username.clone(),
+            host: config.ssh.host.clone(),
+            port: config.ssh.port,
+            username: config.ssh.username.clone(),
             private_key: Some(KeySource::from_config(&config.private_key)),
-            private_key_passphrase: config.private_key_passphrase.clone(),
+            private_key_passphrase: config.ssh.private_key_passphrase.clone(),
             password: None,
             host_key: HostKeyCheck {
-                fingerprint: config.host_key_fingerprint.clone(),
-                known_hosts: config.known_hosts.clone(),
-                trust_on_first_use: config.trust_on_first_use,
+                fingerprint: config.ssh.host_key_fingerprint.clone(),
+                known_hosts: config.ssh.known_hosts.clone(),
+                trust_on_first_use: config.ssh.trust_on_first_use,
             },
             connect_timeout,
         })?;
@@ -361,13 +337,13 @@ impl LinuxSshDriver {
                 limits: DeviceLimits::default(),
                 commands: config.commands.clone(),
                 services: config.services.clone(),
-                username: config.username.clone(),
+                username: config.ssh.username.clone(),
                 connect_timeout,
                 command_timeout: Duration::from_secs(config.command_timeout_s),
             },
             host_id,
             client,
-            dry_run_budget: Duration::from_secs(config.dry_run_budget_s),
+            dry_run_budget: Duration::from_secs(config.ssh.dry_run_budget_s),
             read_attempts: Attempts::Once,
         };
         Ok(match crate::manifest::shipped().get(PLUGIN_ID) {
@@ -1125,7 +1101,7 @@ mod tests {
     #[test]
     fn config_defaults_are_the_documented_ones() {
         let c = config(json!({}));
-        assert_eq!(c.port, 22);
+        assert_eq!(c.ssh.port, 22);
         assert!(!c.sudo);
         assert_eq!(c.commands.service_stop, "systemctl stop {service}");
         assert_eq!(c.command_timeout_s, 30);
@@ -1176,7 +1152,7 @@ mod tests {
 
     #[test]
     fn the_dry_run_budget_defaults_to_the_refresh_sla_and_zero_is_refused() {
-        assert_eq!(config(json!({})).dry_run_budget_s, 5);
+        assert_eq!(config(json!({})).ssh.dry_run_budget_s, 5);
         let err =
             LinuxSshDriver::new("web-01", config(json!({"dry_run_budget_s": 0}))).unwrap_err();
         assert_eq!(err.kind, ErrorKind::ConfigError);
@@ -1220,5 +1196,19 @@ mod tests {
                 delay_s: 30
             }
         );
+    }
+
+    #[test]
+    fn the_unknown_field_message_lists_every_field_the_manifest_declares() {
+        let manifest = crate::manifest::shipped().get(PLUGIN_ID).unwrap();
+        let mut listed = FIELDS.to_vec();
+        listed.sort_unstable();
+        let declared: Vec<&str> = manifest
+            .schema
+            .connection
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(listed, declared);
     }
 }
