@@ -904,7 +904,9 @@ impl Driver for WebhookDriver {
     ) -> Result<Vec<ExecOutcome>, DriverError> {
         let mut outcomes = Vec::with_capacity(targets.len());
         for target in targets {
-            let span = tracing::info_span!("driver_call", plugin = PLUGIN_ID, host = %self.host_id, target = %target);
+            // The guard's `driver_call` span has the host and plugin; this one
+            // only names the target of this delivery.
+            let span = tracing::info_span!("delivery", target = %target);
             let prepared = self.prepare(action, target);
             let key = action_key(action, target);
             let outcome = match prepared.outcome {

@@ -35,7 +35,6 @@ use inventory::port::{compress_runs, Port};
 use inventory::Severity;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tracing::Instrument;
 
 use crate::connection::SshSettings;
 use crate::driver::{
@@ -393,16 +392,9 @@ impl Driver for ArubaDriver {
 
     async fn discover(
         &self,
-        mode: RefreshMode,
+        _mode: RefreshMode,
         budget: Duration,
     ) -> Result<Vec<Target>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.discover",
-            host = %self.host_id,
-            plugin = PLUGIN_ID,
-            ?mode,
-            budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
-        );
         let ctx = self.ctx.clone();
         self.client
             .run(budget, self.read_attempts.clone(), move |s| {
@@ -447,7 +439,6 @@ impl Driver for ArubaDriver {
                 }
                 Ok::<_, DriverError>(targets)
             })
-            .instrument(span)
             .await
     }
 
@@ -456,13 +447,6 @@ impl Driver for ArubaDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<DryRunAnswer>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.dry_run",
-            host = %self.host_id,
-            capability = %action.capability,
-            verb = %action.verb,
-            targets = targets.len(),
-        );
         let op = parse_action(action)?;
         let ports = parse_targets(op, targets);
         self.refuse_protected(&ports)?;
@@ -480,7 +464,6 @@ impl Driver for ArubaDriver {
                     &action, op, s, &ctx, manager, &ports, &live, &plan,
                 ))
             })
-            .instrument(span)
             .await
     }
 
@@ -489,13 +472,6 @@ impl Driver for ArubaDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<ExecOutcome>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.execute",
-            host = %self.host_id,
-            capability = %action.capability,
-            verb = %action.verb,
-            targets = targets.len(),
-        );
         let op = parse_action(action)?;
         let ports = parse_targets(op, targets);
         self.refuse_protected(&ports)?;
@@ -504,13 +480,10 @@ impl Driver for ArubaDriver {
             .run(self.budget(12, Some(op)), Attempts::Once, move |s| {
                 execute_blocking(&ctx, s, op, &ports)
             })
-            .instrument(span)
             .await
     }
 
     async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {
-        let span =
-            tracing::info_span!("driver.test_connection", host = %self.host_id, plugin = PLUGIN_ID);
         let started = Instant::now();
         let ctx = self.ctx.clone();
         let details = self
@@ -530,7 +503,6 @@ impl Driver for ArubaDriver {
                 details.insert("level".into(), json!(level));
                 Ok::<_, DriverError>(details)
             })
-            .instrument(span)
             .await?;
         let ok = details.get("level") == Some(&json!("manager"));
         Ok(ConnectionReport {

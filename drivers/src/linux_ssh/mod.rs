@@ -28,7 +28,6 @@ use inventory::model::Target;
 use inventory::Severity;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tracing::Instrument;
 
 use crate::connection::SshSettings;
 use crate::driver::{
@@ -386,20 +385,12 @@ impl Driver for LinuxSshDriver {
         mode: RefreshMode,
         budget: Duration,
     ) -> Result<Vec<Target>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.discover",
-            host = %self.host_id,
-            plugin = PLUGIN_ID,
-            ?mode,
-            budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
-        );
         let ctx = self.ctx.clone();
         let targets = self
             .client
             .run(budget, self.read_attempts.clone(), move |s| {
                 discover_blocking(&ctx, s, mode)
             })
-            .instrument(span)
             .await?;
         Ok(targets)
     }
@@ -409,13 +400,6 @@ impl Driver for LinuxSshDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<DryRunAnswer>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.dry_run",
-            host = %self.host_id,
-            capability = %action.capability,
-            verb = %action.verb,
-            targets = targets.len(),
-        );
         let op = parse_action(action)?;
         let ctx = self.ctx.clone();
         let (action, targets) = (action.clone(), targets.to_vec());
@@ -424,7 +408,6 @@ impl Driver for LinuxSshDriver {
             .run(self.dry_run_budget, self.read_attempts.clone(), move |s| {
                 dry_run_blocking(&ctx, s, op, &action, &targets)
             })
-            .instrument(span)
             .await?)
     }
 
@@ -433,13 +416,6 @@ impl Driver for LinuxSshDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<ExecOutcome>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.execute",
-            host = %self.host_id,
-            capability = %action.capability,
-            verb = %action.verb,
-            targets = targets.len(),
-        );
         let op = parse_action(action)?;
         let ctx = self.ctx.clone();
         let targets = targets.to_vec();
@@ -451,13 +427,10 @@ impl Driver for LinuxSshDriver {
             .run(budget, Attempts::Once, move |s| {
                 Ok::<_, SshError>(execute_blocking(&ctx, s, op, &targets))
             })
-            .instrument(span)
             .await?)
     }
 
     async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {
-        let span =
-            tracing::info_span!("driver.test_connection", host = %self.host_id, plugin = PLUGIN_ID);
         let started = Instant::now();
         let ctx = self.ctx.clone();
         let mut details = self
@@ -474,7 +447,6 @@ impl Driver for LinuxSshDriver {
                 }
                 Ok::<_, SshError>(details)
             })
-            .instrument(span)
             .await?;
         let ok = details.get("sudo").is_none_or(|v| v == &json!(true));
         if !ok {

@@ -46,7 +46,6 @@ use inventory::model::Target;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use crate::connection::HttpSettings;
 use crate::driver::{
@@ -374,12 +373,8 @@ impl Driver for ProxmoxDriver {
         mode: RefreshMode,
         budget: Duration,
     ) -> Result<Vec<Target>, DriverError> {
-        let span =
-            tracing::info_span!("driver.discover", host = %self.host_id, plugin = PLUGIN_ID, ?mode);
         let deadline = Instant::now() + budget;
-        discovery::discover(&self.client, mode, deadline)
-            .instrument(span)
-            .await
+        discovery::discover(&self.client, mode, deadline).await
     }
 
     async fn dry_run(
@@ -387,17 +382,8 @@ impl Driver for ProxmoxDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<DryRunAnswer>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.dry_run",
-            host = %self.host_id,
-            capability = %action.capability,
-            verb = %action.verb,
-            targets = targets.len()
-        );
         let deadline = self.dry_run_deadline();
-        dry_run::dry_run(&self.client, action, targets, deadline)
-            .instrument(span)
-            .await
+        dry_run::dry_run(&self.client, action, targets, deadline).await
     }
 
     async fn execute(
@@ -405,28 +391,16 @@ impl Driver for ProxmoxDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<ExecOutcome>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.execute",
-            host = %self.host_id,
-            capability = %action.capability,
-            verb = %action.verb,
-            targets = targets.len()
-        );
-        execute::execute(&self.client, action, targets, &self.config.node)
-            .instrument(span)
-            .await
+        execute::execute(&self.client, action, targets, &self.config.node).await
     }
 
     async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {
-        let span =
-            tracing::info_span!("driver.test_connection", host = %self.host_id, plugin = PLUGIN_ID);
         let started = Instant::now();
         let deadline = started + Duration::from_secs_f64(self.config.http.timeout_s * 2.0);
         let version = self
             .client
             .for_any()
             .get("/version", &[], Some(deadline))
-            .instrument(span)
             .await?;
         let mut details = Map::new();
         for key in ["version", "release", "repoid"] {

@@ -66,6 +66,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use drivers::breaker::Breakers;
 use drivers::driver::{action_key, Action, Driver, DriverError, DryRunAnswer, ExecOutcome};
+use drivers::guard::{with_context, CallContext};
 use drivers::manifest::{shipped, Capability};
 use inventory::selector::{parse_selector, SelectorMode};
 use inventory::{HostInventory, Inventory, Severity};
@@ -300,11 +301,16 @@ impl DryRunPlan {
     pub async fn run(mut self) -> Transcript {
         for decision in &mut self.decisions {
             for planned in &mut decision.planned {
+                let context = CallContext {
+                    policy_id: decision.policy_id,
+                    correlation_id: self.correlation_id,
+                };
                 let answer = match self.drivers.get(&planned.host) {
-                    Some(driver) => driver
-                        .dry_run(&planned.action, &planned.targets)
-                        .await
-                        .map_err(|e| e.to_string()),
+                    Some(driver) => {
+                        with_context(context, driver.dry_run(&planned.action, &planned.targets))
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
                     None => Err(format!("no driver for host {}", planned.host)),
                 };
                 planned.dry_run = Some(answer);
@@ -340,13 +346,18 @@ pub struct ActionWork {
     driver: Arc<dyn Driver>,
     action: Action,
     targets: Vec<String>,
+    /// The policy and event the action serves, for the driver call's span.
+    context: CallContext,
 }
 
 impl Work for ActionWork {
     type Output = Result<Vec<ExecOutcome>, DriverError>;
 
     fn run(self) -> BoxFuture<Self::Output> {
-        Box::pin(async move { self.driver.execute(&self.action, &self.targets).await })
+        Box::pin(async move {
+            let call = self.driver.execute(&self.action, &self.targets);
+            with_context(self.context, call).await
+        })
     }
 }
 
@@ -1195,6 +1206,10 @@ impl Engine {
                     driver,
                     action: planned.action.clone(),
                     targets: planned.targets.clone(),
+                    context: CallContext {
+                        policy_id: intent.policy_id,
+                        correlation_id: intent.correlation_id,
+                    },
                 },
             )
             .with_ttl(self.config.item_ttl);
