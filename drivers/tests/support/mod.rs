@@ -4,7 +4,6 @@
 
 #![allow(dead_code)]
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,8 +16,7 @@ use serde_json::Value;
 /// command may need to reach files in it).
 pub fn shared_tempdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod temp dir");
+    drivers::testing::set_mode(dir.path(), 0o755);
     dir
 }
 
