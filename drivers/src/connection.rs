@@ -6,12 +6,14 @@
 //! `connection` map, as before; only the Rust structs are shared.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::secret::Secret;
+use crate::ssh::{HostKeyCheck, KeySource, SshConfig};
 
 /// How an SSH driver reaches and logs in to its host, and how long it waits.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +73,30 @@ pub struct HttpSettings {
     /// CA roots when no pin is set). `false` accepts any certificate.
     #[serde(default = "default_verify_tls")]
     pub verify_tls: bool,
+}
+
+impl SshSettings {
+    /// The SSH client's settings: these, with the driver's credentials.
+    pub fn client_config(
+        &self,
+        private_key: Option<KeySource>,
+        password: Option<Secret>,
+    ) -> SshConfig {
+        SshConfig {
+            host: self.host.clone(),
+            port: self.port,
+            username: self.username.clone(),
+            private_key,
+            private_key_passphrase: self.private_key_passphrase.clone(),
+            password,
+            host_key: HostKeyCheck {
+                fingerprint: self.host_key_fingerprint.clone(),
+                known_hosts: self.known_hosts.clone(),
+                trust_on_first_use: self.trust_on_first_use,
+            },
+            connect_timeout: Duration::from_secs(self.connect_timeout_s),
+        }
+    }
 }
 
 impl Default for HttpSettings {

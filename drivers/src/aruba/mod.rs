@@ -45,7 +45,7 @@ use crate::host::ValidatedHost;
 use crate::manifest::Manifest;
 use crate::ratelimit::DeviceLimits;
 use crate::secret::Secret;
-use crate::ssh::{Attempts, HostKeyCheck, KeySource, Shell, SshClient, SshConfig, SshSession};
+use crate::ssh::{Attempts, KeySource, Shell, SshClient, SshSession};
 
 use cli::{
     change_lines, parse_interfaces_brief, parse_poe_brief, Change, Cli, CliError, Level, Persist,
@@ -293,21 +293,10 @@ impl ArubaDriver {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let connect_timeout = Duration::from_secs(config.ssh.connect_timeout_s);
-        let client = SshClient::new(SshConfig {
-            host: config.ssh.host.clone(),
-            port: config.ssh.port,
-            username: config.ssh.username.clone(),
-            private_key: config.private_key.as_ref().map(KeySource::from_config),
-            private_key_passphrase: config.ssh.private_key_passphrase.clone(),
-            password: config.password.clone(),
-            host_key: HostKeyCheck {
-                fingerprint: config.ssh.host_key_fingerprint.clone(),
-                known_hosts: config.ssh.known_hosts.clone(),
-                trust_on_first_use: config.ssh.trust_on_first_use,
-            },
-            connect_timeout,
-        })?;
+        let client = SshClient::new(config.ssh.client_config(
+            config.private_key.as_ref().map(KeySource::from_config),
+            config.password.clone(),
+        ))?;
         let driver = ArubaDriver {
             host_id: host_id.into(),
             ctx: Ctx {

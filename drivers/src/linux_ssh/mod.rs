@@ -38,9 +38,7 @@ use crate::host::ValidatedHost;
 use crate::manifest::Manifest;
 use crate::ratelimit::DeviceLimits;
 use crate::secret::Secret;
-use crate::ssh::{
-    tail, Attempts, ExecResult, HostKeyCheck, KeySource, SshClient, SshConfig, SshError, SshSession,
-};
+use crate::ssh::{tail, Attempts, ExecResult, KeySource, SshClient, SshError, SshSession};
 
 use commands::{delayed, parse_list_units, parse_state, program_of, render, validate_unit, RunAs};
 
@@ -310,21 +308,11 @@ impl LinuxSshDriver {
                 })?;
             }
         }
-        let connect_timeout = Duration::from_secs(config.ssh.connect_timeout_s);
-        let client = SshClient::new(SshConfig {
-            host: config.ssh.host.clone(),
-            port: config.ssh.port,
-            username: config.ssh.username.clone(),
-            private_key: Some(KeySource::from_config(&config.private_key)),
-            private_key_passphrase: config.ssh.private_key_passphrase.clone(),
-            password: None,
-            host_key: HostKeyCheck {
-                fingerprint: config.ssh.host_key_fingerprint.clone(),
-                known_hosts: config.ssh.known_hosts.clone(),
-                trust_on_first_use: config.ssh.trust_on_first_use,
-            },
-            connect_timeout,
-        })?;
+        let client = SshClient::new(
+            config
+                .ssh
+                .client_config(Some(KeySource::from_config(&config.private_key)), None),
+        )?;
         let driver = LinuxSshDriver {
             ctx: Ctx {
                 host_id: host_id.clone(),
@@ -337,7 +325,7 @@ impl LinuxSshDriver {
                 commands: config.commands.clone(),
                 services: config.services.clone(),
                 username: config.ssh.username.clone(),
-                connect_timeout,
+                connect_timeout: Duration::from_secs(config.ssh.connect_timeout_s),
                 command_timeout: Duration::from_secs(config.command_timeout_s),
             },
             host_id,
