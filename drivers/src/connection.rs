@@ -195,4 +195,25 @@ mod tests {
         assert_eq!(probe.http.timeout_s, 5.0);
         assert!(probe.http.verify_tls);
     }
+
+    #[test]
+    fn each_driver_lists_every_field_its_manifest_declares() {
+        let drivers = [
+            (crate::aruba::PLUGIN_ID, crate::aruba::FIELDS),
+            (crate::linux_ssh::PLUGIN_ID, crate::linux_ssh::FIELDS),
+            (crate::webhook::PLUGIN_ID, crate::webhook::FIELDS),
+        ];
+        for (plugin, fields) in drivers {
+            let manifest = crate::manifest::shipped().get(plugin).unwrap();
+            let mut listed = fields.to_vec();
+            listed.sort_unstable();
+            let declared: Vec<&str> = manifest
+                .schema
+                .connection
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(listed, declared, "{plugin}");
+        }
+    }
 }

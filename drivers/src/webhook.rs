@@ -142,7 +142,7 @@ pub struct WebhookConfig {
 
 /// Every field of [`WebhookConfig`], flattened ones included, in the order
 /// its unknown-field message lists them.
-const FIELDS: &[&str] = &[
+pub(crate) const FIELDS: &[&str] = &[
     "url",
     "secret",
     "timeout_s",
@@ -1288,19 +1288,5 @@ mod tests {
             assert!(!shown.contains(secret), "{shown}");
         }
         assert!(shown.contains("X-Tenant"), "names stay visible: {shown}");
-    }
-
-    #[test]
-    fn the_unknown_field_message_lists_every_field_the_manifest_declares() {
-        let manifest = crate::manifest::shipped().get(PLUGIN_ID).unwrap();
-        let mut listed = FIELDS.to_vec();
-        listed.sort_unstable();
-        let declared: Vec<&str> = manifest
-            .schema
-            .connection
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(listed, declared);
     }
 }

@@ -92,7 +92,7 @@ pub struct ArubaConfig {
 
 /// Every field of [`ArubaConfig`], flattened ones included, in the order
 /// its unknown-field message lists them.
-const FIELDS: &[&str] = &[
+pub(crate) const FIELDS: &[&str] = &[
     "host",
     "port",
     "username",
@@ -1136,19 +1136,5 @@ mod tests {
             ArubaDriver::new("sw1", config).unwrap_err().kind,
             ErrorKind::ConfigError
         );
-    }
-
-    #[test]
-    fn the_unknown_field_message_lists_every_field_the_manifest_declares() {
-        let manifest = crate::manifest::shipped().get(PLUGIN_ID).unwrap();
-        let mut listed = FIELDS.to_vec();
-        listed.sort_unstable();
-        let declared: Vec<&str> = manifest
-            .schema
-            .connection
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(listed, declared);
     }
 }

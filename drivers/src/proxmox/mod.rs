@@ -112,7 +112,7 @@ pub struct ProxmoxConfig {
 
 /// Every field of [`ProxmoxConfig`], flattened ones included, in the order
 /// its unknown-field message lists them.
-const FIELDS: &[&str] = &[
+pub(crate) const FIELDS: &[&str] = &[
     "host",
     "port",
     "node",
