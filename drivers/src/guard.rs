@@ -50,6 +50,14 @@
 //! count every failure twice and refuse its own half-open trial call.
 //! The engine's step-7 preflight reads [`Breaker::would_allow`] of
 //! `breakers.for_host(host)` without calling the driver.
+//!
+//! # Tracing
+//!
+//! Each call runs in one `driver_call` span carrying the host, plugin,
+//! method, action, target count and breaker phase, plus the `policy_id` and `correlation_id` of the
+//! [`CallContext`] the engine set with [`with_context`] (empty for calls
+//! outside a policy run: refreshes, connection tests). Drivers open no
+//! span of their own for the call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,12 +68,31 @@ use inventory::model::Target;
 use serde_json::Value;
 use tracing::field::Empty;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::breaker::{Breaker, BreakerError, Breakers};
 use crate::driver::{
     Action, ConnectionReport, Driver, DriverError, DryRunAnswer, ErrorKind, ExecOutcome,
     RefreshMode,
 };
+
+/// The policy run a driver call serves, shown on the guard's span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallContext {
+    pub policy_id: Uuid,
+    /// The event's correlation id (SPEC §1), shared by every log line of its handling.
+    pub correlation_id: Uuid,
+}
+
+tokio::task_local! {
+    static CONTEXT: CallContext;
+}
+
+/// Runs `call` (a driver call, or work that makes some) with `context`, so
+/// the guard's span of every call it makes names the policy and event.
+pub async fn with_context<F: std::future::Future>(context: CallContext, call: F) -> F::Output {
+    CONTEXT.scope(context, call).await
+}
 
 /// A driver whose every call goes through its host's circuit breaker (see
 /// the module docs for what counts as a failure).
@@ -121,8 +148,10 @@ impl GuardedDriver {
     where
         F: std::future::Future<Output = Result<T, DriverError>>,
     {
+        let context = CONTEXT.try_with(|c| *c).ok();
         let span = tracing::info_span!(
             "driver_call",
+            policy_id = context.map(|c| tracing::field::display(c.policy_id)),
             host = %self.inner.host_id(),
             plugin = %self.inner.plugin_id(),
             method,
@@ -130,6 +159,7 @@ impl GuardedDriver {
             verb = action.map(|a| a.verb.as_str()),
             targets,
             breaker = Empty,
+            correlation_id = context.map(|c| tracing::field::display(c.correlation_id)),
         );
         async {
             let permit = match self.breaker.acquire() {
@@ -330,5 +360,16 @@ mod tests {
         assert_eq!(exec_kind(&Ok(Vec::new())), None);
         let whole_call = Err(DriverError::new(ErrorKind::TlsError, "bad pin"));
         assert_eq!(exec_kind(&whole_call), Some(ErrorKind::TlsError));
+    }
+
+    #[tokio::test]
+    async fn the_call_context_is_seen_only_inside_with_context() {
+        let context = CallContext {
+            policy_id: Uuid::new_v4(),
+            correlation_id: Uuid::new_v4(),
+        };
+        let inside = with_context(context, async { CONTEXT.try_with(|c| *c).ok() }).await;
+        assert_eq!(inside, Some(context));
+        assert_eq!(CONTEXT.try_with(|c| *c).ok(), None);
     }
 }

@@ -4,8 +4,10 @@
 
 pub mod aruba;
 pub mod breaker;
+pub mod connection;
 pub mod driver;
 pub mod guard;
+pub mod host;
 pub mod linux_ssh;
 pub mod manifest;
 pub mod proxmox;

@@ -1,7 +1,8 @@
 //! The driver registry: the one place that names concrete drivers. It checks
 //! a host's connection config against its plugin's manifest (missing and
 //! unknown fields, types, defaults) and builds the driver instance bound to
-//! that host. Secrets stay masked in everything this module can print:
+//! that host. The [`ValidatedHost`] it hands out lives in [`crate::host`],
+//! below the drivers, and keeps secrets masked in everything it can print:
 //! fields the manifest marks `secret: true`, and the credentials of any
 //! URL-valued string (userinfo, credential-like query values), whatever
 //! field holds it.
@@ -18,18 +19,18 @@
 //!
 //! `drivers/tests/registry.rs` fails until every shipped manifest has one.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use inventory::finding::{did_you_mean, pointer_token, Finding, Severity};
-use serde::ser::SerializeStruct;
-use serde::{Deserialize, Serialize, Serializer};
+use inventory::finding::{did_you_mean_hint, pointer_token, Finding, Severity};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::driver::{Driver, DriverError};
+/// Re-exported: the agent reads validated hosts from the registry that
+/// produces them.
+pub use crate::host::ValidatedHost;
 use crate::manifest::{Manifest, ManifestSet};
-use crate::secret::{Secret, MASK};
 
 /// Builds a driver bound to one validated host. Must not touch the network:
 /// connections are made lazily by the driver's calls.
@@ -62,19 +63,6 @@ pub struct HostConfig {
     /// Connection fields, checked against the manifest's `schema.connection`.
     #[serde(default)]
     pub connection: Map<String, Value>,
-}
-
-/// A host whose connection passed its manifest's schema, with defaults
-/// filled in. `Debug` and `Serialize` show [`ValidatedHost::masked_connection`]:
-/// every `secret: true` field masked, and the credentials of any URL in the
-/// other fields.
-#[derive(Clone)]
-pub struct ValidatedHost {
-    pub id: String,
-    pub plugin: String,
-    pub self_host: bool,
-    connection: Map<String, Value>,
-    manifest: Arc<Manifest>,
 }
 
 /// Why a driver could not be built for a host.
@@ -262,7 +250,7 @@ pub fn validate_host_in(
                 "/plugin",
                 format!("unknown plugin `{}`", host.plugin),
             );
-            if let Some(hint) = hint(&host.plugin, manifests.ids()) {
+            if let Some(hint) = did_you_mean_hint(&host.plugin, manifests.ids()) {
                 finding = finding.with_hint(hint);
             }
             Err(vec![finding])
@@ -311,7 +299,7 @@ pub fn validate_host(
                 path,
                 format!("unknown connection field `{name}`"),
             );
-            if let Some(h) = hint(name, schema.keys().map(String::as_str)) {
+            if let Some(h) = did_you_mean_hint(name, schema.keys().map(String::as_str)) {
                 f = f.with_hint(h);
             }
             findings.push(f);
@@ -363,212 +351,15 @@ pub fn validate_host(
         }
     }
     if findings.is_empty() {
-        Ok(ValidatedHost {
-            id: host.id.clone(),
-            plugin: host.plugin.clone(),
-            self_host: host.self_host,
+        Ok(ValidatedHost::new(
+            host.id.clone(),
+            host.plugin.clone(),
+            host.self_host,
             connection,
-            manifest: Arc::new(manifest.clone()),
-        })
+            Arc::new(manifest.clone()),
+        ))
     } else {
         Err(findings)
-    }
-}
-
-impl ValidatedHost {
-    /// The manifest the host was validated against (defaults, capabilities, rate limits).
-    pub fn manifest(&self) -> &Manifest {
-        &self.manifest
-    }
-
-    /// A connection field (defaults applied), secrets included: only for the
-    /// driver's own use. Prefer [`ValidatedHost::secret`] for secret fields.
-    pub fn value(&self, name: &str) -> Option<&Value> {
-        self.connection.get(name)
-    }
-
-    /// A string field (secrets included; see [`ValidatedHost::value`]).
-    pub fn str(&self, name: &str) -> Option<&str> {
-        self.value(name).and_then(Value::as_str)
-    }
-
-    pub fn u64(&self, name: &str) -> Option<u64> {
-        self.value(name).and_then(Value::as_u64)
-    }
-
-    pub fn bool(&self, name: &str) -> Option<bool> {
-        self.value(name).and_then(Value::as_bool)
-    }
-
-    /// The string items of an array field (`protected_ports`); empty when unset.
-    pub fn strings(&self, name: &str) -> Vec<String> {
-        self.value(name)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// A string field wrapped so it cannot be printed by accident.
-    pub fn secret(&self, name: &str) -> Option<Secret> {
-        self.str(name).map(Secret::new)
-    }
-
-    /// Whether the manifest marks `name` as secret.
-    pub fn is_secret(&self, name: &str) -> bool {
-        self.manifest
-            .schema
-            .connection
-            .get(name)
-            .is_some_and(|f| f.secret)
-    }
-
-    /// Names of the set fields, sorted.
-    pub fn fields(&self) -> impl Iterator<Item = &str> {
-        self.connection.keys().map(String::as_str)
-    }
-
-    /// The connection as logs and API answers may show it: every secret
-    /// field replaced by [`MASK`], and every other string (nested ones
-    /// included) passed through [`mask_url`], because a URL carries its
-    /// credentials in itself (`https://user:pass@host/`) whether or not the
-    /// manifest thought to mark its field secret.
-    pub fn masked_connection(&self) -> Map<String, Value> {
-        let secrets: BTreeSet<&str> = self.manifest.secret_fields().collect();
-        self.connection
-            .iter()
-            .map(|(k, v)| {
-                let shown = if secrets.contains(k.as_str()) {
-                    Value::String(MASK.into())
-                } else {
-                    mask_urls(v)
-                };
-                (k.clone(), shown)
-            })
-            .collect()
-    }
-}
-
-/// `text` with the credentials a URL may carry masked: the userinfo
-/// (`https://user:pass@host/` -> `https://***@host/`) and the values of
-/// query params whose names look like credentials (`?token=***`, see
-/// [`is_credential_name`]). A string that is not an absolute URL
-/// (`scheme://...`) comes back unchanged.
-pub fn mask_url(text: &str) -> Cow<'_, str> {
-    let Some(scheme_end) = text.find("://") else {
-        return Cow::Borrowed(text);
-    };
-    let scheme = &text[..scheme_end];
-    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    if !is_scheme {
-        return Cow::Borrowed(text);
-    }
-    let rest = &text[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let mut changed = false;
-    let mut out = String::with_capacity(text.len());
-    out.push_str(&text[..scheme_end + 3]);
-    match authority.rfind('@') {
-        Some(at) => {
-            changed = true;
-            out.push_str(MASK);
-            out.push_str(&authority[at..]);
-        }
-        None => out.push_str(authority),
-    }
-    let (before_fragment, fragment) = match tail.find('#') {
-        Some(i) => tail.split_at(i),
-        None => (tail, ""),
-    };
-    match before_fragment.split_once('?') {
-        Some((path, query)) => {
-            out.push_str(path);
-            out.push('?');
-            for (i, pair) in query.split('&').enumerate() {
-                if i > 0 {
-                    out.push('&');
-                }
-                match pair.split_once('=') {
-                    Some((name, value)) if is_credential_name(name) && value != MASK => {
-                        changed = true;
-                        out.push_str(name);
-                        out.push('=');
-                        out.push_str(MASK);
-                    }
-                    _ => out.push_str(pair),
-                }
-            }
-        }
-        None => out.push_str(before_fragment),
-    }
-    out.push_str(fragment);
-    if changed {
-        Cow::Owned(out)
-    } else {
-        Cow::Borrowed(text)
-    }
-}
-
-/// Whether a name (query param, header, field) looks like it holds a
-/// credential: it contains `auth`, `token`, `secret`, `key`, `pass`,
-/// `pwd`, `sig`, `session`, `credential` or `cookie`, in any case.
-pub fn is_credential_name(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    [
-        "auth",
-        "token",
-        "secret",
-        "key",
-        "pass",
-        "pwd",
-        "sig",
-        "session",
-        "credential",
-        "cookie",
-    ]
-    .iter()
-    .any(|word| name.contains(word))
-}
-
-/// `value` with [`mask_url`] applied to every string in it.
-fn mask_urls(value: &Value) -> Value {
-    match value {
-        Value::String(s) => Value::String(mask_url(s).into_owned()),
-        Value::Array(items) => Value::Array(items.iter().map(mask_urls).collect()),
-        Value::Object(map) => {
-            Value::Object(map.iter().map(|(k, v)| (k.clone(), mask_urls(v))).collect())
-        }
-        other => other.clone(),
-    }
-}
-
-impl std::fmt::Debug for ValidatedHost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ValidatedHost")
-            .field("id", &self.id)
-            .field("plugin", &self.plugin)
-            .field("self_host", &self.self_host)
-            .field("connection", &self.masked_connection())
-            .finish()
-    }
-}
-
-impl Serialize for ValidatedHost {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("ValidatedHost", 4)?;
-        s.serialize_field("id", &self.id)?;
-        s.serialize_field("plugin", &self.plugin)?;
-        s.serialize_field("self", &self.self_host)?;
-        s.serialize_field("connection", &self.masked_connection())?;
-        s.end()
     }
 }
 
@@ -589,15 +380,6 @@ fn is_host_id(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
-fn hint<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    let known: Vec<&str> = known.into_iter().collect();
-    match did_you_mean(word, known.iter().copied()) {
-        Some(close) => Some(format!("did you mean `{close}`?")),
-        None if known.is_empty() => None,
-        None => Some(format!("expected one of: {}", known.join(", "))),
-    }
 }
 
 #[cfg(test)]

@@ -1104,7 +1104,7 @@ fn first_line(command: &str) -> &str {
 /// SLA, connect and command timeouts from `defaults.ssh`. Both SSH drivers'
 /// registry constructors read their config from this.
 pub(crate) fn connection_with_defaults(
-    host: &crate::registry::ValidatedHost,
+    host: &crate::host::ValidatedHost,
 ) -> serde_json::Map<String, serde_json::Value> {
     use serde_json::json;
     let mut connection: serde_json::Map<String, serde_json::Value> = host

@@ -59,12 +59,13 @@ use sha2::Sha256;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::connection::HttpSettings;
 use crate::driver::{
     action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
     ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
 };
+use crate::host::{is_credential_name, ValidatedHost};
 use crate::ratelimit::{fits, Backoff, DeviceLimits, Retry};
-use crate::registry::{is_credential_name, ValidatedHost};
 use crate::secret::{Secret, MASK};
 
 /// The manifest id this driver implements.
@@ -108,18 +109,10 @@ pub struct WebhookConfig {
     /// sha256=<hex>` over the exact body bytes.
     #[serde(default)]
     pub secret: Option<Secret>,
-    /// Time one attempt may take, connect to last response byte, in seconds.
-    #[serde(default = "default_timeout_s")]
-    pub timeout_s: f64,
-    /// Extra attempts after the first for a retryable failure (see the module docs).
-    #[serde(default = "default_retries")]
-    pub retries: u32,
-    /// First backoff between attempts in milliseconds; doubles per retry.
-    #[serde(default = "default_backoff_ms_start")]
-    pub backoff_ms_start: u64,
-    /// Upper bound of one backoff wait in milliseconds.
-    #[serde(default = "default_backoff_ms_max")]
-    pub backoff_ms_max: u64,
+    /// Attempt timeout, retries (of a retryable failure, see the module
+    /// docs) and backoff, and whether to verify the receiver's TLS certificate.
+    #[serde(flatten)]
+    pub http: HttpSettings,
     /// Wall-clock budget of one delivery in seconds: a retry starts only if
     /// its wait (backoff or `Retry-After`) plus a whole attempt fit in what
     /// is left of it.
@@ -145,26 +138,24 @@ pub struct WebhookConfig {
     /// `none` (the default) keeps a dry-run free of any request.
     #[serde(default)]
     pub dry_run_probe: Probe,
-    /// Verify the receiver's TLS certificate.
-    #[serde(default = "default_verify_tls")]
-    pub verify_tls: bool,
 }
 
-fn default_timeout_s() -> f64 {
-    5.0
-}
-
-fn default_retries() -> u32 {
-    2
-}
-
-fn default_backoff_ms_start() -> u64 {
-    250
-}
-
-fn default_backoff_ms_max() -> u64 {
-    2_000
-}
+/// Every field of [`WebhookConfig`], flattened ones included, in the order
+/// its unknown-field message lists them.
+pub(crate) const FIELDS: &[&str] = &[
+    "url",
+    "secret",
+    "timeout_s",
+    "retries",
+    "backoff_ms_start",
+    "backoff_ms_max",
+    "budget_s",
+    "retry_post",
+    "headers",
+    "targets",
+    "dry_run_probe",
+    "verify_tls",
+];
 
 fn default_budget_s() -> f64 {
     30.0
@@ -172,10 +163,6 @@ fn default_budget_s() -> f64 {
 
 fn default_retry_post() -> bool {
     false
-}
-
-fn default_verify_tls() -> bool {
-    true
 }
 
 /// The request a dry-run may send to check that a receiver answers.
@@ -197,16 +184,12 @@ impl WebhookConfig {
         WebhookConfig {
             url: url.into(),
             secret: None,
-            timeout_s: default_timeout_s(),
-            retries: default_retries(),
-            backoff_ms_start: default_backoff_ms_start(),
-            backoff_ms_max: default_backoff_ms_max(),
+            http: HttpSettings::default(),
             budget_s: default_budget_s(),
             retry_post: default_retry_post(),
             headers: BTreeMap::new(),
             targets: BTreeMap::new(),
             dry_run_probe: Probe::None,
-            verify_tls: default_verify_tls(),
         }
     }
 }
@@ -218,16 +201,16 @@ impl std::fmt::Debug for WebhookConfig {
         f.debug_struct("WebhookConfig")
             .field("url", &display_url_str(&self.url))
             .field("secret", &self.secret)
-            .field("timeout_s", &self.timeout_s)
-            .field("retries", &self.retries)
-            .field("backoff_ms_start", &self.backoff_ms_start)
-            .field("backoff_ms_max", &self.backoff_ms_max)
+            .field("timeout_s", &self.http.timeout_s)
+            .field("retries", &self.http.retries)
+            .field("backoff_ms_start", &self.http.backoff_ms_start)
+            .field("backoff_ms_max", &self.http.backoff_ms_max)
             .field("budget_s", &self.budget_s)
             .field("retry_post", &self.retry_post)
             .field("headers", &headers)
             .field("targets", &self.targets)
             .field("dry_run_probe", &self.dry_run_probe)
-            .field("verify_tls", &self.verify_tls)
+            .field("verify_tls", &self.http.verify_tls)
             .finish()
     }
 }
@@ -252,7 +235,7 @@ pub fn build(host: &ValidatedHost) -> Result<Arc<dyn Driver>, DriverError> {
             ));
         }
     }
-    let config: WebhookConfig = serde_json::from_value(Value::Object(connection)).map_err(|e| {
+    let config: WebhookConfig = crate::connection::decode(&connection, FIELDS).map_err(|e| {
         DriverError::new(
             ErrorKind::ConfigError,
             format!(
@@ -306,7 +289,7 @@ impl WebhookDriver {
                 None
             }
         };
-        if !(config.timeout_s.is_finite() && config.timeout_s > 0.0) {
+        if !(config.http.timeout_s.is_finite() && config.http.timeout_s > 0.0) {
             problems.push("timeout_s must be a positive number of seconds".to_string());
         }
         if !(config.budget_s.is_finite() && config.budget_s > 0.0) {
@@ -342,7 +325,7 @@ impl WebhookDriver {
         let base = base.expect("a url that failed to parse is reported above");
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .danger_accept_invalid_certs(!config.verify_tls)
+            .danger_accept_invalid_certs(!config.http.verify_tls)
             .user_agent(concat!("hazel/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| {
@@ -351,7 +334,7 @@ impl WebhookDriver {
             })?;
         Ok(WebhookDriver {
             host_id,
-            timeout: Duration::from_secs_f64(config.timeout_s),
+            timeout: Duration::from_secs_f64(config.http.timeout_s),
             budget: Duration::from_secs_f64(config.budget_s),
             config,
             base,
@@ -716,10 +699,10 @@ impl WebhookDriver {
         // A retry must leave room for a whole attempt after its wait.
         let mut retry = Retry::new(
             Backoff::new(
-                Duration::from_millis(self.config.backoff_ms_start),
-                Duration::from_millis(self.config.backoff_ms_max),
+                Duration::from_millis(self.config.http.backoff_ms_start),
+                Duration::from_millis(self.config.http.backoff_ms_max),
             ),
-            self.config.retries,
+            self.config.http.retries,
             Some(deadline),
         );
 
@@ -921,7 +904,9 @@ impl Driver for WebhookDriver {
     ) -> Result<Vec<ExecOutcome>, DriverError> {
         let mut outcomes = Vec::with_capacity(targets.len());
         for target in targets {
-            let span = tracing::info_span!("driver_call", plugin = PLUGIN_ID, host = %self.host_id, target = %target);
+            // The guard's `driver_call` span has the host and plugin; this one
+            // only names the target of this delivery.
+            let span = tracing::info_span!("delivery", target = %target);
             let prepared = self.prepare(action, target);
             let key = action_key(action, target);
             let outcome = match prepared.outcome {
@@ -1216,7 +1201,7 @@ mod tests {
     #[test]
     fn config_problems_are_reported_together() {
         let mut config = WebhookConfig::new("ftp://example.test/");
-        config.timeout_s = 0.0;
+        config.http.timeout_s = 0.0;
         config.targets.insert("bad name".into(), "x".into());
         let err = WebhookDriver::new("hooks", config).unwrap_err();
         assert_eq!(err.kind, ErrorKind::ConfigError);

@@ -19,7 +19,7 @@ use inventory::Severity;
 use serde_json::{json, Value};
 use support::{
     action, assert_no_secret, ids, manifest_with_rate_limit, rectangle, shared_tempdir,
-    wait_for_disconnects,
+    ssh_connection, wait_for_disconnects,
 };
 
 /// The local user created for the password-login test.
@@ -94,25 +94,7 @@ impl Switch {
     }
 
     fn connection(&self, overrides: Value) -> serde_json::Map<String, Value> {
-        let mut map = json!({
-            "host": self.sshd.host(),
-            "port": self.sshd.port(),
-            "username": self.sshd.user(),
-            "private_key": self.sshd.client_key_path(),
-            "host_key_fingerprint": self.sshd.host_key_fingerprint(),
-            "cycle_off_s": 0,
-            "connect_timeout_s": 5,
-            "command_timeout_s": 10,
-        });
-        let obj = map.as_object_mut().unwrap();
-        for (k, v) in overrides.as_object().unwrap() {
-            if v.is_null() {
-                obj.remove(k);
-            } else {
-                obj.insert(k.clone(), v.clone());
-            }
-        }
-        obj.clone()
+        ssh_connection(&self.sshd, json!({ "cycle_off_s": 0 }), overrides)
     }
 
     fn driver(&self, overrides: Value) -> ArubaDriver {

@@ -49,8 +49,8 @@ async fn start_sim(config: SimConfig) -> ProxmoxSim {
 /// A driver config for `sim` that fails fast: no retries, a short timeout.
 fn fast_config(sim: &ProxmoxSim) -> ProxmoxConfig {
     let mut config = sim.driver_config();
-    config.timeout_s = 0.5;
-    config.retries = 0;
+    config.http.timeout_s = 0.5;
+    config.http.retries = 0;
     config.dry_run_budget_s = 2.0;
     config
 }
@@ -262,7 +262,7 @@ async fn a_stopped_host_trips_the_breaker_and_one_trial_call_after_its_return_cl
     let breakers = short_breakers();
     // Patient enough for the returning host's 200 ms answers.
     let mut config = fast_config(&sim);
-    config.timeout_s = 5.0;
+    config.http.timeout_s = 5.0;
     let pve = proxmox("pve-01", config, &breakers);
     let breaker = breakers.for_host("pve-01");
     pve.test_connection().await.expect("the host is up");
@@ -379,8 +379,8 @@ async fn receiver(status: u16) -> (String, Arc<AtomicU64>) {
 
 fn webhook(url: &str, breakers: &Breakers) -> Arc<dyn Driver> {
     let mut config = WebhookConfig::new(url);
-    config.retries = 0;
-    config.timeout_s = 2.0;
+    config.http.retries = 0;
+    config.http.timeout_s = 2.0;
     config.budget_s = 5.0;
     config.dry_run_probe = Probe::Head;
     guard(

@@ -16,8 +16,8 @@ use drivers::testing::sshd::{closed_port, Sshd};
 use inventory::Severity;
 use serde_json::{json, Value};
 use support::{
-    action, assert_no_secret, forward_after, manifest_with_rate_limit, shared_tempdir, stamps_ns,
-    wait_for_disconnects,
+    action, assert_no_secret, forward_after, manifest_with_rate_limit, shared_tempdir,
+    ssh_connection, stamps_ns, wait_for_disconnects,
 };
 
 /// A stand-in for systemctl: `svc start|stop|restart|status|fail <unit>`.
@@ -43,8 +43,7 @@ impl Host {
         let work = shared_tempdir();
         let svc = work.path().join("svc");
         std::fs::write(&svc, SVC).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&svc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drivers::testing::set_mode(&svc, 0o755);
         Host {
             sshd: Sshd::start(),
             work,
@@ -70,14 +69,7 @@ impl Host {
     /// The host's connection map: key login, host key pinned, harmless commands.
     fn connection(&self, overrides: Value) -> serde_json::Map<String, Value> {
         let w = self.work.path().display();
-        let mut map = json!({
-            "host": self.sshd.host(),
-            "port": self.sshd.port(),
-            "username": self.sshd.user(),
-            "private_key": self.sshd.client_key_path(),
-            "host_key_fingerprint": self.sshd.host_key_fingerprint(),
-            "connect_timeout_s": 5,
-            "command_timeout_s": 10,
+        let commands = json!({
             "commands": {
                 "poweroff": format!("touch {w}/poweroff-called"),
                 "reboot": format!("touch {w}/reboot-called"),
@@ -87,15 +79,7 @@ impl Host {
                 "service_status": format!("{w}/svc status {{service}}"),
             },
         });
-        let map_obj = map.as_object_mut().unwrap();
-        for (k, v) in overrides.as_object().unwrap() {
-            if v.is_null() {
-                map_obj.remove(k);
-            } else {
-                map_obj.insert(k.clone(), v.clone());
-            }
-        }
-        map_obj.clone()
+        ssh_connection(&self.sshd, commands, overrides)
     }
 
     fn driver(&self, overrides: Value) -> LinuxSshDriver {

@@ -279,7 +279,7 @@ async fn an_unreachable_host_is_a_network_error() {
     );
     cfg.port = port;
     cfg.scheme = Scheme::Http;
-    cfg.backoff_ms_start = 1;
+    cfg.http.backoff_ms_start = 1;
     let driver = ProxmoxDriver::new("pve-01", cfg).unwrap();
     let err = driver
         .dry_run(&shutdown(), &targets(&["vm:104"]))
@@ -306,10 +306,10 @@ async fn a_slow_host_gets_exactly_the_retries_that_fit_inside_the_budget() {
     })
     .await;
     let mut cfg = sim.driver_config();
-    cfg.timeout_s = 0.25;
-    cfg.retries = 4;
-    cfg.backoff_ms_start = 50;
-    cfg.backoff_ms_max = 2_000;
+    cfg.http.timeout_s = 0.25;
+    cfg.http.retries = 4;
+    cfg.http.backoff_ms_start = 50;
+    cfg.http.backoff_ms_max = 2_000;
     cfg.dry_run_budget_s = 0.85;
     let driver = ProxmoxDriver::new("pve-01", cfg).unwrap();
     let err = driver
@@ -961,7 +961,7 @@ fn tls_config(
     cfg.scheme = Scheme::Https;
     cfg.port = front.port();
     cfg.tls_fingerprint = pin;
-    cfg.verify_tls = verify;
+    cfg.http.verify_tls = verify;
     cfg
 }
 

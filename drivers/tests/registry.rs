@@ -11,10 +11,10 @@ use drivers::driver::{
     Action, ConnectionReport, Driver, DriverError, DryRunAnswer, ErrorKind, ExecOutcome,
     RefreshMode,
 };
+use drivers::host::{is_credential_name, mask_url};
 use drivers::manifest::ManifestSet;
 use drivers::registry::{
-    is_credential_name, mask_url, validate_host, validate_host_in, HostConfig, Registry,
-    RegistryError, ValidatedHost,
+    validate_host, validate_host_in, HostConfig, Registry, RegistryError, ValidatedHost,
 };
 use drivers::secret::MASK;
 use expect_test::{expect, Expect};

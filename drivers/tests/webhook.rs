@@ -108,9 +108,9 @@ async fn receiver(script: Vec<Reply>) -> (String, Arc<Receiver>) {
 /// `retry_post` at its default (off).
 fn config(url: &str) -> WebhookConfig {
     let mut config = WebhookConfig::new(url);
-    config.backoff_ms_start = 10;
-    config.backoff_ms_max = 50;
-    config.timeout_s = 2.0;
+    config.http.backoff_ms_start = 10;
+    config.http.backoff_ms_max = 50;
+    config.http.timeout_s = 2.0;
     config.budget_s = 10.0;
     config.targets.insert("alerts".into(), "alerts".into());
     config.targets.insert("audit".into(), "/audit/in".into());
@@ -330,7 +330,7 @@ async fn each_delivery_gets_its_own_key_unless_the_action_sets_one() {
 async fn retries_stop_after_the_configured_count() {
     let (url, rx) = receiver(vec![Reply::Status(500); 5]).await;
     let mut config = deduping(&url);
-    config.retries = 1;
+    config.http.retries = 1;
     let driver = WebhookDriver::new("hooks", config).unwrap();
 
     let outcomes = driver
@@ -389,8 +389,8 @@ async fn statuses_map_to_auth_and_not_found_errors() {
 async fn a_receiver_that_never_answers_times_out() {
     let (url, rx) = receiver(vec![Reply::Hang]).await;
     let mut config = config(&url);
-    config.timeout_s = 0.2;
-    config.retries = 0;
+    config.http.timeout_s = 0.2;
+    config.http.retries = 0;
     let driver = WebhookDriver::new("hooks", config).unwrap();
 
     let started = Instant::now();
@@ -409,8 +409,8 @@ async fn a_receiver_that_never_answers_times_out() {
 async fn a_timed_out_post_is_not_retried_by_default() {
     let (url, rx) = receiver(vec![Reply::Hang, Reply::Hang]).await;
     let mut config = config(&url);
-    config.timeout_s = 0.2;
-    config.retries = 2;
+    config.http.timeout_s = 0.2;
+    config.http.retries = 2;
     let driver = WebhookDriver::new("hooks", config).unwrap();
 
     let outcomes = driver
@@ -430,7 +430,7 @@ async fn an_unreachable_port_is_a_network_error_retried_because_nothing_was_sent
         listener.local_addr().unwrap().port()
     };
     let mut config = config(&format!("http://127.0.0.1:{port}/"));
-    config.retries = 2;
+    config.http.retries = 2;
     let driver = WebhookDriver::new("hooks", config).unwrap();
 
     let outcomes = driver
@@ -491,7 +491,7 @@ async fn a_retry_starts_only_if_its_wait_and_a_whole_attempt_fit_the_budget() {
     // attempt does not: no retry starts.
     let (url, rx) = receiver(vec![Reply::Status(503), Reply::Status(200)]).await;
     let mut config = deduping(&url);
-    config.timeout_s = 2.0;
+    config.http.timeout_s = 2.0;
     config.budget_s = 1.0;
     let driver = WebhookDriver::new("hooks", config).unwrap();
 
@@ -695,7 +695,7 @@ async fn secrets_never_appear_in_previews_answers_errors_or_debug() {
             .headers
             .insert("Authorization".into(), format!("Bearer {}", secrets[1]));
         config.headers.insert("X-Tenant".into(), secrets[4].into());
-        config.retries = 0;
+        config.http.retries = 0;
         WebhookDriver::new("hooks", config).unwrap()
     };
     let authed = |url: &str| {
@@ -874,13 +874,19 @@ fn the_manifest_declares_every_webhook_field_with_the_drivers_defaults() {
 
     let d = WebhookConfig::new("https://example.test/");
     let default = |name: &str| manifest.schema.connection[name].default.clone();
-    assert_eq!(default("timeout_s"), Some(json!(d.timeout_s as u64)));
-    assert_eq!(default("retries"), Some(json!(d.retries)));
-    assert_eq!(default("backoff_ms_start"), Some(json!(d.backoff_ms_start)));
-    assert_eq!(default("backoff_ms_max"), Some(json!(d.backoff_ms_max)));
+    assert_eq!(default("timeout_s"), Some(json!(d.http.timeout_s as u64)));
+    assert_eq!(default("retries"), Some(json!(d.http.retries)));
+    assert_eq!(
+        default("backoff_ms_start"),
+        Some(json!(d.http.backoff_ms_start))
+    );
+    assert_eq!(
+        default("backoff_ms_max"),
+        Some(json!(d.http.backoff_ms_max))
+    );
     assert_eq!(default("budget_s"), Some(json!(d.budget_s as u64)));
     assert_eq!(default("retry_post"), Some(json!(false)));
-    assert_eq!(default("verify_tls"), Some(json!(d.verify_tls)));
+    assert_eq!(default("verify_tls"), Some(json!(d.http.verify_tls)));
     assert_eq!(default("dry_run_probe"), Some(json!("none")));
     assert!(!d.retry_post, "a post is not idempotent");
     let http = manifest.defaults.http.as_ref().unwrap();
@@ -891,7 +897,12 @@ fn the_manifest_declares_every_webhook_field_with_the_drivers_defaults() {
             http.backoff_ms_start,
             http.backoff_ms_max
         ),
-        (d.timeout_s, d.retries, d.backoff_ms_start, d.backoff_ms_max),
+        (
+            d.http.timeout_s,
+            d.http.retries,
+            d.http.backoff_ms_start,
+            d.http.backoff_ms_max
+        ),
         "defaults.http agrees with the connection defaults"
     );
     assert!(

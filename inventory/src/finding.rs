@@ -101,6 +101,22 @@ pub fn did_you_mean<'a>(
         .map(|(_, c)| c)
 }
 
+/// The hint for a word that is none of `known`: "did you mean `x`?" when one
+/// is close ([`did_you_mean`]), else "expected one of: a, b", or `None` when
+/// nothing is known. Manifest checks and host validation attach it to their
+/// findings.
+pub fn did_you_mean_hint<'a>(
+    word: &str,
+    known: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    let known: Vec<&str> = known.into_iter().collect();
+    match did_you_mean(word, known.iter().copied()) {
+        Some(close) => Some(format!("did you mean `{close}`?")),
+        None if known.is_empty() => None,
+        None => Some(format!("expected one of: {}", known.join(", "))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +143,19 @@ mod tests {
         let known = ["priority", "trigger_group", "targets"];
         assert_eq!(did_you_mean("priorty", known), Some("priority"));
         assert_eq!(did_you_mean("zzz", known), None);
+    }
+
+    #[test]
+    fn the_hint_names_the_close_word_or_lists_the_known_ones() {
+        let known = ["priority", "targets"];
+        assert_eq!(
+            did_you_mean_hint("priorty", known).as_deref(),
+            Some("did you mean `priority`?")
+        );
+        assert_eq!(
+            did_you_mean_hint("zzz", known).as_deref(),
+            Some("expected one of: priority, targets")
+        );
+        assert_eq!(did_you_mean_hint("zzz", []), None);
     }
 }

@@ -16,9 +16,8 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::model::Target;
+use crate::model::{id_form, IdForm, Target};
 use crate::port::Port;
-use crate::selector::{id_form, IdForm};
 
 /// One host's snapshot: its child targets, when they were read, and whether
 /// that reading can still be trusted.

@@ -3,6 +3,7 @@
 //! file format. Nothing here does IO or knows a driver; the agent refreshes
 //! snapshots through drivers and hands them to this crate.
 
+pub mod error;
 pub mod file;
 pub mod finding;
 pub mod index;

@@ -1,5 +1,7 @@
 //! Hosts, their child targets and per-host snapshots: what discovery found,
-//! when, and whether it can still be trusted.
+//! when, and whether it can still be trusted. Also the id form each target
+//! type uses ([`IdForm`]), which the selector grammar and the search index
+//! both read.
 
 use std::collections::BTreeMap;
 
@@ -35,5 +37,26 @@ impl Target {
     /// `<target_type>:<id>`, the id used in plans, ledgers and idempotency keys.
     pub fn canonical_id(&self) -> String {
         format!("{}:{}", self.target_type, self.id)
+    }
+}
+
+/// Which id form a target type uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdForm {
+    /// Numbers and numeric ranges (`vm`, `ct`).
+    Numeric,
+    /// Switch ports and port rectangles (`poe-port`, `interface`).
+    Port,
+    /// Literal ids matching `[A-Za-z0-9_.@:-]+` (hosts, services, webhooks...).
+    Literal,
+}
+
+/// Which id form `target_type` uses: numbers for `vm` and `ct`, ports for
+/// `poe-port` and `interface`, literals for every other type.
+pub fn id_form(target_type: &str) -> IdForm {
+    match target_type {
+        "vm" | "ct" => IdForm::Numeric,
+        "poe-port" | "interface" => IdForm::Port,
+        _ => IdForm::Literal,
     }
 }

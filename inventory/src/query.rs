@@ -10,10 +10,10 @@ use std::fmt;
 
 use serde_json::Value;
 
+use crate::error::{codes, SelectorError};
 use crate::finding::did_you_mean;
 use crate::index::{Columns, HostInventory, TypeIndex};
 use crate::model::Target;
-use crate::selector::{codes, SelectorError};
 
 /// A parsed query: every predicate must hold.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,8 +14,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::{codes, SelectorError};
 use crate::finding::{did_you_mean, Finding, Severity};
 use crate::index::HostInventory;
+pub use crate::model::{id_form, IdForm};
 use crate::port::{ParsePortError, Port, PortRange, PortRangeError};
 use crate::query::Query;
 
@@ -25,30 +27,6 @@ pub const MAX_IDS: usize = 100_000;
 /// JSON pointer of a policy's selector value, used by the findings of
 /// [`Selector::resolve`].
 pub const SELECTOR_VALUE_PATH: &str = "/targets/selector/value";
-
-/// The stable `selector.*` finding codes.
-pub mod codes {
-    /// Blocker: empty value, empty item, bad characters, a type prefix, a malformed range.
-    pub const SYNTAX: &str = "selector.syntax";
-    /// Blocker: an id form the target type does not use (a port for a VM, a range for a host).
-    pub const WRONG_FORM: &str = "selector.wrong_form";
-    /// Blocker: a range whose start is after its end.
-    pub const REVERSED_RANGE: &str = "selector.reversed_range";
-    /// Blocker: more than [`MAX_IDS`](super::MAX_IDS) ids.
-    pub const TOO_LARGE: &str = "selector.too_large";
-    /// Blocker: a query predicate that does not parse.
-    pub const QUERY_SYNTAX: &str = "selector.query_syntax";
-    /// Blocker: a query field other than `id name status labels.<k> attrs.<k>`.
-    pub const QUERY_FIELD: &str = "selector.query_field";
-    /// Blocker: a ledger value that is not a policy id (uuid).
-    pub const LEDGER_ID: &str = "selector.ledger_id";
-    /// Warn: resolution selected nothing.
-    pub const EMPTY: &str = "selector.empty";
-    /// Info: some listed ids are not in the host's inventory (they are skipped).
-    pub const MISSING: &str = "selector.missing";
-    /// Info: a ledger selector is resolved by the engine at execution, not here.
-    pub const LEDGER_DEFERRED: &str = "selector.ledger_deferred";
-}
 
 /// How a selector's value is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -62,34 +40,6 @@ pub enum SelectorMode {
     Query,
     /// The targets another policy's latest successful run changed.
     Ledger,
-}
-
-/// Which id form a target type uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IdForm {
-    /// Numbers and numeric ranges (`vm`, `ct`).
-    Numeric,
-    /// Switch ports and port rectangles (`poe-port`, `interface`).
-    Port,
-    /// Literal ids matching `[A-Za-z0-9_.@:-]+` (hosts, services, webhooks...).
-    Literal,
-}
-
-/// One problem with a selector, naming the offending item.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct SelectorError {
-    /// One of [`codes`].
-    pub code: &'static str,
-    /// 0-based index of the offending item (list/range) or predicate (query);
-    /// `None` when the whole value is at fault. Messages count from 1.
-    pub item: Option<usize>,
-    /// The offending item, predicate or value as written.
-    pub text: String,
-    /// What is wrong, naming the item: "item 3 `A1-A4`: ports are not ids of target type vm".
-    pub message: String,
-    /// What to write instead, when Hazel can tell.
-    pub hint: Option<String>,
 }
 
 /// A parsed selector for one target type.
@@ -156,16 +106,6 @@ const KNOWN_TYPES: [&str; 7] = [
     "service",
     "webhook",
 ];
-
-/// Which id form `target_type` uses: numbers for `vm` and `ct`, ports for
-/// `poe-port` and `interface`, literals for every other type.
-pub fn id_form(target_type: &str) -> IdForm {
-    match target_type {
-        "vm" | "ct" => IdForm::Numeric,
-        "poe-port" | "interface" => IdForm::Port,
-        _ => IdForm::Literal,
-    }
-}
 
 /// Parses `value` in `mode` for targets of `target_type`, reporting every bad
 /// item (or predicate) at once.
@@ -238,49 +178,6 @@ impl FromStr for SelectorMode {
                 text: text.to_owned(),
                 suggestion: did_you_mean(text, SelectorMode::ALL.map(SelectorMode::as_str)),
             })
-    }
-}
-
-impl SelectorError {
-    /// Blocker for grammar problems; info for [`codes::LEDGER_DEFERRED`].
-    pub fn severity(&self) -> Severity {
-        match self.code {
-            codes::LEDGER_DEFERRED => Severity::Info,
-            codes::EMPTY => Severity::Warn,
-            _ => Severity::Blocker,
-        }
-    }
-
-    /// True for the "the engine resolves this" answer of a ledger selector,
-    /// which compile leaves unresolved without a finding.
-    pub fn is_deferred(&self) -> bool {
-        self.code == codes::LEDGER_DEFERRED
-    }
-
-    /// The finding for this error at `path` (a JSON pointer, usually
-    /// [`SELECTOR_VALUE_PATH`]).
-    pub fn to_finding(&self, path: &str) -> Finding {
-        let finding = Finding::new(self.severity(), self.code, path, self.message.clone());
-        match &self.hint {
-            Some(hint) => finding.with_hint(hint.clone()),
-            None => finding,
-        }
-    }
-
-    fn item(
-        code: &'static str,
-        index: usize,
-        text: &str,
-        what: impl fmt::Display,
-        hint: Option<String>,
-    ) -> Self {
-        SelectorError {
-            code,
-            item: Some(index),
-            text: text.to_owned(),
-            message: format!("item {} `{text}`: {what}", index + 1),
-            hint,
-        }
     }
 }
 

@@ -24,7 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::protocol::{self, ReplyLine};
 use super::source::NutConfig;
 use drivers::secret::Secret;
+use drivers::testing::{free_port, set_mode, temp_dir};
 
 /// Debian's upsd binary (not the `/usr/sbin/upsd` wrapper).
 pub const UPSD_BIN: &str = "/lib/nut/upsd";
@@ -46,9 +47,6 @@ pub const INSTALL_HINT: &str = "apt-get install -y nut-server nut-client";
 
 /// How long starting waits for upsd to serve the UPS.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Makes temp dir names unique within one process.
-static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Options for one upsd; see [`Upsd::builder`].
 #[derive(Debug, Clone)]
@@ -123,7 +121,7 @@ impl UpsdBuilder {
     /// status. Panics with both logs (or with what to install) on failure.
     pub fn start(self) -> Upsd {
         require_nut();
-        let dir = make_temp_dir();
+        let dir = temp_dir("upsd", 0o700);
         let ups_conf = format!(
             "[{}]\n  driver = dummy-ups\n  port = {}.dev\n  desc = {}\n  pollinterval = 1\n",
             self.ups,
@@ -478,31 +476,6 @@ fn spawn_placeholder() -> Child {
     child
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a loopback port")
-        .port()
-}
-
-fn make_temp_dir() -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let n = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("hazel-upsd-{}-{n}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    set_mode(&dir, 0o700);
-    dir
-}
-
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }

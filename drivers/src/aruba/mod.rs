@@ -26,7 +26,6 @@ pub mod cli;
 pub mod sim;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,17 +35,17 @@ use inventory::port::{compress_runs, Port};
 use inventory::Severity;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tracing::Instrument;
 
+use crate::connection::SshSettings;
 use crate::driver::{
     action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
     ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
 };
+use crate::host::ValidatedHost;
 use crate::manifest::Manifest;
 use crate::ratelimit::DeviceLimits;
-use crate::registry::ValidatedHost;
 use crate::secret::Secret;
-use crate::ssh::{Attempts, HostKeyCheck, KeySource, Shell, SshClient, SshConfig, SshSession};
+use crate::ssh::{Attempts, KeySource, Shell, SshClient, SshSession};
 
 use cli::{
     change_lines, parse_interfaces_brief, parse_poe_brief, Change, Cli, CliError, Level, Persist,
@@ -64,34 +63,16 @@ const PTY_ROWS: u32 = 1000;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArubaConfig {
-    /// Switch management address or name.
-    pub host: String,
-    /// SSH port.
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// Manager-level user.
-    pub username: String,
+    /// Address, login, host key check, connect timeout and dry-run budget.
+    #[serde(flatten)]
+    pub ssh: SshSettings,
     /// Private key: a path readable by the agent, or the key text itself
     /// (`-----BEGIN ...`). A secret: never printed.
     #[serde(default)]
     pub private_key: Option<Secret>,
-    /// Passphrase of an encrypted `private_key`. A secret.
-    #[serde(default)]
-    pub private_key_passphrase: Option<Secret>,
     /// Password, tried when there is no key or the key is refused. A secret.
     #[serde(default)]
     pub password: Option<Secret>,
-    /// OpenSSH known_hosts file to verify the host key against.
-    #[serde(default)]
-    pub known_hosts: Option<PathBuf>,
-    /// Pinned host key, `SHA256:<base64>` as `ssh-keygen -lf` prints it;
-    /// wins over `known_hosts`.
-    #[serde(default)]
-    pub host_key_fingerprint: Option<String>,
-    /// Accept an unknown host key on first connection and remember it (in
-    /// `known_hosts` when set). Off unless asked for.
-    #[serde(default = "default_trust_on_first_use")]
-    pub trust_on_first_use: bool,
     /// Run `write memory` after a change. Off by default: a switch that
     /// reboots while the agent is down then comes back with PoE on.
     #[serde(default = "default_save_config")]
@@ -103,28 +84,31 @@ pub struct ArubaConfig {
     /// Seconds PoE stays off during `state=cycle`, so the device really loses power.
     #[serde(default = "default_cycle_off_s")]
     pub cycle_off_s: u64,
-    /// Bound on TCP connect, handshake and login, in seconds (the
-    /// manifest's `defaults.ssh.connect_timeout_s` when the host sets none).
-    #[serde(default = "default_connect_timeout_s")]
-    pub connect_timeout_s: u64,
     /// Bound on each CLI command's answer, in seconds (the manifest's
     /// `defaults.ssh.command_timeout_s` when the host sets none).
     #[serde(default = "default_command_timeout_s")]
     pub command_timeout_s: u64,
-    /// Bound on a whole dry-run (connect, login, CLI and table read), in
-    /// seconds (the manifest's `defaults.dry_run_refresh_sla_s` when the
-    /// host sets none); past it the dry-run fails with `timeout`.
-    #[serde(default = "default_dry_run_budget_s")]
-    pub dry_run_budget_s: u64,
 }
 
-fn default_port() -> u16 {
-    22
-}
-
-fn default_trust_on_first_use() -> bool {
-    false
-}
+/// Every field of [`ArubaConfig`], flattened ones included, in the order
+/// its unknown-field message lists them.
+pub(crate) const FIELDS: &[&str] = &[
+    "host",
+    "port",
+    "username",
+    "private_key",
+    "private_key_passphrase",
+    "password",
+    "known_hosts",
+    "host_key_fingerprint",
+    "trust_on_first_use",
+    "save_config",
+    "protected_ports",
+    "cycle_off_s",
+    "connect_timeout_s",
+    "command_timeout_s",
+    "dry_run_budget_s",
+];
 
 fn default_save_config() -> bool {
     false
@@ -134,22 +118,14 @@ fn default_cycle_off_s() -> u64 {
     5
 }
 
-fn default_connect_timeout_s() -> u64 {
-    5
-}
-
 fn default_command_timeout_s() -> u64 {
     20
-}
-
-fn default_dry_run_budget_s() -> u64 {
-    5
 }
 
 impl ArubaConfig {
     /// Reads the config from a host's `connection` map.
     pub fn from_connection(connection: &Map<String, Value>) -> Result<ArubaConfig, DriverError> {
-        serde_json::from_value(Value::Object(connection.clone())).map_err(|e| {
+        crate::connection::decode(connection, FIELDS).map_err(|e| {
             DriverError::new(
                 ErrorKind::ConfigError,
                 format!("aruba.aoss connection: {e}"),
@@ -299,9 +275,9 @@ impl ArubaDriver {
         host_id: impl Into<String>,
         config: ArubaConfig,
     ) -> Result<ArubaDriver, DriverError> {
-        if config.connect_timeout_s == 0
+        if config.ssh.connect_timeout_s == 0
             || config.command_timeout_s == 0
-            || config.dry_run_budget_s == 0
+            || config.ssh.dry_run_budget_s == 0
         {
             return Err(DriverError::new(
                 ErrorKind::ConfigError,
@@ -317,25 +293,14 @@ impl ArubaDriver {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let connect_timeout = Duration::from_secs(config.connect_timeout_s);
-        let client = SshClient::new(SshConfig {
-            host: config.host.clone(),
-            port: config.port,
-            username: config.username.clone(),
-            private_key: config.private_key.as_ref().map(KeySource::from_config),
-            private_key_passphrase: config.private_key_passphrase.clone(),
-            password: config.password.clone(),
-            host_key: HostKeyCheck {
-                fingerprint: config.host_key_fingerprint.clone(),
-                known_hosts: config.known_hosts.clone(),
-                trust_on_first_use: config.trust_on_first_use,
-            },
-            connect_timeout,
-        })?;
+        let client = SshClient::new(config.ssh.client_config(
+            config.private_key.as_ref().map(KeySource::from_config),
+            config.password.clone(),
+        ))?;
         let driver = ArubaDriver {
             host_id: host_id.into(),
             ctx: Ctx {
-                username: config.username.clone(),
+                username: config.ssh.username.clone(),
                 persist: if config.save_config {
                     Persist::StartupConfig
                 } else {
@@ -347,7 +312,7 @@ impl ArubaDriver {
             },
             protected,
             client,
-            dry_run_budget: Duration::from_secs(config.dry_run_budget_s),
+            dry_run_budget: Duration::from_secs(config.ssh.dry_run_budget_s),
             read_attempts: Attempts::Once,
         };
         Ok(match crate::manifest::shipped().get(PLUGIN_ID) {
@@ -416,16 +381,9 @@ impl Driver for ArubaDriver {
 
     async fn discover(
         &self,
-        mode: RefreshMode,
+        _mode: RefreshMode,
         budget: Duration,
     ) -> Result<Vec<Target>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.discover",
-            host = %self.host_id,
-            plugin = PLUGIN_ID,
-            ?mode,
-            budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
-        );
         let ctx = self.ctx.clone();
         self.client
             .run(budget, self.read_attempts.clone(), move |s| {
@@ -470,7 +428,6 @@ impl Driver for ArubaDriver {
                 }
                 Ok::<_, DriverError>(targets)
             })
-            .instrument(span)
             .await
     }
 
@@ -479,13 +436,6 @@ impl Driver for ArubaDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<DryRunAnswer>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.dry_run",
-            host = %self.host_id,
-            capability = %action.capability,
-            verb = %action.verb,
-            targets = targets.len(),
-        );
         let op = parse_action(action)?;
         let ports = parse_targets(op, targets);
         self.refuse_protected(&ports)?;
@@ -503,7 +453,6 @@ impl Driver for ArubaDriver {
                     &action, op, s, &ctx, manager, &ports, &live, &plan,
                 ))
             })
-            .instrument(span)
             .await
     }
 
@@ -512,13 +461,6 @@ impl Driver for ArubaDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<ExecOutcome>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.execute",
-            host = %self.host_id,
-            capability = %action.capability,
-            verb = %action.verb,
-            targets = targets.len(),
-        );
         let op = parse_action(action)?;
         let ports = parse_targets(op, targets);
         self.refuse_protected(&ports)?;
@@ -527,13 +469,10 @@ impl Driver for ArubaDriver {
             .run(self.budget(12, Some(op)), Attempts::Once, move |s| {
                 execute_blocking(&ctx, s, op, &ports)
             })
-            .instrument(span)
             .await
     }
 
     async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {
-        let span =
-            tracing::info_span!("driver.test_connection", host = %self.host_id, plugin = PLUGIN_ID);
         let started = Instant::now();
         let ctx = self.ctx.clone();
         let details = self
@@ -553,7 +492,6 @@ impl Driver for ArubaDriver {
                 details.insert("level".into(), json!(level));
                 Ok::<_, DriverError>(details)
             })
-            .instrument(span)
             .await?;
         let ok = details.get("level") == Some(&json!("manager"));
         Ok(ConnectionReport {

@@ -20,7 +20,6 @@
 pub mod commands;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,19 +28,17 @@ use inventory::model::Target;
 use inventory::Severity;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tracing::Instrument;
 
+use crate::connection::SshSettings;
 use crate::driver::{
     action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
     ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
 };
+use crate::host::ValidatedHost;
 use crate::manifest::Manifest;
 use crate::ratelimit::DeviceLimits;
-use crate::registry::ValidatedHost;
 use crate::secret::Secret;
-use crate::ssh::{
-    tail, Attempts, ExecResult, HostKeyCheck, KeySource, SshClient, SshConfig, SshError, SshSession,
-};
+use crate::ssh::{tail, Attempts, ExecResult, KeySource, SshClient, SshError, SshSession};
 
 use commands::{delayed, parse_list_units, parse_state, program_of, render, validate_unit, RunAs};
 
@@ -55,30 +52,12 @@ const TAIL_CHARS: usize = 800;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinuxSshConfig {
-    /// Host name or address to connect to.
-    pub host: String,
-    /// SSH port.
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// User to log in as; needs rights for the commands (or `sudo`).
-    pub username: String,
+    /// Address, login, host key check, connect timeout and dry-run budget.
+    #[serde(flatten)]
+    pub ssh: SshSettings,
     /// Private key: a path readable by the agent, or the key text itself
     /// (`-----BEGIN ...`). A secret: never printed.
     pub private_key: Secret,
-    /// Passphrase of an encrypted `private_key`. A secret.
-    #[serde(default)]
-    pub private_key_passphrase: Option<Secret>,
-    /// OpenSSH known_hosts file to verify the host key against.
-    #[serde(default)]
-    pub known_hosts: Option<PathBuf>,
-    /// Pinned host key, `SHA256:<base64>` as `ssh-keygen -lf` prints it;
-    /// wins over `known_hosts`.
-    #[serde(default)]
-    pub host_key_fingerprint: Option<String>,
-    /// Accept an unknown host key on first connection and remember it (in
-    /// `known_hosts` when set). Off unless asked for.
-    #[serde(default = "default_trust_on_first_use")]
-    pub trust_on_first_use: bool,
     /// Prefix changing commands with `sudo -n` (passwordless sudo required).
     #[serde(default = "default_sudo")]
     pub sudo: bool,
@@ -89,20 +68,30 @@ pub struct LinuxSshConfig {
     /// with `commands.list_services`.
     #[serde(default)]
     pub services: Option<Vec<String>>,
-    /// Bound on TCP connect, handshake and login, in seconds (the
-    /// manifest's `defaults.ssh.connect_timeout_s` when the host sets none).
-    #[serde(default = "default_connect_timeout_s")]
-    pub connect_timeout_s: u64,
     /// Bound on each remote command, in seconds (the manifest's
     /// `defaults.ssh.command_timeout_s` when the host sets none).
     #[serde(default = "default_command_timeout_s")]
     pub command_timeout_s: u64,
-    /// Bound on a whole dry-run (connect, login and every read), in seconds
-    /// (the manifest's `defaults.dry_run_refresh_sla_s` when the host sets
-    /// none); past it the dry-run fails with `timeout`.
-    #[serde(default = "default_dry_run_budget_s")]
-    pub dry_run_budget_s: u64,
 }
+
+/// Every field of [`LinuxSshConfig`], flattened ones included, in the order
+/// its unknown-field message lists them.
+pub(crate) const FIELDS: &[&str] = &[
+    "host",
+    "port",
+    "username",
+    "private_key",
+    "private_key_passphrase",
+    "known_hosts",
+    "host_key_fingerprint",
+    "trust_on_first_use",
+    "sudo",
+    "commands",
+    "services",
+    "connect_timeout_s",
+    "command_timeout_s",
+    "dry_run_budget_s",
+];
 
 /// Remote command templates. `{service}` is the validated, shell-quoted
 /// unit name, `{delay_s}` the power delay in seconds.
@@ -132,28 +121,12 @@ pub struct LinuxCommands {
     pub list_services: String,
 }
 
-fn default_port() -> u16 {
-    22
-}
-
-fn default_trust_on_first_use() -> bool {
-    false
-}
-
 fn default_sudo() -> bool {
     false
 }
 
-fn default_connect_timeout_s() -> u64 {
-    5
-}
-
 fn default_command_timeout_s() -> u64 {
     30
-}
-
-fn default_dry_run_budget_s() -> u64 {
-    5
 }
 
 fn default_poweroff() -> String {
@@ -201,7 +174,7 @@ impl Default for LinuxCommands {
 impl LinuxSshConfig {
     /// Reads the config from a host's `connection` map.
     pub fn from_connection(connection: &Map<String, Value>) -> Result<LinuxSshConfig, DriverError> {
-        serde_json::from_value(Value::Object(connection.clone())).map_err(|e| {
+        crate::connection::decode(connection, FIELDS).map_err(|e| {
             DriverError::new(ErrorKind::ConfigError, format!("linux.ssh connection: {e}"))
         })
     }
@@ -319,9 +292,9 @@ impl LinuxSshDriver {
         config: LinuxSshConfig,
     ) -> Result<LinuxSshDriver, DriverError> {
         let host_id = host_id.into();
-        if config.connect_timeout_s == 0
+        if config.ssh.connect_timeout_s == 0
             || config.command_timeout_s == 0
-            || config.dry_run_budget_s == 0
+            || config.ssh.dry_run_budget_s == 0
         {
             return Err(DriverError::new(
                 ErrorKind::ConfigError,
@@ -335,21 +308,11 @@ impl LinuxSshDriver {
                 })?;
             }
         }
-        let connect_timeout = Duration::from_secs(config.connect_timeout_s);
-        let client = SshClient::new(SshConfig {
-            host: config.host.clone(),
-            port: config.port,
-            username: config.username.clone(),
-            private_key: Some(KeySource::from_config(&config.private_key)),
-            private_key_passphrase: config.private_key_passphrase.clone(),
-            password: None,
-            host_key: HostKeyCheck {
-                fingerprint: config.host_key_fingerprint.clone(),
-                known_hosts: config.known_hosts.clone(),
-                trust_on_first_use: config.trust_on_first_use,
-            },
-            connect_timeout,
-        })?;
+        let client = SshClient::new(
+            config
+                .ssh
+                .client_config(Some(KeySource::from_config(&config.private_key)), None),
+        )?;
         let driver = LinuxSshDriver {
             ctx: Ctx {
                 host_id: host_id.clone(),
@@ -361,13 +324,13 @@ impl LinuxSshDriver {
                 limits: DeviceLimits::default(),
                 commands: config.commands.clone(),
                 services: config.services.clone(),
-                username: config.username.clone(),
-                connect_timeout,
+                username: config.ssh.username.clone(),
+                connect_timeout: Duration::from_secs(config.ssh.connect_timeout_s),
                 command_timeout: Duration::from_secs(config.command_timeout_s),
             },
             host_id,
             client,
-            dry_run_budget: Duration::from_secs(config.dry_run_budget_s),
+            dry_run_budget: Duration::from_secs(config.ssh.dry_run_budget_s),
             read_attempts: Attempts::Once,
         };
         Ok(match crate::manifest::shipped().get(PLUGIN_ID) {
@@ -410,20 +373,12 @@ impl Driver for LinuxSshDriver {
         mode: RefreshMode,
         budget: Duration,
     ) -> Result<Vec<Target>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.discover",
-            host = %self.host_id,
-            plugin = PLUGIN_ID,
-            ?mode,
-            budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
-        );
         let ctx = self.ctx.clone();
         let targets = self
             .client
             .run(budget, self.read_attempts.clone(), move |s| {
                 discover_blocking(&ctx, s, mode)
             })
-            .instrument(span)
             .await?;
         Ok(targets)
     }
@@ -433,13 +388,6 @@ impl Driver for LinuxSshDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<DryRunAnswer>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.dry_run",
-            host = %self.host_id,
-            capability = %action.capability,
-            verb = %action.verb,
-            targets = targets.len(),
-        );
         let op = parse_action(action)?;
         let ctx = self.ctx.clone();
         let (action, targets) = (action.clone(), targets.to_vec());
@@ -448,7 +396,6 @@ impl Driver for LinuxSshDriver {
             .run(self.dry_run_budget, self.read_attempts.clone(), move |s| {
                 dry_run_blocking(&ctx, s, op, &action, &targets)
             })
-            .instrument(span)
             .await?)
     }
 
@@ -457,13 +404,6 @@ impl Driver for LinuxSshDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<ExecOutcome>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.execute",
-            host = %self.host_id,
-            capability = %action.capability,
-            verb = %action.verb,
-            targets = targets.len(),
-        );
         let op = parse_action(action)?;
         let ctx = self.ctx.clone();
         let targets = targets.to_vec();
@@ -475,13 +415,10 @@ impl Driver for LinuxSshDriver {
             .run(budget, Attempts::Once, move |s| {
                 Ok::<_, SshError>(execute_blocking(&ctx, s, op, &targets))
             })
-            .instrument(span)
             .await?)
     }
 
     async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {
-        let span =
-            tracing::info_span!("driver.test_connection", host = %self.host_id, plugin = PLUGIN_ID);
         let started = Instant::now();
         let ctx = self.ctx.clone();
         let mut details = self
@@ -498,7 +435,6 @@ impl Driver for LinuxSshDriver {
                 }
                 Ok::<_, SshError>(details)
             })
-            .instrument(span)
             .await?;
         let ok = details.get("sudo").is_none_or(|v| v == &json!(true));
         if !ok {
@@ -1125,7 +1061,7 @@ mod tests {
     #[test]
     fn config_defaults_are_the_documented_ones() {
         let c = config(json!({}));
-        assert_eq!(c.port, 22);
+        assert_eq!(c.ssh.port, 22);
         assert!(!c.sudo);
         assert_eq!(c.commands.service_stop, "systemctl stop {service}");
         assert_eq!(c.command_timeout_s, 30);
@@ -1176,7 +1112,7 @@ mod tests {
 
     #[test]
     fn the_dry_run_budget_defaults_to_the_refresh_sla_and_zero_is_refused() {
-        assert_eq!(config(json!({})).dry_run_budget_s, 5);
+        assert_eq!(config(json!({})).ssh.dry_run_budget_s, 5);
         let err =
             LinuxSshDriver::new("web-01", config(json!({"dry_run_budget_s": 0}))).unwrap_err();
         assert_eq!(err.kind, ErrorKind::ConfigError);

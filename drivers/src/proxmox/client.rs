@@ -77,7 +77,7 @@ impl std::fmt::Debug for ApiClient {
 
 impl ApiClient {
     pub(crate) fn new(config: &ProxmoxConfig, limits: DeviceLimits) -> Result<Self, DriverError> {
-        let timeout = Duration::from_secs_f64(config.timeout_s);
+        let timeout = Duration::from_secs_f64(config.http.timeout_s);
         let mut builder = reqwest::Client::builder()
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(30))
@@ -87,7 +87,7 @@ impl ApiClient {
                 builder = builder.use_preconfigured_tls(tls::pinned_client_config(
                     tls::parse_fingerprint(pin)?,
                 )?);
-            } else if !config.verify_tls {
+            } else if !config.http.verify_tls {
                 builder = builder.danger_accept_invalid_certs(true);
             }
         }
@@ -130,10 +130,10 @@ impl ApiClient {
             base,
             auth,
             timeout,
-            retries: config.retries,
+            retries: config.http.retries,
             backoff: Backoff::new(
-                Duration::from_millis(config.backoff_ms_start),
-                Duration::from_millis(config.backoff_ms_max),
+                Duration::from_millis(config.http.backoff_ms_start),
+                Duration::from_millis(config.http.backoff_ms_max),
             ),
             limits,
             permits: Arc::new(Semaphore::new(config.max_in_flight)),

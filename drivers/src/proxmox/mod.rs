@@ -46,14 +46,14 @@ use inventory::model::Target;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
-use tracing::Instrument;
 
+use crate::connection::HttpSettings;
 use crate::driver::{
     Action, ConnectionReport, Driver, DriverError, DryRunAnswer, ErrorKind, ExecOutcome,
     RefreshMode,
 };
+use crate::host::ValidatedHost;
 use crate::ratelimit::DeviceLimits;
-use crate::registry::ValidatedHost;
 use crate::secret::Secret;
 
 use client::ApiClient;
@@ -90,27 +90,16 @@ pub struct ProxmoxConfig {
     /// needed, which is how a fresh install's self-signed certificate is trusted.
     #[serde(default)]
     pub tls_fingerprint: Option<String>,
-    /// Verify the certificate against the system's CA roots when no pin is
-    /// set. `false` accepts any certificate and is logged as a warning.
-    #[serde(default = "default_verify_tls")]
-    pub verify_tls: bool,
     /// `https` (every real Proxmox) or `http` (the simulator on loopback).
     #[serde(default = "default_scheme")]
     pub scheme: Scheme,
-    /// Time one API call may take, connect to last byte, in seconds.
-    #[serde(default = "default_timeout_s")]
-    pub timeout_s: f64,
-    /// Extra attempts of an idempotent GET after a transient failure, each
-    /// only if it can finish inside the caller's remaining budget. POSTs and
-    /// authentication failures are never retried.
-    #[serde(default = "default_retries")]
-    pub retries: u32,
-    /// First wait between two attempts in milliseconds; doubles per retry.
-    #[serde(default = "default_backoff_ms_start")]
-    pub backoff_ms_start: u64,
-    /// Longest wait between two attempts in milliseconds.
-    #[serde(default = "default_backoff_ms_max")]
-    pub backoff_ms_max: u64,
+    /// API call timeout, retries and backoff, and `verify_tls`. A retry is
+    /// of an idempotent GET after a transient failure, and only if it can
+    /// finish inside the caller's remaining budget; POSTs and authentication
+    /// failures are never retried. `verify_tls: false` (with no pin) accepts
+    /// any certificate and is logged as a warning.
+    #[serde(flatten)]
+    pub http: HttpSettings,
     /// Budget of one dry-run in seconds (the manifest's
     /// `dry_run_refresh_sla_s`): every read and retry of a preflight fits in it.
     #[serde(default = "default_dry_run_budget_s")]
@@ -120,6 +109,25 @@ pub struct ProxmoxConfig {
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
 }
+
+/// Every field of [`ProxmoxConfig`], flattened ones included, in the order
+/// its unknown-field message lists them.
+pub(crate) const FIELDS: &[&str] = &[
+    "host",
+    "port",
+    "node",
+    "token_id",
+    "token_secret",
+    "tls_fingerprint",
+    "verify_tls",
+    "scheme",
+    "timeout_s",
+    "retries",
+    "backoff_ms_start",
+    "backoff_ms_max",
+    "dry_run_budget_s",
+    "max_in_flight",
+];
 
 /// Transport scheme of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,28 +143,8 @@ fn default_port() -> u16 {
     8006
 }
 
-fn default_verify_tls() -> bool {
-    true
-}
-
 fn default_scheme() -> Scheme {
     Scheme::Https
-}
-
-fn default_timeout_s() -> f64 {
-    5.0
-}
-
-fn default_retries() -> u32 {
-    2
-}
-
-fn default_backoff_ms_start() -> u64 {
-    250
-}
-
-fn default_backoff_ms_max() -> u64 {
-    2_000
 }
 
 fn default_dry_run_budget_s() -> f64 {
@@ -182,12 +170,8 @@ impl ProxmoxConfig {
             token_id: token_id.into(),
             token_secret,
             tls_fingerprint: None,
-            verify_tls: default_verify_tls(),
             scheme: default_scheme(),
-            timeout_s: default_timeout_s(),
-            retries: default_retries(),
-            backoff_ms_start: default_backoff_ms_start(),
-            backoff_ms_max: default_backoff_ms_max(),
+            http: HttpSettings::default(),
             dry_run_budget_s: default_dry_run_budget_s(),
             max_in_flight: default_max_in_flight(),
         }
@@ -195,7 +179,7 @@ impl ProxmoxConfig {
 
     /// Reads the config from a host's validated `connection` map.
     pub fn from_connection(connection: &Map<String, Value>) -> Result<Self, DriverError> {
-        serde_json::from_value(Value::Object(connection.clone())).map_err(|e| {
+        crate::connection::decode(connection, FIELDS).map_err(|e| {
             DriverError::new(
                 ErrorKind::ConfigError,
                 format!("invalid proxmox.ve connection: {e}"),
@@ -227,10 +211,10 @@ impl ProxmoxConfig {
         if let Some(pin) = &self.tls_fingerprint {
             tls::parse_fingerprint(pin)?;
         }
-        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
+        if !(self.http.timeout_s.is_finite() && self.http.timeout_s > 0.0) {
             return bad(format!(
                 "timeout_s must be a positive number, got {}",
-                self.timeout_s
+                self.http.timeout_s
             ));
         }
         if !(self.dry_run_budget_s.is_finite() && self.dry_run_budget_s > 0.0) {
@@ -239,7 +223,7 @@ impl ProxmoxConfig {
                 self.dry_run_budget_s
             ));
         }
-        if self.backoff_ms_max < self.backoff_ms_start {
+        if self.http.backoff_ms_max < self.http.backoff_ms_start {
             return bad("backoff_ms_max must not be below backoff_ms_start".into());
         }
         if self.max_in_flight == 0 {
@@ -339,7 +323,9 @@ impl ProxmoxDriver {
     ) -> Result<Self, DriverError> {
         config.validate()?;
         let host_id = host_id.into();
-        if config.scheme == Scheme::Https && config.tls_fingerprint.is_none() && !config.verify_tls
+        if config.scheme == Scheme::Https
+            && config.tls_fingerprint.is_none()
+            && !config.http.verify_tls
         {
             tracing::warn!(
                 host = %host_id,
@@ -387,12 +373,8 @@ impl Driver for ProxmoxDriver {
         mode: RefreshMode,
         budget: Duration,
     ) -> Result<Vec<Target>, DriverError> {
-        let span =
-            tracing::info_span!("driver.discover", host = %self.host_id, plugin = PLUGIN_ID, ?mode);
         let deadline = Instant::now() + budget;
-        discovery::discover(&self.client, mode, deadline)
-            .instrument(span)
-            .await
+        discovery::discover(&self.client, mode, deadline).await
     }
 
     async fn dry_run(
@@ -400,17 +382,8 @@ impl Driver for ProxmoxDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<DryRunAnswer>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.dry_run",
-            host = %self.host_id,
-            capability = %action.capability,
-            verb = %action.verb,
-            targets = targets.len()
-        );
         let deadline = self.dry_run_deadline();
-        dry_run::dry_run(&self.client, action, targets, deadline)
-            .instrument(span)
-            .await
+        dry_run::dry_run(&self.client, action, targets, deadline).await
     }
 
     async fn execute(
@@ -418,28 +391,16 @@ impl Driver for ProxmoxDriver {
         action: &Action,
         targets: &[String],
     ) -> Result<Vec<ExecOutcome>, DriverError> {
-        let span = tracing::info_span!(
-            "driver.execute",
-            host = %self.host_id,
-            capability = %action.capability,
-            verb = %action.verb,
-            targets = targets.len()
-        );
-        execute::execute(&self.client, action, targets, &self.config.node)
-            .instrument(span)
-            .await
+        execute::execute(&self.client, action, targets, &self.config.node).await
     }
 
     async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {
-        let span =
-            tracing::info_span!("driver.test_connection", host = %self.host_id, plugin = PLUGIN_ID);
         let started = Instant::now();
-        let deadline = started + Duration::from_secs_f64(self.config.timeout_s * 2.0);
+        let deadline = started + Duration::from_secs_f64(self.config.http.timeout_s * 2.0);
         let version = self
             .client
             .for_any()
             .get("/version", &[], Some(deadline))
-            .instrument(span)
             .await?;
         let mut details = Map::new();
         for key in ["version", "release", "repoid"] {
@@ -500,7 +461,7 @@ mod tests {
         map.insert("token_secret".into(), "s3cr3t".into());
         let cfg = ProxmoxConfig::from_connection(&map).unwrap();
         assert_eq!(cfg.port, 8006);
-        assert!(cfg.verify_tls);
+        assert!(cfg.http.verify_tls);
         assert_eq!(cfg.scheme, Scheme::Https);
         map.insert("tls_fingerprnt".into(), "AA".into());
         let err = ProxmoxConfig::from_connection(&map).unwrap_err();
@@ -522,5 +483,20 @@ mod tests {
             ProxmoxDriver::new("pve-01", cfg).unwrap_err().kind,
             ErrorKind::ConfigError
         );
+    }
+
+    #[test]
+    fn the_unknown_field_message_lists_every_config_field() {
+        let shown = serde_json::to_value(config("root@pam!hazel")).unwrap();
+        let mut fields: Vec<&str> = shown
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut listed = FIELDS.to_vec();
+        fields.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(listed, fields);
     }
 }

@@ -17,12 +17,13 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use super::{free_port, temp_dir};
 
 /// Where Debian's openssh-server puts the daemon.
 pub const SSHD_BIN: &str = "/usr/sbin/sshd";
@@ -36,9 +37,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serializes `useradd`/`chpasswd`, which lock `/etc/passwd` and fail when
 /// two tests of one binary run them at once.
 static USER_LOCK: Mutex<()> = Mutex::new(());
-
-/// Makes temp dir names unique within one process.
-static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Options for one sshd; see [`Sshd::builder`].
 #[derive(Debug, Clone, Default)]
@@ -90,7 +88,8 @@ impl SshdBuilder {
         if let Some((name, password)) = &self.password_user {
             ensure_password_user(name, password);
         }
-        let dir = make_temp_dir();
+        // Readable by a password user whose forced command may need files here.
+        let dir = temp_dir("sshd", 0o755);
         keygen(&dir.join("host_ed25519"));
         keygen(&dir.join("client_ed25519"));
         keygen(&dir.join("other_ed25519"));
@@ -427,25 +426,4 @@ fn output(program: &str, args: &[&str]) -> String {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a loopback port")
-        .port()
-}
-
-fn make_temp_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let n = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("hazel-sshd-{}-{n}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    // Readable by a password user whose forced command may need files here.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
-    dir
 }

@@ -4,22 +4,45 @@
 
 #![allow(dead_code)]
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use drivers::driver::Action;
 use drivers::manifest::{Manifest, ManifestSet, RateLimit};
 use drivers::testing::sshd::Sshd;
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 
 /// A temp dir readable by other local users (a password-login user's forced
 /// command may need to reach files in it).
 pub fn shared_tempdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod temp dir");
+    drivers::testing::set_mode(dir.path(), 0o755);
     dir
+}
+
+/// The connection map of an SSH host behind `sshd`: key login, host key
+/// pinned, 5 s connect and 10 s command timeouts, then the driver's own
+/// `fields`, then the test's `overrides` (a `null` removes a field).
+pub fn ssh_connection(sshd: &Sshd, fields: Value, overrides: Value) -> Map<String, Value> {
+    let mut map = json!({
+        "host": sshd.host(),
+        "port": sshd.port(),
+        "username": sshd.user(),
+        "private_key": sshd.client_key_path(),
+        "host_key_fingerprint": sshd.host_key_fingerprint(),
+        "connect_timeout_s": 5,
+        "command_timeout_s": 10,
+    });
+    let map = map.as_object_mut().unwrap();
+    let layers = [fields, overrides];
+    for (k, v) in layers.iter().flat_map(|layer| layer.as_object().unwrap()) {
+        if v.is_null() {
+            map.remove(k);
+        } else {
+            map.insert(k.clone(), v.clone());
+        }
+    }
+    map.clone()
 }
 
 /// An action with JSON params.

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use drivers::driver::Driver;
+use drivers::guard::{with_context, CallContext};
 use inventory::Severity;
 use uuid::Uuid;
 
@@ -40,11 +41,16 @@ impl DryRunPlan {
     pub async fn run(mut self) -> Transcript {
         for decision in &mut self.decisions {
             for planned in &mut decision.planned {
+                let context = CallContext {
+                    policy_id: decision.policy_id,
+                    correlation_id: self.correlation_id,
+                };
                 let answer = match self.drivers.get(&planned.host) {
-                    Some(driver) => driver
-                        .dry_run(&planned.action, &planned.targets)
-                        .await
-                        .map_err(|e| e.to_string()),
+                    Some(driver) => {
+                        with_context(context, driver.dry_run(&planned.action, &planned.targets))
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
                     None => Err(format!("no driver for host {}", planned.host)),
                 };
                 planned.dry_run = Some(answer);

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use drivers::driver::{action_key, Action, ExecOutcome};
+use drivers::guard::{with_context, CallContext};
 use inventory::Severity;
 use serde_json::{json, Map, Value};
 use tracing::{info, warn};
@@ -390,9 +391,12 @@ impl Engine {
                 verb: intent.verb.clone(),
                 params: intent.params.as_object().cloned().unwrap_or_default(),
             };
+            let context = CallContext {
+                policy_id: intent.policy_id,
+                correlation_id: intent.correlation_id,
+            };
             let answer = match self.drivers.get(&intent.host) {
-                Some(driver) => driver
-                    .dry_run(&action, &intent.targets)
+                Some(driver) => with_context(context, driver.dry_run(&action, &intent.targets))
                     .await
                     .map_err(|e| e.to_string()),
                 None => Err(format!("no driver for host {}", intent.host)),

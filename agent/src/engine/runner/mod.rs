@@ -76,6 +76,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use drivers::breaker::Breakers;
 use drivers::driver::{action_key, Action, Driver, DriverError, DryRunAnswer, ExecOutcome};
+use drivers::guard::{with_context, CallContext};
 use drivers::manifest::{shipped, Capability};
 use inventory::selector::{parse_selector, SelectorMode};
 use inventory::{HostInventory, Inventory, Severity};
@@ -307,13 +308,18 @@ pub struct ActionWork {
     driver: Arc<dyn Driver>,
     action: Action,
     targets: Vec<String>,
+    /// The policy and event the action serves, for the driver call's span.
+    context: CallContext,
 }
 
 impl Work for ActionWork {
     type Output = Result<Vec<ExecOutcome>, DriverError>;
 
     fn run(self) -> BoxFuture<Self::Output> {
-        Box::pin(async move { self.driver.execute(&self.action, &self.targets).await })
+        Box::pin(async move {
+            let call = self.driver.execute(&self.action, &self.targets);
+            with_context(self.context, call).await
+        })
     }
 }
 
@@ -1048,6 +1054,10 @@ impl Engine {
                     driver,
                     action: planned.action.clone(),
                     targets: planned.targets.clone(),
+                    context: CallContext {
+                        policy_id: intent.policy_id,
+                        correlation_id: intent.correlation_id,
+                    },
                 },
             )
             .with_ttl(self.config.item_ttl);
