@@ -380,6 +380,11 @@ impl Client {
         Ok(self.post(&path, Body::Empty).await?.body)
     }
 
+    /// `GET /api/policies/{id}/restore-set`: the policy's restore set.
+    pub async fn restore_set(&self, id: &str) -> Result<Value, ClientError> {
+        self.get(&format!("/api/policies/{id}/restore-set")).await
+    }
+
     /// `GET /api/policies/{id}/executions?limit=`: the ledger, newest first.
     pub async fn executions(&self, id: &str, limit: Option<usize>) -> Result<Value, ClientError> {
         let path = match limit {

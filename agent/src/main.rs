@@ -148,6 +148,15 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=30))]
         limit: Option<u64>,
     },
+    /// Show a policy's restore set: the targets its runs changed that nobody
+    /// changed back since, which its inverse would restore.
+    #[command(after_help = EXIT_CODES_HELP, name = "restore-set")]
+    RestoreSet {
+        #[command(flatten)]
+        conn: ClientArgs,
+        /// The policy's id or its unique name.
+        policy: String,
+    },
     /// Inject events.
     #[command(after_help = EXIT_CODES_HELP)]
     Events {
@@ -473,6 +482,7 @@ fn client(command: Command, out: &mut impl Write) -> i32 {
         | Command::Simulate { conn, .. }
         | Command::Inverse { conn, .. }
         | Command::Executions { conn, .. }
+        | Command::RestoreSet { conn, .. }
         | Command::Events { conn, .. }
         | Command::Hosts { conn }
         | Command::Pause { conn, .. }
@@ -491,6 +501,9 @@ fn client(command: Command, out: &mut impl Write) -> i32 {
             }
             Command::Inverse { conn, policy } => {
                 client_cmds::inverse(&conn.into(), &policy, out).await
+            }
+            Command::RestoreSet { conn, policy } => {
+                client_cmds::restore_set(&conn.into(), &policy, out).await
             }
             Command::Executions {
                 conn,

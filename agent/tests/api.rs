@@ -267,7 +267,17 @@ async fn probes_and_metrics_answer_without_a_token() {
         send(s.bare(Method::GET, "/healthz")).await.0,
         StatusCode::OK
     );
-    let (status, body) = send(s.bare(Method::GET, "/readyz")).await;
+    // Ready once the engine thread has run its start (restart
+    // reconciliation): on a loaded machine that may be after `open` returns.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (status, body) = loop {
+        let (status, body) = send(s.bare(Method::GET, "/readyz")).await;
+        if status == StatusCode::OK || tokio::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        assert_eq!(body["status"], "not_ready", "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(
         (status, body["status"].as_str()),
         (StatusCode::OK, Some("ready"))
@@ -1295,4 +1305,75 @@ async fn a_chunked_body_is_cut_at_the_limit_with_413() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("request.too_large"), "{answer}");
+}
+
+#[tokio::test]
+async fn the_restore_set_lists_exactly_what_the_policys_runs_changed() {
+    let w = world().await;
+    let s = &w.server;
+    let created = create(s, &policy("on battery", 90)).await;
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = send(s.admin(Method::POST, &format!("/api/policies/{id}/enable"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, set) = send(s.as_role(
+        Role::Viewer,
+        Method::GET,
+        &format!("/api/policies/{id}/restore-set"),
+    ))
+    .await;
+    assert_eq!((status, set.clone()), (StatusCode::OK, json!([])));
+    let event = json!({
+        "kind": "ups.state",
+        "subject": {"kind": "ups", "id": "ups1@nas:3493"},
+        "attrs": {"state": "on_battery"},
+    });
+    let (status, answer) = send(
+        s.as_role(Role::Operator, Method::POST, "/api/events")
+            .json(&event),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let runs = loop {
+        let (_, runs) = send(s.admin(Method::GET, &format!("/api/policies/{id}/executions"))).await;
+        if runs.as_array().is_some_and(|r| !r.is_empty()) || tokio::time::Instant::now() > deadline
+        {
+            break runs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut changed: Vec<String> = runs[0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["changed"] == json!(true))
+        .map(|r| r["target"].as_str().unwrap().to_string())
+        .collect();
+    changed.sort();
+    assert!(!changed.is_empty(), "{runs}");
+    let (status, set) = send(s.as_role(
+        Role::Viewer,
+        Method::GET,
+        &format!("/api/policies/{id}/restore-set"),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    let mut targets: Vec<String> = set
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["target"].as_str().unwrap().to_string())
+        .collect();
+    targets.sort();
+    assert_eq!(targets, changed, "{set}");
+    assert!(set.to_string().contains("\"policy_id\""), "{set}");
+    refused(
+        s.admin(
+            Method::GET,
+            &format!("/api/policies/{}/restore-set", uuid::Uuid::nil()),
+        ),
+        StatusCode::NOT_FOUND,
+        "policy.not_found",
+    )
+    .await;
 }

@@ -710,6 +710,11 @@ impl EngineStore for Flaky {
     ) -> agent::engine::store::StoreResult<Vec<agent::engine::store::SubjectState>> {
         self.inner.subject_states()
     }
+    fn restore_entries(
+        &self,
+    ) -> agent::engine::store::StoreResult<Vec<agent::engine::store::RestoreEntry>> {
+        self.inner.restore_entries()
+    }
 }
 
 #[tokio::test(start_paused = true)]

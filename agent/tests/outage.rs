@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent::engine::event::Event;
-use agent::engine::runner::{Clock, Engine, EngineConfig, Policy, NOT_CONFIRMED};
+use agent::engine::runner::{Clock, Engine, EngineConfig, Policy, CHANGED_SINCE, NOT_CONFIRMED};
 use agent::engine::store::{AuditQuery, EngineStore};
 use agent::engine::subjects::{level_event, UpsLevel};
 use agent::spec::UpsState::{self, LowBattery, OnBattery, OnMains};
@@ -337,4 +337,159 @@ async fn the_next_outage_after_a_restart_on_mains_is_acted_on() {
             call("shutdown", &["vm:101", "vm:102"], 3660),
         ]
     );
+}
+
+/// The targets in policy `id`'s restore set, as the store keeps them.
+fn restore_set(site: &Site, id: u128) -> Vec<String> {
+    site.store()
+        .restore_set(Uuid::from_u128(id))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.target)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forward_run_fills_its_restore_set_and_the_inverse_empties_it() {
+    let site = Site::new();
+    let mut engine = site
+        .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
+        .await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    assert_eq!(restore_set(&site, 1), ["vm:101", "vm:102"]);
+    let set = engine.restore_set(Uuid::from_u128(1));
+    assert_eq!(set[0].from.as_deref(), Some("running"));
+    assert_eq!(set[0].to.as_deref(), Some("stopped"));
+    seconds(60).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    assert!(restore_set(&site, 1).is_empty());
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &["vm:101", "vm:102"], 0),
+            call("start", &["vm:101", "vm:102"], 60),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operator_stopping_a_vm_after_a_restore_then_a_blip_makes_the_inverse_start_nothing() {
+    let site = Site::new();
+    let mut engine = site
+        .start(vec![shutdown_on(ON_BATTERY_20S), restore_on_mains()])
+        .await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    seconds(20).await;
+    fire(&mut engine, &site.clock).await;
+    seconds(40).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    // The operator stops vm 101 on purpose.
+    seconds(600).await;
+    site.pve.set_status("vm:101", "stopped");
+    // A one-second blip: the hold never runs out, the inverse fires again.
+    handle(&mut engine, &ups("on_battery")).await;
+    seconds(1).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &["vm:101", "vm:102"], 20),
+            call("start", &["vm:101", "vm:102"], 60),
+        ],
+        "the inverse replayed an outage that was already restored"
+    );
+    assert_eq!(site.pve.status("vm:101").as_deref(), Some("stopped"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_someone_changed_since_is_dropped_from_the_restore_set() {
+    let site = Site::new();
+    let mut engine = site
+        .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
+        .await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    // Someone starts vm 102 by hand during the outage.
+    site.pve.set_status("vm:102", "running");
+    seconds(60).await;
+    let report = engine.handle_event(&ups("on_mains")).await.unwrap();
+    engine.settle().await.unwrap();
+    let inverse = &report.decisions[0];
+    assert!(
+        inverse
+            .skipped
+            .iter()
+            .any(|r| r.target == "vm:102" && r.code.as_deref() == Some(CHANGED_SINCE)),
+        "{inverse:?}"
+    );
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &["vm:101", "vm:102"], 0),
+            call("start", &["vm:101"], 60),
+        ]
+    );
+    assert!(restore_set(&site, 1).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_mid_run_then_the_mains_restore_the_targets_reconciliation_found_stopped() {
+    let site = Site::new();
+    let policies = || vec![shutdown_on(ON_BATTERY), restore_on_mains()];
+    *site.pve.latency.lock().unwrap() = Duration::from_secs(10);
+    let mut first = site.start(policies()).await;
+    handle_only(&mut first, &reading(&[OnMains])).await;
+    handle_only(&mut first, &ups("on_battery")).await;
+    seconds(1).await;
+    drop(first); // SIGKILL while the shutdown runs
+                 // The request had reached the host, which finishes the shutdowns.
+    seconds(20).await;
+    site.pve.set_status("vm:101", "stopped");
+    site.pve.set_status("vm:102", "stopped");
+
+    *site.pve.latency.lock().unwrap() = Duration::ZERO;
+    let mut second = site.start(policies()).await;
+    assert_eq!(restore_set(&site, 1), ["vm:101", "vm:102"]);
+    handle(&mut second, &reading(&[OnMains])).await;
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &["vm:101", "vm:102"], 0),
+            call("start", &["vm:101", "vm:102"], 21),
+        ]
+    );
+    assert!(restore_set(&site, 1).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn outage_mains_outage_mains_inside_every_window_acts_and_restores_each_time() {
+    let site = Site::new();
+    let mut engine = site
+        .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
+        .await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    seconds(30).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    seconds(30).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    seconds(30).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    let both = ["vm:101", "vm:102"];
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &both, 0),
+            call("start", &both, 30),
+            call("shutdown", &both, 60),
+            call("start", &both, 90),
+        ]
+    );
+}
+
+/// Handles an event without waiting for its runs (a crash may follow).
+async fn handle_only(engine: &mut Engine, event: &Event) {
+    engine.handle_event(event).await.unwrap();
 }

@@ -332,6 +332,12 @@ pub async fn policy_executions(
     ok(state.service.executions(id, limit).await?)
 }
 
+/// `GET /api/policies/{id}/restore-set`: the restore set (SPEC §6 "Outage
+/// lifecycle"), what a `ledger` selector naming the policy resolves to.
+pub async fn policy_restore_set(State(state): State<AppState>, PathId(id): PathId) -> ApiResult {
+    ok(state.service.restore_set(id).await?)
+}
+
 /// `POST /api/policies/{id}/inverse`: the unsaved inverse.
 pub async fn policy_inverse(State(state): State<AppState>, PathId(id): PathId) -> ApiResult {
     ok(state.service.inverse(id).await?)

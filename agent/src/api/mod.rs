@@ -319,6 +319,12 @@ routes! {
         headers: [],
         answers: [200 => "ledger entries", 400 => "bad id or limit", 404 => "no such policy"],
     }
+    GET "/api/policies/{id}/restore-set" => policy_restore_set {
+        access: Access::Role(Role::Viewer),
+        summary: "The policy's restore set: the targets its runs changed that nobody changed back since",
+        body: BodyDoc::None, query: [], headers: [],
+        answers: [200 => "restore-set entries by host and target", 400 => "request.bad_id", 404 => "no such policy"],
+    }
     POST "/api/policies/{id}/inverse" => policy_inverse {
         access: Access::Role(Role::Operator),
         summary: "The policy's inverse, unsaved, with enabled: false and needs_input",

@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use super::render::{
     issue_line, kill_switch_line, one_line, pretty, print_decisions, print_executions, print_hosts,
-    print_inverse, print_json, print_kill_switch, print_policies, print_policy, print_state,
-    print_transcript, text_of, to_yaml,
+    print_inverse, print_json, print_kill_switch, print_policies, print_policy, print_restore_set,
+    print_state, print_transcript, text_of, to_yaml,
 };
 use super::{EXIT_AUTH, EXIT_BLOCKED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE};
 use crate::client::{policy_content_type, Client, ClientError};
@@ -182,6 +182,19 @@ pub async fn executions(
         print_json(out, &runs);
     } else {
         print_executions(out, &runs);
+    }
+    Ok(EXIT_OK)
+}
+
+/// `hazel restore-set`: what a policy's inverse would restore.
+pub async fn restore_set(conn: &ClientOptions, policy: &str, out: &mut impl Write) -> Outcome {
+    let client = connect(conn)?;
+    let id = resolve(&client, policy).await?;
+    let set = client.restore_set(&id).await?;
+    if conn.json {
+        print_json(out, &set);
+    } else {
+        print_restore_set(out, &set);
     }
     Ok(EXIT_OK)
 }

@@ -312,6 +312,26 @@ pub(super) fn print_executions(out: &mut impl Write, runs: &Value) {
     let _ = writeln!(out, "{} run(s)", runs.len());
 }
 
+pub(super) fn print_restore_set(out: &mut impl Write, set: &Value) {
+    let set = set.as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = set
+        .iter()
+        .map(|e| {
+            vec![
+                text_of(&e["host"]),
+                text_of(&e["target"]),
+                text_of(&e["from"]),
+                text_of(&e["to"]),
+                format!("{} {}", text_of(&e["capability"]), text_of(&e["verb"])),
+                text_of(&e["at"]),
+            ]
+        })
+        .collect();
+    let header = ["HOST", "TARGET", "FROM", "TO", "CHANGED BY", "AT"];
+    let _ = write!(out, "{}", table(&header, &rows));
+    let _ = writeln!(out, "{} target(s) to restore", set.len());
+}
+
 pub(super) fn print_hosts(out: &mut impl Write, hosts: &Value) {
     let hosts = hosts.as_array().cloned().unwrap_or_default();
     let rows: Vec<Vec<String>> = hosts

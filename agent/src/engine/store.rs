@@ -107,6 +107,19 @@ pub trait EngineStore: Send + Sync {
     /// with), by subject id ascending.
     fn subject_states(&self) -> StoreResult<Vec<SubjectState>>;
 
+    /// Every policy's restore set (SPEC §6 "Outage lifecycle"), by policy,
+    /// host and target ascending.
+    fn restore_entries(&self) -> StoreResult<Vec<RestoreEntry>>;
+
+    /// The restore set of `policy_id`, by host and target.
+    fn restore_set(&self, policy_id: Uuid) -> StoreResult<Vec<RestoreEntry>> {
+        Ok(self
+            .restore_entries()?
+            .into_iter()
+            .filter(|e| e.policy_id == policy_id)
+            .collect())
+    }
+
     /// Whether `key` ran at or after `now - window`. A key recorded in the
     /// future of `now` (clock stepped back) counts as recent: repeating an
     /// action is worse than skipping one. `now` is the engine's clock, so
@@ -290,6 +303,15 @@ pub enum Write {
     SetTriggerState { policy_id: Uuid, state: Value },
     /// Inserts or replaces a subject's last known state.
     SetSubjectState(SubjectState),
+    /// Adds a target to a policy's restore set; a target already there keeps
+    /// its entry (and so its original "from" state).
+    AddRestore(RestoreEntry),
+    /// Removes a target from a policy's restore set; a missing one is ignored.
+    RemoveRestore {
+        policy_id: Uuid,
+        host: String,
+        target: String,
+    },
 }
 
 /// Per-policy window state (SPEC §6 steps 4 and 9).
@@ -481,6 +503,29 @@ pub struct SubjectState {
     pub at: DateTime<Utc>,
 }
 
+/// One target a policy's runs changed and nobody has changed back since
+/// (SPEC §6 "Outage lifecycle", restore set): what a `ledger` selector
+/// naming the policy resolves to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestoreEntry {
+    pub policy_id: Uuid,
+    pub host: String,
+    pub target: String,
+    /// The state before the first run that changed it, when known.
+    pub from: Option<String>,
+    /// The state that run left it in (as the driver read it back, else what
+    /// the action leads to), when known.
+    pub to: Option<String>,
+    /// The action that changed it (an inverse run undoes it).
+    pub capability: String,
+    pub verb: String,
+    #[serde(default)]
+    pub params: Value,
+    /// The run that changed it, and when.
+    pub run_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
 /// The result of one action on one target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultRecord {
@@ -502,6 +547,9 @@ pub struct ResultRecord {
     #[serde(default)]
     pub evidence: Value,
     pub duration_ms: u64,
+    /// The state the driver read back after the change, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_state: Option<String>,
 }
 
 /// One ledger entry: a policy run that scheduled at least one action or

@@ -297,15 +297,24 @@ async fn resolve(
             ));
             return Ok(Vec::new());
         };
-        let run = service
-            .store(move |s| s.latest_successful_run(forward))
-            .await?;
-        return Ok(crate::engine::runner::ledger_targets(
-            run.as_ref(),
+        // The forward policy's restore set (SPEC §6 "Outage lifecycle"),
+        // resolved as the engine resolves it.
+        let set = service.store(move |s| s.restore_set(forward)).await?;
+        let resolved = crate::engine::runner::restore_targets(
+            &set,
             host_id,
             &spec.target_type,
             snapshot.as_deref(),
-        ));
+        );
+        for (target, now) in &resolved.changed {
+            findings.push(Finding::new(
+                Severity::Info,
+                crate::engine::runner::CHANGED_SINCE,
+                "/targets/selector/value",
+                format!("{target} is {now} now: changed since the forward run, not restored"),
+            ));
+        }
+        return Ok(resolved.targets);
     }
     let Some(snapshot) = snapshot else {
         findings.push(Finding::new(

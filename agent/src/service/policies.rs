@@ -266,6 +266,17 @@ impl Service {
             .collect())
     }
 
+    /// A policy's restore set (SPEC §6 "Outage lifecycle"), by host and
+    /// target: what its inverse's `ledger` selector resolves to.
+    pub async fn restore_set(&self, id: Uuid) -> Result<Vec<Value>, ServiceError> {
+        self.record(id).await?;
+        let set = self.store(move |s| s.restore_set(id)).await?;
+        Ok(set
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+            .collect())
+    }
+
     /// The inverse of a stored policy (SPEC §11), unsaved.
     pub async fn inverse(&self, id: Uuid) -> Result<Value, ServiceError> {
         let record = self.record(id).await?;

@@ -11,8 +11,8 @@ use super::sqlite::{conflict_or, from_json, json_column, parse_ts, parse_uuid, s
 use super::SqliteStore;
 use crate::engine::store::{
     AuditEntry, AuditQuery, AuditRecord, DeadlineKind, DeadlineRecord, EngineStore, IntentEntry,
-    IntentId, IntentOutcome, IntentRecord, KillSwitchState, RunRecord, StoreError, StoreResult,
-    SubjectState, TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
+    IntentId, IntentOutcome, IntentRecord, KillSwitchState, RestoreEntry, RunRecord, StoreError,
+    StoreResult, SubjectState, TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
 };
 
 impl EngineStore for SqliteStore {
@@ -214,6 +214,50 @@ impl EngineStore for SqliteStore {
             by,
             reason,
         })
+    }
+
+    fn restore_entries(&self) -> StoreResult<Vec<RestoreEntry>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT policy_id, host, target, from_state, to_state, capability, verb,
+                        params, run_id, at
+                 FROM restore_set ORDER BY policy_id, host, target",
+            )
+            .map_err(sql("restore_entries"))?;
+        let rows = stmt
+            .query_map([], |row| -> rusqlite::Result<RestoreRow> {
+                Ok(RestoreRow {
+                    policy_id: row.get(0)?,
+                    host: row.get(1)?,
+                    target: row.get(2)?,
+                    from: row.get(3)?,
+                    to: row.get(4)?,
+                    capability: row.get(5)?,
+                    verb: row.get(6)?,
+                    params: row.get(7)?,
+                    run_id: row.get(8)?,
+                    at: row.get(9)?,
+                })
+            })
+            .map_err(sql("restore_entries"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let row = row.map_err(sql("restore_entries"))?;
+            out.push(RestoreEntry {
+                policy_id: parse_uuid(&row.policy_id)?,
+                host: row.host,
+                target: row.target,
+                from: row.from,
+                to: row.to,
+                capability: row.capability,
+                verb: row.verb,
+                params: from_json("restore params", &row.params)?,
+                run_id: parse_uuid(&row.run_id)?,
+                at: parse_ts(&row.at)?,
+            });
+        }
+        Ok(out)
     }
 
     fn subject_states(&self) -> StoreResult<Vec<SubjectState>> {
@@ -455,6 +499,38 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<()> {
             .map_err(sql("set_kill_switch"))?;
         }
         Write::AppendAudit(record) => insert_audit(tx, record)?,
+        Write::AddRestore(entry) => {
+            tx.execute(
+                "INSERT INTO restore_set (policy_id, host, target, from_state, to_state,
+                                          capability, verb, params, run_id, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (policy_id, host, target) DO NOTHING",
+                params![
+                    entry.policy_id.to_string(),
+                    entry.host,
+                    entry.target,
+                    entry.from,
+                    entry.to,
+                    entry.capability,
+                    entry.verb,
+                    to_json("restore params", &entry.params)?,
+                    entry.run_id.to_string(),
+                    ts(&entry.at)
+                ],
+            )
+            .map_err(sql("add_restore"))?;
+        }
+        Write::RemoveRestore {
+            policy_id,
+            host,
+            target,
+        } => {
+            tx.execute(
+                "DELETE FROM restore_set WHERE policy_id = ?1 AND host = ?2 AND target = ?3",
+                params![policy_id.to_string(), host, target],
+            )
+            .map_err(sql("remove_restore"))?;
+        }
         Write::SetSubjectState(state) => {
             tx.execute(
                 "INSERT INTO subject_states (subject_id, states, at) VALUES (?1, ?2, ?3)
@@ -608,4 +684,18 @@ mod tests {
             check_ledger_cap(&store, &ops)?;
         }
     }
+}
+
+/// One `restore_set` row as SQLite returns it.
+struct RestoreRow {
+    policy_id: String,
+    host: String,
+    target: String,
+    from: Option<String>,
+    to: Option<String>,
+    capability: String,
+    verb: String,
+    params: String,
+    run_id: String,
+    at: String,
 }

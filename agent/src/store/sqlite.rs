@@ -233,6 +233,25 @@ CREATE TABLE subject_states (
 ) STRICT;
 "#,
     },
+    Migration {
+        version: 6,
+        name: "restore sets",
+        sql: r#"
+CREATE TABLE restore_set (
+    policy_id TEXT NOT NULL,
+    host TEXT NOT NULL,
+    target TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT,
+    capability TEXT NOT NULL,
+    verb TEXT NOT NULL,
+    params TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (policy_id, host, target)
+) STRICT;
+"#,
+    },
 ];
 
 /// The version of every known migration, in order (for tests that build

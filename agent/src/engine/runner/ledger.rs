@@ -4,40 +4,20 @@
 //! last item is reported. It also reads the ledger back for the `ledger`
 //! selector (SPEC §2), so the engine and the policy dry-run resolve it alike.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use drivers::driver::{action_key, Action, ExecOutcome};
-use inventory::{HostInventory, Severity};
+use inventory::Severity;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{
-    capability, ActionWork, Engine, EngineError, EXECUTION_FAILED, HELD_EXPIRED, INTERRUPTED,
+    restore::Change, ActionWork, Engine, EngineError, EXECUTION_FAILED, HELD_EXPIRED, INTERRUPTED,
 };
 use crate::engine::scheduler::{Outcome, Report, SchedulerError, Work};
 use crate::engine::store::{
     AuditRecord, IntentOutcome, IntentRecord, ResultRecord, RunRecord, RunStatus, Write,
 };
-
-/// What a `ledger` selector resolves to (SPEC §6 step 5): the targets of
-/// `target_type` on `host_id` that the forward policy's latest successful
-/// `run` changed, in result order, keeping only those `snapshot` still has
-/// (all of them without a snapshot). Shared by the engine and the policy
-/// dry-run so both resolve a ledger selector the same way.
-pub fn ledger_targets(
-    run: Option<&RunRecord>,
-    host_id: &str,
-    target_type: &str,
-    snapshot: Option<&HostInventory>,
-) -> Vec<String> {
-    let prefix = format!("{target_type}:");
-    run.iter()
-        .flat_map(|r| r.changed_targets())
-        .filter(|(host, target)| *host == host_id && target.starts_with(&prefix))
-        .filter(|(_, target)| snapshot.is_none_or(|s| s.contains(target)))
-        .map(|(_, target)| target.to_string())
-        .collect()
-}
 
 impl Engine {
     /// Waits for every queued or running item and closes their runs (step
@@ -201,12 +181,16 @@ impl Engine {
             return Ok(None);
         }
         finished?;
-        self.close_run(open.record).map(Some)
+        self.close_run(open.record, &open.from).map(Some)
     }
 
     /// Step 9: status and severity from the results, the suppression of
     /// undone policies cleared, the ledger entry and its audit record.
-    fn close_run(&self, mut record: RunRecord) -> Result<RunRecord, EngineError> {
+    fn close_run(
+        &mut self,
+        mut record: RunRecord,
+        from: &HashMap<(String, String), Option<String>>,
+    ) -> Result<RunRecord, EngineError> {
         record.finished_at = (self.config.clock)();
         // Rows of pairs that were attempted: the driver's answers and the
         // engine's whole-item failures (driver error, cancel, TTL drop), but
@@ -248,17 +232,45 @@ impl Engine {
             .map(|r| r.severity)
             .max()
             .unwrap_or(Severity::Info);
-        self.clear_undone_suppression(&record)?;
-        self.store.write(&[
-            Write::AppendAudit(AuditRecord {
-                ts: record.finished_at,
-                correlation_id: record.event.correlation_id,
-                kind: "engine.run_finished".into(),
-                policy_id: Some(record.policy_id),
-                details: json!({"run_id": record.run_id, "status": record.status.as_str()}),
-            }),
-            Write::AppendRun(record.clone()),
-        ])?;
+        // The restore sets (SPEC §6 "Outage lifecycle"): what this run
+        // changed joins its policy's set and leaves the sets it undoes.
+        let params = |index: u32| {
+            self.policies
+                .get(&record.policy_id)
+                .and_then(|p| p.ir.plan.get(index as usize))
+                .map(|step| step.params.clone())
+                .unwrap_or_default()
+        };
+        let changes: Vec<Change<'_>> = record
+            .results
+            .iter()
+            .filter(|r| r.ok && r.changed)
+            .map(|r| Change {
+                host: &r.host,
+                target: &r.target,
+                action: Action {
+                    capability: r.capability.clone(),
+                    verb: r.verb.clone(),
+                    params: params(r.action_index),
+                },
+                from: from
+                    .get(&(r.host.clone(), r.target.clone()))
+                    .cloned()
+                    .flatten(),
+                to: r.result_state.clone(),
+            })
+            .collect();
+        let mut batch =
+            self.record_changes(record.policy_id, record.run_id, record.finished_at, changes);
+        batch.push(Write::AppendAudit(AuditRecord {
+            ts: record.finished_at,
+            correlation_id: record.event.correlation_id,
+            kind: "engine.run_finished".into(),
+            policy_id: Some(record.policy_id),
+            details: json!({"run_id": record.run_id, "status": record.status.as_str()}),
+        }));
+        batch.push(Write::AppendRun(record.clone()));
+        self.store.write(&batch)?;
         Ok(record)
     }
 
@@ -294,6 +306,7 @@ impl Engine {
                         reason: o.reason.clone().unwrap_or_default(),
                         evidence: Value::Object(o.evidence.clone()),
                         duration_ms: o.duration_ms,
+                        result_state: o.result_state.clone(),
                         ..row(
                             0,
                             &action,
@@ -388,68 +401,6 @@ impl Engine {
         self.store.write(&batch)?;
         Ok(())
     }
-
-    /// Step 4's clearing: every other policy with an action that `record`'s
-    /// successful actions invert, on a target its latest successful run
-    /// changed (or its compiled selection), gets its suppression cleared.
-    fn clear_undone_suppression(&self, record: &RunRecord) -> Result<(), EngineError> {
-        let changed: Vec<&ResultRecord> = record
-            .results
-            .iter()
-            .filter(|r| r.ok && r.changed)
-            .collect();
-        if changed.is_empty() {
-            return Ok(());
-        }
-        let mut cleared = Vec::new();
-        for (other_id, other) in &self.policies {
-            if *other_id == record.policy_id {
-                continue;
-            }
-            let theirs: HashSet<(String, String)> =
-                match self.store.latest_successful_run(*other_id)? {
-                    Some(run) => run
-                        .changed_targets()
-                        .into_iter()
-                        .map(|(h, t)| (h.to_string(), t.to_string()))
-                        .collect(),
-                    None => other
-                        .ir
-                        .targets
-                        .resolved_ids
-                        .iter()
-                        .flatten()
-                        .map(|t| (other.ir.targets.host_id.clone(), t.clone()))
-                        .collect(),
-                };
-            let undone = changed.iter().any(|r| {
-                let Some(cap) = capability(&r.capability) else {
-                    return false;
-                };
-                let Some(ours) = self
-                    .policies
-                    .get(&record.policy_id)
-                    .and_then(|p| p.ir.plan.get(r.action_index as usize))
-                    .map(|step| &step.params)
-                else {
-                    return false;
-                };
-                other.ir.plan.iter().any(|step| {
-                    step.capability == r.capability
-                        && cap.inverts(&r.verb, ours, &step.verb, &step.params)
-                }) && theirs.contains(&(r.host.clone(), r.target.clone()))
-            });
-            if undone {
-                cleared.push(Write::ClearSuppression {
-                    policy_id: *other_id,
-                });
-            }
-        }
-        if !cleared.is_empty() {
-            self.store.write(&cleared)?;
-        }
-        Ok(())
-    }
 }
 
 /// The per-target rows of an item stopped while it ran (cancelled,
@@ -502,5 +453,6 @@ pub(super) fn row(
         reason: reason.to_string(),
         evidence: Value::Null,
         duration_ms: 0,
+        result_state: None,
     }
 }

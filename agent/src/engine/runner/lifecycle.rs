@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::guards::desired_statuses;
 use super::ledger::row;
+use super::restore::Change;
 use super::{
     Engine, EngineError, EventReport, ALREADY_DESIRED, CAPABILITY_MISSING, EXECUTION_FAILED,
     HELD_EXPIRED, HOST_UNREACHABLE, INTERRUPTED, TIMER_MISSED,
@@ -91,6 +92,7 @@ impl Engine {
             report.paused = true;
         }
         self.load_levels()?;
+        self.load_restore_sets()?;
         report.rearmed = self.restore_countdowns()?;
         report.reconciled = self.reconcile(now).await?;
         let (late, missed) = self.arm_timer_at(now)?;
@@ -402,6 +404,7 @@ impl Engine {
                 None => Err(format!("no driver for host {}", intent.host)),
             };
             let desired = desired_statuses(&action);
+            let mut seen_states: Vec<Option<String>> = Vec::new();
             let mut done = Vec::new();
             let mut not_done = Vec::new();
             let mut rows = Vec::new();
@@ -413,6 +416,9 @@ impl Engine {
                         .and_then(|e| e.from.clone())
                 });
                 let reached = from.as_deref().is_some_and(|s| desired.contains(&s));
+                if reached {
+                    seen_states.push(from.clone());
+                }
                 let seen = from.as_deref().unwrap_or("unknown");
                 let why = if reached {
                     format!(
@@ -484,6 +490,21 @@ impl Engine {
             if !cleared.is_empty() {
                 batch.push(Write::ClearKeys { keys: cleared });
             }
+            // A change the reconciliation found took effect joins the
+            // policy's restore set (SPEC §6 "Outage lifecycle"); its state
+            // before the crash is not known.
+            let changes = done
+                .iter()
+                .zip(&seen_states)
+                .map(|(target, to)| Change {
+                    host: &intent.host,
+                    target,
+                    action: action.clone(),
+                    from: None,
+                    to: to.clone(),
+                })
+                .collect();
+            batch.extend(self.record_changes(intent.policy_id, intent.run_id, now, changes));
             self.store.write(&batch)?;
             let version_int = self
                 .policies

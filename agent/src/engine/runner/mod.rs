@@ -104,14 +104,15 @@ mod guards;
 mod ledger;
 mod lifecycle;
 mod outage;
+mod restore;
 
 pub use dry_run::{DryRunPlan, Transcript};
 pub use guards::desired_statuses;
 use guards::{already_desired, recheck_held, Guard, GuardView};
-pub use ledger::ledger_targets;
 use ledger::row;
 pub use lifecycle::{Reconciled, StartReport};
 pub use outage::NOT_CONFIRMED;
+pub use restore::{restore_targets, RestoreResolution, CHANGED_SINCE};
 
 /// `info`: the policy fired within its suppression window.
 pub const SUPPRESSED_WINDOW: &str = "engine.suppressed_window";
@@ -371,6 +372,8 @@ pub struct Engine {
     started: bool,
     /// Last known UPS levels and restored countdowns awaiting a reading.
     levels: outage::Levels,
+    /// Every policy's restore set, indexed by target (the store keeps them).
+    restore: restore::RestoreSets,
 }
 
 /// One scheduled item awaiting its report.
@@ -385,6 +388,9 @@ struct OpenRun {
     record: RunRecord,
     /// Items not yet reported.
     items_left: usize,
+    /// Each planned (host, target)'s state before the run, from the
+    /// snapshot it was decided on: the restore set's "from".
+    from: HashMap<(String, String), Option<String>>,
 }
 
 impl Engine {
@@ -443,6 +449,7 @@ impl Engine {
             due_events: VecDeque::new(),
             started: false,
             levels: outage::Levels::default(),
+            restore: restore::RestoreSets::default(),
         }
     }
 
@@ -761,6 +768,37 @@ impl Engine {
                 return finish(decision, explain);
             }
         };
+        // A restore-set target someone changed since is not restored.
+        if let Some(forward) = ledger_forward(policy) {
+            let changed = restore_targets(
+                self.restore.of(forward),
+                &ir.targets.host_id,
+                &ir.targets.target_type,
+                snapshot,
+            )
+            .changed;
+            for (target, now) in changed {
+                let step = &ir.plan[0];
+                let action = Action {
+                    capability: step.capability.clone(),
+                    verb: step.verb.clone(),
+                    params: step.params.clone(),
+                };
+                let why = format!(
+                    "{target} is {now} now: changed since the run of {forward} left it, not restored"
+                );
+                decision.skipped.push(row(
+                    0,
+                    &action,
+                    &ir.targets.host_id,
+                    &target,
+                    true,
+                    Severity::Info,
+                    CHANGED_SINCE,
+                    &why,
+                ));
+            }
+        }
         if ids.is_empty() {
             explain.insert(
                 "targets".into(),
@@ -891,16 +929,13 @@ impl Engine {
                     SELECTOR_UNRESOLVED,
                     "ledger value is not a policy id".into(),
                 ))?;
-            let run = self
-                .store
-                .latest_successful_run(forward)
-                .map_err(|e| (SELECTOR_UNRESOLVED, e.to_string()))?;
-            return Ok(ledger_targets(
-                run.as_ref(),
+            return Ok(restore_targets(
+                self.restore.of(forward),
                 &targets.host_id,
                 &targets.target_type,
                 snapshot,
-            ));
+            )
+            .targets);
         }
         if !policy.ir.dynamic_resolution {
             if let Some(ids) = &targets.resolved_ids {
@@ -938,6 +973,20 @@ impl Engine {
                 details: json!({"code": decision.code, "explain": decision.explain}),
             })
         };
+        // Restore-set targets changed since leave the forward policy's set.
+        if let Some(forward) = self.policies.get(&id).and_then(ledger_forward) {
+            let changed: Vec<String> = decision
+                .skipped
+                .iter()
+                .filter(|r| r.code.as_deref() == Some(CHANGED_SINCE))
+                .map(|r| r.target.clone())
+                .collect();
+            if !changed.is_empty() {
+                let host = self.policies[&id].ir.targets.host_id.clone();
+                let writes = self.drop_changed_since(forward, &host, &changed);
+                self.store.write(&writes)?;
+            }
+        }
         if decision.code == SUPPRESSED_WINDOW {
             info!(policy_id = %id, correlation_id = %event.correlation_id, "engine.suppressed_window");
             self.store.write(&[
@@ -1029,11 +1078,23 @@ impl Engine {
             intents.push(intent);
         }
         self.store.write(&batch)?;
+        let mut from = HashMap::new();
+        for planned in &decision.planned {
+            let snapshot = self.snapshots.host(&planned.host);
+            for target in &planned.targets {
+                let status = snapshot
+                    .as_ref()
+                    .and_then(|s| s.get(target))
+                    .and_then(|t| t.status.clone());
+                from.insert((planned.host.clone(), target.clone()), status);
+            }
+        }
         self.open.insert(
             run_id,
             OpenRun {
                 record,
                 items_left: intents.len(),
+                from,
             },
         );
         for (planned, intent) in decision.planned.iter().zip(intents) {
@@ -1080,6 +1141,15 @@ impl Engine {
         }
         Ok(true)
     }
+}
+
+/// The forward policy a `ledger` selector names, if `policy` has one.
+fn ledger_forward(policy: &Policy) -> Option<Uuid> {
+    let targets = &policy.ir.targets;
+    if targets.selector.mode != SelectorMode::Ledger {
+        return None;
+    }
+    Uuid::parse_str(targets.selector.value.trim()).ok()
 }
 
 fn capability(id: &str) -> Option<&'static Capability> {

@@ -57,6 +57,7 @@ fn result(target: &str, ok: bool, changed: bool) -> ResultRecord {
         reason: String::new(),
         evidence: json!({"state": "stopped"}),
         duration_ms: 12,
+        result_state: None,
     }
 }
 
@@ -511,6 +512,61 @@ pub(crate) fn an_execution_batch_commits_outcome_keys_and_cleared_inverses_toget
     assert_eq!(store.window_state(forward).unwrap().last_fired_at, None);
 }
 
+pub(crate) fn restore_entries_keep_their_first_from_and_are_removed_per_target(
+    store: &dyn EngineStore,
+) {
+    assert!(store.restore_entries().unwrap().is_empty());
+    let entry = |policy: u128, target: &str, from: &str, at| RestoreEntry {
+        policy_id: Uuid::from_u128(policy),
+        host: "pve-01".into(),
+        target: target.into(),
+        from: Some(from.into()),
+        to: Some("stopped".into()),
+        capability: "proxmox.vm".into(),
+        verb: "shutdown".into(),
+        params: json!({"grace_s": 60}),
+        run_id: Uuid::from_u128(9),
+        at,
+    };
+    store
+        .write(&[
+            Write::AddRestore(entry(2, "vm:101", "running", t(1))),
+            Write::AddRestore(entry(1, "vm:102", "running", t(1))),
+            Write::AddRestore(entry(1, "vm:101", "running", t(1))),
+        ])
+        .unwrap();
+    // A second run on a target already in the set keeps the original entry.
+    store
+        .write(&[Write::AddRestore(entry(1, "vm:101", "paused", t(5)))])
+        .unwrap();
+    assert_eq!(
+        store.restore_entries().unwrap(),
+        [
+            entry(1, "vm:101", "running", t(1)),
+            entry(1, "vm:102", "running", t(1)),
+            entry(2, "vm:101", "running", t(1)),
+        ]
+    );
+    store
+        .write(&[
+            Write::RemoveRestore {
+                policy_id: Uuid::from_u128(1),
+                host: "pve-01".into(),
+                target: "vm:101".into(),
+            },
+            Write::RemoveRestore {
+                policy_id: Uuid::from_u128(3),
+                host: "pve-01".into(),
+                target: "vm:101".into(),
+            },
+        ])
+        .unwrap();
+    assert_eq!(
+        store.restore_set(Uuid::from_u128(1)).unwrap(),
+        [entry(1, "vm:102", "running", t(1))]
+    );
+}
+
 pub(crate) fn subject_states_are_upserted_and_listed_by_subject(store: &dyn EngineStore) {
     assert!(store.subject_states().unwrap().is_empty());
     let state = |id: &str, states: &[&str], at| SubjectState {
@@ -610,6 +666,7 @@ macro_rules! conformance_suite {
                 an_execution_batch_commits_outcome_keys_and_cleared_inverses_together,
                 trigger_states_are_upserted_listed_by_policy_and_deleted_by_null,
                 subject_states_are_upserted_and_listed_by_subject,
+                restore_entries_keep_their_first_from_and_are_removed_per_target,
             );
         }
     };

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{
     AuditEntry, AuditQuery, DeadlineKind, DeadlineRecord, EngineStore, IntentEntry, IntentId,
-    IntentRecord, KillSwitchState, RunRecord, StoreError, StoreResult, SubjectState,
+    IntentRecord, KillSwitchState, RestoreEntry, RunRecord, StoreError, StoreResult, SubjectState,
     TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
 };
 
@@ -40,6 +40,7 @@ struct State {
     audit: Vec<AuditEntry>,
     trigger_states: BTreeMap<Uuid, Value>,
     subject_states: BTreeMap<String, SubjectState>,
+    restore: BTreeMap<(Uuid, String, String), RestoreEntry>,
 }
 
 impl MemoryStore {
@@ -158,6 +159,10 @@ impl EngineStore for MemoryStore {
 
     fn kill_switch(&self) -> StoreResult<KillSwitchState> {
         Ok(self.lock().kill_switch.clone())
+    }
+
+    fn restore_entries(&self) -> StoreResult<Vec<RestoreEntry>> {
+        Ok(self.lock().restore.values().cloned().collect())
     }
 
     fn subject_states(&self) -> StoreResult<Vec<SubjectState>> {
@@ -332,6 +337,19 @@ impl State {
                     seq,
                     record: record.clone(),
                 });
+            }
+            Write::AddRestore(entry) => {
+                self.restore
+                    .entry((entry.policy_id, entry.host.clone(), entry.target.clone()))
+                    .or_insert_with(|| entry.clone());
+            }
+            Write::RemoveRestore {
+                policy_id,
+                host,
+                target,
+            } => {
+                self.restore
+                    .remove(&(*policy_id, host.clone(), target.clone()));
             }
             Write::SetSubjectState(state) => {
                 self.subject_states.insert(state.id.clone(), state.clone());
