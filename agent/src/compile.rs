@@ -301,6 +301,7 @@ fn compile_action(
         verb,
         params,
         key_hint,
+        retry,
     } = action;
     let params = compile_params(&path, &verb, params, capability, findings)?;
     Some(PlanStep {
@@ -308,6 +309,7 @@ fn compile_action(
         verb,
         params,
         key_hint,
+        retry: retry.filter(|r| *r != crate::spec::RetrySpec::default()),
     })
 }
 

@@ -269,6 +269,14 @@ fn write_canonical_spec(out: &mut Vec<u8>, spec: &PolicySpec, plan: &[PlanStep])
             a.str("capability_id", &step.capability);
             a.opt_str("key_hint", step.key_hint.as_deref());
             write_map(a.key("params"), &step.params);
+            if let Some(retry) = &step.retry {
+                let mut r = Obj::new(a.key("retry"));
+                if let Some(attempts) = retry.attempts {
+                    r.int("attempts", i64::from(attempts));
+                }
+                r.int("backoff_s", retry.backoff_s as i64);
+                r.end();
+            }
             a.str("verb", &step.verb);
             a.end();
         }

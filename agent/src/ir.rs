@@ -53,6 +53,11 @@ pub struct PlanStep {
     pub params: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_hint: Option<String>,
+    /// The action's retry when it is not the default one (SPEC §6
+    /// "Outage lifecycle"); a spelled-out default compiles to `None`, so it
+    /// hashes the same as an omitted one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::spec::RetrySpec>,
 }
 
 /// Suppression and idempotency windows in seconds.

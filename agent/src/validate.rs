@@ -233,6 +233,30 @@ actions:
     }
 
     #[test]
+    fn an_action_retry_takes_whole_attempts_and_a_positive_backoff() {
+        check(
+            &with(
+                "params: { grace_s: 60 } }",
+                "params: { grace_s: 60 }, retry: { attempts: 3, backoff: 10s } }",
+            ),
+            expect![[r#"
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                ok; resolved vm:104 vm:204 vm:311 vm:312 vm:313"#]],
+        );
+        check(
+            &with(
+                "params: { grace_s: 60 } }",
+                "params: { grace_s: 60 }, retry: { attempts: -1, backoff: 0s, tries: 2 } }",
+            ),
+            expect![[r#"
+                Schema blocker schema.unknown_field /actions/0/retry/tries: unknown field `tries` (known fields here: attempts, backoff)
+                Schema blocker schema.range /actions/0/retry/attempts: retry attempts must be a whole number from 0 to 4294967295 (0 disables retries; leave it out to retry as long as the trigger holds)
+                Schema blocker schema.range /actions/0/retry/backoff: the retry backoff must be at least 1s
+                blocked"#]],
+        );
+    }
+
+    #[test]
     fn malformed_documents_are_findings_with_line_and_column() {
         check(
             "version: 1\nname: [unclosed\n",

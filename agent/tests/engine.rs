@@ -351,18 +351,31 @@ async fn a_target_already_in_the_desired_state_is_skipped_with_info() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_unreachable_host_is_an_error_run_and_nothing_executes() {
+async fn an_unreachable_host_is_an_error_and_nothing_executes_while_it_stays_unreachable() {
+    // SPEC §6 "Outage lifecycle": the run stays open for retries while the
+    // trigger holds; it is written when the outage ends with the host
+    // still unreachable.
     let pve = pve();
     let mut h = harness(&[&pve], [pve_policy(1, ON_BATTERY, "101", "shutdown")]);
     handle(&mut h, &host_state("pve-01", false)).await;
     let report = handle(&mut h, &ups("on_battery")).await;
     assert_eq!(report.decisions[0].code, HOST_UNREACHABLE);
     assert_eq!(report.decisions[0].severity, Severity::Error);
+    assert!(h.store.runs(Uuid::from_u128(1), 30).unwrap().is_empty());
+    minutes(1).await;
+    let due = h.engine.next_deadline().expect("a retry is due");
+    h.engine.fire_due(due).await.unwrap();
+    handle(&mut h, &ups("on_mains")).await;
+    minutes(2).await;
+    let due = h.engine.next_deadline().expect("a retry is due");
+    h.engine.fire_due(due).await.unwrap();
+    h.engine.settle().await.unwrap();
     assert!(pve.calls().is_empty());
     let runs = h.store.runs(Uuid::from_u128(1), 30).unwrap();
     assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].status, RunStatus::Error);
+    assert_eq!(runs[0].status, RunStatus::Failed);
     assert_eq!(runs[0].results[0].code.as_deref(), Some(HOST_UNREACHABLE));
+    assert_eq!(h.engine.next_deadline(), None);
 }
 
 #[tokio::test(start_paused = true)]

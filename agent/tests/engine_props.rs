@@ -455,9 +455,12 @@ fn run(s: &Scenario) -> Outcome {
         }
         engine.settle().await.unwrap();
         longest_ledger = longest_ledger.max(ledger_max(&store));
+        // A run still retrying while its trigger holds (SPEC §6 "Outage
+        // lifecycle") is not in the ledger yet.
+        let still_open = engine.open_runs();
         let mut runs_opened = HashMap::new();
         for decision in reports.iter().flat_map(|(_, r)| &r.decisions) {
-            if decision.run_id.is_some() {
+            if decision.run_id.is_some_and(|id| !still_open.contains(&id)) {
                 *runs_opened.entry(decision.policy_id).or_insert(0) += 1;
             }
         }

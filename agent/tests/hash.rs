@@ -83,6 +83,7 @@ fn with_defaults(mut v: Value) -> Value {
     root["trigger_group"]["triggers"][0]["for"] = json!("120s");
     root["actions"][0]["params"] = json!({ "grace_s": 60, "force_after_grace": false });
     root["actions"][0]["idempotency"] = json!({ "key_hint": null });
+    root["actions"][0]["retry"] = json!({ "backoff": "5s" });
     v
 }
 
@@ -152,6 +153,14 @@ fn every_meaningful_change_changes_the_hash() {
         (
             "for",
             Box::new(|v| v["trigger_group"]["triggers"][0]["for"] = json!("3m")),
+        ),
+        (
+            "retry attempts",
+            Box::new(|v| v["actions"][0]["retry"] = json!({ "attempts": 3 })),
+        ),
+        (
+            "retry backoff",
+            Box::new(|v| v["actions"][0]["retry"] = json!({ "backoff": "10s" })),
         ),
         (
             "state",

@@ -13,15 +13,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent::engine::event::Event;
-use agent::engine::runner::{Clock, Engine, EngineConfig, Policy, CHANGED_SINCE, NOT_CONFIRMED};
-use agent::engine::store::{AuditQuery, EngineStore};
+use agent::engine::runner::{
+    Clock, Engine, EngineConfig, Policy, CHANGED_SINCE, GAVE_UP, NOT_CONFIRMED, RETRY_STOPPED,
+};
+use agent::engine::store::{AuditQuery, EngineStore, RunStatus};
 use agent::engine::subjects::{level_event, UpsLevel};
 use agent::spec::UpsState::{self, LowBattery, OnBattery, OnMains};
 use agent::store::SqliteStore;
 use chrono::{DateTime, TimeDelta, Utc};
 use drivers::breaker::{BreakerConfig, Breakers};
 use serde_json::Value;
-use support::{policy_at, range, ups, vm, FakeDriver, ON_BATTERY, ON_MAINS};
+use support::{host_state, policy_at, range, ups, vm, FakeDriver, ON_BATTERY, ON_MAINS};
 use uuid::Uuid;
 
 const UPS: &str = "ups1@nas.lan:3493";
@@ -492,4 +494,159 @@ async fn outage_mains_outage_mains_inside_every_window_acts_and_restores_each_ti
 /// Handles an event without waiting for its runs (a crash may follow).
 async fn handle_only(engine: &mut Engine, event: &Event) {
     engine.handle_event(event).await.unwrap();
+}
+
+/// The runs of policy `id`, newest first.
+fn runs(site: &Site, id: u128) -> Vec<agent::engine::store::RunRecord> {
+    site.store().runs(Uuid::from_u128(id), 30).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_unreachable_when_the_policy_fires_and_back_30s_later_is_shut_down_on_retry() {
+    let site = Site::new();
+    let mut engine = site.start(vec![shutdown_on(ON_BATTERY)]).await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle(&mut engine, &host_state("pve-01", false)).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    // Retries at 5 s and 15 s find the host still unreachable.
+    for _ in 0..29 {
+        seconds(1).await;
+        fire(&mut engine, &site.clock).await;
+    }
+    assert_eq!(site.calls(), []);
+    seconds(1).await;
+    handle(&mut engine, &host_state("pve-01", true)).await;
+    // The next retry (35 s: 5 + 10 + 20) shuts them down.
+    for _ in 0..10 {
+        seconds(1).await;
+        fire(&mut engine, &site.clock).await;
+    }
+    assert_eq!(site.calls(), [call("shutdown", &["vm:101", "vm:102"], 35)]);
+    let runs = runs(&site, 1);
+    assert_eq!(runs.len(), 1, "every attempt is in one run");
+    assert_eq!(runs[0].status, RunStatus::Ok, "{:?}", runs[0].results);
+    let unreachable = runs[0]
+        .results
+        .iter()
+        .filter(|r| r.code.as_deref() == Some("engine.host_unreachable"))
+        .count();
+    // Three failed attempts on the three VMs of the range (vm:103, off
+    // already, is found in the desired state by the attempt that succeeds).
+    assert_eq!(unreachable, 9);
+    assert_eq!(restore_set(&site, 1), ["vm:101", "vm:102"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_trigger_ending_during_retries_stops_them() {
+    let site = Site::new();
+    let mut engine = site.start(vec![shutdown_on(ON_BATTERY)]).await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle(&mut engine, &host_state("pve-01", false)).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    seconds(10).await;
+    fire(&mut engine, &site.clock).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    handle(&mut engine, &host_state("pve-01", true)).await;
+    for _ in 0..120 {
+        seconds(1).await;
+        fire(&mut engine, &site.clock).await;
+    }
+    assert_eq!(site.calls(), [], "a shutdown ran after the mains returned");
+    let runs = runs(&site, 1);
+    assert_eq!(runs.len(), 1);
+    assert!(
+        runs[0]
+            .results
+            .iter()
+            .any(|r| r.code.as_deref() == Some(RETRY_STOPPED)),
+        "{:?}",
+        runs[0].results
+    );
+    assert_eq!(engine.next_deadline(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_driver_error_is_retried_in_the_same_run_and_attempts_run_out_with_gave_up() {
+    let site = Site::new();
+    let retried = policy_at(
+        1,
+        10,
+        ON_BATTERY,
+        "pve-01",
+        "vm",
+        &range("101-103"),
+        "{ capability_id: proxmox.vm, verb: shutdown, retry: { attempts: 2, backoff: 1s } }",
+    );
+    site.pve.erroring.lock().unwrap().insert("shutdown".into());
+    let mut engine = site.start(vec![retried]).await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    for _ in 0..10 {
+        seconds(1).await;
+        fire(&mut engine, &site.clock).await;
+    }
+    let both = ["vm:101", "vm:102"];
+    // The first attempt, then retries after 1 s and 2 s more.
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &both, 0),
+            call("shutdown", &both, 1),
+            call("shutdown", &both, 3)
+        ]
+    );
+    let runs = runs(&site, 1);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Failed);
+    let gave_up: Vec<&str> = runs[0]
+        .results
+        .iter()
+        .filter(|r| r.code.as_deref() == Some(GAVE_UP))
+        .map(|r| r.target.as_str())
+        .collect();
+    assert_eq!(gave_up, both);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_driver_error_that_clears_is_done_on_retry_and_the_run_is_ok() {
+    let site = Site::new();
+    site.pve.erroring.lock().unwrap().insert("shutdown".into());
+    let mut engine = site.start(vec![shutdown_on(ON_BATTERY)]).await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    site.pve.erroring.lock().unwrap().clear();
+    for _ in 0..6 {
+        seconds(1).await;
+        fire(&mut engine, &site.clock).await;
+    }
+    let both = ["vm:101", "vm:102"];
+    assert_eq!(
+        site.calls(),
+        [call("shutdown", &both, 0), call("shutdown", &both, 5)]
+    );
+    let runs = runs(&site, 1);
+    assert_eq!(runs[0].status, RunStatus::Ok, "{:?}", runs[0].results);
+    assert_eq!(engine.next_deadline(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_are_off_with_attempts_zero() {
+    let site = Site::new();
+    let once = policy_at(
+        1,
+        10,
+        ON_BATTERY,
+        "pve-01",
+        "vm",
+        &range("101-103"),
+        "{ capability_id: proxmox.vm, verb: shutdown, retry: { attempts: 0 } }",
+    );
+    site.pve.erroring.lock().unwrap().insert("shutdown".into());
+    let mut engine = site.start(vec![once]).await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    seconds(600).await;
+    fire(&mut engine, &site.clock).await;
+    assert_eq!(site.calls().len(), 1);
+    assert_eq!(engine.next_deadline(), None);
 }

@@ -281,6 +281,10 @@ pub enum Write {
     },
     /// Inserts an intent without outcome; an existing id is a conflict.
     PersistIntent(IntentRecord),
+    /// Inserts an intent or, when its id exists, replaces it and clears its
+    /// outcome: the next attempt of a retried action (SPEC §6 "Outage
+    /// lifecycle") in the same run.
+    ReopenIntent(IntentRecord),
     /// Sets an intent's outcome; unknown -> not found, already set -> conflict.
     CompleteIntent {
         id: IntentId,

@@ -399,6 +399,37 @@ pub struct ActionSpec {
     pub params: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_hint: Option<String>,
+    /// `retry: {attempts, backoff}`; `None`: the default retry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+}
+
+/// How an action that failed with a retryable error is retried while its
+/// policy's trigger holds (SPEC §6 "Outage lifecycle"): the first retry
+/// after `backoff_s`, each next one after twice the last delay, up to
+/// [`MAX_RETRY_BACKOFF_S`] (or `backoff_s` when larger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RetrySpec {
+    /// Retries after the first attempt; `None`: as long as the trigger
+    /// holds; `Some(0)`: never retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// The first delay, in seconds.
+    pub backoff_s: u64,
+}
+
+/// The first retry delay when an action sets none (5 s).
+pub const DEFAULT_RETRY_BACKOFF_S: u64 = 5;
+/// The longest delay between two retries when the first is shorter (60 s).
+pub const MAX_RETRY_BACKOFF_S: u64 = 60;
+
+impl Default for RetrySpec {
+    fn default() -> RetrySpec {
+        RetrySpec {
+            attempts: None,
+            backoff_s: DEFAULT_RETRY_BACKOFF_S,
+        }
+    }
 }
 
 #[cfg(test)]

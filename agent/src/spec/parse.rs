@@ -91,7 +91,8 @@ const CONDITIONS_FIELDS: &[&str] = &["all"];
 const CONDITION_FIELDS: &[&str] = &["scope", "field", "op", "value", "ups"];
 const TARGETS_FIELDS: &[&str] = &["host_id", "target_type", "selector"];
 const SELECTOR_FIELDS: &[&str] = &["mode", "value"];
-const ACTION_FIELDS: &[&str] = &["capability_id", "verb", "params", "idempotency"];
+const ACTION_FIELDS: &[&str] = &["capability_id", "verb", "params", "idempotency", "retry"];
+const RETRY_FIELDS: &[&str] = &["attempts", "backoff"];
 const IDEMPOTENCY_FIELDS: &[&str] = &["key_hint"];
 const SCHEDULE_FIELDS: &[&str] = &["repeat", "at", "days", "cron"];
 const SINCE_EVENT_FIELDS: &[&str] = &["type", "equals", "ups", "name"];
@@ -1077,11 +1078,68 @@ impl Walker {
                     })
             }
         };
+        let retry = match map.field("retry") {
+            None | Some(Node::Null) => Some(None),
+            Some(v) => self.retry(v, &path.key("retry")).map(Some),
+        };
         Some(ActionSpec {
             capability_id: capability_id?,
             verb: verb?,
             params: params?,
             key_hint: key_hint?,
+            retry: retry?,
+        })
+    }
+
+    /// `retry: {attempts: <int >= 0>, backoff: <duration>}`, both optional.
+    fn retry(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<RetrySpec> {
+        let map = self.object(v, path, RETRY_FIELDS)?;
+        let mut ok = true;
+        let attempts = match map.field("attempts") {
+            None | Some(Node::Null) => None,
+            Some(n @ Node::UInt(_)) | Some(n @ Node::Int(_)) => {
+                match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                    Some(n) => Some(n),
+                    None => {
+                        self.blocker(
+                            "schema.range",
+                            &path.key("attempts"),
+                            "retry attempts must be a whole number from 0 to 4294967295".into(),
+                        )
+                        .hint = Some("0 disables retries; leave it out to retry as long as the trigger holds".into());
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            Some(other) => {
+                self.wrong_type(&path.key("attempts"), "a whole number", other);
+                ok = false;
+                None
+            }
+        };
+        let backoff_s = match map.field("backoff") {
+            None | Some(Node::Null) => DEFAULT_RETRY_BACKOFF_S,
+            Some(b) => match self.duration(b, &path.key("backoff")) {
+                Some(0) => {
+                    self.blocker(
+                        "schema.range",
+                        &path.key("backoff"),
+                        "the retry backoff must be at least 1s".into(),
+                    );
+                    ok = false;
+                    0
+                }
+                Some(s) => s,
+                None => {
+                    ok = false;
+                    0
+                }
+            },
+        };
+        ok.then_some(RetrySpec {
+            attempts,
+            backoff_s,
         })
     }
 }

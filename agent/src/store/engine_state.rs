@@ -473,6 +473,24 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<()> {
                 })
             })?;
         }
+        Write::ReopenIntent(intent) => {
+            tx.execute(
+                "INSERT INTO intents (run_id, action_index, host, policy_id, created_at, intent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (run_id, action_index, host) DO UPDATE SET
+                     created_at = excluded.created_at, intent = excluded.intent,
+                     finished_at = NULL, outcome = NULL",
+                params![
+                    intent.run_id.to_string(),
+                    intent.action_index,
+                    intent.host,
+                    intent.policy_id.to_string(),
+                    ts(&intent.created_at),
+                    to_json("intent", intent)?,
+                ],
+            )
+            .map_err(sql("reopen_intent"))?;
+        }
         Write::CompleteIntent { id, outcome } => complete_intent(tx, id, outcome)?,
         Write::PruneIntents { before } => {
             tx.execute(

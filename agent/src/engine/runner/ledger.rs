@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{
-    restore::Change, ActionWork, Engine, EngineError, EXECUTION_FAILED, HELD_EXPIRED, INTERRUPTED,
+    restore::Change,
+    retry::{retryable, Attempt},
+    ActionWork, Engine, EngineError, EXECUTION_FAILED, HELD_EXPIRED, INTERRUPTED,
 };
 use crate::engine::scheduler::{Outcome, Report, SchedulerError, Work};
 use crate::engine::store::{
@@ -91,6 +93,14 @@ impl Engine {
         self.pending.len()
     }
 
+    /// The runs not yet in the ledger: items still queued or running, or
+    /// retries waiting while the trigger holds (SPEC §6 "Outage lifecycle").
+    pub fn open_runs(&self) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = self.open.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
     pub(super) fn on_report(
         &mut self,
         report: Report<<ActionWork as Work>::Output>,
@@ -99,8 +109,15 @@ impl Engine {
             return Ok(None);
         };
         let elapsed = item.started.elapsed().as_millis() as u64;
+        let attempt = Attempt {
+            whole_retryable: matches!(
+                &report.outcome,
+                Outcome::Completed(Err(e)) if e.is_retryable()
+            ),
+            ..item.attempt
+        };
         let outcome = self.observe_outcome(&item.intent, report.outcome)?;
-        self.item_done(item.run_id, &item.intent, outcome, elapsed)
+        self.item_done_with(item.run_id, &item.intent, outcome, elapsed, attempt)
     }
 
     /// Turns a scheduler outcome into the item's results and tells the
@@ -170,11 +187,46 @@ impl Engine {
         outcome: Result<Vec<ExecOutcome>, String>,
         elapsed_ms: u64,
     ) -> Result<Option<RunRecord>, EngineError> {
+        self.item_done_with(run_id, intent, outcome, elapsed_ms, Attempt::default())
+    }
+
+    /// [`Engine::item_done`] for an item that was attempt `attempt`: the
+    /// targets it failed on with a retryable error are retried while the
+    /// trigger holds (SPEC §6 "Outage lifecycle"), in the same run.
+    fn item_done_with(
+        &mut self,
+        run_id: Uuid,
+        intent: &IntentRecord,
+        outcome: Result<Vec<ExecOutcome>, String>,
+        elapsed_ms: u64,
+        attempt: Attempt,
+    ) -> Result<Option<RunRecord>, EngineError> {
         let Some(mut open) = self.open.remove(&run_id) else {
             return Ok(None);
         };
+        let first_row = open.record.results.len();
         let finished = self.finish_item(&mut open.record, intent, outcome, elapsed_ms);
         open.items_left = open.items_left.saturating_sub(1);
+        if finished.is_ok() {
+            let failed: Vec<String> = open.record.results[first_row..]
+                .iter()
+                .filter(|r| {
+                    !r.ok && (attempt.whole_retryable || r.code.as_deref().is_some_and(retryable))
+                })
+                .map(|r| r.target.clone())
+                .collect();
+            if !failed.is_empty()
+                && self.plan_retry(
+                    &mut open,
+                    intent.action_index,
+                    &intent.host,
+                    failed,
+                    attempt,
+                )
+            {
+                open.items_left += 1;
+            }
+        }
         if open.items_left > 0 {
             self.open.insert(run_id, open);
             finished?;
@@ -186,7 +238,7 @@ impl Engine {
 
     /// Step 9: status and severity from the results, the suppression of
     /// undone policies cleared, the ledger entry and its audit record.
-    fn close_run(
+    pub(super) fn close_run(
         &mut self,
         mut record: RunRecord,
         from: &HashMap<(String, String), Option<String>>,
@@ -195,14 +247,33 @@ impl Engine {
         // Rows of pairs that were attempted: the driver's answers and the
         // engine's whole-item failures (driver error, cancel, TTL drop), but
         // not the pairs skipped by a window or a guard.
+        // A target retried (SPEC §6 "Outage lifecycle") counts by its last
+        // attempt: failed then done is done.
+        let attempted = |r: &ResultRecord| {
+            r.code.as_deref().is_none_or(|c| {
+                !c.starts_with("engine.")
+                    || c == EXECUTION_FAILED
+                    || c == INTERRUPTED
+                    || c == super::GAVE_UP
+                    || c == super::HOST_UNREACHABLE
+            })
+        };
+        let mut latest: HashMap<(u32, &str, &str), usize> = HashMap::new();
+        for (i, r) in record.results.iter().enumerate() {
+            // "Retrying stopped" notes why the last attempt stands.
+            if r.code.as_deref() != Some(super::RETRY_STOPPED) {
+                latest.insert((r.action_index, r.host.as_str(), r.target.as_str()), i);
+            }
+        }
         let executed: Vec<&ResultRecord> = record
             .results
             .iter()
-            .filter(|r| {
-                r.code.as_deref().is_none_or(|c| {
-                    !c.starts_with("engine.") || c == EXECUTION_FAILED || c == INTERRUPTED
-                })
+            .enumerate()
+            .filter(|(i, r)| {
+                latest.get(&(r.action_index, r.host.as_str(), r.target.as_str())) == Some(i)
             })
+            .map(|(_, r)| r)
+            .filter(|r| attempted(r))
             .collect();
         let ok = executed.iter().filter(|r| r.ok).count();
         let interrupted = executed

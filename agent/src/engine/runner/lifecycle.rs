@@ -108,10 +108,10 @@ impl Engine {
             return Some((self.config.clock)());
         }
         let at = self.at_fires.first().map(|(t, _, _)| *t);
-        match (self.timers.next_deadline(), at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.timers.next_deadline(), at, self.next_retry()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Delivers every countdown and `timer.at` fire due at `now` as its
@@ -121,6 +121,7 @@ impl Engine {
         if !self.started {
             self.start().await?;
         }
+        self.fire_retries(now).await?;
         let mut events: Vec<Event> = self.due_events.drain(..).collect();
         let mut checked = Vec::new();
         while let Some(&(at, id, trigger)) = self.at_fires.first() {

@@ -105,6 +105,7 @@ mod ledger;
 mod lifecycle;
 mod outage;
 mod restore;
+mod retry;
 
 pub use dry_run::{DryRunPlan, Transcript};
 pub use guards::desired_statuses;
@@ -113,6 +114,7 @@ use ledger::row;
 pub use lifecycle::{Reconciled, StartReport};
 pub use outage::NOT_CONFIRMED;
 pub use restore::{restore_targets, RestoreResolution, CHANGED_SINCE};
+pub use retry::{GAVE_UP, RETRY_STOPPED};
 
 /// `info`: the policy fired within its suppression window.
 pub const SUPPRESSED_WINDOW: &str = "engine.suppressed_window";
@@ -374,6 +376,8 @@ pub struct Engine {
     levels: outage::Levels,
     /// Every policy's restore set, indexed by target (the store keeps them).
     restore: restore::RestoreSets,
+    /// Retries waiting for their delay (SPEC §6 "Outage lifecycle").
+    retries: retry::Retries,
 }
 
 /// One scheduled item awaiting its report.
@@ -381,6 +385,8 @@ struct Pending {
     run_id: Uuid,
     intent: IntentRecord,
     started: tokio::time::Instant,
+    /// Which attempt the item is, for the next retry.
+    attempt: retry::Attempt,
 }
 
 /// A run that scheduled at least one item, awaiting its results.
@@ -450,6 +456,7 @@ impl Engine {
             started: false,
             levels: outage::Levels::default(),
             restore: restore::RestoreSets::default(),
+            retries: retry::Retries::default(),
         }
     }
 
@@ -1029,9 +1036,58 @@ impl Engine {
             explain: decision.explain.clone(),
         };
         if decision.planned.is_empty() {
+            // A host unreachable (or its breaker open) when the policy
+            // fires is retried while the trigger holds (SPEC §6 "Outage
+            // lifecycle"): the run stays open for the retries.
+            let mut failed: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+            for r in decision.skipped.iter().filter(|r| !r.ok) {
+                if r.code.as_deref().is_some_and(retry::retryable) {
+                    failed
+                        .entry(r.action_index)
+                        .or_default()
+                        .push(r.target.clone());
+                }
+            }
+            let host = ir.targets.host_id.clone();
+            let snapshot = self.snapshots.host(&host);
+            let from = failed
+                .values()
+                .flatten()
+                .map(|t| {
+                    let status = snapshot
+                        .as_ref()
+                        .and_then(|s| s.get(t))
+                        .and_then(|x| x.status.clone());
+                    ((host.clone(), t.clone()), status)
+                })
+                .collect();
+            let mut open = OpenRun {
+                record,
+                items_left: 0,
+                from,
+            };
+            for (index, targets) in failed {
+                if self.plan_retry(&mut open, index, &host, targets, retry::Attempt::default()) {
+                    open.items_left += 1;
+                }
+            }
+            if open.items_left > 0 {
+                info!(policy_id = %id, correlation_id = %event.correlation_id, code = %decision.code, "retrying while the trigger holds");
+                self.store.write(&[
+                    Write::RecordFire {
+                        policy_id: id,
+                        at: now,
+                    },
+                    audit("engine.retrying", decision),
+                ])?;
+                self.open.insert(run_id, open);
+                // Nothing was scheduled now: `stop_on_match` (step 10)
+                // counts actions scheduled for this event.
+                return Ok(false);
+            }
             tracing::error!(policy_id = %id, correlation_id = %event.correlation_id, code = %decision.code, "policy run ended in an error");
             self.store
-                .write(&[Write::AppendRun(record), audit("engine.run", decision)])?;
+                .write(&[Write::AppendRun(open.record), audit("engine.run", decision)])?;
             return Ok(false);
         }
         // Step 8: persist intents (with the keys they record and the inverse
@@ -1136,6 +1192,7 @@ impl Engine {
                     run_id,
                     intent,
                     started: tokio::time::Instant::now(),
+                    attempt: retry::Attempt::default(),
                 },
             );
         }

@@ -273,6 +273,15 @@ impl State {
             } => {
                 self.timer_checks.insert((*policy_id, *trigger_index), *at);
             }
+            Write::ReopenIntent(intent) => {
+                self.intents.insert(
+                    intent.id(),
+                    IntentEntry {
+                        intent: intent.clone(),
+                        outcome: None,
+                    },
+                );
+            }
             Write::PersistIntent(intent) => {
                 let id = intent.id();
                 if self.intents.contains_key(&id) {

@@ -1,0 +1,420 @@
+//! Retry while the trigger holds (SPEC §6 "Outage lifecycle"): an action ×
+//! target that failed with a retryable error (host unreachable, breaker
+//! open, timeout, a network or server error) is tried again with backoff
+//! for as long as the policy's trigger still holds, every attempt recorded
+//! in the same ledger run. Retrying ends when the targets reach the desired
+//! state, the trigger stops holding (`info engine.retry_stopped`), or the
+//! action's `retry.attempts` run out (`error engine.gave_up`). A host that
+//! comes back from unreachable during an outage therefore still gets shut
+//! down. Retried items go through the host's queue like any item, so the
+//! kill switch holds them too.
+//!
+//! Known limit: a retry waiting for its delay lives in memory; after a
+//! restart the outage's first reading does not re-run a policy that
+//! already fired.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use drivers::driver::{action_key, Action};
+use drivers::guard::CallContext;
+use drivers::ratelimit::Backoff;
+use inventory::Severity;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::guards::{already_desired, Guard};
+use super::ledger::row;
+use super::{
+    inverse_keys, ActionWork, Engine, EngineError, OpenRun, Pending, ALREADY_DESIRED,
+    HOST_UNREACHABLE,
+};
+use crate::engine::conditions::{Facts, Lookup};
+use crate::engine::scheduler::QueueItem;
+use crate::engine::store::{AuditRecord, IntentRecord, Write};
+use crate::spec::{Logic, RetrySpec, Trigger, MAX_RETRY_BACKOFF_S};
+
+/// Retrying ended because the attempts ran out.
+pub const GAVE_UP: &str = "engine.gave_up";
+/// Retrying ended because the policy's trigger no longer holds.
+pub const RETRY_STOPPED: &str = "engine.retry_stopped";
+
+/// Where a retried item stands: how many retries were made and the
+/// backoff for the next one.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Attempt {
+    /// Retries made before this item (0 for the first attempt).
+    pub retries: u32,
+    pub backoff: Option<Backoff>,
+    /// The whole item failed with a retryable driver error.
+    pub whole_retryable: bool,
+}
+
+/// A retry waiting for its delay.
+#[derive(Debug)]
+struct PendingRetry {
+    due: DateTime<Utc>,
+    run_id: Uuid,
+    policy_id: Uuid,
+    action_index: u32,
+    host: String,
+    targets: Vec<String>,
+    /// This retry's number (1 for the first retry).
+    retries: u32,
+    backoff: Backoff,
+}
+
+/// The retries waiting for their delay.
+#[derive(Debug, Default)]
+pub(super) struct Retries {
+    waiting: Vec<PendingRetry>,
+}
+
+impl Retries {
+    /// When the next retry is due.
+    pub(super) fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.waiting.iter().map(|r| r.due).min()
+    }
+
+    fn take_due(&mut self, now: DateTime<Utc>) -> Vec<PendingRetry> {
+        let (due, wait): (Vec<_>, Vec<_>) = self.waiting.drain(..).partition(|r| r.due <= now);
+        self.waiting = wait;
+        due
+    }
+}
+
+/// Whether a result code is worth retrying: the host or the network, not
+/// the request (auth, config, validation, not found).
+pub(super) fn retryable(code: &str) -> bool {
+    matches!(
+        code,
+        HOST_UNREACHABLE
+            | "driver.network_error"
+            | "driver.timeout"
+            | "driver.rate_limited"
+            | "driver.server_error"
+    )
+}
+
+impl Engine {
+    /// The retry of the policy's action `index` (its `retry`, or the default).
+    fn retry_spec(&self, policy_id: Uuid, index: u32) -> RetrySpec {
+        self.policies
+            .get(&policy_id)
+            .and_then(|p| p.ir.plan.get(index as usize))
+            .and_then(|step| step.retry)
+            .unwrap_or_default()
+    }
+
+    /// Whether the policy's trigger group still holds now for the event
+    /// subject `subject_id` (a UPS still in the state a `ups.state` trigger
+    /// waits for, a metric still past its threshold). Timers and webhooks
+    /// are instantaneous and never hold.
+    pub(super) fn trigger_holds(&self, policy_id: Uuid, subject_id: &str) -> bool {
+        let Some(policy) = self.policies.get(&policy_id) else {
+            return false;
+        };
+        let group = &policy.ir.match_.trigger_group;
+        let holds = |trigger: &Trigger| -> bool {
+            let ups = |filter: &Option<String>| match self
+                .facts
+                .ups(Some(filter.as_deref().unwrap_or(subject_id)))
+            {
+                Lookup::Found(u) => Some(u.clone()),
+                _ => None,
+            };
+            match trigger {
+                Trigger::UpsState { equals, ups: f, .. } => {
+                    ups(f).and_then(|u| u.is_in(*equals)).unwrap_or(false)
+                }
+                Trigger::MetricThreshold {
+                    metric,
+                    op,
+                    value,
+                    ups: f,
+                    ..
+                } => ups(f)
+                    .and_then(|u| u.reading(metric))
+                    .is_some_and(|reading| op.compare(reading, *value)),
+                _ => false,
+            }
+        };
+        match group.logic {
+            Logic::All => group.triggers.iter().all(holds),
+            Logic::Any => group.triggers.iter().any(holds),
+        }
+    }
+
+    /// After `targets` of action `index` on `host` failed with a retryable
+    /// error in `open`'s run: schedules the next retry and returns `true`,
+    /// or records why there is none (`engine.gave_up`,
+    /// `engine.retry_stopped`) and returns `false`.
+    pub(super) fn plan_retry(
+        &mut self,
+        open: &mut OpenRun,
+        index: u32,
+        host: &str,
+        targets: Vec<String>,
+        attempt: Attempt,
+    ) -> bool {
+        let policy_id = open.record.policy_id;
+        let spec = self.retry_spec(policy_id, index);
+        if spec.attempts == Some(0) || targets.is_empty() {
+            return false;
+        }
+        let action = self.plan_action(policy_id, index);
+        let end = |open: &mut OpenRun, code: &str, severity: Severity, why: &str| {
+            for target in &targets {
+                open.record.results.push(row(
+                    index as usize,
+                    &action,
+                    host,
+                    target,
+                    false,
+                    severity,
+                    code,
+                    why,
+                ));
+            }
+        };
+        if spec.attempts.is_some_and(|max| attempt.retries >= max) {
+            let why = format!("gave up after {} retries", attempt.retries);
+            warn!(policy_id = %policy_id, host, "engine.gave_up: {why}");
+            end(open, GAVE_UP, Severity::Error, &why);
+            return false;
+        }
+        if !self.trigger_holds(policy_id, &open.record.event.subject.id) {
+            // A trigger that does not hold (an instantaneous timer or
+            // webhook, or an outage already over): the failure stands as
+            // it is; a retry series that was going on says why it ends.
+            if attempt.retries > 0 {
+                let why = "not retried: the policy's trigger no longer holds";
+                info!(policy_id = %policy_id, host, "engine.retry_stopped");
+                end(open, RETRY_STOPPED, Severity::Info, why);
+            }
+            return false;
+        }
+        let mut backoff = attempt.backoff.unwrap_or_else(|| {
+            let start = Duration::from_secs(spec.backoff_s);
+            Backoff::new(start, Duration::from_secs(MAX_RETRY_BACKOFF_S).max(start))
+        });
+        let delay = backoff.next_delay();
+        let now = (self.config.clock)();
+        let due = now + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX);
+        let retries = attempt.retries + 1;
+        let _ = self.store.write(&[Write::AppendAudit(AuditRecord {
+            ts: now,
+            correlation_id: open.record.event.correlation_id,
+            kind: "engine.retry_scheduled".into(),
+            policy_id: Some(policy_id),
+            details: json!({
+                "run_id": open.record.run_id,
+                "action_index": index,
+                "host": host,
+                "targets": targets,
+                "retry": retries,
+                "due": due,
+            }),
+        })]);
+        self.retries.waiting.push(PendingRetry {
+            due,
+            run_id: open.record.run_id,
+            policy_id,
+            action_index: index,
+            host: host.to_string(),
+            targets,
+            retries,
+            backoff,
+        });
+        true
+    }
+
+    /// The action `index` of a policy, as the engine runs it.
+    fn plan_action(&self, policy_id: Uuid, index: u32) -> Action {
+        self.policies
+            .get(&policy_id)
+            .and_then(|p| p.ir.plan.get(index as usize))
+            .map(|step| Action {
+                capability: step.capability.clone(),
+                verb: step.verb.clone(),
+                params: step.params.clone(),
+            })
+            .unwrap_or_else(|| Action {
+                capability: String::new(),
+                verb: String::new(),
+                params: Default::default(),
+            })
+    }
+
+    /// When the next retry is due (for [`Engine::next_deadline`]).
+    pub(super) fn next_retry(&self) -> Option<DateTime<Utc>> {
+        self.retries.next_due()
+    }
+
+    /// Runs every retry due at `now`: re-checks the trigger and the host's
+    /// guards, skips targets already in the desired state, reopens the
+    /// intent and enqueues the item in the same run.
+    pub(super) async fn fire_retries(&mut self, now: DateTime<Utc>) -> Result<(), EngineError> {
+        for retry in self.retries.take_due(now) {
+            let Some(mut open) = self.open.remove(&retry.run_id) else {
+                continue;
+            };
+            let attempt = Attempt {
+                retries: retry.retries,
+                backoff: Some(retry.backoff.clone()),
+                whole_retryable: false,
+            };
+            let action = self.plan_action(retry.policy_id, retry.action_index);
+            let index = retry.action_index;
+            if !self.trigger_holds(retry.policy_id, &open.record.event.subject.id) {
+                info!(policy_id = %retry.policy_id, host = %retry.host, "engine.retry_stopped");
+                for target in &retry.targets {
+                    open.record.results.push(row(
+                        index as usize,
+                        &action,
+                        &retry.host,
+                        target,
+                        false,
+                        Severity::Info,
+                        RETRY_STOPPED,
+                        "not retried: the policy's trigger no longer holds",
+                    ));
+                }
+                self.settle_retry(open, false)?;
+                continue;
+            }
+            let guard = match self.policies.get(&retry.policy_id) {
+                Some(policy) => self.host_guard(policy, &self.facts),
+                None => Guard::Fail(HOST_UNREACHABLE, "the policy was unloaded".into()),
+            };
+            if let Guard::Fail(code, why) = guard {
+                let why = format!("retry {}: {why}", retry.retries);
+                for target in &retry.targets {
+                    open.record.results.push(row(
+                        index as usize,
+                        &action,
+                        &retry.host,
+                        target,
+                        false,
+                        Severity::Error,
+                        code,
+                        &why,
+                    ));
+                }
+                let again = retryable(code)
+                    && self.policies.contains_key(&retry.policy_id)
+                    && self.plan_retry(&mut open, index, &retry.host, retry.targets, attempt);
+                self.settle_retry(open, again)?;
+                continue;
+            }
+            // Targets that reached the desired state meanwhile are done.
+            let snapshot = self.snapshots.host(&retry.host);
+            let mut targets = Vec::new();
+            for target in retry.targets {
+                match already_desired(&action, snapshot.as_ref(), &target) {
+                    Some(status) => open.record.results.push(row(
+                        index as usize,
+                        &action,
+                        &retry.host,
+                        &target,
+                        true,
+                        Severity::Info,
+                        ALREADY_DESIRED,
+                        &format!("{target} is already {status}"),
+                    )),
+                    None => targets.push(target),
+                }
+            }
+            if targets.is_empty() {
+                self.settle_retry(open, false)?;
+                continue;
+            }
+            let Some(driver) = self.drivers.get(&retry.host).cloned() else {
+                self.settle_retry(open, false)?;
+                continue;
+            };
+            let keys: Vec<String> = targets.iter().map(|t| action_key(&action, t)).collect();
+            let intent = IntentRecord {
+                run_id: retry.run_id,
+                policy_id: retry.policy_id,
+                action_index: index,
+                capability: action.capability.clone(),
+                verb: action.verb.clone(),
+                params: Value::Object(action.params.clone()),
+                host: retry.host.clone(),
+                targets: targets.clone(),
+                idempotency_keys: keys.clone(),
+                correlation_id: open.record.event.correlation_id,
+                created_at: now,
+            };
+            let mut batch = vec![Write::ReopenIntent(intent.clone())];
+            batch.extend(keys.into_iter().map(|key| Write::RecordKey {
+                policy_id: retry.policy_id,
+                key,
+                at: now,
+            }));
+            let inverse = inverse_keys(&action, &targets);
+            if !inverse.is_empty() {
+                batch.push(Write::ClearKeys { keys: inverse });
+            }
+            if let Err(e) = self.store.write(&batch) {
+                self.open.insert(retry.run_id, open);
+                return Err(e.into());
+            }
+            let item_id = Uuid::new_v4();
+            let item = QueueItem::new(
+                item_id,
+                retry.host.clone(),
+                ActionWork {
+                    driver,
+                    action: action.clone(),
+                    targets,
+                    context: CallContext {
+                        policy_id: retry.policy_id,
+                        correlation_id: intent.correlation_id,
+                    },
+                },
+            )
+            .with_ttl(self.config.item_ttl);
+            self.open.insert(retry.run_id, open);
+            if let Err(e) = self.scheduler.enqueue(item).await {
+                let outcome = Err(format!("not enqueued: {}", e.reason));
+                if let Some(run) = self.item_done(retry.run_id, &intent, outcome, 0)? {
+                    self.closed.push_back(run);
+                }
+                continue;
+            }
+            self.pending.insert(
+                item_id,
+                Pending {
+                    run_id: retry.run_id,
+                    intent,
+                    started: tokio::time::Instant::now(),
+                    attempt: Attempt {
+                        retries: retry.retries,
+                        backoff: Some(retry.backoff),
+                        whole_retryable: false,
+                    },
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// A retry that ran no item: when no further retry was planned (`again`
+    /// false) it no longer holds its run open, which closes when nothing
+    /// else does.
+    fn settle_retry(&mut self, mut open: OpenRun, again: bool) -> Result<(), EngineError> {
+        if !again {
+            open.items_left = open.items_left.saturating_sub(1);
+        }
+        if open.items_left > 0 {
+            self.open.insert(open.record.run_id, open);
+            return Ok(());
+        }
+        let from = std::mem::take(&mut open.from);
+        let run = self.close_run(open.record, &from)?;
+        self.closed.push_back(run);
+        Ok(())
+    }
+}
