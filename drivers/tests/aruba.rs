@@ -223,7 +223,7 @@ async fn dry_run_shows_from_and_to_per_port_and_the_exact_cli_with_compressed_ru
         assert_eq!(a.severity, Severity::Info);
         assert_eq!(
             a.idempotency_key,
-            format!("aoss.poe.port:set:{target}:state=off")
+            format!("sw1/aoss.poe.port:set:{target}:state=off")
         );
         assert_eq!(a.plan.kind, "cli");
         assert_eq!(

@@ -6,14 +6,12 @@
 
 use std::collections::HashSet;
 
-use drivers::driver::{action_key, Action, ExecOutcome};
+use drivers::driver::{Action, ExecOutcome};
 use inventory::{HostInventory, Severity};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{
-    capability, ActionWork, Engine, EngineError, EXECUTION_FAILED, HELD_EXPIRED, INTERRUPTED,
-};
+use super::{ActionWork, Engine, EngineError, EXECUTION_FAILED, HELD_EXPIRED, INTERRUPTED};
 use crate::engine::scheduler::{Outcome, Report, SchedulerError, Work};
 use crate::engine::store::{
     AuditRecord, IntentOutcome, IntentRecord, ResultRecord, RunRecord, RunStatus, Write,
@@ -343,7 +341,7 @@ impl Engine {
                 // An interrupted target may have been acted on: its key
                 // stays, so it is never run twice by accident.
                 if result.code.as_deref() != Some(INTERRUPTED) {
-                    failed_keys.push(action_key(&action, target));
+                    failed_keys.push(self.key(&intent.host, &action, target));
                 }
             }
             record.results.push(result);
@@ -423,7 +421,7 @@ impl Engine {
                         .collect(),
                 };
             let undone = changed.iter().any(|r| {
-                let Some(cap) = capability(&r.capability) else {
+                let Some(cap) = self.capability(&r.capability) else {
                     return false;
                 };
                 let Some(ours) = self
