@@ -505,7 +505,7 @@ async fn interface_admin_down_disables_the_ports() {
     let answers = driver.dry_run(&set_down, &targets).await.unwrap();
     assert_eq!(
         answers[0].idempotency_key,
-        "aoss.interface:set:interface:1/B1:admin=down"
+        "sw1/aoss.interface:set:interface:1/B1:admin=down"
     );
     assert_eq!(
         answers[0].plan.preview,
