@@ -219,7 +219,12 @@ impl Driver for TimedDriver {
                 DryRunAnswer {
                     ok: true,
                     severity: Severity::Info,
-                    idempotency_key: action_key(action, t),
+                    idempotency_key: action_key(
+                        drivers::manifest::shipped(),
+                        self.host_id(),
+                        action,
+                        t,
+                    ),
                     preconditions: Vec::new(),
                     plan: Plan {
                         kind: "api".into(),

@@ -21,6 +21,7 @@ use agent::store::SqliteStore;
 use chrono::{DateTime, TimeDelta, Utc};
 use drivers::breaker::{BreakerConfig, Breakers};
 use drivers::driver::{action_key, Action};
+use drivers::manifest::shipped;
 use serde_json::{json, Map, Value};
 use support::{policy_at, range as vms, ups, FakeDriver, ON_BATTERY};
 use uuid::Uuid;
@@ -285,11 +286,11 @@ async fn an_intent_interrupted_by_a_crash_is_reconciled_by_a_dry_run_never_re_ex
         params: Map::new(),
     };
     assert!(store
-        .key_ran_at(&action_key(&action, "vm:101"))
+        .key_ran_at(&action_key(shipped(), "pve-01", &action, "vm:101"))
         .unwrap()
         .is_some());
     assert!(store
-        .key_ran_at(&action_key(&action, "vm:102"))
+        .key_ran_at(&action_key(shipped(), "pve-01", &action, "vm:102"))
         .unwrap()
         .is_none());
 }
@@ -365,7 +366,7 @@ async fn an_item_held_past_its_ttl_is_dropped_with_a_record_and_its_key_forgotte
         params: Map::new(),
     };
     assert!(store
-        .key_ran_at(&action_key(&action, "vm:101"))
+        .key_ran_at(&action_key(shipped(), "pve-01", &action, "vm:101"))
         .unwrap()
         .is_none());
     assert!(pve.executes().is_empty());

@@ -3,6 +3,8 @@
 //! taxonomy). A driver instance is bound to one host; the registry builds it
 //! from the host's validated connection config.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,6 +12,8 @@ use inventory::model::Target;
 use inventory::Severity;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::manifest::{Capabilities, Manifest};
 
 /// How much a discovery should read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,13 +260,15 @@ pub trait Driver: Send + Sync {
     async fn test_connection(&self) -> Result<ConnectionReport, DriverError>;
 }
 
-/// The idempotency key of one action × target (SPEC §5): capability, verb,
-/// canonical target id and a fingerprint of the state-changing params, so
-/// `set state=off` and `set state=on` never share a key. `key_params` names
-/// the params that go into the fingerprint: the manifest's state-changing
-/// params plus any its `key_fields` add (never fewer).
-pub fn idempotency_key(action: &Action, target: &str, key_params: &[&str]) -> String {
-    let mut key = format!("{}:{}:{}", action.capability, action.verb, target);
+/// The idempotency key of one action × target (SPEC §5): host id,
+/// capability, verb, canonical target id and a fingerprint of the
+/// state-changing params, `pve-01/proxmox.vm:shutdown:vm:104`. The host id
+/// keeps `vm:104` of two clusters (or `1/A1` of two switches) apart, and
+/// the params keep `set state=off` and `set state=on` apart. `key_params`
+/// names the params that go into the fingerprint: the manifest's
+/// state-changing params plus any its `key_fields` add (never fewer).
+pub fn idempotency_key(host: &str, action: &Action, target: &str, key_params: &[&str]) -> String {
+    let mut key = format!("{host}/{}:{}:{}", action.capability, action.verb, target);
     let mut names: Vec<&str> = key_params
         .iter()
         .copied()
@@ -279,17 +285,90 @@ pub fn idempotency_key(action: &Action, target: &str, key_params: &[&str]) -> St
     key
 }
 
-/// The idempotency key of `action` on `target` with the key params the
-/// shipped manifest declares for that capability and verb
-/// ([`crate::manifest::Capability::key_params`]). Drivers and the engine
-/// both use this, so a dry-run and an execution of the same action always
-/// agree on the key.
-pub fn action_key(action: &Action, target: &str) -> String {
-    let key_params = crate::manifest::shipped()
-        .capability(&action.capability)
-        .map(|(_, cap)| cap.key_params(&action.verb))
+/// The idempotency key of `action` on `target` of `host`, with the key
+/// params that `manifests` declares for that capability and verb
+/// ([`crate::manifest::Capability::key_params`]). The engine passes the
+/// configured manifest set, a driver the manifest its host was validated
+/// against ([`HostKeys`]), so a dry-run and an execution of the same action
+/// always agree on the key. A capability `manifests` does not know keys on
+/// capability, verb and target alone.
+pub fn action_key(
+    manifests: &impl Capabilities,
+    host: &str,
+    action: &Action,
+    target: &str,
+) -> String {
+    let key_params = manifests
+        .find_capability(&action.capability)
+        .map(|cap| cap.key_params(&action.verb))
         .unwrap_or_default();
-    idempotency_key(action, target, &key_params)
+    idempotency_key(host, action, target, &key_params)
+}
+
+/// The SPEC §5 keys of one host: its id and the key params of the manifest
+/// it was validated against. A driver holds one, so the keys in its dry-run
+/// answers are the ones the engine computes from the same configured
+/// manifests ([`action_key`]).
+#[derive(Debug, Clone)]
+pub struct HostKeys {
+    host: String,
+    /// Key params by capability id, then verb.
+    key_params: Arc<BTreeMap<String, BTreeMap<String, Vec<String>>>>,
+}
+
+impl HostKeys {
+    /// The keys of `host` under `manifest` (the one its host was validated against).
+    pub fn from_manifest(host: impl Into<String>, manifest: &Manifest) -> HostKeys {
+        let key_params = manifest
+            .capabilities
+            .iter()
+            .map(|cap| {
+                let verbs = cap
+                    .verbs
+                    .iter()
+                    .map(|verb| {
+                        let params = cap.key_params(verb).into_iter().map(String::from);
+                        (verb.clone(), params.collect())
+                    })
+                    .collect();
+                (cap.id.clone(), verbs)
+            })
+            .collect();
+        HostKeys {
+            host: host.into(),
+            key_params: Arc::new(key_params),
+        }
+    }
+
+    /// The keys of `host` under the shipped manifest of `plugin_id`, for a
+    /// driver built without a host config (its `new`); the registry's
+    /// constructors use [`HostKeys::from_manifest`] with the configured one.
+    /// An unknown plugin keys on capability, verb and target alone.
+    pub fn for_plugin(host: impl Into<String>, plugin_id: &str) -> HostKeys {
+        match crate::manifest::shipped().get(plugin_id) {
+            Some(manifest) => HostKeys::from_manifest(host, manifest),
+            None => HostKeys {
+                host: host.into(),
+                key_params: Arc::default(),
+            },
+        }
+    }
+
+    /// The host the keys are for.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The key of `action` on `target` of this host ([`action_key`]).
+    pub fn key(&self, action: &Action, target: &str) -> String {
+        let params: Vec<&str> = self
+            .key_params
+            .get(&action.capability)
+            .and_then(|verbs| verbs.get(&action.verb))
+            .map(|p| p.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        idempotency_key(&self.host, action, target, &params)
+    }
 }
 
 fn param_text(v: &Value) -> String {
@@ -314,31 +393,45 @@ mod tests {
     #[test]
     fn idempotency_keys_differ_by_state_changing_params() {
         let off = idempotency_key(
+            "sw-a",
             &action("set", serde_json::json!({"state": "off"})),
             "poe-port:1/A1",
             &["state"],
         );
         let on = idempotency_key(
+            "sw-a",
             &action("set", serde_json::json!({"state": "on"})),
             "poe-port:1/A1",
             &["state"],
         );
         assert_ne!(off, on);
-        assert_eq!(off, "aoss.poe.port:set:poe-port:1/A1:state=off");
+        assert_eq!(off, "sw-a/aoss.poe.port:set:poe-port:1/A1:state=off");
     }
 
     #[test]
-    fn idempotency_key_without_params_is_capability_verb_target() {
+    fn idempotency_key_without_params_is_host_capability_verb_target() {
         let key = idempotency_key(
+            "pve-01",
             &action("start", serde_json::json!({"grace_s": 60})),
             "vm:104",
             &[],
         );
-        assert_eq!(key, "aoss.poe.port:start:vm:104");
+        assert_eq!(key, "pve-01/aoss.poe.port:start:vm:104");
+    }
+
+    #[test]
+    fn the_same_action_on_equal_target_ids_of_two_hosts_has_two_keys() {
+        let off = action("set", serde_json::json!({"state": "off"}));
+        let set = crate::manifest::shipped();
+        assert_ne!(
+            action_key(set, "sw-a", &off, "poe-port:1/A10"),
+            action_key(set, "sw-b", &off, "poe-port:1/A10")
+        );
     }
 
     #[test]
     fn action_keys_follow_the_manifest_key_params() {
+        let set = crate::manifest::shipped();
         let off = Action {
             capability: "aoss.poe.port".into(),
             verb: "set".into(),
@@ -348,8 +441,8 @@ mod tests {
                 .unwrap(),
         };
         assert_eq!(
-            action_key(&off, "poe-port:1/A1"),
-            "aoss.poe.port:set:poe-port:1/A1:state=off"
+            action_key(set, "sw-a", &off, "poe-port:1/A1"),
+            "sw-a/aoss.poe.port:set:poe-port:1/A1:state=off"
         );
         let shutdown = Action {
             capability: "proxmox.vm".into(),
@@ -360,8 +453,14 @@ mod tests {
                 .unwrap(),
         };
         assert_eq!(
-            action_key(&shutdown, "vm:104"),
-            "proxmox.vm:shutdown:vm:104"
+            action_key(set, "pve-01", &shutdown, "vm:104"),
+            "pve-01/proxmox.vm:shutdown:vm:104"
+        );
+        let one = set.get("proxmox.ve").unwrap();
+        let keys = HostKeys::from_manifest("pve-01", one);
+        assert_eq!(
+            keys.key(&shutdown, "vm:104"),
+            "pve-01/proxmox.vm:shutdown:vm:104"
         );
     }
 

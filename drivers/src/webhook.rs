@@ -24,8 +24,8 @@
 //! # Keys
 //!
 //! Two keys, for two jobs. The dry-run answer's `idempotency_key` is the
-//! engine's SPEC §5 key ([`crate::driver::action_key`]: capability, verb,
-//! target and the body), and execute reports the same value in its evidence.
+//! engine's SPEC §5 key ([`crate::driver::action_key`]: host, capability,
+//! verb, target and the body), and execute reports the same value in its evidence.
 //! The `Idempotency-Key` header is per delivery: a fresh UUID for each
 //! execute of a target, the same on every attempt of that delivery, so a
 //! receiver that dedupes on it sees one delivery per execute, and the same
@@ -61,10 +61,11 @@ use tracing::Instrument;
 
 use crate::connection::HttpSettings;
 use crate::driver::{
-    action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
-    ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
+    Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind, ExecOutcome,
+    HostKeys, Plan, Precondition, RefreshMode, TargetEffect,
 };
 use crate::host::{is_credential_name, ValidatedHost};
+use crate::manifest::Manifest;
 use crate::ratelimit::{fits, Backoff, DeviceLimits, Retry};
 use crate::secret::{Secret, MASK};
 
@@ -244,8 +245,7 @@ pub fn build(host: &ValidatedHost) -> Result<Arc<dyn Driver>, DriverError> {
             ),
         )
     })?;
-    let driver = WebhookDriver::new(host.id.clone(), config)?
-        .with_limits(DeviceLimits::from_manifest(host.manifest()));
+    let driver = WebhookDriver::new(host.id.clone(), config)?.with_manifest(host.manifest());
     Ok(Arc::new(driver))
 }
 
@@ -258,6 +258,8 @@ pub struct WebhookDriver {
     budget: Duration,
     client: reqwest::Client,
     limits: DeviceLimits,
+    /// The SPEC §5 keys of this host, from the manifest it was built with.
+    keys: HostKeys,
 }
 
 impl std::fmt::Debug for WebhookDriver {
@@ -333,14 +335,24 @@ impl WebhookDriver {
                     .with_source(e.without_url())
             })?;
         Ok(WebhookDriver {
-            host_id,
             timeout: Duration::from_secs_f64(config.http.timeout_s),
             budget: Duration::from_secs_f64(config.budget_s),
             config,
             base,
             client,
             limits: DeviceLimits::for_plugin(PLUGIN_ID),
+            keys: HostKeys::for_plugin(&host_id, PLUGIN_ID),
+            host_id,
         })
+    }
+
+    /// Takes the device-call limits and the idempotency key params from
+    /// `manifest` (the one the host was validated against) instead of the
+    /// shipped `http.webhook` manifest.
+    pub fn with_manifest(mut self, manifest: &Manifest) -> Self {
+        self.limits = DeviceLimits::from_manifest(manifest);
+        self.keys = HostKeys::from_manifest(self.host_id.clone(), manifest);
+        self
     }
 
     /// Replaces the device-call limits (builder style); [`build`] passes the
@@ -546,7 +558,7 @@ impl WebhookDriver {
         mut prepared: Prepared,
         probe: Option<ProbeResult>,
     ) -> DryRunAnswer {
-        let key = action_key(action, target);
+        let key = self.keys.key(action, target);
         let request = match prepared.outcome {
             Ok(request) => request,
             Err(rejection) => {
@@ -908,7 +920,7 @@ impl Driver for WebhookDriver {
             // only names the target of this delivery.
             let span = tracing::info_span!("delivery", target = %target);
             let prepared = self.prepare(action, target);
-            let key = action_key(action, target);
+            let key = self.keys.key(action, target);
             let outcome = match prepared.outcome {
                 Ok(request) => self.deliver(target, key, request).instrument(span).await,
                 Err(rejection) => ExecOutcome {
@@ -1254,8 +1266,22 @@ mod tests {
         let a = key(&one);
         let b = key(&action(json!({"m": 2}), json!({})));
         let c = key(&action(json!({"m": 1}), json!({"x-a": "1"})));
-        assert_eq!(a, action_key(&one, "webhook:default"));
-        assert_eq!(a, r#"notify.webhook:post:webhook:default:body={"m":1}"#);
+        assert_eq!(
+            a,
+            crate::driver::action_key(
+                crate::manifest::shipped(),
+                d.host_id(),
+                &one,
+                "webhook:default"
+            )
+        );
+        assert_eq!(
+            a,
+            format!(
+                r#"{}/notify.webhook:post:webhook:default:body={{"m":1}}"#,
+                d.host_id()
+            )
+        );
         assert_ne!(a, b);
         assert_eq!(a, c);
     }

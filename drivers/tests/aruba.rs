@@ -223,7 +223,7 @@ async fn dry_run_shows_from_and_to_per_port_and_the_exact_cli_with_compressed_ru
         assert_eq!(a.severity, Severity::Info);
         assert_eq!(
             a.idempotency_key,
-            format!("aoss.poe.port:set:{target}:state=off")
+            format!("sw1/aoss.poe.port:set:{target}:state=off")
         );
         assert_eq!(a.plan.kind, "cli");
         assert_eq!(
@@ -505,7 +505,7 @@ async fn interface_admin_down_disables_the_ports() {
     let answers = driver.dry_run(&set_down, &targets).await.unwrap();
     assert_eq!(
         answers[0].idempotency_key,
-        "aoss.interface:set:interface:1/B1:admin=down"
+        "sw1/aoss.interface:set:interface:1/B1:admin=down"
     );
     assert_eq!(
         answers[0].plan.preview,

@@ -143,7 +143,10 @@ async fn dry_run_of_a_stop_shows_active_to_inactive_and_changes_nothing() {
     let a = &answers[0];
     assert!(a.ok, "{a:?}");
     assert_eq!(a.severity, Severity::Info);
-    assert_eq!(a.idempotency_key, "host.service:stop:service:web.service");
+    assert_eq!(
+        a.idempotency_key,
+        "web-01/host.service:stop:service:web.service"
+    );
     assert_eq!(
         checks(a),
         [

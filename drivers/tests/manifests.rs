@@ -447,7 +447,7 @@ fn undoes_lists_the_forward_actions_whose_keys_an_action_clears() {
         verb: "set".into(),
         params: params(json!({"state": "off"})),
     };
-    let recorded = idempotency_key(&forward, "poe-port:1/A1", &poe.key_params("set"));
+    let recorded = idempotency_key("sw-a", &forward, "poe-port:1/A1", &poe.key_params("set"));
     let undone = &poe.undoes("set", &params(json!({"state": "on"})))[0];
     let cleared = Action {
         capability: poe.id.clone(),
@@ -455,7 +455,12 @@ fn undoes_lists_the_forward_actions_whose_keys_an_action_clears() {
         params: undone.params.clone(),
     };
     assert_eq!(
-        idempotency_key(&cleared, "poe-port:1/A1", &poe.key_params(&undone.verb)),
+        idempotency_key(
+            "sw-a",
+            &cleared,
+            "poe-port:1/A1",
+            &poe.key_params(&undone.verb)
+        ),
         recorded
     );
 }
@@ -486,10 +491,82 @@ fn poe_off_and_on_never_share_an_idempotency_key() {
             verb: "set".into(),
             params: params(json!({ "state": state })),
         };
-        idempotency_key(&action, "poe-port:1/A1", &poe.key_params("set"))
+        idempotency_key("sw-a", &action, "poe-port:1/A1", &poe.key_params("set"))
     };
-    assert_eq!(key("off"), "aoss.poe.port:set:poe-port:1/A1:state=off");
+    assert_eq!(key("off"), "sw-a/aoss.poe.port:set:poe-port:1/A1:state=off");
     assert_ne!(key("off"), key("on"));
+}
+
+#[test]
+fn shipped_manifests_declare_what_each_verb_leads_to() {
+    let table = [
+        ("proxmox.vm", "shutdown", json!({}), vec!["stopped"]),
+        ("proxmox.vm", "stop", json!({}), vec!["stopped"]),
+        ("proxmox.vm", "start", json!({}), vec!["running"]),
+        ("proxmox.vm", "resume", json!({}), vec!["running"]),
+        (
+            "proxmox.vm",
+            "suspend",
+            json!({}),
+            vec!["paused", "suspended"],
+        ),
+        ("proxmox.vm", "reset", json!({}), vec![]),
+        ("proxmox.ct", "shutdown", json!({}), vec!["stopped"]),
+        ("proxmox.ct", "start", json!({}), vec!["running"]),
+        ("proxmox.node", "shutdown", json!({}), vec![]),
+        ("aoss.poe.port", "set", json!({"state": "off"}), vec!["off"]),
+        ("aoss.poe.port", "set", json!({"state": "on"}), vec!["on"]),
+        ("aoss.poe.port", "set", json!({"state": "cycle"}), vec![]),
+        (
+            "aoss.interface",
+            "set",
+            json!({"admin": "down"}),
+            vec!["down"],
+        ),
+        ("aoss.interface", "set", json!({"admin": "up"}), vec!["up"]),
+        (
+            "host.service",
+            "start",
+            json!({}),
+            vec!["running", "active"],
+        ),
+        (
+            "host.service",
+            "stop",
+            json!({}),
+            vec!["stopped", "inactive"],
+        ),
+        ("host.service", "restart", json!({}), vec![]),
+        ("host.power", "poweroff", json!({}), vec![]),
+        ("notify.webhook", "post", json!({"body": "x"}), vec![]),
+    ];
+    for (cap_id, verb, p, expected) in table {
+        let p = params(p);
+        assert_eq!(
+            cap(cap_id).desired_statuses(verb, &p),
+            expected,
+            "{cap_id} {verb} {p:?}"
+        );
+    }
+}
+
+#[test]
+fn a_param_valued_result_without_values_is_the_param_value_or_its_default() {
+    let set = ManifestSet::from_yaml(
+        "t.x.yaml",
+        &format!(
+            "{HEAD}capabilities:\n  - id: t.cap\n    verbs: [set]\n    targets: [thing]\n    params:\n      mode: {{ type: string, default: idle, state: true }}\n    results:\n      set: {{ param: mode }}\n"
+        ),
+    )
+    .expect("loads");
+    let (_, c) = set.capability("t.cap").unwrap();
+    assert_eq!(
+        c.desired_statuses("set", &params(json!({"mode": "busy"}))),
+        ["busy"]
+    );
+    assert_eq!(c.desired_statuses("set", &params(json!({}))), ["idle"]);
+    let v = serde_json::to_value(c).unwrap();
+    assert_eq!(v["results"], json!({"set": {"param": "mode"}}));
 }
 
 // --- bad manifests ----------------------------------------------------------
@@ -692,6 +769,36 @@ fn param_verbs_key_fields_and_power_verbs_must_be_declared() {
             t.x.yaml: /capabilities/0/powers_off_host/0: unknown verb `reboot` (expected one of: shutdown, start)
             t.x.yaml: /capabilities/0/params/grace_s/verbs/0: unknown verb `shutdwn` (did you mean `shutdown`?)
             t.x.yaml: /capabilities/0/idempotency/key_fields/1: unknown key field `grace` (did you mean `grace_s`?)
+        "#]],
+    );
+}
+
+#[test]
+fn results_must_name_declared_verbs_string_params_and_allowed_values() {
+    check(
+        r#"capabilities:
+  - id: t.cap
+    verbs: [set, go, halt, stay]
+    targets: [thing]
+    params:
+      state: { type: string, allowed: ["on", "off"], state: true, verbs: [set] }
+      n: { type: int }
+    results:
+      set: { param: state, values: { "on": "on", "dim": "dim" } }
+      go: { param: n }
+      halt: { param: state }
+      stay: []
+      jump: stopped
+      fly: { param: state, value: { "on": up } }
+"#,
+        expect![[r#"
+            t.x.yaml: /capabilities/0/results/fly/value: unknown field `value` (did you mean `values`?)
+            t.x.yaml: /capabilities/0/results/stay: must list at least one status
+            t.x.yaml: /capabilities/0/results/fly: unknown verb `fly` (expected one of: set, go, halt, stay)
+            t.x.yaml: /capabilities/0/results/go/param: param `n` is integer: a status follows a string param
+            t.x.yaml: /capabilities/0/results/halt/param: param `state` does not apply to verb `halt`
+            t.x.yaml: /capabilities/0/results/jump: unknown verb `jump` (expected one of: set, go, halt, stay)
+            t.x.yaml: /capabilities/0/results/set/values/dim: `dim` is not one of: on, off
         "#]],
     );
 }

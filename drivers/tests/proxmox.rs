@@ -145,7 +145,7 @@ async fn dry_run_of_a_shutdown_previews_the_exact_calls_and_checks_in_order() {
     let answer = dry_one(&driver, &shutdown(), "vm:104").await;
     assert!(answer.ok, "{answer:?}");
     assert_eq!(answer.severity, Severity::Info);
-    assert_eq!(answer.idempotency_key, "proxmox.vm:shutdown:vm:104");
+    assert_eq!(answer.idempotency_key, "pve-01/proxmox.vm:shutdown:vm:104");
     let names: Vec<&str> = answer
         .preconditions
         .iter()
@@ -1101,4 +1101,51 @@ fn the_registry_builds_the_driver_from_a_host_config_and_the_manifest_defaults()
             other.map(|_| ())
         ),
     }
+}
+
+#[tokio::test]
+async fn a_registry_built_driver_keys_its_answers_with_the_configured_manifest() {
+    let sim = start(SimConfig::demo()).await;
+    // A custom proxmox.ve whose proxmox.vm adds `grace_s` to its key: a
+    // driver built from it must key its dry-run answers the same way the
+    // engine does with the configured set, not with the shipped manifest.
+    let text = drivers::manifest::EMBEDDED
+        .iter()
+        .find(|(file, _)| *file == "proxmox.ve.yaml")
+        .map(|(_, text)| {
+            text.replacen(
+                "idempotency: { key_fields: [verb, target_id] }",
+                "idempotency: { key_fields: [verb, target_id, grace_s] }",
+                1,
+            )
+        })
+        .expect("proxmox.ve is shipped");
+    let mut sources: Vec<(&str, &str)> = drivers::manifest::EMBEDDED
+        .iter()
+        .copied()
+        .filter(|(file, _)| *file != "proxmox.ve.yaml")
+        .collect();
+    sources.push(("proxmox.ve.yaml", &text));
+    let manifests = ManifestSet::from_sources(sources).expect("the custom set loads");
+    let host: HostConfig = serde_json::from_value(json!({
+        "id": "pve-02",
+        "plugin": "proxmox.ve",
+        "connection": sim.connection(),
+    }))
+    .unwrap();
+    let (_, driver) = Registry::builtin()
+        .driver_for(&manifests, &host)
+        .expect("the simulator's host builds");
+    let answers = driver
+        .dry_run(&shutdown(), &targets(&["vm:104"]))
+        .await
+        .expect("dry-run answers");
+    assert_eq!(
+        answers[0].idempotency_key,
+        "pve-02/proxmox.vm:shutdown:vm:104:grace_s=60"
+    );
+    assert_eq!(
+        answers[0].idempotency_key,
+        drivers::driver::action_key(&manifests, "pve-02", &shutdown(), "vm:104")
+    );
 }

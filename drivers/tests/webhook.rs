@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use drivers::driver::{action_key, Action, Driver, ErrorKind, RefreshMode};
-use drivers::manifest::{ManifestSet, RateLimit};
+use drivers::manifest::{shipped, ManifestSet, RateLimit};
 use drivers::ratelimit::DeviceLimits;
 use drivers::registry::{HostConfig, Registry};
 use drivers::secret::{Secret, MASK};
@@ -182,7 +182,7 @@ async fn a_signed_post_carries_an_hmac_the_receiver_can_verify() {
     let action = post(json!({"event": "on_battery", "ups": "ups1"}));
     assert_eq!(
         outcome.evidence["idempotency_key"],
-        action_key(&action, "webhook:alerts"),
+        action_key(shipped(), "hooks", &action, "webhook:alerts"),
         "the §5 key, as the dry-run reports it"
     );
     let body: Value = serde_json::from_slice(&request.body).unwrap();
@@ -587,7 +587,12 @@ async fn a_dry_run_sends_nothing_and_previews_the_post() {
     );
     assert_eq!(
         ok["idempotency_key"],
-        action_key(&post(json!({"event": "on_battery"})), "webhook:alerts"),
+        action_key(
+            shipped(),
+            "hooks",
+            &post(json!({"event": "on_battery"})),
+            "webhook:alerts"
+        ),
         "the engine's §5 key"
     );
 

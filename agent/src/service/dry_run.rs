@@ -301,6 +301,7 @@ async fn resolve(
         // resolved as the engine resolves it.
         let set = service.store(move |s| s.restore_set(forward)).await?;
         let resolved = crate::engine::runner::restore_targets(
+            &service.inner.manifests,
             &set,
             host_id,
             &spec.target_type,

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use drivers::breaker::Breakers;
 use drivers::driver::Driver;
+use drivers::manifest::ManifestSet;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 use uuid::Uuid;
@@ -243,6 +244,7 @@ async fn run(
         readings,
     } = parts;
     let clock = config.clock.clone();
+    let manifests = config.manifests.clone();
     let mut engine = Engine::new(store, snapshots, breakers, config);
     for driver in drivers {
         engine.add_driver(driver);
@@ -295,7 +297,7 @@ async fn run(
                 }
             }
             run = engine.next_run(), if has_work => match run {
-                Ok(Some(run)) => record(&metrics, &run),
+                Ok(Some(run)) => record(&metrics, &manifests, &run),
                 Ok(None) => {}
                 // The scheduler is gone: nothing can run or report any more,
                 // and polling would spin. Stop (readyz turns false); the
@@ -330,7 +332,7 @@ async fn run(
         Err(e) => warn!(error = %e, "scheduler drain failed"),
     }
     match engine.settle().await {
-        Ok(runs) => runs.iter().for_each(|r| record(&metrics, r)),
+        Ok(runs) => runs.iter().for_each(|r| record(&metrics, &manifests, r)),
         Err(e) => error!(error = %e, "ledger flush at shutdown failed"),
     }
     info!("engine stopped");
@@ -436,7 +438,7 @@ fn count(metrics: &Metrics, report: &EventReport) {
     }
 }
 
-fn record(metrics: &Metrics, run: &RunRecord) {
+fn record(metrics: &Metrics, manifests: &ManifestSet, run: &RunRecord) {
     for result in &run.results {
         // Rows the engine wrote itself (skips, interruptions) made no driver call.
         let by_driver = !result
@@ -444,8 +446,7 @@ fn record(metrics: &Metrics, run: &RunRecord) {
             .as_deref()
             .is_some_and(|c| c.starts_with("engine."));
         if by_driver {
-            if let Some((manifest, _)) = drivers::manifest::shipped().capability(&result.capability)
-            {
+            if let Some((manifest, _)) = manifests.capability(&result.capability) {
                 metrics.driver_latency(
                     &manifest.id,
                     "execute",

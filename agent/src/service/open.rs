@@ -217,6 +217,9 @@ impl Service {
             // source's first reading (SPEC §6 "Outage lifecycle"); one
             // on a UPS only the API reports is re-armed at once.
             read_subjects: Some(config.nut.iter().map(|n| n.subject_id()).collect()),
+            // The manifests policies were compiled against, so guards and
+            // idempotency keys read the same ones (SPEC §7).
+            manifests: manifests.clone(),
             ..EngineConfig::default()
         };
         let inner_inventory = inventory.clone();

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::super::sqlite::migration_versions;
+use super::super::sqlite::{migration_versions, rerun_migration};
 use super::super::{SqliteConfig, Synchronous};
 use super::*;
 use crate::engine::store::conformance::t;
-use crate::engine::store::{AuditQuery, EngineStore, RunStatus};
+use crate::engine::store::{AuditQuery, EngineStore, RunStatus, Write};
 
 use crate::store::SecretKey;
 
@@ -789,4 +789,92 @@ fn a_database_of_the_first_schema_is_migrated_and_keeps_its_data() {
     assert_eq!(rows, versions.len() as i64);
     assert_eq!(store.count_policies().unwrap(), 1);
     assert_eq!(store.trigger_states().unwrap().len(), 1);
+}
+
+#[test]
+fn the_key_migration_prefixes_each_old_key_with_its_policys_host_and_drops_the_rest() {
+    let (_dir, path) = temp_path();
+    let store = open(&path);
+    let on_host = |n: u128, host: &str| PolicyRecord {
+        compiled_ir: json!({"targets": {"host_id": host, "target_type": "vm"}}),
+        ..policy(n)
+    };
+    store
+        .insert_policy(&on_host(1, "pve-01"), &audit("policy.created", None))
+        .unwrap();
+    store
+        .insert_policy(&on_host(2, "sw-a"), &audit("policy.created", None))
+        .unwrap();
+    // An invalid policy stores no compiled IR worth a host.
+    store
+        .insert_policy(&policy(3), &audit("policy.created", None))
+        .unwrap();
+    // Keys as the agent before version 5 wrote them: no host.
+    let old = [
+        ("proxmox.vm:shutdown:vm:104", 1u128, t(1)),
+        ("aoss.poe.port:set:poe-port:1/A10:state=off", 2, t(2)),
+        ("proxmox.vm:shutdown:vm:105", 3, t(3)),
+        ("proxmox.vm:start:vm:106", 9, t(4)),
+    ];
+    for (key, policy_id, at) in &old {
+        store
+            .write(&[Write::RecordKey {
+                policy_id: Uuid::from_u128(*policy_id),
+                key: key.to_string(),
+                at: *at,
+            }])
+            .unwrap();
+    }
+
+    rerun_migration(&store, 5).expect("the key migration applies");
+
+    assert_eq!(
+        store
+            .key_ran_at("pve-01/proxmox.vm:shutdown:vm:104")
+            .unwrap(),
+        Some(t(1)),
+        "the window of a key of a known policy survives under its host"
+    );
+    assert_eq!(
+        store
+            .key_ran_at("sw-a/aoss.poe.port:set:poe-port:1/A10:state=off")
+            .unwrap(),
+        Some(t(2))
+    );
+    for (key, _, _) in &old {
+        assert_eq!(store.key_ran_at(key).unwrap(), None, "{key} is gone");
+    }
+    let left: i64 = store
+        .lock()
+        .query_row("SELECT COUNT(*) FROM idempotency_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 2, "the keys of no known host are dropped");
+    let records = store
+        .audit(&AuditQuery {
+            kind: Some("store.keys_migrated".into()),
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    let details = &records[0].record.details;
+    assert_eq!(details["rewritten"], json!(2));
+    assert_eq!(details["dropped"], json!(2));
+    assert!(details["reason"]
+        .as_str()
+        .unwrap()
+        .contains("policy is gone or names no host"));
+}
+
+#[test]
+fn the_key_migration_of_an_empty_key_table_records_nothing() {
+    let (_dir, path) = temp_path();
+    let store = open(&path);
+    rerun_migration(&store, 5).expect("the key migration applies");
+    let records = store
+        .audit(&AuditQuery {
+            kind: Some("store.keys_migrated".into()),
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert!(records.is_empty());
 }

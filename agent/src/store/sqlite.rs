@@ -234,6 +234,11 @@ CREATE TABLE subject_states (
 "#,
     },
     Migration {
+        version: 5,
+        name: "idempotency keys with the host id",
+        sql: KEYS_WITH_HOST,
+    },
+    Migration {
         version: 6,
         name: "restore sets",
         sql: r#"
@@ -254,11 +259,57 @@ CREATE TABLE restore_set (
     },
 ];
 
+/// Version 5: SPEC §5 keys carry the host id (`pve-01/proxmox.vm:...`),
+/// and a key written before is the new key without its `host/` prefix. Each
+/// stored key gets the host of the policy that recorded it (the compiled
+/// IR's `targets.host_id`), so its window survives the upgrade. A key whose
+/// policy is gone, or has no compiled IR naming a host, cannot be given
+/// one: it is dropped, and one `store.keys_migrated` audit record says how
+/// many keys were rewritten and dropped and why, so nothing is lost
+/// silently. Dropping a key can at worst let its action run once more
+/// inside its old window; the suppression window still holds.
+const KEYS_WITH_HOST: &str = r#"
+CREATE TEMP TABLE keys_host AS
+    SELECT k.key AS key,
+           (SELECT json_extract(p.compiled_ir, '$.targets.host_id')
+              FROM policies p
+             WHERE p.id = k.policy_id AND json_valid(p.compiled_ir)) AS host
+      FROM idempotency_keys k;
+INSERT INTO audit (ts, correlation_id, kind, policy_id, details)
+SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+       '00000000-0000-0000-0000-000000000000',
+       'store.keys_migrated',
+       NULL,
+       json_object(
+           'rewritten', (SELECT COUNT(*) FROM keys_host WHERE typeof(host) = 'text' AND host <> ''),
+           'dropped', (SELECT COUNT(*) FROM keys_host WHERE typeof(host) <> 'text' OR host = ''),
+           'reason', 'idempotency keys now start with the host id (SPEC §5); each stored key got the host of the policy that recorded it, and keys whose policy is gone or names no host were dropped'
+       )
+ WHERE EXISTS (SELECT 1 FROM keys_host);
+DELETE FROM idempotency_keys
+ WHERE key IN (SELECT key FROM keys_host WHERE typeof(host) <> 'text' OR host = '');
+UPDATE idempotency_keys
+   SET key = (SELECT host FROM keys_host h WHERE h.key = idempotency_keys.key) || '/' || key;
+DROP TABLE keys_host;
+"#;
+
 /// The version of every known migration, in order (for tests that build
 /// an older schema).
 #[cfg(test)]
 pub(super) fn migration_versions() -> Vec<u32> {
     MIGRATIONS.iter().map(|m| m.version).collect()
+}
+
+/// Runs one migration's SQL again on an open store, as an upgrade from the
+/// version before it would (for tests of data migrations, independent of
+/// the migrations that come after it).
+#[cfg(test)]
+pub(super) fn rerun_migration(store: &SqliteStore, version: u32) -> rusqlite::Result<()> {
+    let migration = MIGRATIONS
+        .iter()
+        .find(|m| m.version == version)
+        .expect("a known migration");
+    store.lock().execute_batch(migration.sql)
 }
 
 impl SqliteStore {

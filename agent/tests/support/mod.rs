@@ -284,7 +284,7 @@ impl Driver for FakeDriver {
                 DryRunAnswer {
                     ok: true,
                     severity: Severity::Info,
-                    idempotency_key: action_key(action, t),
+                    idempotency_key: action_key(shipped(), &self.host, action, t),
                     preconditions: Vec::new(),
                     plan: Plan {
                         kind: "api".into(),

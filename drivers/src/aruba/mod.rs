@@ -38,8 +38,8 @@ use serde_json::{json, Map, Value};
 
 use crate::connection::SshSettings;
 use crate::driver::{
-    action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
-    ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
+    Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind, ExecOutcome,
+    HostKeys, Plan, Precondition, RefreshMode, TargetEffect,
 };
 use crate::host::ValidatedHost;
 use crate::manifest::Manifest;
@@ -175,6 +175,8 @@ struct Ctx {
     limits: DeviceLimits,
     cycle_off: Duration,
     command_timeout: Duration,
+    /// The SPEC §5 keys of this host, from the manifest it was built with.
+    keys: HostKeys,
 }
 
 /// A parsed action: which table it reads and which change it makes.
@@ -297,9 +299,10 @@ impl ArubaDriver {
             config.private_key.as_ref().map(KeySource::from_config),
             config.password.clone(),
         ))?;
+        let host_id = host_id.into();
         let driver = ArubaDriver {
-            host_id: host_id.into(),
             ctx: Ctx {
+                keys: HostKeys::for_plugin(&host_id, PLUGIN_ID),
                 username: config.ssh.username.clone(),
                 persist: if config.save_config {
                     Persist::StartupConfig
@@ -314,6 +317,7 @@ impl ArubaDriver {
             client,
             dry_run_budget: Duration::from_secs(config.ssh.dry_run_budget_s),
             read_attempts: Attempts::Once,
+            host_id,
         };
         Ok(match crate::manifest::shipped().get(PLUGIN_ID) {
             Some(manifest) => driver.with_manifest(manifest),
@@ -321,11 +325,12 @@ impl ArubaDriver {
         })
     }
 
-    /// Takes the rate limits (per capability) and the connect retries of
-    /// read-only calls (`defaults.ssh`) from `manifest` instead of the
-    /// shipped `aruba.aoss` manifest.
+    /// Takes the rate limits (per capability), the connect retries of
+    /// read-only calls (`defaults.ssh`) and the idempotency key params from
+    /// `manifest` instead of the shipped `aruba.aoss` manifest.
     pub fn with_manifest(mut self, manifest: &Manifest) -> ArubaDriver {
         self.ctx.limits = DeviceLimits::from_manifest(manifest);
+        self.ctx.keys = HostKeys::from_manifest(self.host_id.clone(), manifest);
         self.read_attempts = match &manifest.defaults.ssh {
             Some(ssh) => Attempts::RetryConnect(ssh.clone()),
             None => Attempts::Once,
@@ -708,7 +713,7 @@ fn dry_run_answers(
         .iter()
         .zip(&plan.decisions)
         .map(|((target, _), decision)| {
-            let key = action_key(action, target);
+            let key = ctx.keys.key(action, target);
             let mut pre = base.clone();
             let (ok, from, to, summary, reason, lines) = match decision {
                 Decision::Invalid(why) => {

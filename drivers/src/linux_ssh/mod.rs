@@ -31,8 +31,8 @@ use serde_json::{json, Map, Value};
 
 use crate::connection::SshSettings;
 use crate::driver::{
-    action_key, Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind,
-    ExecOutcome, Plan, Precondition, RefreshMode, TargetEffect,
+    Action, ConnectionReport, Driver, DriverError, DryRunAnswer, Effects, ErrorKind, ExecOutcome,
+    HostKeys, Plan, Precondition, RefreshMode, TargetEffect,
 };
 use crate::host::ValidatedHost;
 use crate::manifest::Manifest;
@@ -222,6 +222,8 @@ struct Ctx {
     username: String,
     connect_timeout: Duration,
     command_timeout: Duration,
+    /// The SPEC §5 keys of this host, from the manifest it was built with.
+    keys: HostKeys,
 }
 
 /// A parsed action.
@@ -327,6 +329,7 @@ impl LinuxSshDriver {
                 username: config.ssh.username.clone(),
                 connect_timeout: Duration::from_secs(config.ssh.connect_timeout_s),
                 command_timeout: Duration::from_secs(config.command_timeout_s),
+                keys: HostKeys::for_plugin(&host_id, PLUGIN_ID),
             },
             host_id,
             client,
@@ -339,11 +342,12 @@ impl LinuxSshDriver {
         })
     }
 
-    /// Takes the rate limits (per capability) and the connect retries of
-    /// read-only calls (`defaults.ssh`) from `manifest` instead of the
-    /// shipped `linux.ssh` manifest.
+    /// Takes the rate limits (per capability), the connect retries of
+    /// read-only calls (`defaults.ssh`) and the idempotency key params from
+    /// `manifest` instead of the shipped `linux.ssh` manifest.
     pub fn with_manifest(mut self, manifest: &Manifest) -> LinuxSshDriver {
         self.ctx.limits = DeviceLimits::from_manifest(manifest);
+        self.ctx.keys = HostKeys::from_manifest(self.host_id.clone(), manifest);
         self.read_attempts = match &manifest.defaults.ssh {
             Some(ssh) => Attempts::RetryConnect(ssh.clone()),
             None => Attempts::Once,
@@ -627,7 +631,7 @@ fn dry_run_blocking(
     let mut present: HashMap<String, bool> = HashMap::new();
     let mut answers = Vec::with_capacity(targets.len());
     for target in targets {
-        let key = action_key(action, target);
+        let key = ctx.keys.key(action, target);
         let mut pre = base.clone();
         pre.extend(sudo.clone());
         let resolved = match resolve_target(ctx, op, target) {

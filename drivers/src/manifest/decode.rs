@@ -2,8 +2,8 @@
 //! by hand rather than with serde so that every problem of a file is
 //! reported at once, each with a JSON-pointer path (`/capabilities/0/verbs`)
 //! and a did-you-mean for unknown keys and names. Cross-field rules (verbs
-//! named by `invertible` and `powers_off_host`, defaults that fit their own
-//! spec) are checked here too.
+//! named by `invertible`, `powers_off_host` and `results`, defaults that fit
+//! their own spec) are checked here too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -15,7 +15,7 @@ use super::check::{check_value, kind, Rules};
 use super::{
     default_discovery_interval_s, default_refresh_sla_s, Capability, Category, Defaults, Discovery,
     DryRunSupport, FieldSpec, HttpDefaults, Idempotency, InverseRule, Manifest, ManifestError,
-    ParamSpec, RateLimit, Schema, SshDefaults, ValueType, KEY_PSEUDO_FIELDS,
+    ParamSpec, RateLimit, Schema, SshDefaults, ValueType, VerbResult, KEY_PSEUDO_FIELDS,
 };
 
 /// Parses and validates one manifest file (see [`Manifest::from_yaml`]).
@@ -95,7 +95,9 @@ const CAPABILITY_KEYS: &[&str] = &[
     "rate_limit",
     "params",
     "powers_off_host",
+    "results",
 ];
+const RESULT_PARAM_KEYS: &[&str] = &["param", "values"];
 const IDEMPOTENCY_KEYS: &[&str] = &["key_fields"];
 const RATE_LIMIT_KEYS: &[&str] = &["rps", "burst"];
 const PARAM_KEYS: &[&str] = &[
@@ -685,6 +687,7 @@ fn decode_capability(d: &mut Decoder, path: &str, v: &Value) -> Option<Capabilit
         }
     });
     let invertible = d.opt(path, m, "invertible", decode_invertible);
+    let results = d.opt(path, m, "results", decode_results);
 
     let verbs = verbs?;
     let params = params.unwrap_or_default();
@@ -721,6 +724,8 @@ fn decode_capability(d: &mut Decoder, path: &str, v: &Value) -> Option<Capabilit
         .map(|(verb, rules)| (verb, rules.into_iter().map(|(_, r)| r).collect::<Vec<_>>()))
         .filter(|(_, rules)| !rules.is_empty())
         .collect();
+    let results = results.unwrap_or_default();
+    check_results(d, &join(path, "results"), &results, &verbs, &params);
     Some(Capability {
         id: id?,
         description,
@@ -732,6 +737,7 @@ fn decode_capability(d: &mut Decoder, path: &str, v: &Value) -> Option<Capabilit
         rate_limit,
         params,
         powers_off_host: powers_off.unwrap_or_default(),
+        results,
     })
 }
 
@@ -938,6 +944,125 @@ fn check_invertible(
             }
             check_param_values(d, &join(rp, "when"), &rule.when, verb, params);
             check_param_values(d, &join(rp, "params"), &rule.params, &rule.inverse, params);
+        }
+    }
+}
+
+/// `results`: verb -> a status, a list of statuses, or `{ param, values }`.
+fn decode_results(d: &mut Decoder, path: &str, v: &Value) -> Option<BTreeMap<String, VerbResult>> {
+    let Some(map) = v.as_object() else {
+        d.err(
+            path,
+            format!("expected a mapping of verb to status, found {}", kind(v)),
+        );
+        return None;
+    };
+    let mut out = BTreeMap::new();
+    for (verb, spec) in map {
+        let vp = join(path, verb);
+        let result = match spec {
+            Value::Object(_) => {
+                let m = d.object(&vp, spec, RESULT_PARAM_KEYS)?;
+                let param = d.req(&vp, m, "param", Decoder::string);
+                let values = d
+                    .opt(&vp, m, "values", |d, p, v| {
+                        let Some(vm) = v.as_object() else {
+                            d.err(
+                                p,
+                                format!("expected a mapping of value to status, found {}", kind(v)),
+                            );
+                            return None;
+                        };
+                        let mut values = BTreeMap::new();
+                        for (value, statuses) in vm {
+                            if let Some(list) = decode_statuses(d, &join(p, value), statuses) {
+                                values.insert(value.clone(), list);
+                            }
+                        }
+                        Some(values)
+                    })
+                    .unwrap_or_default();
+                param.map(|param| VerbResult::Param { param, values })
+            }
+            other => decode_statuses(d, &vp, other).map(VerbResult::Statuses),
+        };
+        if let Some(result) = result {
+            out.insert(verb.clone(), result);
+        }
+    }
+    Some(out)
+}
+
+/// One status (`stopped`) or a non-empty list of them (`[running, active]`).
+fn decode_statuses(d: &mut Decoder, path: &str, v: &Value) -> Option<Vec<String>> {
+    let list = match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(_) => d.strings(path, v)?,
+        other => {
+            d.err(
+                path,
+                format!(
+                    "expected a status or a list of statuses, found {}",
+                    kind(other)
+                ),
+            );
+            return None;
+        }
+    };
+    if list.is_empty() {
+        d.err(path, "must list at least one status");
+        return None;
+    }
+    for (i, status) in list.iter().enumerate() {
+        if status.trim().is_empty() {
+            d.err(&join(path, &i.to_string()), "a status cannot be empty");
+        }
+    }
+    Some(list)
+}
+
+/// Every verb of `results` must be declared; a `{ param }` result must name
+/// a string param of that verb, and its `values` values that param accepts.
+fn check_results(
+    d: &mut Decoder,
+    path: &str,
+    results: &BTreeMap<String, VerbResult>,
+    verbs: &[String],
+    params: &BTreeMap<String, ParamSpec>,
+) {
+    for (verb, result) in results {
+        let vp = join(path, verb);
+        if !verbs.contains(verb) {
+            d.err(&vp, unknown("verb", verb, verbs.iter().map(String::as_str)));
+            continue;
+        }
+        let VerbResult::Param { param, values } = result else {
+            continue;
+        };
+        let pp = join(&vp, "param");
+        match params.get(param) {
+            None => d.err(
+                &pp,
+                unknown("param", param, params.keys().map(String::as_str)),
+            ),
+            Some(spec) if !spec.applies_to(verb) => d.err(
+                &pp,
+                format!("param `{param}` does not apply to verb `{verb}`"),
+            ),
+            Some(spec) if !spec.ty.accepts(&Value::String(String::new())) => d.err(
+                &pp,
+                format!(
+                    "param `{param}` is {}: a status follows a string param",
+                    spec.ty
+                ),
+            ),
+            Some(spec) => {
+                for value in values.keys() {
+                    if let Err(why) = spec.check(&Value::String(value.clone())) {
+                        d.err(&join(&join(&vp, "values"), value), why);
+                    }
+                }
+            }
         }
     }
 }

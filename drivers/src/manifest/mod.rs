@@ -197,6 +197,47 @@ pub struct Capability {
     /// host (`self: true`) they run last, after the ledger is flushed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub powers_off_host: Vec<String>,
+    /// What each verb leads to: the target statuses in which it has nothing
+    /// left to do. The engine's already-desired guard (SPEC §6 step 7) and
+    /// the reconciliation of interrupted intents read them; a verb not
+    /// listed (reset, reboot, cycle, post) is never skipped.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub results: BTreeMap<String, VerbResult>,
+}
+
+/// The statuses one verb leads to (`results` in the YAML).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum VerbResult {
+    /// Any of these statuses (`shutdown: stopped`, `start: [running, active]`).
+    Statuses(Vec<String>),
+    /// The status follows a param's value (`set: { param: state }`: `set
+    /// state=off` leads to `off`). With `values`, only the listed values
+    /// lead somewhere, each to its statuses (`cycle` left out leads nowhere).
+    Param {
+        param: String,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        values: BTreeMap<String, Vec<String>>,
+    },
+}
+
+/// Where a capability is looked up by id: the whole configured set (the
+/// engine) or the one manifest a driver was built from.
+pub trait Capabilities {
+    /// The capability with this id, if declared.
+    fn find_capability(&self, id: &str) -> Option<&Capability>;
+}
+
+impl Capabilities for ManifestSet {
+    fn find_capability(&self, id: &str) -> Option<&Capability> {
+        self.capability(id).map(|(_, c)| c)
+    }
+}
+
+impl Capabilities for Manifest {
+    fn find_capability(&self, id: &str) -> Option<&Capability> {
+        self.capability(id)
+    }
 }
 
 /// How a capability answers dry-runs.
@@ -354,6 +395,34 @@ impl Capability {
     /// Whether `verb` powers off or reboots the host (see [`Capability::powers_off_host`]).
     pub fn powers_off(&self, verb: &str) -> bool {
         self.powers_off_host.iter().any(|v| v == verb)
+    }
+
+    /// The target statuses `verb` with `params` leads to, from `results`
+    /// (a param left out counts with its default); empty when the manifest
+    /// declares none, and then nothing is ever skipped as already done.
+    pub fn desired_statuses<'a>(
+        &'a self,
+        verb: &str,
+        params: &'a Map<String, Value>,
+    ) -> Vec<&'a str> {
+        match self.results.get(verb) {
+            None => Vec::new(),
+            Some(VerbResult::Statuses(list)) => list.iter().map(String::as_str).collect(),
+            Some(VerbResult::Param { param, values }) => {
+                let value = params
+                    .get(param)
+                    .or_else(|| self.params.get(param).and_then(|p| p.default.as_ref()))
+                    .and_then(Value::as_str);
+                match value {
+                    None => Vec::new(),
+                    Some(v) if values.is_empty() => vec![v],
+                    Some(v) => values
+                        .get(v)
+                        .map(|l| l.iter().map(String::as_str).collect())
+                        .unwrap_or_default(),
+                }
+            }
+        }
     }
 
     /// Whether any inverse rule is declared for `verb` (it may still not

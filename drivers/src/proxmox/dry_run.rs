@@ -26,7 +26,7 @@ use super::model::{
 };
 use super::{CAP_CT, CAP_NODE, CAP_VM};
 use crate::driver::{
-    action_key, Action, DriverError, DryRunAnswer, Effects, ErrorKind, Plan, Precondition,
+    Action, DriverError, DryRunAnswer, Effects, ErrorKind, HostKeys, Plan, Precondition,
     TargetEffect,
 };
 
@@ -197,14 +197,15 @@ fn running_tasks(data: &Value) -> Vec<RunningTask> {
 /// Dry-run of one action over all its targets on this host.
 pub(crate) async fn dry_run(
     client: &ApiClient,
+    keys: &HostKeys,
     action: &Action,
     targets: &[String],
     deadline: Instant,
 ) -> Result<Vec<DryRunAnswer>, DriverError> {
     let api = client.for_capability(&action.capability);
     match action.capability.as_str() {
-        CAP_VM | CAP_CT => guest_dry_run(api, action, targets, deadline).await,
-        CAP_NODE => node_dry_run(api, action, targets, deadline).await,
+        CAP_VM | CAP_CT => guest_dry_run(api, keys, action, targets, deadline).await,
+        CAP_NODE => node_dry_run(api, keys, action, targets, deadline).await,
         other => Err(DriverError::new(
             ErrorKind::ValidationError,
             format!("proxmox.ve has no capability {other:?}"),
@@ -236,6 +237,7 @@ pub(crate) const PER_GUEST_STATUS_MAX: usize = 20;
 
 async fn guest_dry_run(
     api: Calls<'_>,
+    keys: &HostKeys,
     action: &Action,
     targets: &[String],
     deadline: Instant,
@@ -319,6 +321,7 @@ async fn guest_dry_run(
         .zip(configs)
         .map(|((((target, (kind, vmid)), guest), status), config)| {
             let ctx = GuestCtx {
+                keys,
                 action,
                 target,
                 kind,
@@ -337,6 +340,7 @@ async fn guest_dry_run(
 
 /// One target of a guest dry-run.
 struct GuestCtx<'a> {
+    keys: &'a HostKeys,
     action: &'a Action,
     target: &'a str,
     kind: GuestKind,
@@ -401,7 +405,7 @@ impl GuestCtx<'_> {
         DryRunAnswer {
             ok: false,
             severity: Severity::Error,
-            idempotency_key: action_key(self.action, self.target),
+            idempotency_key: self.keys.key(self.action, self.target),
             preconditions,
             plan: Plan {
                 kind: "api".into(),
@@ -581,7 +585,7 @@ impl GuestCtx<'_> {
         if let Some(reason) = failures.into_iter().next() {
             return self.failed(preconditions, preview, Some(&state), reason);
         }
-        let key = action_key(self.action, self.target);
+        let key = self.keys.key(self.action, self.target);
         if already {
             let per_target = self.effect(Some(&state), Some(&state));
             let reason = format!("{} is already {state}", self.target);
@@ -666,6 +670,7 @@ pub(crate) fn node_targets(
 
 async fn node_dry_run(
     api: Calls<'_>,
+    keys: &HostKeys,
     action: &Action,
     targets: &[String],
     deadline: Instant,
@@ -680,7 +685,7 @@ async fn node_dry_run(
         .iter()
         .zip(names)
         .map(|(target, name)| {
-            let key = action_key(action, target);
+            let key = keys.key(action, target);
             let mut preview = vec![get_call("/nodes")];
             let effect = |from: Option<&str>, to: Option<&str>| {
                 vec![TargetEffect {

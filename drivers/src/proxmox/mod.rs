@@ -49,7 +49,7 @@ use tokio::time::Instant;
 
 use crate::connection::HttpSettings;
 use crate::driver::{
-    Action, ConnectionReport, Driver, DriverError, DryRunAnswer, ErrorKind, ExecOutcome,
+    Action, ConnectionReport, Driver, DriverError, DryRunAnswer, ErrorKind, ExecOutcome, HostKeys,
     RefreshMode,
 };
 use crate::host::ValidatedHost;
@@ -291,11 +291,14 @@ pub fn build(host: &ValidatedHost) -> Result<Arc<dyn Driver>, DriverError> {
     connection
         .entry("dry_run_budget_s")
         .or_insert_with(|| json!(defaults.dry_run_refresh_sla_s));
-    Ok(Arc::new(ProxmoxDriver::with_limits(
-        host.id.clone(),
-        ProxmoxConfig::from_connection(&connection)?,
-        DeviceLimits::from_manifest(host.manifest()),
-    )?))
+    Ok(Arc::new(
+        ProxmoxDriver::with_limits(
+            host.id.clone(),
+            ProxmoxConfig::from_connection(&connection)?,
+            DeviceLimits::from_manifest(host.manifest()),
+        )?
+        .with_keys(HostKeys::from_manifest(host.id.clone(), host.manifest())),
+    ))
 }
 
 /// The `proxmox.ve` driver bound to one host.
@@ -304,6 +307,8 @@ pub struct ProxmoxDriver {
     host_id: String,
     config: ProxmoxConfig,
     client: ApiClient,
+    /// The SPEC §5 keys of this host, from the manifest it was built with.
+    keys: HostKeys,
 }
 
 impl ProxmoxDriver {
@@ -334,10 +339,19 @@ impl ProxmoxDriver {
         }
         let client = ApiClient::new(&config, limits)?;
         Ok(ProxmoxDriver {
+            keys: HostKeys::for_plugin(&host_id, PLUGIN_ID),
             host_id,
             config,
             client,
         })
+    }
+
+    /// Takes the idempotency key params from `keys` (the registry passes
+    /// those of the manifest the host was validated against) instead of the
+    /// shipped `proxmox.ve` manifest's.
+    pub fn with_keys(mut self, keys: HostKeys) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// Builds the driver from a host's `connection` map (the registry's entry point).
@@ -383,7 +397,7 @@ impl Driver for ProxmoxDriver {
         targets: &[String],
     ) -> Result<Vec<DryRunAnswer>, DriverError> {
         let deadline = self.dry_run_deadline();
-        dry_run::dry_run(&self.client, action, targets, deadline).await
+        dry_run::dry_run(&self.client, &self.keys, action, targets, deadline).await
     }
 
     async fn execute(

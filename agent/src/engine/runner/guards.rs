@@ -8,9 +8,8 @@ use std::sync::{Arc, RwLock};
 
 use drivers::breaker::Breakers;
 use drivers::driver::Action;
-use drivers::manifest::shipped;
+use drivers::manifest::{Capabilities, ManifestSet};
 use inventory::HostInventory;
-use serde_json::Value;
 
 use super::{
     ActionWork, Engine, Policy, Snapshots, ALREADY_DESIRED, CAPABILITY_MISSING, HOST_UNREACHABLE,
@@ -24,6 +23,8 @@ pub(super) struct GuardView {
     pub(super) facts: RwLock<FactsSnapshot>,
     pub(super) snapshots: Arc<dyn Snapshots>,
     pub(super) breakers: Arc<Breakers>,
+    /// The configured manifests ([`super::EngineConfig::manifests`]).
+    pub(super) manifests: Arc<ManifestSet>,
 }
 
 /// Step 7's verdict for one planned host.
@@ -44,7 +45,9 @@ impl Engine {
             );
         };
         for step in &policy.ir.plan {
-            let offered = shipped()
+            let offered = self
+                .config
+                .manifests
                 .get(driver.plugin_id())
                 .and_then(|m| m.capability(&step.capability))
                 .is_some_and(|c| c.has_verb(&step.verb));
@@ -80,7 +83,8 @@ impl Engine {
 pub(super) fn recheck_held(view: &GuardView, item: &QueueItem<ActionWork>) -> Recheck {
     let work = &item.work;
     let host = &item.host;
-    let offered = shipped()
+    let offered = view
+        .manifests
         .get(work.driver.plugin_id())
         .and_then(|m| m.capability(&work.action.capability))
         .is_some_and(|c| c.has_verb(&work.action.verb));
@@ -107,7 +111,10 @@ pub(super) fn recheck_held(view: &GuardView, item: &QueueItem<ActionWork>) -> Re
     let statuses: Option<Vec<String>> = work
         .targets
         .iter()
-        .map(|t| already_desired(&work.action, snapshot.as_ref(), t).map(|s| format!("{t} is {s}")))
+        .map(|t| {
+            already_desired(&view.manifests, &work.action, snapshot.as_ref(), t)
+                .map(|s| format!("{t} is {s}"))
+        })
         .collect();
     match statuses {
         Some(list) if !list.is_empty() => {
@@ -118,31 +125,15 @@ pub(super) fn recheck_held(view: &GuardView, item: &QueueItem<ActionWork>) -> Re
 }
 
 /// The target statuses in which an action has nothing left to do, for the
-/// engine's already-desired guard (SPEC §6 step 7). Read from the inventory
-/// snapshot, never from a driver call; an action not listed (reset, reboot,
-/// cycle, post, ...) is never skipped. Statuses are the ones the shipped
-/// drivers report (Proxmox `running`/`stopped`/`paused`, AOS-S `on`/`off`
-/// and `up`/`down`, systemd `active`/`inactive`).
-pub fn desired_statuses(action: &Action) -> &'static [&'static str] {
-    let param = |name: &str| action.params.get(name).and_then(Value::as_str);
-    match (action.capability.as_str(), action.verb.as_str()) {
-        ("proxmox.vm" | "proxmox.ct", "start" | "resume") => &["running"],
-        ("proxmox.vm" | "proxmox.ct", "shutdown" | "stop") => &["stopped"],
-        ("proxmox.vm", "suspend") => &["paused", "suspended"],
-        ("aoss.poe.port", "set") => match param("state") {
-            Some("on") => &["on"],
-            Some("off") => &["off"],
-            _ => &[],
-        },
-        ("aoss.interface", "set") => match param("admin") {
-            Some("up") => &["up"],
-            Some("down") => &["down"],
-            _ => &[],
-        },
-        ("host.service", "start") => &["running", "active"],
-        ("host.service", "stop") => &["stopped", "inactive"],
-        _ => &[],
-    }
+/// engine's already-desired guard (SPEC §6 step 7) and the reconciliation
+/// of interrupted intents: what the configured manifest declares the verb
+/// leads to (`results`, see docs/manifest-format.md). An action whose verb
+/// declares none (reset, reboot, cycle, post, ...) is never skipped.
+pub fn desired_statuses<'a>(manifests: &'a ManifestSet, action: &'a Action) -> Vec<&'a str> {
+    manifests
+        .find_capability(&action.capability)
+        .map(|cap| cap.desired_statuses(&action.verb, &action.params))
+        .unwrap_or_default()
 }
 
 /// The target's status when it already is what `action` leads to.
@@ -153,13 +144,14 @@ pub fn desired_statuses(action: &Action) -> &'static [&'static str] {
 /// stale snapshot the item runs and the driver's idempotent `execute` reads
 /// the live state (a target already there is a no-op).
 pub(super) fn already_desired(
+    manifests: &ManifestSet,
     action: &Action,
     snapshot: Option<&HostInventory>,
     target: &str,
 ) -> Option<String> {
     let snapshot = snapshot.filter(|s| !s.stale)?;
     let status = snapshot.get(target)?.status.as_deref()?;
-    desired_statuses(action)
+    desired_statuses(manifests, action)
         .contains(&status)
         .then(|| status.to_string())
 }
@@ -172,30 +164,16 @@ mod tests {
     use crate::engine::runner::tests::action;
 
     #[test]
-    fn desired_status_table_follows_verb_and_state_param() {
-        let table = [
-            (
-                action("proxmox.vm", "shutdown", json!({})),
-                &["stopped"][..],
-            ),
-            (action("proxmox.vm", "start", json!({})), &["running"][..]),
-            (action("proxmox.vm", "reset", json!({})), &[][..]),
-            (
-                action("aoss.poe.port", "set", json!({"state": "off"})),
-                &["off"][..],
-            ),
-            (
-                action("aoss.poe.port", "set", json!({"state": "cycle"})),
-                &[][..],
-            ),
-            (
-                action("aoss.interface", "set", json!({"admin": "down"})),
-                &["down"][..],
-            ),
-            (action("host.power", "poweroff", json!({})), &[][..]),
-        ];
-        for (action, expected) in table {
-            assert_eq!(desired_statuses(&action), expected, "{action:?}");
-        }
+    fn desired_statuses_follow_the_configured_manifest() {
+        let shipped = ManifestSet::embedded();
+        let shutdown = action("proxmox.vm", "shutdown", json!({}));
+        let off = action("aoss.poe.port", "set", json!({"state": "off"}));
+        let cycle = action("aoss.poe.port", "set", json!({"state": "cycle"}));
+        assert_eq!(desired_statuses(&shipped, &shutdown), ["stopped"]);
+        assert_eq!(desired_statuses(&shipped, &off), ["off"]);
+        assert!(desired_statuses(&shipped, &cycle).is_empty());
+        assert!(desired_statuses(&shipped, &action("proxmox.vm", "reset", json!({}))).is_empty());
+        // A set that does not know the capability skips nothing.
+        assert!(desired_statuses(&ManifestSet::new(), &shutdown).is_empty());
     }
 }

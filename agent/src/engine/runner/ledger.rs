@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use drivers::driver::{action_key, Action, ExecOutcome};
+use drivers::driver::{Action, ExecOutcome};
 use inventory::Severity;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -427,7 +427,7 @@ impl Engine {
                 // An interrupted target may have been acted on: its key
                 // stays, so it is never run twice by accident.
                 if result.code.as_deref() != Some(INTERRUPTED) {
-                    failed_keys.push(action_key(&action, target));
+                    failed_keys.push(self.key(&intent.host, &action, target));
                 }
             }
             record.results.push(result);

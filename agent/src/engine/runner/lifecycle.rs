@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
-use drivers::driver::{action_key, Action, ExecOutcome};
+use drivers::driver::{Action, ExecOutcome};
 use drivers::guard::{with_context, CallContext};
 use inventory::Severity;
 use serde_json::{json, Map, Value};
@@ -404,7 +404,7 @@ impl Engine {
                     .map_err(|e| e.to_string()),
                 None => Err(format!("no driver for host {}", intent.host)),
             };
-            let desired = desired_statuses(&action);
+            let desired = desired_statuses(&self.config.manifests, &action);
             let mut seen_states: Vec<Option<String>> = Vec::new();
             let mut done = Vec::new();
             let mut not_done = Vec::new();
@@ -487,7 +487,10 @@ impl Engine {
                     }),
                 }),
             ];
-            let cleared: Vec<String> = not_done.iter().map(|t| action_key(&action, t)).collect();
+            let cleared: Vec<String> = not_done
+                .iter()
+                .map(|t| self.key(&intent.host, &action, t))
+                .collect();
             if !cleared.is_empty() {
                 batch.push(Write::ClearKeys { keys: cleared });
             }

@@ -77,7 +77,7 @@ use chrono_tz::Tz;
 use drivers::breaker::Breakers;
 use drivers::driver::{action_key, Action, Driver, DriverError, DryRunAnswer, ExecOutcome};
 use drivers::guard::{with_context, CallContext};
-use drivers::manifest::{shipped, Capability};
+use drivers::manifest::{Capabilities, Capability, ManifestSet};
 use inventory::selector::{parse_selector, SelectorMode};
 use inventory::{HostInventory, Inventory, Severity};
 use serde_json::{json, Value};
@@ -213,6 +213,12 @@ pub struct EngineConfig {
     /// countdown on a subject no source reads is re-armed at once, as no
     /// reading will come to confirm it.
     pub read_subjects: Option<BTreeSet<String>>,
+    /// The configured manifests (the service's `plugin_dir`, the ones
+    /// policies were compiled against): idempotency keys (SPEC §5), what a
+    /// verb leads to (step 7's already-desired guard, reconciliation),
+    /// inverses and self-poweroff verbs all come from here. Default: the
+    /// manifests shipped with Hazel.
+    pub manifests: Arc<ManifestSet>,
 }
 
 impl Default for EngineConfig {
@@ -225,6 +231,7 @@ impl Default for EngineConfig {
             timezone: Tz::UTC,
             missed_grace: DEFAULT_MISSED_GRACE,
             read_subjects: None,
+            manifests: Arc::new(ManifestSet::embedded()),
         }
     }
 }
@@ -411,6 +418,7 @@ impl Engine {
             facts: RwLock::new(FactsSnapshot::new()),
             snapshots: snapshots.clone(),
             breakers: breakers.clone(),
+            manifests: config.manifests.clone(),
         });
         let (flush_tx, flushes) = mpsc::unbounded_channel();
         let hooks = Hooks {
@@ -778,6 +786,7 @@ impl Engine {
         // A restore-set target someone changed since is not restored.
         if let Some(forward) = ledger_forward(policy) {
             let changed = restore_targets(
+                &self.config.manifests,
                 self.restore.of(forward),
                 &ir.targets.host_id,
                 &ir.targets.target_type,
@@ -833,7 +842,7 @@ impl Engine {
                 // Step 6: idempotency.
                 if self
                     .store
-                    .key_ran_within(&action_key(&action, target), now, idem)?
+                    .key_ran_within(&self.key(&host, &action, target), now, idem)?
                 {
                     let why = format!(
                         "{} ran on {target} within the idempotency window of {}s",
@@ -867,7 +876,9 @@ impl Engine {
                     continue;
                 }
                 // Step 7 (per target): already in the desired state.
-                if let Some(status) = already_desired(&action, snapshot, target) {
+                if let Some(status) =
+                    already_desired(&self.config.manifests, &action, snapshot, target)
+                {
                     let why = format!("{target} is already {status}");
                     decision.skipped.push(row(
                         index,
@@ -937,6 +948,7 @@ impl Engine {
                     "ledger value is not a policy id".into(),
                 ))?;
             return Ok(restore_targets(
+                &self.config.manifests,
                 self.restore.of(forward),
                 &targets.host_id,
                 &targets.target_type,
@@ -1104,7 +1116,7 @@ impl Engine {
             let keys: Vec<String> = planned
                 .targets
                 .iter()
-                .map(|t| action_key(&planned.action, t))
+                .map(|t| self.key(&planned.host, &planned.action, t))
                 .collect();
             let intent = IntentRecord {
                 run_id,
@@ -1127,7 +1139,12 @@ impl Engine {
                     at: now,
                 });
             }
-            let inverse_keys = inverse_keys(&planned.action, &planned.targets);
+            let inverse_keys = inverse_keys(
+                &self.config.manifests,
+                &planned.host,
+                &planned.action,
+                &planned.targets,
+            );
             if !inverse_keys.is_empty() {
                 batch.push(Write::ClearKeys { keys: inverse_keys });
             }
@@ -1160,9 +1177,9 @@ impl Engine {
                 continue;
             };
             let powers_off_self = self.config.self_host.as_deref() == Some(planned.host.as_str())
-                && shipped()
+                && self
                     .capability(&planned.action.capability)
-                    .is_some_and(|(_, c)| c.powers_off(&planned.action.verb));
+                    .is_some_and(|c| c.powers_off(&planned.action.verb));
             let item_id = Uuid::new_v4();
             let mut item = QueueItem::new(
                 item_id,
@@ -1209,13 +1226,29 @@ fn ledger_forward(policy: &Policy) -> Option<Uuid> {
     Uuid::parse_str(targets.selector.value.trim()).ok()
 }
 
-fn capability(id: &str) -> Option<&'static Capability> {
-    shipped().capability(id).map(|(_, c)| c)
+impl Engine {
+    /// The capability `id` of the configured manifests.
+    fn capability(&self, id: &str) -> Option<&Capability> {
+        self.config.manifests.find_capability(id)
+    }
+
+    /// The SPEC §5 key of `action` on `target` of `host`, with the key
+    /// params of the configured manifests.
+    fn key(&self, host: &str, action: &Action, target: &str) -> String {
+        action_key(self.config.manifests.as_ref(), host, action, target)
+    }
 }
 
-/// The idempotency keys of the actions `action` undoes, on `targets`.
-fn inverse_keys(action: &Action, targets: &[String]) -> Vec<String> {
-    let Some(cap) = capability(&action.capability) else {
+/// The idempotency keys of the actions `action` undoes, on `targets` of
+/// `host` (the same host: undoing a shutdown on one cluster says nothing
+/// about `vm:104` of another).
+fn inverse_keys(
+    manifests: &ManifestSet,
+    host: &str,
+    action: &Action,
+    targets: &[String],
+) -> Vec<String> {
+    let Some(cap) = manifests.find_capability(&action.capability) else {
         return Vec::new();
     };
     let mut keys = Vec::new();
@@ -1225,7 +1258,11 @@ fn inverse_keys(action: &Action, targets: &[String]) -> Vec<String> {
             verb: undone.verb,
             params: undone.params,
         };
-        keys.extend(targets.iter().map(|t| action_key(&forward, t)));
+        keys.extend(
+            targets
+                .iter()
+                .map(|t| action_key(manifests, host, &forward, t)),
+        );
     }
     keys
 }
@@ -1244,21 +1281,32 @@ mod tests {
     }
 
     #[test]
-    fn running_an_action_clears_the_keys_of_what_it_undoes() {
+    fn running_an_action_clears_the_keys_of_what_it_undoes_on_the_same_host() {
+        let set = ManifestSet::embedded();
         let on = action("aoss.poe.port", "set", json!({"state": "on"}));
         let off = action("aoss.poe.port", "set", json!({"state": "off"}));
         let targets = vec!["poe-port:1/1".to_string()];
         assert_eq!(
-            inverse_keys(&on, &targets),
-            vec![action_key(&off, "poe-port:1/1")]
+            inverse_keys(&set, "sw-a", &on, &targets),
+            vec![action_key(&set, "sw-a", &off, "poe-port:1/1")]
+        );
+        assert!(
+            !inverse_keys(&set, "sw-a", &on, &targets).contains(&action_key(
+                &set,
+                "sw-b",
+                &off,
+                "poe-port:1/1"
+            ))
         );
         let start = action("proxmox.vm", "start", json!({}));
-        let keys = inverse_keys(&start, &["vm:104".to_string()]);
+        let keys = inverse_keys(&set, "pve-01", &start, &["vm:104".to_string()]);
         assert!(keys.contains(&action_key(
+            &set,
+            "pve-01",
             &action("proxmox.vm", "shutdown", json!({})),
             "vm:104"
         )));
         let cycle = action("aoss.poe.port", "set", json!({"state": "cycle"}));
-        assert!(inverse_keys(&cycle, &targets).is_empty());
+        assert!(inverse_keys(&set, "sw-a", &cycle, &targets).is_empty());
     }
 }

@@ -21,9 +21,10 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::guards::desired_statuses;
-use super::{capability, Engine};
+use super::Engine;
 use crate::engine::store::{RestoreEntry, Write};
 use drivers::driver::Action;
+use drivers::manifest::{Capabilities, ManifestSet};
 
 /// The code of a restore-set target someone else changed since.
 pub const CHANGED_SINCE: &str = "engine.changed_since";
@@ -112,6 +113,7 @@ pub struct RestoreResolution {
 /// `entries` (SPEC §2, §6): shared by the engine, the policy dry-run and
 /// the event dry-run so all read it the same way. Pure.
 pub fn restore_targets<'a>(
+    manifests: &ManifestSet,
     entries: impl IntoIterator<Item = &'a RestoreEntry>,
     host_id: &str,
     target_type: &str,
@@ -133,7 +135,7 @@ pub fn restore_targets<'a>(
         };
         let now = found.status.as_deref().filter(|_| !snapshot.stale);
         match now {
-            Some(now) if !left_as(entry, now) => {
+            Some(now) if !left_as(manifests, entry, now) => {
                 out.changed.push((entry.target.clone(), now.to_string()))
             }
             _ => out.targets.push(entry.target.clone()),
@@ -143,11 +145,12 @@ pub fn restore_targets<'a>(
 }
 
 /// Whether `status` is what the entry's action left the target in.
-fn left_as(entry: &RestoreEntry, status: &str) -> bool {
+fn left_as(manifests: &ManifestSet, entry: &RestoreEntry, status: &str) -> bool {
     if entry.to.as_deref() == Some(status) {
         return true;
     }
-    desired_statuses(&entry_action(entry)).contains(&status)
+    let action = entry_action(entry);
+    desired_statuses(manifests, &action).contains(&status)
 }
 
 fn entry_action(entry: &RestoreEntry) -> Action {
@@ -194,7 +197,8 @@ impl Engine {
         let mut writes = Vec::new();
         let mut emptied = BTreeSet::new();
         for change in changes {
-            let cap = capability(&change.action.capability);
+            let manifests = self.config.manifests.clone();
+            let cap = manifests.find_capability(&change.action.capability);
             for holder in self.restore.holders(change.host, change.target) {
                 if holder == policy_id {
                     continue;
@@ -231,7 +235,7 @@ impl Engine {
                 }
             }
             let to = change.to.or_else(|| {
-                desired_statuses(&change.action)
+                desired_statuses(&self.config.manifests, &change.action)
                     .first()
                     .map(|s| s.to_string())
             });
@@ -337,19 +341,21 @@ mod tests {
             entry("ct:200", "stopped"),
         ];
         let snap = snapshot(false, &[("vm:101", "stopped"), ("vm:102", "running")]);
-        let r = restore_targets(&set, "pve-01", "vm", Some(&snap));
+        let r = restore_targets(&ManifestSet::embedded(), &set, "pve-01", "vm", Some(&snap));
         assert_eq!(r.targets, ["vm:101"]);
         assert_eq!(r.changed, [("vm:102".to_string(), "running".to_string())]);
         // Without a snapshot or on a stale one, nothing is judged changed.
-        let r = restore_targets(&set, "pve-01", "vm", None);
+        let r = restore_targets(&ManifestSet::embedded(), &set, "pve-01", "vm", None);
         assert_eq!(r.targets, ["vm:101", "vm:102", "vm:103"]);
         let stale = snapshot(true, &[("vm:101", "stopped"), ("vm:102", "running")]);
-        let r = restore_targets(&set, "pve-01", "vm", Some(&stale));
+        let r = restore_targets(&ManifestSet::embedded(), &set, "pve-01", "vm", Some(&stale));
         assert_eq!(r.targets, ["vm:101", "vm:102"]);
         assert!(r.changed.is_empty());
-        assert!(restore_targets(&set, "pve-02", "vm", None)
-            .targets
-            .is_empty());
+        assert!(
+            restore_targets(&ManifestSet::embedded(), &set, "pve-02", "vm", None)
+                .targets
+                .is_empty()
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! already fired.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use drivers::driver::{action_key, Action};
+use drivers::driver::Action;
 use drivers::guard::CallContext;
 use drivers::ratelimit::Backoff;
 use inventory::Severity;
@@ -311,7 +311,7 @@ impl Engine {
             let snapshot = self.snapshots.host(&retry.host);
             let mut targets = Vec::new();
             for target in retry.targets {
-                match already_desired(&action, snapshot.as_ref(), &target) {
+                match already_desired(&self.config.manifests, &action, snapshot.as_ref(), &target) {
                     Some(status) => open.record.results.push(row(
                         index as usize,
                         &action,
@@ -333,7 +333,10 @@ impl Engine {
                 self.settle_retry(open, false)?;
                 continue;
             };
-            let keys: Vec<String> = targets.iter().map(|t| action_key(&action, t)).collect();
+            let keys: Vec<String> = targets
+                .iter()
+                .map(|t| self.key(&retry.host, &action, t))
+                .collect();
             let intent = IntentRecord {
                 run_id: retry.run_id,
                 policy_id: retry.policy_id,
@@ -353,7 +356,7 @@ impl Engine {
                 key,
                 at: now,
             }));
-            let inverse = inverse_keys(&action, &targets);
+            let inverse = inverse_keys(&self.config.manifests, &retry.host, &action, &targets);
             if !inverse.is_empty() {
                 batch.push(Write::ClearKeys { keys: inverse });
             }
