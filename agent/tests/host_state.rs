@@ -3,7 +3,9 @@
 //! off, publishes what it learns of the host's reachability on a bus, and
 //! the engine takes those events as the service's engine loop does before
 //! deciding a policy whose condition is `host.reachable = true`. Virtual
-//! clock; the fake driver records every execute.
+//! clock; the fake driver records every execute. The last test runs the
+//! whole service (`hazel serve`'s wiring) against the Proxmox simulator on
+//! loopback, in real time: the engine runs on its own thread.
 
 mod support;
 
@@ -15,13 +17,17 @@ use agent::engine::event::EventKind;
 use agent::engine::runner::{tokio_clock, Engine, EngineConfig, PolicyDecision, NOT_MATCHED};
 use agent::engine::store::{AuditQuery, EngineStore, MemoryStore};
 use agent::inventory_service::{InventoryService, RefreshSettings};
+use agent::service::{Actor, Config, OpenOptions, Role, Service};
+use drivers::registry::HostConfig;
 use async_trait::async_trait;
 use drivers::breaker::{BreakerConfig, Breakers};
 use drivers::driver::{
     Action, ConnectionReport, Driver, DriverError, DryRunAnswer, ErrorKind, ExecOutcome,
     RefreshMode,
 };
+use drivers::proxmox::sim::{ProxmoxSim, SimConfig};
 use inventory::Target;
+use serde_json::json;
 use std::num::NonZeroUsize;
 use support::{ir, webhook, FakeDriver};
 use uuid::Uuid;
@@ -280,4 +286,88 @@ async fn a_tripped_breaker_makes_the_host_unreachable_until_its_trial_call_succe
     assert_eq!(rig.deliver().await, [true]);
     assert_eq!(rig.deploy().await.code, "engine.scheduled");
     assert_eq!(rig.shutdowns(), 1);
+}
+
+/// Waits (at most 5 s) until the service's engine has taken a `host.state`
+/// saying pve-01 is `reachable`: the gauge is set as the engine loop takes
+/// the event, before any later command.
+async fn engine_knows(service: &Service, reachable: bool) {
+    let line = format!("hazel_host_reachable{{host=\"pve-01\"}} {}", u8::from(reachable));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !service.metrics().render().contains(&line) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the engine never heard that pve-01 is reachable={reachable}:\n{}",
+            service.metrics().render()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_service_publishes_host_state_so_the_spec_example_condition_passes_after_a_dry_run() {
+    let sim = ProxmoxSim::start(SimConfig::demo())
+        .await
+        .expect("the Proxmox simulator binds a loopback port");
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: data.path().to_path_buf(),
+        hosts: vec![HostConfig {
+            id: "pve-01".into(),
+            plugin: "proxmox.ve".into(),
+            self_host: false,
+            connection: sim.connection(),
+        }],
+        shutdown_grace: Duration::from_secs(2),
+        ..Config::default()
+    };
+    // The host is declared, not stored: no at-rest key is needed.
+    config.secrets.key_env = "HAZEL_HOST_STATE_TEST_UNUSED_KEY".into();
+    let service = Service::open(
+        config,
+        OpenOptions {
+            discovery: false,
+            ..OpenOptions::default()
+        },
+    )
+    .await
+    .expect("the service opens");
+    let admin = Actor {
+        subject: "test".into(),
+        role: Role::Admin,
+    };
+    let policy = NEEDS_REACHABLE.replace("value: \"101\"", "value: \"104\"");
+    let created = service.create_policy(&admin, &policy).await.unwrap();
+    // Enabling runs the preflight dry-run, which refreshes pve-01.
+    let enabled = service
+        .enable_policy(&admin, created.id, None)
+        .await
+        .unwrap();
+    assert_eq!(enabled.status, "enabled", "{enabled:?}");
+    engine_knows(&service, true).await;
+    let deploy = json!({
+        "type": "webhook",
+        "kind": "webhook.custom",
+        "subject": {"kind": "integration", "id": "deploy"},
+        "attrs": {"name": "deploy"},
+    });
+
+    let answer = service.inject_event(&admin, &deploy, false).await.unwrap();
+    assert_eq!(answer.decisions[0]["code"], "engine.scheduled", "{answer:?}");
+
+    sim.shutdown().await;
+    // The refused connection (or the breaker it tripped, if the run's own
+    // calls failed first) makes pve-01 unreachable.
+    let outcome = service.inventory().fast_refresh("pve-01").await.unwrap();
+    assert!(
+        outcome.error.as_ref().is_some_and(|e| e.blames_host()),
+        "{outcome:?}"
+    );
+    engine_knows(&service, false).await;
+    // Conditions are read before the suppression window: no wait needed.
+    let answer = service.inject_event(&admin, &deploy, false).await.unwrap();
+    assert_eq!(answer.decisions[0]["code"], NOT_MATCHED, "{answer:?}");
+    let explain = answer.decisions[0]["explain"]["conditions"].to_string();
+    assert!(explain.contains("pve-01 is unreachable"), "{explain}");
+    service.shutdown().await;
 }
