@@ -18,7 +18,6 @@ use agent::engine::runner::{tokio_clock, Engine, EngineConfig, PolicyDecision, N
 use agent::engine::store::{AuditQuery, EngineStore, MemoryStore};
 use agent::inventory_service::{InventoryService, RefreshSettings};
 use agent::service::{Actor, Config, OpenOptions, Role, Service};
-use drivers::registry::HostConfig;
 use async_trait::async_trait;
 use drivers::breaker::{BreakerConfig, Breakers};
 use drivers::driver::{
@@ -26,6 +25,7 @@ use drivers::driver::{
     RefreshMode,
 };
 use drivers::proxmox::sim::{ProxmoxSim, SimConfig};
+use drivers::registry::HostConfig;
 use inventory::Target;
 use serde_json::json;
 use std::num::NonZeroUsize;
@@ -292,7 +292,10 @@ async fn a_tripped_breaker_makes_the_host_unreachable_until_its_trial_call_succe
 /// saying pve-01 is `reachable`: the gauge is set as the engine loop takes
 /// the event, before any later command.
 async fn engine_knows(service: &Service, reachable: bool) {
-    let line = format!("hazel_host_reachable{{host=\"pve-01\"}} {}", u8::from(reachable));
+    let line = format!(
+        "hazel_host_reachable{{host=\"pve-01\"}} {}",
+        u8::from(reachable)
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !service.metrics().render().contains(&line) {
         assert!(
@@ -353,7 +356,10 @@ async fn the_service_publishes_host_state_so_the_spec_example_condition_passes_a
     });
 
     let answer = service.inject_event(&admin, &deploy, false).await.unwrap();
-    assert_eq!(answer.decisions[0]["code"], "engine.scheduled", "{answer:?}");
+    assert_eq!(
+        answer.decisions[0]["code"], "engine.scheduled",
+        "{answer:?}"
+    );
 
     sim.shutdown().await;
     // The refused connection (or the breaker it tripped, if the run's own

@@ -1077,7 +1077,10 @@ async fn reachability_is_published_when_a_refresh_changes_it_and_only_then() {
     driver.then(Step::fail(10, ErrorKind::ServerError));
     service.fast_refresh("pve").await.unwrap();
     service.fast_refresh("pve").await.unwrap();
-    assert_eq!(published(&mut bus).await, ["pve false driver.network_error"]);
+    assert_eq!(
+        published(&mut bus).await,
+        ["pve false driver.network_error"]
+    );
     assert_eq!(service.reachable("pve"), Some(false));
 
     service.fast_refresh("pve").await.unwrap();

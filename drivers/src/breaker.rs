@@ -381,11 +381,7 @@ impl Breakers {
     /// before this call included. One observer per agent: the inventory
     /// service, which turns changes into `host.state` events (SPEC §1).
     pub fn on_change(&self, observer: BreakerObserver) {
-        *self
-            .observer
-            .0
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(observer);
+        *self.observer.0.write().unwrap_or_else(|e| e.into_inner()) = Some(observer);
     }
 
     /// The breaker of `host`, created closed on first use.
@@ -393,14 +389,11 @@ impl Breakers {
         if let Some(b) = self.by_host.get(host) {
             return Arc::clone(&b);
         }
-        let entry = self
-            .by_host
-            .entry(host.to_string())
-            .or_insert_with(|| {
-                let mut breaker = Breaker::new(self.config.clone());
-                breaker.observed = Some((host.to_string(), Arc::clone(&self.observer)));
-                Arc::new(breaker)
-            });
+        let entry = self.by_host.entry(host.to_string()).or_insert_with(|| {
+            let mut breaker = Breaker::new(self.config.clone());
+            breaker.observed = Some((host.to_string(), Arc::clone(&self.observer)));
+            Arc::new(breaker)
+        });
         Arc::clone(&entry)
     }
 
