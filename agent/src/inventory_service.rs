@@ -14,6 +14,18 @@
 //! targets outright, so a tag removed on the device stops matching at once.
 //! A refresh that fails, times out or is refused by the host's open circuit
 //! breaker leaves the last snapshot in place, marked stale, and says why.
+//!
+//! The service also keeps what is known of each host's reachability and
+//! publishes every change as a `host.state` event (SPEC §1) on the bus given
+//! to [`InventoryService::publish_host_states`]: a refresh that got an
+//! answer, or the host's breaker closing after a good trial call, makes it
+//! reachable; a refresh that failed for a reason that blames the host
+//! (network, TLS, timeout, server error: [`ErrorKind::counts_for_breaker`]),
+//! was refused by the open breaker, or the breaker tripping, makes it
+//! unreachable. Errors that blame the request or the agent's own settings
+//! (`auth_error`, `config_error`, `not_found`, ...) say nothing about the
+//! network and change nothing. Only changes are published; until the first
+//! refresh or breaker change a host's reachability is unknown.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -26,7 +38,12 @@ use drivers::driver::{Driver, DriverError, ErrorKind, RefreshMode};
 use drivers::manifest::Manifest;
 use drivers::ratelimit::{Backoff, Retry};
 use inventory::{HostInventory, Inventory, Resolution, Selector, SelectorError, Target};
-use tokio::sync::watch;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::engine::bus::Publisher;
+use crate::engine::event::{Event, EventKind, Subject, SubjectKind};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
@@ -150,6 +167,17 @@ impl RefreshError {
         }
     }
 
+    /// Whether the failure says the host cannot be reached now (SPEC §1
+    /// `host.state`): a timeout, the open breaker, or a driver error that
+    /// counts for the breaker. An `auth_error` or `config_error` blames the
+    /// request or the agent's settings, not the network.
+    pub fn blames_host(&self) -> bool {
+        match self {
+            RefreshError::Driver { kind, .. } => kind.counts_for_breaker(),
+            RefreshError::Timeout { .. } | RefreshError::BreakerOpen(_) => true,
+        }
+    }
+
     fn from_driver(e: &DriverError) -> Self {
         RefreshError::Driver {
             kind: e.kind,
@@ -199,6 +227,9 @@ pub struct HostStatus {
     pub targets: usize,
     /// The host's circuit breaker as the next call would see it.
     pub breaker: BreakerState,
+    /// What is known of the host's reachability; `None` before the first
+    /// refresh or breaker change (see the module docs).
+    pub reachable: Option<bool>,
 }
 
 /// One search hit.
@@ -226,12 +257,129 @@ impl std::fmt::Debug for InventoryService {
     }
 }
 
-#[derive(Default)]
 struct Inner {
     hosts: RwLock<BTreeMap<String, Arc<HostState>>>,
     discovery: Mutex<Option<Discovery>>,
     /// Per-host breakers, shared with the engine when it passes its own.
     breakers: Arc<Breakers>,
+    /// What is known of each host's reachability; shared with every host
+    /// and the breakers' observer.
+    reach: Arc<Reachability>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner::new(Arc::default())
+    }
+}
+
+impl Inner {
+    /// Installs the reachability observer on `breakers` (SPEC §1: the
+    /// breaker opening or closing changes what is known of a host).
+    fn new(breakers: Arc<Breakers>) -> Self {
+        let reach = Arc::new(Reachability::default());
+        let observer = Arc::clone(&reach);
+        breakers.on_change(Arc::new(move |host, state| match state {
+            BreakerState::Open => observer.set(host, false, "breaker.open"),
+            BreakerState::Closed => observer.set(host, true, "breaker.closed"),
+            BreakerState::HalfOpen => {}
+        }));
+        Inner {
+            hosts: RwLock::default(),
+            discovery: Mutex::default(),
+            breakers,
+            reach,
+        }
+    }
+}
+
+/// What the service knows of each registered host's reachability, and
+/// where it publishes changes (`host.state`, SPEC §1).
+#[derive(Default)]
+struct Reachability {
+    /// Registered hosts; `None` until a refresh or the breaker says.
+    known: Mutex<BTreeMap<String, Option<bool>>>,
+    /// Feeds the task that publishes on the engine's bus, in order.
+    events: Mutex<Option<mpsc::UnboundedSender<Event>>>,
+}
+
+impl Reachability {
+    /// Records that `host` is (un)reachable because of `reason` (a code:
+    /// `refresh.ok`, `driver.network_error`, `breaker.open`, ...) and
+    /// publishes it if that is a change. Hosts not registered are ignored
+    /// (a breaker of a removed host). Runs under a breaker's lock when the
+    /// breaker calls it: it takes only its own locks and never waits.
+    fn set(&self, host: &str, reachable: bool, reason: &str) {
+        let mut known = lock(&self.known);
+        let Some(entry) = known.get_mut(host) else {
+            return;
+        };
+        if *entry == Some(reachable) {
+            return;
+        }
+        *entry = Some(reachable);
+        tracing::info!(host, reachable, reason, "host reachability changed");
+        // Sent while `known` is held, so events leave in the order of the changes.
+        if let Some(events) = lock(&self.events).as_ref() {
+            let _ = events.send(host_state(host, reachable, reason));
+        }
+    }
+
+    fn get(&self, host: &str) -> Option<bool> {
+        lock(&self.known).get(host).copied().flatten()
+    }
+
+    fn register(&self, host: &str) {
+        lock(&self.known).entry(host.to_string()).or_default();
+    }
+
+    fn unregister(&self, host: &str) {
+        lock(&self.known).remove(host);
+    }
+
+    /// Publishes from now on through `publisher`, starting with what is
+    /// already known (so a late subscriber is seeded).
+    fn publish_to(&self, publisher: Publisher) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        let known = lock(&self.known);
+        for (host, reachable) in known.iter() {
+            if let Some(reachable) = reachable {
+                let _ = tx.send(host_state(host, *reachable, "known"));
+            }
+        }
+        *lock(&self.events) = Some(tx);
+        drop(known);
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if publisher.publish(event).await.is_err() {
+                    tracing::debug!("event bus closed, host.state events no longer published");
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// A `host.state` event (SPEC §1): `attrs.reachable`, and the code of what
+/// made it so under `attrs.reason` (never a driver's message).
+fn host_state(host: &str, reachable: bool, reason: &str) -> Event {
+    let mut attrs = Map::new();
+    attrs.insert("reachable".into(), Value::Bool(reachable));
+    attrs.insert("reason".into(), Value::String(reason.to_string()));
+    Event {
+        kind: EventKind::HostState,
+        subject: Subject {
+            kind: SubjectKind::Host,
+            id: host.to_string(),
+        },
+        attrs,
+        ts: Utc::now(),
+        correlation_id: Uuid::new_v4(),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The running background discovery: a stop signal and one task per host.
@@ -247,15 +395,29 @@ impl InventoryService {
     }
 
     /// A service using `breakers`, so that refresh failures and the
-    /// engine's action failures trip the same per-host breaker.
+    /// engine's action failures trip the same per-host breaker. The
+    /// service becomes the breakers' observer
+    /// ([`Breakers::on_change`]): a breaker opening or closing changes
+    /// what is known of its host's reachability.
     pub fn with_breakers(breakers: Arc<Breakers>) -> Self {
         InventoryService {
-            inner: Arc::new(Inner {
-                hosts: RwLock::default(),
-                discovery: Mutex::default(),
-                breakers,
-            }),
+            inner: Arc::new(Inner::new(breakers)),
         }
+    }
+
+    /// Publishes every change of a host's reachability as a `host.state`
+    /// event through `publisher` (SPEC §1), in the order the changes
+    /// happen; what is already known is published first. Replaces an
+    /// earlier publisher. Spawns the forwarding task on the current tokio
+    /// runtime; it ends when the bus closes.
+    pub fn publish_host_states(&self, publisher: Publisher) {
+        self.inner.reach.publish_to(publisher);
+    }
+
+    /// What is known of the host's reachability (the latest `host.state`
+    /// published for it); `None` when unknown or not registered.
+    pub fn reachable(&self, host_id: &str) -> Option<bool> {
+        self.inner.reach.get(host_id)
     }
 
     /// Registers (or replaces) the host `driver` is bound to. If background
@@ -263,7 +425,13 @@ impl InventoryService {
     /// replaced host's task is stopped first).
     pub fn add_host(&self, driver: Arc<dyn Driver>, settings: RefreshSettings) {
         let breaker = self.inner.breakers.for_host(driver.host_id());
-        let host = Arc::new(HostState::new(driver, settings, breaker));
+        self.inner.reach.register(driver.host_id());
+        let host = Arc::new(HostState::new(
+            driver,
+            settings,
+            breaker,
+            self.inner.reach.clone(),
+        ));
         let id = host.host_id.clone();
         self.inner
             .hosts
@@ -290,6 +458,7 @@ impl InventoryService {
             .unwrap_or_else(|e| e.into_inner())
             .remove(host_id)
             .is_some();
+        self.inner.reach.unregister(host_id);
         if let Some(discovery) = self.lock_discovery().as_mut() {
             if let Some(task) = discovery.tasks.remove(host_id) {
                 task.abort();
@@ -403,6 +572,7 @@ impl InventoryService {
             last_error: status.last_error.clone(),
             targets: snapshot.as_ref().map_or(0, |s| s.len()),
             breaker: host.breaker.state(),
+            reachable: self.inner.reach.get(host_id),
         })
     }
 
@@ -563,6 +733,8 @@ struct HostState {
     status: Mutex<Status>,
     /// Shared with every other user of the host (the engine's queue).
     breaker: Arc<Breaker>,
+    /// The service's reachability record, told of every refresh's verdict.
+    reach: Arc<Reachability>,
 }
 
 #[derive(Default)]
@@ -602,7 +774,12 @@ impl Started {
 }
 
 impl HostState {
-    fn new(driver: Arc<dyn Driver>, settings: RefreshSettings, breaker: Arc<Breaker>) -> Self {
+    fn new(
+        driver: Arc<dyn Driver>,
+        settings: RefreshSettings,
+        breaker: Arc<Breaker>,
+        reach: Arc<Reachability>,
+    ) -> Self {
         HostState {
             host_id: driver.host_id().to_string(),
             plugin: driver.plugin_id().to_string(),
@@ -612,6 +789,7 @@ impl HostState {
             full_lock: tokio::sync::Mutex::new(()),
             status: Mutex::new(Status::default()),
             breaker,
+            reach,
         }
     }
 
@@ -792,6 +970,8 @@ impl HostState {
     /// Installs what a discovery that started at `started` found, unless a
     /// later-started refresh already recorded its result.
     fn store(&self, targets: Vec<Target>, started: Started, attempts: u32) -> RefreshOutcome {
+        // The host answered just now, whatever happens to the result.
+        self.reach.set(&self.host_id, true, "refresh.ok");
         let mut status = self.lock_status();
         if Self::superseded(&status, started.at) {
             tracing::debug!("discovery result superseded by a refresh that started later");
@@ -823,6 +1003,9 @@ impl HostState {
     /// Records a failed refresh: the snapshot stays and turns stale, unless
     /// a later-started refresh already recorded its result.
     fn fail(&self, error: RefreshError, started: Started, attempts: u32) -> RefreshOutcome {
+        if error.blames_host() {
+            self.reach.set(&self.host_id, false, &error.code());
+        }
         let mut status = self.lock_status();
         if !Self::superseded(&status, started.at) {
             status.last_error = Some(error.clone());

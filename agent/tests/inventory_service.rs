@@ -5,10 +5,13 @@
 //! time: a paused clock would fire the HTTP client's timeouts).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agent::engine::bus::{self, Consumer};
+use agent::engine::event::{EventKind, SubjectKind};
 use agent::inventory_service::{
     InventoryService, InventoryServiceError, RefreshError, RefreshSettings, MAX_FULL_TIMEOUT,
 };
@@ -1024,4 +1027,150 @@ async fn the_agents_own_results_update_the_snapshot_and_unknown_ones_make_it_sta
         Some("running"),
         "the refresh wins"
     );
+}
+
+/// A bus the service publishes `host.state` on.
+fn host_states(service: &InventoryService) -> Consumer {
+    let (publisher, consumer) = bus::channel(NonZeroUsize::new(64).unwrap(), "inventory");
+    service.publish_host_states(publisher);
+    consumer
+}
+
+/// `host reachable reason` of every `host.state` published so far.
+async fn published(bus: &mut Consumer) -> Vec<String> {
+    let mut out = Vec::new();
+    // The forwarding task runs while this waits (a millisecond of virtual time).
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(1), bus.recv()).await {
+        assert_eq!(event.kind, EventKind::HostState);
+        assert_eq!(event.subject.kind, SubjectKind::Host);
+        out.push(format!(
+            "{} {} {}",
+            event.subject.id,
+            event.attrs["reachable"],
+            event.attrs["reason"].as_str().unwrap()
+        ));
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn reachability_is_published_when_a_refresh_changes_it_and_only_then() {
+    let driver = FakeDriver::new("pve", Step::ok(10, vms()));
+    let service = service(
+        &driver,
+        RefreshSettings {
+            fast_retries: 0,
+            ..settings()
+        },
+    );
+    let mut bus = host_states(&service);
+    assert_eq!(service.reachable("pve"), None);
+    assert_eq!(published(&mut bus).await, Vec::<String>::new());
+
+    service.fast_refresh("pve").await.unwrap();
+    service.full_refresh("pve").await.unwrap();
+    assert_eq!(published(&mut bus).await, ["pve true refresh.ok"]);
+    assert_eq!(service.reachable("pve"), Some(true));
+    assert_eq!(service.status("pve").unwrap().reachable, Some(true));
+
+    driver.then(Step::fail(10, ErrorKind::NetworkError));
+    driver.then(Step::fail(10, ErrorKind::ServerError));
+    service.fast_refresh("pve").await.unwrap();
+    service.fast_refresh("pve").await.unwrap();
+    assert_eq!(
+        published(&mut bus).await,
+        ["pve false driver.network_error"]
+    );
+    assert_eq!(service.reachable("pve"), Some(false));
+
+    service.fast_refresh("pve").await.unwrap();
+    service.fast_refresh("pve").await.unwrap();
+    assert_eq!(published(&mut bus).await, ["pve true refresh.ok"]);
+
+    // A refresh that outlasts the SLA: unreachable too.
+    driver.then(Step::ok(30_000, vms()));
+    service.fast_refresh("pve").await.unwrap();
+    assert_eq!(published(&mut bus).await, ["pve false inventory.timeout"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_that_blame_the_request_leave_reachability_as_it_was() {
+    let driver = FakeDriver::new("pve", Step::fail(10, ErrorKind::AuthError));
+    let service = service(
+        &driver,
+        RefreshSettings {
+            fast_retries: 0,
+            ..settings()
+        },
+    );
+    let mut bus = host_states(&service);
+    service.fast_refresh("pve").await.unwrap();
+    assert_eq!(service.reachable("pve"), None, "unknown, not unreachable");
+
+    driver.then(Step::ok(10, vms()));
+    service.fast_refresh("pve").await.unwrap();
+    for kind in [
+        ErrorKind::AuthError,
+        ErrorKind::ConfigError,
+        ErrorKind::NotFound,
+    ] {
+        driver.then(Step::fail(10, kind));
+        service.fast_refresh("pve").await.unwrap();
+    }
+
+    assert_eq!(published(&mut bus).await, ["pve true refresh.ok"]);
+    assert_eq!(service.reachable("pve"), Some(true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opening_and_closing_on_the_engines_calls_is_published() {
+    let breakers = Arc::new(Breakers::default());
+    let driver = FakeDriver::new("pve", Step::ok(0, vms()));
+    let service = InventoryService::with_breakers(breakers.clone());
+    service.add_host(driver.clone(), settings());
+    let mut bus = host_states(&service);
+    service.fast_refresh("pve").await.unwrap();
+
+    // The engine's own driver calls trip the host's breaker, then its
+    // trial call two minutes later gets an answer: no refresh involved.
+    let engine_side = breakers.for_host("pve");
+    for _ in 0..3 {
+        engine_side.acquire().unwrap().failure(ErrorKind::Timeout);
+    }
+    assert_eq!(service.reachable("pve"), Some(false));
+    tokio::time::advance(Duration::from_secs(120)).await;
+    engine_side.acquire().unwrap().success();
+
+    assert_eq!(
+        published(&mut bus).await,
+        [
+            "pve true refresh.ok",
+            "pve false breaker.open",
+            "pve true breaker.closed"
+        ]
+    );
+    assert_eq!(driver.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publisher_given_late_hears_what_is_known_and_removed_hosts_say_nothing() {
+    let breakers = Arc::new(Breakers::default());
+    let pve = FakeDriver::new("pve", Step::ok(0, vms()));
+    let other = FakeDriver::new("pve2", Step::ok(0, vms()));
+    let service = InventoryService::with_breakers(breakers.clone());
+    service.add_host(pve.clone(), settings());
+    service.add_host(other.clone(), settings());
+    service.fast_refresh("pve").await.unwrap();
+
+    let mut bus = host_states(&service);
+    assert_eq!(published(&mut bus).await, ["pve true known"]);
+
+    assert!(service.remove_host("pve"));
+    let breaker = breakers.for_host("pve");
+    for _ in 0..3 {
+        breaker.acquire().unwrap().failure(ErrorKind::Timeout);
+    }
+    assert_eq!(published(&mut bus).await, Vec::<String>::new());
+    assert_eq!(service.reachable("pve"), None);
+    assert_eq!(service.reachable("pve2"), None, "never refreshed");
 }

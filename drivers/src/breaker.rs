@@ -9,10 +9,15 @@
 //! errors). Any other answer (success, `auth_error`, `not_found`, ...) proves
 //! the host is up and resets the count. Time is [`tokio::time::Instant`], so
 //! tests drive it with `tokio::time::pause`.
+//!
+//! Whoever must know when a host is judged down or back (the agent's
+//! inventory service publishes `host.state`, SPEC §1) installs a
+//! [`BreakerObserver`] on the shared [`Breakers`] with
+//! [`Breakers::on_change`]; the breakers stay free of the agent's types.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -66,11 +71,35 @@ pub enum CallError {
     Driver(#[from] DriverError),
 }
 
+/// Told of every state change a call makes a breaker go through, with the
+/// host id and the new state: [`BreakerState::Open`] when it trips or a
+/// trial call fails, [`BreakerState::HalfOpen`] when a trial call is let
+/// through, [`BreakerState::Closed`] when a trial call succeeds. (An open
+/// breaker's period ending is not a change until a call asks.)
+///
+/// It runs under the breaker's lock, so changes arrive in the order they
+/// happened: it must be quick, must not block, and must not call back into
+/// the same breaker.
+pub type BreakerObserver = Arc<dyn Fn(&str, BreakerState) + Send + Sync>;
+
 /// One host's breaker. Cheap to share (`Arc`), safe from many tasks.
 #[derive(Debug)]
 pub struct Breaker {
     config: BreakerConfig,
     inner: Mutex<Inner>,
+    /// The host id and the observer slot of the [`Breakers`] that made it.
+    observed: Option<(String, Arc<ObserverSlot>)>,
+}
+
+/// The observer a [`Breakers`] shares with every breaker it made.
+#[derive(Default)]
+struct ObserverSlot(RwLock<Option<BreakerObserver>>);
+
+impl std::fmt::Debug for ObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.0.read().map(|o| o.is_some()).unwrap_or(false);
+        f.debug_tuple("ObserverSlot").field(&set).finish()
+    }
 }
 
 /// Leave to make one call; report its outcome with [`BreakerPermit::success`],
@@ -91,6 +120,7 @@ pub struct BreakerPermit<'a> {
 pub struct Breakers {
     config: BreakerConfig,
     by_host: DashMap<String, Arc<Breaker>>,
+    observer: Arc<ObserverSlot>,
 }
 
 #[derive(Debug)]
@@ -135,6 +165,19 @@ impl Breaker {
                 failures: VecDeque::new(),
                 generation: 0,
             }),
+            observed: None,
+        }
+    }
+
+    /// Tells the observer of its [`Breakers`], if any, that the breaker is
+    /// now `state`. Called with `inner` locked, so changes are told in order.
+    fn changed(&self, state: BreakerState) {
+        let Some((host, slot)) = &self.observed else {
+            return;
+        };
+        let observer = slot.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(observer) = observer {
+            observer(host, state);
         }
     }
 
@@ -179,12 +222,16 @@ impl Breaker {
             }
             Phase::HalfOpen { trial_out: true } => return Err(BreakerError::TrialInFlight),
             Phase::Open { .. } | Phase::HalfOpen { trial_out: false } => {
+                let was_open = matches!(inner.phase, Phase::Open { .. });
                 inner.generation += 1;
                 inner.phase = Phase::HalfOpen { trial_out: true };
                 tracing::info!(
                     phase = "half_open",
                     "circuit breaker lets one trial call through"
                 );
+                if was_open {
+                    self.changed(BreakerState::HalfOpen);
+                }
                 true
             }
         };
@@ -226,10 +273,12 @@ impl Breaker {
             (Phase::HalfOpen { .. }, false) => {
                 tracing::info!(phase = "closed", "circuit breaker trial call succeeded");
                 inner.close();
+                self.changed(BreakerState::Closed);
             }
             (Phase::HalfOpen { .. }, true) => {
                 tracing::warn!(phase = "open", "circuit breaker trial call failed");
                 inner.open(now + self.config.open_for);
+                self.changed(BreakerState::Open);
             }
             (Phase::Closed, false) => inner.failures.clear(),
             (Phase::Closed, true) => {
@@ -248,6 +297,7 @@ impl Breaker {
                         "circuit breaker tripped"
                     );
                     inner.open(now + self.config.open_for);
+                    self.changed(BreakerState::Open);
                 }
             }
             // A permit of the current generation is never issued while open.
@@ -322,7 +372,16 @@ impl Breakers {
         Breakers {
             config,
             by_host: DashMap::new(),
+            observer: Arc::default(),
         }
+    }
+
+    /// Installs `observer` (replacing any other): from now on it is told
+    /// of every state change of every breaker these hold, those created
+    /// before this call included. One observer per agent: the inventory
+    /// service, which turns changes into `host.state` events (SPEC §1).
+    pub fn on_change(&self, observer: BreakerObserver) {
+        *self.observer.0.write().unwrap_or_else(|e| e.into_inner()) = Some(observer);
     }
 
     /// The breaker of `host`, created closed on first use.
@@ -330,10 +389,11 @@ impl Breakers {
         if let Some(b) = self.by_host.get(host) {
             return Arc::clone(&b);
         }
-        let entry = self
-            .by_host
-            .entry(host.to_string())
-            .or_insert_with(|| Arc::new(Breaker::new(self.config.clone())));
+        let entry = self.by_host.entry(host.to_string()).or_insert_with(|| {
+            let mut breaker = Breaker::new(self.config.clone());
+            breaker.observed = Some((host.to_string(), Arc::clone(&self.observer)));
+            Arc::new(breaker)
+        });
         Arc::clone(&entry)
     }
 
@@ -511,6 +571,63 @@ mod tests {
                 ("sw1".to_string(), BreakerState::Closed)
             ]
         );
+    }
+
+    /// Every change the observer of `all` is told, as `host state` lines.
+    fn record_changes(all: &Breakers) -> Arc<Mutex<Vec<String>>> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        all.on_change(Arc::new(move |host, state| {
+            sink.lock().unwrap().push(format!("{host} {state:?}"));
+        }));
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_observer_is_told_when_a_breaker_trips_tries_and_closes() {
+        let all = Breakers::default();
+        // Created before the observer is installed: still observed.
+        let pve1 = all.for_host("pve1");
+        let seen = record_changes(&all);
+        fail(&pve1, ErrorKind::Timeout);
+        fail(&pve1, ErrorKind::Timeout);
+        assert!(seen.lock().unwrap().is_empty(), "closed is not a change");
+        fail(&pve1, ErrorKind::Timeout);
+        advance(Duration::from_secs(120)).await;
+        pve1.acquire().unwrap().failure(ErrorKind::NetworkError);
+        advance(Duration::from_secs(120)).await;
+        pve1.acquire().unwrap().success();
+        pve1.acquire().unwrap().success();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "pve1 Open",
+                "pve1 HalfOpen",
+                "pve1 Open",
+                "pve1 HalfOpen",
+                "pve1 Closed"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_observer_hears_nothing_of_calls_that_change_no_state() {
+        let all = Breakers::default();
+        let seen = record_changes(&all);
+        let sw1 = all.for_host("sw1");
+        for kind in [ErrorKind::AuthError, ErrorKind::NotFound] {
+            fail(&sw1, kind);
+        }
+        sw1.acquire().unwrap().success();
+        trip(&sw1);
+        // Refused calls and a cancelled trial change nothing.
+        assert!(sw1.acquire().is_err());
+        advance(Duration::from_secs(120)).await;
+        drop(sw1.acquire().unwrap());
+        assert_eq!(*seen.lock().unwrap(), ["sw1 Open", "sw1 HalfOpen"]);
+        // A breaker made on its own has no observer to tell.
+        trip(&Breaker::default());
+        assert_eq!(seen.lock().unwrap().len(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -37,7 +37,7 @@
 //!
 //! ```text
 //! let breakers = Arc::new(Breakers::default());               // one per agent
-//! let inventory = InventoryService::with_breakers(breakers.clone());
+//! let inventory = InventoryService::with_breakers(breakers.clone()); // observes them
 //! for host in hosts {
 //!     let raw = registry.build(&host)?;                        // Arc<dyn Driver>
 //!     inventory.add_host(raw.clone(), settings);               // raw: it guards itself
@@ -49,7 +49,10 @@
 //! the same breaker itself (the inventory service's refreshes do) would
 //! count every failure twice and refuse its own half-open trial call.
 //! The engine's step-7 preflight reads [`Breaker::would_allow`] of
-//! `breakers.for_host(host)` without calling the driver.
+//! `breakers.for_host(host)` without calling the driver. The inventory
+//! service installs the breakers' observer ([`Breakers::on_change`]), so a
+//! breaker tripped or healed by any guarded call becomes a `host.state`
+//! event.
 //!
 //! # Tracing
 //!

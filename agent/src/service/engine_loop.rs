@@ -2,7 +2,8 @@
 //! current-thread tokio runtime runs the [`Engine`] loop. The loop
 //! `select!`s between commands from the service (events to decide, dry-runs,
 //! policy loads and unloads, the kill switch, shutdown), events from the bus
-//! (sources such as NUT and timers publish there), the scheduler's reports
+//! (sources such as NUT and the inventory service's `host.state` publish
+//! there), the scheduler's reports
 //! ([`Engine::next_run`]) and the next countdown deadline
 //! ([`Engine::fire_due`]).
 //!
@@ -23,7 +24,7 @@ use uuid::Uuid;
 
 use super::metrics::Metrics;
 use crate::engine::bus::Consumer;
-use crate::engine::event::Event;
+use crate::engine::event::{Event, EventKind};
 use crate::engine::runner::{
     Engine, EngineConfig, EngineError, EventReport, Policy, Snapshots, Transcript,
 };
@@ -291,6 +292,9 @@ async fn run(
                     Some(event) => {
                         seed_facts(&mut engine, readings.as_ref());
                         metrics.event(event.kind.as_str(), false);
+                        if let Some(reachable) = host_reachable(&event) {
+                            metrics.host_reachable(&event.subject.id, reachable);
+                        }
                         handle_source_event(&mut engine, &event, &metrics).await;
                     }
                     None => bus = None,
@@ -369,6 +373,13 @@ async fn handle_source_event(engine: &mut Engine, event: &Event, metrics: &Metri
             }
         }
     }
+}
+
+/// `attrs.reachable` of a `host.state` event.
+fn host_reachable(event: &Event) -> Option<bool> {
+    (event.kind == EventKind::HostState)
+        .then(|| event.attrs.get("reachable")?.as_bool())
+        .flatten()
 }
 
 async fn next_bus_event(bus: &mut Option<Consumer>) -> Option<Event> {

@@ -1,6 +1,6 @@
 //! Counters and histograms for `/metrics`, rendered in the Prometheus text
 //! format (version 0.0.4): events by kind, decisions by code, actions by
-//! outcome, queue depths, driver latency. Labelled series live in small
+//! outcome, queue depths, driver latency, host reachability. Labelled series live in small
 //! maps behind one mutex each; every update is a map lookup and an add, so
 //! recording stays off the hot path's critical cost.
 
@@ -22,6 +22,7 @@ pub struct Metrics {
     running: Mutex<u64>,
     latency: Mutex<BTreeMap<(String, String), Histogram>>,
     http: Mutex<BTreeMap<(String, u16), u64>>,
+    reachable: Mutex<BTreeMap<String, bool>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -72,6 +73,11 @@ impl Metrics {
                 *bucket += 1;
             }
         }
+    }
+
+    /// Sets a host's reachability gauge from a `host.state` event (SPEC §1).
+    pub fn host_reachable(&self, host: &str, reachable: bool) {
+        lock(&self.reachable).insert(host.to_string(), reachable);
     }
 
     /// Counts one API request by route template and status.
@@ -168,6 +174,20 @@ impl Metrics {
         }
         header(
             &mut out,
+            "hazel_host_reachable",
+            "gauge",
+            "Whether each host is reachable (1) or not (0), as last published in host.state; hosts never judged are absent.",
+        );
+        for (host, reachable) in lock(&self.reachable).iter() {
+            let _ = writeln!(
+                out,
+                "hazel_host_reachable{{host=\"{}\"}} {}",
+                esc(host),
+                u8::from(*reachable)
+            );
+        }
+        header(
+            &mut out,
             "hazel_http_requests_total",
             "counter",
             "API requests, by route and status.",
@@ -212,6 +232,9 @@ mod tests {
         m.set_queues([("pve1".to_string(), 2)], 1);
         m.driver_latency("proxmox.ve", "execute", Duration::from_millis(30));
         m.http("/api/policies", 201);
+        m.host_reachable("pve1", true);
+        m.host_reachable("sw1", true);
+        m.host_reachable("sw1", false);
         let text = m.render();
         for needle in [
             "# TYPE hazel_events_total counter",
@@ -224,6 +247,9 @@ mod tests {
             "hazel_driver_latency_seconds_bucket{plugin=\"proxmox.ve\",op=\"execute\",le=\"0.025\"} 0",
             "hazel_driver_latency_seconds_count{plugin=\"proxmox.ve\",op=\"execute\"} 1",
             "hazel_http_requests_total{route=\"/api/policies\",status=\"201\"} 1",
+            "# TYPE hazel_host_reachable gauge",
+            "hazel_host_reachable{host=\"pve1\"} 1",
+            "hazel_host_reachable{host=\"sw1\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -24,7 +24,7 @@ use super::hosts::{build_inventory, host_config, register, unguarded, HostEntry}
 use super::metrics::Metrics;
 use super::{Service, ServiceError};
 use crate::compile::CompileContext;
-use crate::engine::bus::Consumer;
+use crate::engine::bus::{Consumer, Publisher, DEFAULT_CAPACITY};
 use crate::engine::runner::{EngineConfig, Policy, Snapshots};
 use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::store::{AuditRecord, EngineStore, StoreResult};
@@ -39,7 +39,8 @@ pub struct OpenOptions {
     pub registry: Registry,
     /// The manifests; from `plugin_dir` or the built-in ones when `None`.
     pub manifests: Option<ManifestSet>,
-    /// Events from sources (NUT, timers); `None` when there are none.
+    /// Events from other sources (tests, benches), forwarded onto the
+    /// engine's bus beside NUT's and the inventory's `host.state`.
     pub bus: Option<Consumer>,
     /// Start background discovery of every host.
     pub discovery: bool,
@@ -239,20 +240,17 @@ impl Service {
             hosts: &service_hosts,
         };
         let policies = partial.reload_policies().await?;
-        // Event sources: NUT pollers publish on a bus the engine consumes.
-        let (bus, nut) = match options.bus {
-            Some(bus) => (Some(bus), None),
-            None if !config.nut.is_empty() => {
-                let capacity =
-                    std::num::NonZeroUsize::new(1024).unwrap_or(std::num::NonZeroUsize::MIN);
-                let (publisher, consumer) = crate::engine::bus::channel(capacity, "nut");
-                (
-                    Some(consumer),
-                    Some(crate::nut::spawn(&config.nut, publisher)),
-                )
-            }
-            None => (None, None),
-        };
+        // Event sources publish on one bus the engine consumes: the NUT
+        // pollers, and the inventory service's `host.state` changes (SPEC
+        // §1); events a caller hands in (`options.bus`) are forwarded onto it.
+        let (publisher, consumer) = crate::engine::bus::channel(DEFAULT_CAPACITY, "inventory");
+        inventory.publish_host_states(publisher.clone());
+        let nut = (!config.nut.is_empty())
+            .then(|| crate::nut::spawn(&config.nut, publisher.with_source("nut")));
+        if let Some(external) = options.bus {
+            tokio::spawn(forward(external, publisher.with_source("external")));
+        }
+        let bus = Some(consumer);
         let engine = EngineHandle::spawn(EngineParts {
             store: store.clone() as Arc<dyn EngineStore>,
             snapshots: Arc::new(ServiceSnapshots(inner_inventory)),
@@ -411,6 +409,15 @@ impl PartialService<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Moves every event of `from` onto `to`, in order, until either closes.
+async fn forward(mut from: Consumer, to: Publisher) {
+    while let Some(event) = from.recv().await {
+        if to.publish(event).await.is_err() {
+            return;
+        }
     }
 }
 
