@@ -31,7 +31,7 @@ async fn site(
     policies: Vec<Policy>,
 ) -> (Engine, Arc<FakeDriver>, Arc<dyn EngineStore>) {
     let store: Arc<dyn EngineStore> =
-        Arc::new(SqliteStore::open(&dir.path().join("hazel.db")).expect("open the store"));
+        Arc::new(SqliteStore::open(dir.path().join("hazel.db")).expect("open the store"));
     let pve = FakeDriver::new(
         "pve-01",
         "proxmox.ve",

@@ -319,11 +319,17 @@ impl Engine {
         if !self.policies.contains_key(&id) {
             return Ok(None);
         }
+        // The verdict on the event that started the hold, without its
+        // "not fired" headline: what remains says which hold and how long.
         let hold = decisions
             .iter()
             .find(|d| d.policy_id == id)
             .map(trigger_text)
             .unwrap_or_default();
+        let hold = hold
+            .strip_prefix("not fired\n")
+            .unwrap_or(&hold)
+            .to_string();
         let at = request.deadline;
         let fire = request.event();
         let view = EventView::new(&fire);
