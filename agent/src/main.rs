@@ -119,14 +119,28 @@ enum Command {
         /// The policy's id or its unique name.
         policy: String,
     },
-    /// Decide an event without executing anything (an event dry-run).
-    /// Exits 1 when its severity is error or blocker.
+    /// What would happen if this event came now (an event dry-run): what
+    /// runs now, what each hold would do when it ends, what the inverses
+    /// would restore. Nothing is executed. Exits 1 when its severity is
+    /// error or blocker.
+    ///
+    /// `hazel simulate --ups ups1 on_battery` builds the UPS event;
+    /// `hazel simulate --event FILE` (or `hazel simulate FILE`) reads any
+    /// normalized event as JSON or YAML (`-` reads standard input).
     #[command(after_help = EXIT_CODES_HELP)]
     Simulate {
         #[command(flatten)]
         conn: ClientArgs,
+        /// The UPS, by name (`ups1`) or full subject id (`ups1@nas.lan:3493`).
+        #[arg(long, value_name = "NAME", conflicts_with = "event")]
+        ups: Option<String>,
         /// A normalized event as JSON or YAML; `-` reads standard input.
-        event: String,
+        #[arg(long, value_name = "FILE")]
+        event: Option<String>,
+        /// With --ups: the UPS state (on_battery, on_mains, low_battery,
+        /// ...). Without: an event file, as --event.
+        #[arg(value_name = "STATE|FILE", conflicts_with = "event")]
+        arg: Option<String>,
     },
     /// Print the inverse of a stored policy as YAML, unsaved and disabled,
     /// with what needs input as comments.
@@ -496,8 +510,30 @@ fn client(command: Command, out: &mut impl Write) -> i32 {
             Command::DryRun { conn, policy } => {
                 client_cmds::dry_run(&conn.into(), &policy, out).await
             }
-            Command::Simulate { conn, event } => {
-                client_cmds::simulate(&conn.into(), &event, out).await
+            Command::Simulate {
+                conn,
+                ups,
+                event,
+                arg,
+            } => {
+                let input = match (ups, event, arg) {
+                    (Some(ups), None, Some(state)) => {
+                        Ok(client_cmds::Simulated::Ups { ups, state })
+                    }
+                    (Some(_), None, None) => Err(client_cmds::Failure::Usage(
+                        "--ups needs a state: hazel simulate --ups NAME on_battery".into(),
+                    )),
+                    (None, Some(file), None) | (None, None, Some(file)) => {
+                        Ok(client_cmds::Simulated::File(file))
+                    }
+                    _ => Err(client_cmds::Failure::Usage(
+                        "give --ups NAME STATE, --event FILE or an event file".into(),
+                    )),
+                };
+                match input {
+                    Ok(input) => client_cmds::simulate(&conn.into(), &input, out).await,
+                    Err(e) => Err(e),
+                }
             }
             Command::Inverse { conn, policy } => {
                 client_cmds::inverse(&conn.into(), &policy, out).await

@@ -905,6 +905,107 @@ async fn events_are_decided_live_or_as_a_dry_run() {
 }
 
 #[tokio::test]
+async fn an_event_dry_run_answers_a_timeline_with_each_hold_and_the_inverses() {
+    let w = world().await;
+    let s = &w.server;
+    let held = policy("on battery 2m", 90).replace(
+        "{ type: ups.state, equals: on_battery }",
+        "{ type: ups.state, equals: on_battery, for: 2m }",
+    );
+    let forward = create(s, &held).await;
+    let forward_id = forward["id"].as_str().unwrap().to_string();
+    let (status, body) =
+        send(s.admin(Method::POST, &format!("/api/policies/{forward_id}/enable"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let inverse = format!(
+        r#"version: 1
+name: "mains back"
+enabled: false
+trigger_group:
+  triggers:
+    - {{ type: ups.state, equals: on_mains }}
+targets:
+  host_id: pve-01
+  target_type: vm
+  selector: {{ mode: ledger, value: "{forward_id}" }}
+actions:
+  - capability_id: proxmox.vm
+    verb: start
+"#
+    );
+    let inverse = create(s, &inverse).await;
+    let inverse_id = inverse["id"].as_str().unwrap();
+    let (status, body) =
+        send(s.admin(Method::POST, &format!("/api/policies/{inverse_id}/enable"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let event = json!({
+        "kind": "ups.state",
+        "subject": {"kind": "ups", "id": "ups1@nas:3493"},
+        "attrs": {"state": "on_battery"},
+    });
+    let (status, answer) = send(
+        s.as_role(Role::Operator, Method::POST, "/api/events?dry_run=true")
+            .json(&event),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // The old fields stay; the hold is no longer "not matched".
+    assert_eq!(
+        answer["decisions"][0]["code"], "engine.countdown_started",
+        "{answer}"
+    );
+    let timeline = answer["timeline"].as_array().expect("a timeline");
+    assert_eq!(timeline.len(), 2, "{answer}");
+
+    let hold = &timeline[0];
+    assert_eq!(hold["kind"], "countdown", "{hold}");
+    assert_eq!(hold["policy_id"], json!(forward_id));
+    assert_eq!(hold["policy_name"], "on battery 2m");
+    let at = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    assert_eq!(
+        at(&hold["at"]) - at(&answer["ts"]),
+        chrono::TimeDelta::seconds(120),
+        "{answer}"
+    );
+    assert_eq!(
+        hold["trigger"],
+        "trigger 0 (ups.state = on_battery for 120s): ups1@nas:3493 entered on_battery; must stay 120s"
+    );
+    assert_eq!(hold["conditions"], json!([]));
+    assert_eq!(hold["code"], "engine.scheduled", "{hold}");
+    let planned = &hold["planned"][0];
+    assert_eq!(
+        (&planned["capability"], &planned["verb"], &planned["host"]),
+        (&json!("proxmox.vm"), &json!("shutdown"), &json!("pve-01"))
+    );
+    assert_eq!(planned["targets"], json!(["vm:104"]));
+    assert_eq!(
+        planned["dry_run"]["answers"][0]["severity"], "info",
+        "the simulator was asked: {planned}"
+    );
+
+    let restore = &timeline[1];
+    assert_eq!(restore["kind"], "inverse", "{restore}");
+    assert_eq!(restore["at"], Value::Null);
+    assert_eq!(restore["policy_name"], "mains back");
+    assert_eq!(restore["restores"]["policy_name"], "on battery 2m");
+    assert_eq!(restore["planned"][0]["verb"], "start");
+    assert_eq!(restore["planned"][0]["targets"], json!(["vm:104"]));
+
+    // The kept transcript carries the timeline too.
+    let (_, kept) = send(s.admin(
+        Method::GET,
+        &format!(
+            "/api/transcripts/{}",
+            answer["transcript_id"].as_str().unwrap()
+        ),
+    ))
+    .await;
+    assert_eq!(kept["timeline"], answer["timeline"], "{kept}");
+}
+
+#[tokio::test]
 async fn the_kill_switch_is_read_by_viewers_and_set_by_admins() {
     let w = world().await;
     let s = &w.server;

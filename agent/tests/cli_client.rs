@@ -347,6 +347,103 @@ async fn enable_disable_dry_run_and_inverse_report_through_their_exit_codes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_ups_on_battery_prints_the_hold_and_the_restore_by_policy_name_and_target() {
+    let agent = Agent::start().await;
+    let forward = policy("On battery 2m: stop low-tier VMs", 90).replace(
+        "{ type: ups.state, equals: on_battery }",
+        "{ type: ups.state, equals: on_battery, for: 2m }",
+    );
+    let file = agent.file("forward.yaml", &forward);
+    assert_code(&agent.hazel("admin", &["policy", "apply", &file]).await, 0);
+    let name = "On battery 2m: stop low-tier VMs";
+    assert_code(&agent.hazel("admin", &["policy", "enable", name]).await, 0);
+    let shown = agent
+        .hazel("viewer", &["policy", "show", name, "--json"])
+        .await;
+    let forward_id = shown.json()["id"].as_str().unwrap().to_string();
+    let inverse = format!(
+        r#"version: 1
+name: "Mains back: restart what stopped"
+enabled: false
+trigger_group:
+  triggers:
+    - {{ type: ups.state, equals: on_mains }}
+targets:
+  host_id: pve-01
+  target_type: vm
+  selector: {{ mode: ledger, value: "{forward_id}" }}
+actions:
+  - capability_id: proxmox.vm
+    verb: start
+"#
+    );
+    let file = agent.file("inverse.yaml", &inverse);
+    assert_code(&agent.hazel("admin", &["policy", "apply", &file]).await, 0);
+    assert_code(
+        &agent
+            .hazel(
+                "admin",
+                &["policy", "enable", "Mains back: restart what stopped"],
+            )
+            .await,
+        0,
+    );
+
+    let run = agent
+        .hazel("operator", &["simulate", "--ups", "ups1", "on_battery"])
+        .await;
+    assert_code(&run, 0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines[0].starts_with("simulated"), "{run:#?}");
+    assert!(
+        lines[1].starts_with("in 2m (")
+            && lines[1]
+                .ends_with("): On battery 2m: stop low-tier VMs -> proxmox.vm shutdown vm:104"),
+        "{run:#?}"
+    );
+    assert!(
+        lines[2]
+            .contains("hold: trigger 0 (ups.state = on_battery for 120s): ups1 entered on_battery"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stdout.contains(
+            "when the mains return: Mains back: restart what stopped would run proxmox.vm start vm:104"
+        ),
+        "{run:#?}"
+    );
+    assert!(
+        !run.stdout.contains(&forward_id),
+        "names, not ids: {run:#?}"
+    );
+
+    let run = agent
+        .hazel(
+            "operator",
+            &["simulate", "--ups", "ups1", "on_battery", "--json"],
+        )
+        .await;
+    assert_code(&run, 0);
+    let answer = run.json();
+    assert_eq!(answer["timeline"][0]["kind"], "countdown", "{answer}");
+    assert_eq!(answer["timeline"][0]["planned"][0]["targets"][0], "vm:104");
+
+    let run = agent
+        .hazel("operator", &["simulate", "--ups", "ups1"])
+        .await;
+    assert_code(&run, 2);
+    assert!(run.stderr.contains("--ups needs a state"), "{run:#?}");
+
+    let run = agent.hazel("viewer", &["executions", name, "--json"]).await;
+    assert_eq!(
+        run.json(),
+        Value::Array(vec![]),
+        "a simulation runs nothing"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_decides_without_running_and_events_send_reaches_the_ledger() {
     let agent = Agent::start().await;
     let file = agent.file("p.yaml", &policy("on battery", 90));

@@ -357,8 +357,8 @@ pub struct EventQuery {
     dry_run: bool,
 }
 
-/// `POST /api/events?dry_run=`: 200 with the dry-run decisions, 202 when
-/// live (actions run after the answer).
+/// `POST /api/events?dry_run=`: 200 with the dry-run decisions and
+/// timeline, 202 when live (actions run after the answer).
 pub async fn events_inject(
     State(state): State<AppState>,
     actor: Actor,

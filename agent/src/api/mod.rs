@@ -344,7 +344,7 @@ routes! {
         body: BodyDoc::Json("a normalized event (SPEC §1)"),
         query: ["dry_run": "boolean" => "decide without executing (default false)"],
         headers: [],
-        answers: [200 => "the dry-run decisions", 202 => "accepted; the decisions (actions run after)",
+        answers: [200 => "the dry-run: decisions and a timeline (now, each hold's end, the inverses; docs/cli.md)", 202 => "accepted; the decisions (actions run after)",
                   400 => "an invalid event", 422 => "a driver reports an action invalid"],
     }
     POST "/api/webhooks/{name}" => webhook {

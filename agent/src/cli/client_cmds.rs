@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::render::{
     issue_line, kill_switch_line, one_line, pretty, print_decisions, print_executions, print_hosts,
     print_inverse, print_json, print_kill_switch, print_policies, print_policy, print_restore_set,
-    print_state, print_transcript, text_of, to_yaml,
+    print_state, print_timeline, print_transcript, text_of, to_yaml,
 };
 use super::{EXIT_AUTH, EXIT_BLOCKED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE};
 use crate::client::{policy_content_type, Client, ClientError};
@@ -141,18 +141,44 @@ pub async fn dry_run(conn: &ClientOptions, policy: &str, out: &mut impl Write) -
     Ok(severity_code(&transcript["severity"]))
 }
 
-/// `hazel simulate`: an event dry-run; exit 1 when its severity is error or
-/// blocker.
-pub async fn simulate(conn: &ClientOptions, event: &str, out: &mut impl Write) -> Outcome {
+/// What `hazel simulate` posts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Simulated {
+    /// `--ups NAME STATE`: the normalized `ups.state` event for that UPS
+    /// (a name or a full subject id) entering `state`.
+    Ups { ups: String, state: String },
+    /// `--event FILE` (or the file as the argument): any normalized event,
+    /// JSON or YAML; `-` reads standard input.
+    File(String),
+}
+
+/// `hazel simulate`: an event dry-run, printed as a timeline (what runs
+/// now, each hold's end, what the inverses would restore); exit 1 when its
+/// severity is error or blocker.
+pub async fn simulate(conn: &ClientOptions, input: &Simulated, out: &mut impl Write) -> Outcome {
     let client = connect(conn)?;
-    let event = read_event(event)?;
+    let event = match input {
+        Simulated::Ups { ups, state } => ups_event(ups, state),
+        Simulated::File(source) => read_event(source)?,
+    };
     let answer = client.inject_event(&event, true).await?;
     if conn.json {
         print_json(out, &answer);
     } else {
-        print_decisions(out, &answer);
+        print_timeline(out, &answer);
     }
     Ok(severity_code(&answer["severity"]))
+}
+
+/// The normalized event a UPS source publishes when `ups` enters `state`
+/// (SPEC §1); the agent checks the state.
+fn ups_event(ups: &str, state: &str) -> Value {
+    json!({
+        "type": "ups",
+        "kind": "ups.state",
+        "subject": {"kind": "ups", "id": ups},
+        "attrs": {"state": state},
+    })
 }
 
 /// `hazel inverse`: the inverse of a stored policy as YAML.

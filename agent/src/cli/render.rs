@@ -270,6 +270,178 @@ pub(super) fn print_decisions(out: &mut impl Write, answer: &Value) {
     let _ = write!(out, "{}", table(&header, &rows));
 }
 
+/// An event dry-run as a timeline (SPEC §6 "Dry-run of an event"): the
+/// summary line of [`print_decisions`], then one paragraph per entry
+/// naming the policy and listing its targets:
+///
+/// ```text
+/// now (10:30:05): Notify on battery -> webhook.notify post integration:ops
+/// in 2m (10:32:05): On battery: stop low-tier VMs -> proxmox.vm shutdown vm:101, vm:102
+///   hold: trigger 0 (ups.state = on_battery for 120s): ups1@nas entered on_battery; must stay 120s
+///   condition: ups.runtime_minutes >= 5 is true: ups1@nas reports 12
+/// when the mains return: Restore (inverse) would run proxmox.vm start vm:101, vm:102
+/// ```
+pub(super) fn print_timeline(out: &mut impl Write, answer: &Value) {
+    let Some(timeline) = answer["timeline"].as_array() else {
+        // An agent that predates the timeline.
+        return print_decisions(out, answer);
+    };
+    let decisions = answer["decisions"].as_array().map_or(0, Vec::len);
+    let _ = writeln!(
+        out,
+        "simulated: correlation {}, {decisions} decision(s), severity {} (transcript {})",
+        text_of(&answer["correlation_id"]),
+        text_of(&answer["severity"]),
+        text_of(&answer["transcript_id"]),
+    );
+    if timeline.is_empty() {
+        let _ = writeln!(out, "no policy reacts to this event");
+        return;
+    }
+    let now = answer["ts"].as_str().and_then(instant);
+    for entry in timeline {
+        let name = match entry["policy_name"].as_str() {
+            Some(name) => name.to_string(),
+            None => text_of(&entry["policy_id"]),
+        };
+        let planned = entry["planned"].as_array().cloned().unwrap_or_default();
+        let actions: Vec<String> = planned.iter().map(planned_text).collect();
+        let when = when_text(entry, now);
+        let what = match (entry["kind"].as_str(), actions.is_empty()) {
+            (Some("inverse"), true) => format!("{name} would restore nothing"),
+            (Some("inverse"), false) => format!("{name} would run {}", actions.join("; ")),
+            (_, false) => format!("{name} -> {}", actions.join("; ")),
+            (_, true) => format!("{name}: nothing would run ({})", text_of(&entry["code"])),
+        };
+        let _ = writeln!(out, "{when}: {what}");
+        if entry["kind"] == "countdown" {
+            if let Some(hold) = entry["trigger"].as_str().filter(|t| !t.is_empty()) {
+                for line in hold.lines().filter(|l| l.starts_with("trigger ")) {
+                    let _ = writeln!(out, "  hold: {line}");
+                }
+            }
+        }
+        if let Some(restores) = entry["restores"].as_object() {
+            let forward = restores
+                .get("policy_name")
+                .and_then(Value::as_str)
+                .map_or_else(|| text_of(&restores["policy_id"]), str::to_string);
+            let _ = writeln!(out, "  restores what {forward} changed");
+        }
+        for reading in entry["conditions"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  condition: {}", text_of(reading));
+        }
+        for p in &planned {
+            if let Some(problem) = dry_run_problem(&p["dry_run"]) {
+                let _ = writeln!(out, "  dry-run: {problem}");
+            }
+        }
+        for row in entry["skipped"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  skipped {}: {} ({})",
+                text_of(&row["target"]),
+                text_of(&row["reason"]),
+                text_of(&row["code"])
+            );
+        }
+    }
+}
+
+/// `proxmox.vm shutdown vm:101, vm:102`
+fn planned_text(planned: &Value) -> String {
+    let targets: Vec<String> = planned["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text_of)
+        .collect();
+    format!(
+        "{} {} {}",
+        text_of(&planned["capability"]),
+        text_of(&planned["verb"]),
+        targets.join(", ")
+    )
+}
+
+/// When a timeline entry happens: `now (10:30:05)`, `in 2m (10:32:05)`,
+/// `when the mains return`, `when <inverse trigger>`.
+fn when_text(entry: &Value, now: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    let at = entry["at"].as_str().and_then(instant);
+    match (entry["kind"].as_str(), at) {
+        (Some("inverse"), _) => {
+            let trigger = text_of(&entry["trigger"]);
+            if trigger.contains("ups.state = on_mains") {
+                "when the mains return".into()
+            } else {
+                format!("when {trigger}")
+            }
+        }
+        (Some("now"), Some(at)) => format!("now ({})", clock_time(at)),
+        (_, Some(at)) => match now {
+            Some(now) => format!(
+                "in {} ({})",
+                span_text((at - now).num_milliseconds().max(0) as u64 / 1000),
+                clock_time(at)
+            ),
+            None => format!("at {}", clock_time(at)),
+        },
+        _ => text_of(&entry["kind"]),
+    }
+}
+
+fn instant(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// The time of day in the local zone of the person reading.
+fn clock_time(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.with_timezone(&chrono::Local)
+        .format("%H:%M:%S")
+        .to_string()
+}
+
+/// `45s`, `2m`, `2m30s`, `1h`, `1h5m`.
+fn span_text(seconds: u64) -> String {
+    let (h, m, s) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// A planned action's dry-run when it says more than "fine": the call's
+/// error, or the reasons of answers above `info`.
+fn dry_run_problem(dry_run: &Value) -> Option<String> {
+    if let Some(error) = dry_run.get("error") {
+        return Some(format!("error: {}", text_of(error)));
+    }
+    let reasons: Vec<String> = dry_run["answers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["severity"] != "info")
+        .map(|a| {
+            format!(
+                "{} {}: {}",
+                text_of(&a["severity"]),
+                text_of(&a["idempotency_key"]),
+                text_of(&a["reason"])
+            )
+        })
+        .collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
 pub(super) fn print_inverse(out: &mut impl Write, inverse: &Value) -> Result<(), Failure> {
     let _ = writeln!(
         out,

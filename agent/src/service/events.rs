@@ -1,18 +1,22 @@
 //! Events into the engine (SPEC §1, §9): injected normalized events, decided
 //! for real or dry-run with the transcript kept, and named webhooks checked
-//! against their HMAC-SHA256 secret.
+//! against their HMAC-SHA256 secret. A dry-run answers with its timeline
+//! (SPEC §6 "Dry-run of an event"), the policies named.
 
-use chrono::Utc;
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{SecondsFormat, Utc};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::audit::audit;
 use super::{Actor, EventAnswer, Service, ServiceError};
-use crate::engine::event::Event;
-use crate::engine::runner::Transcript;
+use crate::engine::event::{ups_matches, Event, SubjectKind};
+use crate::engine::runner::{PolicyDecision, TimelineEntry, Transcript};
 use crate::engine::store::{AuditRecord, EngineStore};
 use crate::store::{PolicyStore, TranscriptRecord};
+use uuid::Uuid;
 
 impl Service {
     /// Injects a normalized event (SPEC §1): decided for real, or with
@@ -94,8 +98,10 @@ impl Service {
     async fn decide(&self, event: Event, dry_run: bool) -> Result<EventAnswer, ServiceError> {
         let correlation_id = event.correlation_id;
         if dry_run {
+            let event = self.full_ups_subject(event);
             let transcript = self.engine_call(self.inner.engine.dry_run(event)).await?;
-            let body = transcript_json(&transcript);
+            let names = self.policy_names(&transcript).await?;
+            let body = transcript_json(&transcript, &names);
             let kept = TranscriptRecord {
                 id: transcript.transcript_id,
                 policy_id: None,
@@ -108,6 +114,8 @@ impl Service {
                 correlation_id,
                 dry_run: true,
                 decisions: body["decisions"].as_array().cloned().unwrap_or_default(),
+                ts: body["ts"].as_str().map(str::to_string),
+                timeline: body["timeline"].as_array().cloned(),
                 severity: Some(transcript.severity.as_str().to_string()),
                 transcript_id: Some(transcript.transcript_id),
             });
@@ -117,10 +125,59 @@ impl Service {
             correlation_id,
             dry_run: false,
             decisions: report.decisions.iter().map(decision_json).collect(),
+            ts: None,
+            timeline: None,
             severity: None,
             transcript_id: None,
         })
     }
+}
+
+impl Service {
+    /// [`full_ups_subject`] over the configured NUT UPSes.
+    fn full_ups_subject(&self, event: Event) -> Event {
+        full_ups_subject(self.inner.config.nut.iter().map(|n| n.subject_id()), event)
+    }
+
+    /// The names of the policies a transcript's timeline mentions.
+    async fn policy_names(
+        &self,
+        transcript: &Transcript,
+    ) -> Result<HashMap<Uuid, String>, ServiceError> {
+        let ids: BTreeSet<Uuid> = transcript
+            .timeline
+            .iter()
+            .flat_map(|e| std::iter::once(e.decision.policy_id).chain(e.restores))
+            .chain(transcript.decisions.iter().map(|d| d.policy_id))
+            .collect();
+        self.store(move |s| {
+            let mut names = HashMap::new();
+            for id in ids {
+                if let Some(record) = s.policy(id)? {
+                    names.insert(id, record.name);
+                }
+            }
+            Ok(names)
+        })
+        .await
+    }
+}
+
+/// A dry-run of a UPS event that names the UPS by its name only (`ups1`,
+/// as `hazel simulate --ups ups1` sends it) is about the one `known` UPS
+/// subject of that name (`ups1@nas.lan:3493`), so conditions read that
+/// UPS's facts; an unknown or ambiguous name is kept as is.
+fn full_ups_subject(known: impl Iterator<Item = String>, mut event: Event) -> Event {
+    if event.subject.kind != SubjectKind::Ups || event.subject.id.contains('@') {
+        return event;
+    }
+    let matching: BTreeSet<String> = known
+        .filter(|id| ups_matches(&event.subject.id, id))
+        .collect();
+    if let [only] = matching.into_iter().collect::<Vec<_>>().as_slice() {
+        event.subject.id = only.clone();
+    }
+    event
 }
 
 fn check_signature(
@@ -153,16 +210,38 @@ fn check_signature(
     })
 }
 
-fn transcript_json(transcript: &Transcript) -> Value {
+fn transcript_json(transcript: &Transcript, names: &HashMap<Uuid, String>) -> Value {
     json!({
         "transcript_id": transcript.transcript_id,
         "correlation_id": transcript.correlation_id,
+        "ts": transcript.ts.to_rfc3339_opts(SecondsFormat::Millis, true),
         "severity": transcript.severity,
         "decisions": transcript.decisions.iter().map(decision_json).collect::<Vec<_>>(),
+        "timeline": transcript.timeline.iter().map(|e| timeline_json(e, names)).collect::<Vec<_>>(),
     })
 }
 
-fn decision_json(decision: &crate::engine::runner::PolicyDecision) -> Value {
+/// One timeline entry (SPEC §6 "Dry-run of an event"; docs/cli.md).
+fn timeline_json(entry: &TimelineEntry, names: &HashMap<Uuid, String>) -> Value {
+    let decision = decision_json(&entry.decision);
+    let name = |id: &Uuid| names.get(id).cloned();
+    json!({
+        "at": entry.at.map(|at| at.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        "kind": entry.kind.as_str(),
+        "policy_id": entry.decision.policy_id,
+        "policy_name": name(&entry.decision.policy_id),
+        "trigger": entry.trigger,
+        "conditions": entry.conditions,
+        "severity": entry.decision.severity,
+        "code": entry.decision.code,
+        "explain": entry.decision.explain,
+        "planned": decision["planned"],
+        "skipped": decision["skipped"],
+        "restores": entry.restores.map(|id| json!({"policy_id": id, "policy_name": name(&id)})),
+    })
+}
+
+fn decision_json(decision: &PolicyDecision) -> Value {
     json!({
         "policy_id": decision.policy_id,
         "severity": decision.severity,
@@ -183,4 +262,33 @@ fn decision_json(decision: &crate::engine::runner::PolicyDecision) -> Value {
         })).collect::<Vec<_>>(),
         "skipped": decision.skipped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ups_event(id: &str) -> Event {
+        Event::from_json(&json!({
+            "kind": "ups.state",
+            "subject": {"kind": "ups", "id": id},
+            "attrs": {"state": "on_battery"},
+        }))
+        .unwrap()
+    }
+
+    fn subject(known: &[&str], id: &str) -> String {
+        let known = known.iter().map(|k| k.to_string());
+        full_ups_subject(known, ups_event(id)).subject.id
+    }
+
+    #[test]
+    fn a_ups_name_in_a_dry_run_becomes_the_one_configured_subject_of_that_name() {
+        let known = ["ups1@nas.lan:3493", "ups2@nas.lan:3493"];
+        assert_eq!(subject(&known, "ups1"), "ups1@nas.lan:3493");
+        assert_eq!(subject(&known, "ups2@other:3493"), "ups2@other:3493");
+        assert_eq!(subject(&known, "ups3"), "ups3", "unknown: kept");
+        let twice = ["ups1@a:3493", "ups1@b:3493"];
+        assert_eq!(subject(&twice, "ups1"), "ups1", "ambiguous: kept");
+    }
 }

@@ -275,6 +275,14 @@ pub struct EventAnswer {
     /// Per shortlisted policy: id, severity, code, explain, planned actions
     /// (with driver dry-run answers when `dry_run`), skipped rows, run id.
     pub decisions: Vec<Value>,
+    /// When the dry-run decided the event (dry-run only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts: Option<String>,
+    /// Dry-run only: what runs now, each countdown the event starts with
+    /// what it would do at its end, what the inverses would restore (SPEC
+    /// §6 "Dry-run of an event").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Vec<Value>>,
     /// Worst severity (dry-run only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub severity: Option<String>,

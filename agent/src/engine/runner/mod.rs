@@ -8,7 +8,8 @@
 //!   the kill switch releases a held item;
 //! - `ledger`: step 9, the scheduler's reports turned into ledger entries,
 //!   and the `ledger` selector that reads them back;
-//! - `dry_run`: the event dry-run ([`Engine::dry_run_event`]);
+//! - `dry_run`: the event dry-run ([`Engine::dry_run_event`]) and its
+//!   timeline (now, each countdown's fire, the inverses);
 //! - `lifecycle`: restarts, countdowns and the kill switch.
 //!
 //! [`Engine::handle_event`] decides policy by policy (so a later policy sees
@@ -25,7 +26,9 @@
 //! already sent are applied before each new event is decided.
 //! [`Engine::dry_run_event`] takes the same decision on a copy of the
 //! trigger state, asks the drivers for dry-runs instead of executing, and
-//! persists nothing: it returns a [`Transcript`].
+//! persists nothing: it returns a [`Transcript`] whose timeline also says
+//! what each countdown the event starts would do at its end and what the
+//! inverse policies would restore.
 //!
 //! A service loop `select!`s between the event bus, [`Engine::next_run`] and
 //! a sleep until [`Engine::next_deadline`], after which it calls
@@ -107,7 +110,9 @@ mod outage;
 mod restore;
 mod retry;
 
-pub use dry_run::{DryRunPlan, Transcript};
+pub use dry_run::{
+    DryRunPlan, TimelineEntry, TimelineKind, Transcript, COUNTDOWN_STARTED, WOULD_RESTORE,
+};
 pub use guards::desired_statuses;
 use guards::{already_desired, recheck_held, Guard, GuardView};
 use ledger::row;
