@@ -673,6 +673,20 @@ fn describe(id: &IntentId) -> String {
     format!("{} action {} on {}", id.run_id, id.action_index, id.host)
 }
 
+/// One `restore_set` row as SQLite returns it.
+struct RestoreRow {
+    policy_id: String,
+    host: String,
+    target: String,
+    from: Option<String>,
+    to: Option<String>,
+    capability: String,
+    verb: String,
+    params: String,
+    run_id: String,
+    at: String,
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -702,18 +716,4 @@ mod tests {
             check_ledger_cap(&store, &ops)?;
         }
     }
-}
-
-/// One `restore_set` row as SQLite returns it.
-struct RestoreRow {
-    policy_id: String,
-    host: String,
-    target: String,
-    from: Option<String>,
-    to: Option<String>,
-    capability: String,
-    verb: String,
-    params: String,
-    run_id: String,
-    at: String,
 }
