@@ -219,6 +219,20 @@ actions:
     )
 }
 
+/// An enabled "on battery" policy and the `on_battery` event it reacts to.
+async fn enabled_on_battery_policy(s: &Server) -> (String, Value) {
+    let created = create(s, &policy("on battery", 90)).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let (status, _) = send(s.admin(Method::POST, &format!("/api/policies/{id}/enable"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let event = json!({
+        "kind": "ups.state",
+        "subject": {"kind": "ups", "id": "ups1@nas:3493"},
+        "attrs": {"state": "on_battery"},
+    });
+    (id, event)
+}
+
 async fn create(server: &Server, text: &str) -> Value {
     let (status, body) = send(yaml(server.admin(Method::POST, "/api/policies"), text)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -849,15 +863,7 @@ async fn a_dry_run_keeps_a_transcript_and_the_ledger_is_readable() {
 async fn events_are_decided_live_or_as_a_dry_run() {
     let w = world().await;
     let s = &w.server;
-    let created = create(s, &policy("on battery", 90)).await;
-    let id = created["id"].as_str().unwrap();
-    let (status, _) = send(s.admin(Method::POST, &format!("/api/policies/{id}/enable"))).await;
-    assert_eq!(status, StatusCode::OK);
-    let event = json!({
-        "kind": "ups.state",
-        "subject": {"kind": "ups", "id": "ups1@nas:3493"},
-        "attrs": {"state": "on_battery"},
-    });
+    let (_, event) = enabled_on_battery_policy(s).await;
     let (status, answer) = send(
         s.as_role(Role::Operator, Method::POST, "/api/events?dry_run=true")
             .json(&event),
@@ -1412,10 +1418,8 @@ async fn a_chunked_body_is_cut_at_the_limit_with_413() {
 async fn the_restore_set_lists_exactly_what_the_policys_runs_changed() {
     let w = world().await;
     let s = &w.server;
-    let created = create(s, &policy("on battery", 90)).await;
-    let id = created["id"].as_str().unwrap();
-    let (status, _) = send(s.admin(Method::POST, &format!("/api/policies/{id}/enable"))).await;
-    assert_eq!(status, StatusCode::OK);
+    let (id, event) = enabled_on_battery_policy(s).await;
+    let id = id.as_str();
     let (status, set) = send(s.as_role(
         Role::Viewer,
         Method::GET,
@@ -1423,11 +1427,6 @@ async fn the_restore_set_lists_exactly_what_the_policys_runs_changed() {
     ))
     .await;
     assert_eq!((status, set.clone()), (StatusCode::OK, json!([])));
-    let event = json!({
-        "kind": "ups.state",
-        "subject": {"kind": "ups", "id": "ups1@nas:3493"},
-        "attrs": {"state": "on_battery"},
-    });
     let (status, answer) = send(
         s.as_role(Role::Operator, Method::POST, "/api/events")
             .json(&event),

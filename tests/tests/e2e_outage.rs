@@ -41,12 +41,7 @@ fn hazel_binary() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+use drivers::testing::free_port;
 
 /// The agent process and how to reach it.
 struct Agent {
