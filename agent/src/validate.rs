@@ -256,6 +256,58 @@ actions:
         );
     }
 
+    /// SPEC §12: an alias bomb or a deeply nested document is refused with
+    /// the limit it passes, after bounded work, never a stall.
+    #[test]
+    fn documents_past_a_limit_are_refused_with_the_limit() {
+        // Eight levels of 9-way aliases (9^9 values): the YAML library's
+        // own limit refuses it.
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+            let refs = vec![format!("*{prev}"); 9].join(", ");
+            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        check(
+            &bomb,
+            expect![[r#"
+            Schema blocker schema.too_large : YAML document refused: the document expands to more than 100000 values (YAML aliases counted each time they are used) (a YAML alias that repeats a large part many times multiplies the document; write the values out or remove the aliases (limits: docs/limits.md))
+            blocked"#]],
+        );
+        // Padded so the library's limit, relative to the document's size,
+        // lets it through: the absolute budget stops it.
+        let padded = format!("{bomb}pad: [{}]\n", vec!["0"; 60_000].join(","));
+        check(
+            &padded,
+            expect![[r#"
+            Schema blocker schema.too_large : YAML document refused at line 1, column 23: the document expands to more than 100000 values (YAML aliases counted each time they are used) (a YAML alias that repeats a large part many times multiplies the document; write the values out or remove the aliases (limits: docs/limits.md))
+            blocked"#]],
+        );
+        check(
+            &"[".repeat(100_000),
+            expect![[r#"
+            Schema blocker schema.too_deep : JSON document refused at line 1, column 129: nesting deeper than 128 levels (flatten the document; a policy needs a handful of levels (limits: docs/limits.md))
+            blocked"#]],
+        );
+        check(
+            &format!("k: {}", "[".repeat(100_000)),
+            expect![[r#"
+            Schema blocker schema.too_deep : YAML document refused at line 1, column 132: nesting deeper than 128 levels (flatten the document; a policy needs a handful of levels (limits: docs/limits.md))
+            blocked"#]],
+        );
+        // Brackets inside a quoted scalar are text, not nesting.
+        check(
+            &format!("k: \"{}\"\nversion: 2\n", "[".repeat(1000)),
+            expect![[r#"
+                Schema blocker schema.unknown_field /k: unknown field `k` (known fields here: version, name, enabled, priority, stop_on_match, dynamic_resolution, trigger_group, conditions, targets, actions, suppression_window, idempotency_window, notes)
+                Schema blocker schema.version /version: version must be the integer 1, found 2 (write `version: 1`)
+                Schema blocker schema.missing_field /name: missing required field `name`
+                Schema blocker schema.missing_field /trigger_group: missing required field `trigger_group`
+                Schema blocker schema.missing_field /targets: missing required field `targets`
+                Schema blocker schema.missing_field /actions: missing required field `actions`
+                blocked"#]],
+        );
+    }
+
     #[test]
     fn malformed_documents_are_findings_with_line_and_column() {
         check(

@@ -21,6 +21,9 @@ pub mod codes {
     pub const QUERY_SYNTAX: &str = "selector.query_syntax";
     /// Blocker: a query field other than `id name status labels.<k> attrs.<k>`.
     pub const QUERY_FIELD: &str = "selector.query_field";
+    /// Blocker: a query longer, with more predicates or a longer glob than
+    /// the limits of [`crate::query`] allow (SPEC §12).
+    pub const QUERY_TOO_COMPLEX: &str = "selector.query_too_complex";
     /// Blocker: a ledger value that is not a policy id (uuid).
     pub const LEDGER_ID: &str = "selector.ledger_id";
     /// Warn: resolution selected nothing.

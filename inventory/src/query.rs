@@ -79,7 +79,20 @@ const FIELDS_HINT: &str = "fields: id, name, status, labels.<key>, attrs.<key>";
 impl Query {
     /// Parses a query, reporting every bad predicate at once.
     pub fn parse(text: &str) -> Result<Query, Vec<SelectorError>> {
+        // SPEC §12: the cost of a query is bounded before any work on it.
+        if text.len() > MAX_QUERY_LEN {
+            return Err(vec![too_complex(format!(
+                "the query is {} bytes long; the limit is {MAX_QUERY_LEN}",
+                text.len()
+            ))]);
+        }
         let spans = split_predicates(text);
+        if spans.len() > MAX_PREDICATES {
+            return Err(vec![too_complex(format!(
+                "the query has {} predicates; the limit is {MAX_PREDICATES}",
+                spans.len()
+            ))]);
+        }
         let mut predicates = Vec::new();
         let mut errors = Vec::new();
         for (index, span) in spans.iter().enumerate() {
@@ -199,8 +212,42 @@ impl Predicate {
     }
 }
 
+/// The longest query text, in bytes (SPEC §12).
+pub const MAX_QUERY_LEN: usize = 4096;
+/// The most `and`-joined predicates in one query.
+pub const MAX_PREDICATES: usize = 32;
+/// The longest glob pattern of one `~` predicate, in characters.
+pub const MAX_PATTERN_LEN: usize = 256;
+
+fn too_complex(message: String) -> SelectorError {
+    SelectorError {
+        code: codes::QUERY_TOO_COMPLEX,
+        item: None,
+        text: String::new(),
+        message,
+        hint: Some(
+            "a query names a few labels or a glob; select with labels (labels.tier = low) instead of long patterns".into(),
+        ),
+    }
+}
+
 impl Pattern {
     fn compile(glob: &str) -> Pattern {
+        // `**` matches what `*` matches: runs of stars are one, so the
+        // matcher's cost follows the pattern's meaning, not its spelling.
+        let collapsed;
+        let glob = if glob.contains("**") {
+            let mut out = String::with_capacity(glob.len());
+            for c in glob.chars() {
+                if !(c == '*' && out.ends_with('*')) {
+                    out.push(c);
+                }
+            }
+            collapsed = out;
+            collapsed.as_str()
+        } else {
+            glob
+        };
         let stars = glob.matches('*').count();
         let plain = |s: &str| !s.contains(['*', '?']);
         if !glob.contains('?') {
@@ -527,6 +574,16 @@ fn parse_predicate(
         return Err(errors);
     }
 
+    if op == Op::Glob && value.chars().count() > MAX_PATTERN_LEN {
+        let mut error = too_complex(format!(
+            "predicate {}: the glob is {} characters long; the limit is {MAX_PATTERN_LEN}",
+            index + 1,
+            value.chars().count()
+        ));
+        error.item = Some(index);
+        errors.push(error);
+        return Err(errors);
+    }
     match field {
         Some(field) if errors.is_empty() => Ok(Predicate {
             pattern: Pattern::compile(&value),
@@ -887,5 +944,35 @@ mod tests {
                 prop_assert_eq!(again, query);
             }
         }
+    }
+
+    #[test]
+    fn queries_past_their_limits_are_refused_with_the_number() {
+        let long = format!("name ~ \"{}\"", "*".repeat(300_000));
+        let errors = Query::parse(&long).unwrap_err();
+        assert_eq!(errors[0].code, codes::QUERY_TOO_COMPLEX);
+        assert!(errors[0].message.contains("4096"), "{}", errors[0].message);
+        let many = vec!["status = running"; 25_000].join(" and ");
+        let errors = Query::parse(&many).unwrap_err();
+        assert_eq!(errors[0].code, codes::QUERY_TOO_COMPLEX);
+        let predicates = vec!["status = running"; 33].join(" and ");
+        let errors = Query::parse(&predicates).unwrap_err();
+        assert!(
+            errors[0].message.contains("33 predicates"),
+            "{}",
+            errors[0].message
+        );
+        let glob = format!("name ~ \"{}x\"", "*".repeat(300));
+        let errors = Query::parse(&glob).unwrap_err();
+        assert_eq!(errors[0].item, Some(0));
+        assert!(errors[0].message.contains("256"), "{}", errors[0].message);
+    }
+
+    #[test]
+    fn runs_of_stars_match_as_one() {
+        let p = Pattern::compile("web-****-0?");
+        assert!(p.matches("web-east-01"));
+        assert!(!p.matches("db-east-01"));
+        assert_eq!(Pattern::compile("***"), Pattern::compile("*"));
     }
 }

@@ -11,7 +11,12 @@ use super::node::Node;
 
 /// Deepest nesting accepted, as `serde_json` does, so hostile input cannot
 /// overflow the stack.
-const MAX_DEPTH: usize = 128;
+/// The deepest nesting of objects and arrays a document may have, JSON or
+/// YAML (SPEC §12: bounded cost for every input).
+pub const MAX_DEPTH: usize = 128;
+
+/// The message of a document nested deeper than [`MAX_DEPTH`].
+pub const TOO_DEEP: &str = "nesting deeper than 128 levels";
 
 /// Where and why the text is not JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +171,7 @@ impl<'a> Parser<'a> {
     ) -> Result<Node<'a>, JsonError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(self.error("recursion limit exceeded"));
+            return Err(self.error(TOO_DEEP));
         }
         let node = f(self);
         self.depth -= 1;
@@ -415,7 +420,8 @@ mod tests {
     fn serde_node<'a>(text: &'a str, arena: &'a Bump) -> Option<Node<'a>> {
         use serde::de::DeserializeSeed;
         let mut de = serde_json::Deserializer::from_str(text);
-        let node = super::super::node::NodeSeed { arena }
+        let budget: &std::cell::Cell<usize> = arena.alloc(std::cell::Cell::new(usize::MAX));
+        let node = super::super::node::NodeSeed { arena, budget }
             .deserialize(&mut de)
             .ok()?;
         de.end().ok()?;
@@ -477,10 +483,7 @@ mod tests {
             "EOF while parsing a list"
         );
         assert_eq!(parse("{} x").unwrap_err().message, "trailing characters");
-        assert_eq!(
-            parse(&"[".repeat(200)).unwrap_err().message,
-            "recursion limit exceeded"
-        );
+        assert_eq!(parse(&"[".repeat(200)).unwrap_err().message, TOO_DEEP);
     }
 
     /// The byte-at-a-time definition [`plain_len`] must agree with.

@@ -142,6 +142,22 @@ impl fmt::Display for Node<'_> {
 #[derive(Clone, Copy)]
 pub struct NodeSeed<'a> {
     pub arena: &'a Bump,
+    /// Values still allowed (aliases count each time they are used); at 0
+    /// the document is refused (SPEC §12).
+    pub budget: &'a std::cell::Cell<usize>,
+}
+
+impl NodeSeed<'_> {
+    /// Spends one value of the budget.
+    fn spend<E: serde::de::Error>(&self) -> Result<(), E> {
+        match self.budget.get() {
+            0 => Err(E::custom("value budget spent")),
+            n => {
+                self.budget.set(n - 1);
+                Ok(())
+            }
+        }
+    }
 }
 
 impl<'de: 'a, 'a> DeserializeSeed<'de> for NodeSeed<'a> {
@@ -159,11 +175,13 @@ impl<'de: 'a, 'a> Visitor<'de> for NodeSeed<'a> {
         f.write_str("a JSON or YAML value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<Node<'a>, E> {
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Node<'a>, E> {
+        self.spend::<E>()?;
         Ok(Node::Bool(v))
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Node<'a>, E> {
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Node<'a>, E> {
+        self.spend::<E>()?;
         Ok(if v >= 0 {
             Node::UInt(v as u64)
         } else {
@@ -171,27 +189,33 @@ impl<'de: 'a, 'a> Visitor<'de> for NodeSeed<'a> {
         })
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Node<'a>, E> {
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Node<'a>, E> {
+        self.spend::<E>()?;
         Ok(Node::UInt(v))
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Node<'a>, E> {
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Node<'a>, E> {
+        self.spend::<E>()?;
         Ok(Node::Float(v))
     }
 
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Node<'a>, E> {
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Node<'a>, E> {
+        self.spend::<E>()?;
         Ok(Node::Str(v))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Node<'a>, E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Node<'a>, E> {
+        self.spend::<E>()?;
         Ok(Node::Str(self.arena.alloc_str(v)))
     }
 
-    fn visit_unit<E>(self) -> Result<Node<'a>, E> {
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Node<'a>, E> {
+        self.spend::<E>()?;
         Ok(Node::Null)
     }
 
-    fn visit_none<E>(self) -> Result<Node<'a>, E> {
+    fn visit_none<E: serde::de::Error>(self) -> Result<Node<'a>, E> {
+        self.spend::<E>()?;
         Ok(Node::Null)
     }
 
@@ -200,6 +224,7 @@ impl<'de: 'a, 'a> Visitor<'de> for NodeSeed<'a> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'a>, A::Error> {
+        self.spend::<A::Error>()?;
         let mut items = Vec::new();
         while let Some(item) = seq.next_element_seed(self)? {
             items.push(item);
@@ -208,6 +233,7 @@ impl<'de: 'a, 'a> Visitor<'de> for NodeSeed<'a> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'a>, A::Error> {
+        self.spend::<A::Error>()?;
         let mut entries = Vec::new();
         while let Some(key) = map.next_key_seed(self)? {
             let key = match key {
@@ -253,7 +279,13 @@ mod tests {
         let yaml = serde_norway::Deserializer::from_str(
             "a: [1, -2, 2.5, true, null, s]\nb: {c: 'x'}\n1: one\n",
         );
-        let node = NodeSeed { arena: &arena }.deserialize(yaml).unwrap();
+        let budget = std::cell::Cell::new(1000);
+        let node = NodeSeed {
+            arena: &arena,
+            budget: &budget,
+        }
+        .deserialize(yaml)
+        .unwrap();
         let json = crate::spec::json::parse(
             r#"{"a": [1, -2, 2.5, true, null, "s"], "b": {"c": "x"}, "1": "one"}"#,
             &arena,

@@ -12,23 +12,113 @@ use super::node::{same_word, Entries, EntriesExt, Node, NodeSeed};
 use super::schedule::{normalize_cron, parse_time_of_day};
 use super::*;
 
-/// A document that is not well-formed JSON or YAML.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{format} syntax error at line {line}, column {column}: {message}")]
+/// A document that is not well-formed JSON or YAML, or passes a limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentError {
     /// `JSON` or `YAML`.
     pub format: &'static str,
     pub line: usize,
     pub column: usize,
     pub message: String,
+    /// `schema.parse`, or the limit the document exceeds
+    /// (`schema.too_deep`, `schema.too_large`).
+    pub code: &'static str,
 }
 
-impl DocumentError {
-    /// The `schema.parse` blocker for this error.
-    pub fn to_finding(&self) -> Finding {
-        Finding::new(Severity::Blocker, "schema.parse", "", self.to_string())
-            .with_hint("fix the syntax at that position; JSON and YAML are both accepted")
+impl std::fmt::Display for DocumentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.code {
+            "schema.parse" => "syntax error",
+            _ => "document refused",
+        };
+        write!(f, "{} {what}", self.format)?;
+        if self.line > 0 {
+            write!(f, " at line {}, column {}", self.line, self.column)?;
+        }
+        write!(f, ": {}", self.message)
     }
+}
+
+impl std::error::Error for DocumentError {}
+
+/// The most values a YAML document may expand to, aliases counted each time
+/// they are used (SPEC §12): a policy has a few hundred; an alias bomb is
+/// stopped here, after a bounded amount of work, whatever the document's size.
+pub const MAX_DOCUMENT_VALUES: usize = 100_000;
+
+impl DocumentError {
+    /// The blocker for this error.
+    pub fn to_finding(&self) -> Finding {
+        let hint = match self.code {
+            "schema.too_deep" => {
+                "flatten the document; a policy needs a handful of levels (limits: docs/limits.md)"
+            }
+            "schema.too_large" => {
+                "a YAML alias that repeats a large part many times multiplies the document; write the values out or remove the aliases (limits: docs/limits.md)"
+            }
+            _ => "fix the syntax at that position; JSON and YAML are both accepted",
+        };
+        Finding::new(Severity::Blocker, self.code, "", self.to_string()).with_hint(hint)
+    }
+}
+
+/// The deepest nesting of YAML flow collections (`[`, `{`) in `text`, by a
+/// linear scan that skips quoted scalars and comments, stopping once it
+/// passes `limit`. The YAML parser's cost grows with the square of that
+/// depth, so it is checked before parsing.
+fn flow_depth_exceeds(text: &str, limit: usize) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let (mut depth, mut line, mut line_start) = (0usize, 1usize, 0usize);
+    let mut i = 0;
+    let mut prev = b'\n';
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\n' => {
+                line += 1;
+                line_start = i + 1;
+            }
+            b'#' if prev == b' ' || prev == b'\t' || prev == b'\n' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    } else if bytes[i] == b'\n' {
+                        line += 1;
+                        line_start = i + 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'\'' if matches!(prev, b' ' | b'\t' | b'\n' | b'[' | b'{' | b',' | b':') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'\'' {
+                    if bytes[i] == b'\n' {
+                        line += 1;
+                        line_start = i + 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return Some((line, i - line_start + 1));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = b;
+        i += 1;
+    }
+    None
 }
 
 /// Reads JSON (text starting with `{` or `[`) or YAML into a document tree
@@ -44,20 +134,51 @@ pub fn parse_document<'a>(
             line: e.line,
             column: e.column,
             message: e.message.to_string(),
+            code: if e.message == super::json::TOO_DEEP {
+                "schema.too_deep"
+            } else {
+                "schema.parse"
+            },
         })
     } else {
         use serde::de::DeserializeSeed;
+        if let Some((line, column)) = flow_depth_exceeds(trimmed, super::json::MAX_DEPTH) {
+            return Err(DocumentError {
+                format: "YAML",
+                line,
+                column,
+                message: super::json::TOO_DEEP.to_string(),
+                code: "schema.too_deep",
+            });
+        }
+        // In the arena: the budget lives as long as the tree it bounds.
+        let budget: &std::cell::Cell<usize> =
+            arena.alloc(std::cell::Cell::new(MAX_DOCUMENT_VALUES));
         let yaml = serde_norway::Deserializer::from_str(trimmed);
-        NodeSeed { arena }.deserialize(yaml).map_err(|e| {
+        NodeSeed { arena, budget }.deserialize(yaml).map_err(|e| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
                 .unwrap_or((0, 0));
+            let mut message = strip_position(&e.to_string());
+            // The YAML library's own alias limit (relative to the
+            // document's size) and ours (absolute) say the same thing.
+            let code = if budget.get() == 0 || message.contains("repetition limit exceeded") {
+                message = format!(
+                    "the document expands to more than {MAX_DOCUMENT_VALUES} values (YAML aliases counted each time they are used)"
+                );
+                "schema.too_large"
+            } else if message.contains("recursion limit exceeded") {
+                "schema.too_deep"
+            } else {
+                "schema.parse"
+            };
             DocumentError {
                 format: "YAML",
                 line,
                 column,
-                message: strip_position(&e.to_string()),
+                message,
+                code,
             }
         })
     }
