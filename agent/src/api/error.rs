@@ -181,7 +181,7 @@ impl From<ServiceError> for ApiError {
             code: err.code(),
             message: err.to_string(),
             details: err.details(),
-            retry_after_s: None,
+            retry_after_s: matches!(err, ServiceError::Busy { .. }).then_some(1),
         }
     }
 }

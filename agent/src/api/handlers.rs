@@ -153,7 +153,7 @@ pub async fn policies_validate(
     State(state): State<AppState>,
     PolicyText(body): PolicyText,
 ) -> ApiResult {
-    ok(state.service.validate(&body))
+    ok(state.service.validate_off_runtime(body).await?)
 }
 
 /// `POST /api/policies`: 201 with `Location`.

@@ -252,7 +252,8 @@ routes! {
         access: Access::Role(Role::Operator),
         summary: "Validate a policy: the report of `hazel validate --json`, 200 even when not ok",
         body: BodyDoc::Policy, query: [], headers: [],
-        answers: [200 => "the report {ok, issues, hash, ir}"],
+        answers: [200 => "the report {ok, issues, hash, ir}",
+                  503 => "service.busy: every validation slot is taken (Retry-After)"],
     }
     POST "/api/policies" => policies_create {
         access: Access::Role(Role::Admin),

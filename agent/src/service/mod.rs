@@ -172,6 +172,10 @@ pub enum ServiceError {
     /// The engine is stopping or stopped (503).
     #[error("the engine is not running")]
     Unavailable,
+    /// Every slot of the blocking pool for CPU-bound work (validation,
+    /// compile) is taken (503 `service.busy` with `Retry-After`).
+    #[error("{what}: every validation slot is busy; retry in a second")]
+    Busy { what: &'static str },
     /// The store failed (500); details are logged, not returned.
     #[error("storage failure")]
     Store {
@@ -201,6 +205,7 @@ impl ServiceError {
             ServiceError::Unprocessable { code, .. } => code,
             ServiceError::Webhook { code, .. } => code,
             ServiceError::Unavailable => "engine.unavailable",
+            ServiceError::Busy { .. } => "service.busy",
             ServiceError::Store { .. } => "store.failed",
             ServiceError::Internal { .. } => "internal",
         }
@@ -216,7 +221,7 @@ impl ServiceError {
             | ServiceError::Conflict { .. } => 409,
             ServiceError::Unprocessable { .. } => 422,
             ServiceError::Webhook { status, .. } => *status,
-            ServiceError::Unavailable => 503,
+            ServiceError::Unavailable | ServiceError::Busy { .. } => 503,
             ServiceError::Store { .. } | ServiceError::Internal { .. } => 500,
         }
     }

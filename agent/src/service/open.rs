@@ -74,7 +74,14 @@ pub(super) struct Inner {
     pub(super) writes: tokio::sync::Mutex<()>,
     /// The NUT pollers, stopped first at shutdown.
     nut: tokio::sync::Mutex<Option<crate::nut::NutSources>>,
+    /// Slots for CPU-bound work run on the blocking pool (validation):
+    /// never on the async workers, never more at once than this (SPEC §12).
+    pub(super) cpu_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many validations run at once on the blocking pool; more are
+/// answered 503 with `Retry-After` at once rather than queued.
+pub const CPU_SLOTS: usize = 4;
 
 /// The engine reads the inventory service's snapshots.
 struct ServiceSnapshots(InventoryService);
@@ -283,6 +290,7 @@ impl Service {
                 inventory_cache: Mutex::new(None),
                 writes: tokio::sync::Mutex::new(()),
                 nut: tokio::sync::Mutex::new(nut),
+                cpu_slots: Arc::new(tokio::sync::Semaphore::new(CPU_SLOTS)),
             }),
         })
     }

@@ -29,6 +29,31 @@ impl Service {
         validate_text(body, &self.inner.manifests, &ctx).report
     }
 
+    /// [`Service::validate`] on the blocking pool, under one of
+    /// [`super::open::CPU_SLOTS`] slots: a request that finds none free is
+    /// refused at once with 503 (SPEC §12: nothing CPU-bound on the async
+    /// workers, and a bounded number of them at once).
+    pub async fn validate_off_runtime(
+        &self,
+        body: String,
+    ) -> Result<crate::validate::ValidationReport, ServiceError> {
+        let permit = self
+            .inner
+            .cpu_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServiceError::Busy { what: "validation" })?;
+        let service = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            service.validate(&body)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal {
+            message: format!("validation task failed: {e}"),
+        })
+    }
+
     /// Saves a new policy (SPEC §9): blockers -> 400; an identical hash ->
     /// 409 naming the stored policy; saved `disabled` unless the spec says
     /// `enabled: true` and its preflight dry-run has no error.
