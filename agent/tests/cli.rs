@@ -211,3 +211,19 @@ fn compile_prints_the_ir_or_the_blockers() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_file_larger_than_the_api_body_limit_is_refused_without_reading_it_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    // 2 MiB of comments: valid YAML, but past the limit.
+    std::fs::write(&big, "# x\n".repeat(512 * 1024)).unwrap();
+    let out = hazel(&["validate", big.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("larger than 1048576 bytes"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}

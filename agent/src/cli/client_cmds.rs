@@ -545,7 +545,7 @@ async fn resolve(client: &Client, policy: &str) -> Result<String, Failure> {
 }
 
 fn read_file(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path)
+    super::read_bounded(path)
         .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))
 }
 
@@ -554,8 +554,15 @@ fn read_event(source: &str) -> Result<Value, Failure> {
     let text = if source == "-" {
         let mut text = String::new();
         std::io::stdin()
+            .take(super::MAX_FILE_BYTES + 1)
             .read_to_string(&mut text)
             .map_err(|e| Failure::Usage(format!("cannot read standard input: {e}")))?;
+        if text.len() as u64 > super::MAX_FILE_BYTES {
+            return Err(Failure::Usage(format!(
+                "standard input is larger than {} bytes, the most Hazel reads",
+                super::MAX_FILE_BYTES
+            )));
+        }
         text
     } else {
         read_file(Path::new(source))?

@@ -14,6 +14,27 @@ pub use offline::{
     OfflineOptions, PLUGINS_ENV,
 };
 
+/// The largest file a command reads (a policy, an event, an inventory):
+/// the API's default body limit (SPEC §12), so a file the agent would
+/// refuse is refused here too, before it is read into memory.
+pub const MAX_FILE_BYTES: u64 = crate::api::DEFAULT_BODY_LIMIT as u64;
+
+/// Reads a text file of at most [`MAX_FILE_BYTES`]; a larger one is an
+/// error naming the limit, found without reading it whole.
+pub fn read_bounded(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the file is larger than {MAX_FILE_BYTES} bytes, the most Hazel reads (docs/limits.md)"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Exit code: every file is free of blockers.
 pub const EXIT_OK: i32 = 0;
 /// Exit code: at least one file has a blocker; for the client commands, the

@@ -81,7 +81,7 @@ fn find_plugin_dir() -> Option<PathBuf> {
 
 /// Reads an inventory file (YAML or JSON).
 pub fn load_inventory(path: &Path) -> Result<Inventory, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
+    let text = super::read_bounded(path).map_err(|source| CliError::Read {
         path: path.display().to_string(),
         source,
     })?;
@@ -113,7 +113,7 @@ pub fn validate_files(
     let mut reports = Vec::with_capacity(files.len());
     let mut unreadable = false;
     for file in files {
-        match std::fs::read_to_string(file) {
+        match super::read_bounded(file) {
             Ok(text) => reports.push((
                 file.display().to_string(),
                 validate_text(&text, &manifests, &ctx).report,
@@ -152,7 +152,7 @@ pub fn compile_file(file: &Path, opts: &OfflineOptions, out: &mut impl Write) ->
             return EXIT_USAGE;
         }
     };
-    let text = match std::fs::read_to_string(file) {
+    let text = match super::read_bounded(file) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("hazel: cannot read {}: {e}", file.display());
