@@ -745,3 +745,40 @@ async fn a_due_countdown_whose_run_cannot_be_stored_is_kept_and_fires_on_retry()
     assert_eq!(pve.status("vm:101").as_deref(), Some("stopped"));
     assert_eq!(fire(&mut engine, &clock).await, 0, "fired once, not twice");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_kill_switch_holds_items_when_the_store_cannot_write_and_release_needs_the_write() {
+    // SPEC §12: the brake works first and is persisted second.
+    let pve = pve();
+    let flaky = Arc::new(Flaky {
+        inner: MemoryStore::default(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    let clock = clock();
+    let mut engine = engine(flaky.clone(), &pve, &clock, None, vec![held_policy()]);
+    engine.start().await.unwrap();
+    flaky.failing.store(true, Ordering::SeqCst); // the disk is full
+    assert!(!engine.pause("ops", "smoke in the rack").await.unwrap());
+    assert!(
+        !flaky.inner.kill_switch().unwrap().paused,
+        "nothing was written"
+    );
+    flaky.failing.store(false, Ordering::SeqCst);
+    engine.handle_event(&ups("on_battery")).await.unwrap();
+    seconds(121).await;
+    // Not `fire`: its settle would wait for the held item.
+    let reports = engine.fire_due(clock()).await.unwrap();
+    assert_eq!(reports.len(), 1);
+    seconds(120).await;
+    assert!(pve.executes().is_empty(), "a paused engine executed");
+    assert_eq!(engine.pending_items(), 1, "the item is held, not lost");
+    // Release needs the write.
+    flaky.failing.store(true, Ordering::SeqCst);
+    assert!(engine.resume().await.is_err());
+    seconds(30).await;
+    assert!(pve.executes().is_empty(), "a failed release released");
+    flaky.failing.store(false, Ordering::SeqCst);
+    engine.resume().await.unwrap();
+    engine.settle().await.unwrap();
+    assert_eq!(pve.executes().len(), 1);
+}

@@ -54,7 +54,7 @@ enum Command {
     Pause {
         by: String,
         reason: String,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<bool, String>>,
     },
     Resume {
         reply: oneshot::Sender<Result<(), String>>,
@@ -183,7 +183,8 @@ impl EngineHandle {
     }
 
     /// Engages the persisted kill switch.
-    pub async fn pause(&self, by: &str, reason: &str) -> Result<(), EngineCallError> {
+    /// `Ok(false)`: paused in memory, not persisted (the store refused).
+    pub async fn pause(&self, by: &str, reason: &str) -> Result<bool, EngineCallError> {
         let (by, reason) = (by.to_string(), reason.to_string());
         self.call(|reply| Command::Pause { by, reason, reply })
             .await

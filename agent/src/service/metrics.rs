@@ -23,6 +23,7 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<(String, String), Histogram>>,
     http: Mutex<BTreeMap<(String, u16), u64>>,
     reachable: Mutex<BTreeMap<String, bool>>,
+    kill_switch_unpersisted: Mutex<u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -33,6 +34,14 @@ struct Histogram {
 }
 
 impl Metrics {
+    /// Counts a kill switch engaged in memory whose write the store refused.
+    pub fn kill_switch_unpersisted(&self) {
+        *self
+            .kill_switch_unpersisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+
     /// Counts an event taken in, by kind and whether it was a dry-run.
     pub fn event(&self, kind: &str, dry_run: bool) {
         let mode = if dry_run { "dry_run" } else { "live" };
@@ -104,6 +113,17 @@ impl Metrics {
                 mode
             );
         }
+        header(
+            &mut out,
+            "hazel_kill_switch_unpersisted_total",
+            "counter",
+            "Kill switch pauses held in memory because the store refused the write.",
+        );
+        let _ = writeln!(
+            out,
+            "hazel_kill_switch_unpersisted_total {}",
+            lock(&self.kill_switch_unpersisted)
+        );
         header(
             &mut out,
             "hazel_decisions_total",

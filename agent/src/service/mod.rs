@@ -302,6 +302,9 @@ pub struct KillSwitchView {
     pub since: Option<DateTime<Utc>>,
     pub by: Option<String>,
     pub reason: Option<String>,
+    /// `false` when the engine holds a pause the store could not write (a
+    /// full disk): in effect now, forgotten by a restart.
+    pub persisted: bool,
 }
 
 /// Capabilities a host's plugin offers (`GET /api/hosts/:id/capabilities`).

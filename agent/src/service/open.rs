@@ -77,6 +77,8 @@ pub(super) struct Inner {
     /// Slots for CPU-bound work run on the blocking pool (validation):
     /// never on the async workers, never more at once than this (SPEC §12).
     pub(super) cpu_slots: Arc<tokio::sync::Semaphore>,
+    /// A kill switch engaged in memory whose write the store refused.
+    pub(super) unpersisted_pause: tokio::sync::Mutex<Option<super::KillSwitchView>>,
 }
 
 /// How many validations run at once on the blocking pool; more are
@@ -291,6 +293,7 @@ impl Service {
                 writes: tokio::sync::Mutex::new(()),
                 nut: tokio::sync::Mutex::new(nut),
                 cpu_slots: Arc::new(tokio::sync::Semaphore::new(CPU_SLOTS)),
+                unpersisted_pause: tokio::sync::Mutex::new(None),
             }),
         })
     }

@@ -177,9 +177,18 @@ impl Engine {
 
     /// Engages the kill switch: persisted first, then every queued and new
     /// item is held (running ones finish). Dry-runs keep working.
-    pub async fn pause(&mut self, by: &str, reason: &str) -> Result<(), EngineError> {
+    ///
+    /// The brake works first (SPEC §12): the scheduler holds items at once,
+    /// in memory, and only then is the state persisted. A write that fails
+    /// (a full disk) leaves the engine paused and is logged loudly; the
+    /// answer is `Ok(false)` so the caller can say it was not persisted.
+    pub async fn pause(&mut self, by: &str, reason: &str) -> Result<bool, EngineError> {
+        self.scheduler
+            .pause()
+            .await
+            .map_err(|source| EngineError::Scheduler { source })?;
         let now = (self.config.clock)();
-        self.store.write(&[
+        let persisted = self.store.write(&[
             Write::SetKillSwitch(KillSwitchState {
                 paused: true,
                 since: Some(now),
@@ -193,11 +202,11 @@ impl Engine {
                 policy_id: None,
                 details: json!({"by": by, "reason": reason}),
             }),
-        ])?;
-        self.scheduler
-            .pause()
-            .await
-            .map_err(|source| EngineError::Scheduler { source })
+        ]);
+        if let Err(e) = &persisted {
+            tracing::error!(error = %e, by, "KILL SWITCH ENGAGED IN MEMORY ONLY: the store refused the write; a restart would forget it until it is written");
+        }
+        Ok(persisted.is_ok())
     }
 
     /// Releases the kill switch: persisted, then each held item is dropped
