@@ -650,3 +650,36 @@ async fn retries_are_off_with_attempts_zero() {
     assert_eq!(site.calls().len(), 1);
     assert_eq!(engine.next_deadline(), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_vm_started_by_hand_while_the_inverse_waits_to_retry_leaves_the_restore_set() {
+    let site = Site::new();
+    let mut engine = site
+        .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
+        .await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    seconds(1).await;
+    handle(&mut engine, &host_state("pve-01", false)).await;
+    handle(&mut engine, &ups("on_mains")).await; // the inverse fails: retry at 6 s
+    seconds(1).await;
+    site.pve.set_status("vm:101", "running"); // started by hand
+    handle(&mut engine, &host_state("pve-01", true)).await;
+    for _ in 0..10 {
+        seconds(1).await;
+        fire(&mut engine, &site.clock).await;
+    }
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &["vm:101", "vm:102"], 0),
+            call("start", &["vm:102"], 6),
+        ]
+    );
+    // Nothing is left to restore, so the next outage is acted on.
+    assert!(
+        restore_set(&site, 1).is_empty(),
+        "{:?}",
+        restore_set(&site, 1)
+    );
+}

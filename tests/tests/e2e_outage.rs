@@ -667,3 +667,143 @@ async fn a_restart_during_the_hold_after_the_mains_returned_shuts_nothing_down_a
     }
     agent.stop();
 }
+
+/// The targets of `policy`'s restore set (`GET /api/policies/:id/restore-set`).
+async fn restore_set(agent: &Agent, policy: &str) -> Vec<String> {
+    let set = agent
+        .get(&format!("/api/policies/{policy}/restore-set"))
+        .await;
+    let mut targets: Vec<String> = set
+        .as_array()
+        .unwrap_or_else(|| panic!("a restore set is a list: {set}"))
+        .iter()
+        .filter_map(|e| e["target"].as_str().map(str::to_string))
+        .collect();
+    targets.sort();
+    targets
+}
+
+/// SPEC §6 "Outage lifecycle" (restore set, reconciliation) against the
+/// real `hazel serve`: SIGKILL while the shutdown tasks run, the tasks
+/// finish while the agent is down, and at the next mains return the
+/// generated inverse (ledger selector) starts exactly the VMs that were
+/// stopped: never vm 104 (off before the outage) nor vm 105 (high tier).
+///
+/// The restart waits until the simulator's tasks have finished: a
+/// reconciliation that reads a target whose task still runs records no
+/// change (issue 13 item 9, landing separately).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_shutdown_then_the_mains_return_restores_exactly_the_stopped_vms() {
+    let dir = tempfile::tempdir().unwrap();
+    let markers = tempfile::tempdir().unwrap();
+    let sim = ProxmoxSim::start(cluster())
+        .await
+        .expect("the Proxmox simulator binds");
+    let sshd = Sshd::start();
+    let upsd = Upsd::builder().start();
+    upsd.set_status("OL");
+    upsd.wait_for_var("ups.status", "OL");
+    let port = free_port();
+    let config = write_config(dir.path(), port, &sim, &sshd, &upsd, markers.path());
+    let mut agent = Agent::start(&config, port, &dir.path().join("hazel.log"));
+    agent.wait_ready().await;
+    let forward = agent.post("/api/policies", stop_low_tier()).await;
+    let forward_id = forward["id"].as_str().unwrap().to_string();
+    let inverse = agent
+        .post(&format!("/api/policies/{forward_id}/inverse"), json!({}))
+        .await;
+    assert_eq!(
+        inverse["spec_inverse"]["targets"]["selector"]["mode"], "ledger",
+        "{inverse}"
+    );
+    let back = agent
+        .post("/api/policies", inverse["spec_inverse"].clone())
+        .await;
+    let back_id = back["id"].as_str().unwrap().to_string();
+    for id in [&forward_id, &back_id] {
+        let enabled = agent
+            .post(&format!("/api/policies/{id}/enable"), json!({}))
+            .await;
+        assert_eq!(enabled["status"], "enabled", "{enabled}");
+    }
+
+    // The outage, with slow shutdown tasks; SIGKILL once all three
+    // shutdowns reached Proxmox, while the driver waits for the tasks.
+    sim.set_task_delay(Duration::from_secs(6));
+    upsd.set_status("OB DISCHRG");
+    eventually(
+        "the three shutdowns to reach the simulator",
+        Duration::from_secs(30),
+        &agent,
+        || async {
+            let posts: u64 = [101, 102, 103]
+                .iter()
+                .map(|id| shutdown_posts(&sim, *id))
+                .sum();
+            (posts == 3).then_some(())
+        },
+    )
+    .await;
+    agent.kill();
+    assert!(
+        [101, 102, 103]
+            .iter()
+            .any(|id| vm_status(&sim, *id) == Some(SimStatus::Running)),
+        "the kill came after the tasks finished: nothing was in flight"
+    );
+    // The tasks finish on the host while the agent is down.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while [101, 102, 103]
+        .iter()
+        .any(|id| vm_status(&sim, *id) != Some(SimStatus::Stopped))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the simulator's tasks never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sim.set_task_delay(Duration::from_millis(100));
+
+    // Restart, still on battery: reconciliation finds the three stopped,
+    // and they are the forward policy's restore set.
+    agent.spawn();
+    agent.wait_ready().await;
+    let set = eventually(
+        "the reconciled targets in the restore set",
+        Duration::from_secs(30),
+        &agent,
+        || async {
+            let set = restore_set(&agent, &forward_id).await;
+            (set.len() == 3).then_some(set)
+        },
+    )
+    .await;
+    assert_eq!(set, ["vm:101", "vm:102", "vm:103"]);
+
+    // Mains return: the inverse starts exactly those.
+    upsd.set_status("OL");
+    let run = eventually(
+        "the inverse run in the ledger",
+        Duration::from_secs(30),
+        &agent,
+        || async { agent.executions(&back_id).await.into_iter().next() },
+    )
+    .await;
+    assert_eq!(run["status"], "ok", "{run}");
+    for id in [101, 102, 103] {
+        assert_eq!(vm_status(&sim, id), Some(SimStatus::Running), "vm {id}");
+        assert_eq!(start_posts(&sim, id), 1, "vm {id} started once");
+        assert_eq!(shutdown_posts(&sim, id), 1, "vm {id} shut down once");
+    }
+    assert_eq!(vm_status(&sim, 104), Some(SimStatus::Stopped), "vm 104");
+    assert_eq!(
+        start_posts(&sim, 104),
+        0,
+        "vm 104 was off before the outage"
+    );
+    assert_eq!(vm_status(&sim, 105), Some(SimStatus::Running), "vm 105");
+    assert_eq!(start_posts(&sim, 105) + shutdown_posts(&sim, 105), 0);
+    assert!(restore_set(&agent, &forward_id).await.is_empty());
+    agent.stop();
+}

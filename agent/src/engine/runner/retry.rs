@@ -26,8 +26,8 @@ use uuid::Uuid;
 use super::guards::{already_desired, Guard};
 use super::ledger::row;
 use super::{
-    inverse_keys, ActionWork, Engine, EngineError, OpenRun, Pending, ALREADY_DESIRED,
-    HOST_UNREACHABLE,
+    inverse_keys, ledger_forward, ActionWork, Engine, EngineError, OpenRun, Pending,
+    ALREADY_DESIRED, HOST_UNREACHABLE,
 };
 use crate::engine::conditions::{Facts, Lookup};
 use crate::engine::scheduler::QueueItem;
@@ -310,19 +310,34 @@ impl Engine {
             // Targets that reached the desired state meanwhile are done.
             let snapshot = self.snapshots.host(&retry.host);
             let mut targets = Vec::new();
+            let mut done = Vec::new();
             for target in retry.targets {
                 match already_desired(&self.config.manifests, &action, snapshot.as_ref(), &target) {
-                    Some(status) => open.record.results.push(row(
-                        index as usize,
-                        &action,
-                        &retry.host,
-                        &target,
-                        true,
-                        Severity::Info,
-                        ALREADY_DESIRED,
-                        &format!("{target} is already {status}"),
-                    )),
+                    Some(status) => {
+                        open.record.results.push(row(
+                            index as usize,
+                            &action,
+                            &retry.host,
+                            &target,
+                            true,
+                            Severity::Info,
+                            ALREADY_DESIRED,
+                            &format!("{target} is already {status}"),
+                        ));
+                        done.push(target);
+                    }
                     None => targets.push(target),
+                }
+            }
+            // An inverse's target someone else brought back meanwhile is no
+            // longer as the forward run left it: it leaves the forward
+            // policy's restore set, as when the inverse first resolved it.
+            let forward = self.policies.get(&retry.policy_id).and_then(ledger_forward);
+            if let Some(forward) = forward.filter(|_| !done.is_empty()) {
+                let writes = self.drop_changed_since(forward, &retry.host, &done);
+                if let Err(e) = self.store.write(&writes) {
+                    self.open.insert(retry.run_id, open);
+                    return Err(e.into());
                 }
             }
             if targets.is_empty() {
