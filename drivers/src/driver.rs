@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::manifest::{Capabilities, Manifest};
+use crate::task::{TaskHandle, TaskStatus};
 
 /// How much a discovery should read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +227,10 @@ impl DriverError {
 ///   the driver, and the engine reconciles by reading state, never by blind
 ///   re-execution.
 /// - No secret appears in an answer, an error message or a log line.
+/// - A driver whose device runs a change as a task of its own (Proxmox
+///   UPIDs) reports each task's handle through [`crate::task::report_task`]
+///   as soon as the device accepted it, before waiting for it, and answers
+///   [`Driver::task_status`] about it.
 #[async_trait]
 pub trait Driver: Send + Sync {
     /// The manifest id this driver implements (`proxmox.ve`).
@@ -258,6 +263,15 @@ pub trait Driver: Send + Sync {
 
     /// Checks reachability and credentials.
     async fn test_connection(&self) -> Result<ConnectionReport, DriverError>;
+
+    /// What the device says now about a task this driver started and
+    /// reported through [`crate::task::report_task`] (one read, no wait;
+    /// never changes device state). The engine asks at start about the
+    /// tasks of intents a crash left open. The default, for drivers that
+    /// start no tasks, is [`TaskStatus::Unknown`]: read the target instead.
+    async fn task_status(&self, _task: &TaskHandle) -> Result<TaskStatus, DriverError> {
+        Ok(TaskStatus::Unknown)
+    }
 }
 
 /// The idempotency key of one action × target (SPEC §5): host id,

@@ -11,7 +11,7 @@
 //! ([`ErrorKind::counts_for_breaker`]: network, TLS, timeout, server
 //! errors); any other answer proves the host is up and resets the count.
 //!
-//! - `discover`, `test_connection`: the call's `Err` kind.
+//! - `discover`, `test_connection`, `task_status`: the call's `Err` kind.
 //! - `dry_run`: only an `Err` of the whole call counts. Per-target problems
 //!   inside the answers (a failed precondition, a probe that got a 503) never
 //!   trip the host's breaker, even when every answer failed: a
@@ -78,6 +78,7 @@ use crate::driver::{
     Action, ConnectionReport, Driver, DriverError, DryRunAnswer, ErrorKind, ExecOutcome,
     RefreshMode,
 };
+use crate::task::{TaskHandle, TaskStatus};
 
 /// The policy run a driver call serves, shown on the guard's span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,6 +308,17 @@ impl Driver for GuardedDriver {
             None,
             0,
             self.inner.test_connection(),
+            err_kind,
+        )
+        .await
+    }
+
+    async fn task_status(&self, task: &TaskHandle) -> Result<TaskStatus, DriverError> {
+        self.call(
+            "task_status",
+            None,
+            1,
+            self.inner.task_status(task),
             err_kind,
         )
         .await

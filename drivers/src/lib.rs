@@ -15,6 +15,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod secret;
 pub mod ssh;
+pub mod task;
 #[cfg(feature = "sim")]
 pub mod testing;
 pub mod webhook;

@@ -774,6 +774,39 @@ fn param_verbs_key_fields_and_power_verbs_must_be_declared() {
 }
 
 #[test]
+fn repeatable_verbs_must_be_declared_and_have_a_result() {
+    check(
+        r#"capabilities:
+  - id: t.cap
+    verbs: [shutdown, reset]
+    targets: [thing]
+    results:
+      shutdown: stopped
+    repeatable: [shutdown, reset, reboot]
+"#,
+        expect![[r#"
+            t.x.yaml: /capabilities/0/repeatable/2: unknown verb `reboot` (expected one of: shutdown, reset)
+            t.x.yaml: /capabilities/0/repeatable/1: verb `reset` has no `results` entry: a verb is repeated only where its effect can be read
+        "#]],
+    );
+}
+
+#[test]
+fn shutdown_stop_and_poe_off_repeat_but_reset_reboot_and_cycle_never_do() {
+    assert!(cap("proxmox.vm").repeats("shutdown", &params(json!({"grace_s": 60}))));
+    assert!(cap("proxmox.vm").repeats("stop", &Map::new()));
+    assert!(cap("proxmox.ct").repeats("shutdown", &Map::new()));
+    assert!(!cap("proxmox.vm").repeats("reset", &Map::new()));
+    assert!(!cap("proxmox.node").repeats("reboot", &Map::new()));
+    assert!(!cap("host.power").repeats("reboot", &Map::new()));
+    let poe = cap("aoss.poe.port");
+    assert!(poe.repeats("set", &params(json!({"state": "off"}))));
+    assert!(!poe.repeats("set", &params(json!({"state": "cycle"}))));
+    assert!(!cap("host.service").repeats("restart", &Map::new()));
+    assert!(!cap("notify.webhook").repeats("post", &Map::new()));
+}
+
+#[test]
 fn results_must_name_declared_verbs_string_params_and_allowed_values() {
     check(
         r#"capabilities:

@@ -1149,3 +1149,46 @@ async fn a_registry_built_driver_keys_its_answers_with_the_configured_manifest()
         drivers::driver::action_key(&manifests, "pve-02", &shutdown(), "vm:104")
     );
 }
+
+#[tokio::test]
+async fn the_upid_of_a_power_task_is_reported_before_the_task_ends_and_can_be_read_later() {
+    use drivers::task::{with_task_sink, TaskHandle, TaskSink, TaskStatus};
+    let sim = start(SimConfig::demo()).await;
+    sim.set_task_delay(Duration::from_millis(1500));
+    let driver = Arc::new(driver_for(&sim));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<TaskHandle>();
+    let sink: TaskSink = Arc::new(move |h: &TaskHandle| {
+        let _ = tx.send(h.clone());
+    });
+    let running = {
+        let driver = driver.clone();
+        tokio::spawn(async move {
+            let (action, ids) = (shutdown(), targets(&["vm:100"]));
+            with_task_sink(sink, driver.execute(&action, &ids)).await
+        })
+    };
+    let reported = rx.recv().await.expect("the UPID is reported");
+    assert_eq!(reported.target, "vm:100");
+    assert!(reported.handle.starts_with("UPID:pve1:"), "{reported:?}");
+    assert!(!running.is_finished(), "reported while execute still waits");
+    assert_eq!(sim.status(100), Some(SimStatus::Running));
+    assert_eq!(
+        driver.task_status(&reported).await.unwrap(),
+        TaskStatus::Running
+    );
+    let outcomes = running.await.unwrap().unwrap();
+    assert_eq!(outcomes[0].evidence["upid"], json!(reported.handle));
+    assert_eq!(sim.status(100), Some(SimStatus::Stopped));
+    assert_eq!(
+        driver.task_status(&reported).await.unwrap(),
+        TaskStatus::Succeeded { exit: "OK".into() }
+    );
+    let unknown = TaskHandle {
+        target: "vm:100".into(),
+        handle: "UPID:pve1:00000001:00000002:00000003:qmstop:100:root@pam:".into(),
+    };
+    assert_eq!(
+        driver.task_status(&unknown).await.unwrap(),
+        TaskStatus::Unknown
+    );
+}

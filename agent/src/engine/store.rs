@@ -285,6 +285,10 @@ pub enum Write {
     /// outcome: the next attempt of a retried action (SPEC §6 "Outage
     /// lifecycle") in the same run.
     ReopenIntent(IntentRecord),
+    /// Adds a device task to an intent still without outcome; a task it
+    /// holds already, an unknown intent or one with an outcome (a report
+    /// that arrived after the item finished) is left as it is.
+    RecordTask { id: IntentId, task: TaskRecord },
     /// Sets an intent's outcome; unknown -> not found, already set -> conflict.
     CompleteIntent {
         id: IntentId,
@@ -407,6 +411,26 @@ pub struct IntentRecord {
     pub idempotency_keys: Vec<String>,
     pub correlation_id: Uuid,
     pub created_at: DateTime<Utc>,
+    /// The event the intent serves. The ledger entry of a run a crash
+    /// interrupted and the trigger check of its retry read it; `None` in
+    /// intents written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<RunEvent>,
+    /// Device tasks the driver reported started (a Proxmox UPID per
+    /// target), added by [`Write::RecordTask`] as soon as the driver hands
+    /// them over, before they end: reconciliation after a crash reads them
+    /// (SPEC §6 "Persistence and restarts").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskRecord>,
+}
+
+/// One device task an intent's execution started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Canonical target id (`vm:104`).
+    pub target: String,
+    /// The device's task id (a Proxmox UPID), opaque to the engine.
+    pub handle: String,
 }
 
 impl IntentRecord {

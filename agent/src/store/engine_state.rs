@@ -491,6 +491,35 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<()> {
             )
             .map_err(sql("reopen_intent"))?;
         }
+        Write::RecordTask { id, task } => {
+            let key = params![id.run_id.to_string(), id.action_index, id.host];
+            let doc: Option<String> = tx
+                .query_row(
+                    "SELECT intent FROM intents
+                     WHERE run_id = ?1 AND action_index = ?2 AND host = ?3 AND outcome IS NULL",
+                    key,
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(sql("record_task"))?;
+            if let Some(doc) = doc {
+                let mut intent: IntentRecord = from_json("intent", &doc)?;
+                if !intent.tasks.contains(task) {
+                    intent.tasks.push(task.clone());
+                    tx.execute(
+                        "UPDATE intents SET intent = ?4
+                         WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
+                        params![
+                            id.run_id.to_string(),
+                            id.action_index,
+                            id.host,
+                            to_json("intent", &intent)?
+                        ],
+                    )
+                    .map_err(sql("record_task"))?;
+                }
+            }
+        }
         Write::CompleteIntent { id, outcome } => complete_intent(tx, id, outcome)?,
         Write::PruneIntents { before } => {
             tx.execute(

@@ -29,6 +29,7 @@ use drivers::driver::{
     ExecOutcome, Plan, RefreshMode, TargetEffect,
 };
 use drivers::manifest::shipped;
+use drivers::task::{report_task, TaskHandle, TaskStatus};
 use inventory::{HostInventory, Severity, Target};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
@@ -105,7 +106,21 @@ pub struct FakeDriver {
     pub concurrency: Concurrency,
     /// Executes of every fake sharing it at once.
     pub global: Arc<Concurrency>,
+    /// When set, each target's change runs as a device task of this
+    /// length: its handle is reported before the execute waits, and the
+    /// device finishes it even when the execute is dropped (a crash).
+    pub task_delay: Mutex<Option<Duration>>,
+    tasks: Mutex<Vec<FakeTask>>,
     calls: Mutex<Vec<Call>>,
+}
+
+/// A change the fake device runs on its own until `ends`.
+struct FakeTask {
+    handle: String,
+    target: String,
+    to: Option<String>,
+    ends: Instant,
+    applied: bool,
 }
 
 impl FakeDriver {
@@ -138,12 +153,38 @@ impl FakeDriver {
             dry_runs: AtomicUsize::new(0),
             concurrency: Concurrency::default(),
             global: global.clone(),
+            task_delay: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
         })
     }
 
     pub fn status(&self, target: &str) -> Option<String> {
+        self.settle_tasks();
         self.state.lock().unwrap().get(target).cloned().flatten()
+    }
+
+    /// Applies the changes of the device tasks that ended by now.
+    fn settle_tasks(&self) {
+        let now = Instant::now();
+        let mut tasks = self.tasks.lock().unwrap();
+        for task in tasks.iter_mut().filter(|t| !t.applied && t.ends <= now) {
+            task.applied = true;
+            self.state
+                .lock()
+                .unwrap()
+                .insert(task.target.clone(), task.to.clone());
+        }
+    }
+
+    /// The handles of every task started so far.
+    pub fn task_handles(&self) -> Vec<String> {
+        self.tasks
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| t.handle.clone())
+            .collect()
     }
 
     pub fn set_status(&self, target: &str, status: &str) {
@@ -167,6 +208,7 @@ impl FakeDriver {
     }
 
     pub fn snapshot(&self) -> HostInventory {
+        self.settle_tasks();
         let targets = self
             .state
             .lock()
@@ -277,6 +319,7 @@ impl Driver for FakeDriver {
         targets: &[String],
     ) -> Result<Vec<DryRunAnswer>, DriverError> {
         self.dry_runs.fetch_add(1, Ordering::SeqCst);
+        self.settle_tasks();
         Ok(targets
             .iter()
             .map(|t| {
@@ -313,7 +356,30 @@ impl Driver for FakeDriver {
             probe();
         }
         let _running = Running::enter(self, action, targets);
-        let latency = self.next_latency();
+        let mut latency = self.next_latency();
+        let task_delay = *self.task_delay.lock().unwrap();
+        if let Some(delay) = task_delay {
+            latency = delay;
+            let failing = self.failing.lock().unwrap().clone();
+            for t in targets.iter().filter(|t| !failing.contains(*t)) {
+                let handle = {
+                    let mut tasks = self.tasks.lock().unwrap();
+                    let handle = format!("task-{}:{}:{t}", tasks.len() + 1, action.verb);
+                    tasks.push(FakeTask {
+                        handle: handle.clone(),
+                        target: t.clone(),
+                        to: after(action, self.state.lock().unwrap().get(t).cloned().flatten()),
+                        ends: Instant::now() + delay,
+                        applied: false,
+                    });
+                    handle
+                };
+                report_task(TaskHandle {
+                    target: t.clone(),
+                    handle,
+                });
+            }
+        }
         tokio::time::sleep(latency).await;
         if self.erroring.lock().unwrap().contains(&action.verb) {
             return Err(DriverError::new(
@@ -354,6 +420,16 @@ impl Driver for FakeDriver {
             ok: true,
             details: Map::new(),
             duration_ms: 0,
+        })
+    }
+
+    async fn task_status(&self, task: &TaskHandle) -> Result<TaskStatus, DriverError> {
+        self.settle_tasks();
+        let tasks = self.tasks.lock().unwrap();
+        Ok(match tasks.iter().find(|t| t.handle == task.handle) {
+            Some(t) if t.applied => TaskStatus::Succeeded { exit: "OK".into() },
+            Some(_) => TaskStatus::Running,
+            None => TaskStatus::Unknown,
         })
     }
 }

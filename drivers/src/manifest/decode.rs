@@ -2,7 +2,7 @@
 //! by hand rather than with serde so that every problem of a file is
 //! reported at once, each with a JSON-pointer path (`/capabilities/0/verbs`)
 //! and a did-you-mean for unknown keys and names. Cross-field rules (verbs
-//! named by `invertible`, `powers_off_host` and `results`, defaults that fit
+//! named by `invertible`, `powers_off_host`, `results` and `repeatable`, defaults that fit
 //! their own spec) are checked here too.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,6 +96,7 @@ const CAPABILITY_KEYS: &[&str] = &[
     "params",
     "powers_off_host",
     "results",
+    "repeatable",
 ];
 const RESULT_PARAM_KEYS: &[&str] = &["param", "values"];
 const IDEMPOTENCY_KEYS: &[&str] = &["key_fields"];
@@ -688,6 +689,11 @@ fn decode_capability(d: &mut Decoder, path: &str, v: &Value) -> Option<Capabilit
     });
     let invertible = d.opt(path, m, "invertible", decode_invertible);
     let results = d.opt(path, m, "results", decode_results);
+    let repeatable = d.opt(path, m, "repeatable", |d, p, v| {
+        let list = d.strings(p, v)?;
+        check_verbs(d, p, &list, verbs.as_deref());
+        Some(list)
+    });
 
     let verbs = verbs?;
     let params = params.unwrap_or_default();
@@ -726,6 +732,17 @@ fn decode_capability(d: &mut Decoder, path: &str, v: &Value) -> Option<Capabilit
         .collect();
     let results = results.unwrap_or_default();
     check_results(d, &join(path, "results"), &results, &verbs, &params);
+    let repeatable = repeatable.unwrap_or_default();
+    for (i, verb) in repeatable.iter().enumerate() {
+        if verbs.contains(verb) && !results.contains_key(verb) {
+            d.err(
+                &join(&join(path, "repeatable"), &i.to_string()),
+                format!(
+                    "verb `{verb}` has no `results` entry: a verb is repeated only where its effect can be read"
+                ),
+            );
+        }
+    }
     Some(Capability {
         id: id?,
         description,
@@ -738,6 +755,7 @@ fn decode_capability(d: &mut Decoder, path: &str, v: &Value) -> Option<Capabilit
         params,
         powers_off_host: powers_off.unwrap_or_default(),
         results,
+        repeatable,
     })
 }
 

@@ -203,6 +203,14 @@ pub struct Capability {
     /// listed (reset, reboot, cycle, post) is never skipped.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub results: BTreeMap<String, VerbResult>,
+    /// Verbs safe to send again when an interrupted run left it unknown
+    /// whether the device got them (SPEC §6 "Persistence and restarts"):
+    /// shutdown, stop, PoE off. Each needs a `results` entry, so the engine
+    /// can read whether it took effect first; a verb whose params lead to no
+    /// status (`set state=cycle`) is never repeated, nor is any verb left
+    /// out (reboot, reset, cycle, post).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repeatable: Vec<String>,
 }
 
 /// The statuses one verb leads to (`results` in the YAML).
@@ -395,6 +403,12 @@ impl Capability {
     /// Whether `verb` powers off or reboots the host (see [`Capability::powers_off_host`]).
     pub fn powers_off(&self, verb: &str) -> bool {
         self.powers_off_host.iter().any(|v| v == verb)
+    }
+
+    /// Whether `verb` with `params` may be sent again after an interruption
+    /// (see [`Capability::repeatable`]): listed, and leading to a status.
+    pub fn repeats(&self, verb: &str, params: &Map<String, Value>) -> bool {
+        self.repeatable.iter().any(|v| v == verb) && !self.desired_statuses(verb, params).is_empty()
     }
 
     /// The target statuses `verb` with `params` leads to, from `results`

@@ -28,6 +28,7 @@ use super::model::{
 use super::{CAP_CT, CAP_NODE, CAP_VM};
 use crate::driver::{Action, DriverError, ErrorKind, ExecOutcome};
 use crate::ratelimit::Backoff;
+use crate::task::{report_task, TaskHandle, TaskStatus};
 
 /// Extra seconds over `grace_s` the driver waits for a task by default
 /// (a forced stop kills the guest 10 s after the grace).
@@ -220,6 +221,12 @@ async fn run_guest(
         Err(e) => return report.error(&e, None),
     };
     report.note("upid", upid.clone());
+    // The engine persists the UPID now, so an agent killed while the task
+    // runs reads the task at its next start instead of guessing.
+    report_task(TaskHandle {
+        target: target.to_string(),
+        handle: upid.clone(),
+    });
 
     let timeout = Duration::from_secs(
         params
@@ -342,6 +349,40 @@ async fn poll_task(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// One read of the task a UPID names (`GET /nodes/{node}/tasks/{upid}/status`,
+/// the node taken from the UPID): running, or stopped with its exit status
+/// (`OK` and `WARNINGS: n` succeeded). A UPID the node does not know (400
+/// `no such task`, task logs rotated) or cannot be parsed is
+/// [`TaskStatus::Unknown`].
+pub(crate) async fn task_status(
+    client: &ApiClient,
+    task: &TaskHandle,
+) -> Result<TaskStatus, DriverError> {
+    let Some(node) = upid_node(&task.handle) else {
+        return Ok(TaskStatus::Unknown);
+    };
+    let path = format!("/nodes/{node}/tasks/{}/status", task.handle);
+    let data = match client.for_any().get(&path, &[], None).await {
+        Ok(data) => data,
+        Err(e) if matches!(e.kind, ErrorKind::ValidationError | ErrorKind::NotFound) => {
+            return Ok(TaskStatus::Unknown)
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(match str_field(&data, "status").as_deref() {
+        Some("running") => TaskStatus::Running,
+        Some("stopped") => {
+            let exit = str_field(&data, "exitstatus").unwrap_or_else(|| "unknown".into());
+            if exit == "OK" || exit.starts_with("WARNINGS") {
+                TaskStatus::Succeeded { exit }
+            } else {
+                TaskStatus::Failed { exit }
+            }
+        }
+        _ => TaskStatus::Unknown,
+    })
 }
 
 /// One best-effort state read; `None` when it fails.

@@ -10,8 +10,8 @@
 //! time, and whenever it or the resource list shows a lock on a guest about
 //! to be changed, the driver reads `.../config` and lets the config decide
 //! (a lock released or swapped between the two reads is not a stale refusal).
-//! Power actions return a task id (UPID) that is polled to
-//! completion, and a task that ends OK is followed by another state read,
+//! Power actions return a task id (UPID) that is reported to the engine
+//! ([`crate::task::report_task`]) before it is polled to completion, and a task that ends OK is followed by another state read,
 //! because an HA-managed guest may be restarted by the cluster. Proxmox's
 //! quirks are handled where they bite: starting a running VM "succeeds" with a
 //! failing task (the driver checks state first and reads that failure as
@@ -55,6 +55,7 @@ use crate::driver::{
 use crate::host::ValidatedHost;
 use crate::ratelimit::DeviceLimits;
 use crate::secret::Secret;
+use crate::task::{TaskHandle, TaskStatus};
 
 use client::ApiClient;
 
@@ -406,6 +407,10 @@ impl Driver for ProxmoxDriver {
         targets: &[String],
     ) -> Result<Vec<ExecOutcome>, DriverError> {
         execute::execute(&self.client, action, targets, &self.config.node).await
+    }
+
+    async fn task_status(&self, task: &TaskHandle) -> Result<TaskStatus, DriverError> {
+        execute::task_status(&self.client, task).await
     }
 
     async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {

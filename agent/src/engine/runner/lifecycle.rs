@@ -7,19 +7,23 @@
 //! (policy, trigger, kind), each carrying the policy's whole trigger state
 //! and the hash of the policy version it belongs to, so a restart re-arms
 //! exactly what was pending. Intents left without an outcome are reconciled
-//! by a driver dry-run (reading the targets' state), never re-executed.
+//! by waiting for the device tasks they recorded and then a driver dry-run
+//! (reading the targets' state), never blindly re-executed: only a
+//! repeatable verb whose trigger still holds is sent again (`inflight`).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use drivers::driver::{Action, ExecOutcome};
 use drivers::guard::{with_context, CallContext};
+use drivers::task::TaskStatus;
 use inventory::Severity;
 use serde_json::{json, Map, Value};
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::guards::desired_statuses;
+use super::inflight;
 use super::ledger::row;
 use super::restore::Change;
 use super::{
@@ -64,6 +68,12 @@ pub struct Reconciled {
     /// Targets not (or not known to be) there: their keys are cleared so the
     /// next event acts on them; nothing is re-executed now.
     pub not_done: Vec<String>,
+    /// Targets whose device task still ran when the wait for it ended:
+    /// their keys are kept (the task may still act), nothing is re-executed.
+    pub pending: Vec<String>,
+    /// Targets of `not_done` to be sent the action again once the trigger
+    /// is known to hold (a repeatable verb, `inflight`).
+    pub repeat: Vec<String>,
     /// Why the dry-run could not be read, if it could not.
     pub error: Option<String>,
 }
@@ -391,12 +401,17 @@ impl Engine {
     }
 
     /// Marks every intent without outcome `engine.interrupted` and
-    /// reconciles it by a driver dry-run: targets already where the action
-    /// leads keep their keys, the others have them cleared. One
-    /// `interrupted` ledger entry per run; nothing is executed.
+    /// reconciles it: waits (bounded) for the device tasks it recorded,
+    /// then reads the targets by a driver dry-run. Targets already where
+    /// the action leads keep their keys (a change joins the restore set),
+    /// targets whose task still runs keep theirs and are `pending`, the
+    /// others have them cleared. One `interrupted` ledger entry per run;
+    /// nothing is executed here: not-done targets of a repeatable verb are
+    /// handed to [`Engine::defer_restart_retry`] (`inflight`).
     async fn reconcile(&mut self, now: DateTime<Utc>) -> Result<Vec<Reconciled>, EngineError> {
         let mut runs: BTreeMap<Uuid, RunRecord> = BTreeMap::new();
         let mut out = Vec::new();
+        let mut retries = Vec::new();
         for intent in self.store.open_intents()? {
             let action = Action {
                 capability: intent.capability.clone(),
@@ -407,16 +422,30 @@ impl Engine {
                 policy_id: intent.policy_id,
                 correlation_id: intent.correlation_id,
             };
-            let answer = match self.drivers.get(&intent.host) {
+            let driver = self.drivers.get(&intent.host).cloned();
+            // Device tasks the driver reported before the crash are waited
+            // for first (`inflight`): a target read while its task still
+            // runs would look unchanged.
+            let tasks = match &driver {
+                Some(driver) if !intent.tasks.is_empty() => {
+                    with_context(context, self.wait_for_tasks(&intent, driver)).await
+                }
+                _ => BTreeMap::new(),
+            };
+            let answer = match &driver {
                 Some(driver) => with_context(context, driver.dry_run(&action, &intent.targets))
                     .await
                     .map_err(|e| e.to_string()),
                 None => Err(format!("no driver for host {}", intent.host)),
             };
             let desired = desired_statuses(&self.config.manifests, &action);
-            let mut seen_states: Vec<Option<String>> = Vec::new();
+            let repeatable = self.repeatable(&intent, &action);
+            let mut changed_to: Vec<(String, Option<String>)> = Vec::new();
             let mut done = Vec::new();
             let mut not_done = Vec::new();
+            let mut pending = Vec::new();
+            let mut repeat = Vec::new();
+            let mut from_states = HashMap::new();
             let mut rows = Vec::new();
             for target in &intent.targets {
                 let from = answer.as_ref().ok().and_then(|list| {
@@ -425,19 +454,49 @@ impl Engine {
                         .find(|e| &e.id == target)
                         .and_then(|e| e.from.clone())
                 });
-                let reached = from.as_deref().is_some_and(|s| desired.contains(&s));
-                if reached {
-                    seen_states.push(from.clone());
-                }
+                let task = tasks.get(target);
+                let running = task.is_some_and(|(_, s)| s.is_running());
+                let failed = matches!(task, Some((_, TaskStatus::Failed { .. })));
+                let reached = !running && from.as_deref().is_some_and(|s| desired.contains(&s));
+                let again = !reached && !running && repeatable;
                 let seen = from.as_deref().unwrap_or("unknown");
-                let why = if reached {
+                let task_note = match task {
+                    Some((t, TaskStatus::Succeeded { exit })) => {
+                        format!(" (task {} ended {exit})", t.handle)
+                    }
+                    Some((t, TaskStatus::Failed { exit })) => {
+                        format!(" (task {} failed: {exit})", t.handle)
+                    }
+                    _ => String::new(),
+                };
+                let why = if running {
+                    let (t, _) = task.expect("a running task");
                     format!(
-                        "interrupted by a restart; {target} is {seen}, so the action took effect"
+                        "interrupted by a restart; task {} on {target} still runs after {} s: \
+                         pending, not re-executed, its key kept",
+                        t.handle,
+                        inflight::task_wait(&action.params).as_secs()
+                    )
+                } else if reached && failed {
+                    format!(
+                        "interrupted by a restart; {target} is {seen}{task_note}: \
+                         already there, not a change"
+                    )
+                } else if reached {
+                    format!(
+                        "interrupted by a restart; {target} is {seen}{task_note}, \
+                         so the action took effect"
+                    )
+                } else if again {
+                    format!(
+                        "interrupted by a restart; {target} is {seen}{task_note}: {} is \
+                         repeatable, sent again if the trigger still holds",
+                        action.verb
                     )
                 } else {
                     format!(
-                        "interrupted by a restart; {target} is {seen}: not re-executed, \
-                         the next event acts on it"
+                        "interrupted by a restart; {target} is {seen}{task_note}: \
+                         not re-executed, the next event acts on it"
                     )
                 };
                 let mut result = row(
@@ -450,21 +509,35 @@ impl Engine {
                     INTERRUPTED,
                     &why,
                 );
-                result.changed = reached;
+                result.changed = reached && !failed;
                 rows.push(result);
+                if reached && !failed {
+                    changed_to.push((target.clone(), from.clone()));
+                }
+                from_states.insert((intent.host.clone(), target.clone()), from.clone());
                 if reached {
                     done.push(target.clone());
+                } else if running {
+                    pending.push(target.clone());
                 } else {
                     not_done.push(target.clone());
+                    if again {
+                        repeat.push(target.clone());
+                    }
                 }
             }
             let error = answer.err();
             let reason = match &error {
                 Some(e) => format!("interrupted by a restart; dry-run failed: {e}"),
                 None => format!(
-                    "interrupted by a restart; {} of {} targets reached the desired state",
+                    "interrupted by a restart; {} of {} targets reached the desired state{}",
                     done.len(),
-                    intent.targets.len()
+                    intent.targets.len(),
+                    if pending.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} still pending", pending.len())
+                    }
                 ),
             };
             warn!(policy_id = %intent.policy_id, host = %intent.host, correlation_id = %intent.correlation_id, reason = %reason, "engine.interrupted");
@@ -473,7 +546,7 @@ impl Engine {
                     id: intent.id(),
                     outcome: IntentOutcome {
                         finished_at: now,
-                        ok: not_done.is_empty(),
+                        ok: not_done.is_empty() && pending.is_empty(),
                         severity: Severity::Warn,
                         code: Some(INTERRUPTED.to_string()),
                         reason: reason.clone(),
@@ -492,6 +565,9 @@ impl Engine {
                         "host": intent.host,
                         "done": done,
                         "not_done": not_done,
+                        "pending": pending,
+                        "repeat": repeat,
+                        "tasks": intent.tasks,
                         "reason": reason,
                     }),
                 }),
@@ -506,9 +582,8 @@ impl Engine {
             // A change the reconciliation found took effect joins the
             // policy's restore set (SPEC §6 "Outage lifecycle"); its state
             // before the crash is not known.
-            let changes = done
+            let changes = changed_to
                 .iter()
-                .zip(&seen_states)
                 .map(|(target, to)| Change {
                     host: &intent.host,
                     target,
@@ -528,14 +603,14 @@ impl Engine {
                     run_id: intent.run_id,
                     policy_id: intent.policy_id,
                     version_int,
-                    event: RunEvent {
+                    event: intent.event.clone().unwrap_or_else(|| RunEvent {
                         kind: INTERRUPTED.into(),
                         subject: SubjectRecord {
                             kind: "host".into(),
                             id: intent.host.clone(),
                         },
                         correlation_id: intent.correlation_id,
-                    },
+                    }),
                     started_at: intent.created_at,
                     finished_at: now,
                     severity: Severity::Warn,
@@ -545,16 +620,34 @@ impl Engine {
                 })
                 .results
                 .extend(rows);
+            if let (false, Some(event)) = (repeat.is_empty(), intent.event.clone()) {
+                retries.push(inflight::RestartRetry {
+                    policy_id: intent.policy_id,
+                    run_id: intent.run_id,
+                    action_index: intent.action_index,
+                    host: intent.host.clone(),
+                    targets: repeat.clone(),
+                    event,
+                    from: from_states,
+                });
+            }
             out.push(Reconciled {
                 intent: intent.id(),
                 done,
                 not_done,
+                pending,
+                repeat,
                 error,
             });
         }
         let batch: Vec<Write> = runs.into_values().map(Write::AppendRun).collect();
         if !batch.is_empty() {
             self.store.write(&batch)?;
+        }
+        // The interrupted runs are in the ledger; what is sent again runs
+        // as new runs once the trigger can be checked.
+        for retry in retries {
+            self.defer_restart_retry(retry)?;
         }
         Ok(out)
     }

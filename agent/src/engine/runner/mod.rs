@@ -81,6 +81,7 @@ use drivers::breaker::Breakers;
 use drivers::driver::{action_key, Action, Driver, DriverError, DryRunAnswer, ExecOutcome};
 use drivers::guard::{with_context, CallContext};
 use drivers::manifest::{Capabilities, Capability, ManifestSet};
+use drivers::task::{with_task_sink, TaskSink};
 use inventory::selector::{parse_selector, SelectorMode};
 use inventory::{HostInventory, Inventory, Severity};
 use serde_json::{json, Value};
@@ -104,6 +105,7 @@ use crate::ir::Ir;
 
 mod dry_run;
 mod guards;
+mod inflight;
 mod ledger;
 mod lifecycle;
 mod outage;
@@ -325,6 +327,9 @@ pub struct ActionWork {
     targets: Vec<String>,
     /// The policy and event the action serves, for the driver call's span.
     context: CallContext,
+    /// Persists the device task handles the driver reports into the
+    /// item's intent (`inflight`).
+    tasks: TaskSink,
 }
 
 impl Work for ActionWork {
@@ -333,7 +338,7 @@ impl Work for ActionWork {
     fn run(self) -> BoxFuture<Self::Output> {
         Box::pin(async move {
             let call = self.driver.execute(&self.action, &self.targets);
-            with_context(self.context, call).await
+            with_context(self.context, with_task_sink(self.tasks, call)).await
         })
     }
 }
@@ -390,6 +395,8 @@ pub struct Engine {
     restore: restore::RestoreSets,
     /// Retries waiting for their delay (SPEC §6 "Outage lifecycle").
     retries: retry::Retries,
+    /// Interrupted intents to send again once their UPS is read (`inflight`).
+    restarts: inflight::Restarts,
 }
 
 /// One scheduled item awaiting its report.
@@ -470,6 +477,7 @@ impl Engine {
             levels: outage::Levels::default(),
             restore: restore::RestoreSets::default(),
             retries: retry::Retries::default(),
+            restarts: inflight::Restarts::default(),
         }
     }
 
@@ -1135,6 +1143,8 @@ impl Engine {
                 idempotency_keys: keys.clone(),
                 correlation_id: event.correlation_id,
                 created_at: now,
+                event: Some(record.event.clone()),
+                tasks: Vec::new(),
             };
             batch.push(Write::PersistIntent(intent.clone()));
             for key in keys {
@@ -1197,6 +1207,7 @@ impl Engine {
                         policy_id: intent.policy_id,
                         correlation_id: intent.correlation_id,
                     },
+                    tasks: self.task_sink(&intent),
                 },
             )
             .with_ttl(self.config.item_ttl);

@@ -122,6 +122,17 @@ impl Engine {
                 .is_none_or(|s| s.contains(&request.subject_id))
     }
 
+    /// Whether UPS `subject_id` is one a source reads and has not been
+    /// read since start (what an interrupted intent's retry waits for).
+    pub(super) fn awaits_reading(&self, subject_id: &str) -> bool {
+        !self.levels.read.contains(subject_id)
+            && self
+                .config
+                .read_subjects
+                .as_ref()
+                .is_none_or(|s| s.contains(subject_id))
+    }
+
     /// Keeps a restored countdown off the timer queue until its subject is read.
     pub(super) fn gate(&mut self, policy_id: Uuid, request: TimerRequest) {
         self.levels
@@ -221,6 +232,7 @@ impl Engine {
         if !self.levels.read.insert(id.to_string()) {
             return Ok(());
         }
+        self.release_restart_retries(id)?;
         let Some(gated) = self.levels.gated.remove(id) else {
             return Ok(());
         };

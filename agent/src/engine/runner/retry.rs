@@ -364,6 +364,8 @@ impl Engine {
                 idempotency_keys: keys.clone(),
                 correlation_id: open.record.event.correlation_id,
                 created_at: now,
+                event: Some(open.record.event.clone()),
+                tasks: Vec::new(),
             };
             let mut batch = vec![Write::ReopenIntent(intent.clone())];
             batch.extend(keys.into_iter().map(|key| Write::RecordKey {
@@ -391,6 +393,7 @@ impl Engine {
                         policy_id: retry.policy_id,
                         correlation_id: intent.correlation_id,
                     },
+                    tasks: self.task_sink(&intent),
                 },
             )
             .with_ttl(self.config.item_ttl);

@@ -30,6 +30,8 @@ pub(crate) fn intent(run: u128, action_index: u32, host: &str) -> IntentRecord {
         idempotency_keys: vec![format!("vm.power.stop:{host}/101")],
         correlation_id: Uuid::from_u128(900 + run),
         created_at: t(i64::try_from(run).unwrap_or(0)),
+        event: None,
+        tasks: Vec::new(),
     }
 }
 
@@ -249,6 +251,40 @@ pub(crate) fn intents_are_open_until_completed_exactly_once(store: &dyn EngineSt
         vec![second],
         "open intents are never pruned"
     );
+}
+
+pub(crate) fn task_handles_join_open_intents_only(store: &dyn EngineStore) {
+    let open = intent(1, 0, "pve1");
+    let done = intent(2, 0, "pve1");
+    store.persist_intent(&open).unwrap();
+    store.persist_intent(&done).unwrap();
+    store.complete_intent(&done.id(), &outcome(true)).unwrap();
+    let task = |target: &str| TaskRecord {
+        target: target.into(),
+        handle: format!("UPID:pve1:1:2:3:qmstop:{target}:root@pam:"),
+    };
+    let record = |id: &IntentRecord, target: &str| Write::RecordTask {
+        id: id.id(),
+        task: task(target),
+    };
+    store
+        .write(&[
+            record(&open, "pve1/101"),
+            record(&open, "pve1/102"),
+            record(&open, "pve1/101"),
+            record(&done, "pve1/101"),
+            record(&intent(3, 0, "pve1"), "pve1/101"),
+        ])
+        .unwrap();
+    let open_now = store.open_intents().unwrap();
+    assert_eq!(open_now.len(), 1);
+    assert_eq!(open_now[0].tasks, vec![task("pve1/101"), task("pve1/102")]);
+    let done_now = store.intent(&done.id()).unwrap().expect("stored");
+    assert!(
+        done_now.intent.tasks.is_empty(),
+        "a late report changes nothing"
+    );
+    assert_eq!(store.intent(&intent(3, 0, "pve1").id()).unwrap(), None);
 }
 
 pub(crate) fn the_ledger_lists_runs_newest_first_and_finds_the_latest_success(
@@ -658,6 +694,7 @@ macro_rules! conformance_suite {
                 deadlines_are_upserted_removed_and_listed_soonest_first,
                 timer_checks_keep_the_last_check_per_policy_and_trigger,
                 intents_are_open_until_completed_exactly_once,
+                task_handles_join_open_intents_only,
                 the_ledger_lists_runs_newest_first_and_finds_the_latest_success,
                 the_ledger_keeps_the_newest_thirty_runs_per_policy,
                 the_kill_switch_is_off_until_set,

@@ -298,6 +298,13 @@ impl State {
                 };
                 self.intents.insert(id, entry);
             }
+            Write::RecordTask { id, task } => {
+                if let Some(entry) = self.intents.get_mut(id) {
+                    if entry.outcome.is_none() && !entry.intent.tasks.contains(task) {
+                        entry.intent.tasks.push(task.clone());
+                    }
+                }
+            }
             Write::CompleteIntent { id, outcome } => {
                 let describe =
                     || format!("{} action {} on {}", id.run_id, id.action_index, id.host);

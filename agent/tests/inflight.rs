@@ -1,0 +1,324 @@
+//! Work in flight when the agent dies (SPEC §6 "Persistence and restarts"):
+//! device tasks reported before the driver waited for them are waited for
+//! at the next start, and an interrupted intent is sent again only when
+//! its verb is repeatable and its trigger still holds. On a virtual clock
+//! over one SQLite file; a crash is dropping the engine mid-run after its
+//! scheduler aborted the running executes. The fake device finishes the tasks it
+//! reported; a plain execute dropped before its latency ran out never
+//! reached the device (its request is recorded, its effect never happens).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::engine::event::Event;
+use agent::engine::runner::{Clock, Engine, EngineConfig, Policy, StartReport};
+use agent::engine::store::{AuditQuery, EngineStore, RunStatus};
+use agent::engine::subjects::level_event;
+use agent::spec::UpsState::{self, OnBattery, OnMains};
+use agent::store::SqliteStore;
+use chrono::{DateTime, TimeDelta, Utc};
+use drivers::breaker::{BreakerConfig, Breakers};
+use serde_json::Value;
+use support::{policy_at, range, ups, vm, FakeDriver, ON_BATTERY, ON_MAINS};
+use uuid::Uuid;
+
+const UPS: &str = "ups1@nas.lan:3493";
+
+/// One agent installation: its SQLite file, the Proxmox host it drives and
+/// the wall clock, shared by every start of the agent.
+struct Site {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    pve: Arc<FakeDriver>,
+    clock: Clock,
+    t0: tokio::time::Instant,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("hazel.db");
+        let t0 = tokio::time::Instant::now();
+        let base = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        Site {
+            _dir: dir,
+            path,
+            pve: FakeDriver::new(
+                "pve-01",
+                "proxmox.ve",
+                &[
+                    ("vm:100", Some("running")),
+                    ("vm:101", Some("running")),
+                    ("vm:102", Some("running")),
+                ],
+            ),
+            clock: Arc::new(move || base + TimeDelta::from_std(t0.elapsed()).unwrap()),
+            t0,
+        }
+    }
+
+    fn store(&self) -> Arc<dyn EngineStore> {
+        Arc::new(SqliteStore::open(&self.path).expect("open the store"))
+    }
+
+    /// A start of the agent with `policies`, and what its start found.
+    async fn start(&self, policies: Vec<Policy>) -> (Engine, StartReport) {
+        let mut engine = support::engine(
+            self.store(),
+            &[&self.pve],
+            Arc::new(Breakers::new(BreakerConfig::default())),
+            EngineConfig {
+                clock: self.clock.clone(),
+                ..EngineConfig::default()
+            },
+        );
+        for policy in policies {
+            engine.add_policy(policy).unwrap();
+        }
+        let report = engine.start().await.unwrap();
+        (engine, report)
+    }
+
+    /// `(verb, targets, seconds since the test began)` of every execute.
+    fn calls(&self) -> Vec<(String, Vec<String>, u64)> {
+        self.pve
+            .calls()
+            .into_iter()
+            .map(|c| (c.verb, c.targets, c.start.duration_since(self.t0).as_secs()))
+            .collect()
+    }
+
+    fn restore_set(&self, id: u128) -> Vec<String> {
+        self.store()
+            .restore_set(Uuid::from_u128(id))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.target)
+            .collect()
+    }
+
+    fn audit(&self, kind: &str) -> Vec<Value> {
+        self.store()
+            .audit(&AuditQuery {
+                kind: Some(kind.into()),
+                ..AuditQuery::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record.details)
+            .collect()
+    }
+}
+
+fn reading(states: &[UpsState]) -> Event {
+    level_event(UPS, states)
+}
+
+fn call(verb: &str, targets: &[&str], at: u64) -> (String, Vec<String>, u64) {
+    (
+        verb.to_string(),
+        targets.iter().map(|t| t.to_string()).collect(),
+        at,
+    )
+}
+
+const ALL: [&str; 3] = ["vm:100", "vm:101", "vm:102"];
+
+/// Policy 1: `verb` VMs 100-102 when the UPS goes on battery.
+fn on_battery(verb: &str) -> Policy {
+    policy_at(
+        1,
+        10,
+        ON_BATTERY,
+        "pve-01",
+        "vm",
+        &range("100-102"),
+        &vm(verb),
+    )
+}
+
+/// The inverse: start what policy 1 stopped, when the mains return.
+fn restore_on_mains() -> Policy {
+    let selector = format!("{{ mode: ledger, value: \"{}\" }}", Uuid::from_u128(1));
+    policy_at(2, 20, ON_MAINS, "pve-01", "vm", &selector, &vm("start"))
+}
+
+async fn seconds(n: u64) {
+    tokio::time::advance(Duration::from_secs(n)).await;
+}
+
+/// SIGKILL: the running executes stop where they are and nothing of
+/// them is recorded (the engine goes without reading their reports).
+async fn crash(engine: Engine) {
+    engine.scheduler().cancel_all().await.unwrap();
+    drop(engine);
+}
+
+/// Handles an event without waiting for its runs (a crash may follow).
+async fn handle_only(engine: &mut Engine, event: &Event) {
+    engine.handle_event(event).await.unwrap();
+}
+
+async fn handle(engine: &mut Engine, event: &Event) {
+    engine.handle_event(event).await.unwrap();
+    engine.settle().await.unwrap();
+}
+
+/// Delivers what is due now and waits for the runs to finish.
+async fn fire(engine: &mut Engine, clock: &Clock) {
+    engine.fire_due(clock()).await.unwrap();
+    engine.settle().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_while_a_slow_device_task_still_runs_is_waited_for_and_recorded_as_a_change() {
+    let site = Site::new();
+    let policies = || vec![on_battery("shutdown"), restore_on_mains()];
+    *site.pve.task_delay.lock().unwrap() = Some(Duration::from_secs(8));
+    let (mut first, _) = site.start(policies()).await;
+    handle_only(&mut first, &reading(&[OnMains])).await;
+    handle_only(&mut first, &ups("on_battery")).await;
+    seconds(1).await;
+    // The task handles are in the intent while the tasks still run.
+    let open = site.store().open_intents().unwrap();
+    assert_eq!(open.len(), 1);
+    let handles: Vec<&str> = open[0].tasks.iter().map(|t| t.handle.as_str()).collect();
+    assert_eq!(handles, site.pve.task_handles());
+    assert_eq!(handles.len(), 3);
+    assert_eq!(site.pve.status("vm:100").as_deref(), Some("running"));
+    crash(first).await; // SIGKILL 1 s into the 8 s shutdown tasks
+
+    let (mut second, report) = site.start(policies()).await;
+    // Reconciliation waited for the tasks, then read the VMs.
+    assert!(site.t0.elapsed() >= Duration::from_secs(8));
+    assert_eq!(report.reconciled.len(), 1);
+    assert_eq!(report.reconciled[0].done, ALL);
+    assert!(report.reconciled[0].pending.is_empty());
+    assert!(report.reconciled[0].repeat.is_empty());
+    let runs = site.store().runs(Uuid::from_u128(1), 30).unwrap();
+    assert_eq!(runs[0].status, RunStatus::Interrupted);
+    assert!(runs[0].results.iter().all(|r| r.changed), "{runs:?}");
+    assert_eq!(site.restore_set(1), ALL);
+
+    // The mains return: the inverse starts the three VMs again.
+    *site.pve.task_delay.lock().unwrap() = None;
+    handle(&mut second, &reading(&[OnMains])).await;
+    let at = site.t0.elapsed().as_secs();
+    assert_eq!(
+        site.calls(),
+        [call("shutdown", &ALL, 0), call("start", &ALL, at)]
+    );
+    assert!(site.restore_set(1).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_still_running_when_the_wait_ends_is_pending_and_keeps_its_key() {
+    let site = Site::new();
+    // A 10 min task: longer than the wait for a shutdown of grace 60 s.
+    *site.pve.task_delay.lock().unwrap() = Some(Duration::from_secs(600));
+    let (mut first, _) = site.start(vec![on_battery("shutdown")]).await;
+    handle_only(&mut first, &reading(&[OnMains])).await;
+    handle_only(&mut first, &ups("on_battery")).await;
+    seconds(1).await;
+    crash(first).await;
+
+    let (mut second, report) = site.start(vec![on_battery("shutdown")]).await;
+    assert_eq!(report.reconciled[0].pending, ALL);
+    assert!(report.reconciled[0].repeat.is_empty(), "never sent twice");
+    assert!(site.restore_set(1).is_empty());
+    handle(&mut second, &reading(&[OnBattery])).await;
+    seconds(60).await;
+    fire(&mut second, &site.clock).await;
+    assert_eq!(site.calls(), [call("shutdown", &ALL, 0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_right_after_the_intent_was_written_on_battery_still_runs_the_shutdown_once() {
+    let site = Site::new();
+    *site.pve.latency.lock().unwrap() = Duration::from_secs(10);
+    let (mut first, _) = site.start(vec![on_battery("shutdown")]).await;
+    handle_only(&mut first, &reading(&[OnMains])).await;
+    handle_only(&mut first, &ups("on_battery")).await;
+    // Killed after the intent was persisted, before the request reached
+    // the device (it would have acted after 10 s).
+    assert_eq!(site.store().open_intents().unwrap().len(), 1);
+    crash(first).await;
+    *site.pve.latency.lock().unwrap() = support::DEFAULT_LATENCY;
+    assert_eq!(site.pve.status("vm:100").as_deref(), Some("running"));
+
+    seconds(3).await;
+    let (mut second, report) = site.start(vec![on_battery("shutdown")]).await;
+    assert_eq!(report.reconciled[0].repeat, ALL);
+    // Nothing runs before the UPS is read again.
+    seconds(30).await;
+    fire(&mut second, &site.clock).await;
+    assert_eq!(site.calls(), [call("shutdown", &ALL, 0)]);
+    // Still on battery: no edge, but the interrupted shutdown is retried.
+    handle(&mut second, &reading(&[OnBattery])).await;
+    for _ in 0..120 {
+        seconds(1).await;
+        fire(&mut second, &site.clock).await;
+        handle(&mut second, &reading(&[OnBattery])).await;
+    }
+    assert_eq!(
+        site.calls(),
+        [call("shutdown", &ALL, 0), call("shutdown", &ALL, 38)]
+    );
+    assert_eq!(site.pve.status("vm:100").as_deref(), Some("stopped"));
+    let decided = site.audit("engine.restart_retry");
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(decided[0]["decision"], "scheduled");
+    let runs = site.store().runs(Uuid::from_u128(1), 30).unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].status, RunStatus::Ok, "{:?}", runs[0]);
+    assert_eq!(runs[1].status, RunStatus::Interrupted);
+    assert!(site.store().open_intents().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_shutdown_is_not_sent_again_when_the_mains_came_back() {
+    let site = Site::new();
+    *site.pve.latency.lock().unwrap() = Duration::from_secs(10);
+    let (mut first, _) = site.start(vec![on_battery("shutdown")]).await;
+    handle_only(&mut first, &reading(&[OnMains])).await;
+    handle_only(&mut first, &ups("on_battery")).await;
+    crash(first).await;
+    *site.pve.latency.lock().unwrap() = support::DEFAULT_LATENCY;
+
+    let (mut second, _) = site.start(vec![on_battery("shutdown")]).await;
+    handle(&mut second, &reading(&[OnMains])).await;
+    for _ in 0..60 {
+        seconds(1).await;
+        fire(&mut second, &site.clock).await;
+    }
+    assert_eq!(site.calls(), [call("shutdown", &ALL, 0)]);
+    let decided = site.audit("engine.restart_retry");
+    assert_eq!(decided[0]["decision"], "not_held");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_reboot_is_never_re_run() {
+    let site = Site::new();
+    *site.pve.latency.lock().unwrap() = Duration::from_secs(10);
+    let (mut first, _) = site.start(vec![on_battery("reset")]).await;
+    handle_only(&mut first, &reading(&[OnMains])).await;
+    handle_only(&mut first, &ups("on_battery")).await;
+    assert_eq!(site.store().open_intents().unwrap().len(), 1);
+    crash(first).await; // before the reset reached the device
+    *site.pve.latency.lock().unwrap() = support::DEFAULT_LATENCY;
+
+    let (mut second, report) = site.start(vec![on_battery("reset")]).await;
+    assert_eq!(report.reconciled[0].not_done, ALL);
+    assert!(report.reconciled[0].repeat.is_empty());
+    handle(&mut second, &reading(&[OnBattery])).await;
+    for _ in 0..120 {
+        seconds(1).await;
+        fire(&mut second, &site.clock).await;
+    }
+    assert_eq!(site.calls(), [call("reset", &ALL, 0)]);
+    assert!(site.audit("engine.restart_retry").is_empty());
+}
