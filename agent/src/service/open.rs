@@ -25,7 +25,7 @@ use super::metrics::Metrics;
 use super::{Service, ServiceError};
 use crate::compile::CompileContext;
 use crate::engine::bus::{Consumer, Publisher, DEFAULT_CAPACITY};
-use crate::engine::runner::{EngineConfig, Policy, Snapshots};
+use crate::engine::runner::{EngineConfig, Policy};
 use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::store::{AuditRecord, EngineStore, StoreResult};
 use crate::inventory_service::{InventoryService, RefreshSettings};
@@ -74,23 +74,6 @@ pub(super) struct Inner {
     pub(super) writes: tokio::sync::Mutex<()>,
     /// The NUT pollers, stopped first at shutdown.
     nut: tokio::sync::Mutex<Option<crate::nut::NutSources>>,
-}
-
-/// The engine reads the inventory service's snapshots.
-struct ServiceSnapshots(InventoryService);
-
-impl Snapshots for ServiceSnapshots {
-    fn host(&self, host_id: &str) -> Option<HostInventory> {
-        self.0
-            .snapshot(host_id)
-            .ok()
-            .flatten()
-            .map(|s| HostInventory::clone(&s))
-    }
-
-    fn record_results(&self, host_id: &str, results: &[(String, Option<String>)]) {
-        self.0.record_results(host_id, results);
-    }
 }
 
 impl Service {
@@ -253,7 +236,7 @@ impl Service {
         let bus = Some(consumer);
         let engine = EngineHandle::spawn(EngineParts {
             store: store.clone() as Arc<dyn EngineStore>,
-            snapshots: Arc::new(ServiceSnapshots(inner_inventory)),
+            snapshots: Arc::new(inner_inventory),
             breakers: breakers.clone(),
             config: engine_config,
             drivers,
