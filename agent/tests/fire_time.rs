@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,11 +17,16 @@ use agent::engine::runner::{
     ALREADY_DESIRED, INVENTORY_STALE,
 };
 use agent::engine::store::MemoryStore;
+use agent::inventory_service::{InventoryService, RefreshSettings};
+use async_trait::async_trait;
 use drivers::breaker::{BreakerConfig, Breakers};
-use drivers::driver::Driver;
+use drivers::driver::{
+    Action, ConnectionReport, Driver, DriverError, DryRunAnswer, ErrorKind, ExecOutcome,
+    RefreshMode,
+};
 use drivers::manifest::ManifestSet;
-use inventory::{HostInventory, Severity};
-use support::{policy, range, ups, vm, FakeDriver, ON_BATTERY, ON_MAINS};
+use inventory::{HostInventory, Severity, Target};
+use support::{policy, range, ups, vm, FakeDriver, DEPLOY, ON_BATTERY, ON_MAINS};
 
 /// How a [`Device`] answers a refresh.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -462,4 +468,132 @@ async fn the_event_dry_run_decides_on_the_refreshed_inventory() {
         .unwrap()
         .starts_with(INVENTORY_STALE));
     assert_eq!(decision.planned[0].targets, ["vm:101", "vm:102"]);
+}
+
+/// A fake whose discovery can be made to fail (`network_error`), for the
+/// inventory service's fast refresh.
+struct Flaky {
+    inner: Arc<FakeDriver>,
+    failing: AtomicBool,
+}
+
+#[async_trait]
+impl Driver for Flaky {
+    fn plugin_id(&self) -> &str {
+        self.inner.plugin_id()
+    }
+
+    fn host_id(&self) -> &str {
+        self.inner.host_id()
+    }
+
+    async fn discover(
+        &self,
+        mode: RefreshMode,
+        budget: Duration,
+    ) -> Result<Vec<Target>, DriverError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(DriverError::new(
+                ErrorKind::NetworkError,
+                "connection refused",
+            ));
+        }
+        self.inner.discover(mode, budget).await
+    }
+
+    async fn dry_run(
+        &self,
+        action: &Action,
+        targets: &[String],
+    ) -> Result<Vec<DryRunAnswer>, DriverError> {
+        self.inner.dry_run(action, targets).await
+    }
+
+    async fn execute(
+        &self,
+        action: &Action,
+        targets: &[String],
+    ) -> Result<Vec<ExecOutcome>, DriverError> {
+        self.inner.execute(action, targets).await
+    }
+
+    async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {
+        self.inner.test_connection().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_inventory_service_refreshes_at_fire_time_and_falls_back_stale_when_the_device_fails() {
+    let host = pve("pve-01", &[("vm:103", "stopped"), ("vm:104", "stopped")]);
+    let flaky = Arc::new(Flaky {
+        inner: host.clone(),
+        failing: AtomicBool::new(false),
+    });
+    let breakers = Arc::new(Breakers::new(BreakerConfig::default()));
+    let service = InventoryService::with_breakers(breakers.clone());
+    // No retry: one failed discovery leaves the breaker closed (three trip it).
+    let settings = RefreshSettings {
+        fast_retries: 0,
+        ..RefreshSettings::default()
+    };
+    service.add_host(flaky.clone(), settings);
+    // The last discovery, a minute ago: both VMs stopped.
+    service.fast_refresh("pve-01").await.unwrap();
+    tokio::time::advance(Duration::from_secs(60)).await;
+    host.set_status("vm:103", "running");
+    let mut engine = Engine::new(
+        Arc::new(MemoryStore::default()),
+        Arc::new(service.clone()),
+        breakers,
+        EngineConfig {
+            clock: tokio_clock(),
+            ..EngineConfig::default()
+        },
+    );
+    engine.add_driver(flaky.clone());
+    engine
+        .add_policy(policy(
+            1,
+            ON_BATTERY,
+            "pve-01",
+            "vm",
+            &range("103"),
+            &vm("shutdown"),
+        ))
+        .unwrap();
+    engine
+        .add_policy(policy(
+            2,
+            DEPLOY,
+            "pve-01",
+            "vm",
+            &range("104"),
+            &vm("shutdown"),
+        ))
+        .unwrap();
+
+    let report = engine.handle_event(&ups("on_battery")).await.unwrap();
+    engine.settle().await.unwrap();
+    assert_eq!(report.decisions[0].code, "engine.scheduled");
+    assert_eq!(report.decisions[0].severity, Severity::Info);
+    assert_eq!(executes(&host), shutdown(&["vm:103"]));
+
+    // vm:104 is started outside Hazel, then the device stops answering:
+    // the last snapshot (vm:104 stopped) is used, stale, and not trusted.
+    host.set_status("vm:104", "running");
+    flaky.failing.store(true, Ordering::SeqCst);
+    let report = engine
+        .handle_event(&support::webhook("deploy"))
+        .await
+        .unwrap();
+    engine.settle().await.unwrap();
+    let decision = &report.decisions[0];
+    assert_eq!(decision.code, "engine.scheduled");
+    assert_eq!(decision.severity, Severity::Warn);
+    let why = decision.explain["inventory"].as_str().unwrap();
+    assert!(why.contains("driver.network_error"), "{why}");
+    assert_eq!(
+        executes(&host),
+        [shutdown(&["vm:103"]), shutdown(&["vm:104"])].concat()
+    );
 }

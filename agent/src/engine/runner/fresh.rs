@@ -157,17 +157,15 @@ async fn refresh_host(snapshots: &Arc<dyn Snapshots>, host: &str, sla: Duration)
 /// The fire-time refreshes of `hosts` (each with its SLA), detached from
 /// the engine: the service loop awaits it in a task of its own before an
 /// event dry-run is planned, so live events do not wait for it.
-pub fn refresh_hosts(
+pub async fn refresh_hosts(
     snapshots: Arc<dyn Snapshots>,
     hosts: Vec<(String, Duration)>,
-) -> impl Future<Output = FireTime> + Send + 'static {
-    async move {
-        let mut fire = FireTime::default();
-        for (host, sla) in hosts {
-            fire.refresh(&snapshots, &host, sla).await;
-        }
-        fire
+) -> FireTime {
+    let mut fire = FireTime::default();
+    for (host, sla) in hosts {
+        fire.refresh(&snapshots, &host, sla).await;
     }
+    fire
 }
 
 impl Engine {
