@@ -4,7 +4,7 @@
 //! discriminator) keys: event -> decided actions (in-memory decision;
 //! persistence off the hot path) >= 200 000 events/s on one core, p99 < 1 ms.
 //!
-//! Two figures. `decide/in_memory` is the decision the target is about:
+//! Three figures. `decide/in_memory` is the decision the target is about:
 //! facts updated from the event, the trigger index shortlist in run order,
 //! every shortlisted policy's trigger evaluation and, for those that fired,
 //! its conditions, through the same [`Decider`] the engine holds
@@ -14,7 +14,11 @@
 //! that answers at once: suppression, re-resolution, idempotency keys,
 //! guards, intents and enqueueing of every matched policy (windows are 0 s,
 //! so every match schedules). Executions are settled between timed events,
-//! outside the measurement.
+//! outside the measurement. `decide/engine_refresh` is the same with the
+//! snapshots served by the inventory service and refreshed at fire time
+//! (SPEC §6 step 5: one fast refresh per host of a policy that fired, per
+//! event) from devices that answer at once: the difference between the two
+//! is what the fire-time refresh costs besides the network round trip.
 //!
 //! The policies come from real spec JSON through `validate_text`; each
 //! event of the stream (see `common::event_stream`) is an edge for the 50
@@ -24,6 +28,7 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use std::time::{Duration, Instant};
@@ -32,14 +37,18 @@ use uuid::Uuid;
 use agent::engine::conditions::FactsSnapshot;
 use agent::engine::decide::{ConditionMemo, Decided, Decider};
 use agent::engine::event::Event;
-use agent::engine::runner::{Engine, EngineConfig, Policy};
+use agent::engine::runner::{Engine, EngineConfig, Policy, Snapshots};
 use agent::engine::store::MemoryStore;
 use agent::engine::triggers::EventView;
+use agent::inventory_service::{InventoryService, RefreshSettings};
 use agent::ir::Ir;
+use async_trait::async_trait;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use drivers::breaker::{BreakerConfig, Breakers};
-use drivers::driver::Driver;
-use inventory::Inventory;
+use drivers::driver::{
+    Action, ConnectionReport, Driver, DriverError, DryRunAnswer, ExecOutcome, RefreshMode,
+};
+use inventory::{Inventory, Target};
 
 mod common;
 
@@ -158,7 +167,13 @@ fn bench_decide(c: &mut Criterion) {
     }
     // (b) the whole engine, in-memory store, instant drivers.
     if wanted("decide/engine") {
-        engine(&compiled, &stream);
+        engine(&compiled, &stream, Snapshot::Held);
+    }
+    // (c) the same, the snapshots served by the inventory service with a
+    // fire-time refresh per host and event (SPEC §6 step 5) whose device
+    // answers at once: what the refresh adds besides the network.
+    if wanted("decide/engine_refresh") {
+        engine(&compiled, &stream, Snapshot::Refreshed);
     }
     group.finish();
 }
@@ -198,23 +213,124 @@ fn in_memory(
     });
 }
 
-fn engine(compiled: &[(Uuid, Ir)], stream: &[Event]) {
+/// Where `decide/engine*` reads host snapshots.
+#[derive(Clone, Copy, PartialEq)]
+enum Snapshot {
+    /// A fixed in-memory inventory, never refreshed (`decide/engine`).
+    Held,
+    /// The inventory service, refreshed at fire time from devices that
+    /// answer at once (`decide/engine_refresh`).
+    Refreshed,
+}
+
+/// An instant Proxmox host whose discovery finds [`common::host_snapshot`]'s
+/// ten VMs at once (no network): the inventory service's in-memory path.
+struct DiscoveringDriver {
+    inner: common::InstantDriver,
+    h: usize,
+    /// Discoveries of every host, to report refreshes per event.
+    discoveries: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Driver for DiscoveringDriver {
+    fn plugin_id(&self) -> &str {
+        self.inner.plugin_id()
+    }
+
+    fn host_id(&self) -> &str {
+        self.inner.host_id()
+    }
+
+    async fn discover(
+        &self,
+        _mode: RefreshMode,
+        _budget: Duration,
+    ) -> Result<Vec<Target>, DriverError> {
+        self.discoveries.fetch_add(1, Ordering::Relaxed);
+        Ok(common::host_snapshot(self.h, 10).into_targets())
+    }
+
+    async fn dry_run(
+        &self,
+        action: &Action,
+        targets: &[String],
+    ) -> Result<Vec<DryRunAnswer>, DriverError> {
+        self.inner.dry_run(action, targets).await
+    }
+
+    async fn execute(
+        &self,
+        action: &Action,
+        targets: &[String],
+    ) -> Result<Vec<ExecOutcome>, DriverError> {
+        self.inner.execute(action, targets).await
+    }
+
+    async fn test_connection(&self) -> Result<ConnectionReport, DriverError> {
+        self.inner.test_connection().await
+    }
+}
+
+fn engine(compiled: &[(Uuid, Ir)], stream: &[Event], source: Snapshot) {
+    let name = match source {
+        Snapshot::Held => "decide/engine",
+        Snapshot::Refreshed => "decide/engine_refresh",
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
+    let discoveries = Arc::new(AtomicUsize::new(0));
     let mut engine = rt.block_on(async {
-        let inventory: Inventory = (0..common::HOSTS)
-            .map(|h| common::host_snapshot(h, 10))
+        let breakers = Arc::new(Breakers::new(BreakerConfig::default()));
+        let drivers: Vec<Arc<dyn Driver>> = (0..common::HOSTS)
+            .map(|h| {
+                Arc::new(DiscoveringDriver {
+                    inner: common::InstantDriver::new(h),
+                    h,
+                    discoveries: discoveries.clone(),
+                }) as Arc<dyn Driver>
+            })
             .collect();
+        let snapshots: Arc<dyn Snapshots> = match source {
+            Snapshot::Held => {
+                let inventory: Inventory = (0..common::HOSTS)
+                    .map(|h| common::host_snapshot(h, 10))
+                    .collect();
+                Arc::new(RwLock::new(inventory))
+            }
+            Snapshot::Refreshed => {
+                let service = InventoryService::with_breakers(breakers.clone());
+                for driver in &drivers {
+                    service.add_host(driver.clone(), RefreshSettings::default());
+                    service
+                        .fast_refresh(driver.host_id())
+                        .await
+                        .expect("the host is registered");
+                }
+                // One refresh through the engine's seam, timed on its own.
+                const ONE_BY_ONE: u32 = 1_000;
+                let host = drivers[0].host_id().to_string();
+                let start = Instant::now();
+                for _ in 0..ONE_BY_ONE {
+                    black_box(Snapshots::refresh(&service, &host, Duration::from_secs(5)).await);
+                }
+                eprintln!(
+                    "{name}: one fire-time refresh of a 10-VM host (in memory): mean {:?}",
+                    start.elapsed() / ONE_BY_ONE
+                );
+                Arc::new(service)
+            }
+        };
         let mut engine = Engine::new(
             Arc::new(MemoryStore::default()),
-            Arc::new(RwLock::new(inventory)),
-            Arc::new(Breakers::new(BreakerConfig::default())),
+            snapshots,
+            breakers,
             EngineConfig::default(),
         );
-        for h in 0..common::HOSTS {
-            engine.add_driver(Arc::new(common::InstantDriver::new(h)) as Arc<dyn Driver>);
+        for driver in drivers {
+            engine.add_driver(driver);
         }
         for (id, ir) in compiled {
             engine
@@ -237,6 +353,7 @@ fn engine(compiled: &[(Uuid, Ir)], stream: &[Event]) {
     // in-memory store's history grows with every run, so the figure is
     // given per 5 events, not as a criterion steady state.
     let mut scheduled = 0usize;
+    let seeded = discoveries.load(Ordering::Relaxed);
     let mut samples = Vec::with_capacity(ENGINE_EVENTS);
     for (n, event) in stream.iter().cycle().take(ENGINE_EVENTS).enumerate() {
         let start = Instant::now();
@@ -254,19 +371,21 @@ fn engine(compiled: &[(Uuid, Ir)], stream: &[Event]) {
         }
     }
     settle(&mut engine);
+    let refreshes = discoveries.load(Ordering::Relaxed) - seeded;
     eprintln!(
-        "decide/engine: {ENGINE_EVENTS} events scheduled {scheduled} policies' actions ({:.1} per event)",
-        scheduled as f64 / ENGINE_EVENTS as f64
+        "{name}: {ENGINE_EVENTS} events scheduled {scheduled} policies' actions ({:.1} per event), {refreshes} host refreshes ({:.1} per event)",
+        scheduled as f64 / ENGINE_EVENTS as f64,
+        refreshes as f64 / ENGINE_EVENTS as f64
     );
     for (pass, chunk) in samples.chunks(5).enumerate() {
         let mean = chunk.iter().sum::<Duration>() / chunk.len() as u32;
         eprintln!(
-            "decide/engine: events {}..{}: mean {mean:?} per event",
+            "{name}: events {}..{}: mean {mean:?} per event",
             pass * 5,
             pass * 5 + chunk.len()
         );
     }
-    report_p99("decide/engine", &mut samples);
+    report_p99(name, &mut samples);
 }
 
 criterion_group!(benches, bench_decide);

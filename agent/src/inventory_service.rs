@@ -44,6 +44,7 @@ use uuid::Uuid;
 
 use crate::engine::bus::Publisher;
 use crate::engine::event::{Event, EventKind, Subject, SubjectKind};
+use crate::engine::runner::{HostRefresh, RefreshFuture, Snapshots};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
@@ -716,6 +717,48 @@ impl InventoryService {
             .discovery
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The engine reads the service's snapshots, records its results into
+/// them, and refreshes the hosts of the policies that fire on the fast
+/// path ([`InventoryService::fast_refresh`], SPEC §6 step 5).
+impl Snapshots for InventoryService {
+    fn host(&self, host_id: &str) -> Option<HostInventory> {
+        self.snapshot(host_id)
+            .ok()
+            .flatten()
+            .map(|s| HostInventory::clone(&s))
+    }
+
+    fn record_results(&self, host_id: &str, results: &[(String, Option<String>)]) {
+        InventoryService::record_results(self, host_id, results);
+    }
+
+    /// The host's own SLA (its manifest's, in its [`RefreshSettings`])
+    /// bounds the refresh; `_sla` is the same value seen by the engine.
+    fn refresh<'a>(&'a self, host_id: &'a str, _sla: Duration) -> RefreshFuture<'a> {
+        Box::pin(async move {
+            let outcome = match self.fast_refresh(host_id).await {
+                Ok(outcome) => outcome,
+                Err(e) => return HostRefresh::stale(None, e.to_string()),
+            };
+            let snapshot = self.snapshot(host_id).ok().flatten();
+            match outcome.error {
+                Some(error) => HostRefresh::stale(
+                    snapshot,
+                    format!(
+                        "the refresh of host {host_id} failed ({}): {error}",
+                        error.code()
+                    ),
+                ),
+                None if !outcome.refreshed => HostRefresh::stale(
+                    snapshot,
+                    format!("the refresh of host {host_id} was superseded by a failed one"),
+                ),
+                None => HostRefresh::fresh(snapshot),
+            }
+        })
     }
 }
 

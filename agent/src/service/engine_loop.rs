@@ -26,7 +26,7 @@ use super::metrics::Metrics;
 use crate::engine::bus::Consumer;
 use crate::engine::event::{Event, EventKind};
 use crate::engine::runner::{
-    Engine, EngineConfig, EngineError, EventReport, Policy, Snapshots, Transcript,
+    Engine, EngineConfig, EngineError, EventReport, FireTime, Policy, Snapshots, Transcript,
 };
 use crate::engine::store::{EngineStore, RunRecord};
 
@@ -272,6 +272,8 @@ async fn run(
     // After a failed `fire_due` (the store refused a write) the fires stay
     // queued; wait a second before the next try instead of spinning.
     let mut fire_retry_at: Option<tokio::time::Instant> = None;
+    // Event dry-runs back from their fire-time refreshes.
+    let (replan_tx, mut replans) = mpsc::unbounded_channel::<Replan>();
     let grace = loop {
         let mut sleep = match engine.next_deadline() {
             Some(at) => (at - clock()).to_std().unwrap_or(Duration::ZERO),
@@ -286,7 +288,11 @@ async fn run(
             command = commands.recv() => {
                 let Some(command) = command else { break Duration::from_secs(30) };
                 seed_facts(&mut engine, readings.as_ref());
-                handle(&mut engine, command, &metrics).await;
+                handle(&mut engine, command, &metrics, &replan_tx).await;
+            }
+            Some(planned) = replans.recv() => {
+                seed_facts(&mut engine, readings.as_ref());
+                replan(&engine, planned);
             }
             event = next_bus_event(&mut bus) => {
                 match event {
@@ -390,7 +396,34 @@ async fn next_bus_event(bus: &mut Option<Consumer>) -> Option<Event> {
     }
 }
 
-async fn handle(engine: &mut Engine, command: Command, metrics: &Metrics) {
+/// An event dry-run whose hosts were refreshed: planned again on the
+/// fresh snapshots, then its driver dry-runs run in a task of their own.
+struct Replan {
+    event: Event,
+    fire: FireTime,
+    reply: oneshot::Sender<Result<Transcript, String>>,
+}
+
+fn replan(engine: &Engine, replan: Replan) {
+    let Replan { event, fire, reply } = replan;
+    match engine.plan_dry_run_on(&event, &fire) {
+        Ok(plan) => {
+            tokio::spawn(async move {
+                let _ = reply.send(Ok(plan.run().await));
+            });
+        }
+        Err(e) => {
+            let _ = reply.send(Err(describe(&e)));
+        }
+    }
+}
+
+async fn handle(
+    engine: &mut Engine,
+    command: Command,
+    metrics: &Metrics,
+    replans: &mpsc::UnboundedSender<Replan>,
+) {
     match command {
         Command::Event { event, reply } => {
             metrics.event(event.kind.as_str(), false);
@@ -402,12 +435,23 @@ async fn handle(engine: &mut Engine, command: Command, metrics: &Metrics) {
         }
         Command::DryRun { event, reply } => {
             metrics.event(event.kind.as_str(), true);
-            // Decided here; the driver dry-runs (network, up to a host's
-            // SLA) run in a task of their own so live events never wait.
+            // Decided here; the fire-time refreshes of the hosts whose
+            // policies fire and the driver dry-runs (network, up to a
+            // host's SLA each) run in a task of their own so live events
+            // never wait. After the refreshes the decision is taken again
+            // on fresh state ([`Replan`]).
             match engine.plan_dry_run(&event) {
-                Ok(plan) => {
+                Ok(plan) if plan.fire_hosts().is_empty() => {
                     tokio::spawn(async move {
                         let _ = reply.send(Ok(plan.run().await));
+                    });
+                }
+                Ok(plan) => {
+                    let refresh = engine.fire_time_refresh(plan.fire_hosts().to_vec());
+                    let replans = replans.clone();
+                    tokio::spawn(async move {
+                        let fire = refresh.await;
+                        let _ = replans.send(Replan { event, fire, reply });
                     });
                 }
                 Err(e) => {

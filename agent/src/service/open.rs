@@ -25,7 +25,7 @@ use super::metrics::Metrics;
 use super::{Service, ServiceError};
 use crate::compile::CompileContext;
 use crate::engine::bus::{Consumer, Publisher, DEFAULT_CAPACITY};
-use crate::engine::runner::{EngineConfig, Policy, Snapshots};
+use crate::engine::runner::{EngineConfig, Policy};
 use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::store::{AuditRecord, EngineStore, StoreResult};
 use crate::inventory_service::{InventoryService, RefreshSettings};
@@ -84,23 +84,6 @@ pub(super) struct Inner {
 /// How many validations run at once on the blocking pool; more are
 /// answered 503 with `Retry-After` at once rather than queued.
 pub const CPU_SLOTS: usize = 4;
-
-/// The engine reads the inventory service's snapshots.
-struct ServiceSnapshots(InventoryService);
-
-impl Snapshots for ServiceSnapshots {
-    fn host(&self, host_id: &str) -> Option<HostInventory> {
-        self.0
-            .snapshot(host_id)
-            .ok()
-            .flatten()
-            .map(|s| HostInventory::clone(&s))
-    }
-
-    fn record_results(&self, host_id: &str, results: &[(String, Option<String>)]) {
-        self.0.record_results(host_id, results);
-    }
-}
 
 impl Service {
     /// Opens the store in `config.data_dir`, registers the hosts (stored
@@ -262,7 +245,7 @@ impl Service {
         let bus = Some(consumer);
         let engine = EngineHandle::spawn(EngineParts {
             store: store.clone() as Arc<dyn EngineStore>,
-            snapshots: Arc::new(ServiceSnapshots(inner_inventory)),
+            snapshots: Arc::new(inner_inventory),
             breakers: breakers.clone(),
             config: engine_config,
             drivers,

@@ -33,8 +33,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    restore_targets, DecideStep, Engine, EngineError, PlannedAction, Policy, PolicyDecision,
-    NOT_MATCHED,
+    fresh, restore_targets, DecideStep, Engine, EngineError, FireTime, PlannedAction, Policy,
+    PolicyDecision, NOT_MATCHED, SUPPRESSED_WINDOW,
 };
 use crate::engine::conditions::FactsSnapshot;
 use crate::engine::decide::{ConditionMemo, Decided};
@@ -120,9 +120,19 @@ pub struct DryRunPlan {
     countdowns: Vec<TimelineEntry>,
     inverses: Vec<TimelineEntry>,
     drivers: HashMap<String, Arc<dyn Driver>>,
+    /// The hosts of the policies that fired (now or at a countdown's end)
+    /// and got past their suppression window, sorted.
+    fire_hosts: Vec<String>,
 }
 
 impl DryRunPlan {
+    /// The hosts whose inventory this plan's decisions read at fire time:
+    /// the ones to refresh ([`Engine::fire_time_refresh`]) before the plan
+    /// is made again on fresh state ([`Engine::plan_dry_run_on`]).
+    pub fn fire_hosts(&self) -> &[String] {
+        &self.fire_hosts
+    }
+
     /// Asks each planned action's driver for its dry-run (now and at each
     /// countdown's fire), rolls the worst severity up and lays the
     /// timeline out.
@@ -208,14 +218,34 @@ fn decision_severity(d: &PolicyDecision) -> Severity {
 impl Engine {
     /// The whole decision for `event` with driver dry-runs; trigger state,
     /// facts and store are left untouched (SPEC §6 "Dry-run of an event").
+    /// Like a live event (SPEC §6 step 5, "Same truth everywhere"), the
+    /// hosts of the policies that fire are refreshed first, once each, and
+    /// the decision is taken on what the refreshes returned.
     pub async fn dry_run_event(&self, event: &Event) -> Result<Transcript, EngineError> {
-        Ok(self.plan_dry_run(event)?.run().await)
+        let plan = self.plan_dry_run(event)?;
+        if plan.fire_hosts().is_empty() {
+            return Ok(plan.run().await);
+        }
+        let fire = self.fire_time_refresh(plan.fire_hosts().to_vec()).await;
+        Ok(self.plan_dry_run_on(event, &fire)?.run().await)
     }
 
-    /// The decision part of [`Engine::dry_run_event`], without the driver
-    /// calls: a service loop runs [`DryRunPlan::run`] in a task of its own,
-    /// so a slow host's dry-run never holds up live events.
+    /// The decision part of [`Engine::dry_run_event`] on the snapshots as
+    /// they are, without the driver calls: a service loop refreshes
+    /// [`DryRunPlan::fire_hosts`] and plans again with
+    /// [`Engine::plan_dry_run_on`], then runs [`DryRunPlan::run`], each in
+    /// a task of its own, so a slow host never holds up live events.
     pub fn plan_dry_run(&self, event: &Event) -> Result<DryRunPlan, EngineError> {
+        self.plan_dry_run_on(event, &FireTime::default())
+    }
+
+    /// [`Engine::plan_dry_run`] with the fire-time refreshes in `fire`:
+    /// a policy whose host is in it resolves and guards on that snapshot.
+    pub fn plan_dry_run_on(
+        &self,
+        event: &Event,
+        fire: &FireTime,
+    ) -> Result<DryRunPlan, EngineError> {
         let now = (self.config.clock)();
         let mut decisions = Vec::new();
         let mut notes = Vec::new();
@@ -241,6 +271,8 @@ impl Engine {
                 facts: &facts,
                 now,
                 snapshot: &snapshot,
+                fresh: None,
+                window: None,
             };
             let count = || self.count_matching(id, &step);
             let Some(decided) = self
@@ -249,10 +281,15 @@ impl Engine {
             else {
                 continue;
             };
+            let step = DecideStep {
+                fresh: fire.get(&self.policies[&id].ir.targets.host_id),
+                ..step
+            };
             let mut started = Vec::new();
             let Some(mut decision) = self.decide_with(&step, id, &decided, &mut started)? else {
                 continue;
             };
+            fresh::note_stale(&mut decision, step.fresh);
             if !started.is_empty() && decision.code == NOT_MATCHED {
                 decision.code = COUNTDOWN_STARTED.to_string();
                 counting.insert(id);
@@ -269,7 +306,7 @@ impl Engine {
         timers.sort();
         let mut countdowns = Vec::new();
         for request in &timers {
-            if let Some(entry) = self.countdown_entry(request, &decisions, &states, &facts)? {
+            if let Some(entry) = self.countdown_entry(request, &decisions, &states, &facts, fire)? {
                 countdowns.push(entry);
             }
         }
@@ -277,7 +314,19 @@ impl Engine {
             decisions
                 .iter()
                 .chain(countdowns.iter().map(|e| &e.decision)),
+            fire,
         );
+        let mut fire_hosts: Vec<String> = decisions
+            .iter()
+            .chain(countdowns.iter().map(|e| &e.decision))
+            .filter(|d| {
+                ![NOT_MATCHED, SUPPRESSED_WINDOW, COUNTDOWN_STARTED].contains(&d.code.as_str())
+            })
+            .filter_map(|d| self.policies.get(&d.policy_id))
+            .map(|p| p.ir.targets.host_id.clone())
+            .collect();
+        fire_hosts.sort();
+        fire_hosts.dedup();
         let drivers = decisions
             .iter()
             .chain(countdowns.iter().map(|e| &e.decision))
@@ -297,6 +346,7 @@ impl Engine {
             countdowns,
             inverses,
             drivers,
+            fire_hosts,
         })
     }
 
@@ -310,6 +360,7 @@ impl Engine {
         decisions: &[PolicyDecision],
         states: &HashMap<Uuid, TriggerState>,
         facts: &FactsSnapshot,
+        refreshed: &FireTime,
     ) -> Result<Option<TimelineEntry>, EngineError> {
         let Ok(id) = Uuid::parse_str(&request.policy_id) else {
             return Ok(None);
@@ -344,6 +395,8 @@ impl Engine {
             facts: &facts,
             now: at,
             snapshot: &snapshot,
+            fresh: None,
+            window: None,
         };
         let decided = hits
             .into_iter()
@@ -354,10 +407,18 @@ impl Engine {
                     .decide_one(hit, &mut state, &view, at, &facts, &mut memo, &count)
             });
         let conditions = decided.as_ref().map(readings).unwrap_or_default();
+        let step = DecideStep {
+            fresh: refreshed.get(&self.policies[&id].ir.targets.host_id),
+            ..step
+        };
         let decision = match decided {
             Some(decided) => self.decide_with(&step, id, &decided, &mut Vec::new())?,
             None => None,
         };
+        let decision = decision.map(|mut d| {
+            fresh::note_stale(&mut d, step.fresh);
+            d
+        });
         let decision = decision.unwrap_or_else(|| PolicyDecision {
             policy_id: id,
             severity: Severity::Info,
@@ -383,6 +444,7 @@ impl Engine {
     fn inverse_entries<'d>(
         &self,
         forwards: impl Iterator<Item = &'d PolicyDecision>,
+        fire: &FireTime,
     ) -> Vec<TimelineEntry> {
         let mut out = Vec::new();
         for forward in forwards.filter(|d| !d.planned.is_empty()) {
@@ -392,7 +454,11 @@ impl Engine {
                 if selector.mode != SelectorMode::Ledger || selector.value != forward_id {
                     continue;
                 }
-                let snapshot = self.snapshots.host(&inverse.ir.targets.host_id);
+                let host = &inverse.ir.targets.host_id;
+                let snapshot = match fire.get(host) {
+                    Some(refresh) => refresh.snapshot.as_deref().cloned(),
+                    None => self.snapshots.host(host),
+                };
                 let targets = self.restored_targets(inverse, forward, snapshot.as_ref());
                 let trigger = inverse
                     .ir

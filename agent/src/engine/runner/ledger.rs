@@ -302,7 +302,8 @@ impl Engine {
             .iter()
             .map(|r| r.severity)
             .max()
-            .unwrap_or(Severity::Info);
+            .unwrap_or(Severity::Info)
+            .max(super::fresh::stale_floor(&record.explain));
         // The restore sets (SPEC §6 "Outage lifecycle"): what this run
         // changed joins its policy's set and leaves the sets it undoes.
         let params = |index: u32| {

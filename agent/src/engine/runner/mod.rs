@@ -10,6 +10,8 @@
 //!   and the `ledger` selector that reads them back;
 //! - `dry_run`: the event dry-run ([`Engine::dry_run_event`]) and its
 //!   timeline (now, each countdown's fire, the inverses);
+//! - `fresh`: the fire-time refresh steps 5–7 read (one per host and
+//!   event, for the hosts of the policies that fired; stale fallback);
 //! - `lifecycle`: restarts, countdowns and the kill switch.
 //!
 //! [`Engine::handle_event`] decides policy by policy (so a later policy sees
@@ -52,11 +54,11 @@
 //! - Store calls are synchronous on the calling task. The service runs
 //!   the engine on its own thread and runtime (`service::engine_loop`), so
 //!   an `fsync` blocks only the engine and its scheduler, not the API.
-//! - A stale snapshot is not refreshed before the guards run (at decision
-//!   time nor at kill-switch release); the engine reads [`Snapshots`] as is.
-//!   A stale snapshot never skips an action as already desired (the
-//!   driver's idempotent execute reads the live state), but selectors still
-//!   resolve against it.
+//! - The host of a policy that fires is refreshed at that moment
+//!   (`fresh`, SPEC §6 step 5), but not again at kill-switch release: the
+//!   re-check reads [`Snapshots`] as is. A stale snapshot never skips an
+//!   action as already desired (the driver's idempotent execute reads the
+//!   live state), but selectors still resolve against it.
 //! - Edge state without a pending countdown (a UPS seen on battery) is not
 //!   restored after a restart, on purpose: the NUT source's first reading
 //!   after a start is a silent baseline, so a restored "on battery" could
@@ -98,12 +100,13 @@ use super::scheduler::{
 };
 use super::store::{
     AuditRecord, EngineStore, IntentRecord, ResultRecord, RunEvent, RunRecord, RunStatus,
-    StoreError, SubjectRecord, Write,
+    StoreError, SubjectRecord, WindowState, Write,
 };
 use super::triggers::{EventView, TimerQueue, TimerRequest, TriggerState, DEFAULT_MISSED_GRACE};
 use crate::ir::Ir;
 
 mod dry_run;
+mod fresh;
 mod guards;
 mod inflight;
 mod ledger;
@@ -114,6 +117,9 @@ mod retry;
 
 pub use dry_run::{
     DryRunPlan, TimelineEntry, TimelineKind, Transcript, COUNTDOWN_STARTED, WOULD_RESTORE,
+};
+pub use fresh::{
+    refresh_hosts, FireTime, HostRefresh, RefreshFuture, DEFAULT_FIRE_TIME_SLA, INVENTORY_STALE,
 };
 pub use guards::desired_statuses;
 use guards::{already_desired, recheck_held, Guard, GuardView};
@@ -176,6 +182,20 @@ pub trait Snapshots: Send + Sync {
     /// on a status the engine itself changed. Test doubles that read live
     /// state need not implement it.
     fn record_results(&self, _host_id: &str, _results: &[(String, Option<String>)]) {}
+
+    /// Refreshes `host_id` on the fast path within `sla` (SPEC §6 step 5:
+    /// the engine calls it once per host per event, for the hosts of the
+    /// policies that fired) and returns the snapshot to decide on. After a
+    /// refresh that succeeded, [`Snapshots::host`] returns the refreshed
+    /// snapshot too. One that fails returns the last snapshot with
+    /// [`HostRefresh::stale`]; the engine also gives up on it after `sla`.
+    ///
+    /// The default serves [`Snapshots::host`] as it is: for a source that
+    /// is always current (test doubles reading live state) or cannot refresh.
+    fn refresh<'a>(&'a self, host_id: &'a str, _sla: Duration) -> RefreshFuture<'a> {
+        let snapshot = self.host(host_id).map(Arc::new);
+        Box::pin(std::future::ready(HostRefresh::fresh(snapshot)))
+    }
 }
 
 impl Snapshots for RwLock<Inventory> {
@@ -351,6 +371,11 @@ struct DecideStep<'a> {
     now: DateTime<Utc>,
     /// The policy's host snapshot, once read ([`Engine::snapshot`]).
     snapshot: &'a OnceCell<Option<HostInventory>>,
+    /// The host's fire-time refresh, once the policy fired (steps 5–7 read
+    /// it instead of `snapshot`).
+    fresh: Option<&'a HostRefresh>,
+    /// The policy's window state, when read before the refresh (step 4).
+    window: Option<&'a WindowState>,
 }
 
 /// The engine: policies, their trigger state, facts, and the scheduler.
@@ -623,6 +648,7 @@ impl Engine {
         let mut hits = Vec::new();
         self.decider.begin(&view, &mut hits);
         let mut failed = None;
+        let mut fire = FireTime::default();
         for hit in hits {
             let Some(id) = self.decider.policy_id(hit) else {
                 continue;
@@ -640,6 +666,8 @@ impl Engine {
                 facts: &self.facts,
                 now,
                 snapshot: &snapshot,
+                fresh: None,
+                window: None,
             };
             // The decider is moved out while it steps: `vm.count_matching`
             // reads the rest of the engine. Nothing here awaits.
@@ -652,7 +680,33 @@ impl Engine {
             let after = self.decider.hit_state(hit).cloned().unwrap_or_default();
             let decision = match decided {
                 Some(decided) => {
-                    span.in_scope(|| self.decide_with(&step, id, &decided, &mut timers))
+                    // Steps 5–7 read the host refreshed now (SPEC §6), once
+                    // per host and event, only for a policy that fired and
+                    // is not suppressed.
+                    match self.fire_window(id, &decided, now) {
+                        Ok(window) => {
+                            let host = &self.policies[&id].ir.targets.host_id;
+                            if window.as_ref().is_some_and(|(_, fires)| *fires) {
+                                self.refresh_at_fire(&mut fire, host)
+                                    .instrument(span.clone())
+                                    .await;
+                            }
+                            let step = DecideStep {
+                                fresh: fire.get(host),
+                                window: window.as_ref().map(|(w, _)| w),
+                                ..step
+                            };
+                            span.in_scope(|| {
+                                let mut decision =
+                                    self.decide_with(&step, id, &decided, &mut timers);
+                                if let Ok(Some(d)) = &mut decision {
+                                    fresh::note_stale(d, step.fresh);
+                                }
+                                decision
+                            })
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
                 None => Ok(None),
             };
@@ -705,6 +759,9 @@ impl Engine {
     /// inventory, so read at most once per policy and event, and only for
     /// a policy that needs it (a `vm` condition, or triggers that fired).
     fn snapshot<'s>(&self, id: Uuid, step: &'s DecideStep<'_>) -> Option<&'s HostInventory> {
+        if let Some(fresh) = step.fresh {
+            return fresh.snapshot.as_deref();
+        }
         step.snapshot
             .get_or_init(|| {
                 let host = self
@@ -726,6 +783,24 @@ impl Engine {
         self.resolve(policy, self.snapshot(id, step))
             .map(|ids| ids.len())
             .map_err(|(_, why)| why)
+    }
+
+    /// Whether `decided` fired policy `id` (trigger and conditions
+    /// matched): then its window state, read once for step 4, and whether
+    /// step 4 lets it through to steps 5–7 (the fire-time refresh).
+    fn fire_window(
+        &self,
+        id: Uuid,
+        decided: &Decided,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(WindowState, bool)>, EngineError> {
+        let fired = decided.conditions.as_ref().is_some_and(|c| c.all_true);
+        if !fired {
+            return Ok(None);
+        }
+        let window = self.store.window_state(id)?;
+        let through = suppressed_since(&self.policies[&id], &window, now).is_none();
+        Ok(Some((window, through)))
     }
 
     /// Steps 4–7 for one policy whose step 3 gave `decided`; reads the
@@ -771,20 +846,20 @@ impl Engine {
         }
         let snapshot = snapshot();
         // Step 4: suppression window.
-        let window = self.store.window_state(id)?;
-        let suppression = TimeDelta::seconds(ir.windows.suppression_s as i64);
-        if let Some(last) = window.last_fired_at {
-            if now < last + suppression {
-                explain.insert(
-                    "windows".into(),
-                    Value::String(format!(
-                        "suppressed: fired at {last}, within its suppression window of {}s",
-                        ir.windows.suppression_s
-                    )),
-                );
-                decision.code = SUPPRESSED_WINDOW.to_string();
-                return finish(decision, explain);
-            }
+        let window = match step.window {
+            Some(window) => window.clone(),
+            None => self.store.window_state(id)?,
+        };
+        if let Some(last) = suppressed_since(policy, &window, now) {
+            explain.insert(
+                "windows".into(),
+                Value::String(format!(
+                    "suppressed: fired at {last}, within its suppression window of {}s",
+                    ir.windows.suppression_s
+                )),
+            );
+            decision.code = SUPPRESSED_WINDOW.to_string();
+            return finish(decision, explain);
         }
         // Step 5: dynamic re-resolution (or the compiled ids).
         let ids = match self.resolve(policy, snapshot) {
@@ -1231,6 +1306,19 @@ impl Engine {
         }
         Ok(true)
     }
+}
+
+/// When `policy` last fired, if that was within its suppression window
+/// at `now` (step 4).
+fn suppressed_since(
+    policy: &Policy,
+    window: &WindowState,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let suppression = TimeDelta::seconds(policy.ir.windows.suppression_s as i64);
+    window
+        .last_fired_at
+        .filter(|last| now < *last + suppression)
 }
 
 /// The forward policy a `ledger` selector names, if `policy` has one.
