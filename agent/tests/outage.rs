@@ -683,3 +683,65 @@ async fn a_vm_started_by_hand_while_the_inverse_waits_to_retry_leaves_the_restor
         restore_set(&site, 1)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_second_outage_inside_the_inverses_window_is_restored_though_an_operator_kept_a_vm_off() {
+    let site = Site::new();
+    let mut engine = site
+        .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
+        .await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    seconds(30).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    // The operator stops vm 101 by hand; a second outage a minute later.
+    site.pve.set_status("vm:101", "stopped");
+    seconds(30).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    seconds(30).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &["vm:101", "vm:102"], 0),
+            call("start", &["vm:101", "vm:102"], 30),
+            call("shutdown", &["vm:102"], 60),
+            call("start", &["vm:102"], 90),
+        ],
+        "the inverse's window held back a restore its forward still owed"
+    );
+    assert_eq!(site.pve.status("vm:101").as_deref(), Some("stopped"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_undoes_a_start_so_the_next_start_is_not_suppressed_as_idempotent() {
+    let site = Site::new();
+    let mut start = policy_at(4, 20, ON_MAINS, "pve-01", "vm", &range("103"), &vm("start"));
+    start.ir.windows.suppression_s = 0;
+    let mut stop = policy_at(
+        5,
+        0,
+        LOW_BATTERY,
+        "pve-01",
+        "vm",
+        &range("103"),
+        &vm("stop"),
+    );
+    stop.ir.windows.suppression_s = 0;
+    let mut engine = site.start(vec![start, stop]).await;
+    handle(&mut engine, &reading(&[OnBattery])).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    seconds(10).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    handle(&mut engine, &ups("low_battery")).await;
+    seconds(10).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    assert_eq!(
+        site.calls(),
+        [
+            call("start", &["vm:103"], 0),
+            call("stop", &["vm:103"], 10),
+            call("start", &["vm:103"], 20),
+        ]
+    );
+}

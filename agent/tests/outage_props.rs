@@ -434,7 +434,10 @@ struct Limits {
     /// target it finds not done is not retried although its trigger holds
     /// (issue 13 item 9, in progress).
     reconciled_once: bool,
-    /// The inverses have no suppression or idempotency window. With them,
+    /// Not steered any more (fixed: a `ledger`-selector policy is not held
+    /// by its window while its forward's restore set has targets, and
+    /// "undoes" is symmetric). The inverses have no suppression or
+    /// idempotency window. Before the fix, with them,
     /// an inverse is held back at a mains return although its forward
     /// policy's restore set is not empty: its suppression is cleared only
     /// when its own restore set empties, which an inverse run that changed
@@ -458,7 +461,7 @@ const AVOID_ALL: Limits = Limits {
     keep_retries: true,
     mains_after_items: true,
     reconciled_once: true,
-    inverses_windowless: true,
+    inverses_windowless: false,
 };
 
 /// Runs `s` to the end on a fresh paused runtime, steering around `limits`.

@@ -514,10 +514,26 @@ impl Capability {
     }
 
     /// Whether running `verb` with `params` undoes `other_verb` with
-    /// `other_params` on the same targets: the other action's inverse has
-    /// this verb and the same idempotency-key params (defaults applied).
-    /// The engine uses it to clear suppression and idempotency state.
+    /// `other_params` on the same targets: either action is the other's
+    /// inverse, with the same idempotency-key params (defaults applied).
+    /// The relation is symmetric: the map says `stop`'s inverse is `start`
+    /// and `start`'s is `shutdown`, yet a `stop` after a `start` undoes it
+    /// as surely as a `start` after a `stop` does. The engine uses it to
+    /// clear suppression, idempotency and restore-set state.
     pub fn inverts(
+        &self,
+        verb: &str,
+        params: &Map<String, Value>,
+        other_verb: &str,
+        other_params: &Map<String, Value>,
+    ) -> bool {
+        self.inverts_one_way(verb, params, other_verb, other_params)
+            || self.inverts_one_way(other_verb, other_params, verb, params)
+    }
+
+    /// Whether the other action's inverse (per the map) is `verb` with
+    /// `params`.
+    fn inverts_one_way(
         &self,
         verb: &str,
         params: &Map<String, Value>,
@@ -552,6 +568,12 @@ impl Capability {
                 if self.inverts(verb, params, forward, &rule.when) && !out.contains(&candidate) {
                     out.push(candidate);
                 }
+            }
+        }
+        // The action's own inverse is undone too (`stop` undoes `start`).
+        if let Some(own) = self.inverse(verb, params) {
+            if !out.contains(&own) {
+                out.push(own);
             }
         }
         out

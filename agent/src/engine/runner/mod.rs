@@ -799,7 +799,9 @@ impl Engine {
             return Ok(None);
         }
         let window = self.store.window_state(id)?;
-        let through = suppressed_since(&self.policies[&id], &window, now).is_none();
+        let through = self
+            .suppressed_since(&self.policies[&id], &window, now)
+            .is_none();
         Ok(Some((window, through)))
     }
 
@@ -850,7 +852,7 @@ impl Engine {
             Some(window) => window.clone(),
             None => self.store.window_state(id)?,
         };
-        if let Some(last) = suppressed_since(policy, &window, now) {
+        if let Some(last) = self.suppressed_since(policy, &window, now) {
             explain.insert(
                 "windows".into(),
                 Value::String(format!(
@@ -1308,17 +1310,27 @@ impl Engine {
     }
 }
 
-/// When `policy` last fired, if that was within its suppression window
-/// at `now` (step 4).
-fn suppressed_since(
-    policy: &Policy,
-    window: &WindowState,
-    now: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    let suppression = TimeDelta::seconds(policy.ir.windows.suppression_s as i64);
-    window
-        .last_fired_at
-        .filter(|last| now < *last + suppression)
+impl Engine {
+    /// When `policy` last fired, if that was within its suppression window
+    /// at `now` (step 4). A policy restoring a forward policy's restore set
+    /// (a `ledger` selector) is never held back while that set has
+    /// targets: the set, not the window, says what is left to restore, and
+    /// an outage that came and went within the window must still be
+    /// restored (SPEC §6 "Outage lifecycle").
+    fn suppressed_since(
+        &self,
+        policy: &Policy,
+        window: &WindowState,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        if ledger_forward(policy).is_some_and(|f| self.restore.of(f).next().is_some()) {
+            return None;
+        }
+        let suppression = TimeDelta::seconds(policy.ir.windows.suppression_s as i64);
+        window
+            .last_fired_at
+            .filter(|last| now < *last + suppression)
+    }
 }
 
 /// The forward policy a `ledger` selector names, if `policy` has one.
