@@ -9,121 +9,23 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use agent::engine::event::Event;
-use agent::engine::runner::{Clock, Engine, EngineConfig, Policy, StartReport};
-use agent::engine::store::{AuditQuery, EngineStore, RunStatus};
-use agent::engine::subjects::level_event;
-use agent::spec::UpsState::{self, OnBattery, OnMains};
-use agent::store::SqliteStore;
-use chrono::{DateTime, TimeDelta, Utc};
-use drivers::breaker::{BreakerConfig, Breakers};
-use serde_json::Value;
-use support::{policy_at, range, ups, vm, FakeDriver, ON_BATTERY, ON_MAINS};
+use agent::engine::runner::{Clock, Engine, Policy};
+use agent::engine::store::RunStatus;
+use agent::spec::UpsState::{OnBattery, OnMains};
+use support::site::{call, reading, Site};
+use support::{policy_at, range, ups, vm, ON_BATTERY, ON_MAINS};
 use uuid::Uuid;
 
-const UPS: &str = "ups1@nas.lan:3493";
-
-/// One agent installation: its SQLite file, the Proxmox host it drives and
-/// the wall clock, shared by every start of the agent.
-struct Site {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-    pve: Arc<FakeDriver>,
-    clock: Clock,
-    t0: tokio::time::Instant,
-}
-
-impl Site {
-    fn new() -> Site {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("hazel.db");
-        let t0 = tokio::time::Instant::now();
-        let base = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        Site {
-            _dir: dir,
-            path,
-            pve: FakeDriver::new(
-                "pve-01",
-                "proxmox.ve",
-                &[
-                    ("vm:100", Some("running")),
-                    ("vm:101", Some("running")),
-                    ("vm:102", Some("running")),
-                ],
-            ),
-            clock: Arc::new(move || base + TimeDelta::from_std(t0.elapsed()).unwrap()),
-            t0,
-        }
-    }
-
-    fn store(&self) -> Arc<dyn EngineStore> {
-        Arc::new(SqliteStore::open(&self.path).expect("open the store"))
-    }
-
-    /// A start of the agent with `policies`, and what its start found.
-    async fn start(&self, policies: Vec<Policy>) -> (Engine, StartReport) {
-        let mut engine = support::engine(
-            self.store(),
-            &[&self.pve],
-            Arc::new(Breakers::new(BreakerConfig::default())),
-            EngineConfig {
-                clock: self.clock.clone(),
-                ..EngineConfig::default()
-            },
-        );
-        for policy in policies {
-            engine.add_policy(policy).unwrap();
-        }
-        let report = engine.start().await.unwrap();
-        (engine, report)
-    }
-
-    /// `(verb, targets, seconds since the test began)` of every execute.
-    fn calls(&self) -> Vec<(String, Vec<String>, u64)> {
-        self.pve
-            .calls()
-            .into_iter()
-            .map(|c| (c.verb, c.targets, c.start.duration_since(self.t0).as_secs()))
-            .collect()
-    }
-
-    fn restore_set(&self, id: u128) -> Vec<String> {
-        self.store()
-            .restore_set(Uuid::from_u128(id))
-            .unwrap()
-            .into_iter()
-            .map(|e| e.target)
-            .collect()
-    }
-
-    fn audit(&self, kind: &str) -> Vec<Value> {
-        self.store()
-            .audit(&AuditQuery {
-                kind: Some(kind.into()),
-                ..AuditQuery::default()
-            })
-            .unwrap()
-            .into_iter()
-            .map(|e| e.record.details)
-            .collect()
-    }
-}
-
-fn reading(states: &[UpsState]) -> Event {
-    level_event(UPS, states)
-}
-
-fn call(verb: &str, targets: &[&str], at: u64) -> (String, Vec<String>, u64) {
-    (
-        verb.to_string(),
-        targets.iter().map(|t| t.to_string()).collect(),
-        at,
-    )
+/// `pve-01` with three running VMs.
+fn site() -> Site {
+    Site::new(&[
+        ("vm:100", Some("running")),
+        ("vm:101", Some("running")),
+        ("vm:102", Some("running")),
+    ])
 }
 
 const ALL: [&str; 3] = ["vm:100", "vm:101", "vm:102"];
@@ -176,10 +78,10 @@ async fn fire(engine: &mut Engine, clock: &Clock) {
 
 #[tokio::test(start_paused = true)]
 async fn a_crash_while_a_slow_device_task_still_runs_is_waited_for_and_recorded_as_a_change() {
-    let site = Site::new();
+    let site = site();
     let policies = || vec![on_battery("shutdown"), restore_on_mains()];
     *site.pve.task_delay.lock().unwrap() = Some(Duration::from_secs(8));
-    let (mut first, _) = site.start(policies()).await;
+    let (mut first, _) = site.start_with_report(policies()).await;
     handle_only(&mut first, &reading(&[OnMains])).await;
     handle_only(&mut first, &ups("on_battery")).await;
     seconds(1).await;
@@ -192,7 +94,7 @@ async fn a_crash_while_a_slow_device_task_still_runs_is_waited_for_and_recorded_
     assert_eq!(site.pve.status("vm:100").as_deref(), Some("running"));
     crash(first).await; // SIGKILL 1 s into the 8 s shutdown tasks
 
-    let (mut second, report) = site.start(policies()).await;
+    let (mut second, report) = site.start_with_report(policies()).await;
     // Reconciliation waited for the tasks, then read the VMs.
     assert!(site.t0.elapsed() >= Duration::from_secs(8));
     assert_eq!(report.reconciled.len(), 1);
@@ -217,16 +119,16 @@ async fn a_crash_while_a_slow_device_task_still_runs_is_waited_for_and_recorded_
 
 #[tokio::test(start_paused = true)]
 async fn a_task_still_running_when_the_wait_ends_is_pending_and_keeps_its_key() {
-    let site = Site::new();
+    let site = site();
     // A 10 min task: longer than the wait for a shutdown of grace 60 s.
     *site.pve.task_delay.lock().unwrap() = Some(Duration::from_secs(600));
-    let (mut first, _) = site.start(vec![on_battery("shutdown")]).await;
+    let (mut first, _) = site.start_with_report(vec![on_battery("shutdown")]).await;
     handle_only(&mut first, &reading(&[OnMains])).await;
     handle_only(&mut first, &ups("on_battery")).await;
     seconds(1).await;
     crash(first).await;
 
-    let (mut second, report) = site.start(vec![on_battery("shutdown")]).await;
+    let (mut second, report) = site.start_with_report(vec![on_battery("shutdown")]).await;
     assert_eq!(report.reconciled[0].pending, ALL);
     assert!(report.reconciled[0].repeat.is_empty(), "never sent twice");
     assert!(site.restore_set(1).is_empty());
@@ -238,9 +140,9 @@ async fn a_task_still_running_when_the_wait_ends_is_pending_and_keeps_its_key() 
 
 #[tokio::test(start_paused = true)]
 async fn a_crash_right_after_the_intent_was_written_on_battery_still_runs_the_shutdown_once() {
-    let site = Site::new();
+    let site = site();
     *site.pve.latency.lock().unwrap() = Duration::from_secs(10);
-    let (mut first, _) = site.start(vec![on_battery("shutdown")]).await;
+    let (mut first, _) = site.start_with_report(vec![on_battery("shutdown")]).await;
     handle_only(&mut first, &reading(&[OnMains])).await;
     handle_only(&mut first, &ups("on_battery")).await;
     // Killed after the intent was persisted, before the request reached
@@ -251,7 +153,7 @@ async fn a_crash_right_after_the_intent_was_written_on_battery_still_runs_the_sh
     assert_eq!(site.pve.status("vm:100").as_deref(), Some("running"));
 
     seconds(3).await;
-    let (mut second, report) = site.start(vec![on_battery("shutdown")]).await;
+    let (mut second, report) = site.start_with_report(vec![on_battery("shutdown")]).await;
     assert_eq!(report.reconciled[0].repeat, ALL);
     // Nothing runs before the UPS is read again.
     seconds(30).await;
@@ -281,15 +183,15 @@ async fn a_crash_right_after_the_intent_was_written_on_battery_still_runs_the_sh
 
 #[tokio::test(start_paused = true)]
 async fn an_interrupted_shutdown_is_not_sent_again_when_the_mains_came_back() {
-    let site = Site::new();
+    let site = site();
     *site.pve.latency.lock().unwrap() = Duration::from_secs(10);
-    let (mut first, _) = site.start(vec![on_battery("shutdown")]).await;
+    let (mut first, _) = site.start_with_report(vec![on_battery("shutdown")]).await;
     handle_only(&mut first, &reading(&[OnMains])).await;
     handle_only(&mut first, &ups("on_battery")).await;
     crash(first).await;
     *site.pve.latency.lock().unwrap() = support::DEFAULT_LATENCY;
 
-    let (mut second, _) = site.start(vec![on_battery("shutdown")]).await;
+    let (mut second, _) = site.start_with_report(vec![on_battery("shutdown")]).await;
     handle(&mut second, &reading(&[OnMains])).await;
     for _ in 0..60 {
         seconds(1).await;
@@ -302,16 +204,16 @@ async fn an_interrupted_shutdown_is_not_sent_again_when_the_mains_came_back() {
 
 #[tokio::test(start_paused = true)]
 async fn an_interrupted_reboot_is_never_re_run() {
-    let site = Site::new();
+    let site = site();
     *site.pve.latency.lock().unwrap() = Duration::from_secs(10);
-    let (mut first, _) = site.start(vec![on_battery("reset")]).await;
+    let (mut first, _) = site.start_with_report(vec![on_battery("reset")]).await;
     handle_only(&mut first, &reading(&[OnMains])).await;
     handle_only(&mut first, &ups("on_battery")).await;
     assert_eq!(site.store().open_intents().unwrap().len(), 1);
     crash(first).await; // before the reset reached the device
     *site.pve.latency.lock().unwrap() = support::DEFAULT_LATENCY;
 
-    let (mut second, report) = site.start(vec![on_battery("reset")]).await;
+    let (mut second, report) = site.start_with_report(vec![on_battery("reset")]).await;
     assert_eq!(report.reconciled[0].not_done, ALL);
     assert!(report.reconciled[0].repeat.is_empty());
     handle(&mut second, &reading(&[OnBattery])).await;

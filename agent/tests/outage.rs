@@ -9,116 +9,30 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use agent::engine::event::Event;
 use agent::engine::runner::{
-    Clock, Engine, EngineConfig, Policy, CHANGED_SINCE, GAVE_UP, NOT_CONFIRMED, RETRY_STOPPED,
+    Clock, Engine, Policy, CHANGED_SINCE, GAVE_UP, NOT_CONFIRMED, RETRY_STOPPED,
 };
-use agent::engine::store::{AuditQuery, EngineStore, RunStatus};
-use agent::engine::subjects::{level_event, UpsLevel};
-use agent::spec::UpsState::{self, LowBattery, OnBattery, OnMains};
-use agent::store::SqliteStore;
-use chrono::{DateTime, TimeDelta, Utc};
-use drivers::breaker::{BreakerConfig, Breakers};
-use serde_json::Value;
-use support::{host_state, policy_at, range, ups, vm, FakeDriver, ON_BATTERY, ON_MAINS};
+use agent::engine::store::RunStatus;
+use agent::engine::subjects::UpsLevel;
+use agent::spec::UpsState::{LowBattery, OnBattery, OnMains};
+use chrono::TimeDelta;
+use support::site::{call, reading, Site, UPS};
+use support::{host_state, policy_at, range, ups, vm, ON_BATTERY, ON_MAINS};
 use uuid::Uuid;
 
-const UPS: &str = "ups1@nas.lan:3493";
 const ON_BATTERY_20S: &str = "{ type: ups.state, equals: on_battery, for: 20s }";
 const LOW_BATTERY: &str = "{ type: ups.state, equals: low_battery }";
 
-/// One agent installation: a data dir with its SQLite file, the Proxmox
-/// host it drives and the wall clock, shared by every start of the agent.
-struct Site {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-    pve: Arc<FakeDriver>,
-    clock: Clock,
-    t0: tokio::time::Instant,
-}
-
-impl Site {
-    fn new() -> Site {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("hazel.db");
-        let t0 = tokio::time::Instant::now();
-        let base = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        Site {
-            _dir: dir,
-            path,
-            pve: FakeDriver::new(
-                "pve-01",
-                "proxmox.ve",
-                &[
-                    ("vm:101", Some("running")),
-                    ("vm:102", Some("running")),
-                    ("vm:103", Some("stopped")),
-                ],
-            ),
-            clock: Arc::new(move || base + TimeDelta::from_std(t0.elapsed()).unwrap()),
-            t0,
-        }
-    }
-
-    fn store(&self) -> Arc<dyn EngineStore> {
-        Arc::new(SqliteStore::open(&self.path).expect("open the store"))
-    }
-
-    /// A start of the agent with `policies` over the site's file.
-    async fn start(&self, policies: Vec<Policy>) -> Engine {
-        let mut engine = support::engine(
-            self.store(),
-            &[&self.pve],
-            Arc::new(Breakers::new(BreakerConfig::default())),
-            EngineConfig {
-                clock: self.clock.clone(),
-                ..EngineConfig::default()
-            },
-        );
-        for policy in policies {
-            engine.add_policy(policy).unwrap();
-        }
-        engine.start().await.unwrap();
-        engine
-    }
-
-    /// `(verb, targets, seconds since the test began)` of every execute.
-    fn calls(&self) -> Vec<(String, Vec<String>, u64)> {
-        self.pve
-            .calls()
-            .into_iter()
-            .map(|c| (c.verb, c.targets, c.start.duration_since(self.t0).as_secs()))
-            .collect()
-    }
-
-    fn audit(&self, kind: &str) -> Vec<Value> {
-        self.store()
-            .audit(&AuditQuery {
-                kind: Some(kind.into()),
-                ..AuditQuery::default()
-            })
-            .unwrap()
-            .into_iter()
-            .map(|e| e.record.details)
-            .collect()
-    }
-}
-
-fn reading(states: &[UpsState]) -> Event {
-    level_event(UPS, states)
-}
-
-fn call(verb: &str, targets: &[&str], at: u64) -> (String, Vec<String>, u64) {
-    (
-        verb.to_string(),
-        targets.iter().map(|t| t.to_string()).collect(),
-        at,
-    )
+/// `pve-01` with two running VMs and one that was off before any outage.
+fn site() -> Site {
+    Site::new(&[
+        ("vm:101", Some("running")),
+        ("vm:102", Some("running")),
+        ("vm:103", Some("stopped")),
+    ])
 }
 
 /// Stop the running VMs 101-103 on battery (after `trigger`'s hold).
@@ -157,7 +71,7 @@ async fn handle(engine: &mut Engine, event: &Event) {
 
 #[tokio::test(start_paused = true)]
 async fn a_restart_during_a_hold_with_the_mains_back_while_down_shuts_nothing_down() {
-    let site = Site::new();
+    let site = site();
     let mut first = site.start(vec![shutdown_on(ON_BATTERY_20S)]).await;
     handle(&mut first, &reading(&[OnMains])).await;
     seconds(5).await;
@@ -190,7 +104,7 @@ async fn a_restart_during_a_hold_with_the_mains_back_while_down_shuts_nothing_do
 
 #[tokio::test(start_paused = true)]
 async fn a_restart_during_a_hold_still_on_battery_fires_at_the_original_deadline() {
-    let site = Site::new();
+    let site = site();
     let mut first = site.start(vec![shutdown_on(ON_BATTERY_20S)]).await;
     handle(&mut first, &reading(&[OnBattery])).await; // hold starts at 0 s
     seconds(8).await;
@@ -214,7 +128,7 @@ async fn a_restart_during_a_hold_still_on_battery_fires_at_the_original_deadline
 
 #[tokio::test(start_paused = true)]
 async fn a_hold_whose_deadline_passed_while_down_fires_once_the_outage_is_confirmed() {
-    let site = Site::new();
+    let site = site();
     let mut first = site.start(vec![shutdown_on(ON_BATTERY_20S)]).await;
     handle(&mut first, &reading(&[OnBattery])).await;
     seconds(8).await;
@@ -233,7 +147,7 @@ async fn a_hold_whose_deadline_passed_while_down_fires_once_the_outage_is_confir
 #[tokio::test(start_paused = true)]
 async fn the_mains_returning_while_the_agent_is_down_after_the_forward_ran_are_restored_at_start_exactly_once(
 ) {
-    let site = Site::new();
+    let site = site();
     let policies = || vec![shutdown_on(ON_BATTERY), restore_on_mains()];
     let mut first = site.start(policies()).await;
     handle(&mut first, &reading(&[OnMains])).await;
@@ -262,7 +176,7 @@ async fn the_mains_returning_while_the_agent_is_down_after_the_forward_ran_are_r
 
 #[tokio::test(start_paused = true)]
 async fn a_first_start_during_an_outage_acts_on_it_at_once() {
-    let site = Site::new();
+    let site = site();
     let mut engine = site
         .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
         .await;
@@ -272,7 +186,7 @@ async fn a_first_start_during_an_outage_acts_on_it_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_first_start_during_an_outage_acts_after_the_hold() {
-    let site = Site::new();
+    let site = site();
     let mut engine = site.start(vec![shutdown_on(ON_BATTERY_20S)]).await;
     seconds(3).await;
     handle(&mut engine, &reading(&[OnBattery])).await;
@@ -286,7 +200,7 @@ async fn a_first_start_during_an_outage_acts_after_the_hold() {
 
 #[tokio::test(start_paused = true)]
 async fn a_start_with_low_battery_acts_on_the_low_battery() {
-    let site = Site::new();
+    let site = site();
     let last_resort = policy_at(
         3,
         0,
@@ -303,7 +217,7 @@ async fn a_start_with_low_battery_acts_on_the_low_battery() {
 
 #[tokio::test(start_paused = true)]
 async fn a_start_on_mains_fires_nothing_first_time_or_after_a_restart() {
-    let site = Site::new();
+    let site = site();
     let policies = || vec![shutdown_on(ON_BATTERY), restore_on_mains()];
     let mut first = site.start(policies()).await;
     handle(&mut first, &reading(&[OnMains])).await;
@@ -318,7 +232,7 @@ async fn the_next_outage_after_a_restart_on_mains_is_acted_on() {
     // The agent went down on battery and came back after the mains
     // returned: the reading ends the recorded outage, so the next
     // `on_battery` is an edge again.
-    let site = Site::new();
+    let site = site();
     let mut forward = shutdown_on(ON_BATTERY);
     forward.ir.windows.suppression_s = 0;
     forward.ir.windows.idempotency_s = 0;
@@ -341,31 +255,21 @@ async fn the_next_outage_after_a_restart_on_mains_is_acted_on() {
     );
 }
 
-/// The targets in policy `id`'s restore set, as the store keeps them.
-fn restore_set(site: &Site, id: u128) -> Vec<String> {
-    site.store()
-        .restore_set(Uuid::from_u128(id))
-        .unwrap()
-        .into_iter()
-        .map(|e| e.target)
-        .collect()
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_forward_run_fills_its_restore_set_and_the_inverse_empties_it() {
-    let site = Site::new();
+    let site = site();
     let mut engine = site
         .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
         .await;
     handle(&mut engine, &reading(&[OnMains])).await;
     handle(&mut engine, &ups("on_battery")).await;
-    assert_eq!(restore_set(&site, 1), ["vm:101", "vm:102"]);
+    assert_eq!(site.restore_set(1), ["vm:101", "vm:102"]);
     let set = engine.restore_set(Uuid::from_u128(1));
     assert_eq!(set[0].from.as_deref(), Some("running"));
     assert_eq!(set[0].to.as_deref(), Some("stopped"));
     seconds(60).await;
     handle(&mut engine, &ups("on_mains")).await;
-    assert!(restore_set(&site, 1).is_empty());
+    assert!(site.restore_set(1).is_empty());
     assert_eq!(
         site.calls(),
         [
@@ -377,7 +281,7 @@ async fn a_forward_run_fills_its_restore_set_and_the_inverse_empties_it() {
 
 #[tokio::test(start_paused = true)]
 async fn an_operator_stopping_a_vm_after_a_restore_then_a_blip_makes_the_inverse_start_nothing() {
-    let site = Site::new();
+    let site = site();
     let mut engine = site
         .start(vec![shutdown_on(ON_BATTERY_20S), restore_on_mains()])
         .await;
@@ -407,7 +311,7 @@ async fn an_operator_stopping_a_vm_after_a_restore_then_a_blip_makes_the_inverse
 
 #[tokio::test(start_paused = true)]
 async fn a_target_someone_changed_since_is_dropped_from_the_restore_set() {
-    let site = Site::new();
+    let site = site();
     let mut engine = site
         .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
         .await;
@@ -433,12 +337,12 @@ async fn a_target_someone_changed_since_is_dropped_from_the_restore_set() {
             call("start", &["vm:101"], 60),
         ]
     );
-    assert!(restore_set(&site, 1).is_empty());
+    assert!(site.restore_set(1).is_empty());
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_crash_mid_run_then_the_mains_restore_the_targets_reconciliation_found_stopped() {
-    let site = Site::new();
+    let site = site();
     let policies = || vec![shutdown_on(ON_BATTERY), restore_on_mains()];
     *site.pve.latency.lock().unwrap() = Duration::from_secs(10);
     let mut first = site.start(policies()).await;
@@ -453,7 +357,7 @@ async fn a_crash_mid_run_then_the_mains_restore_the_targets_reconciliation_found
 
     *site.pve.latency.lock().unwrap() = Duration::ZERO;
     let mut second = site.start(policies()).await;
-    assert_eq!(restore_set(&site, 1), ["vm:101", "vm:102"]);
+    assert_eq!(site.restore_set(1), ["vm:101", "vm:102"]);
     handle(&mut second, &reading(&[OnMains])).await;
     assert_eq!(
         site.calls(),
@@ -462,12 +366,12 @@ async fn a_crash_mid_run_then_the_mains_restore_the_targets_reconciliation_found
             call("start", &["vm:101", "vm:102"], 21),
         ]
     );
-    assert!(restore_set(&site, 1).is_empty());
+    assert!(site.restore_set(1).is_empty());
 }
 
 #[tokio::test(start_paused = true)]
 async fn outage_mains_outage_mains_inside_every_window_acts_and_restores_each_time() {
-    let site = Site::new();
+    let site = site();
     let mut engine = site
         .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
         .await;
@@ -503,7 +407,7 @@ fn runs(site: &Site, id: u128) -> Vec<agent::engine::store::RunRecord> {
 
 #[tokio::test(start_paused = true)]
 async fn a_host_unreachable_when_the_policy_fires_and_back_30s_later_is_shut_down_on_retry() {
-    let site = Site::new();
+    let site = site();
     let mut engine = site.start(vec![shutdown_on(ON_BATTERY)]).await;
     handle(&mut engine, &reading(&[OnMains])).await;
     handle(&mut engine, &host_state("pve-01", false)).await;
@@ -533,12 +437,12 @@ async fn a_host_unreachable_when_the_policy_fires_and_back_30s_later_is_shut_dow
     // Three failed attempts on the three VMs of the range (vm:103, off
     // already, is found in the desired state by the attempt that succeeds).
     assert_eq!(unreachable, 9);
-    assert_eq!(restore_set(&site, 1), ["vm:101", "vm:102"]);
+    assert_eq!(site.restore_set(1), ["vm:101", "vm:102"]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_trigger_ending_during_retries_stops_them() {
-    let site = Site::new();
+    let site = site();
     let mut engine = site.start(vec![shutdown_on(ON_BATTERY)]).await;
     handle(&mut engine, &reading(&[OnMains])).await;
     handle(&mut engine, &host_state("pve-01", false)).await;
@@ -567,7 +471,7 @@ async fn the_trigger_ending_during_retries_stops_them() {
 
 #[tokio::test(start_paused = true)]
 async fn a_driver_error_is_retried_in_the_same_run_and_attempts_run_out_with_gave_up() {
-    let site = Site::new();
+    let site = site();
     let retried = policy_at(
         1,
         10,
@@ -609,7 +513,7 @@ async fn a_driver_error_is_retried_in_the_same_run_and_attempts_run_out_with_gav
 
 #[tokio::test(start_paused = true)]
 async fn a_driver_error_that_clears_is_done_on_retry_and_the_run_is_ok() {
-    let site = Site::new();
+    let site = site();
     site.pve.erroring.lock().unwrap().insert("shutdown".into());
     let mut engine = site.start(vec![shutdown_on(ON_BATTERY)]).await;
     handle(&mut engine, &reading(&[OnMains])).await;
@@ -631,7 +535,7 @@ async fn a_driver_error_that_clears_is_done_on_retry_and_the_run_is_ok() {
 
 #[tokio::test(start_paused = true)]
 async fn retries_are_off_with_attempts_zero() {
-    let site = Site::new();
+    let site = site();
     let once = policy_at(
         1,
         10,
@@ -653,7 +557,7 @@ async fn retries_are_off_with_attempts_zero() {
 
 #[tokio::test(start_paused = true)]
 async fn a_vm_started_by_hand_while_the_inverse_waits_to_retry_leaves_the_restore_set() {
-    let site = Site::new();
+    let site = site();
     let mut engine = site
         .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
         .await;
@@ -677,16 +581,12 @@ async fn a_vm_started_by_hand_while_the_inverse_waits_to_retry_leaves_the_restor
         ]
     );
     // Nothing is left to restore, so the next outage is acted on.
-    assert!(
-        restore_set(&site, 1).is_empty(),
-        "{:?}",
-        restore_set(&site, 1)
-    );
+    assert!(site.restore_set(1).is_empty(), "{:?}", site.restore_set(1));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_second_outage_inside_the_inverses_window_is_restored_though_an_operator_kept_a_vm_off() {
-    let site = Site::new();
+    let site = site();
     let mut engine = site
         .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
         .await;
@@ -715,7 +615,7 @@ async fn a_second_outage_inside_the_inverses_window_is_restored_though_an_operat
 
 #[tokio::test(start_paused = true)]
 async fn a_stop_undoes_a_start_so_the_next_start_is_not_suppressed_as_idempotent() {
-    let site = Site::new();
+    let site = site();
     let mut start = policy_at(4, 20, ON_MAINS, "pve-01", "vm", &range("103"), &vm("start"));
     start.ir.windows.suppression_s = 0;
     let mut stop = policy_at(

@@ -10,6 +10,8 @@
 // Every test crate compiles its own copy and uses only some of the helpers.
 #![allow(dead_code)]
 
+pub mod site;
+
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
