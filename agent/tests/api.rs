@@ -267,10 +267,21 @@ async fn refused(req: reqwest::RequestBuilder, status: StatusCode, code: &'stati
     refusals(vec![(req, status, code)]).await.remove(0)
 }
 
-fn sign(body: &[u8]) -> String {
+/// The `X-Hazel-Signature` of `body` signed at unix time `at`.
+fn sign_at(body: &[u8], at: i64) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{at}.").as_bytes());
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A webhook post of `body` to `name`, signed now.
+fn signed(s: &Server, name: &str, body: &[u8]) -> reqwest::RequestBuilder {
+    let at = chrono::Utc::now().timestamp();
+    s.bare(Method::POST, &format!("/api/webhooks/{name}"))
+        .header("X-Hazel-Timestamp", at.to_string())
+        .header("X-Hazel-Signature", sign_at(body, at))
+        .body(body.to_vec())
 }
 
 #[tokio::test]
@@ -1048,22 +1059,37 @@ async fn webhooks_need_a_valid_signature_unless_configured_unsigned() {
     let w = world().await;
     let s = &w.server;
     let payload = br#"{"ref": "main"}"#.to_vec();
-    let (status, body) = send(
-        s.bare(Method::POST, "/api/webhooks/deploy")
-            .header("X-Hazel-Signature", sign(&payload))
-            .body(payload.clone()),
-    )
-    .await;
+    let (status, body) = send(signed(s, "deploy", &payload)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let hook = |name: &str| {
         s.bare(Method::POST, &format!("/api/webhooks/{name}"))
             .body(payload.clone())
     };
+    let now = chrono::Utc::now().timestamp();
+    let at = |req: reqwest::RequestBuilder, t: i64| req.header("X-Hazel-Timestamp", t.to_string());
+    let bare_hex = sign_at(&payload, now)
+        .trim_start_matches("sha256=")
+        .to_string();
     refusals(vec![
         (
-            hook("deploy").header("X-Hazel-Signature", sign(b"something else")),
+            at(hook("deploy"), now).header("X-Hazel-Signature", sign_at(b"something else", now)),
             StatusCode::UNAUTHORIZED,
             "webhook.bad_signature",
+        ),
+        (
+            at(hook("deploy"), now).header("X-Hazel-Signature", bare_hex),
+            StatusCode::UNAUTHORIZED,
+            "webhook.bad_signature",
+        ),
+        (
+            hook("deploy").header("X-Hazel-Signature", sign_at(&payload, now)),
+            StatusCode::UNAUTHORIZED,
+            "webhook.no_timestamp",
+        ),
+        (
+            at(hook("deploy"), now - 600).header("X-Hazel-Signature", sign_at(&payload, now - 600)),
+            StatusCode::UNAUTHORIZED,
+            "webhook.stale",
         ),
         (hook("deploy"), StatusCode::UNAUTHORIZED, "webhook.unsigned"),
         (
@@ -1074,6 +1100,30 @@ async fn webhooks_need_a_valid_signature_unless_configured_unsigned() {
         (hook("nope"), StatusCode::NOT_FOUND, "webhook.unknown"),
     ])
     .await;
+}
+
+#[tokio::test]
+async fn a_captured_signed_webhook_post_is_not_accepted_again_and_each_accepted_post_is_audited() {
+    let w = world().await;
+    let s = &w.server;
+    let payload = br#"{"ref": "v2"}"#.to_vec();
+    let first = signed(s, "deploy", &payload);
+    let replay = first.try_clone().unwrap();
+    let (status, answer) = send(first).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    refused(replay, StatusCode::CONFLICT, "webhook.replayed").await;
+    let correlation = answer["correlation_id"].as_str().unwrap();
+    let (_, audit) = send(s.admin(
+        Method::GET,
+        &format!("/api/audit?kind=webhook.accepted&correlation_id={correlation}"),
+    ))
+    .await;
+    let items = audit["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{audit}");
+    assert!(
+        !audit.to_string().contains("v2"),
+        "the body is not audited: {audit}"
+    );
 }
 
 #[tokio::test]

@@ -26,6 +26,8 @@ pub const AUDIT_DEFAULT_LIMIT: usize = 100;
 pub const AUDIT_MAX_LIMIT: usize = 1000;
 /// The header carrying a webhook's HMAC-SHA256 signature (`sha256=<hex>`).
 pub const SIGNATURE_HEADER: &str = "x-hazel-signature";
+/// The header with the unix time a webhook post was signed at.
+pub const TIMESTAMP_HEADER: &str = "x-hazel-timestamp";
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -391,7 +393,16 @@ pub async fn webhook(
             ApiError::bad_header("X-Hazel-Signature", "the signature must be `sha256=<hex>`")
         })?),
     };
-    let answer = state.service.webhook(&name, signature, &body).await?;
+    let timestamp = match headers.get(TIMESTAMP_HEADER) {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::bad_header("X-Hazel-Timestamp", "the timestamp must be unix seconds")
+        })?),
+    };
+    let answer = state
+        .service
+        .webhook(&name, signature, timestamp, &body)
+        .await?;
     with_status(StatusCode::ACCEPTED, answer)
 }
 

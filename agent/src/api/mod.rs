@@ -353,11 +353,13 @@ routes! {
         summary: "A named webhook from an external sender (no token, no CSRF; HMAC-signed)",
         body: BodyDoc::Raw("the sender's payload; the signature covers these exact bytes"),
         query: [],
-        headers: ["X-Hazel-Signature": "string" => "sha256=<hex> HMAC-SHA256 of the body"],
+        headers: ["X-Hazel-Signature": "string" => "sha256=<hex> HMAC-SHA256 of `<X-Hazel-Timestamp>.<body>`",
+                  "X-Hazel-Timestamp": "string" => "unix seconds, within 300 s of the agent's clock"],
         answers: [202 => "accepted; the decisions", 400 => "bad payload or header",
-                  401 => "missing or bad signature",
+                  401 => "missing or bad signature, missing or stale timestamp",
                   403 => "no secret configured and unsigned posts not allowed",
-                  404 => "no such webhook"],
+                  404 => "no such webhook",
+                  409 => "webhook.replayed: this signed post was already accepted"],
     }
     GET "/api/kill-switch" => kill_switch_get {
         access: Access::Role(Role::Viewer),

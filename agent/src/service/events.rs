@@ -59,6 +59,7 @@ impl Service {
         &self,
         name: &str,
         signature: Option<&str>,
+        timestamp: Option<&str>,
         body: &[u8],
     ) -> Result<EventAnswer, ServiceError> {
         let Some(hook) = self.inner.config.webhooks.get(name) else {
@@ -69,7 +70,22 @@ impl Service {
             });
         };
         match self.inner.webhook_secrets.get(name).cloned().flatten() {
-            Some(secret) => check_signature(&secret, signature, body)?,
+            Some(secret) => {
+                let now = Utc::now().timestamp();
+                let signature = check_signature(&secret, signature, timestamp, body, now)?;
+                // A signature seen within the window is a replay.
+                let mut seen = self.inner.webhook_seen.lock().await;
+                seen.retain(|_, at| now - *at <= WEBHOOK_WINDOW_S);
+                if seen.insert(signature, now).is_some() {
+                    return Err(ServiceError::Webhook {
+                        code: "webhook.replayed",
+                        status: 409,
+                        message: format!(
+                            "this signed post of webhook `{name}` was already accepted; a sender signs each post with a new timestamp"
+                        ),
+                    });
+                }
+            }
             None if hook.allow_unsigned => {}
             None => {
                 return Err(ServiceError::Webhook {
@@ -92,6 +108,16 @@ impl Service {
         .map_err(|errors| ServiceError::Internal {
             message: format!("webhook event: {errors:?}"),
         })?;
+        // Each accepted post leaves a record (never the body: it may carry
+        // a sender's secrets).
+        let audit = crate::engine::store::AuditRecord {
+            ts: Utc::now(),
+            correlation_id: event.correlation_id,
+            kind: "webhook.accepted".into(),
+            policy_id: None,
+            details: json!({"name": name, "bytes": body.len()}),
+        };
+        self.store(move |s| s.append_audit(&audit)).await?;
         self.decide(event, false).await
     }
 
@@ -180,11 +206,20 @@ fn full_ups_subject(known: impl Iterator<Item = String>, mut event: Event) -> Ev
     event
 }
 
+/// How far a signed post's `X-Hazel-Timestamp` may be from now, in seconds,
+/// and how long its signature is remembered against replays (SPEC §9).
+pub const WEBHOOK_WINDOW_S: i64 = 300;
+
+/// Checks `signature` (`sha256=<hex>`, HMAC-SHA256 over `<timestamp>.<body>`)
+/// and the timestamp (unix seconds, within [`WEBHOOK_WINDOW_S`] of `now`);
+/// returns the signature's hex, the replay cache's key.
 fn check_signature(
     secret: &[u8],
     signature: Option<&str>,
+    timestamp: Option<&str>,
     body: &[u8],
-) -> Result<(), ServiceError> {
+    now: i64,
+) -> Result<String, ServiceError> {
     let refuse = |code: &'static str, message: &str| ServiceError::Webhook {
         code,
         status: 401,
@@ -193,21 +228,50 @@ fn check_signature(
     let Some(signature) = signature else {
         return Err(refuse(
             "webhook.unsigned",
-            "the X-Hazel-Signature header is missing (sha256=<hex HMAC of the body>)",
+            "the X-Hazel-Signature header is missing (sha256=<hex HMAC of `<X-Hazel-Timestamp>.<body>`>)",
         ));
     };
-    let hex_part = signature.strip_prefix("sha256=").unwrap_or(signature);
+    let Some(hex_part) = signature.trim().strip_prefix("sha256=") else {
+        return Err(refuse(
+            "webhook.bad_signature",
+            "the signature must start with `sha256=`",
+        ));
+    };
+    let Some(stamp) = timestamp else {
+        return Err(refuse(
+            "webhook.no_timestamp",
+            "the X-Hazel-Timestamp header is missing (unix seconds, signed with the body)",
+        ));
+    };
+    let at: i64 = stamp.trim().parse().map_err(|_| {
+        refuse(
+            "webhook.no_timestamp",
+            "X-Hazel-Timestamp must be unix seconds",
+        )
+    })?;
+    if (now - at).abs() > WEBHOOK_WINDOW_S {
+        return Err(refuse(
+            "webhook.stale",
+            &format!(
+                "X-Hazel-Timestamp is {} s from the agent's clock; at most {WEBHOOK_WINDOW_S} s is accepted",
+                (now - at).abs()
+            ),
+        ));
+    }
     let expected = hex::decode(hex_part.trim())
         .map_err(|_| refuse("webhook.bad_signature", "the signature is not sha256=<hex>"))?;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret)
         .map_err(|_| refuse("webhook.bad_signature", "the webhook secret is unusable"))?;
+    mac.update(stamp.trim().as_bytes());
+    mac.update(b".");
     mac.update(body);
     mac.verify_slice(&expected).map_err(|_| {
         refuse(
             "webhook.bad_signature",
-            "the signature does not match the body",
+            "the signature does not match `<timestamp>.<body>`",
         )
-    })
+    })?;
+    Ok(hex_part.trim().to_ascii_lowercase())
 }
 
 fn transcript_json(transcript: &Transcript, names: &HashMap<Uuid, String>) -> Value {

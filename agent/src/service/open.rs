@@ -77,6 +77,8 @@ pub(super) struct Inner {
     /// Slots for CPU-bound work run on the blocking pool (validation):
     /// never on the async workers, never more at once than this (SPEC §12).
     pub(super) cpu_slots: Arc<tokio::sync::Semaphore>,
+    /// Signatures of accepted webhook posts within their window (replays).
+    pub(super) webhook_seen: tokio::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// A kill switch engaged in memory whose write the store refused.
     pub(super) unpersisted_pause: tokio::sync::Mutex<Option<super::KillSwitchView>>,
 }
@@ -277,6 +279,7 @@ impl Service {
                 nut: tokio::sync::Mutex::new(nut),
                 cpu_slots: Arc::new(tokio::sync::Semaphore::new(CPU_SLOTS)),
                 unpersisted_pause: tokio::sync::Mutex::new(None),
+                webhook_seen: tokio::sync::Mutex::new(Default::default()),
             }),
         })
     }
