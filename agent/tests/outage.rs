@@ -725,3 +725,42 @@ async fn a_retry_waiting_at_a_restart_whose_trigger_ended_while_down_is_dropped(
         "not_held"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_mains_returning_while_the_shutdown_still_runs_restore_the_vms_after_it() {
+    let site = site();
+    site.pve
+        .latencies
+        .lock()
+        .unwrap()
+        .push_back(Duration::from_secs(8));
+    site.pve
+        .latencies
+        .lock()
+        .unwrap()
+        .push_back(Duration::from_millis(200));
+    let mut engine = site
+        .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
+        .await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle_only(&mut engine, &ups("on_battery")).await; // the shutdown runs 0-8 s
+    seconds(3).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &["vm:101", "vm:102"], 0),
+            call("start", &["vm:101", "vm:102"], 8),
+        ],
+        "the inverse found nothing to restore while the shutdown ran"
+    );
+    for vm in ["vm:101", "vm:102"] {
+        assert_eq!(site.pve.status(vm).as_deref(), Some("running"), "{vm}");
+    }
+    assert_eq!(site.pve.status("vm:103").as_deref(), Some("stopped"));
+    assert!(site.restore_set(1).is_empty(), "{:?}", site.restore_set(1));
+    // The next outage is acted on.
+    seconds(60).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    assert_eq!(site.calls().len(), 3);
+}

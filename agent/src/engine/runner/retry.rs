@@ -475,8 +475,7 @@ impl Engine {
             self.open.insert(open.record.run_id, open);
             return Ok(());
         }
-        let from = std::mem::take(&mut open.from);
-        let run = self.close_run(open.record, &from)?;
+        let run = self.close_run(open.record)?;
         self.closed.push_back(run);
         Ok(())
     }
