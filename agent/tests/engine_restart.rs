@@ -649,6 +649,11 @@ impl EngineStore for Flaky {
         }
         self.inner.write(batch)
     }
+    fn waiting_retries(
+        &self,
+    ) -> agent::engine::store::StoreResult<Vec<agent::engine::store::RetryRecord>> {
+        self.inner.waiting_retries()
+    }
     fn window_state(
         &self,
         id: Uuid,

@@ -645,3 +645,122 @@ async fn a_stop_undoes_a_start_so_the_next_start_is_not_suppressed_as_idempotent
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waiting_for_its_delay_at_a_restart_is_planned_again_and_restores_the_vms() {
+    let site = site();
+    let policies = || vec![shutdown_on(ON_BATTERY), restore_on_mains()];
+    let mut first = site.start(policies()).await;
+    handle(&mut first, &reading(&[OnMains])).await;
+    handle(&mut first, &ups("on_battery")).await;
+    seconds(30).await;
+    handle(&mut first, &host_state("pve-01", false)).await;
+    handle(&mut first, &ups("on_mains")).await; // the inverse fails: retry at 35 s
+    seconds(2).await;
+    drop(first); // a restart while the retry waits
+    assert_eq!(site.store().waiting_retries().unwrap().len(), 1);
+
+    seconds(10).await;
+    let (mut second, report) = site.start_with_report(policies()).await;
+    assert_eq!(report.waiting_retries, 1);
+    handle(&mut second, &host_state("pve-01", false)).await;
+    assert_eq!(
+        second.next_deadline(),
+        None,
+        "nothing before the first reading"
+    );
+    seconds(2).await;
+    // 44 s: the reading confirms the mains; the retry is due at 49 s (its
+    // backoff starts afresh), then 59 s.
+    handle(&mut second, &reading(&[OnMains])).await;
+    for _ in 0..11 {
+        seconds(1).await;
+        fire(&mut second, &site.clock).await;
+    }
+    assert_eq!(site.calls().len(), 1, "the host is still unreachable");
+    handle(&mut second, &host_state("pve-01", true)).await; // 55 s
+    for _ in 0..60 {
+        seconds(1).await;
+        fire(&mut second, &site.clock).await;
+    }
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &["vm:101", "vm:102"], 0),
+            call("start", &["vm:101", "vm:102"], 59),
+        ]
+    );
+    assert!(site.restore_set(1).is_empty(), "{:?}", site.restore_set(1));
+    assert!(site.store().waiting_retries().unwrap().is_empty());
+    let decided = site.audit("engine.restart_retry");
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(decided[0]["waiting_retry"], 1);
+    assert_eq!(decided[0]["decision"], "scheduled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waiting_at_a_restart_whose_trigger_ended_while_down_is_dropped() {
+    let site = site();
+    let policies = || vec![shutdown_on(ON_BATTERY)];
+    let mut first = site.start(policies()).await;
+    handle(&mut first, &reading(&[OnMains])).await;
+    handle(&mut first, &host_state("pve-01", false)).await;
+    handle(&mut first, &ups("on_battery")).await; // retry at 5 s
+    seconds(2).await;
+    drop(first);
+
+    seconds(10).await;
+    let mut second = site.start(policies()).await;
+    seconds(2).await;
+    handle(&mut second, &reading(&[OnMains])).await; // the outage ended while down
+    for _ in 0..120 {
+        seconds(1).await;
+        fire(&mut second, &site.clock).await;
+    }
+    assert_eq!(site.calls(), [], "a shutdown ran after the mains returned");
+    assert!(site.store().waiting_retries().unwrap().is_empty());
+    assert_eq!(second.next_deadline(), None);
+    assert_eq!(
+        site.audit("engine.restart_retry")[0]["decision"],
+        "not_held"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_mains_returning_while_the_shutdown_still_runs_restore_the_vms_after_it() {
+    let site = site();
+    site.pve
+        .latencies
+        .lock()
+        .unwrap()
+        .push_back(Duration::from_secs(8));
+    site.pve
+        .latencies
+        .lock()
+        .unwrap()
+        .push_back(Duration::from_millis(200));
+    let mut engine = site
+        .start(vec![shutdown_on(ON_BATTERY), restore_on_mains()])
+        .await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle_only(&mut engine, &ups("on_battery")).await; // the shutdown runs 0-8 s
+    seconds(3).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &["vm:101", "vm:102"], 0),
+            call("start", &["vm:101", "vm:102"], 8),
+        ],
+        "the inverse found nothing to restore while the shutdown ran"
+    );
+    for vm in ["vm:101", "vm:102"] {
+        assert_eq!(site.pve.status(vm).as_deref(), Some("running"), "{vm}");
+    }
+    assert_eq!(site.pve.status("vm:103").as_deref(), Some("stopped"));
+    assert!(site.restore_set(1).is_empty(), "{:?}", site.restore_set(1));
+    // The next outage is acted on.
+    seconds(60).await;
+    handle(&mut engine, &ups("on_battery")).await;
+    assert_eq!(site.calls().len(), 3);
+}

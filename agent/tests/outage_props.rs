@@ -420,13 +420,18 @@ const RETRIES_DONE: Duration = Duration::from_secs(65);
 /// show what happens without it.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
-    /// The agent is not stopped while a retry may be waiting (the host
-    /// unreachable or back less than [`RETRIES_DONE`] ago): a waiting
-    /// retry lives in memory and a restart loses it (`runner/retry.rs`).
+    /// Not steered any more (fixed: a waiting retry is kept in the store
+    /// and re-planned at start, `runner/retry.rs`). The agent is not
+    /// stopped while a retry may be waiting (the host unreachable or back
+    /// less than [`RETRIES_DONE`] ago).
     keep_retries: bool,
-    /// The mains return only once the agent's running items finished: an
-    /// inverse decided while the forward's shutdown is still running finds
-    /// an empty restore set.
+    /// The mains return only once the agent's queued and running items
+    /// finished. Not needed for the restore property any more (fixed: an
+    /// inverse decided while the forward's shutdown still runs counts its
+    /// targets, `runner/restore.rs`), but still for the other: a power-off
+    /// item queued behind another on the host (the low-battery stop behind
+    /// the outage shutdown) and not started when the mains return still
+    /// starts afterwards, on mains.
     mains_after_items: bool,
     /// A start waits until the device tasks a crashed agent started have
     /// finished, and nobody changes a VM while the agent is down:
@@ -458,7 +463,7 @@ const AVOID_NONE: Limits = Limits {
 };
 
 const AVOID_ALL: Limits = Limits {
-    keep_retries: true,
+    keep_retries: false,
     mains_after_items: true,
     reconciled_once: true,
     inverses_windowless: false,
@@ -679,7 +684,7 @@ proptest! {
     /// each VM the agent powered off that nobody touched since runs again.
     #[test]
     fn after_the_last_mains_return_every_vm_the_agent_powered_off_runs_again(s in scenario()) {
-        check_restored(&run(&s, AVOID_ALL))?;
+        check_restored(&run(&s, Limits { mains_after_items: false, ..AVOID_ALL }))?;
     }
 }
 

@@ -111,6 +111,10 @@ pub trait EngineStore: Send + Sync {
     /// host and target ascending.
     fn restore_entries(&self) -> StoreResult<Vec<RestoreEntry>>;
 
+    /// The retries waiting for their delay (SPEC §6 "Outage lifecycle":
+    /// retry while the trigger holds), by run, action index and host.
+    fn waiting_retries(&self) -> StoreResult<Vec<RetryRecord>>;
+
     /// The restore set of `policy_id`, by host and target.
     fn restore_set(&self, policy_id: Uuid) -> StoreResult<Vec<RestoreEntry>> {
         Ok(self
@@ -319,6 +323,15 @@ pub enum Write {
         policy_id: Uuid,
         host: String,
         target: String,
+    },
+    /// Inserts or replaces a retry waiting for its delay (by run, action
+    /// index and host).
+    PutRetry(RetryRecord),
+    /// Removes a waiting retry; a missing one is ignored.
+    RemoveRetry {
+        run_id: Uuid,
+        action_index: u32,
+        host: String,
     },
 }
 
@@ -552,6 +565,28 @@ pub struct RestoreEntry {
     /// The run that changed it, and when.
     pub run_id: Uuid,
     pub at: DateTime<Utc>,
+}
+
+/// A retry waiting for its delay (SPEC §6 "Outage lifecycle"): kept so a
+/// restart re-plans it instead of losing it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryRecord {
+    /// The run the retry belongs to (not yet in the ledger).
+    pub run_id: Uuid,
+    pub policy_id: Uuid,
+    pub action_index: u32,
+    pub host: String,
+    pub targets: Vec<String>,
+    /// This retry's number (1 for the first retry).
+    pub retries: u32,
+    pub due: DateTime<Utc>,
+    /// The event the run reacted to (its subject is what the trigger is
+    /// checked on).
+    pub event: RunEvent,
+    /// Each target's state before the run, when known (the restore set's
+    /// "from").
+    #[serde(default)]
+    pub from: Vec<(String, Option<String>)>,
 }
 
 /// The result of one action on one target.

@@ -11,8 +11,9 @@ use super::sqlite::{conflict_or, from_json, json_column, parse_ts, parse_uuid, s
 use super::SqliteStore;
 use crate::engine::store::{
     AuditEntry, AuditQuery, AuditRecord, DeadlineKind, DeadlineRecord, EngineStore, IntentEntry,
-    IntentId, IntentOutcome, IntentRecord, KillSwitchState, RestoreEntry, RunRecord, StoreError,
-    StoreResult, SubjectState, TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
+    IntentId, IntentOutcome, IntentRecord, KillSwitchState, RestoreEntry, RetryRecord, RunRecord,
+    StoreError, StoreResult, SubjectState, TimerCheckRecord, WindowState, Write,
+    LEDGER_RUNS_PER_POLICY,
 };
 
 impl EngineStore for SqliteStore {
@@ -256,6 +257,22 @@ impl EngineStore for SqliteStore {
                 run_id: parse_uuid(&row.run_id)?,
                 at: parse_ts(&row.at)?,
             });
+        }
+        Ok(out)
+    }
+
+    fn waiting_retries(&self) -> StoreResult<Vec<RetryRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT record FROM waiting_retries ORDER BY run_id, action_index, host")
+            .map_err(sql("waiting_retries"))?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(sql("waiting_retries"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let row = row.map_err(sql("waiting_retries"))?;
+            out.push(from_json("waiting retry", &row)?);
         }
         Ok(out)
     }
@@ -577,6 +594,31 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<()> {
                 params![policy_id.to_string(), host, target],
             )
             .map_err(sql("remove_restore"))?;
+        }
+        Write::PutRetry(retry) => {
+            tx.execute(
+                "INSERT INTO waiting_retries (run_id, action_index, host, record)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (run_id, action_index, host) DO UPDATE SET record = excluded.record",
+                params![
+                    retry.run_id.to_string(),
+                    retry.action_index,
+                    retry.host,
+                    to_json("waiting retry", retry)?
+                ],
+            )
+            .map_err(sql("put_retry"))?;
+        }
+        Write::RemoveRetry {
+            run_id,
+            action_index,
+            host,
+        } => {
+            tx.execute(
+                "DELETE FROM waiting_retries WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
+                params![run_id.to_string(), action_index, host],
+            )
+            .map_err(sql("remove_retry"))?;
         }
         Write::SetSubjectState(state) => {
             tx.execute(

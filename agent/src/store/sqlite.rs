@@ -257,6 +257,19 @@ CREATE TABLE restore_set (
 ) STRICT;
 "#,
     },
+    Migration {
+        version: 7,
+        name: "waiting retries",
+        sql: r#"
+CREATE TABLE waiting_retries (
+    run_id TEXT NOT NULL,
+    action_index INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (run_id, action_index, host)
+) STRICT;
+"#,
+    },
 ];
 
 /// Version 5: SPEC §5 keys carry the host id (`pve-01/proxmox.vm:...`),

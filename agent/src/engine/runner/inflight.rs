@@ -30,6 +30,10 @@
 //!   the host guards, already-desired targets skipped. It is a new ledger
 //!   run (the interrupted run is already in the ledger) whose `explain`
 //!   names the interrupted one. A reboot, reset or cycle is never re-run.
+//! - **Retries that waited for their delay.** The store keeps every retry
+//!   waiting for its delay (`retry`); at start each is decided the same
+//!   way (first reading, trigger, then the retry machinery with its retry
+//!   count kept) in a new run whose `explain` names the one it continues.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -68,6 +72,10 @@ pub(super) struct RestartRetry {
     pub event: RunEvent,
     /// Each target's state as reconciliation read it (the restore set's "from").
     pub from: HashMap<(String, String), Option<String>>,
+    /// `Some(n)`: not an interrupted intent but retry `n` of `run_id`,
+    /// which waited for its delay when the agent stopped (its store
+    /// record goes once it is decided).
+    pub waiting: Option<u32>,
 }
 
 /// Interrupted intents waiting for the first reading of their UPS.
@@ -168,6 +176,32 @@ impl Engine {
         listed && same && intent.event.is_some()
     }
 
+    /// The retries that waited for their delay when the agent stopped
+    /// (the store kept them, `retry`): each is decided like an
+    /// interrupted intent, once its subject is read.
+    pub(super) fn restore_waiting_retries(&mut self) -> Result<usize, EngineError> {
+        let records = self.store.waiting_retries()?;
+        let count = records.len();
+        for record in records {
+            let from = record
+                .from
+                .into_iter()
+                .map(|(target, state)| ((record.host.clone(), target), state))
+                .collect();
+            self.defer_restart_retry(RestartRetry {
+                policy_id: record.policy_id,
+                run_id: record.run_id,
+                action_index: record.action_index,
+                host: record.host,
+                targets: record.targets,
+                event: record.event,
+                from,
+                waiting: Some(record.retries),
+            })?;
+        }
+        Ok(count)
+    }
+
     /// Sends `retry` again once its trigger can be checked: now when its
     /// subject is not a UPS waiting for its first reading, else at that
     /// reading ([`Engine::release_restart_retries`]).
@@ -215,10 +249,16 @@ impl Engine {
                 status: RunStatus::Error,
                 results: Vec::new(),
                 explain: json!({
-                    "restart": format!(
-                        "run {} was interrupted by a restart before its targets reached the desired state; its action is repeatable",
-                        retry.run_id
-                    ),
+                    "restart": match retry.waiting {
+                        Some(n) => format!(
+                            "retry {n} of run {} waited for its delay when the agent restarted",
+                            retry.run_id
+                        ),
+                        None => format!(
+                            "run {} was interrupted by a restart before its targets reached the desired state; its action is repeatable",
+                            retry.run_id
+                        ),
+                    },
                     "retry_of": retry.run_id,
                 }),
             },
@@ -230,11 +270,22 @@ impl Engine {
             retry.action_index,
             &retry.host,
             retry.targets.clone(),
-            retry::Attempt::default(),
+            retry::Attempt {
+                retries: retry.waiting.map_or(0, |n| n.saturating_sub(1)),
+                ..retry::Attempt::default()
+            },
         );
         let decision = if scheduled { "scheduled" } else { "not_held" };
-        info!(policy_id = %retry.policy_id, host = %retry.host, correlation_id = %retry.event.correlation_id, decision, "interrupted intent: {decision}");
-        self.store.write(&[Write::AppendAudit(AuditRecord {
+        info!(policy_id = %retry.policy_id, host = %retry.host, correlation_id = %retry.event.correlation_id, decision, waiting_retry = ?retry.waiting, "interrupted intent: {decision}");
+        let mut batch = Vec::new();
+        if retry.waiting.is_some() {
+            batch.push(Write::RemoveRetry {
+                run_id: retry.run_id,
+                action_index: retry.action_index,
+                host: retry.host.clone(),
+            });
+        }
+        batch.push(Write::AppendAudit(AuditRecord {
             ts: now,
             correlation_id: retry.event.correlation_id,
             kind: RESTART_RETRY.into(),
@@ -245,9 +296,11 @@ impl Engine {
                 "action_index": retry.action_index,
                 "host": retry.host,
                 "targets": retry.targets,
+                "waiting_retry": retry.waiting,
                 "decision": decision,
             }),
-        })])?;
+        }));
+        self.store.write(&batch)?;
         if scheduled {
             open.items_left = 1;
             self.open.insert(run_id, open);

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{
     restore::Change,
     retry::{retryable, Attempt},
-    ActionWork, Engine, EngineError, EXECUTION_FAILED, HELD_EXPIRED, INTERRUPTED,
+    ActionWork, Engine, EngineError, OpenRun, EXECUTION_FAILED, HELD_EXPIRED, INTERRUPTED,
 };
 use crate::engine::scheduler::{Outcome, Report, SchedulerError, Work};
 use crate::engine::store::{
@@ -208,6 +208,18 @@ impl Engine {
         let finished = self.finish_item(&mut open.record, intent, outcome, elapsed_ms);
         open.items_left = open.items_left.saturating_sub(1);
         if finished.is_ok() {
+            // The restore sets learn what the item changed as soon as it
+            // is reported, not when its run closes: an inverse decided
+            // meanwhile (the run may wait for a retry of another target)
+            // must find it, and an inverse that restored it first must not
+            // see it added back afterwards.
+            let at = (self.config.clock)();
+            let writes = self.record_item_changes(&open, first_row, at);
+            if let Err(e) = self.store.write(&writes) {
+                self.open.insert(run_id, open);
+                return Err(e.into());
+            }
+
             let failed: Vec<String> = open.record.results[first_row..]
                 .iter()
                 .filter(|r| {
@@ -233,16 +245,14 @@ impl Engine {
             return Ok(None);
         }
         finished?;
-        self.close_run(open.record, &open.from).map(Some)
+        self.close_run(open.record).map(Some)
     }
 
-    /// Step 9: status and severity from the results, the suppression of
-    /// undone policies cleared, the ledger entry and its audit record.
-    pub(super) fn close_run(
-        &mut self,
-        mut record: RunRecord,
-        from: &HashMap<(String, String), Option<String>>,
-    ) -> Result<RunRecord, EngineError> {
+    /// Step 9: status and severity from the results, the ledger entry and
+    /// its audit record. The restore sets (and the suppression of the
+    /// policies they empty) took in each item's changes when it was
+    /// reported (`record_item_changes`).
+    pub(super) fn close_run(&mut self, mut record: RunRecord) -> Result<RunRecord, EngineError> {
         record.finished_at = (self.config.clock)();
         // Rows of pairs that were attempted: the driver's answers and the
         // engine's whole-item failures (driver error, cancel, TTL drop), but
@@ -304,8 +314,30 @@ impl Engine {
             .max()
             .unwrap_or(Severity::Info)
             .max(super::fresh::stale_floor(&record.explain));
-        // The restore sets (SPEC §6 "Outage lifecycle"): what this run
-        // changed joins its policy's set and leaves the sets it undoes.
+        // The restore sets took in what the run changed item by item
+        // (`record_item_changes`).
+        let mut batch = vec![Write::AppendAudit(AuditRecord {
+            ts: record.finished_at,
+            correlation_id: record.event.correlation_id,
+            kind: "engine.run_finished".into(),
+            policy_id: Some(record.policy_id),
+            details: json!({"run_id": record.run_id, "status": record.status.as_str()}),
+        })];
+        batch.push(Write::AppendRun(record.clone()));
+        self.store.write(&batch)?;
+        Ok(record)
+    }
+
+    /// The restore sets (SPEC §6 "Outage lifecycle"): what the item whose
+    /// rows start at `first_row` of `open`'s run changed joins its
+    /// policy's set and leaves the sets it undoes. Returns the writes.
+    fn record_item_changes(
+        &mut self,
+        open: &OpenRun,
+        first_row: usize,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<Write> {
+        let record = &open.record;
         let params = |index: u32| {
             self.policies
                 .get(&record.policy_id)
@@ -313,8 +345,7 @@ impl Engine {
                 .map(|step| step.params.clone())
                 .unwrap_or_default()
         };
-        let changes: Vec<Change<'_>> = record
-            .results
+        let changes: Vec<Change<'_>> = record.results[first_row..]
             .iter()
             .filter(|r| r.ok && r.changed)
             .map(|r| Change {
@@ -325,25 +356,15 @@ impl Engine {
                     verb: r.verb.clone(),
                     params: params(r.action_index),
                 },
-                from: from
+                from: open
+                    .from
                     .get(&(r.host.clone(), r.target.clone()))
                     .cloned()
                     .flatten(),
                 to: r.result_state.clone(),
             })
             .collect();
-        let mut batch =
-            self.record_changes(record.policy_id, record.run_id, record.finished_at, changes);
-        batch.push(Write::AppendAudit(AuditRecord {
-            ts: record.finished_at,
-            correlation_id: record.event.correlation_id,
-            kind: "engine.run_finished".into(),
-            policy_id: Some(record.policy_id),
-            details: json!({"run_id": record.run_id, "status": record.status.as_str()}),
-        }));
-        batch.push(Write::AppendRun(record.clone()));
-        self.store.write(&batch)?;
-        Ok(record)
+        self.record_changes(record.policy_id, record.run_id, at, changes)
     }
 
     /// Records one item's per-target results, completes its intent and

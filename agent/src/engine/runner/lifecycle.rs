@@ -56,6 +56,9 @@ pub struct StartReport {
     pub late_fires: usize,
     /// `timer.at` fires missed while down and recorded as missed.
     pub missed: usize,
+    /// Retries that waited for their delay when the agent stopped, decided
+    /// again once their subject is read (`inflight`).
+    pub waiting_retries: usize,
 }
 
 /// One open intent reconciled at start by reading its targets' state.
@@ -105,6 +108,7 @@ impl Engine {
         self.load_restore_sets()?;
         report.rearmed = self.restore_countdowns()?;
         report.reconciled = self.reconcile(now).await?;
+        report.waiting_retries = self.restore_waiting_retries()?;
         let (late, missed) = self.arm_timer_at(now)?;
         report.late_fires = late;
         report.missed = missed;
@@ -629,6 +633,7 @@ impl Engine {
                     targets: repeat.clone(),
                     event,
                     from: from_states,
+                    waiting: None,
                 });
             }
             out.push(Reconciled {

@@ -919,6 +919,11 @@ impl Engine {
         // here but applied after step 6, to the pairs idempotency left.
         let host = ir.targets.host_id.clone();
         let guard = self.host_guard(policy, facts);
+        // Targets the forward is still changing are not judged on the
+        // state they are in before that (`restore`).
+        let in_flight = ledger_forward(policy)
+            .map(|f| self.in_flight(f, &host, &ir.targets.target_type))
+            .unwrap_or_default();
         let mut guarded = false;
         let idem = Duration::from_secs(ir.windows.idempotency_s);
         for (index, step) in ir.plan.iter().enumerate() {
@@ -968,6 +973,7 @@ impl Engine {
                 // Step 7 (per target): already in the desired state.
                 if let Some(status) =
                     already_desired(&self.config.manifests, &action, snapshot, target)
+                        .filter(|_| !in_flight.contains(target))
                 {
                     let why = format!("{target} is already {status}");
                     decision.skipped.push(row(
@@ -1037,14 +1043,20 @@ impl Engine {
                     SELECTOR_UNRESOLVED,
                     "ledger value is not a policy id".into(),
                 ))?;
-            return Ok(restore_targets(
+            let mut ids = restore_targets(
                 &self.config.manifests,
                 self.restore.of(forward),
                 &targets.host_id,
                 &targets.target_type,
                 snapshot,
             )
-            .targets);
+            .targets;
+            for target in self.in_flight(forward, &targets.host_id, &targets.target_type) {
+                if !ids.contains(&target) {
+                    ids.push(target);
+                }
+            }
+            return Ok(ids);
         }
         if !policy.ir.dynamic_resolution {
             if let Some(ids) = &targets.resolved_ids {
@@ -1314,7 +1326,8 @@ impl Engine {
     /// When `policy` last fired, if that was within its suppression window
     /// at `now` (step 4). A policy restoring a forward policy's restore set
     /// (a `ledger` selector) is never held back while that set has
-    /// targets: the set, not the window, says what is left to restore, and
+    /// targets (or items still queued or running that will add some): the
+    /// set, not the window, says what is left to restore, and
     /// an outage that came and went within the window must still be
     /// restored (SPEC §6 "Outage lifecycle").
     fn suppressed_since(
@@ -1323,7 +1336,17 @@ impl Engine {
         window: &WindowState,
         now: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
-        if ledger_forward(policy).is_some_and(|f| self.restore.of(f).next().is_some()) {
+        let owed = |f: Uuid| {
+            self.restore.of(f).next().is_some()
+                || !self
+                    .in_flight(
+                        f,
+                        &policy.ir.targets.host_id,
+                        &policy.ir.targets.target_type,
+                    )
+                    .is_empty()
+        };
+        if ledger_forward(policy).is_some_and(owed) {
             return None;
         }
         let suppression = TimeDelta::seconds(policy.ir.windows.suppression_s as i64);

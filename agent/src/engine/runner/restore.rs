@@ -12,6 +12,13 @@
 //! the next outage is acted on. A target whose state changed since (read on
 //! the snapshot) is dropped with `info engine.changed_since` when an
 //! inverse run resolves the set.
+//!
+//! A run's changes join the set as each of its items is reported, not when
+//! the run closes. An inverse decided while the forward's items are still
+//! queued or running (the mains back during the shutdown) counts their
+//! targets as members too ([`Engine::in_flight`]): its own item waits
+//! behind them in the host's queue, and the forward's changes are in the
+//! set before the inverse's are folded in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -261,6 +268,29 @@ impl Engine {
             }
         }
         writes
+    }
+
+    /// Targets of `forward`'s items still queued or running on `host`, of
+    /// `target_type`: what its restore set will hold once they are
+    /// reported. An inverse decided meanwhile (the mains back while the
+    /// shutdown still runs) counts them as members; its item is queued
+    /// behind theirs on the host (per-host FIFO), so it runs after them.
+    pub(super) fn in_flight(&self, forward: Uuid, host: &str, target_type: &str) -> Vec<String> {
+        let prefix = format!("{target_type}:");
+        let mut out = BTreeSet::new();
+        for item in self.pending.values() {
+            let intent = &item.intent;
+            if intent.policy_id == forward && intent.host == host {
+                out.extend(
+                    intent
+                        .targets
+                        .iter()
+                        .filter(|t| t.starts_with(&prefix))
+                        .cloned(),
+                );
+            }
+        }
+        out.into_iter().collect()
     }
 
     /// Drops from `forward`'s restore set the targets someone else changed

@@ -9,9 +9,11 @@
 //! down. Retried items go through the host's queue like any item, so the
 //! kill switch holds them too.
 //!
-//! Known limit: a retry waiting for its delay lives in memory; after a
-//! restart the outage's first reading does not re-run a policy that
-//! already fired.
+//! A retry waiting for its delay is also kept in the store
+//! ([`Write::PutRetry`]): after a restart [`Engine::start`] hands it to the
+//! same path as an interrupted intent (`inflight`), which waits for the
+//! subject's first reading, checks the trigger and plans it again in a new
+//! run (its retry count kept, the backoff started afresh).
 
 use chrono::{DateTime, TimeDelta, Utc};
 use drivers::driver::Action;
@@ -31,7 +33,7 @@ use super::{
 };
 use crate::engine::conditions::{Facts, Lookup};
 use crate::engine::scheduler::QueueItem;
-use crate::engine::store::{AuditRecord, IntentRecord, Write};
+use crate::engine::store::{AuditRecord, IntentRecord, RetryRecord, Write};
 use crate::spec::{Logic, RetrySpec, Trigger, MAX_RETRY_BACKOFF_S};
 
 /// Retrying ended because the attempts ran out.
@@ -202,6 +204,33 @@ impl Engine {
         let now = (self.config.clock)();
         let due = now + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX);
         let retries = attempt.retries + 1;
+        // The retry is kept in the store too, so a restart re-plans it
+        // (`Engine::start`) instead of losing it.
+        let from = targets
+            .iter()
+            .map(|t| {
+                let state = open
+                    .from
+                    .get(&(host.to_string(), t.clone()))
+                    .cloned()
+                    .flatten();
+                (t.clone(), state)
+            })
+            .collect();
+        let record = RetryRecord {
+            run_id: open.record.run_id,
+            policy_id,
+            action_index: index,
+            host: host.to_string(),
+            targets: targets.clone(),
+            retries,
+            due,
+            event: open.record.event.clone(),
+            from,
+        };
+        if let Err(e) = self.store.write(&[Write::PutRetry(record)]) {
+            warn!(policy_id = %policy_id, host, error = %e, "cannot persist the waiting retry: a restart before it is due loses it");
+        }
         let _ = self.store.write(&[Write::AppendAudit(AuditRecord {
             ts: now,
             correlation_id: open.record.event.correlation_id,
@@ -255,7 +284,20 @@ impl Engine {
     /// guards, skips targets already in the desired state, reopens the
     /// intent and enqueues the item in the same run.
     pub(super) async fn fire_retries(&mut self, now: DateTime<Utc>) -> Result<(), EngineError> {
-        for retry in self.retries.take_due(now) {
+        let mut due = self.retries.take_due(now).into_iter();
+        while let Some(retry) = due.next() {
+            // Its store record goes now; a retry planned again below
+            // writes its own.
+            let forget = Write::RemoveRetry {
+                run_id: retry.run_id,
+                action_index: retry.action_index,
+                host: retry.host.clone(),
+            };
+            if let Err(e) = self.store.write(&[forget]) {
+                self.retries.waiting.push(retry);
+                self.retries.waiting.extend(due);
+                return Err(e.into());
+            }
             let Some(mut open) = self.open.remove(&retry.run_id) else {
                 continue;
             };
@@ -433,8 +475,7 @@ impl Engine {
             self.open.insert(open.record.run_id, open);
             return Ok(());
         }
-        let from = std::mem::take(&mut open.from);
-        let run = self.close_run(open.record, &from)?;
+        let run = self.close_run(open.record)?;
         self.closed.push_back(run);
         Ok(())
     }

@@ -704,6 +704,7 @@ macro_rules! conformance_suite {
                 trigger_states_are_upserted_listed_by_policy_and_deleted_by_null,
                 subject_states_are_upserted_and_listed_by_subject,
                 restore_entries_keep_their_first_from_and_are_removed_per_target,
+                waiting_retries_are_replaced_per_run_action_and_host_and_removed,
             );
         }
     };
@@ -716,6 +717,53 @@ macro_rules! conformance_suite {
             }
         )*
     };
+}
+
+pub(crate) fn waiting_retries_are_replaced_per_run_action_and_host_and_removed(
+    store: &dyn EngineStore,
+) {
+    assert!(store.waiting_retries().unwrap().is_empty());
+    let retry = |run: u128, retries: u32| RetryRecord {
+        run_id: Uuid::from_u128(run),
+        policy_id: Uuid::from_u128(7),
+        action_index: 0,
+        host: "pve-01".into(),
+        targets: vec!["vm:101".into()],
+        retries,
+        due: t(retries as i64 * 5),
+        event: RunEvent {
+            kind: "ups.state".into(),
+            subject: SubjectRecord {
+                kind: "ups".into(),
+                id: "ups1@nas.lan:3493".into(),
+            },
+            correlation_id: Uuid::from_u128(3),
+        },
+        from: vec![("vm:101".into(), Some("running".into()))],
+    };
+    store
+        .write(&[
+            Write::PutRetry(retry(2, 1)),
+            Write::PutRetry(retry(1, 1)),
+            Write::PutRetry(retry(1, 2)),
+        ])
+        .unwrap();
+    assert_eq!(store.waiting_retries().unwrap(), [retry(1, 2), retry(2, 1)]);
+    store
+        .write(&[
+            Write::RemoveRetry {
+                run_id: Uuid::from_u128(1),
+                action_index: 0,
+                host: "pve-01".into(),
+            },
+            Write::RemoveRetry {
+                run_id: Uuid::from_u128(9),
+                action_index: 0,
+                host: "pve-01".into(),
+            },
+        ])
+        .unwrap();
+    assert_eq!(store.waiting_retries().unwrap(), [retry(2, 1)]);
 }
 
 /// Instantiates the suite for an implementation outside the engine

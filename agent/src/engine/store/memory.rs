@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::{
     AuditEntry, AuditQuery, DeadlineKind, DeadlineRecord, EngineStore, IntentEntry, IntentId,
-    IntentRecord, KillSwitchState, RestoreEntry, RunRecord, StoreError, StoreResult, SubjectState,
-    TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
+    IntentRecord, KillSwitchState, RestoreEntry, RetryRecord, RunRecord, StoreError, StoreResult,
+    SubjectState, TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
 };
 
 /// An [`EngineStore`] held in memory.
@@ -41,6 +41,7 @@ struct State {
     trigger_states: BTreeMap<Uuid, Value>,
     subject_states: BTreeMap<String, SubjectState>,
     restore: BTreeMap<(Uuid, String, String), RestoreEntry>,
+    retries: BTreeMap<(Uuid, u32, String), RetryRecord>,
 }
 
 impl MemoryStore {
@@ -163,6 +164,10 @@ impl EngineStore for MemoryStore {
 
     fn restore_entries(&self) -> StoreResult<Vec<RestoreEntry>> {
         Ok(self.lock().restore.values().cloned().collect())
+    }
+
+    fn waiting_retries(&self) -> StoreResult<Vec<RetryRecord>> {
+        Ok(self.lock().retries.values().cloned().collect())
     }
 
     fn subject_states(&self) -> StoreResult<Vec<SubjectState>> {
@@ -366,6 +371,19 @@ impl State {
             } => {
                 self.restore
                     .remove(&(*policy_id, host.clone(), target.clone()));
+            }
+            Write::PutRetry(retry) => {
+                self.retries.insert(
+                    (retry.run_id, retry.action_index, retry.host.clone()),
+                    retry.clone(),
+                );
+            }
+            Write::RemoveRetry {
+                run_id,
+                action_index,
+                host,
+            } => {
+                self.retries.remove(&(*run_id, *action_index, host.clone()));
             }
             Write::SetSubjectState(state) => {
                 self.subject_states.insert(state.id.clone(), state.clone());
