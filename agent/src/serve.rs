@@ -10,7 +10,7 @@ use std::path::Path;
 use tracing::{error, info};
 
 use crate::api::auth::JwtKey;
-use crate::api::{self, ApiConfig};
+use crate::api::{self, ApiConfig, ConnLimits};
 use crate::service::config::{Config, ConfigError, LogFormat};
 use crate::service::{OpenOptions, Service, ServiceError};
 
@@ -57,7 +57,8 @@ pub async fn run(config_path: &Path) -> Result<(), ServeError> {
             source,
         })?;
     info!(listen = %config.listen, data_dir = %config.data_dir.display(), "hazel serving");
-    let served = api::serve(listener, router, stop_signal()).await;
+    let limits = ConnLimits::from_limits(&config.api);
+    let served = api::conn::serve(listener, router, limits, stop_signal()).await;
     info!("stopping: draining running actions");
     service.shutdown().await;
     served.map_err(|source| ServeError::Listen {

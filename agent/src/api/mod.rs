@@ -36,12 +36,14 @@ use crate::service::config::ApiLimits;
 use crate::service::{Actor, Role, Service};
 
 pub mod auth;
+pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod handlers;
 pub mod openapi;
 
 pub use auth::{mint_for_cli, JwtKey};
+pub use conn::ConnLimits;
 pub use error::ApiError;
 
 /// Default largest request body: 1 MiB.
@@ -502,24 +504,15 @@ pub fn router(service: Service, config: ApiConfig) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then stops
-/// taking connections and lets requests in flight finish.
+/// Serves `router` on `listener` with the default connection limits until
+/// `shutdown` completes, then stops taking connections and lets requests
+/// in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Small JSON answers: without TCP_NODELAY, Nagle holds the body behind
-    // the headers' unacknowledged segment and keep-alive clients wait.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    conn::serve(listener, router, ConnLimits::default(), shutdown).await
 }
 
 /// Counts each answer by route template and status.

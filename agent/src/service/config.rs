@@ -112,6 +112,23 @@ pub struct ApiLimits {
     /// Requests allowed in a burst above the sustained rate.
     #[serde(default = "default_burst")]
     pub rate_burst: u32,
+    /// Most connections served at once; a connection above it is accepted
+    /// and closed at once. Keep it below the process's file descriptor
+    /// limit (`LimitNOFILE` in the systemd unit).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most connections served at once from one client IP address.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Time a connection that has started a request has to send the whole
+    /// request head (request line and headers), e.g. `10s`.
+    #[serde(default = "default_header_read_timeout", with = "duration_text")]
+    pub header_read_timeout: Duration,
+    /// Time a connection may stay open without sending a byte while no
+    /// request of it is being answered (a fresh connection, or a
+    /// keep-alive connection between requests), e.g. `30s`.
+    #[serde(default = "default_idle_timeout", with = "duration_text")]
+    pub idle_timeout: Duration,
 }
 
 /// One named webhook.
@@ -174,6 +191,10 @@ impl Default for ApiLimits {
             body_limit_bytes: default_body_limit(),
             rate_per_s: default_rate(),
             rate_burst: default_burst(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }
@@ -370,6 +391,22 @@ fn default_rate() -> u32 {
 
 fn default_burst() -> u32 {
     2000
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_max_connections_per_ip() -> usize {
+    256
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_item_ttl() -> Duration {
