@@ -756,7 +756,8 @@ fn a_database_of_the_first_schema_is_migrated_and_keeps_its_data() {
                 "DELETE FROM schema_migrations WHERE version > 1;
                  DROP TABLE policies; DROP TABLE transcripts; DROP TABLE hosts;
                  DROP TABLE inventory_snapshots; DROP TABLE trigger_states;
-                 DROP TABLE subject_states; DROP TABLE restore_set;",
+                 DROP TABLE subject_states; DROP TABLE restore_set;
+                 DROP TABLE waiting_retries;",
             )
             .unwrap();
         assert_eq!(store.schema_version().unwrap(), 1);
