@@ -332,6 +332,52 @@ async fn probes_and_metrics_answer_without_a_token() {
     );
 }
 
+/// Waits for `/readyz` to answer 200 (the engine's start may finish after
+/// `open` returns on a loaded machine).
+async fn wait_ready(s: &Server) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, body) = send(s.bare(Method::GET, "/readyz")).await;
+        if status == StatusCode::OK {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn readyz_fails_with_the_reason_while_the_store_cannot_write_and_recovers_after() {
+    let w = world().await;
+    let s = &w.server;
+    wait_ready(s).await;
+    s.service
+        .inject_store_write_failure(Some("database or disk is full"));
+    let (status, body) = send(s.bare(Method::GET, "/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["error"]["code"], "store.unwritable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("disk is full"), "{message}");
+    let metrics = s.bare(Method::GET, "/metrics").send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains("hazel_store_write_failures_total 1"),
+        "the failed write is counted: {text}"
+    );
+
+    s.service.inject_store_write_failure(None);
+    let (status, body) = send(s.bare(Method::GET, "/readyz")).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ready")),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn the_openapi_document_is_public_and_documents_every_route_with_its_role() {
     let w = world().await;

@@ -70,16 +70,19 @@ pub async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
-/// `GET /readyz`: the engine runs and the store answers.
+/// `GET /readyz`: the engine runs and the store can write; otherwise 503
+/// with the reason in the JSON error shape.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if state.service.ready() {
-        axum::Json(json!({"status": "ready"})).into_response()
-    } else {
-        (
+    match state.service.readiness().await {
+        Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "not_ready"})),
+            axum::Json(json!({
+                "status": "not_ready",
+                "error": {"code": why.code, "message": why.message},
+            })),
         )
-            .into_response()
+            .into_response(),
     }
 }
 
@@ -90,7 +93,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.service.metrics().render(),
+        state.service.render_metrics(),
     )
         .into_response()
 }

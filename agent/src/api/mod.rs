@@ -206,9 +206,9 @@ routes! {
     }
     GET "/readyz" => readyz {
         access: Access::Public,
-        summary: "Readiness: 200 when the engine runs and the store answers",
+        summary: "Readiness: 200 when the engine runs and the store can write; 503 says why not",
         body: BodyDoc::None, query: [], headers: [],
-        answers: [200 => "ready", 503 => "not ready"],
+        answers: [200 => "ready", 503 => "not ready: {status, error: {code, message}} (engine.unavailable, store.unwritable)"],
     }
     GET "/metrics" => metrics {
         access: Access::Public,

@@ -278,6 +278,12 @@ pub async fn status(conn: &ClientOptions, out: &mut impl Write) -> Outcome {
         let _ = writeln!(out, "agent:       {}", client.base_url());
         let state = if ready.status == 200 {
             "ready".to_string()
+        } else if ready.body["error"]["message"].is_string() {
+            format!(
+                "not ready (HTTP {}: {})",
+                ready.status,
+                text_of(&ready.body["error"]["message"])
+            )
         } else {
             format!(
                 "not ready (HTTP {}: {})",

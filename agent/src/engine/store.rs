@@ -733,6 +733,16 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The data directory or the database file cannot be written.
+    #[error(
+        "{path} is read-only to the agent: hazel must write its database there \
+         (check the permissions, the mount, and ReadWritePaths in the systemd unit)"
+    )]
+    ReadOnly {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A connection setting (WAL, synchronous, foreign keys) was refused.
     #[error("cannot configure store: {setting}")]
     Configure {

@@ -279,6 +279,18 @@ impl Config {
                 message: "must be at least 1024 bytes".into(),
             });
         }
+        if self.api.max_connections == 0 || self.api.max_connections_per_ip == 0 {
+            return Err(ConfigError::Invalid {
+                field: "api.max_connections",
+                message: "max_connections and max_connections_per_ip must be at least 1".into(),
+            });
+        }
+        if self.api.idle_timeout.is_zero() || self.api.header_read_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                field: "api.idle_timeout",
+                message: "idle_timeout and header_read_timeout must be at least 1s".into(),
+            });
+        }
         let mut seen = std::collections::BTreeSet::new();
         for host in &self.hosts {
             if !seen.insert(host.id.as_str()) {
@@ -465,6 +477,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("timezone"));
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_can_be_set() {
+        let config = parse("listen: 127.0.0.1:8088\n").unwrap();
+        assert_eq!(config.api.max_connections, 4096);
+        assert_eq!(config.api.max_connections_per_ip, 256);
+        assert_eq!(config.api.idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.api.header_read_timeout, Duration::from_secs(10));
+        let config = parse(
+            "api:\n  max_connections: 100\n  max_connections_per_ip: 8\n  idle_timeout: 5s\n  header_read_timeout: 2s\n",
+        )
+        .unwrap();
+        assert_eq!(config.api.max_connections, 100);
+        assert_eq!(config.api.max_connections_per_ip, 8);
+        assert_eq!(config.api.idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.api.header_read_timeout, Duration::from_secs(2));
     }
 
     #[test]

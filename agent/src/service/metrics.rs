@@ -24,6 +24,7 @@ pub struct Metrics {
     http: Mutex<BTreeMap<(String, u16), u64>>,
     reachable: Mutex<BTreeMap<String, bool>>,
     kill_switch_unpersisted: Mutex<u64>,
+    store_write_failures: Mutex<u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -40,6 +41,12 @@ impl Metrics {
             .kill_switch_unpersisted
             .lock()
             .unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+
+    /// Sets the store's count of writes the disk refused (full, read-only,
+    /// I/O); the store keeps the count, this mirrors it for rendering.
+    pub fn set_store_write_failures(&self, n: u64) {
+        *lock(&self.store_write_failures) = n;
     }
 
     /// Counts an event taken in, by kind and whether it was a dry-run.
@@ -123,6 +130,17 @@ impl Metrics {
             out,
             "hazel_kill_switch_unpersisted_total {}",
             lock(&self.kill_switch_unpersisted)
+        );
+        header(
+            &mut out,
+            "hazel_store_write_failures_total",
+            "counter",
+            "Store writes the disk refused (full, read-only, I/O error).",
+        );
+        let _ = writeln!(
+            out,
+            "hazel_store_write_failures_total {}",
+            lock(&self.store_write_failures)
         );
         header(
             &mut out,

@@ -33,7 +33,7 @@ pub use config::Config;
 pub use dry_run::{PolicyTranscript, UsedInventory};
 pub use engine_loop::EngineStatus;
 pub use metrics::Metrics;
-pub use open::OpenOptions;
+pub use open::{NotReady, OpenOptions};
 
 /// Who is asking: the token's subject and role (the API checks the role
 /// before calling; the service records the subject in the audit log).

@@ -32,6 +32,15 @@ use crate::inventory_service::{InventoryService, RefreshSettings};
 use crate::store::{HostSource, PolicyStatus, PolicyStore, SecretKey, SqliteStore};
 use crate::validate::validate_value;
 
+/// Why the agent is not ready (`/readyz` answers 503 with it).
+#[derive(Debug, Clone)]
+pub struct NotReady {
+    /// `engine.unavailable` or `store.unwritable`.
+    pub code: &'static str,
+    /// What is wrong, for the operator.
+    pub message: String,
+}
+
 /// What [`Service::open`] takes besides the config; tests and `hazel demo`
 /// swap parts.
 pub struct OpenOptions {
@@ -292,6 +301,45 @@ impl Service {
     /// The metrics `/metrics` renders.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The `/metrics` exposition, with the store's counters brought up to
+    /// date.
+    pub fn render_metrics(&self) -> String {
+        let failures = self.inner.store.write_failures();
+        self.inner.metrics.set_store_write_failures(failures);
+        self.inner.metrics.render()
+    }
+
+    /// Whether the agent can do its work (`/readyz`): the engine runs and
+    /// the store can write. `Err` says why not.
+    pub async fn readiness(&self) -> Result<(), NotReady> {
+        if !self.ready() {
+            return Err(NotReady {
+                code: "engine.unavailable",
+                message: "the engine is not running".into(),
+            });
+        }
+        let store = self.inner.store.clone();
+        let checked = tokio::task::spawn_blocking(move || store.check_writable()).await;
+        match checked {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(NotReady {
+                code: "store.unwritable",
+                message: format!("the store cannot write: {reason}"),
+            }),
+            Err(e) => Err(NotReady {
+                code: "store.unwritable",
+                message: format!("the store check did not finish: {e}"),
+            }),
+        }
+    }
+
+    /// Makes every store write fail with `reason` until called with `None`
+    /// (fault tests; see [`SqliteStore::inject_write_failure`]).
+    #[doc(hidden)]
+    pub fn inject_store_write_failure(&self, reason: Option<&str>) {
+        self.inner.store.inject_write_failure(reason);
     }
 
     /// The inventory service (tests and `hazel demo` seed or refresh it).

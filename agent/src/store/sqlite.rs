@@ -8,6 +8,7 @@
 //! are indexed or filtered on.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -74,6 +75,13 @@ pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     secret_key: RwLock<Option<SecretKey>>,
+    /// Why the last write failed, if it did; cleared by the next write
+    /// that commits. `/readyz` reports it.
+    write_failure: Mutex<Option<String>>,
+    /// Writes that failed on the disk (full, read-only, I/O) since start.
+    write_failures: AtomicU64,
+    /// A failure every write reports instead of writing (fault tests).
+    injected: Mutex<Option<String>>,
 }
 
 /// One schema migration. Append new ones at the end, never edit applied ones:
@@ -343,6 +351,8 @@ impl SqliteStore {
                 path: dir.to_path_buf(),
                 source,
             })?;
+            // SQLite's own word for this is "unable to open database file".
+            check_writable(dir, &path)?;
         }
         let mut conn = Connection::open(&path).map_err(|source| StoreError::Open {
             path: path.clone(),
@@ -354,6 +364,9 @@ impl SqliteStore {
             path,
             conn: Mutex::new(conn),
             secret_key: RwLock::new(None),
+            write_failure: Mutex::new(None),
+            write_failures: AtomicU64::new(0),
+            injected: Mutex::new(None),
         })
     }
 
@@ -409,6 +422,18 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>,
     ) -> StoreResult<T> {
+        let result = self.transaction_unrecorded(f);
+        self.record_write(result.as_ref().err());
+        result
+    }
+
+    fn transaction_unrecorded<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        if let Some(reason) = lock_plain(&self.injected).clone() {
+            return Err(injected_failure(reason));
+        }
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -418,6 +443,75 @@ impl SqliteStore {
         Ok(value)
     }
 
+    /// Keeps the outcome of a write for [`SqliteStore::check_writable`]:
+    /// a failure of the disk (full, read-only, I/O, locked) is remembered
+    /// and counted; a commit clears it. Refusals about the data (a
+    /// conflict, a missing row) say nothing about the disk.
+    fn record_write(&self, error: Option<&StoreError>) {
+        match error {
+            None => *lock_plain(&self.write_failure) = None,
+            Some(e) if is_disk_failure(e) => {
+                self.write_failures.fetch_add(1, Ordering::Relaxed);
+                let reason = error_chain(e);
+                tracing::error!(error = %reason, "store write failed");
+                *lock_plain(&self.write_failure) = Some(reason);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Whether the store can write now: `Err` with the reason when it
+    /// cannot. Cheap while writes succeed (`BEGIN IMMEDIATE; ROLLBACK`
+    /// takes the write lock and catches a read-only file); after a failed
+    /// write, a real one (the header's `user_version`, rewritten with its
+    /// value) is committed to see whether the disk has recovered.
+    pub fn check_writable(&self) -> Result<(), String> {
+        let failed = lock_plain(&self.write_failure).is_some();
+        let result = self.transaction_unrecorded(|tx| {
+            if failed {
+                let version: i64 = tx
+                    .query_row("PRAGMA user_version", [], |row| row.get(0))
+                    .map_err(sql("probe"))?;
+                tx.execute_batch(&format!("PRAGMA user_version = {version}"))
+                    .map_err(sql("probe"))?;
+                Ok(())
+            } else {
+                // Rolled back on drop: nothing is written.
+                Err(StoreError::NotFound {
+                    what: "probe rollback".into(),
+                })
+            }
+        });
+        match result {
+            Ok(()) | Err(StoreError::NotFound { .. }) if !failed => Ok(()),
+            Ok(()) => {
+                self.record_write(None);
+                Ok(())
+            }
+            Err(e) => {
+                if is_disk_failure(&e) {
+                    self.record_write(Some(&e));
+                }
+                Err(lock_plain(&self.write_failure)
+                    .clone()
+                    .unwrap_or_else(|| error_chain(&e)))
+            }
+        }
+    }
+
+    /// Writes that failed on the disk since the store opened.
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures.load(Ordering::Relaxed)
+    }
+
+    /// Makes every write fail with `reason` (a full disk, as SQLite reports
+    /// it) until called with `None`: for fault tests of readiness and the
+    /// kill switch where a full filesystem cannot be mounted.
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self, reason: Option<&str>) {
+        *lock_plain(&self.injected) = reason.map(str::to_string);
+    }
+
     // A poisoned lock is safe to reuse: a panic mid-transaction drops the
     // `Transaction`, which rolls back.
     pub(super) fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -425,6 +519,77 @@ impl SqliteStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+fn lock_plain<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn injected_failure(reason: String) -> StoreError {
+    StoreError::Sqlite {
+        op: "commit",
+        source: rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some(reason),
+        ),
+    }
+}
+
+/// Whether `e` says the disk cannot take writes (rather than refusing the
+/// data).
+fn is_disk_failure(e: &StoreError) -> bool {
+    match e {
+        StoreError::Sqlite { source, .. } => matches!(
+            source.sqlite_error_code(),
+            Some(
+                ErrorCode::DiskFull
+                    | ErrorCode::ReadOnly
+                    | ErrorCode::SystemIoFailure
+                    | ErrorCode::CannotOpen
+                    | ErrorCode::DatabaseBusy
+                    | ErrorCode::DatabaseLocked
+                    | ErrorCode::DatabaseCorrupt
+                    | ErrorCode::PermissionDenied
+            )
+        ),
+        _ => false,
+    }
+}
+
+/// `e` and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// Refuses, with a message that says so, a data directory or database file
+/// the agent cannot write.
+fn check_writable(dir: &Path, db: &Path) -> StoreResult<()> {
+    let read_only = |path: &Path, source: std::io::Error| StoreError::ReadOnly {
+        path: path.to_path_buf(),
+        source,
+    };
+    let probe = dir.join(".hazel-write-check");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map_err(|e| read_only(dir, e))?;
+    let _ = std::fs::remove_file(&probe);
+    if db.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(db)
+            .map_err(|e| read_only(db, e))?;
+    }
+    Ok(())
 }
 
 fn configure(conn: &Connection, config: &SqliteConfig) -> StoreResult<()> {
@@ -573,6 +738,37 @@ mod tests {
     use super::*;
     use crate::engine::store::conformance::{intent, run};
     use crate::engine::store::*;
+
+    #[test]
+    fn a_failed_write_makes_the_store_unwritable_until_a_write_commits_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("hazel.db")).unwrap();
+        assert_eq!(store.check_writable(), Ok(()));
+        store.inject_write_failure(Some("database or disk is full"));
+        let write = store.with_transaction(|_| Ok(()));
+        assert!(write.is_err());
+        assert_eq!(store.write_failures(), 1);
+        let reason = store.check_writable().unwrap_err();
+        assert!(reason.contains("disk is full"), "{reason}");
+        store.inject_write_failure(None);
+        // The probe writes for real once a write has failed, and clears it.
+        assert_eq!(store.check_writable(), Ok(()));
+        assert_eq!(store.check_writable(), Ok(()));
+    }
+
+    #[test]
+    fn a_refused_record_says_nothing_about_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("hazel.db")).unwrap();
+        let refused: StoreResult<()> = store.with_transaction(|_| {
+            Err(StoreError::Conflict {
+                what: "taken".into(),
+            })
+        });
+        assert!(refused.is_err());
+        assert_eq!(store.write_failures(), 0);
+        assert_eq!(store.check_writable(), Ok(()));
+    }
 
     fn temp_store() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("temp dir");
