@@ -417,7 +417,13 @@ async fn tell(engine: &mut Option<Engine>, event: &Event) {
 const RETRIES_DONE: Duration = Duration::from_secs(65);
 
 /// Known limits a scenario steers around, each on its own so a test can
-/// show what happens without it.
+/// show what happens without it. Two remain steered in [`AVOID_ALL`]
+/// (`mains_after_items` for "no shutdown on mains": a power-off item still
+/// queued behind another on a host when the mains return starts anyway;
+/// `reconciled_once`: reconciliation does not follow up a device task still
+/// running after its bounded wait, nor an operator change while the agent
+/// is down). To see a minimal failing case, set that field to `false` in
+/// `AVOID_ALL` and run this file; once fixed, drop the field.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     /// Not steered any more (fixed: a waiting retry is kept in the store
@@ -454,13 +460,6 @@ struct Limits {
     /// `engine.suppressed_idempotent`.
     inverses_windowless: bool,
 }
-
-const AVOID_NONE: Limits = Limits {
-    keep_retries: false,
-    mains_after_items: false,
-    reconciled_once: false,
-    inverses_windowless: false,
-};
 
 const AVOID_ALL: Limits = Limits {
     keep_retries: false,
@@ -694,13 +693,4 @@ proptest! {
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
-
-    /// Both properties without steering around the known limits ([`Limits`]).
-    #[test]
-    #[ignore = "fails until the limits listed in `Limits` are fixed (issue 13 items 4, 9 and the inverse's suppression); run with --ignored to see a minimal case"]
-    fn both_properties_hold_without_steering_around_known_limits(s in scenario()) {
-        let out = run(&s, AVOID_NONE);
-        check_no_shutdown_on_mains(&out)?;
-        check_restored(&out)?;
-    }
 }
