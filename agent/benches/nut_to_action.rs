@@ -393,6 +393,7 @@ fn main() {
         let admin = Actor {
             subject: "bench".into(),
             role: Role::Admin,
+            correlation_id: None,
         };
         for (name, state, verb) in [
             ("bench: on battery, shut down 101", "on_battery", "shutdown"),

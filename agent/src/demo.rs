@@ -334,6 +334,7 @@ pub async fn run(options: DemoOptions, out: &mut impl Write) -> Result<DemoRepor
     let actor = Actor {
         subject: "demo".into(),
         role: Role::Admin,
+        correlation_id: None,
     };
 
     walkthrough(&mut walk, &service, &sim, &actor, &options, &data).await?;

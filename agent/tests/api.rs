@@ -1484,6 +1484,139 @@ async fn audit_pages_newest_first_with_a_cursor() {
 }
 
 #[tokio::test]
+async fn audit_filters_by_seq_after_and_time_since_for_a_follower() {
+    let w = world().await;
+    let s = &w.server;
+    create(s, &policy("first", 90)).await;
+    let (_, all) = send(s.admin(Method::GET, "/api/audit?kind=policy.created")).await;
+    let first_seq = all["items"][0]["seq"].as_i64().unwrap();
+    create(s, &policy("second", 91)).await;
+    let (status, after) = send(s.admin(
+        Method::GET,
+        &format!("/api/audit?kind=policy.created&after={first_seq}"),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{after}");
+    let items = after["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "only what came after the cursor: {after}");
+    assert!(items[0]["seq"].as_i64().unwrap() > first_seq);
+
+    let future = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (_, none) = send(
+        s.admin(Method::GET, "/api/audit")
+            .query(&[("since", &future)]),
+    )
+    .await;
+    assert_eq!(
+        none["items"],
+        json!([]),
+        "nothing is newer than an hour ahead"
+    );
+    let past = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let (_, some) = send(
+        s.admin(Method::GET, "/api/audit")
+            .query(&[("since", past.as_str()), ("kind", "policy.created")]),
+    )
+    .await;
+    assert_eq!(some["items"].as_array().unwrap().len(), 2, "{some}");
+
+    refusals(vec![
+        (
+            s.admin(Method::GET, "/api/audit?since=yesterday"),
+            StatusCode::BAD_REQUEST,
+            "request.bad_query",
+        ),
+        (
+            s.admin(Method::GET, "/api/audit?after=x"),
+            StatusCode::BAD_REQUEST,
+            "request.bad_query",
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn a_correlation_id_header_is_echoed_and_names_the_audit_records() {
+    let w = world().await;
+    let s = &w.server;
+    let correlation = uuid::Uuid::new_v4();
+    let response = yaml(
+        s.admin(Method::POST, "/api/policies"),
+        &policy("traced", 90),
+    )
+    .header("x-correlation-id", correlation.to_string())
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(
+        response.headers()["x-correlation-id"].to_str().unwrap(),
+        correlation.to_string(),
+        "the caller's id is echoed"
+    );
+    let (_, audit) = send(s.admin(
+        Method::GET,
+        &format!("/api/audit?correlation_id={correlation}"),
+    ))
+    .await;
+    let kinds: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["record"]["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"policy.created"), "{audit}");
+
+    // Without the header the server mints one and still says which.
+    let response = s.admin(Method::GET, "/api/hosts").send().await.unwrap();
+    let minted = response.headers()["x-correlation-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(minted).is_ok(), "{minted}");
+
+    refusals(vec![(
+        s.admin(Method::GET, "/api/hosts")
+            .header("x-correlation-id", "not-a-uuid"),
+        StatusCode::BAD_REQUEST,
+        "request.bad_header",
+    )])
+    .await;
+}
+
+#[tokio::test]
+async fn validation_and_policy_dry_runs_leave_audit_records() {
+    let w = world().await;
+    let s = &w.server;
+    let (status, _) = send(yaml(
+        s.admin(Method::POST, "/api/policies/validate"),
+        "version: 1\nname: x\n",
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let created = create(s, &policy("dry", 90)).await;
+    let id = created["id"].as_str().unwrap();
+    let (status, transcript) =
+        send(s.admin(Method::POST, &format!("/api/policies/{id}/dry-run"))).await;
+    assert_eq!(status, StatusCode::OK, "{transcript}");
+
+    let (_, validated) = send(s.admin(Method::GET, "/api/audit?kind=policy.validated")).await;
+    let record = &validated["items"][0]["record"];
+    assert_eq!(record["details"]["ok"], false, "{validated}");
+    assert!(record["details"]["findings_total"].as_u64().unwrap() > 0);
+    assert!(
+        record["details"]["findings"][0]["code"].is_string(),
+        "{record}"
+    );
+
+    let (_, dry) = send(s.admin(
+        Method::GET,
+        &format!("/api/audit?kind=policy.dry_run&policy_id={id}"),
+    ))
+    .await;
+    let record = &dry["items"][0]["record"];
+    assert!(record["details"]["transcript_id"].is_string(), "{dry}");
+    assert!(record["details"]["severity"].is_string(), "{dry}");
+}
+
+#[tokio::test]
 async fn a_chunked_body_is_cut_at_the_limit_with_413() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let w = world_with(|_, api| api.body_limit = 8 * 1024).await;

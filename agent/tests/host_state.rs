@@ -338,6 +338,7 @@ async fn the_service_publishes_host_state_so_the_spec_example_condition_passes_a
     let admin = Actor {
         subject: "test".into(),
         role: Role::Admin,
+        correlation_id: None,
     };
     let policy = NEEDS_REACHABLE.replace("value: \"101\"", "value: \"104\"");
     let created = service.create_policy(&admin, &policy).await.unwrap();

@@ -65,6 +65,24 @@ fn parse_uuid_param(name: &str, value: Option<&str>) -> Result<Option<Uuid>, Api
     }
 }
 
+/// An optional RFC 3339 instant query parameter (`since=2026-12-07T09:00:00Z`).
+fn parse_instant_param(
+    name: &str,
+    value: Option<&str>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    match value {
+        None | Some("") => Ok(None),
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| Some(t.with_timezone(&chrono::Utc)))
+            .map_err(|_| {
+                ApiError::bad_query(format!(
+                    "`{name}` must be an RFC 3339 instant such as 2026-12-07T09:00:00Z, got {text:?}"
+                ))
+                .with("param", name)
+            }),
+    }
+}
+
 /// `GET /healthz`: the process runs.
 pub async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
@@ -156,9 +174,10 @@ pub async fn host_inventory(
 /// `POST /api/policies/validate`: always 200 with the report.
 pub async fn policies_validate(
     State(state): State<AppState>,
+    actor: Actor,
     PolicyText(body): PolicyText,
 ) -> ApiResult {
-    ok(state.service.validate_off_runtime(body).await?)
+    ok(state.service.validate_off_runtime(&actor, body).await?)
 }
 
 /// `POST /api/policies`: 201 with `Location`.
@@ -450,6 +469,12 @@ pub struct AuditParams {
     /// The previous page's `next` (an entry's `seq`).
     #[serde(default)]
     before: Option<i64>,
+    /// Only entries after this `seq` (following the log).
+    #[serde(default)]
+    after: Option<i64>,
+    /// Only entries at or after this instant (RFC 3339).
+    #[serde(default)]
+    since: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
 }
@@ -462,6 +487,8 @@ pub async fn audit(State(state): State<AppState>, Query(params): Query<AuditPara
         correlation_id: parse_uuid_param("correlation_id", params.correlation_id.as_deref())?,
         kind: params.kind.filter(|k| !k.is_empty()),
         before_seq: params.before,
+        after_seq: params.after,
+        since: parse_instant_param("since", params.since.as_deref())?,
         limit,
     };
     let items = state.service.audit(query).await?;

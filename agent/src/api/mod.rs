@@ -31,6 +31,7 @@ use axum::routing::{on, MethodFilter};
 use axum::Router;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use uuid::Uuid;
 
 use crate::service::config::ApiLimits;
 use crate::service::{Actor, Role, Service};
@@ -384,6 +385,8 @@ routes! {
                 "correlation_id": "string" => "only this correlation id",
                 "kind": "string" => "only this kind (e.g. policy.enabled)",
                 "before": "integer" => "the previous page's `next` (a seq)",
+                "after": "integer" => "only records after this seq (to follow the log)",
+                "since": "string" => "only records at or after this RFC 3339 instant",
                 "limit": "integer" => "1..=1000 (default 100)"],
         headers: [],
         answers: [200 => "{items, next}", 400 => "bad filter"],
@@ -501,7 +504,41 @@ pub fn router(service: Service, config: ApiConfig) -> Router {
         .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(from_fn_with_state(Arc::clone(&shared), body_limit))
         .layer(from_fn_with_state(state.clone(), record))
+        .layer(axum::middleware::from_fn(correlation))
         .with_state(state)
+}
+
+/// The request header that carries a caller's correlation id.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// The correlation id of one request: the caller's `X-Correlation-Id` (a
+/// UUID), else a fresh one. Audit records and events of the request carry
+/// it, and the answer echoes it, so a caller can find its own records.
+#[derive(Debug, Clone, Copy)]
+pub struct CorrelationId(pub Uuid);
+
+/// Takes or mints the request's [`CorrelationId`] and echoes it; a header
+/// that is not a UUID is refused (400 `request.bad_header`).
+async fn correlation(mut req: Request, next: Next) -> Response {
+    let id = match req.headers().get(CORRELATION_HEADER) {
+        None => Uuid::new_v4(),
+        Some(value) => match value.to_str().ok().and_then(|v| Uuid::parse_str(v.trim()).ok()) {
+            Some(id) => id,
+            None => {
+                return ApiError::bad_header(
+                    "X-Correlation-Id",
+                    "`X-Correlation-Id` must be a UUID (e.g. 0b6f6a4e-3c1d-4d4c-9e57-0f3e2b1a9c42); leave it out to get a fresh one",
+                )
+                .into_response()
+            }
+        },
+    };
+    req.extensions_mut().insert(CorrelationId(id));
+    let mut response = next.run(req).await;
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert(CORRELATION_HEADER, value);
+    }
+    response
 }
 
 /// Serves `router` on `listener` with the default connection limits until
@@ -625,9 +662,11 @@ fn check(guard: &Guard, req: &mut Request) -> Result<(), ApiError> {
     {
         return Err(auth::AuthError::CsrfMissing.into());
     }
+    let correlation_id = req.extensions().get::<CorrelationId>().map(|c| c.0);
     req.extensions_mut().insert(Actor {
         subject: claims.sub,
         role: claims.role,
+        correlation_id,
     });
     Ok(())
 }

@@ -524,12 +524,12 @@ async fn update(
     }
 }
 
-fn connect(conn: &ClientOptions) -> Result<Client, Failure> {
+pub(super) fn connect(conn: &ClientOptions) -> Result<Client, Failure> {
     Ok(Client::new(&conn.url, conn.token.clone())?)
 }
 
 /// A policy argument: an id as is, else the id of the one policy with that name.
-async fn resolve(client: &Client, policy: &str) -> Result<String, Failure> {
+pub(super) async fn resolve(client: &Client, policy: &str) -> Result<String, Failure> {
     if uuid::Uuid::parse_str(policy).is_ok() {
         return Ok(policy.to_string());
     }
@@ -556,7 +556,7 @@ fn read_file(path: &Path) -> Result<String, Failure> {
 }
 
 /// Reads an event file (`-` is standard input) as JSON, else YAML.
-fn read_event(source: &str) -> Result<Value, Failure> {
+pub(super) fn read_event(source: &str) -> Result<Value, Failure> {
     let text = if source == "-" {
         let mut text = String::new();
         std::io::stdin()

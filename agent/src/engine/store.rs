@@ -688,6 +688,11 @@ pub struct AuditQuery {
     pub kind: Option<String>,
     /// Only entries with `seq` below this (the previous page's last `seq`).
     pub before_seq: Option<i64>,
+    /// Only entries with `seq` above this (what `hazel audit --follow`
+    /// already printed).
+    pub after_seq: Option<i64>,
+    /// Only entries written at or after this instant.
+    pub since: Option<DateTime<Utc>>,
     pub limit: usize,
 }
 
@@ -698,6 +703,8 @@ impl Default for AuditQuery {
             correlation_id: None,
             kind: None,
             before_seq: None,
+            after_seq: None,
+            since: None,
             limit: 100,
         }
     }
@@ -713,6 +720,8 @@ impl AuditQuery {
                 .is_none_or(|c| entry.record.correlation_id == c)
             && self.kind.as_deref().is_none_or(|k| entry.record.kind == k)
             && self.before_seq.is_none_or(|s| entry.seq < s)
+            && self.after_seq.is_none_or(|s| entry.seq > s)
+            && self.since.is_none_or(|t| entry.record.ts >= t)
     }
 }
 

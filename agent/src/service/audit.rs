@@ -16,7 +16,7 @@ impl Service {
 }
 
 /// The audit record of a change `actor` made: `details` with who (`by`)
-/// and in which role, under a fresh correlation id.
+/// and in which role, under the request's correlation id (else a fresh one).
 pub(super) fn audit(
     actor: &Actor,
     kind: &str,
@@ -29,7 +29,7 @@ pub(super) fn audit(
     }
     AuditRecord {
         ts: Utc::now(),
-        correlation_id: Uuid::new_v4(),
+        correlation_id: actor.correlation_id.unwrap_or_else(Uuid::new_v4),
         kind: kind.to_string(),
         policy_id,
         details,

@@ -42,6 +42,7 @@ enum Command {
     },
     Load {
         policy: Box<Policy>,
+        name: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
     Unload {
@@ -101,7 +102,8 @@ pub struct EngineParts {
     pub breakers: Arc<Breakers>,
     pub config: EngineConfig,
     pub drivers: Vec<Arc<dyn Driver>>,
-    pub policies: Vec<Policy>,
+    /// The enabled policies, each with its name (for logs).
+    pub policies: Vec<(Policy, String)>,
     pub metrics: Arc<Metrics>,
     /// Events from sources (NUT, timers, webhooks); `None` for no sources.
     pub bus: Option<Consumer>,
@@ -160,10 +162,11 @@ impl EngineHandle {
         self.call(|reply| Command::DryRun { event, reply }).await
     }
 
-    /// Loads (or replaces) an enabled policy.
-    pub async fn load(&self, policy: Policy) -> Result<(), EngineCallError> {
+    /// Loads (or replaces) an enabled policy; `name` is what logs call it.
+    pub async fn load(&self, policy: Policy, name: String) -> Result<(), EngineCallError> {
         self.call(|reply| Command::Load {
             policy: Box::new(policy),
+            name,
             reply,
         })
         .await
@@ -251,10 +254,11 @@ async fn run(
     for driver in drivers {
         engine.add_driver(driver);
     }
-    for policy in policies {
+    for (policy, name) in policies {
         let id = policy.id;
-        if let Err(e) = engine.add_policy(policy) {
-            warn!(policy_id = %id, error = %e, "policy not loaded");
+        match engine.add_policy(policy) {
+            Ok(()) => engine.name_policy(id, name),
+            Err(e) => warn!(policy_id = %id, policy = %name, error = %e, "policy not loaded"),
         }
     }
     match engine.start().await {
@@ -459,8 +463,16 @@ async fn handle(
                 }
             }
         }
-        Command::Load { policy, reply } => {
+        Command::Load {
+            policy,
+            name,
+            reply,
+        } => {
+            let id = policy.id;
             let result = engine.load_policy(*policy);
+            if result.is_ok() {
+                engine.name_policy(id, name);
+            }
             let _ = reply.send(result.map_err(|e| describe(&e)));
         }
         Command::Unload { id, reply } => {

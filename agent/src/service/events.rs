@@ -28,11 +28,17 @@ impl Service {
         body: &Value,
         dry_run: bool,
     ) -> Result<EventAnswer, ServiceError> {
-        let event = Event::from_json(body).map_err(|errors| ServiceError::BadRequest {
+        let mut event = Event::from_json(body).map_err(|errors| ServiceError::BadRequest {
             code: "event.invalid",
             message: format!("the event has {} problem(s)", errors.len()),
             details: json!({"errors": errors.iter().map(|e| json!({"field": e.field(), "message": e.to_string()})).collect::<Vec<_>>()}),
         })?;
+        // The request's `X-Correlation-Id`, unless the event names its own.
+        if let (Some(id), None | Some(Value::Null)) =
+            (actor.correlation_id, body.get("correlation_id"))
+        {
+            event.correlation_id = id;
+        }
         let audit = audit(
             actor,
             if dry_run {

@@ -42,6 +42,9 @@ pub struct Actor {
     /// The token's `sub` (`alice`, `cli`, `demo`).
     pub subject: String,
     pub role: Role,
+    /// The request's correlation id (`X-Correlation-Id`), written on the
+    /// audit records and events it causes; `None` mints one per record.
+    pub correlation_id: Option<Uuid>,
 }
 
 /// The three roles of SPEC §9 issue 5: viewers read; operators dry-run,

@@ -402,7 +402,7 @@ impl PartialService<'_> {
     /// Re-validates every stored policy: one that no longer compiles turns
     /// `invalid` (and back to `disabled` once it compiles again); the
     /// enabled ones are returned for the engine.
-    async fn reload_policies(&self) -> Result<Vec<Policy>, ServiceError> {
+    async fn reload_policies(&self) -> Result<Vec<(Policy, String)>, ServiceError> {
         let inventory = build_inventory(
             &self.inventory,
             &self.hosts.read().unwrap_or_else(|e| e.into_inner()),
@@ -448,7 +448,7 @@ impl PartialService<'_> {
                 }
                 if status == PolicyStatus::Enabled {
                     if let Some(ir) = validated.report.ir {
-                        out.push(Policy { id: record.id, ir });
+                        out.push((Policy { id: record.id, ir }, record.name.clone()));
                     }
                 }
             }

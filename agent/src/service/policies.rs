@@ -33,8 +33,12 @@ impl Service {
     /// [`super::open::CPU_SLOTS`] slots: a request that finds none free is
     /// refused at once with 503 (SPEC §12: nothing CPU-bound on the async
     /// workers, and a bounded number of them at once).
+    ///
+    /// Each validation leaves an audit record (`policy.validated`): who,
+    /// whether it passed, the hash and the codes found, not the text.
     pub async fn validate_off_runtime(
         &self,
+        actor: &Actor,
         body: String,
     ) -> Result<crate::validate::ValidationReport, ServiceError> {
         let permit = self
@@ -44,14 +48,17 @@ impl Service {
             .try_acquire_owned()
             .map_err(|_| ServiceError::Busy { what: "validation" })?;
         let service = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let report = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             service.validate(&body)
         })
         .await
         .map_err(|e| ServiceError::Internal {
             message: format!("validation task failed: {e}"),
-        })
+        })?;
+        let record = audit(actor, "policy.validated", None, validation_details(&report));
+        self.store(move |s| s.append_audit(&record)).await?;
+        Ok(report)
     }
 
     /// Saves a new policy (SPEC §9): blockers -> 400; an identical hash ->
@@ -249,6 +256,7 @@ impl Service {
         id: Uuid,
     ) -> Result<PolicyTranscript, ServiceError> {
         let record = self.record(id).await?;
+        let name = record.name.clone();
         let transcript = dry_run::run(self, &record).await?;
         let kept = transcript.clone();
         let body = serde_json::to_value(&kept).unwrap_or(Value::Null);
@@ -264,8 +272,18 @@ impl Service {
             severity: kept.severity,
             body,
         };
-        self.store(move |s| s.record_dry_run(id, &dry, &t)).await?;
-        info!(policy_id = %id, by = %actor.subject, severity = ?transcript.severity, "policy dry-run");
+        let entry = audit(
+            actor,
+            "policy.dry_run",
+            Some(id),
+            json!({"severity": kept.severity, "transcript_id": kept.transcript_id}),
+        );
+        self.store(move |s| {
+            s.record_dry_run(id, &dry, &t)?;
+            s.append_audit(&entry)
+        })
+        .await?;
+        info!(policy_id = %id, policy = %name, by = %actor.subject, severity = ?transcript.severity, "policy dry-run");
         Ok(transcript)
     }
 
@@ -399,8 +417,12 @@ impl Service {
         );
         // The engine first: if it cannot load the policy the store keeps
         // what runs (disabled); if the store write fails, unload again.
-        self.engine_call(self.inner.engine.load(Policy { id, ir }))
-            .await?;
+        self.engine_call(
+            self.inner
+                .engine
+                .load(Policy { id, ir }, record.name.clone()),
+        )
+        .await?;
         let stored = self
             .store(move |s| s.set_policy_status(id, PolicyStatus::Enabled, true, &audit))
             .await;
@@ -533,3 +555,24 @@ fn saved_even_if_blocked(result: Result<(), ServiceError>) -> Result<(), Service
         }
     }
 }
+
+/// What the audit record of a validation keeps: the outcome, the hash and
+/// each finding's severity, code and path (at most [`AUDITED_FINDINGS`]),
+/// not the policy text.
+fn validation_details(report: &crate::validate::ValidationReport) -> Value {
+    let findings: Vec<Value> = report
+        .issues
+        .iter()
+        .take(AUDITED_FINDINGS)
+        .map(|i| json!({"severity": i.finding.severity, "code": i.finding.code, "path": i.finding.path}))
+        .collect();
+    json!({
+        "ok": report.ok,
+        "hash": report.hash,
+        "findings": findings,
+        "findings_total": report.issues.len(),
+    })
+}
+
+/// How many findings a validation's audit record lists.
+const AUDITED_FINDINGS: usize = 20;

@@ -330,6 +330,8 @@ impl EngineStore for SqliteStore {
                    AND (?2 IS NULL OR correlation_id = ?2)
                    AND (?3 IS NULL OR kind = ?3)
                    AND (?4 IS NULL OR seq < ?4)
+                   AND (?6 IS NULL OR seq > ?6)
+                   AND (?7 IS NULL OR ts >= ?7)
                  ORDER BY seq DESC LIMIT ?5",
             )
             .map_err(sql("audit"))?;
@@ -341,6 +343,8 @@ impl EngineStore for SqliteStore {
                     query.kind,
                     query.before_seq,
                     i64::try_from(query.limit).unwrap_or(i64::MAX),
+                    query.after_seq,
+                    query.since.as_ref().map(ts),
                 ],
                 |row| {
                     Ok((

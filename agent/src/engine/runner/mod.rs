@@ -422,6 +422,8 @@ pub struct Engine {
     retries: retry::Retries,
     /// Interrupted intents to send again once their UPS is read (`inflight`).
     restarts: inflight::Restarts,
+    /// Policy names for logs ([`Engine::name_policy`]); ids are the keys.
+    names: HashMap<Uuid, String>,
 }
 
 /// One scheduled item awaiting its report.
@@ -503,7 +505,19 @@ impl Engine {
             restore: restore::RestoreSets::default(),
             retries: retry::Retries::default(),
             restarts: inflight::Restarts::default(),
+            names: HashMap::new(),
         }
+    }
+
+    /// Tells the engine what a loaded policy is called, so its log lines
+    /// name it next to its id (SPEC §12: logs a person can read).
+    pub fn name_policy(&mut self, id: Uuid, name: String) {
+        self.names.insert(id, name);
+    }
+
+    /// The name logs call policy `id` by (empty when it was not given).
+    fn policy_name(&self, id: Uuid) -> &str {
+        self.names.get(&id).map_or("", String::as_str)
     }
 
     /// Registers the driver of a host (keyed by [`Driver::host_id`]).
@@ -567,6 +581,7 @@ impl Engine {
         let Some(policy) = self.policies.remove(&id) else {
             return Ok(false);
         };
+        self.names.remove(&id);
         self.decider.remove(id);
         self.at_fires.retain(|(_, policy_id, _)| *policy_id != id);
         let mut batch = Vec::new();
@@ -656,6 +671,7 @@ impl Engine {
             let before = self.decider.hit_state(hit).cloned().unwrap_or_default();
             let span = tracing::info_span!(
                 "policy_run",
+                policy = %self.policy_name(id),
                 policy_id = %id,
                 host = %self.policies.get(&id).map_or("", |p| p.ir.targets.host_id.as_str()),
                 correlation_id = %event.correlation_id
@@ -1109,7 +1125,7 @@ impl Engine {
             }
         }
         if decision.code == SUPPRESSED_WINDOW {
-            info!(policy_id = %id, correlation_id = %event.correlation_id, "engine.suppressed_window");
+            info!(policy = %self.policy_name(id), policy_id = %id, correlation_id = %event.correlation_id, "engine.suppressed_window: {}", text_field(&decision.explain, "windows"));
             self.store.write(&[
                 Write::RecordSuppressed {
                     policy_id: id,
@@ -1121,6 +1137,11 @@ impl Engine {
         }
         if decision.code == SELECTOR_EMPTY {
             warn!(policy_id = %id, correlation_id = %event.correlation_id, "selector.empty");
+        }
+        // The trigger fired but a condition held the policy back: the
+        // first place an operator looks for "why didn't it act?".
+        if decision.code == NOT_MATCHED && decision.explain.get("conditions").is_some() {
+            info!(policy = %self.policy_name(id), policy_id = %id, correlation_id = %event.correlation_id, "engine.not_matched: the trigger fired, a condition held it: {}", text_field(&decision.explain, "conditions"));
         }
         let is_error = decision.severity >= Severity::Error;
         if decision.planned.is_empty() && !is_error {
@@ -1404,6 +1425,15 @@ fn inverse_keys(
         );
     }
     keys
+}
+
+/// A text field of a decision's `explain`, one line (for a log line).
+fn text_field(explain: &Value, field: &str) -> String {
+    explain
+        .get(field)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .replace('\n', "; ")
 }
 
 #[cfg(test)]

@@ -440,6 +440,21 @@ pub(crate) fn audit_records_are_listed_newest_first_with_filters_and_pages(
         ..AuditQuery::default()
     };
     assert_eq!(store.audit(&by_correlation).unwrap().len(), 3);
+
+    // `hazel audit --since 1h --follow`: from an instant, then what came
+    // after the last printed `seq`.
+    let seqs_of =
+        |q: &AuditQuery| -> Vec<i64> { store.audit(q).unwrap().iter().map(|e| e.seq).collect() };
+    let since = AuditQuery {
+        since: Some(t(3)),
+        ..AuditQuery::default()
+    };
+    assert_eq!(seqs_of(&since), vec![6, 5, 4]);
+    let after = AuditQuery {
+        after_seq: Some(4),
+        ..AuditQuery::default()
+    };
+    assert_eq!(seqs_of(&after), vec![6, 5]);
 }
 
 pub(crate) fn a_failed_batch_leaves_nothing_partial(store: &dyn EngineStore) {
