@@ -226,6 +226,8 @@ pub struct HostStatus {
     pub last_error: Option<RefreshError>,
     /// Number of targets in the snapshot.
     pub targets: usize,
+    /// How many of them are of each type (`vm`, `node`, ...).
+    pub by_type: BTreeMap<String, usize>,
     /// The host's circuit breaker as the next call would see it.
     pub breaker: BreakerState,
     /// What is known of the host's reachability; `None` before the first
@@ -572,6 +574,13 @@ impl InventoryService {
             stale: snapshot.as_ref().is_none_or(|s| s.stale),
             last_error: status.last_error.clone(),
             targets: snapshot.as_ref().map_or(0, |s| s.len()),
+            by_type: snapshot.as_ref().map_or_else(BTreeMap::new, |s| {
+                let mut counts = BTreeMap::new();
+                for target in s.targets() {
+                    *counts.entry(target.target_type.clone()).or_insert(0) += 1;
+                }
+                counts
+            }),
             breaker: host.breaker.state(),
             reachable: self.inner.reach.get(host_id),
         })

@@ -179,11 +179,65 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
-    /// List the agent's hosts and their inventory age.
+    /// List the agent's hosts, their targets by type and inventory age;
+    /// `hazel hosts show HOST` lists one host's inventory.
     #[command(after_help = EXIT_CODES_HELP)]
     Hosts {
         #[command(flatten)]
         conn: ClientArgs,
+        #[command(subcommand)]
+        command: Option<HostsCommand>,
+    },
+    /// Why a policy acted or did not: its last decision (`--last`, the
+    /// default) or what it would decide on an event now (`--event FILE`):
+    /// the trigger, each condition with the value it read, the windows,
+    /// the targets and the guards, with their reason codes. Exits 1 when
+    /// that decision has an error.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Explain {
+        #[command(flatten)]
+        conn: ClientArgs,
+        /// The policy's id, short id or unique name.
+        policy: String,
+        /// Explain the policy's last decision (the default).
+        #[arg(long, conflicts_with = "event")]
+        last: bool,
+        /// Explain what it would decide on this event now (simulated,
+        /// nothing runs); JSON or YAML, `-` reads standard input.
+        #[arg(long, value_name = "FILE")]
+        event: Option<String>,
+    },
+    /// The audit log, oldest of the selection first: who changed what,
+    /// every engine decision and why.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Audit {
+        #[command(flatten)]
+        conn: ClientArgs,
+        /// Only this policy's records (id, short id or name).
+        #[arg(long)]
+        policy: Option<String>,
+        /// Only records of this kind (`engine.evaluated`, `policy.created`, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only records since a duration ago (`1h`, `30m`, `2d`) or an
+        /// RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many records (the newest ones).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=500))]
+        limit: u64,
+        /// Then print each new record as it is written, until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Print a kept dry-run transcript (the id `hazel dry-run`, `hazel
+    /// simulate` and `hazel policy show` print).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Transcript {
+        #[command(flatten)]
+        conn: ClientArgs,
+        /// The transcript id.
+        id: String,
     },
     /// Pause all execution (the kill switch); decisions are still made.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -214,10 +268,20 @@ enum PolicyCommand {
     /// Create each policy, or update the stored one with the same `name`;
     /// prints created, updated or unchanged per file.
     #[command(after_help = EXIT_CODES_HELP)]
+    ///
+    /// Exit 1 when a file is refused, when an update would change the
+    /// trigger types, host, target type or selector mode of the stored
+    /// policy without --replace, or when a spec asking `enabled: true` was
+    /// saved disabled because its dry-run found errors (the reason is
+    /// printed).
     Apply {
         /// Policy files (JSON or YAML).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Allow an update that changes what the stored policy reacts to
+        /// or acts on (trigger types, host, target type, selector mode).
+        #[arg(long)]
+        replace: bool,
     },
     /// List the stored policies.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -268,6 +332,20 @@ enum PolicyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum HostsCommand {
+    /// One host's inventory: each target with its type, name, state and
+    /// labels, and whether the snapshot is stale.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Show {
+        /// The host's id.
+        host: String,
+        /// Refresh the inventory on the fast path first.
+        #[arg(long)]
+        refresh: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum EventsCommand {
     /// Inject a normalized event for real: matching policies run.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -300,6 +378,9 @@ struct ClientArgs {
     /// Print the API's JSON answers unchanged (for scripts).
     #[arg(long, global = true)]
     json: bool,
+    /// Print times in UTC instead of the local zone.
+    #[arg(long, env = "HAZEL_UTC", global = true, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    utc: bool,
 }
 
 impl From<OfflineArgs> for OfflineOptions {
@@ -313,6 +394,7 @@ impl From<OfflineArgs> for OfflineOptions {
 
 impl From<ClientArgs> for ClientOptions {
     fn from(a: ClientArgs) -> Self {
+        cli::use_utc(a.utc);
         ClientOptions {
             url: a.url,
             token: a.token,
@@ -498,7 +580,10 @@ fn client(command: Command, out: &mut impl Write) -> i32 {
         | Command::Executions { conn, .. }
         | Command::RestoreSet { conn, .. }
         | Command::Events { conn, .. }
-        | Command::Hosts { conn }
+        | Command::Hosts { conn, .. }
+        | Command::Explain { conn, .. }
+        | Command::Audit { conn, .. }
+        | Command::Transcript { conn, .. }
         | Command::Pause { conn, .. }
         | Command::Resume { conn }
         | Command::Status { conn } => conn.json,
@@ -550,7 +635,45 @@ fn client(command: Command, out: &mut impl Write) -> i32 {
                 conn,
                 command: EventsCommand::Send { event },
             } => client_cmds::send_event(&conn.into(), &event, out).await,
-            Command::Hosts { conn } => client_cmds::hosts(&conn.into(), out).await,
+            Command::Hosts {
+                conn,
+                command: None,
+            } => client_cmds::hosts(&conn.into(), out).await,
+            Command::Hosts {
+                conn,
+                command: Some(HostsCommand::Show { host, refresh }),
+            } => cli::why::host_show(&conn.into(), &host, refresh, out).await,
+            Command::Explain {
+                conn,
+                policy,
+                event,
+                ..
+            } => {
+                let what = match event {
+                    Some(file) => cli::why::Explained::Event(file),
+                    None => cli::why::Explained::Last,
+                };
+                cli::why::explain(&conn.into(), &policy, &what, out).await
+            }
+            Command::Audit {
+                conn,
+                policy,
+                kind,
+                since,
+                limit,
+                follow,
+            } => {
+                let filter = cli::why::AuditFilter {
+                    policy,
+                    kind,
+                    since,
+                    limit: limit as usize,
+                    follow,
+                    poll: Duration::from_secs(1),
+                };
+                cli::why::audit(&conn.into(), &filter, out).await
+            }
+            Command::Transcript { conn, id } => cli::why::transcript(&conn.into(), &id, out).await,
             Command::Pause { conn, reason } => {
                 client_cmds::set_kill_switch(&conn.into(), true, reason.as_deref(), out).await
             }
@@ -574,7 +697,9 @@ async fn policy(
     out: &mut impl Write,
 ) -> cli::Outcome {
     match command {
-        PolicyCommand::Apply { files } => client_cmds::policy_apply(conn, &files, out).await,
+        PolicyCommand::Apply { files, replace } => {
+            client_cmds::policy_apply(conn, &files, replace, out).await
+        }
         PolicyCommand::List => client_cmds::policy_list(conn, out).await,
         PolicyCommand::Show { policy } => client_cmds::policy_show(conn, &policy, out).await,
         PolicyCommand::Enable {

@@ -594,3 +594,383 @@ async fn the_help_documents_the_exit_codes() {
     assert_code(&run, 0);
     assert!(run.stdout.contains("Exit codes:"), "{run:#?}");
 }
+
+/// `text` with what changes from run to run replaced: every UUID by
+/// `<uuid>`, its 8-character short form by `<id>`, and every time printed
+/// to the second (`2026-12-07 10:30:05`, `Z` or not) by `<time>`.
+fn normalized(text: &str, ids: &[&str]) -> String {
+    let mut text = text.to_string();
+    for id in ids {
+        text = text.replace(id, "<uuid>").replace(&id[..8], "<id>");
+    }
+    let mut out = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    // A printed time: dddd-dd-dd dd:dd:dd with an optional Z.
+    let shape = "0000-00-00 00:00:00";
+    while i < chars.len() {
+        let fits = i + shape.len() <= chars.len()
+            && shape.chars().zip(&chars[i..]).all(|(s, c)| match s {
+                '0' => c.is_ascii_digit(),
+                other => other == *c,
+            });
+        if fits {
+            out.push_str("<time>");
+            i += shape.len();
+            if chars.get(i) == Some(&'Z') {
+                i += 1;
+            }
+        } else {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    // Full UUIDs nobody named (correlation, transcript ids).
+    let mut result = String::new();
+    let mut rest = out.as_str();
+    while let Some((at, len)) = find_uuid(rest) {
+        result.push_str(&rest[..at]);
+        result.push_str("<uuid>");
+        rest = &rest[at + len..];
+    }
+    result.push_str(rest);
+    result
+}
+
+fn find_uuid(text: &str) -> Option<(usize, usize)> {
+    (0..text.len().saturating_sub(35))
+        .filter(|&i| text.is_char_boundary(i) && text.is_char_boundary(i + 36))
+        .find(|&i| uuid::Uuid::parse_str(&text[i..i + 36]).is_ok())
+        .map(|i| (i, 36))
+}
+
+/// The simulator's vm 104 shut down on battery, held by a condition the
+/// injected event cannot satisfy (no runtime is known for the UPS), as
+/// example 02 is with a UPS that reports no `battery.runtime`.
+fn held_policy(name: &str) -> String {
+    policy(name, 90).replace(
+        "targets:",
+        "conditions:\n  all:\n    - { scope: ups, field: runtime_minutes, op: \">=\", value: 5 }\ntargets:",
+    )
+}
+
+/// Waits until `hazel audit --json` with `args` lists a record.
+async fn first_audit(agent: &Agent, args: &[&str]) -> Value {
+    for _ in 0..100 {
+        let run = agent
+            .hazel("viewer", &[&["audit", "--json"][..], args].concat())
+            .await;
+        assert_code(&run, 0);
+        if let Some(line) = run.stdout.lines().next() {
+            return serde_json::from_str(line).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no audit record for {args:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_and_audit_say_why_a_policy_did_not_act() {
+    let agent = Agent::start().await;
+    let file = agent.file("held.yaml", &held_policy("stop app04 on battery"));
+    assert_code(&agent.hazel("admin", &["policy", "apply", &file]).await, 0);
+    assert_code(
+        &agent
+            .hazel("admin", &["policy", "enable", "stop app04 on battery"])
+            .await,
+        0,
+    );
+    let id = agent
+        .hazel(
+            "viewer",
+            &["policy", "show", "stop app04 on battery", "--json"],
+        )
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Before any event: nothing decided, and the command says what to try.
+    let run = agent
+        .hazel("viewer", &["explain", "stop app04 on battery"])
+        .await;
+    assert_code(&run, 0);
+    expect_test::expect![[r#"
+        policy "stop app04 on battery" (<id>), version 1, status enabled
+        no decision recorded: no event its trigger waits for (ups.state) has reached it
+        try: hazel explain <id> --event FILE   (what it would decide on an event now)
+    "#]]
+    .assert_eq(&normalized(&run.stdout, &[&id]));
+
+    let event = agent.file("event.json", EVENT);
+    assert_code(
+        &agent.hazel("operator", &["events", "send", &event]).await,
+        0,
+    );
+    first_audit(&agent, &["--kind", "engine.evaluated"]).await;
+
+    let run = agent
+        .hazel("viewer", &["explain", &id[..8], "--last"])
+        .await;
+    assert_code(&run, 0);
+    expect_test::expect![[r#"
+        policy "stop app04 on battery" (<id>), version 1, status enabled
+        last decision: <time> (engine.evaluated, correlation <uuid>)
+        result:       engine.not_matched
+        trigger:      fired by trigger 0 (ups.state = on_battery)
+                      trigger 0 (ups.state = on_battery): ups1 entered on_battery
+        conditions:   condition 1: ups.runtime_minutes >= 5 cannot be evaluated: ups1 reports no runtime_minutes
+    "#]]
+    .assert_eq(&normalized(&run.stdout, &[&id]));
+
+    let run = agent
+        .hazel("viewer", &["audit", "--policy", "stop app04 on battery"])
+        .await;
+    assert_code(&run, 0);
+    let rows: Vec<&str> = run.stdout.lines().collect();
+    assert!(rows[0].starts_with("TIME "), "{run:#?}");
+    let evaluated = rows
+        .iter()
+        .find(|r| r.contains("engine.evaluated"))
+        .unwrap_or_else(|| panic!("{run:#?}"));
+    assert!(evaluated.contains("stop app04 on battery"), "{evaluated}");
+    assert!(
+        evaluated.contains("engine.not_matched: condition 1"),
+        "{evaluated}"
+    );
+    assert!(rows
+        .iter()
+        .any(|r| r.contains("policy.created") && r.contains("test-admin")));
+
+    let run = agent
+        .hazel(
+            "viewer",
+            &["audit", "--kind", "policy.enabled", "--since", "1h"],
+        )
+        .await;
+    assert_code(&run, 0);
+    assert!(run.stdout.contains("1 record(s)"), "{run:#?}");
+    let run = agent
+        .hazel("viewer", &["audit", "--since", "yesterday"])
+        .await;
+    assert_code(&run, 2);
+    assert!(run.stderr.contains("--since"), "{run:#?}");
+
+    // The same question about an event not sent: simulated, nothing runs.
+    // ups1 is on battery already, so the same event enters nothing...
+    let run = agent
+        .hazel(
+            "operator",
+            &["explain", "stop app04 on battery", "--event", &event],
+        )
+        .await;
+    assert_code(&run, 0);
+    let text = normalized(&run.stdout, &[&id]);
+    assert!(
+        text.contains("on this event now (simulated, transcript <uuid>):"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ups1 is already on_battery: staying is not entering"),
+        "{text}"
+    );
+    // ... while another UPS entering it fires the trigger, held again.
+    let ups2 = agent.file("ups2.json", &EVENT.replace("ups1", "ups2"));
+    let run = agent
+        .hazel(
+            "operator",
+            &["explain", "stop app04 on battery", "--event", &ups2],
+        )
+        .await;
+    assert_code(&run, 0);
+    expect_test::expect![[r#"
+        policy "stop app04 on battery" (<id>), version 1, status enabled
+        on this event now (simulated, transcript <uuid>):
+        result:       engine.not_matched
+        trigger:      fired by trigger 0 (ups.state = on_battery)
+                      trigger 0 (ups.state = on_battery): ups2 entered on_battery
+        conditions:   condition 1: ups.runtime_minutes >= 5 cannot be evaluated: ups2 reports no runtime_minutes
+    "#]]
+    .assert_eq(&normalized(&run.stdout, &[&id]));
+
+    // An event of a kind the trigger does not wait for.
+    let hook = agent.file(
+        "hook.json",
+        r#"{"kind": "webhook.custom", "subject": {"kind": "integration", "id": "deploy"}, "attrs": {"name": "deploy"}}"#,
+    );
+    let run = agent
+        .hazel(
+            "operator",
+            &["explain", "stop app04 on battery", "--event", &hook],
+        )
+        .await;
+    assert_code(&run, 0);
+    assert!(
+        run.stdout.contains("this event does not reach the policy: its trigger waits for ups.state, the event is webhook.custom on deploy"),
+        "{run:#?}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_show_lists_a_hosts_inventory_and_transcript_opens_a_dry_run() {
+    let agent = Agent::start().await;
+    let run = agent
+        .hazel("operator", &["hosts", "show", "pve-01", "--refresh"])
+        .await;
+    assert_code(&run, 0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        normalized(lines[0], &[]).starts_with("host pve-01: inventory at <time> (fresh),"),
+        "{run:#?}"
+    );
+    assert!(lines[1].starts_with("TARGET"), "{run:#?}");
+    let app04 = lines
+        .iter()
+        .find(|l| l.starts_with("vm:104 "))
+        .unwrap_or_else(|| panic!("{run:#?}"));
+    assert!(
+        app04.contains("app04") && app04.contains("running"),
+        "{app04}"
+    );
+    assert!(app04.contains("tier=low"), "{app04}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("host:pve1 ")),
+        "{run:#?}"
+    );
+
+    let run = agent.hazel("viewer", &["hosts"]).await;
+    assert_code(&run, 0);
+    let row = run.stdout.lines().nth(1).unwrap();
+    assert!(row.contains("2 ct, 2 host, 8 vm"), "targets by type: {row}");
+
+    let run = agent.hazel("viewer", &["hosts", "show", "nope"]).await;
+    assert_code(&run, 1);
+
+    let file = agent.file("p.yaml", &policy("gated", 90));
+    assert_code(&agent.hazel("admin", &["policy", "apply", &file]).await, 0);
+    let run = agent
+        .hazel("operator", &["dry-run", "gated", "--json"])
+        .await;
+    let transcript = run.json()["transcript_id"].as_str().unwrap().to_string();
+    let run = agent.hazel("viewer", &["transcript", &transcript]).await;
+    assert_code(&run, 0);
+    assert!(
+        run.stdout.starts_with("dry-run of gated: severity info"),
+        "{run:#?}"
+    );
+    assert!(run.stdout.contains("vm:104"), "{run:#?}");
+    let run = agent.hazel("viewer", &["transcript", "nope"]).await;
+    assert_code(&run, 2);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_says_what_it_updated_refuses_an_identity_change_and_says_why_it_is_not_enabled() {
+    let agent = Agent::start().await;
+    let file = agent.file("p.yaml", &policy("shed", 90));
+    let run = agent.hazel("admin", &["policy", "apply", &file]).await;
+    assert_code(&run, 0);
+    let id = agent
+        .hazel("viewer", &["policy", "show", "shed", "--json"])
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    expect_test::expect![[r#"
+        created   <id>  "shed" (version 1, status disabled)
+                  not enabled: the spec says `enabled: false`; `hazel policy enable` it when ready
+    "#]]
+    .assert_eq(&normalized(&run.stdout, &[&id]));
+
+    std::fs::write(&file, policy("shed", 120)).unwrap();
+    let run = agent.hazel("admin", &["policy", "apply", &file]).await;
+    assert_code(&run, 0);
+    expect_test::expect![[r#"
+        updated   <id>  "shed" (version 2, status disabled)
+                  an existing policy was updated, from version 1; changed: actions
+                  not enabled: the spec says `enabled: false`; `hazel policy enable` it when ready
+    "#]]
+    .assert_eq(&normalized(&run.stdout, &[&id]));
+
+    // The same name on another trigger is another policy: refused.
+    std::fs::write(&file, policy("shed", 120).replace("on_battery", "on_mains")).unwrap();
+    let run = agent.hazel("admin", &["policy", "apply", &file]).await;
+    assert_code(&run, 1);
+    assert!(run.stdout.is_empty(), "{run:#?}");
+    assert!(
+        run.stderr.contains("this would turn the stored policy \"shed\" into a different one (trigger ups.state = on_battery -> ups.state = on_mains)"),
+        "{run:#?}"
+    );
+    std::fs::write(
+        &file,
+        policy("shed", 120).replace("mode: list, value: '104'", "mode: range, value: '104-105'"),
+    )
+    .unwrap();
+    let run = agent.hazel("admin", &["policy", "apply", &file]).await;
+    assert_code(&run, 1);
+    assert!(
+        run.stderr.contains("selector mode list -> range"),
+        "{run:#?}"
+    );
+    let run = agent
+        .hazel("admin", &["policy", "apply", &file, "--replace"])
+        .await;
+    assert_code(&run, 0);
+    assert!(run.stdout.starts_with("updated"), "{run:#?}");
+    assert!(run.stdout.contains("changed: targets"), "{run:#?}");
+
+    // Asked enabled, kept disabled by the dry-run gate: exit 1 and why.
+    let locked = agent.file(
+        "locked.yaml",
+        &policy_with_locked_vm("locked").replace("enabled: false", "enabled: true"),
+    );
+    let run = agent.hazel("admin", &["policy", "apply", &locked]).await;
+    assert_code(&run, 1);
+    assert!(run.stdout.contains("status disabled"), "{run:#?}");
+    assert!(
+        run.stdout.contains(
+            "not enabled: the spec asks `enabled: true` but its dry-run has severity error"
+        ),
+        "{run:#?}"
+    );
+    assert!(run.stdout.contains("vm:106: VM is locked"), "{run:#?}");
+    assert!(
+        run.stdout.contains("transcript: hazel transcript "),
+        "{run:#?}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_follow_prints_records_as_they_are_written() {
+    use tokio::io::AsyncBufReadExt;
+    let agent = Agent::start().await;
+    let token = token("viewer");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hazel"))
+        .args(["audit", "--follow", "--url", &agent.url, "--token", &token])
+        .env_remove("HAZEL_URL")
+        .env_remove("HAZEL_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the hazel binary runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let header = lines.next_line().await.unwrap().unwrap();
+    assert!(header.starts_with("TIME"), "{header}");
+
+    let file = agent.file("p.yaml", &policy("followed", 90));
+    assert_code(&agent.hazel("admin", &["policy", "apply", &file]).await, 0);
+    // A failsafe against a hang, not a timing assertion.
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("a followed record arrives")
+        .unwrap()
+        .unwrap();
+    assert!(line.contains("policy.created"), "{line}");
+    assert!(line.contains("followed"), "{line}");
+    child.kill().await.unwrap();
+    agent.stop().await;
+}

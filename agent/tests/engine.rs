@@ -625,3 +625,56 @@ async fn a_stale_snapshot_never_skips_an_action_as_already_desired() {
     assert_eq!(pve.status("vm:103").as_deref(), Some("stopped"));
     assert_eq!(pve.calls().len(), 1);
 }
+
+/// A `MakeWriter` that keeps what the log wrote, for the log-line tests.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fired_policy_held_by_a_condition_logs_why_at_info_with_its_name() {
+    let buf = LogBuffer::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+    let driver = pve();
+    let yaml = "version: 1\nname: shed\ntrigger_group:\n  triggers:\n    - { type: ups.state, equals: on_battery }\n\
+        conditions:\n  all:\n    - { scope: ups, field: runtime_minutes, op: \">=\", value: 5 }\n\
+        targets:\n  host_id: pve-01\n  target_type: vm\n  selector: { mode: range, value: \"101-102\" }\n\
+        actions:\n  - { capability_id: proxmox.vm, verb: shutdown, params: { grace_s: 60 } }\n";
+    let mut h = harness(&[&driver], []);
+    let id = Uuid::from_u128(7);
+    h.engine
+        .add_policy(Policy {
+            id,
+            ir: support::ir(yaml),
+        })
+        .unwrap();
+    h.engine.name_policy(id, "Stop low tier on battery".into());
+    let report = handle(&mut h, &ups("on_battery")).await;
+    assert_eq!(codes(&report), [(7, "engine.not_matched".to_string())]);
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("engine.not_matched"))
+        .unwrap_or_else(|| panic!("no not_matched line in:\n{log}"));
+    assert!(line.contains(" INFO "), "{line}");
+    assert!(line.contains("Stop low tier on battery"), "{line}");
+    assert!(
+        line.contains("ups.runtime_minutes >= 5 cannot be evaluated"),
+        "{line}"
+    );
+}

@@ -13,6 +13,7 @@ use super::render::{
     print_inverse, print_json, print_kill_switch, print_policies, print_policy, print_restore_set,
     print_state, print_timeline, print_transcript, text_of, to_yaml,
 };
+use super::render::{policy_names, short_id};
 use super::{EXIT_AUTH, EXIT_BLOCKED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE};
 use crate::client::{policy_content_type, Client, ClientError};
 
@@ -136,7 +137,8 @@ pub async fn dry_run(conn: &ClientOptions, policy: &str, out: &mut impl Write) -
     if conn.json {
         print_json(out, &transcript);
     } else {
-        print_transcript(out, &transcript);
+        let names = policy_names(&client.policies().await?);
+        print_transcript(out, &transcript, &names);
     }
     Ok(severity_code(&transcript["severity"]))
 }
@@ -233,7 +235,8 @@ pub async fn send_event(conn: &ClientOptions, event: &str, out: &mut impl Write)
     if conn.json {
         print_json(out, &answer);
     } else {
-        print_decisions(out, &answer);
+        let names = policy_names(&client.policies().await?);
+        print_decisions(out, &answer, &names);
     }
     Ok(EXIT_OK)
 }
@@ -397,17 +400,31 @@ pub async fn policy_import(conn: &ClientOptions, file: &Path, out: &mut impl Wri
 
 /// `hazel policy apply`: per file, create, or update the policy with the
 /// same name, or leave it when its hash is the same.
+///
+/// An update that changes what the policy reacts to or acts on (the
+/// trigger types, the host, the target type or the selector mode) is
+/// refused unless `replace`: that is a different policy under the same
+/// name, as an inverse saved under its forward's name once was. Exit 1
+/// also when a spec asking `enabled: true` was saved disabled (its dry-run
+/// gate failed), after printing why.
 pub async fn policy_apply(
     conn: &ClientOptions,
     files: &[PathBuf],
+    replace: bool,
     out: &mut impl Write,
 ) -> Outcome {
     let client = connect(conn)?;
-    apply(&client, conn.json, files, out).await
+    apply(&client, conn.json, files, replace, out).await
 }
 
 /// Applies `files` one by one (see [`policy_apply`]).
-async fn apply(client: &Client, json: bool, files: &[PathBuf], out: &mut impl Write) -> Outcome {
+async fn apply(
+    client: &Client,
+    json: bool,
+    files: &[PathBuf],
+    replace: bool,
+    out: &mut impl Write,
+) -> Outcome {
     let mut stored = client.policies().await?;
     let mut results = Vec::new();
     let mut code = EXIT_OK;
@@ -422,8 +439,9 @@ async fn apply(client: &Client, json: bool, files: &[PathBuf], out: &mut impl Wr
             Err(other) => return Err(other),
         };
         let content_type = policy_content_type(file, &text);
-        let name = serde_norway::from_str::<Value>(&text)
-            .ok()
+        let parsed = serde_norway::from_str::<Value>(&text).ok();
+        let name = parsed
+            .as_ref()
             .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_string));
         let same_name: Vec<&Value> = match &name {
             Some(name) => stored
@@ -432,6 +450,7 @@ async fn apply(client: &Client, json: bool, files: &[PathBuf], out: &mut impl Wr
                 .collect(),
             None => Vec::new(),
         };
+        let mut change_note = None;
         let result = match same_name.as_slice() {
             [] => match client.create_policy(&text, content_type).await {
                 Ok(policy) => {
@@ -442,7 +461,42 @@ async fn apply(client: &Client, json: bool, files: &[PathBuf], out: &mut impl Wr
                 // "unchanged": this file's name is not stored.
                 Err(e) => Err(e),
             },
-            [existing] => update(client, existing, &text, content_type).await,
+            [existing] => {
+                let new_spec = parsed.clone().unwrap_or(Value::Null);
+                if let Some(change) = identity_change(&existing["spec"], &new_spec) {
+                    if !replace {
+                        eprintln!(
+                            "hazel: {}: refused: this would turn the stored policy {:?} into a different one ({change}); \
+                             give it another name, or pass --replace if that is what you mean",
+                            file.display(),
+                            name.clone().unwrap_or_default()
+                        );
+                        code = code.max(EXIT_BLOCKED);
+                        if json {
+                            results.push(json!({
+                                "file": file.display().to_string(),
+                                "result": "refused",
+                                "error": {"code": "apply.identity_change", "message": change},
+                            }));
+                        }
+                        continue;
+                    }
+                }
+                let changed = changed_fields(&existing["spec"], &new_spec);
+                let result = update(client, existing, &text, content_type).await;
+                if matches!(&result, Ok(("updated", _))) {
+                    change_note = Some(format!(
+                        "an existing policy was updated, from version {}; changed: {}",
+                        text_of(&existing["version_int"]),
+                        if changed.is_empty() {
+                            "formatting only".to_string()
+                        } else {
+                            changed.join(", ")
+                        }
+                    ));
+                }
+                result
+            }
             many => {
                 eprintln!(
                     "hazel: {}: {} stored policies are named {:?}; use `hazel policy import` or delete the extras",
@@ -456,15 +510,27 @@ async fn apply(client: &Client, json: bool, files: &[PathBuf], out: &mut impl Wr
         };
         match result {
             Ok((action, policy)) => {
+                let not_enabled = not_enabled_reason(client, &policy).await;
                 if !json {
                     let _ = writeln!(
                         out,
                         "{action:<9} {}  {:?} (version {}, status {})",
-                        text_of(&policy["id"]),
+                        short_id(&policy["id"]),
                         text_of(&policy["name"]),
                         text_of(&policy["version_int"]),
                         text_of(&policy["status"]),
                     );
+                    if let Some(note) = &change_note {
+                        let _ = writeln!(out, "          {note}");
+                    }
+                    if let Some((why, _)) = &not_enabled {
+                        for line in why {
+                            let _ = writeln!(out, "          {line}");
+                        }
+                    }
+                }
+                if let Some((_, true)) = not_enabled {
+                    code = code.max(EXIT_BLOCKED);
                 }
                 results.push(json!({
                     "file": file.display().to_string(),
@@ -524,26 +590,159 @@ async fn update(
     }
 }
 
+/// Why an applied policy is not enabled, as lines to print, and whether
+/// that is a failure (its spec asks `enabled: true` but the dry-run gate
+/// kept it disabled); `None` when it is enabled.
+async fn not_enabled_reason(client: &Client, policy: &Value) -> Option<(Vec<String>, bool)> {
+    if policy["status"] == "enabled" {
+        return None;
+    }
+    if policy["enabled_intent"] != json!(true) {
+        return Some((
+            vec![
+                "not enabled: the spec says `enabled: false`; `hazel policy enable` it when ready"
+                    .into(),
+            ],
+            false,
+        ));
+    }
+    let dry = &policy["last_dry_run"];
+    let mut lines = vec![format!(
+        "not enabled: the spec asks `enabled: true` but its dry-run has severity {}; fix what it found and apply again, or `hazel policy enable --force --reason ...`",
+        text_of(&dry["severity"])
+    )];
+    if let Some(id) = dry["transcript_id"].as_str() {
+        if let Ok(t) = client.get(&format!("/api/transcripts/{id}")).await {
+            for action in t["actions"].as_array().into_iter().flatten() {
+                if let Some(error) = action.get("error").filter(|e| !e.is_null()) {
+                    lines.push(format!(
+                        "  {}: {}",
+                        text_of(&action["host"]),
+                        one_line(error)
+                    ));
+                }
+                let targets = action["targets"].as_array().cloned().unwrap_or_default();
+                for (i, answer) in action["answers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    if matches!(answer["severity"].as_str(), Some("error" | "blocker")) {
+                        lines.push(format!(
+                            "  {}: {}",
+                            targets.get(i).map(text_of).unwrap_or_else(|| "-".into()),
+                            text_of(&answer["reason"])
+                        ));
+                    }
+                }
+            }
+            for finding in t["findings"].as_array().into_iter().flatten() {
+                if matches!(finding["severity"].as_str(), Some("error" | "blocker")) {
+                    lines.push(issue_line(finding));
+                }
+            }
+        }
+        lines.push(format!("  transcript: hazel transcript {id}"));
+    }
+    Some((lines, true))
+}
+
+/// What makes a stored policy a different one if `new` replaced it: its
+/// trigger types (with the state a state trigger waits for: `on_battery`
+/// and `on_mains` are a forward and its inverse), its host, its target
+/// type or its selector mode.
+fn identity_change(old: &Value, new: &Value) -> Option<String> {
+    let triggers = |spec: &Value| -> Vec<String> {
+        let mut kinds: Vec<String> = spec["trigger_group"]["triggers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| match t["equals"].as_str() {
+                Some(state) => format!("{} = {state}", text_of(&t["type"])),
+                None => text_of(&t["type"]),
+            })
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    };
+    let mut changes = Vec::new();
+    let (was, now) = (triggers(old), triggers(new));
+    if was != now {
+        changes.push(format!("trigger {} -> {}", was.join("+"), now.join("+")));
+    }
+    for (label, pointer) in [
+        ("host", "/targets/host_id"),
+        ("target type", "/targets/target_type"),
+        ("selector mode", "/targets/selector/mode"),
+    ] {
+        let (a, b) = (old.pointer(pointer), new.pointer(pointer));
+        if a != b {
+            changes.push(format!(
+                "{label} {} -> {}",
+                a.map_or("-".into(), text_of),
+                b.map_or("-".into(), text_of)
+            ));
+        }
+    }
+    (!changes.is_empty()).then(|| changes.join(", "))
+}
+
+/// The top-level spec fields whose value differs (`actions`, `windows`...).
+fn changed_fields(old: &Value, new: &Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (a, b) = (
+        old.as_object().unwrap_or(&empty),
+        new.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| k.to_string())
+        .collect()
+}
+
 pub(super) fn connect(conn: &ClientOptions) -> Result<Client, Failure> {
     Ok(Client::new(&conn.url, conn.token.clone())?)
 }
 
-/// A policy argument: an id as is, else the id of the one policy with that name.
+/// A policy argument: an id as is, else the id of the one policy with that
+/// name, else of the one whose id starts with it (the short ids tables
+/// print; at least 4 characters).
 pub(super) async fn resolve(client: &Client, policy: &str) -> Result<String, Failure> {
     if uuid::Uuid::parse_str(policy).is_ok() {
         return Ok(policy.to_string());
     }
     let all = client.policies().await?;
-    let matches: Vec<&Value> = all
+    resolve_in(&all, policy)
+}
+
+/// [`resolve`] over a listing already fetched.
+pub(super) fn resolve_in(all: &[Value], policy: &str) -> Result<String, Failure> {
+    let named: Vec<&Value> = all
         .iter()
         .filter(|p| p["name"].as_str() == Some(policy))
         .collect();
-    match matches.as_slice() {
-        [one] => Ok(text_of(&one["id"])),
-        [] => Err(Failure::Refused(format!(
-            "no policy has the id or name {policy:?}; `hazel policy list` shows them"
+    let prefixed: Vec<&Value> = if policy.len() >= 4 {
+        all.iter()
+            .filter(|p| p["id"].as_str().is_some_and(|id| id.starts_with(policy)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    match (named.as_slice(), prefixed.as_slice()) {
+        ([one], _) | ([], [one]) => Ok(text_of(&one["id"])),
+        ([], []) => Err(Failure::Refused(format!(
+            "no policy has the id, short id or name {policy:?}; `hazel policy list` shows them"
         ))),
-        many => Err(Failure::Usage(format!(
+        ([], many) => Err(Failure::Usage(format!(
+            "{} policies have an id starting with {policy:?}; give more of it",
+            many.len()
+        ))),
+        (many, _) => Err(Failure::Usage(format!(
             "{} policies are named {policy:?}; pass the id instead",
             many.len()
         ))),

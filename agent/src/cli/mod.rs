@@ -7,12 +7,14 @@
 pub mod client_cmds;
 pub mod offline;
 mod render;
+pub mod why;
 
 pub use client_cmds::{ClientOptions, Failure, Outcome};
 pub use offline::{
     compile_file, load_inventory, load_manifests, validate_files, CliError, FileReport,
     OfflineOptions, PLUGINS_ENV,
 };
+pub use render::use_utc;
 
 /// The largest file a command reads (a policy, an event, an inventory):
 /// the API's default body limit (SPEC §12), so a file the agent would

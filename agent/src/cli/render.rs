@@ -47,6 +47,66 @@ pub(super) fn short(hash: &Value) -> String {
     text_of(hash).chars().take(12).collect()
 }
 
+/// Whether times print in UTC (`--utc`, `HAZEL_UTC=1`) rather than in the
+/// reader's local zone; set once by the binary before a command runs.
+static UTC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints every time of this process in UTC instead of local time.
+pub fn use_utc(utc: bool) {
+    UTC.store(utc, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn utc() -> bool {
+    UTC.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// An RFC 3339 instant to the second, in the reader's zone (or UTC, then
+/// with a `Z`): `2026-12-07 10:30:05`. Anything else prints as it is.
+pub(super) fn stamp(value: &Value) -> String {
+    match value.as_str().and_then(instant) {
+        Some(at) if utc() => at.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+        Some(at) => at
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        None => text_of(value),
+    }
+}
+
+/// A UUID's first 8 characters, as tables show it (every command takes
+/// a unique prefix back); anything else as it is.
+pub(super) fn short_id(value: &Value) -> String {
+    let text = text_of(value);
+    match uuid::Uuid::parse_str(&text) {
+        Ok(_) => text.chars().take(8).collect(),
+        Err(_) => text,
+    }
+}
+
+/// A policy as people name it: its name when known, else its short id.
+pub(super) fn policy_label(names: &PolicyNames, id: &Value) -> String {
+    id.as_str()
+        .and_then(|id| names.get(id))
+        .cloned()
+        .unwrap_or_else(|| short_id(id))
+}
+
+/// Stored policies' names by id, for tables that would show a UUID.
+pub(super) type PolicyNames = std::collections::BTreeMap<String, String>;
+
+/// The id -> name map of a `GET /api/policies` listing.
+pub(super) fn policy_names(policies: &[Value]) -> PolicyNames {
+    policies
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["id"].as_str()?.to_string(),
+                p["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 pub(super) fn issue_line(issue: &Value) -> String {
     let path = match issue["path"].as_str() {
         None | Some("") => "/".to_string(),
@@ -69,7 +129,7 @@ pub(super) fn print_policies(out: &mut impl Write, items: &[Value]) {
         .iter()
         .map(|p| {
             vec![
-                text_of(&p["id"]),
+                short_id(&p["id"]),
                 text_of(&p["name"]),
                 text_of(&p["status"]),
                 if p["enabled_intent"] == json!(true) {
@@ -109,15 +169,15 @@ pub(super) fn print_policy(out: &mut impl Write, p: &Value) -> Result<(), Failur
         text_of(&p["status"])
     );
     let _ = writeln!(out, "version:  {}", text_of(&p["version_int"]));
-    let _ = writeln!(out, "hash:     {}", text_of(&p["hash"]));
-    let _ = writeln!(out, "updated:  {}", text_of(&p["updated_at"]));
+    let _ = writeln!(out, "hash:     {}", short(&p["hash"]));
+    let _ = writeln!(out, "updated:  {}", stamp(&p["updated_at"]));
     let dry = &p["last_dry_run"];
     if dry.is_object() {
         let _ = writeln!(
             out,
             "dry-run:  {} at {} (transcript {})",
             text_of(&dry["severity"]),
-            text_of(&dry["ts"]),
+            stamp(&dry["ts"]),
             text_of(&dry["transcript_id"])
         );
     } else {
@@ -137,18 +197,19 @@ pub(super) fn print_state(out: &mut impl Write, json: bool, verb: &str, p: &Valu
         let _ = writeln!(
             out,
             "{verb} {} {:?} (status {})",
-            text_of(&p["id"]),
+            short_id(&p["id"]),
             text_of(&p["name"]),
             text_of(&p["status"])
         );
     }
 }
 
-pub(super) fn print_transcript(out: &mut impl Write, t: &Value) {
+/// A policy dry-run's transcript; `names` turns its policy id into a name.
+pub(super) fn print_transcript(out: &mut impl Write, t: &Value, names: &PolicyNames) {
     let _ = writeln!(
         out,
         "dry-run of {}: severity {} (transcript {})",
-        text_of(&t["policy_id"]),
+        policy_label(names, &t["policy_id"]),
         text_of(&t["severity"]),
         text_of(&t["transcript_id"])
     );
@@ -161,7 +222,7 @@ pub(super) fn print_transcript(out: &mut impl Write, t: &Value) {
         } else {
             "snapshot"
         },
-        text_of(&inv["ts"]),
+        stamp(&inv["ts"]),
         if inv["stale"] == json!(true) {
             " (stale)"
         } else {
@@ -213,7 +274,9 @@ pub(super) fn print_transcript(out: &mut impl Write, t: &Value) {
     }
 }
 
-pub(super) fn print_decisions(out: &mut impl Write, answer: &Value) {
+/// An event's answer: its summary line and one row per decision, the
+/// policy by name (`names`).
+pub(super) fn print_decisions(out: &mut impl Write, answer: &Value, names: &PolicyNames) {
     let mode = if answer["dry_run"] == json!(true) {
         "simulated"
     } else {
@@ -254,10 +317,10 @@ pub(super) fn print_decisions(out: &mut impl Write, answer: &Value) {
                 })
                 .collect();
             vec![
-                text_of(&d["policy_id"]),
+                policy_label(names, &d["policy_id"]),
                 text_of(&d["severity"]),
                 text_of(&d["code"]),
-                text_of(&d["run_id"]),
+                short_id(&d["run_id"]),
                 if actions.is_empty() {
                     "-".into()
                 } else {
@@ -284,7 +347,7 @@ pub(super) fn print_decisions(out: &mut impl Write, answer: &Value) {
 pub(super) fn print_timeline(out: &mut impl Write, answer: &Value) {
     let Some(timeline) = answer["timeline"].as_array() else {
         // An agent that predates the timeline.
-        return print_decisions(out, answer);
+        return print_decisions(out, answer, &PolicyNames::new());
     };
     let decisions = answer["decisions"].as_array().map_or(0, Vec::len);
     let _ = writeln!(
@@ -462,6 +525,7 @@ pub(super) fn print_inverse(out: &mut impl Write, inverse: &Value) -> Result<(),
     Ok(())
 }
 
+/// A policy's ledger, newest first, each run with why it is not all ok.
 pub(super) fn print_executions(out: &mut impl Write, runs: &Value) {
     let runs = runs.as_array().cloned().unwrap_or_default();
     let rows: Vec<Vec<String>> = runs
@@ -470,18 +534,45 @@ pub(super) fn print_executions(out: &mut impl Write, runs: &Value) {
             let results = r["results"].as_array().cloned().unwrap_or_default();
             let ok = results.iter().filter(|x| x["ok"] == json!(true)).count();
             vec![
-                text_of(&r["run_id"]),
-                text_of(&r["started_at"]),
+                short_id(&r["run_id"]),
+                stamp(&r["started_at"]),
                 text_of(&r["status"]),
                 text_of(&r["severity"]),
                 text_of(&r["event"]["kind"]),
                 format!("{ok}/{}", results.len()),
+                run_reason(r),
             ]
         })
         .collect();
-    let header = ["RUN", "STARTED", "STATUS", "SEVERITY", "EVENT", "OK"];
+    let header = ["RUN", "STARTED", "STATUS", "SEVERITY", "EVENT", "OK", "WHY"];
     let _ = write!(out, "{}", table(&header, &rows));
     let _ = writeln!(out, "{} run(s)", runs.len());
+}
+
+/// Why a run is not simply "done": the first result that is not ok
+/// (`target: code: reason`) and how many more; for a run with no results,
+/// its explain's first reason. Empty when every result is ok.
+pub(super) fn run_reason(run: &Value) -> String {
+    let results = run["results"].as_array().cloned().unwrap_or_default();
+    let failed: Vec<&Value> = results.iter().filter(|x| x["ok"] != json!(true)).collect();
+    if let Some(first) = failed.first() {
+        let mut text = format!("{}: {}", text_of(&first["target"]), text_of(&first["code"]));
+        if let Some(reason) = first["reason"].as_str().filter(|r| !r.is_empty()) {
+            text.push_str(&format!(" ({reason})"));
+        }
+        if failed.len() > 1 {
+            text.push_str(&format!(" and {} more", failed.len() - 1));
+        }
+        return text;
+    }
+    if results.is_empty() {
+        for field in ["targets", "windows", "conditions", "trigger", "restart"] {
+            if let Some(why) = run["explain"][field].as_str() {
+                return why.lines().next().unwrap_or("").to_string();
+            }
+        }
+    }
+    String::new()
 }
 
 pub(super) fn print_restore_set(out: &mut impl Write, set: &Value) {
@@ -495,7 +586,7 @@ pub(super) fn print_restore_set(out: &mut impl Write, set: &Value) {
                 text_of(&e["from"]),
                 text_of(&e["to"]),
                 format!("{} {}", text_of(&e["capability"]), text_of(&e["verb"])),
-                text_of(&e["at"]),
+                stamp(&e["at"]),
             ]
         })
         .collect();
@@ -520,8 +611,8 @@ pub(super) fn print_hosts(out: &mut impl Write, hosts: &Value) {
                 }
                 .into(),
                 text_of(&h["source"]),
-                text_of(&inv["targets"]),
-                text_of(&inv["ts"]),
+                targets_by_type(inv),
+                stamp(&inv["ts"]),
                 match inv["stale"].as_bool() {
                     Some(true) => "stale".into(),
                     Some(false) => "fresh".into(),
@@ -542,11 +633,25 @@ pub(super) fn print_hosts(out: &mut impl Write, hosts: &Value) {
     let _ = write!(out, "{}", table(&header, &rows));
 }
 
+/// `5 vm, 1 node` from a host's inventory status (`-` before the first
+/// discovery); an agent that predates `by_type` shows the total.
+fn targets_by_type(inv: &Value) -> String {
+    match inv["by_type"].as_object() {
+        Some(types) if !types.is_empty() => types
+            .iter()
+            .map(|(t, n)| format!("{} {t}", text_of(n)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Some(_) => "0".into(),
+        None => text_of(&inv["targets"]),
+    }
+}
+
 pub(super) fn kill_switch_line(kill: &Value) -> String {
     if kill["paused"] == json!(true) {
         let mut line = format!(
             "PAUSED since {} by {}",
-            text_of(&kill["since"]),
+            stamp(&kill["since"]),
             text_of(&kill["by"])
         );
         if let Some(reason) = kill["reason"].as_str() {

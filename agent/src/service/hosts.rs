@@ -199,6 +199,7 @@ impl Service {
                 ts: s.ts,
                 stale: s.stale,
                 targets: s.targets,
+                by_type: s.by_type,
             }),
         }
     }

@@ -125,6 +125,8 @@ pub struct HostInventoryStatus {
     pub ts: Option<DateTime<Utc>>,
     pub stale: bool,
     pub targets: usize,
+    /// How many targets of each type (`{"vm": 5, "node": 1}`).
+    pub by_type: std::collections::BTreeMap<String, usize>,
 }
 
 /// Everything the service can refuse, each with a stable code and the HTTP
