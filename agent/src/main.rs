@@ -479,12 +479,11 @@ fn demo(
 ) -> i32 {
     // Warnings only on stderr unless RUST_LOG says otherwise: the
     // walkthrough on stdout is the output.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    agent::serve::init_logging_with(
+        agent::service::config::LogFormat::Text,
+        agent::service::config::LogColor::Auto,
+        "warn",
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,7 +11,7 @@ use tracing::{error, info};
 
 use crate::api::auth::JwtKey;
 use crate::api::{self, ApiConfig, ConnLimits};
-use crate::service::config::{Config, ConfigError, LogFormat};
+use crate::service::config::{Config, ConfigError, LogColor, LogFormat};
 use crate::service::{OpenOptions, Service, ServiceError};
 
 /// Why `hazel serve` stopped with an error.
@@ -38,7 +38,7 @@ pub enum ServeError {
 /// Runs the agent as configured in `config_path` until a stop signal.
 pub async fn run(config_path: &Path) -> Result<(), ServeError> {
     let config = Config::load(config_path)?;
-    init_logging(config.log_format);
+    init_logging(config.log_format, config.log_color);
     let jwt = JwtKey::from_bytes(config.jwt_key()?).map_err(|e| ServeError::Key(e.to_string()))?;
     let service = Service::open(config.clone(), OpenOptions::default()).await?;
     let router = api::router(
@@ -67,16 +67,29 @@ pub async fn run(config_path: &Path) -> Result<(), ServeError> {
     })
 }
 
-/// Structured logs on stderr, `RUST_LOG` filtered (default `info`).
-pub fn init_logging(format: LogFormat) {
+/// Structured logs on stderr, `RUST_LOG` filtered (default `info`). Text
+/// lines leave out the Rust module path (the span fields say which policy,
+/// host and target) and colour only as `color` says; JSON lines keep the
+/// module as `target`, for filtering.
+pub fn init_logging(format: LogFormat, color: LogColor) {
+    init_logging_with(format, color, "info");
+}
+
+/// [`init_logging`] with the filter used when `RUST_LOG` is unset.
+pub fn init_logging_with(format: LogFormat, color: LogColor, default_filter: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let ansi = color.ansi(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_ansi(ansi).with_target(false).try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
     };
     // A second init (tests, `hazel demo` after serve) keeps the first.
     let _ = result;

@@ -81,9 +81,11 @@ use crate::driver::{
 use crate::task::{TaskHandle, TaskStatus};
 
 /// The policy run a driver call serves, shown on the guard's span.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallContext {
     pub policy_id: Uuid,
+    /// The policy's name, for people reading the log (`None` when unknown).
+    pub policy: Option<std::sync::Arc<str>>,
     /// The event's correlation id (SPEC §1), shared by every log line of its handling.
     pub correlation_id: Uuid,
 }
@@ -145,23 +147,35 @@ impl GuardedDriver {
         &self,
         method: &'static str,
         action: Option<&Action>,
-        targets: usize,
+        targets: &[String],
         call: F,
         counted: fn(&Result<T, DriverError>) -> Option<ErrorKind>,
     ) -> Result<T, DriverError>
     where
         F: std::future::Future<Output = Result<T, DriverError>>,
     {
-        let context = CONTEXT.try_with(|c| *c).ok();
+        let context = CONTEXT.try_with(|c| c.clone()).ok();
+        let context = context.as_ref();
+        // The targets by id, the first few: a span line stays one line.
+        let shown: Vec<&str> = targets.iter().take(8).map(String::as_str).collect();
+        let target = match targets.len() {
+            0 => None,
+            n if n > shown.len() => {
+                Some(format!("{} and {} more", shown.join(","), n - shown.len()))
+            }
+            _ => Some(shown.join(",")),
+        };
         let span = tracing::info_span!(
             "driver_call",
+            policy = context.and_then(|c| c.policy.as_deref()),
             policy_id = context.map(|c| tracing::field::display(c.policy_id)),
             host = %self.inner.host_id(),
             plugin = %self.inner.plugin_id(),
             method,
             capability = action.map(|a| a.capability.as_str()),
             verb = action.map(|a| a.verb.as_str()),
-            targets,
+            targets = targets.len(),
+            target = target.as_deref(),
             breaker = Empty,
             correlation_id = context.map(|c| tracing::field::display(c.correlation_id)),
         );
@@ -265,7 +279,7 @@ impl Driver for GuardedDriver {
         self.call(
             "discover",
             None,
-            0,
+            &[],
             self.inner.discover(mode, budget),
             err_kind,
         )
@@ -280,7 +294,7 @@ impl Driver for GuardedDriver {
         self.call(
             "dry_run",
             Some(action),
-            targets.len(),
+            targets,
             self.inner.dry_run(action, targets),
             err_kind,
         )
@@ -295,7 +309,7 @@ impl Driver for GuardedDriver {
         self.call(
             "execute",
             Some(action),
-            targets.len(),
+            targets,
             self.inner.execute(action, targets),
             exec_kind,
         )
@@ -306,7 +320,7 @@ impl Driver for GuardedDriver {
         self.call(
             "test_connection",
             None,
-            0,
+            &[],
             self.inner.test_connection(),
             err_kind,
         )
@@ -317,7 +331,7 @@ impl Driver for GuardedDriver {
         self.call(
             "task_status",
             None,
-            1,
+            std::slice::from_ref(&task.target),
             self.inner.task_status(task),
             err_kind,
         )
@@ -381,10 +395,14 @@ mod tests {
     async fn the_call_context_is_seen_only_inside_with_context() {
         let context = CallContext {
             policy_id: Uuid::new_v4(),
+            policy: Some("On battery: stop low-tier VMs".into()),
             correlation_id: Uuid::new_v4(),
         };
-        let inside = with_context(context, async { CONTEXT.try_with(|c| *c).ok() }).await;
+        let inside = with_context(context.clone(), async {
+            CONTEXT.try_with(|c| c.clone()).ok()
+        })
+        .await;
         assert_eq!(inside, Some(context));
-        assert_eq!(CONTEXT.try_with(|c| *c).ok(), None);
+        assert_eq!(CONTEXT.try_with(|c| c.clone()).ok(), None);
     }
 }

@@ -569,6 +569,20 @@ async fn an_outage_and_its_return_run_end_to_end_against_real_peers() {
     assert!(!agent.executions(&back_id).await.is_empty());
     assert!(!agent.executions(&nas_id).await.is_empty());
     agent.stop();
+    // The log went to a file: plain text a person (or grep) reads, the
+    // policies by name, no colour codes and no Rust module paths.
+    let log = agent.log_text();
+    let coloured: Vec<&str> = log.lines().filter(|l| l.contains('\u{1b}')).collect();
+    assert!(
+        coloured.is_empty(),
+        "ANSI codes in a log file: {coloured:?}"
+    );
+    assert!(!log.contains("agent::"), "module paths in the log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("policy_run") && l.contains("policy=")),
+        "no policy_run span naming its policy in:\n{log}"
+    );
 }
 
 /// SPEC §1 and §6 "Outage lifecycle" against the real `hazel serve` and a

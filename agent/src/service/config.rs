@@ -40,6 +40,10 @@ pub struct Config {
     /// Log line format on stderr.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Colour in text log lines: `auto` (only when stderr is a terminal
+    /// and `NO_COLOR` is unset), `always` or `never`.
+    #[serde(default)]
+    pub log_color: LogColor,
     /// API authentication.
     #[serde(default)]
     pub auth: AuthConfig,
@@ -72,6 +76,32 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Whether text log lines carry ANSI colour codes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogColor {
+    /// Colour only when stderr is a terminal and `NO_COLOR` is unset: a
+    /// log file or the journal gets plain text.
+    #[default]
+    Auto,
+    /// Always colour.
+    Always,
+    /// Never colour.
+    Never,
+}
+
+impl LogColor {
+    /// Whether to colour, given whether stderr is a terminal and whether
+    /// `NO_COLOR` is set (https://no-color.org).
+    pub fn ansi(self, stderr_is_terminal: bool, no_color: bool) -> bool {
+        match self {
+            LogColor::Auto => stderr_is_terminal && !no_color,
+            LogColor::Always => true,
+            LogColor::Never => false,
+        }
+    }
 }
 
 /// Where the HS256 key that signs API tokens comes from. The file wins over
@@ -156,6 +186,7 @@ impl Default for Config {
             timezone: default_timezone(),
             concurrency: default_concurrency(),
             log_format: LogFormat::default(),
+            log_color: LogColor::default(),
             auth: AuthConfig::default(),
             secrets: SecretsConfig::default(),
             api: ApiLimits::default(),
@@ -449,6 +480,19 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("hazel.yaml"))
+    }
+
+    #[test]
+    fn log_colour_is_off_for_a_file_or_no_color_unless_always() {
+        assert!(LogColor::Auto.ansi(true, false));
+        assert!(!LogColor::Auto.ansi(false, false), "a file or the journal");
+        assert!(!LogColor::Auto.ansi(true, true), "NO_COLOR");
+        assert!(LogColor::Always.ansi(false, true));
+        assert!(!LogColor::Never.ansi(true, false));
+        let config: Config = serde_norway::from_str("log_color: never\n").unwrap();
+        assert_eq!(config.log_color, LogColor::Never);
+        assert_eq!(Config::default().log_color, LogColor::Auto);
+        assert!(serde_norway::from_str::<Config>("log_color: sometimes\n").is_err());
     }
 
     #[test]

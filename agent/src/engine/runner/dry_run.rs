@@ -186,8 +186,10 @@ async fn dry_run_decision(
     decision: &mut PolicyDecision,
 ) {
     for planned in &mut decision.planned {
+        // The name is on the enclosing `policy_run` span.
         let context = CallContext {
             policy_id: decision.policy_id,
+            policy: None,
             correlation_id,
         };
         let answer = match drivers.get(&planned.host) {

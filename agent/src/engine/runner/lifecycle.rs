@@ -424,6 +424,7 @@ impl Engine {
             };
             let context = CallContext {
                 policy_id: intent.policy_id,
+                policy: self.names.get(&intent.policy_id).map(|n| n.as_str().into()),
                 correlation_id: intent.correlation_id,
             };
             let driver = self.drivers.get(&intent.host).cloned();
@@ -432,7 +433,7 @@ impl Engine {
             // runs would look unchanged.
             let tasks = match &driver {
                 Some(driver) if !intent.tasks.is_empty() => {
-                    with_context(context, self.wait_for_tasks(&intent, driver)).await
+                    with_context(context.clone(), self.wait_for_tasks(&intent, driver)).await
                 }
                 _ => BTreeMap::new(),
             };

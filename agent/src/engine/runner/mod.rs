@@ -1315,6 +1315,7 @@ impl Engine {
                     targets: planned.targets.clone(),
                     context: CallContext {
                         policy_id: intent.policy_id,
+                        policy: self.names.get(&intent.policy_id).map(|n| n.as_str().into()),
                         correlation_id: intent.correlation_id,
                     },
                     tasks: self.task_sink(&intent),

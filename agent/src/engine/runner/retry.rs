@@ -433,6 +433,7 @@ impl Engine {
                     targets,
                     context: CallContext {
                         policy_id: retry.policy_id,
+                        policy: self.names.get(&retry.policy_id).map(|n| n.as_str().into()),
                         correlation_id: intent.correlation_id,
                     },
                     tasks: self.task_sink(&intent),
