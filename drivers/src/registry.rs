@@ -80,7 +80,10 @@ pub enum RegistryError {
     #[error("no driver is registered for plugin `{plugin}`")]
     NoDriver { plugin: String },
     /// The host's config does not fit its manifest.
-    #[error("host `{host}` has an invalid configuration: {}", list_findings(findings))]
+    #[error(
+        "host `{host}` has an invalid configuration: {}",
+        list_findings(findings)
+    )]
     InvalidHost {
         host: String,
         findings: Vec<Finding>,
