@@ -264,8 +264,7 @@ pub fn render(report: &ConfigReport, out: &mut impl Write) -> std::io::Result<i3
         )?;
     }
     for w in &report.warnings {
-        write!(out, "warning: ")?;
-        write_problem(out, w)?;
+        writeln!(out, "warning: {}: {}", w.path, w.message)?;
     }
     Ok(if report.is_usable() {
         super::EXIT_OK
@@ -508,15 +507,21 @@ fn check_host(
     let validated = match validate_host_in(manifests, &host) {
         Ok(v) => v,
         Err(findings) => {
-            let mut expected = manifests.get(&host.plugin).map(|m| expected_fields(m));
+            let mut expected = manifests.get(&host.plugin).map(expected_fields);
             for f in findings {
                 let mut p = problem(
                     format!("{label}{}", f.path.replace('/', ".")),
                     f.message.clone(),
                 );
-                p.hints.extend(f.hint.clone());
-                // The manifest's fields once per host, on its first
-                // connection problem.
+                // The manifest's fields, once per host on its first
+                // connection problem, say more than "expected one of".
+                let listing = f
+                    .hint
+                    .as_deref()
+                    .is_some_and(|h| h.starts_with("expected one of"));
+                if !listing {
+                    p.hints.extend(f.hint.clone());
+                }
                 if f.path.starts_with("/connection") {
                     p.hints.extend(expected.take());
                 }
@@ -530,11 +535,7 @@ fn check_host(
             drivers::registry::RegistryError::Driver { source, .. } => source.message,
             other => other.to_string(),
         };
-        let mut p = problem(format!("{label}.connection"), why);
-        if let Some(m) = manifests.get(&host.plugin) {
-            p.hints.push(expected_fields(m));
-        }
-        problems.push(p);
+        problems.push(problem(format!("{label}.connection"), why));
     }
 }
 
@@ -564,19 +565,24 @@ fn expected_fields(manifest: &drivers::manifest::Manifest) -> String {
 /// What `hazel serve` will look for besides the file: the API token key,
 /// the secrets key, webhook secrets.
 fn warnings(config: &Config) -> Vec<ConfigProblem> {
+    use crate::service::config::ConfigError;
+    let message = |e: ConfigError| match e {
+        ConfigError::Key { message, .. } => message,
+        other => other.to_string(),
+    };
     let mut warnings = Vec::new();
     if let Err(e) = config.jwt_key() {
         warnings.push(problem(
             "auth".into(),
-            format!("{e} (`hazel serve` refuses to start without it)"),
+            format!("{}; `hazel serve` refuses to start without it", message(e)),
         ));
     }
     if let Err(e) = config.secret_key_text() {
-        warnings.push(problem("secrets".into(), e.to_string()));
+        warnings.push(problem("secrets.key_file".into(), message(e)));
     }
     for name in config.webhooks.keys() {
         if let Err(e) = config.webhook_secret(name) {
-            warnings.push(problem(format!("webhooks.{name}"), e.to_string()));
+            warnings.push(problem(format!("webhooks.{name}"), message(e)));
         }
     }
     warnings
