@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::hash::policy_hash;
 use crate::ir::{Ir, MatchIr, PlanStep, TargetsIr, Windows};
-use crate::spec::{ActionSpec, PolicySpec};
+use crate::spec::{ActionSpec, PolicySpec, SpecParts, TargetsSpec};
 
 /// What compile knows besides the spec: identity and the clock are inputs, so
 /// compiling the same spec twice gives the same IR.
@@ -60,8 +60,8 @@ pub fn compile(
     ctx: &CompileContext<'_>,
 ) -> Compiled {
     let mut findings = Vec::new();
-    let host = resolve_host(&spec, manifests, ctx, &mut findings);
-    check_target_type(&spec, manifests, host.as_ref(), &mut findings);
+    let host = resolve_host(&spec.targets, manifests, ctx, &mut findings);
+    check_target_type(&spec.targets, manifests, host.as_ref(), &mut findings);
     let plan: Vec<Option<PlanStep>> = std::mem::take(&mut spec.actions)
         .into_iter()
         .enumerate()
@@ -69,14 +69,14 @@ pub fn compile(
             compile_action(
                 i,
                 action,
-                &spec.targets.target_type,
+                Some(&spec.targets.target_type),
                 manifests,
                 host.as_ref(),
                 &mut findings,
             )
         })
         .collect();
-    let (resolved_ids, resolved_at) = resolve_selector(&spec, ctx, &mut findings);
+    let (resolved_ids, resolved_at) = resolve_selector(&spec.targets, ctx, &mut findings);
 
     let blocked = findings.iter().any(|f| f.severity == Severity::Blocker);
     let plan: Option<Vec<PlanStep>> = plan.into_iter().collect();
@@ -136,19 +136,51 @@ pub fn compile(
     }
 }
 
+/// Compile's findings for the parts of a spec that parsed when the whole
+/// did not (SPEC §4): the same checks [`compile`] makes on `targets` and on
+/// each action, without building an IR. An action is checked against the
+/// target type only when `targets` parsed.
+pub fn compile_parts(
+    parts: SpecParts,
+    manifests: &ManifestSet,
+    ctx: &CompileContext<'_>,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let host = parts.targets.as_ref().and_then(|targets| {
+        let host = resolve_host(targets, manifests, ctx, &mut findings);
+        check_target_type(targets, manifests, host.as_ref(), &mut findings);
+        host
+    });
+    let target_type = parts.targets.as_ref().map(|t| t.target_type.as_str());
+    for (i, action) in parts.actions {
+        compile_action(
+            i,
+            action,
+            target_type,
+            manifests,
+            host.as_ref(),
+            &mut findings,
+        );
+    }
+    if let Some(targets) = &parts.targets {
+        resolve_selector(targets, ctx, &mut findings);
+    }
+    findings
+}
+
 /// The manifest of the policy's host, when the inventory knows the host.
 struct HostPlugin<'m> {
     plugin: &'m Manifest,
 }
 
 fn resolve_host<'m>(
-    spec: &PolicySpec,
+    targets: &TargetsSpec,
     manifests: &'m ManifestSet,
     ctx: &CompileContext<'_>,
     findings: &mut Vec<Finding>,
 ) -> Option<HostPlugin<'m>> {
     let inventory = ctx.inventory?;
-    let host_id = &spec.targets.host_id;
+    let host_id = &targets.host_id;
     let Some(host) = inventory.host(host_id) else {
         let known: Vec<&str> = inventory.hosts().map(|h| h.host_id.as_str()).collect();
         let hint = match did_you_mean(host_id, known.iter().copied()) {
@@ -185,12 +217,12 @@ fn resolve_host<'m>(
 }
 
 fn check_target_type(
-    spec: &PolicySpec,
+    targets: &TargetsSpec,
     manifests: &ManifestSet,
     host: Option<&HostPlugin<'_>>,
     findings: &mut Vec<Finding>,
 ) {
-    let target_type = spec.targets.target_type.as_str();
+    let target_type = targets.target_type.as_str();
     let path = "/targets/target_type";
     if let Some(host) = host {
         if !host
@@ -215,7 +247,7 @@ fn check_target_type(
                     path,
                     format!(
                         "host `{}` (plugin `{}`) has no targets of type `{target_type}`",
-                        spec.targets.host_id, host.plugin.id
+                        targets.host_id, host.plugin.id
                     ),
                 )
                 .with_hint(hint),
@@ -252,7 +284,7 @@ fn check_target_type(
 fn compile_action(
     i: usize,
     action: ActionSpec,
-    target_type: &str,
+    target_type: Option<&str>,
     manifests: &ManifestSet,
     host: Option<&HostPlugin<'_>>,
     findings: &mut Vec<Finding>,
@@ -278,7 +310,7 @@ fn compile_action(
         );
         ok = false;
     }
-    if !capability.targets.iter().any(|t| t == target_type) {
+    if let Some(target_type) = target_type.filter(|t| !capability.targets.iter().any(|c| c == t)) {
         findings.push(
             Finding::new(
                 Severity::Blocker,
@@ -477,13 +509,13 @@ fn compile_params(
 }
 
 fn resolve_selector(
-    spec: &PolicySpec,
+    targets: &TargetsSpec,
     ctx: &CompileContext<'_>,
     findings: &mut Vec<Finding>,
 ) -> (Option<Vec<String>>, Option<String>) {
     let path = "/targets/selector/value";
-    let sel = &spec.targets.selector;
-    let selector = match parse_selector(sel.mode, &sel.value, &spec.targets.target_type) {
+    let sel = &targets.selector;
+    let selector = match parse_selector(sel.mode, &sel.value, &targets.target_type) {
         Ok(s) => s,
         Err(errors) => {
             findings.extend(errors.iter().map(|e| e.to_finding(path)));
@@ -493,10 +525,7 @@ fn resolve_selector(
     if sel.mode == SelectorMode::Ledger {
         return (None, None);
     }
-    if let Some(host) = ctx
-        .inventory
-        .and_then(|inv| inv.host(&spec.targets.host_id))
-    {
+    if let Some(host) = ctx.inventory.and_then(|inv| inv.host(&targets.host_id)) {
         return match selector.resolve(host) {
             Ok(resolution) => {
                 findings.extend(resolution.findings.into_iter().map(|mut f| {

@@ -63,6 +63,11 @@ enum Command {
         #[arg(long, value_name = "FILE", default_value = "hazel.yaml")]
         config: PathBuf,
     },
+    /// Check the agent's configuration without starting it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Hazel's main job in one command, with no external service: a
     /// simulated Proxmox cluster and UPS, a power cut walked through step by
     /// step (validate, dry-run, inverse, the outage, mains return, the
@@ -403,6 +408,20 @@ impl From<ClientArgs> for ClientOptions {
     }
 }
 
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// List every problem of every section and host (field path, why, what
+    /// to write), or a summary of a usable config. `hazel serve` runs the
+    /// same check at start.
+    ///
+    /// Exit codes: 0 usable (warnings aside), 2 unusable or unreadable.
+    Check {
+        /// The agent's configuration (see docs/configuration.md).
+        #[arg(long, value_name = "FILE", default_value = "hazel.yaml")]
+        config: PathBuf,
+    },
+}
+
 fn main() {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -427,6 +446,9 @@ fn main() {
             cli::compile_file(&file, &offline.into(), &mut stdout)
         }
         Command::Serve { config } => serve(&config),
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => cli::config_check::run(&config, &mut stdout),
         Command::Demo {
             once,
             data_dir,
@@ -683,6 +705,7 @@ fn client(command: Command, out: &mut impl Write) -> i32 {
             Command::Validate { .. }
             | Command::Compile { .. }
             | Command::Serve { .. }
+            | Command::Config { .. }
             | Command::Demo { .. }
             | Command::Token { .. } => Err(cli::Failure::Usage("not a client command".into())),
         }

@@ -1,4 +1,5 @@
-//! `hazel serve --config hazel.yaml`: reads the config, sets up logging,
+//! `hazel serve --config FILE`: checks the config (every problem at once),
+//! sets up logging,
 //! opens the [`Service`] (store, hosts, engine), binds the API and runs
 //! until SIGINT or SIGTERM, then shuts down gracefully: stop taking
 //! requests, drain running actions within `shutdown_grace`, write the
@@ -11,13 +12,13 @@ use tracing::{error, info};
 
 use crate::api::auth::JwtKey;
 use crate::api::{self, ApiConfig, ConnLimits};
-use crate::service::config::{Config, ConfigError, LogColor, LogFormat};
+use crate::service::config::{ConfigError, LogColor, LogFormat};
 use crate::service::{OpenOptions, Service, ServiceError};
 
 /// Why `hazel serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// `hazel.yaml` is unreadable or invalid.
+    /// The config file is unreadable or invalid (every problem listed).
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The API token key is unusable.
@@ -37,7 +38,16 @@ pub enum ServeError {
 
 /// Runs the agent as configured in `config_path` until a stop signal.
 pub async fn run(config_path: &Path) -> Result<(), ServeError> {
-    let config = Config::load(config_path)?;
+    // Every problem of every section and host at once, not the first.
+    let report = crate::cli::config_check::check_file(config_path);
+    let Some(config) = report.config.clone().filter(|_| report.is_usable()) else {
+        return Err(ConfigError::Unusable {
+            listing: crate::cli::config_check::render_text(&report)
+                .trim_end()
+                .to_string(),
+        }
+        .into());
+    };
     init_logging(config.log_format, config.log_color);
     let jwt = JwtKey::from_bytes(config.jwt_key()?).map_err(|e| ServeError::Key(e.to_string()))?;
     let service = Service::open(config.clone(), OpenOptions::default()).await?;

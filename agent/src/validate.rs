@@ -1,4 +1,5 @@
-//! Validation: schema checks, then compile, every finding at once. The
+//! Validation: schema checks, then compile of every part that parsed (SPEC
+//! §4), every finding at once. The
 //! [`ValidationReport`] is the one object both `hazel validate --json` and
 //! `POST /api/policies/validate` answer with.
 
@@ -7,9 +8,9 @@ use inventory::{Finding, Severity};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::compile::{compile, CompileContext, SpecMeta};
+use crate::compile::{compile, compile_parts, CompileContext, SpecMeta};
 use crate::ir::Ir;
-use crate::spec::{parse_document, parse_spec_node, Node};
+use crate::spec::{parse_document, parse_spec_lenient, Node, Parsed};
 
 /// Which stage found an issue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -110,7 +111,7 @@ pub fn validate_node(
     manifests: &ManifestSet,
     ctx: &CompileContext<'_>,
 ) -> Validated {
-    let (spec, schema_findings) = parse_spec_node(doc);
+    let (parsed, schema_findings) = parse_spec_lenient(doc);
     let mut issues: Vec<Issue> = schema_findings
         .into_iter()
         .map(|finding| Issue {
@@ -120,15 +121,20 @@ pub fn validate_node(
         .collect();
     let mut ir = None;
     let mut meta = None;
-    if let Some(spec) = spec {
-        let compiled = compile(spec, manifests, ctx);
-        issues.extend(compiled.findings.into_iter().map(|finding| Issue {
-            finding,
-            stage: Stage::Compile,
-        }));
-        ir = compiled.ir;
-        meta = Some(compiled.meta);
-    }
+    // Compile whatever parsed, so one round reports every finding (SPEC §4).
+    let compile_findings = match parsed {
+        Parsed::Spec(spec) => {
+            let compiled = compile(spec, manifests, ctx);
+            ir = compiled.ir;
+            meta = Some(compiled.meta);
+            compiled.findings
+        }
+        Parsed::Parts(parts) => compile_parts(parts, manifests, ctx),
+    };
+    issues.extend(compile_findings.into_iter().map(|finding| Issue {
+        finding,
+        stage: Stage::Compile,
+    }));
     let ok = !issues
         .iter()
         .any(|i| i.finding.severity == Severity::Blocker);
@@ -252,6 +258,7 @@ actions:
                 Schema blocker schema.unknown_field /actions/0/retry/tries: unknown field `tries` (known fields here: attempts, backoff)
                 Schema blocker schema.range /actions/0/retry/attempts: retry attempts must be a whole number from 0 to 4294967295 (0 disables retries; leave it out to retry as long as the trigger holds)
                 Schema blocker schema.range /actions/0/retry/backoff: the retry backoff must be at least 1s
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
                 blocked"#]],
         );
     }
@@ -346,8 +353,9 @@ actions:
         check(
             &with("name: stop low-tier VMs", "name: stop\nenabeld: true"),
             expect![[r#"
-            Schema blocker schema.unknown_field /enabeld: unknown field `enabeld` (did you mean `enabled`?)
-            blocked"#]],
+                Schema blocker schema.unknown_field /enabeld: unknown field `enabeld` (did you mean `enabled`?)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             r#"{"version": 1, "version": 1, "name": "abc"}"#,
@@ -364,8 +372,9 @@ actions:
                 "params: { grace_s: 60 }, idempotency: { key: x }",
             ),
             expect![[r#"
-            Schema blocker schema.unknown_field /actions/0/idempotency/key: unknown field `key` (did you mean `key_hint`?)
-            blocked"#]],
+                Schema blocker schema.unknown_field /actions/0/idempotency/key: unknown field `key` (did you mean `key_hint`?)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
     }
 
@@ -374,14 +383,16 @@ actions:
         check(
             &with("version: 1", "version: \"1\""),
             expect![[r#"
-            Schema blocker schema.version /version: version must be the integer 1, found "1" (write `version: 1`)
-            blocked"#]],
+                Schema blocker schema.version /version: version must be the integer 1, found "1" (write `version: 1`)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &with("name: stop low-tier VMs", "name: ab"),
             expect![[r#"
-            Schema blocker schema.name_too_short /name: name `ab` is shorter than 3 characters
-            blocked"#]],
+                Schema blocker schema.name_too_short /name: name `ab` is shorter than 3 characters
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &with(
@@ -389,10 +400,11 @@ actions:
                 "name: abc\npriority: 1.5\nenabled: yes\nnotes: 5",
             ),
             expect![[r#"
-            Schema blocker schema.type /enabled: expected true or false, found a string
-            Schema blocker schema.type /priority: expected an integer, found a number
-            Schema blocker schema.type /notes: expected a string, found a number
-            blocked"#]],
+                Schema blocker schema.type /enabled: expected true or false, found a string
+                Schema blocker schema.type /priority: expected an integer, found a number
+                Schema blocker schema.type /notes: expected a string, found a number
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
     }
 
@@ -401,14 +413,16 @@ actions:
         check(
             &with("for: 2m", "for: 10mx"),
             expect![[r#"
-            Schema blocker schema.duration /trigger_group/triggers/0/for: invalid duration `10mx`: unexpected `x` at position 3 (units are s, m, h, d) (write one or more <number><unit> groups with units s, m, h, d: 90s, 10m, 1h30m, 2d)
-            blocked"#]],
+                Schema blocker schema.duration /trigger_group/triggers/0/for: invalid duration `10mx`: unexpected `x` at position 3 (units are s, m, h, d) (write one or more <number><unit> groups with units s, m, h, d: 90s, 10m, 1h30m, 2d)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &with("for: 2m", "for: 300"),
             expect![[r#"
-            Schema blocker schema.type /trigger_group/triggers/0/for: expected a duration string such as `90s`, `10m`, `1h30m` or `2d`, found a number
-            blocked"#]],
+                Schema blocker schema.type /trigger_group/triggers/0/for: expected a duration string such as `90s`, `10m`, `1h30m` or `2d`, found a number
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &with(
@@ -416,9 +430,10 @@ actions:
                 "name: abc\nsuppression_window: -5m\nidempotency_window: \"\"",
             ),
             expect![[r#"
-            Schema blocker schema.duration /suppression_window: invalid duration `-5m`: unexpected `-` at position 0 (units are s, m, h, d) (write one or more <number><unit> groups with units s, m, h, d: 90s, 10m, 1h30m, 2d)
-            Schema blocker schema.duration /idempotency_window: invalid duration ``: empty duration (write one or more <number><unit> groups with units s, m, h, d: 90s, 10m, 1h30m, 2d)
-            blocked"#]],
+                Schema blocker schema.duration /suppression_window: invalid duration `-5m`: unexpected `-` at position 0 (units are s, m, h, d) (write one or more <number><unit> groups with units s, m, h, d: 90s, 10m, 1h30m, 2d)
+                Schema blocker schema.duration /idempotency_window: invalid duration ``: empty duration (write one or more <number><unit> groups with units s, m, h, d: 90s, 10m, 1h30m, 2d)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
     }
 
@@ -430,14 +445,16 @@ actions:
                 "type: ups.stat, equals: on_battery",
             ),
             expect![[r#"
-            Schema blocker schema.unknown_trigger_type /trigger_group/triggers/0/type: unknown trigger type `ups.stat` (did you mean `ups.state`?)
-            blocked"#]],
+                Schema blocker schema.unknown_trigger_type /trigger_group/triggers/0/type: unknown trigger type `ups.stat` (did you mean `ups.state`?)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &with("equals: on_battery, for: 2m", "equals: on_batery"),
             expect![[r#"
-            Schema blocker schema.enum /trigger_group/triggers/0/equals: `on_batery` is not a UPS state (did you mean `on_battery`?)
-            blocked"#]],
+                Schema blocker schema.enum /trigger_group/triggers/0/equals: `on_batery` is not a UPS state (did you mean `on_battery`?)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &with(
@@ -445,9 +462,10 @@ actions:
                 "type: webhook.custom, name: deploy, for: 1m, ups: u1",
             ),
             expect![[r#"
-            Schema blocker schema.for_not_allowed /trigger_group/triggers/0/for: `for` is not allowed on `webhook.custom` (`for` applies to ups.state and metric.threshold triggers only)
-            Schema blocker schema.ups_not_allowed /trigger_group/triggers/0/ups: `ups` is not allowed on `webhook.custom` (`ups` applies to ups.state and metric.threshold triggers)
-            blocked"#]],
+                Schema blocker schema.for_not_allowed /trigger_group/triggers/0/for: `for` is not allowed on `webhook.custom` (`for` applies to ups.state and metric.threshold triggers only)
+                Schema blocker schema.ups_not_allowed /trigger_group/triggers/0/ups: `ups` is not allowed on `webhook.custom` (`ups` applies to ups.state and metric.threshold triggers)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &with(
@@ -455,8 +473,9 @@ actions:
                 "type: metric.threshold, metric: load, op: '>', value: high",
             ),
             expect![[r#"
-            Schema blocker schema.type /trigger_group/triggers/0/value: expected a number, found a string
-            blocked"#]],
+                Schema blocker schema.type /trigger_group/triggers/0/value: expected a number, found a string
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &with(
@@ -465,6 +484,7 @@ actions:
             ),
             expect![[r#"
                 Schema blocker schema.type /trigger_group/triggers/0/value: expected a finite number, found inf: a threshold of YAML's .inf or .nan compares with nothing
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
                 blocked"#]],
         );
         check(
@@ -473,8 +493,9 @@ actions:
                 "type: metric.threshold, metric: load, op: '=>', value: 60",
             ),
             expect![[r#"
-            Schema blocker schema.enum /trigger_group/triggers/0/op: `=>` is not a comparison operator (did you mean `=`?)
-            blocked"#]],
+                Schema blocker schema.enum /trigger_group/triggers/0/op: `=>` is not a comparison operator (did you mean `=`?)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &with(
@@ -482,8 +503,9 @@ actions:
                 "type: webhook.custom, name: \"de ploy\"",
             ),
             expect![[r#"
-            Schema blocker schema.invalid_id /trigger_group/triggers/0/name: `de ploy` is not a valid id (ids use letters, digits and `_ . @ : -` only)
-            blocked"#]],
+                Schema blocker schema.invalid_id /trigger_group/triggers/0/name: `de ploy` is not a valid id (ids use letters, digits and `_ . @ : -` only)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &with(
@@ -491,8 +513,9 @@ actions:
                 "  triggers: []",
             ),
             expect![[r#"
-            Schema blocker schema.empty /trigger_group/triggers: at least one trigger is required
-            blocked"#]],
+                Schema blocker schema.empty /trigger_group/triggers: at least one trigger is required
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
     }
 
@@ -505,8 +528,9 @@ actions:
                 group,
             ),
             expect![[r#"
-            Schema blocker schema.instantaneous_under_all /trigger_group/triggers/2: `timer.at` is instantaneous and trigger 1 already is; under ALL at most one instantaneous trigger can ever be true at once (use logic: ANY, or split the policy in two)
-            blocked"#]],
+                Schema blocker schema.instantaneous_under_all /trigger_group/triggers/2: `timer.at` is instantaneous and trigger 1 already is; under ALL at most one instantaneous trigger can ever be true at once (use logic: ANY, or split the policy in two)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         let ok = "  logic: ALL\n  triggers:\n    - { type: ups.state, equals: on_battery }\n    - { type: webhook.custom, name: a }";
         check(
@@ -529,9 +553,10 @@ actions:
                 "type: timer.at, schedule: { repeat: weekly, at: \"25:00\" }",
             ),
             expect![[r#"
-            Schema blocker schema.time_of_day /trigger_group/triggers/0/schedule/at: `25:00` is not a time of day (write 24-hour HH:MM, e.g. "01:00")
-            Schema blocker schema.days /trigger_group/triggers/0/schedule/days: a weekly schedule needs `days` (e.g. days: [sun])
-            blocked"#]],
+                Schema blocker schema.time_of_day /trigger_group/triggers/0/schedule/at: `25:00` is not a time of day (write 24-hour HH:MM, e.g. "01:00")
+                Schema blocker schema.days /trigger_group/triggers/0/schedule/days: a weekly schedule needs `days` (e.g. days: [sun])
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &with(
@@ -539,18 +564,21 @@ actions:
                 "type: timer.at, schedule: { repeat: daily, at: \"01:00\", days: [mon] }",
             ),
             expect![[r#"
-            Schema blocker schema.days /trigger_group/triggers/0/schedule/days: a daily schedule runs every day and takes no `days` (use repeat: weekly to pick days)
-            blocked"#]],
+                Schema blocker schema.days /trigger_group/triggers/0/schedule/days: a daily schedule runs every day and takes no `days` (use repeat: weekly to pick days)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(&with(t, "type: timer.at, schedule: { repeat: weekly, at: \"01:00\", days: [sun, sunday, sun] }"), expect![[r#"
             Schema blocker schema.enum /trigger_group/triggers/0/schedule/days/1: `sunday` is not a weekday (did you mean `sun`?)
             Schema blocker schema.days /trigger_group/triggers/0/schedule/days/2: weekday `sun` is listed twice
+            Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
             blocked"#]]);
         check(
             &with(t, "type: timer.at, schedule: { cron: \"0 1 * *\" }"),
             expect![[r#"
-            Schema blocker schema.cron /trigger_group/triggers/0/schedule/cron: invalid cron `0 1 * *`: expected 5 fields (crontab) or 6 fields (seconds first), found 4 (5 fields are crontab (minute hour day-of-month month day-of-week); 6 fields start with seconds)
-            blocked"#]],
+                Schema blocker schema.cron /trigger_group/triggers/0/schedule/cron: invalid cron `0 1 * *`: expected 5 fields (crontab) or 6 fields (seconds first), found 4 (5 fields are crontab (minute hour day-of-month month day-of-week); 6 fields start with seconds)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &with(
@@ -558,11 +586,13 @@ actions:
                 "type: timer.at, schedule: { cron: \"0 1 * * 0\", repeat: daily }",
             ),
             expect![[r#"
-            Schema blocker schema.schedule /trigger_group/triggers/0/schedule: a schedule is either `cron` or `repeat`/`at`/`days`, not both
-            blocked"#]],
+                Schema blocker schema.schedule /trigger_group/triggers/0/schedule: a schedule is either `cron` or `repeat`/`at`/`days`, not both
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(&with(t, "type: timer.after, after: 10m, since_event: { type: ups.state, equals: on_mains, name: x }"), expect![[r#"
             Schema blocker schema.unknown_field /trigger_group/triggers/0/since_event/name: unknown field `name` (known fields here: type, equals, ups)
+            Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
             blocked"#]]);
     }
 
@@ -577,38 +607,44 @@ actions:
         check(
             &c("{ scope: upss, field: load, op: '>', value: 5 }"),
             expect![[r#"
-            Schema blocker schema.unknown_scope /conditions/all/0/scope: unknown condition scope `upss` (did you mean `ups`?)
-            blocked"#]],
+                Schema blocker schema.unknown_scope /conditions/all/0/scope: unknown condition scope `upss` (did you mean `ups`?)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &c("{ scope: ups, field: runtime, op: '>', value: 5 }"),
             expect![[r#"
-            Schema blocker schema.unknown_condition_field /conditions/all/0/field: scope `ups` has no field `runtime` (did you mean `runtime_minutes`?)
-            blocked"#]],
+                Schema blocker schema.unknown_condition_field /conditions/all/0/field: scope `ups` has no field `runtime` (did you mean `runtime_minutes`?)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &c("{ scope: ups, field: load, op: '>', value: high }"),
             expect![[r#"
-            Schema blocker schema.op_needs_number /conditions/all/0/value: `>` compares order and needs a number
-            blocked"#]],
+                Schema blocker schema.op_needs_number /conditions/all/0/value: `>` compares order and needs a number
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &c("{ scope: ups, field: state, op: '=', value: on_batt }"),
             expect![[r#"
-            Schema blocker schema.enum /conditions/all/0/value: `on_batt` is not a UPS state (did you mean `on_battery`?)
-            blocked"#]],
+                Schema blocker schema.enum /conditions/all/0/value: `on_batt` is not a UPS state (did you mean `on_battery`?)
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &c("{ scope: host, field: reachable, op: '=', value: 1 }"),
             expect![[r#"
-            Schema blocker schema.type /conditions/all/0/value: host reachability compares with = or != against true or false
-            blocked"#]],
+                Schema blocker schema.type /conditions/all/0/value: host reachability compares with = or != against true or false
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(
             &c("{ scope: vm, field: count_matching, op: '>=', value: 1, ups: u1 }"),
             expect![[r#"
-            Schema blocker schema.ups_not_allowed /conditions/all/0/ups: `ups` applies to the ups and metric scopes only
-            blocked"#]],
+                Schema blocker schema.ups_not_allowed /conditions/all/0/ups: `ups` applies to the ups and metric scopes only
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
         check(&c("{ scope: metric, field: input.voltage, op: '<', value: 200, ups: \"ups1@nas:3493\" }"), expect![[r#"
             Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
@@ -616,8 +652,9 @@ actions:
         check(
             &c("{ scope: host, field: reachable, op: '=', value: [true] }"),
             expect![[r#"
-            Schema blocker schema.type /conditions/all/0/value: expected a number, string or boolean, found a list
-            blocked"#]],
+                Schema blocker schema.type /conditions/all/0/value: expected a number, string or boolean, found a list
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
         );
     }
 
@@ -801,8 +838,55 @@ actions:
         check(
             &with("name: stop low-tier VMs", "name: \"   \""),
             expect![[r#"
-            Schema blocker schema.empty /name: must not be empty
-            blocked"#]],
+                Schema blocker schema.empty /name: must not be empty
+                Compile info selector.missing /targets/selector/value: 5 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:314, vm:315, vm:316, vm:317, vm:318
+                blocked"#]],
+        );
+    }
+
+    #[test]
+    fn schema_blockers_never_hide_the_compile_findings_of_the_parts_that_parsed() {
+        // One schema blocker (a misspelt top-level field) and two compile
+        // blockers (an unknown verb, a reversed range): all three in one round.
+        check(
+            &with(
+                "name: stop low-tier VMs",
+                "name: stop low-tier VMs\nprioirty: 2",
+            )
+            .replace("verb: shutdown", "verb: shutdwn")
+            .replace("311-318", "318-311"),
+            expect![[r#"
+                Schema blocker schema.unknown_field /prioirty: unknown field `prioirty` (did you mean `priority`?)
+                Compile blocker compile.unknown_verb /actions/0/verb: capability `proxmox.vm` has no verb `shutdwn` (did you mean `shutdown`?)
+                Compile blocker selector.reversed_range /targets/selector/value: item 3 `318-311`: reversed range: 318 is after 311 (write `311-318`)
+                blocked"#]],
+        );
+        // A too-short name, a bad window and a broken second action: the
+        // first action and the targets are still compiled.
+        check(
+            &(with(
+                "name: stop low-tier VMs",
+                "name: ab\nsuppression_window: 5 minutes",
+            )
+            .replace("verb: shutdown", "verb: shutdwn")
+            .replace("311-318", "318-311")
+                + "  - { capability_id: proxmox.vm }\n"),
+            expect![[r#"
+                Schema blocker schema.name_too_short /name: name `ab` is shorter than 3 characters
+                Schema blocker schema.missing_field /actions/1/verb: missing required field `verb`
+                Schema blocker schema.duration /suppression_window: invalid duration `5 minutes`: unexpected ` ` at position 1 (units are s, m, h, d) (write one or more <number><unit> groups with units s, m, h, d: 90s, 10m, 1h30m, 2d)
+                Compile blocker compile.unknown_verb /actions/0/verb: capability `proxmox.vm` has no verb `shutdwn` (did you mean `shutdown`?)
+                Compile blocker selector.reversed_range /targets/selector/value: item 3 `318-311`: reversed range: 318 is after 311 (write `311-318`)
+                blocked"#]],
+        );
+        // Without targets an action is still checked against the manifests.
+        check(
+            &with("target_type: vm", "target_typ: vm").replace("verb: shutdown", "verb: shutdwn"),
+            expect![[r#"
+                Schema blocker schema.unknown_field /targets/target_typ: unknown field `target_typ` (did you mean `target_type`?)
+                Schema blocker schema.missing_field /targets/target_type: missing required field `target_type`
+                Compile blocker compile.unknown_verb /actions/0/verb: capability `proxmox.vm` has no verb `shutdwn` (did you mean `shutdown`?)
+                blocked"#]],
         );
     }
 

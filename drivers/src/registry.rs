@@ -80,13 +80,16 @@ pub enum RegistryError {
     #[error("no driver is registered for plugin `{plugin}`")]
     NoDriver { plugin: String },
     /// The host's config does not fit its manifest.
-    #[error("host `{host}` has an invalid configuration ({} problem(s))", findings.len())]
+    #[error(
+        "host `{host}` has an invalid configuration: {}",
+        list_findings(findings)
+    )]
     InvalidHost {
         host: String,
         findings: Vec<Finding>,
     },
     /// The driver's constructor refused the config.
-    #[error("cannot build the driver of host `{host}`")]
+    #[error("cannot build the driver of host `{host}`: {source}")]
     Driver {
         host: String,
         #[source]
@@ -374,6 +377,18 @@ impl std::fmt::Debug for HostConfig {
             .field("connection_fields", &fields)
             .finish()
     }
+}
+
+/// Every finding on one line, `; `-separated: `/connection/x: why (hint)`.
+fn list_findings(findings: &[Finding]) -> String {
+    let items: Vec<String> = findings
+        .iter()
+        .map(|f| match &f.hint {
+            Some(hint) => format!("{}: {} ({hint})", f.path, f.message),
+            None => format!("{}: {}", f.path, f.message),
+        })
+        .collect();
+    items.join("; ")
 }
 
 fn is_host_id(s: &str) -> bool {

@@ -454,7 +454,10 @@ fn the_registry_explains_why_it_cannot_build_a_driver() {
 
     let registry = Registry::empty().with("proxmox.ve", refuse);
     let err = build_error(&registry, &pve_host());
-    assert_eq!(err.to_string(), "cannot build the driver of host `pve1`");
+    assert_eq!(
+        err.to_string(),
+        "cannot build the driver of host `pve1`: config_error: token_id must look like user@realm!name"
+    );
     assert_eq!(err.findings()[0].code, "driver.config_error");
     assert!(!err.is_retryable());
 
@@ -463,7 +466,8 @@ fn the_registry_explains_why_it_cannot_build_a_driver() {
     let err = build_error(&registry, &bad);
     assert_eq!(
         err.to_string(),
-        "host `pve1` has an invalid configuration (1 problem(s))"
+        "host `pve1` has an invalid configuration: /connection/node: missing required connection field `node` \
+         (Node name the host record stands for (node actions act on it); guests are looked up on their current node at action time.)"
     );
     assert_eq!(err.findings()[0].path, "/connection/node");
 

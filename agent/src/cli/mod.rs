@@ -5,6 +5,7 @@
 //! only parses arguments and exits.
 
 pub mod client_cmds;
+pub mod config_check;
 pub mod offline;
 mod render;
 pub mod why;

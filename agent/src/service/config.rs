@@ -19,7 +19,7 @@ use serde::Deserialize;
 pub struct Config {
     /// Address the HTTP API listens on. Keep it on loopback unless a reverse
     /// proxy terminates TLS in front of Hazel.
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "socket_addr_text")]
     pub listen: SocketAddr,
     /// Where the SQLite store (`hazel.db`) lives; created if missing.
     #[serde(default = "default_data_dir")]
@@ -255,6 +255,9 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
+    /// `hazel config check` found problems; `listing` is its report.
+    #[error("{listing}")]
+    Unusable { listing: String },
 }
 
 impl Config {
@@ -281,57 +284,64 @@ impl Config {
         Ok(config)
     }
 
-    /// Range checks serde cannot express.
+    /// Range checks serde cannot express; the first of [`Config::problems`].
     pub fn check(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every range problem serde cannot express, all at once (`hazel config
+    /// check` lists them together).
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        let mut invalid = |field: &'static str, message: String| {
+            problems.push(ConfigError::Invalid { field, message })
+        };
         if self.concurrency == 0 {
-            return Err(ConfigError::Invalid {
-                field: "concurrency",
-                message: "must be at least 1 (it caps actions running at once)".into(),
-            });
+            invalid(
+                "concurrency",
+                "must be at least 1 (it caps actions running at once)".into(),
+            );
         }
         if self.timezone.parse::<chrono_tz::Tz>().is_err() {
-            return Err(ConfigError::Invalid {
-                field: "timezone",
-                message: format!(
+            invalid(
+                "timezone",
+                format!(
                     "`{}` is not an IANA time zone (e.g. `Europe/Berlin`, `UTC`)",
                     self.timezone
                 ),
-            });
+            );
         }
         if self.api.rate_per_s == 0 || self.api.rate_burst == 0 {
-            return Err(ConfigError::Invalid {
-                field: "api.rate_per_s",
-                message: "rate_per_s and rate_burst must be at least 1".into(),
-            });
+            invalid(
+                "api.rate_per_s",
+                "rate_per_s and rate_burst must be at least 1".into(),
+            );
         }
         if self.api.body_limit_bytes < 1024 {
-            return Err(ConfigError::Invalid {
-                field: "api.body_limit_bytes",
-                message: "must be at least 1024 bytes".into(),
-            });
+            invalid("api.body_limit_bytes", "must be at least 1024 bytes".into());
         }
         if self.api.max_connections == 0 || self.api.max_connections_per_ip == 0 {
-            return Err(ConfigError::Invalid {
-                field: "api.max_connections",
-                message: "max_connections and max_connections_per_ip must be at least 1".into(),
-            });
+            invalid(
+                "api.max_connections",
+                "max_connections and max_connections_per_ip must be at least 1".into(),
+            );
         }
         if self.api.idle_timeout.is_zero() || self.api.header_read_timeout.is_zero() {
-            return Err(ConfigError::Invalid {
-                field: "api.idle_timeout",
-                message: "idle_timeout and header_read_timeout must be at least 1s".into(),
-            });
+            invalid(
+                "api.idle_timeout",
+                "idle_timeout and header_read_timeout must be at least 1s".into(),
+            );
         }
         let mut seen = std::collections::BTreeSet::new();
         for host in &self.hosts {
             if !seen.insert(host.id.as_str()) {
-                return Err(ConfigError::Invalid {
-                    field: "hosts",
-                    message: format!("host id `{}` is listed twice", host.id),
-                });
+                invalid("hosts", format!("host id `{}` is listed twice", host.id));
             }
         }
-        Ok(())
+        problems
     }
 
     /// The time zone, checked by [`Config::check`].
@@ -460,6 +470,17 @@ fn default_drain() -> Duration {
     Duration::from_secs(30)
 }
 
+/// `listen` as an `IP:port`; a name such as `localhost:8088` is refused
+/// with a hint, since the API binds before any resolver is asked.
+fn socket_addr_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not an IP address and port: write e.g. `127.0.0.1:8088` or `[::1]:8088` (names such as `localhost` are not resolved)"
+        ))
+    })
+}
+
 /// Durations written as in policies (`90s`, `10m`, `1h30m`).
 mod duration_text {
     use std::time::Duration;
@@ -470,7 +491,11 @@ mod duration_text {
         let text = String::deserialize(d)?;
         crate::spec::duration::parse_duration(&text)
             .map(Duration::from_secs)
-            .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a duration: {e}; write e.g. `30s`, `10m` or `1h30m`"
+                ))
+            })
     }
 }
 

@@ -158,12 +158,12 @@ impl Service {
         }
         for host in &config.hosts {
             if hosts.contains_key(&host.id) {
-                warn!(host = %host.id, "hazel.yaml host replaces the API-created host with the same id");
+                warn!(host = %host.id, "config host replaces the API-created host with the same id");
             }
             let (validated, driver) = register(&options.registry, &manifests, &breakers, host)
                 .map_err(|e| ServiceError::BadRequest {
                     code: "config.host_invalid",
-                    message: format!("hazel.yaml host `{}`: {e}", host.id),
+                    message: format!("config host `{}`: {e}", host.id),
                     details: json!({"findings": e.findings()}),
                 })?;
             hosts.insert(

@@ -16,7 +16,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub use node::Node;
-pub use parse::{parse_document, parse_spec, parse_spec_node, DocumentError};
+pub use parse::{
+    parse_document, parse_spec, parse_spec_lenient, parse_spec_node, DocumentError, Parsed,
+    SpecParts,
+};
 
 /// The only spec version this build understands.
 pub const SPEC_VERSION: u64 = 1;

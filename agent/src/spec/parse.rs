@@ -272,12 +272,52 @@ pub fn parse_spec(doc: &Value) -> (Option<PolicySpec>, Vec<Finding>) {
 /// Walks a document into a [`PolicySpec`]. Returns the spec only when no
 /// blocker was found; the findings are every schema problem at once.
 pub fn parse_spec_node(doc: &Node<'_>) -> (Option<PolicySpec>, Vec<Finding>) {
+    let (parsed, findings) = parse_spec_lenient(doc);
+    match parsed {
+        Parsed::Spec(spec) => (Some(spec), findings),
+        Parsed::Parts(_) => (None, findings),
+    }
+}
+
+/// What the schema walk produced: the whole spec, or, when a blocker kept it
+/// from being built, the parts compile can still check on their own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parsed {
+    /// No schema blocker: the whole spec.
+    Spec(PolicySpec),
+    /// At least one schema blocker: the parts that parsed anyway.
+    Parts(SpecParts),
+}
+
+/// The parts of a spec that compile checks against manifests and the
+/// inventory, each kept when it parsed by itself although another part of the
+/// document did not (SPEC §4: a schema blocker never hides the compile
+/// findings of the parts that did parse).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpecParts {
+    /// `targets`, when it parsed.
+    pub targets: Option<TargetsSpec>,
+    /// The actions that parsed, with their index in `actions`.
+    pub actions: Vec<(usize, ActionSpec)>,
+}
+
+/// Walks a document like [`parse_spec_node`], but when a schema blocker
+/// keeps the spec from being built, still returns the parts that parsed, so
+/// validation can compile them in the same round.
+pub fn parse_spec_lenient(doc: &Node<'_>) -> (Parsed, Vec<Finding>) {
     let mut w = Walker {
         findings: Vec::new(),
     };
-    let spec = w.policy(doc);
+    let parsed = w.policy(doc);
     let blocked = w.findings.iter().any(|f| f.severity == Severity::Blocker);
-    (if blocked { None } else { spec }, w.findings)
+    let parsed = match parsed {
+        Parsed::Spec(spec) if blocked => Parsed::Parts(SpecParts {
+            targets: Some(spec.targets),
+            actions: spec.actions.into_iter().enumerate().collect(),
+        }),
+        other => other,
+    };
+    (parsed, w.findings)
 }
 
 struct Walker {
@@ -501,10 +541,12 @@ impl Walker {
         self.string(v, &path.key("ups")).map(str::to_string)
     }
 
-    fn policy(&mut self, doc: &Node<'_>) -> Option<PolicySpec> {
+    fn policy(&mut self, doc: &Node<'_>) -> Parsed {
         let top = P::Root;
         let r = &top;
-        let root = self.object(doc, r, ROOT_FIELDS)?;
+        let Some(root) = self.object(doc, r, ROOT_FIELDS) else {
+            return Parsed::Parts(SpecParts::default());
+        };
         let version = match self.required(root, "version", r) {
             Some(n) if n.as_u64() == Some(SPEC_VERSION) => Some(SPEC_VERSION),
             Some(other) => {
@@ -572,21 +614,49 @@ impl Walker {
                 None
             }
         };
-        Some(PolicySpec {
-            version: version?,
-            name: name?,
-            enabled,
-            priority,
-            stop_on_match,
-            dynamic_resolution,
-            trigger_group: trigger_group?,
-            conditions: conditions?,
-            targets: targets?,
-            actions: actions?,
-            suppression_s,
-            idempotency_s,
-            notes,
-        })
+        let all_actions = actions
+            .as_ref()
+            .is_some_and(|a| a.iter().all(Option::is_some));
+        match (
+            version,
+            name,
+            trigger_group,
+            conditions,
+            targets,
+            all_actions,
+        ) {
+            (
+                Some(version),
+                Some(name),
+                Some(trigger_group),
+                Some(conditions),
+                Some(targets),
+                true,
+            ) => Parsed::Spec(PolicySpec {
+                version,
+                name,
+                enabled,
+                priority,
+                stop_on_match,
+                dynamic_resolution,
+                trigger_group,
+                conditions,
+                targets,
+                actions: actions.into_iter().flatten().flatten().collect(),
+                suppression_s,
+                idempotency_s,
+                notes,
+            }),
+            (_, _, _, _, targets, _) => Parsed::Parts(SpecParts {
+                targets,
+                actions: actions
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                    .filter_map(|(i, a)| Some((i, a?)))
+                    .collect(),
+            }),
+        }
     }
 
     fn list<'v, 'a: 'v>(
@@ -1150,19 +1220,19 @@ impl Walker {
         })
     }
 
-    fn actions(&mut self, v: &Node<'_>) -> Option<Vec<ActionSpec>> {
+    /// Every action in order, `None` for one that did not parse (its
+    /// blockers are reported), so the others can still be compiled.
+    fn actions(&mut self, v: &Node<'_>) -> Option<Vec<Option<ActionSpec>>> {
         let top = P::Root;
         let path = &top.key("actions");
         let items = self.list(v, path, "action")?;
-        let mut out = Vec::with_capacity(items.len());
-        let mut ok = true;
-        for (i, item) in items.iter().enumerate() {
-            match self.action(item, &path.idx(i)) {
-                Some(a) => out.push(a),
-                None => ok = false,
-            }
-        }
-        ok.then_some(out)
+        Some(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| self.action(item, &path.idx(i)))
+                .collect(),
+        )
     }
 
     fn action(&mut self, v: &Node<'_>, path: &P<'_>) -> Option<ActionSpec> {
