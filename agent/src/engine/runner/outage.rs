@@ -17,18 +17,27 @@
 //! the countdown fires at its original deadline (at once when that passed).
 //! A shutdown never runs on a state that already ended.
 //!
+//! For the same reason, when a UPS reading ends the state a policy's level
+//! trigger waits for (the mains return, the low battery clears), that
+//! policy's items still queued on their host — behind another item, or
+//! held by the kill switch — are cancelled before they start and recorded
+//! `info engine.trigger_ended`; an item already running finishes (it may
+//! be acting; the engine never drops a started call).
+//!
 //! [`level_event`]: crate::engine::subjects::level_event
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
-use tracing::warn;
+use drivers::driver::ExecOutcome;
+use inventory::Severity;
+use serde_json::{json, Value};
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::lifecycle::countdown_audit;
 use super::{Engine, EngineError, EventReport};
 use crate::engine::event::{Event, EventKind, SubjectKind};
-use crate::engine::store::{SubjectState, Write};
+use crate::engine::store::{AuditRecord, IntentRecord, SubjectState, Write};
 use crate::engine::subjects::{edge_of, entered, level_reading, UpsLevel};
 use crate::engine::triggers::TimerRequest;
 use crate::spec::Trigger;
@@ -36,6 +45,10 @@ use crate::spec::Trigger;
 /// The audit reason of a restored countdown whose state the first reading
 /// after start did not confirm.
 pub const NOT_CONFIRMED: &str = "engine.countdown_not_confirmed";
+
+/// The ledger and audit code of a queued item cancelled before it started
+/// because its policy's trigger stopped holding.
+pub const TRIGGER_ENDED: &str = "engine.trigger_ended";
 
 /// What the engine knows of each UPS's level and which subjects a source
 /// has read since start.
@@ -91,6 +104,76 @@ impl Engine {
             }
         }
         Ok(report)
+    }
+
+    /// Cancels, before they start, the queued items of every run whose
+    /// policy's level trigger no longer holds on the facts now (module
+    /// docs). A running item is left alone: the scheduler cancels only
+    /// what has not started. The cancelled items are reported by the
+    /// scheduler and recorded by [`Engine::trigger_ended_outcomes`].
+    pub(super) async fn cancel_ended(&mut self) -> Result<(), EngineError> {
+        let ended: Vec<Uuid> = self
+            .pending
+            .iter()
+            .filter(|(_, item)| !item.trigger_ended)
+            .filter(|(_, item)| {
+                self.open.get(&item.run_id).is_some_and(|run| {
+                    self.trigger_ended(item.intent.policy_id, &run.record.event.subject.id)
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            let cancelled = self
+                .scheduler
+                .cancel_queued(id)
+                .await
+                .map_err(|source| EngineError::Scheduler { source })?;
+            if let Some(item) = self.pending.get_mut(&id).filter(|_| cancelled) {
+                item.trigger_ended = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-target outcomes of an item cancelled before it started
+    /// because its trigger ended, and their audit record. Nothing ran, so
+    /// the rows are not changes and their idempotency keys are forgotten
+    /// (the next outage acts again).
+    pub(super) fn trigger_ended_outcomes(
+        &self,
+        intent: &IntentRecord,
+    ) -> Result<Vec<ExecOutcome>, EngineError> {
+        let why = "not started: the policy's trigger no longer holds";
+        info!(policy_id = %intent.policy_id, host = %intent.host, correlation_id = %intent.correlation_id, targets = ?intent.targets, "engine.trigger_ended");
+        self.store.write(&[Write::AppendAudit(AuditRecord {
+            ts: (self.config.clock)(),
+            correlation_id: intent.correlation_id,
+            kind: TRIGGER_ENDED.into(),
+            policy_id: Some(intent.policy_id),
+            details: json!({
+                "run_id": intent.run_id,
+                "action_index": intent.action_index,
+                "verb": intent.verb,
+                "host": intent.host,
+                "targets": intent.targets,
+                "reason": why,
+            }),
+        })])?;
+        Ok(intent
+            .targets
+            .iter()
+            .map(|target| ExecOutcome {
+                target: target.clone(),
+                ok: false,
+                severity: Severity::Info,
+                code: TRIGGER_ENDED.to_string(),
+                reason: Some(why.to_string()),
+                evidence: serde_json::Map::new(),
+                duration_ms: 0,
+                result_state: None,
+            })
+            .collect())
     }
 
     /// The last level the engine accepted for each UPS, by subject id.
@@ -180,6 +263,8 @@ impl Engine {
         facts.conditions = level.conditions.clone();
         self.remember_level(&id, level);
         self.confirm_subject(&id)?;
+        // A condition the reading no longer shows ended without an edge.
+        self.cancel_ended().await?;
         Ok(report)
     }
 
