@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agent::engine::event::Event;
@@ -17,7 +18,8 @@ use agent::engine::runner::{
 };
 use agent::engine::store::RunStatus;
 use agent::engine::subjects::UpsLevel;
-use agent::spec::UpsState::{LowBattery, OnBattery, OnMains};
+use agent::nut::source::{change_event, Change};
+use agent::spec::UpsState::{self, LowBattery, OnBattery, OnMains};
 use chrono::TimeDelta;
 use support::site::{call, reading, Site, UPS};
 use support::{host_state, policy_at, range, ups, vm, ON_BATTERY, ON_MAINS};
@@ -25,6 +27,30 @@ use uuid::Uuid;
 
 const ON_BATTERY_20S: &str = "{ type: ups.state, equals: on_battery, for: 20s }";
 const LOW_BATTERY: &str = "{ type: ups.state, equals: low_battery }";
+const CHARGE_UNDER_50_20S: &str =
+    "{ type: metric.threshold, metric: charge_pct, op: \"<\", value: 50, for: 20s }";
+
+/// A `charge_pct` reading of [`UPS`], as the NUT source publishes it.
+fn charge(value: f64) -> Event {
+    change_event(
+        UPS,
+        &Change::Metric {
+            name: "charge_pct",
+            value,
+        },
+    )
+}
+
+/// The NUT source's first reading after start, with the charge read.
+fn reading_with_charge(states: &[UpsState], value: f64) -> Event {
+    change_event(
+        UPS,
+        &Change::Level {
+            states: states.to_vec(),
+            metrics: BTreeMap::from([("charge_pct", value)]),
+        },
+    )
+}
 
 /// `pve-01` with two running VMs and one that was off before any outage.
 fn site() -> Site {
@@ -892,4 +918,80 @@ async fn a_shutdown_cancelled_before_it_started_is_not_in_its_inverses_restore_s
     for vm in ["vm:101", "vm:102"] {
         assert_eq!(site.pve.status(vm).as_deref(), Some("running"), "{vm}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_charge_hold_whose_deadline_passed_is_dropped_when_the_first_reading_shows_it_recharged(
+) {
+    let site = site();
+    let policies = || vec![shutdown_on(CHARGE_UNDER_50_20S)];
+    let mut first = site.start(policies()).await;
+    handle(&mut first, &reading(&[OnBattery])).await;
+    handle(&mut first, &charge(40.0)).await; // the hold starts at 0 s
+    seconds(8).await;
+    drop(first);
+
+    seconds(30).await; // recharged while the agent was down
+    let mut second = site.start(policies()).await;
+    assert_eq!(second.next_deadline(), None);
+    handle(&mut second, &reading_with_charge(&[OnMains], 80.0)).await;
+    fire(&mut second, &site.clock).await;
+    seconds(600).await;
+    fire(&mut second, &site.clock).await;
+
+    assert_eq!(site.calls(), [], "a shutdown ran on a charged battery");
+    let cancelled = site.audit("engine.countdown_cancelled");
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+    assert_eq!(cancelled[0]["reason"], NOT_CONFIRMED);
+    assert!(site.store().deadlines().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_charge_hold_still_ahead_is_dropped_when_the_first_reading_shows_it_recharged() {
+    let site = site();
+    let policies = || vec![shutdown_on(CHARGE_UNDER_50_20S)];
+    let mut first = site.start(policies()).await;
+    handle(&mut first, &reading(&[OnBattery])).await;
+    handle(&mut first, &charge(40.0)).await;
+    seconds(8).await;
+    drop(first);
+
+    seconds(4).await;
+    let mut second = site.start(policies()).await;
+    handle(&mut second, &reading_with_charge(&[OnBattery], 60.0)).await; // 12 s
+    assert_eq!(second.next_deadline(), None);
+    seconds(600).await;
+    fire(&mut second, &site.clock).await;
+
+    assert_eq!(site.calls(), []);
+    let cancelled = site.audit("engine.countdown_cancelled");
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+    assert_eq!(cancelled[0]["reason"], NOT_CONFIRMED);
+    assert!(site.store().deadlines().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_charge_hold_the_first_reading_confirms_fires_at_the_original_deadline() {
+    let site = site();
+    let policies = || vec![shutdown_on(CHARGE_UNDER_50_20S)];
+    let mut first = site.start(policies()).await;
+    handle(&mut first, &reading(&[OnBattery])).await;
+    handle(&mut first, &charge(40.0)).await;
+    seconds(8).await;
+    drop(first);
+
+    seconds(4).await;
+    let mut second = site.start(policies()).await;
+    handle(&mut second, &reading_with_charge(&[OnBattery], 35.0)).await; // 12 s
+    assert_eq!(
+        second.next_deadline(),
+        Some((site.clock)() + TimeDelta::seconds(8))
+    );
+    seconds(7).await;
+    fire(&mut second, &site.clock).await;
+    assert_eq!(site.calls(), []);
+    seconds(1).await;
+    fire(&mut second, &site.clock).await;
+    assert_eq!(site.calls(), [call("shutdown", &["vm:101", "vm:102"], 20)]);
+    assert!(site.audit("engine.countdown_cancelled").is_empty());
 }

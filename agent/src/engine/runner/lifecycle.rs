@@ -298,12 +298,12 @@ impl Engine {
             .iter()
             .filter(|r| !pending.contains(r) && r.deadline > now)
         {
-            audit.push(countdown_audit(
-                "engine.countdown_cancelled",
-                id,
-                request,
-                now,
-            ));
+            let mut record = countdown_audit("engine.countdown_cancelled", id, request, now);
+            // A countdown restored at start that the first reading ended.
+            if self.levels.is_gated(request) {
+                not_confirmed(&mut record);
+            }
+            audit.push(record);
         }
         let mut due: BTreeMap<(u32, DeadlineKind), DateTime<Utc>> = BTreeMap::new();
         for request in &pending {
@@ -802,6 +802,16 @@ pub(super) fn countdown_audit(
             "subject": request.subject_id,
         }),
     })
+}
+
+/// Marks a `countdown_audit` record as a countdown restored at start that
+/// the first reading did not confirm (reason [`super::NOT_CONFIRMED`]).
+pub(super) fn not_confirmed(record: &mut Write) {
+    if let Write::AppendAudit(entry) = record {
+        if let Value::Object(details) = &mut entry.details {
+            details.insert("reason".into(), Value::from(super::NOT_CONFIRMED));
+        }
+    }
 }
 
 pub(super) fn deadline_kind(kind: TimerKind) -> DeadlineKind {

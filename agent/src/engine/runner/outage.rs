@@ -34,11 +34,11 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::lifecycle::countdown_audit;
+use super::lifecycle::{countdown_audit, not_confirmed};
 use super::{Engine, EngineError, EventReport};
 use crate::engine::event::{Event, EventKind, SubjectKind};
 use crate::engine::store::{AuditRecord, IntentRecord, SubjectState, Write};
-use crate::engine::subjects::{edge_of, entered, level_reading, UpsLevel};
+use crate::engine::subjects::{edge_of, entered, level_metrics, level_reading, UpsLevel};
 use crate::engine::triggers::TimerRequest;
 use crate::spec::Trigger;
 
@@ -262,10 +262,69 @@ impl Engine {
         }
         facts.conditions = level.conditions.clone();
         self.remember_level(&id, level);
+        // The metrics read with the level confirm or end the restored
+        // `metric.threshold` holds, as the states do the `ups.state` ones.
+        for edge in self.metric_confirmations(event) {
+            let edge = self.handle_edge(&edge).await?;
+            report.decisions.extend(edge.decisions);
+            report.timers.extend(edge.timers);
+        }
         self.confirm_subject(&id)?;
         // A condition the reading no longer shows ended without an edge.
         self.cancel_ended().await?;
         Ok(report)
+    }
+
+    /// The `metric.threshold` events a level reading implies: one per metric
+    /// it carries that a countdown restored at start and still waiting for
+    /// this UPS's first reading watches. Handled as edges before the
+    /// countdowns are confirmed, a value no longer past the threshold ends
+    /// the hold (cancelled with reason [`NOT_CONFIRMED`]); one still past
+    /// it keeps the hold and its original deadline. Every metric read is
+    /// recorded in the facts. A metric no countdown waits on is the
+    /// source's baseline, not an event.
+    fn metric_confirmations(&mut self, level: &Event) -> Vec<Event> {
+        let id = &level.subject.id;
+        let metrics = level_metrics(level);
+        let facts = self.facts.ups_entry(id);
+        for (name, value) in &metrics {
+            facts.set_reading(name, *value);
+        }
+        let Some(gated) = self.levels.gated.get(id) else {
+            return Vec::new();
+        };
+        let watched: BTreeSet<&str> = gated
+            .iter()
+            .filter_map(|(policy_id, request)| {
+                let policy = self.policies.get(policy_id)?;
+                match policy
+                    .ir
+                    .match_
+                    .trigger_group
+                    .triggers
+                    .get(request.trigger)?
+                {
+                    Trigger::MetricThreshold { metric, .. } => Some(metric.as_str()),
+                    _ => None,
+                }
+            })
+            .collect();
+        metrics
+            .iter()
+            .filter(|(name, _)| watched.contains(name.as_str()))
+            .map(|(name, value)| {
+                let mut attrs = serde_json::Map::new();
+                attrs.insert("metric".into(), Value::from(name.as_str()));
+                attrs.insert("value".into(), Value::from(*value));
+                Event {
+                    kind: EventKind::MetricThreshold,
+                    subject: level.subject.clone(),
+                    attrs,
+                    ts: level.ts,
+                    correlation_id: level.correlation_id,
+                }
+            })
+            .collect()
     }
 
     /// What the restored countdowns of `id` say the UPS was in, when the
@@ -333,11 +392,7 @@ impl Engine {
             } else if request.deadline <= now {
                 let mut record =
                     countdown_audit("engine.countdown_cancelled", policy_id, &request, now);
-                if let Write::AppendAudit(entry) = &mut record {
-                    if let Value::Object(details) = &mut entry.details {
-                        details.insert("reason".into(), Value::from(NOT_CONFIRMED));
-                    }
-                }
+                not_confirmed(&mut record);
                 audit.push(record);
             }
         }
