@@ -411,9 +411,9 @@ const RETRIES_DONE: Duration = Duration::from_secs(65);
 
 /// Known limits a scenario steers around, each on its own so a test can
 /// show what happens without it. One remains steered in [`AVOID_ALL`]
-/// (`reconciled_once`: reconciliation does not follow up a device task
-/// still running after its bounded wait, nor an operator change while the
-/// agent is down). To see a minimal failing case, set that field to
+/// (`reconciled_once`: reconciliation does not follow up a device call
+/// that reported no task and lands after the start's read, nor an
+/// operator change while the agent is down). To see a minimal failing case, set that field to
 /// `false` in `AVOID_ALL` and run this file; once fixed, drop the field.
 ///
 /// No longer a field: the mains returned only once the agent's queued and
@@ -428,11 +428,13 @@ struct Limits {
     /// stopped while a retry may be waiting (the host unreachable or back
     /// less than [`RETRIES_DONE`] ago).
     keep_retries: bool,
-    /// A start waits until the device tasks a crashed agent started have
-    /// finished, and nobody changes a VM while the agent is down:
-    /// reconciliation reads a target once, and an interrupted intent whose
-    /// target it finds not done is not retried although its trigger holds
-    /// (issue 13 item 9, in progress).
+    /// A start waits until the device calls a crashed agent started have
+    /// finished, and nobody changes a VM while the agent is down. A target
+    /// whose recorded device task still runs at start is read again later
+    /// (`runner/inflight.rs`), but the fake's calls report no task: a call
+    /// that lands after the start's read (minimal case: `PowerFails`, a
+    /// crash at once with a 3 s call, the agent started again at once) is
+    /// read "running", never again, so its VM misses the restore set.
     reconciled_once: bool,
     /// Not steered any more (fixed: a `ledger`-selector policy is not held
     /// by its window while its forward's restore set has targets, and

@@ -122,10 +122,15 @@ impl Engine {
             return Some((self.config.clock)());
         }
         let at = self.at_fires.first().map(|(t, _, _)| *t);
-        [self.timers.next_deadline(), at, self.next_retry()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.timers.next_deadline(),
+            at,
+            self.next_retry(),
+            self.next_follow_up(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Delivers every countdown and `timer.at` fire due at `now` as its
@@ -136,6 +141,7 @@ impl Engine {
             self.start().await?;
         }
         self.fire_retries(now).await?;
+        self.fire_follow_ups(now).await?;
         let mut events: Vec<Event> = self.due_events.drain(..).collect();
         let mut checked = Vec::new();
         while let Some(&(at, id, trigger)) = self.at_fires.first() {
@@ -624,6 +630,11 @@ impl Engine {
                 })
                 .results
                 .extend(rows);
+            if !pending.is_empty() {
+                // One wait from now, after this start's own wait.
+                let read_at = (self.config.clock)();
+                self.follow_up_later(intent.clone(), pending.clone(), read_at);
+            }
             if let (false, Some(event)) = (repeat.is_empty(), intent.event.clone()) {
                 retries.push(inflight::RestartRetry {
                     policy_id: intent.policy_id,
