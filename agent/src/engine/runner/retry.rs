@@ -25,6 +25,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use super::fresh::FireTime;
 use super::guards::{already_desired, Guard};
 use super::ledger::row;
 use super::{
@@ -377,12 +378,22 @@ impl Engine {
                 self.settle_retry(open, again)?;
                 continue;
             }
-            // Targets that reached the desired state meanwhile are done.
-            let snapshot = self.snapshots.host(&retry.host);
+            // Targets that reached the desired state meanwhile are done,
+            // read on the host refreshed now, as at the first fire (SPEC §6
+            // steps 5 and 7): the snapshot held since may be older than an
+            // operator's change. A failed refresh skips nothing.
+            let mut fire = FireTime::default();
+            self.refresh_at_fire(&mut fire, &retry.host).await;
+            let snapshot = fire.get(&retry.host).and_then(|r| r.snapshot.clone());
             let mut targets = Vec::new();
             let mut done = Vec::new();
             for target in retry.targets {
-                match already_desired(&self.config.manifests, &action, snapshot.as_ref(), &target) {
+                match already_desired(
+                    &self.config.manifests,
+                    &action,
+                    snapshot.as_deref(),
+                    &target,
+                ) {
                     Some(status) => {
                         open.record.results.push(row(
                             index as usize,
