@@ -413,8 +413,9 @@ const RETRIES_DONE: Duration = Duration::from_secs(65);
 /// show what happens without it. One remains steered in [`AVOID_ALL`]
 /// (`reconciled_once`: reconciliation does not follow up a device call
 /// that reported no task and lands after the start's read, nor an
-/// operator change while the agent is down). To see a minimal failing case, set that field to
-/// `false` in `AVOID_ALL` and run this file; once fixed, drop the field.
+/// operator change while the agent is down). To see a minimal failing
+/// case, set that field to `false` in `AVOID_ALL` and run this file; once
+/// fixed, drop the field.
 ///
 /// No longer a field: the mains returned only once the agent's queued and
 /// running items finished. Fixed: a power-off item still queued behind
