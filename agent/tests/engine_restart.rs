@@ -23,7 +23,7 @@ use drivers::breaker::{BreakerConfig, Breakers};
 use drivers::driver::{action_key, Action};
 use drivers::manifest::shipped;
 use serde_json::{json, Map, Value};
-use support::{policy_at, range as vms, ups, FakeDriver, ON_BATTERY};
+use support::{policy_at, range as vms, ups, webhook, FakeDriver, ON_BATTERY};
 use uuid::Uuid;
 
 fn pve() -> Arc<FakeDriver> {
@@ -534,10 +534,9 @@ async fn a_self_poweroff_item_waits_for_the_engine_to_flush_the_ledger() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(pve.executes().len(), 1);
     assert!(store.runs(Uuid::from_u128(1), 30).unwrap().is_empty());
-    // The next event lets the engine answer the flush.
-    let mut other = ups("on_mains");
-    other.correlation_id = Uuid::new_v4();
-    engine.handle_event(&other).await.unwrap();
+    // The next event lets the engine answer the flush (not the mains
+    // returning: that cancels the node shutdown before it starts).
+    engine.handle_event(&webhook("deploy")).await.unwrap();
     assert_eq!(store.runs(Uuid::from_u128(1), 30).unwrap().len(), 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(pve.executes().len(), 2);

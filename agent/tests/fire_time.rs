@@ -26,7 +26,7 @@ use drivers::driver::{
 };
 use drivers::manifest::ManifestSet;
 use inventory::{HostInventory, Severity, Target};
-use support::{policy, range, ups, vm, FakeDriver, DEPLOY, ON_BATTERY, ON_MAINS};
+use support::{host_state, policy, range, ups, vm, FakeDriver, DEPLOY, ON_BATTERY, ON_MAINS};
 
 /// How a [`Device`] answers a refresh.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -221,6 +221,49 @@ async fn a_vm_started_outside_hazel_is_shut_down_by_a_policy_naming_it_by_id() {
     );
     assert_eq!(executes(&host), shutdown(&["vm:103"]));
     assert_eq!(host.status("vm:103").as_deref(), Some("stopped"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_reads_the_host_refreshed_when_it_is_due_not_the_snapshot_held_since() {
+    let host = pve("pve-01", &[("vm:103", "running")]);
+    let device = Device::discovered(&[&host]);
+    let p = policy(
+        1,
+        ON_BATTERY,
+        "pve-01",
+        "vm",
+        &range("103"),
+        &vm("shutdown"),
+    );
+    let mut engine = engine(&device, None, vec![p]);
+    engine
+        .handle_event(&host_state("pve-01", false))
+        .await
+        .unwrap();
+    engine.handle_event(&ups("on_battery")).await.unwrap(); // retry at 5 s
+    engine.settle().await.unwrap();
+    assert!(executes(&host).is_empty());
+    // A discovery meanwhile saw vm:103 stopped; the operator started it
+    // again since. The engine holds the older state.
+    host.set_status("vm:103", "stopped");
+    device
+        .held
+        .lock()
+        .unwrap()
+        .insert("pve-01".into(), labelled(&host));
+    host.set_status("vm:103", "running");
+    engine
+        .handle_event(&host_state("pve-01", true))
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let now = engine.next_deadline().expect("the retry");
+    engine.fire_due(now).await.unwrap();
+    engine.settle().await.unwrap();
+
+    assert_eq!(executes(&host), shutdown(&["vm:103"]));
+    assert_eq!(host.status("vm:103").as_deref(), Some("stopped"));
+    assert_eq!(device.refreshes(), ["pve-01", "pve-01"]);
 }
 
 #[tokio::test(start_paused = true)]

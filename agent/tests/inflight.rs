@@ -133,9 +133,63 @@ async fn a_task_still_running_when_the_wait_ends_is_pending_and_keeps_its_key() 
     assert!(report.reconciled[0].repeat.is_empty(), "never sent twice");
     assert!(site.restore_set(1).is_empty());
     handle(&mut second, &reading(&[OnBattery])).await;
+    // Read again 90 s later: the task still runs, the key is kept.
+    seconds(90).await;
+    fire(&mut second, &site.clock).await;
+    assert!(site.restore_set(1).is_empty());
+    let runs = site.store().runs(Uuid::from_u128(1), 30).unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(runs[0].results.iter().all(|r| !r.changed), "{:?}", runs[0]);
+    assert_eq!(second.next_deadline(), None, "read again once");
     seconds(60).await;
     fire(&mut second, &site.clock).await;
     assert_eq!(site.calls(), [call("shutdown", &ALL, 0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_still_running_when_the_wait_ends_is_read_again_and_its_change_restored() {
+    let site = site();
+    let policies = || vec![on_battery("shutdown"), restore_on_mains()];
+    // A 150 s task: longer than the 90 s wait at start, shorter than two.
+    *site.pve.task_delay.lock().unwrap() = Some(Duration::from_secs(150));
+    let (mut first, _) = site.start_with_report(policies()).await;
+    handle_only(&mut first, &reading(&[OnMains])).await;
+    handle_only(&mut first, &ups("on_battery")).await;
+    seconds(1).await;
+    crash(first).await;
+
+    let (mut second, report) = site.start_with_report(policies()).await;
+    let started = site.t0.elapsed().as_secs();
+    assert_eq!(report.reconciled[0].pending, ALL);
+    assert!(site.restore_set(1).is_empty());
+    let runs = site.store().runs(Uuid::from_u128(1), 30).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].results.iter().all(|r| !r.changed), "{runs:?}");
+    // The pending targets are read again one wait (90 s) later.
+    let due = second.next_deadline().expect("a follow-up read");
+    assert_eq!(due, (site.clock)() + chrono::TimeDelta::seconds(90));
+    handle(&mut second, &reading(&[OnBattery])).await;
+    seconds(89).await;
+    fire(&mut second, &site.clock).await;
+    assert!(site.restore_set(1).is_empty());
+    seconds(1).await;
+    fire(&mut second, &site.clock).await;
+
+    assert_eq!(site.restore_set(1), ALL);
+    let runs = site.store().runs(Uuid::from_u128(1), 30).unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0].status, RunStatus::Interrupted);
+    assert!(runs[0].results.iter().all(|r| r.changed), "{:?}", runs[0]);
+    assert_eq!(runs[0].results.len(), 3);
+    assert_eq!(second.next_deadline(), None, "read again once");
+    // The mains return: the inverse starts the VMs the task stopped.
+    *site.pve.task_delay.lock().unwrap() = None;
+    handle(&mut second, &ups("on_mains")).await;
+    assert_eq!(
+        site.calls(),
+        [call("shutdown", &ALL, 0), call("start", &ALL, started + 90)]
+    );
+    assert!(site.restore_set(1).is_empty());
 }
 
 #[tokio::test(start_paused = true)]

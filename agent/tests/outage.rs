@@ -9,15 +9,17 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agent::engine::event::Event;
 use agent::engine::runner::{
-    Clock, Engine, Policy, CHANGED_SINCE, GAVE_UP, NOT_CONFIRMED, RETRY_STOPPED,
+    Clock, Engine, Policy, CHANGED_SINCE, GAVE_UP, NOT_CONFIRMED, RETRY_STOPPED, TRIGGER_ENDED,
 };
 use agent::engine::store::RunStatus;
 use agent::engine::subjects::UpsLevel;
-use agent::spec::UpsState::{LowBattery, OnBattery, OnMains};
+use agent::nut::source::{change_event, Change};
+use agent::spec::UpsState::{self, LowBattery, OnBattery, OnMains};
 use chrono::TimeDelta;
 use support::site::{call, reading, Site, UPS};
 use support::{host_state, policy_at, range, ups, vm, ON_BATTERY, ON_MAINS};
@@ -25,6 +27,30 @@ use uuid::Uuid;
 
 const ON_BATTERY_20S: &str = "{ type: ups.state, equals: on_battery, for: 20s }";
 const LOW_BATTERY: &str = "{ type: ups.state, equals: low_battery }";
+const CHARGE_UNDER_50_20S: &str =
+    "{ type: metric.threshold, metric: charge_pct, op: \"<\", value: 50, for: 20s }";
+
+/// A `charge_pct` reading of [`UPS`], as the NUT source publishes it.
+fn charge(value: f64) -> Event {
+    change_event(
+        UPS,
+        &Change::Metric {
+            name: "charge_pct",
+            value,
+        },
+    )
+}
+
+/// The NUT source's first reading after start, with the charge read.
+fn reading_with_charge(states: &[UpsState], value: f64) -> Event {
+    change_event(
+        UPS,
+        &Change::Level {
+            states: states.to_vec(),
+            metrics: BTreeMap::from([("charge_pct", value)]),
+        },
+    )
+}
 
 /// `pve-01` with two running VMs and one that was off before any outage.
 fn site() -> Site {
@@ -763,4 +789,209 @@ async fn the_mains_returning_while_the_shutdown_still_runs_restore_the_vms_after
     seconds(60).await;
     handle(&mut engine, &ups("on_battery")).await;
     assert_eq!(site.calls().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_power_off_still_queued_when_the_mains_return_never_starts() {
+    let site = Site::new(&[
+        ("vm:101", Some("running")),
+        ("vm:102", Some("running")),
+        ("vm:104", Some("running")),
+    ]);
+    // The outage shutdown takes 8 s; the low-battery stop queues behind it.
+    site.pve
+        .latencies
+        .lock()
+        .unwrap()
+        .extend([Duration::from_secs(8), Duration::from_millis(200)]);
+    let low = policy_at(
+        3,
+        5,
+        LOW_BATTERY,
+        "pve-01",
+        "vm",
+        &range("101-104"),
+        &vm("stop"),
+    );
+    let mut engine = site
+        .start(vec![shutdown_on(ON_BATTERY), restore_on_mains(), low])
+        .await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle_only(&mut engine, &ups("on_battery")).await; // shutdown runs 0-8 s
+    handle_only(&mut engine, &ups("low_battery")).await; // stop queued behind it
+    seconds(3).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    seconds(600).await;
+    fire(&mut engine, &site.clock).await;
+
+    assert_eq!(
+        site.calls(),
+        [
+            call("shutdown", &["vm:101", "vm:102"], 0),
+            call("start", &["vm:101", "vm:102"], 8),
+        ],
+        "the stop queued for the low battery did not start on mains"
+    );
+    assert_eq!(site.pve.status("vm:104").as_deref(), Some("running"));
+    let ended = site.audit(TRIGGER_ENDED);
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["verb"], "stop");
+    assert_eq!(
+        ended[0]["targets"],
+        serde_json::json!(["vm:101", "vm:102", "vm:104"])
+    );
+    let low_runs = runs(&site, 3);
+    assert_eq!(low_runs.len(), 1);
+    assert_eq!(low_runs[0].status, RunStatus::Cancelled);
+    let codes: Vec<_> = low_runs[0]
+        .results
+        .iter()
+        .filter(|r| r.code.as_deref() == Some(TRIGGER_ENDED))
+        .map(|r| (r.target.as_str(), r.changed))
+        .collect();
+    assert_eq!(
+        codes,
+        [("vm:101", false), ("vm:102", false), ("vm:104", false)]
+    );
+    assert!(site.restore_set(3).is_empty());
+    // The next low battery is acted on (the cancelled stop left no key).
+    handle(&mut engine, &ups("on_battery")).await;
+    handle(&mut engine, &ups("low_battery")).await;
+    let stops: Vec<_> = site
+        .calls()
+        .into_iter()
+        .filter(|(verb, _, _)| verb == "stop")
+        .collect();
+    assert_eq!(stops.len(), 1, "{stops:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_cancelled_before_it_started_is_not_in_its_inverses_restore_set() {
+    let site = Site::new(&[
+        ("vm:101", Some("running")),
+        ("vm:102", Some("running")),
+        ("vm:104", Some("running")),
+    ]);
+    // Another policy's stop runs 0-8 s on the host; the outage shutdown
+    // (policy 1, on the low battery) queues behind it.
+    site.pve
+        .latencies
+        .lock()
+        .unwrap()
+        .extend([Duration::from_secs(8), Duration::from_millis(200)]);
+    let other = policy_at(4, 5, ON_BATTERY, "pve-01", "vm", &range("104"), &vm("stop"));
+    let mut engine = site
+        .start(vec![shutdown_on(LOW_BATTERY), restore_on_mains(), other])
+        .await;
+    handle(&mut engine, &reading(&[OnMains])).await;
+    handle_only(&mut engine, &ups("on_battery")).await; // the stop runs 0-8 s
+    handle_only(&mut engine, &ups("low_battery")).await; // shutdown queued
+    seconds(3).await;
+    handle(&mut engine, &ups("on_mains")).await;
+    seconds(600).await;
+    fire(&mut engine, &site.clock).await;
+
+    // The running stop finished (a started call is never dropped); the
+    // queued shutdown never reached the driver, so the inverse restores
+    // nothing (vm:101 and vm:102 never stopped).
+    assert_eq!(site.calls(), [call("stop", &["vm:104"], 0)]);
+    assert_eq!(site.pve.status("vm:104").as_deref(), Some("stopped"));
+    let other_runs = runs(&site, 4);
+    assert_eq!(other_runs.len(), 1);
+    assert_eq!(other_runs[0].status, RunStatus::Ok);
+    assert!(other_runs[0].results.iter().any(|r| r.changed));
+    let forward = runs(&site, 1);
+    assert_eq!(forward.len(), 1);
+    assert_eq!(forward[0].status, RunStatus::Cancelled);
+    assert!(forward[0]
+        .results
+        .iter()
+        .all(|r| r.code.as_deref() == Some(TRIGGER_ENDED) && !r.changed));
+    assert!(site.restore_set(1).is_empty(), "{:?}", site.restore_set(1));
+    let inverse = runs(&site, 2);
+    assert!(
+        inverse
+            .iter()
+            .all(|run| run.results.iter().all(|r| !r.changed)),
+        "{inverse:?}"
+    );
+    for vm in ["vm:101", "vm:102"] {
+        assert_eq!(site.pve.status(vm).as_deref(), Some("running"), "{vm}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_charge_hold_whose_deadline_passed_is_dropped_when_the_first_reading_shows_it_recharged(
+) {
+    let site = site();
+    let policies = || vec![shutdown_on(CHARGE_UNDER_50_20S)];
+    let mut first = site.start(policies()).await;
+    handle(&mut first, &reading(&[OnBattery])).await;
+    handle(&mut first, &charge(40.0)).await; // the hold starts at 0 s
+    seconds(8).await;
+    drop(first);
+
+    seconds(30).await; // recharged while the agent was down
+    let mut second = site.start(policies()).await;
+    assert_eq!(second.next_deadline(), None);
+    handle(&mut second, &reading_with_charge(&[OnMains], 80.0)).await;
+    fire(&mut second, &site.clock).await;
+    seconds(600).await;
+    fire(&mut second, &site.clock).await;
+
+    assert_eq!(site.calls(), [], "a shutdown ran on a charged battery");
+    let cancelled = site.audit("engine.countdown_cancelled");
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+    assert_eq!(cancelled[0]["reason"], NOT_CONFIRMED);
+    assert!(site.store().deadlines().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_charge_hold_still_ahead_is_dropped_when_the_first_reading_shows_it_recharged() {
+    let site = site();
+    let policies = || vec![shutdown_on(CHARGE_UNDER_50_20S)];
+    let mut first = site.start(policies()).await;
+    handle(&mut first, &reading(&[OnBattery])).await;
+    handle(&mut first, &charge(40.0)).await;
+    seconds(8).await;
+    drop(first);
+
+    seconds(4).await;
+    let mut second = site.start(policies()).await;
+    handle(&mut second, &reading_with_charge(&[OnBattery], 60.0)).await; // 12 s
+    assert_eq!(second.next_deadline(), None);
+    seconds(600).await;
+    fire(&mut second, &site.clock).await;
+
+    assert_eq!(site.calls(), []);
+    let cancelled = site.audit("engine.countdown_cancelled");
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+    assert_eq!(cancelled[0]["reason"], NOT_CONFIRMED);
+    assert!(site.store().deadlines().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_charge_hold_the_first_reading_confirms_fires_at_the_original_deadline() {
+    let site = site();
+    let policies = || vec![shutdown_on(CHARGE_UNDER_50_20S)];
+    let mut first = site.start(policies()).await;
+    handle(&mut first, &reading(&[OnBattery])).await;
+    handle(&mut first, &charge(40.0)).await;
+    seconds(8).await;
+    drop(first);
+
+    seconds(4).await;
+    let mut second = site.start(policies()).await;
+    handle(&mut second, &reading_with_charge(&[OnBattery], 35.0)).await; // 12 s
+    assert_eq!(
+        second.next_deadline(),
+        Some((site.clock)() + TimeDelta::seconds(8))
+    );
+    seconds(7).await;
+    fire(&mut second, &site.clock).await;
+    assert_eq!(site.calls(), []);
+    seconds(1).await;
+    fire(&mut second, &site.clock).await;
+    assert_eq!(site.calls(), [call("shutdown", &["vm:101", "vm:102"], 20)]);
+    assert!(site.audit("engine.countdown_cancelled").is_empty());
 }

@@ -379,13 +379,6 @@ impl Site {
         }
     }
 
-    /// Runs the agent's loop until none of its items is queued or running.
-    async fn run_until_idle(&self, engine: &mut Option<Engine>) {
-        while engine.as_ref().is_some_and(|e| e.pending_items() > 0) {
-            self.run_for(engine, 1).await;
-        }
-    }
-
     /// Lets time pass until every device task has finished on the host.
     async fn tasks_finish(&self) {
         while self.pve.calls().iter().any(|c| c.end.is_none()) {
@@ -417,13 +410,18 @@ async fn tell(engine: &mut Option<Engine>, event: &Event) {
 const RETRIES_DONE: Duration = Duration::from_secs(65);
 
 /// Known limits a scenario steers around, each on its own so a test can
-/// show what happens without it. Two remain steered in [`AVOID_ALL`]
-/// (`mains_after_items` for "no shutdown on mains": a power-off item still
-/// queued behind another on a host when the mains return starts anyway;
-/// `reconciled_once`: reconciliation does not follow up a device task still
-/// running after its bounded wait, nor an operator change while the agent
-/// is down). To see a minimal failing case, set that field to `false` in
-/// `AVOID_ALL` and run this file; once fixed, drop the field.
+/// show what happens without it. One remains steered in [`AVOID_ALL`]
+/// (`reconciled_once`: reconciliation does not follow up a device call
+/// that reported no task and lands after the start's read, nor an
+/// operator change while the agent is down). To see a minimal failing
+/// case, set that field to `false` in `AVOID_ALL` and run this file; once
+/// fixed, drop the field.
+///
+/// No longer a field: the mains returned only once the agent's queued and
+/// running items finished. Fixed: a power-off item still queued behind
+/// another on the host (the low-battery stop behind the outage shutdown)
+/// when the mains return is cancelled before it starts
+/// (`engine.trigger_ended`, `runner/outage.rs`).
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     /// Not steered any more (fixed: a waiting retry is kept in the store
@@ -431,19 +429,13 @@ struct Limits {
     /// stopped while a retry may be waiting (the host unreachable or back
     /// less than [`RETRIES_DONE`] ago).
     keep_retries: bool,
-    /// The mains return only once the agent's queued and running items
-    /// finished. Not needed for the restore property any more (fixed: an
-    /// inverse decided while the forward's shutdown still runs counts its
-    /// targets, `runner/restore.rs`), but still for the other: a power-off
-    /// item queued behind another on the host (the low-battery stop behind
-    /// the outage shutdown) and not started when the mains return still
-    /// starts afterwards, on mains.
-    mains_after_items: bool,
-    /// A start waits until the device tasks a crashed agent started have
-    /// finished, and nobody changes a VM while the agent is down:
-    /// reconciliation reads a target once, and an interrupted intent whose
-    /// target it finds not done is not retried although its trigger holds
-    /// (issue 13 item 9, in progress).
+    /// A start waits until the device calls a crashed agent started have
+    /// finished, and nobody changes a VM while the agent is down. A target
+    /// whose recorded device task still runs at start is read again later
+    /// (`runner/inflight.rs`), but the fake's calls report no task: a call
+    /// that lands after the start's read (minimal case: `PowerFails`, a
+    /// crash at once with a 3 s call, the agent started again at once) is
+    /// read "running", never again, so its VM misses the restore set.
     reconciled_once: bool,
     /// Not steered any more (fixed: a `ledger`-selector policy is not held
     /// by its window while its forward's restore set has targets, and
@@ -463,7 +455,6 @@ struct Limits {
 
 const AVOID_ALL: Limits = Limits {
     keep_retries: false,
-    mains_after_items: true,
     reconciled_once: true,
     inverses_windowless: false,
 };
@@ -510,9 +501,6 @@ fn run(s: &Scenario, limits: Limits) -> Outcome {
                     tell(&mut engine, &ups("on_battery")).await;
                 }
                 Action::MainsReturn if power.on_battery => {
-                    if limits.mains_after_items {
-                        site.run_until_idle(&mut engine).await;
-                    }
                     site.set_power(Power {
                         on_battery: false,
                         low: false,
@@ -576,9 +564,6 @@ fn run(s: &Scenario, limits: Limits) -> Outcome {
             tell(&mut engine, &host_state(HOST, true)).await;
         }
         if site.power().on_battery {
-            if limits.mains_after_items {
-                site.run_until_idle(&mut engine).await;
-            }
             site.set_power(Power {
                 on_battery: false,
                 low: false,
@@ -683,7 +668,7 @@ proptest! {
     /// each VM the agent powered off that nobody touched since runs again.
     #[test]
     fn after_the_last_mains_return_every_vm_the_agent_powered_off_runs_again(s in scenario()) {
-        check_restored(&run(&s, Limits { mains_after_items: false, ..AVOID_ALL }))?;
+        check_restored(&run(&s, AVOID_ALL))?;
     }
 }
 

@@ -458,6 +458,17 @@ impl<W: Work> SchedulerHandle<W> {
             .map(|n| n > 0)
     }
 
+    /// Cancels one item only if it has not started (queued, or held by the
+    /// kill switch); a running item is left alone. Returns whether it was
+    /// cancelled (then it is reported `Cancelled { started: false }`).
+    /// The engine uses it when a policy's trigger stops holding: what has
+    /// not started must not start, what has started finishes.
+    pub async fn cancel_queued(&self, id: Uuid) -> Result<bool, SchedulerError> {
+        self.ask(|reply| Command::Cancel(Target::Queued(id), reply))
+            .await
+            .map(|n| n > 0)
+    }
+
     /// Cancels every item of a host. Returns how many were cancelled.
     pub async fn cancel_host(&self, host: &str) -> Result<usize, SchedulerError> {
         let host = host.to_string();
@@ -506,6 +517,8 @@ impl<W: Work> SchedulerHandle<W> {
 
 enum Target {
     Item(Uuid),
+    /// One item, only while it has not started.
+    Queued(Uuid),
     Host(String),
     All,
 }
@@ -853,6 +866,10 @@ impl<W: Work> Actor<W> {
     fn cancel(&mut self, target: Target) -> usize {
         let ids: Vec<Uuid> = match target {
             Target::Item(id) => vec![id],
+            Target::Queued(id) => match self.index.get(&id) {
+                Some(Place::Host(_)) | Some(Place::SelfQueue) => vec![id],
+                _ => Vec::new(),
+            },
             Target::Host(host) => {
                 let mut ids: Vec<Uuid> = self
                     .hosts
@@ -1393,6 +1410,29 @@ mod tests {
         let reports = collect(&mut rx, 3).await;
         assert_eq!(reports[0].outcome, Outcome::Cancelled { started: false });
         assert_eq!(log.starts(), ["a0", "a2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_only_if_queued_leaves_a_running_item_alone() {
+        let log = Log::default();
+        let (handle, mut rx) = start(4, Hooks::default());
+        handle
+            .enqueue(item(0, "a", "a0", 10 * MS, &log))
+            .await
+            .unwrap();
+        handle
+            .enqueue(item(1, "a", "a1", 10 * MS, &log))
+            .await
+            .unwrap();
+        sleep(MS).await;
+        assert!(!handle.cancel_queued(Uuid::from_u128(0)).await.unwrap());
+        assert!(handle.cancel_queued(Uuid::from_u128(1)).await.unwrap());
+        assert!(!handle.cancel_queued(Uuid::from_u128(1)).await.unwrap());
+        let reports = collect(&mut rx, 2).await;
+        assert_eq!(reports[0].id, Uuid::from_u128(1));
+        assert_eq!(reports[0].outcome, Outcome::Cancelled { started: false });
+        assert_eq!(reports[1].outcome, Outcome::Completed("a0".to_string()));
+        assert_eq!(log.starts(), ["a0"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -491,7 +491,8 @@ pub enum RunStatus {
     Error,
     /// The agent stopped mid-run; reconciled after restart.
     Interrupted,
-    /// Cancelled (shutdown drain deadline, or dropped by the kill switch TTL).
+    /// Cancelled (shutdown drain deadline, dropped by the kill switch TTL,
+    /// or not started as its level trigger ended: SPEC §6 "Outage lifecycle").
     Cancelled,
 }
 

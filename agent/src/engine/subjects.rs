@@ -26,6 +26,11 @@ pub const LEVEL_ATTR: &str = "level";
 /// "low_battery"]`).
 pub const STATES_ATTR: &str = "states";
 
+/// The attribute of a level reading holding the metrics read with it, by
+/// canonical name (`{"charge_pct": 42.0}`): what confirms or ends a
+/// restored `metric.threshold` hold ([`level_metrics`]).
+pub const METRICS_ATTR: &str = "metrics";
+
 /// The order several states entered at once are published in: the power
 /// source first (entering it ends the conditions of the previous one,
 /// [`UpsState::ends`]), then the conditions on top of it, increasingly
@@ -191,6 +196,41 @@ pub fn level_event(subject_id: &str, states: &[UpsState]) -> Event {
         ts: Utc::now(),
         correlation_id: Uuid::new_v4(),
     }
+}
+
+/// A [`level_event`] that also carries the metrics read with the states
+/// (under [`METRICS_ATTR`]).
+pub fn level_event_with_metrics<'a>(
+    subject_id: &str,
+    states: &[UpsState],
+    metrics: impl IntoIterator<Item = (&'a str, f64)>,
+) -> Event {
+    let mut event = level_event(subject_id, states);
+    let metrics: Map<String, Value> = metrics
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), Value::from(value)))
+        .collect();
+    if !metrics.is_empty() {
+        event
+            .attrs
+            .insert(METRICS_ATTR.into(), Value::Object(metrics));
+    }
+    event
+}
+
+/// The metrics a level reading carries ([`level_event_with_metrics`]);
+/// empty for an edge or a reading without metrics.
+pub fn level_metrics(event: &Event) -> Vec<(String, f64)> {
+    event
+        .attrs
+        .get(METRICS_ATTR)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(name, value)| Some((name.clone(), value.as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The level an event states, when it is a level reading (see

@@ -38,7 +38,7 @@ use super::protocol;
 use crate::engine::bus::Publisher;
 use crate::engine::conditions::UpsFacts;
 use crate::engine::event::{Event, EventKind, Subject, SubjectKind};
-use crate::engine::subjects::{level_event, PUBLISH_ORDER};
+use crate::engine::subjects::{level_event_with_metrics, PUBLISH_ORDER};
 use crate::spec::UpsState;
 
 /// One UPS on one upsd server (`nut:` in `hazel.yaml`).
@@ -162,8 +162,12 @@ pub enum Reading {
 pub enum Change {
     /// The first reading after start: every state the UPS is in, published
     /// as a level reading that the engine compares with what it last knew
-    /// (SPEC §1; [`crate::engine::subjects`]).
-    Level(Vec<UpsState>),
+    /// (SPEC §1; [`crate::engine::subjects`]), with the metrics read with
+    /// them (a restored `metric.threshold` hold is confirmed by them).
+    Level {
+        states: Vec<UpsState>,
+        metrics: BTreeMap<&'static str, f64>,
+    },
     /// A `ups.state` event.
     State(UpsState),
     /// A `metric.threshold` event under a canonical metric name.
@@ -306,8 +310,12 @@ impl UpsTracker {
                 let Some(prev) = self.current.replace(next.clone()) else {
                     // The first reading after start is a level: the engine
                     // judges it against the state it last knew. Its metrics
+                    // go with it (they confirm a restored metric hold) and
                     // are the baseline for the next readings.
-                    return vec![Change::Level(next.states)];
+                    return vec![Change::Level {
+                        states: next.states,
+                        metrics: next.metrics,
+                    }];
                 };
                 // Going on battery ends the conditions seen on mains: the
                 // ones still present (`OL LB` -> `OB LB`) are reported again
@@ -607,7 +615,13 @@ async fn publish(publisher: &Publisher, subject_id: &str, changes: Vec<Change>) 
 /// The SPEC §1 event for a change of the UPS `subject_id`.
 pub fn change_event(subject_id: &str, change: &Change) -> Event {
     let (kind, attrs) = match change {
-        Change::Level(states) => return level_event(subject_id, states),
+        Change::Level { states, metrics } => {
+            return level_event_with_metrics(
+                subject_id,
+                states,
+                metrics.iter().map(|(&name, &value)| (name, value)),
+            )
+        }
         Change::State(state) => {
             let mut attrs = Map::new();
             attrs.insert("state".into(), Value::from(state.as_str()));
@@ -665,7 +679,7 @@ mod tests {
         changes
             .iter()
             .map(|c| match c {
-                Change::Level(states) => format!(
+                Change::Level { states, .. } => format!(
                     "level[{}]",
                     states
                         .iter()
@@ -689,6 +703,34 @@ mod tests {
         );
         assert!(t.has_baseline());
         assert!(t.observe(secs(t0, 2), &status("OB LB")).is_empty());
+    }
+
+    #[test]
+    fn the_first_reading_carries_its_metrics_to_the_engine() {
+        let mut t = UpsTracker::new(options());
+        let changes = t.observe(Instant::now(), &vars("OB", "42", "600", "35"));
+        assert_eq!(
+            changes,
+            [Change::Level {
+                states: vec![UpsState::OnBattery],
+                metrics: BTreeMap::from([
+                    ("charge_pct", 42.0),
+                    ("load", 35.0),
+                    ("runtime_minutes", 10.0)
+                ]),
+            }]
+        );
+        let event = change_event("ups1@nas:3493", &changes[0]);
+        let mut metrics = crate::engine::subjects::level_metrics(&event);
+        metrics.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            metrics,
+            [
+                ("charge_pct".to_string(), 42.0),
+                ("load".to_string(), 35.0),
+                ("runtime_minutes".to_string(), 10.0)
+            ]
+        );
     }
 
     #[test]

@@ -30,6 +30,15 @@
 //!   the host guards, already-desired targets skipped. It is a new ledger
 //!   run (the interrupted run is already in the ledger) whose `explain`
 //!   names the interrupted one. A reboot, reset or cycle is never re-run.
+//! - **Reading a pending target again.** A target still `pending` at start
+//!   is read once more (its task, then a dry-run) one more wait later, from
+//!   the engine's timer loop ([`Engine::fire_follow_ups`]): a target found
+//!   in the desired state then is a change (it joins the restore set), one
+//!   found elsewhere with its task ended has its key cleared (and is sent
+//!   again under the rule above), one whose task still runs keeps its key.
+//!   The result is a new ledger run of `engine.interrupted` rows whose
+//!   `explain` names the interrupted run (the ledger appends, never
+//!   rewrites). A follow-up does not survive a second restart.
 //! - **Retries that waited for their delay.** The store keeps every retry
 //!   waiting for its delay (`retry`); at start each is decided the same
 //!   way (first reading, trigger, then the retry machinery with its retry
@@ -39,14 +48,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use drivers::driver::{Action, Driver};
+use drivers::guard::{with_context, CallContext};
 use drivers::task::{TaskHandle, TaskSink, TaskStatus};
 use inventory::Severity;
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::{retry, Engine, EngineError, OpenRun};
+use super::guards::desired_statuses;
+use super::ledger::row;
+use super::restore::Change;
+use super::{retry, Engine, EngineError, OpenRun, INTERRUPTED};
 use crate::engine::store::{
     AuditRecord, IntentRecord, RunEvent, RunRecord, RunStatus, TaskRecord, Write,
 };
@@ -78,10 +92,22 @@ pub(super) struct RestartRetry {
     pub waiting: Option<u32>,
 }
 
-/// Interrupted intents waiting for the first reading of their UPS.
+/// Interrupted intents waiting for the first reading of their UPS, and
+/// reconciled ones to read again.
 #[derive(Debug, Default)]
 pub(super) struct Restarts {
     waiting: Vec<RestartRetry>,
+    follow_ups: Vec<FollowUp>,
+}
+
+/// A reconciled intent whose device tasks still ran when the wait at start
+/// ended: its `pending` targets are read once more at `due`, when the tasks
+/// could have finished ([`Engine::fire_follow_ups`]).
+#[derive(Debug)]
+pub(super) struct FollowUp {
+    intent: IntentRecord,
+    targets: Vec<String>,
+    due: DateTime<Utc>,
 }
 
 /// How long reconciliation waits for the tasks of an action with `params`.
@@ -157,6 +183,231 @@ impl Engine {
             }
             tokio::time::sleep(TASK_POLL.min(until - now)).await;
         }
+    }
+
+    /// Reads `intent`'s `pending` targets again one task wait after `now`
+    /// (module docs).
+    pub(super) fn follow_up_later(
+        &mut self,
+        intent: IntentRecord,
+        targets: Vec<String>,
+        now: DateTime<Utc>,
+    ) {
+        let params = intent.params.as_object().cloned().unwrap_or_default();
+        let wait = chrono::Duration::from_std(task_wait(&params)).unwrap_or(chrono::Duration::MAX);
+        self.restarts.follow_ups.push(FollowUp {
+            intent,
+            targets,
+            due: now + wait,
+        });
+    }
+
+    /// When the next follow-up read is due.
+    pub(super) fn next_follow_up(&self) -> Option<DateTime<Utc>> {
+        self.restarts.follow_ups.iter().map(|f| f.due).min()
+    }
+
+    /// Reads again the pending targets of every follow-up due at `now`:
+    /// each target's task once, then the targets by a dry-run. Records a
+    /// ledger run, the changes found (restore set), clears the keys of the
+    /// targets not done, and hands those of a repeatable verb to
+    /// [`Engine::defer_restart_retry`].
+    pub(super) async fn fire_follow_ups(&mut self, now: DateTime<Utc>) -> Result<(), EngineError> {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.restarts.follow_ups)
+            .into_iter()
+            .partition(|f| f.due <= now);
+        self.restarts.follow_ups = later;
+        for follow_up in due {
+            self.follow_up(follow_up, now).await?;
+        }
+        Ok(())
+    }
+
+    async fn follow_up(
+        &mut self,
+        follow_up: FollowUp,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        let FollowUp {
+            intent, targets, ..
+        } = follow_up;
+        let action = Action {
+            capability: intent.capability.clone(),
+            verb: intent.verb.clone(),
+            params: intent.params.as_object().cloned().unwrap_or_default(),
+        };
+        let context = CallContext {
+            policy_id: intent.policy_id,
+            correlation_id: intent.correlation_id,
+        };
+        let Some(driver) = self.drivers.get(&intent.host).cloned() else {
+            return Ok(());
+        };
+        let mut tasks: BTreeMap<String, (TaskRecord, TaskStatus)> = BTreeMap::new();
+        for task in intent.tasks.iter().filter(|t| targets.contains(&t.target)) {
+            let handle = TaskHandle {
+                target: task.target.clone(),
+                handle: task.handle.clone(),
+            };
+            let status = with_context(context, driver.task_status(&handle))
+                .await
+                .unwrap_or_else(|e| {
+                    warn!(host = %intent.host, task = %task.handle, error = %e, "cannot read the device task");
+                    TaskStatus::Unknown
+                });
+            tasks.insert(task.target.clone(), (task.clone(), status));
+        }
+        let answer = with_context(context, driver.dry_run(&action, &targets))
+            .await
+            .map_err(|e| e.to_string());
+        let desired = desired_statuses(&self.config.manifests, &action);
+        let repeatable = self.repeatable(&intent, &action);
+        let (mut done, mut not_done, mut pending, mut repeat) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut changes = Vec::new();
+        let mut from_states = HashMap::new();
+        let mut rows = Vec::new();
+        for target in &targets {
+            let seen = answer.as_ref().ok().and_then(|list| {
+                list.iter()
+                    .flat_map(|a| a.effects.per_target.iter())
+                    .find(|e| &e.id == target)
+                    .and_then(|e| e.from.clone())
+            });
+            let task = tasks.get(target);
+            let running = task.is_some_and(|(_, s)| s.is_running());
+            let failed = matches!(task, Some((_, TaskStatus::Failed { .. })));
+            let reached = !running && seen.as_deref().is_some_and(|s| desired.contains(&s));
+            let shown = seen.as_deref().unwrap_or("unknown");
+            let why = if running {
+                format!("read again after a restart; the task on {target} still runs: pending, its key kept")
+            } else if reached && failed {
+                format!(
+                    "read again after a restart; {target} is {shown}: already there, not a change"
+                )
+            } else if reached {
+                format!(
+                    "read again after a restart; {target} is {shown}, so the action took effect"
+                )
+            } else {
+                format!("read again after a restart; {target} is {shown}: not done")
+            };
+            let mut result = row(
+                intent.action_index as usize,
+                &action,
+                &intent.host,
+                target,
+                reached,
+                Severity::Warn,
+                INTERRUPTED,
+                &why,
+            );
+            result.changed = reached && !failed;
+            rows.push(result);
+            from_states.insert((intent.host.clone(), target.clone()), seen.clone());
+            if reached {
+                if !failed {
+                    changes.push((target.clone(), seen.clone()));
+                }
+                done.push(target.clone());
+            } else if running {
+                pending.push(target.clone());
+            } else {
+                not_done.push(target.clone());
+                if repeatable {
+                    repeat.push(target.clone());
+                }
+            }
+        }
+        let reason = match &answer {
+            Err(e) => format!("read again after a restart; dry-run failed: {e}"),
+            Ok(_) => format!(
+                "read again after a restart; {} of {} pending targets reached the desired state",
+                done.len(),
+                targets.len()
+            ),
+        };
+        info!(policy_id = %intent.policy_id, host = %intent.host, correlation_id = %intent.correlation_id, reason = %reason, "engine.interrupted follow-up");
+        let event = intent.event.clone().unwrap_or_else(|| RunEvent {
+            kind: INTERRUPTED.into(),
+            subject: crate::engine::store::SubjectRecord {
+                kind: "host".into(),
+                id: intent.host.clone(),
+            },
+            correlation_id: intent.correlation_id,
+        });
+        let version_int = self
+            .policies
+            .get(&intent.policy_id)
+            .map_or(0, |p| p.ir.version_int);
+        let mut batch = vec![
+            Write::AppendAudit(AuditRecord {
+                ts: now,
+                correlation_id: intent.correlation_id,
+                kind: INTERRUPTED.into(),
+                policy_id: Some(intent.policy_id),
+                details: json!({
+                    "run_id": intent.run_id,
+                    "follow_up": true,
+                    "host": intent.host,
+                    "verb": intent.verb,
+                    "done": done,
+                    "not_done": not_done,
+                    "pending": pending,
+                    "repeat": repeat,
+                    "reason": reason,
+                }),
+            }),
+            Write::AppendRun(RunRecord {
+                run_id: Uuid::new_v4(),
+                policy_id: intent.policy_id,
+                version_int,
+                event: event.clone(),
+                started_at: now,
+                finished_at: now,
+                severity: Severity::Warn,
+                status: RunStatus::Interrupted,
+                results: rows,
+                explain: json!({
+                    "restart": format!(
+                        "run {} was interrupted by a restart while device tasks still ran; its pending targets were read again",
+                        intent.run_id
+                    ),
+                }),
+            }),
+        ];
+        let cleared: Vec<String> = not_done
+            .iter()
+            .map(|t| self.key(&intent.host, &action, t))
+            .collect();
+        if !cleared.is_empty() {
+            batch.push(Write::ClearKeys { keys: cleared });
+        }
+        let changes = changes
+            .iter()
+            .map(|(target, to)| Change {
+                host: &intent.host,
+                target,
+                action: action.clone(),
+                from: None,
+                to: to.clone(),
+            })
+            .collect();
+        batch.extend(self.record_changes(intent.policy_id, intent.run_id, now, changes));
+        self.store.write(&batch)?;
+        if !repeat.is_empty() {
+            self.defer_restart_retry(RestartRetry {
+                policy_id: intent.policy_id,
+                run_id: intent.run_id,
+                action_index: intent.action_index,
+                host: intent.host.clone(),
+                targets: repeat,
+                event,
+                from: from_states,
+                waiting: None,
+            })?;
+        }
+        Ok(())
     }
 
     /// Whether `intent`'s action may be sent again after an interruption:

@@ -116,7 +116,12 @@ impl Engine {
             ),
             ..item.attempt
         };
-        let outcome = self.observe_outcome(&item.intent, report.outcome)?;
+        let outcome = match report.outcome {
+            Outcome::Cancelled { started: false } if item.trigger_ended => {
+                Ok(self.trigger_ended_outcomes(&item.intent)?)
+            }
+            outcome => self.observe_outcome(&item.intent, outcome)?,
+        };
         self.item_done_with(item.run_id, &item.intent, outcome, elapsed, attempt)
     }
 
@@ -293,12 +298,15 @@ impl Engine {
             // A running item was stopped midway: it may have acted, and is
             // reconciled by reading state, never retried blindly.
             _ if interrupted => RunStatus::Interrupted,
-            // Nothing reached a driver: every item was dropped at release.
+            // Nothing reached a driver: every item was dropped at release,
+            // or cancelled before it started as its trigger ended.
             0 if executed.is_empty()
-                && record
-                    .results
-                    .iter()
-                    .any(|r| r.code.as_deref() == Some(HELD_EXPIRED)) =>
+                && record.results.iter().any(|r| {
+                    matches!(
+                        r.code.as_deref(),
+                        Some(HELD_EXPIRED) | Some(super::TRIGGER_ENDED)
+                    )
+                }) =>
             {
                 RunStatus::Cancelled
             }

@@ -122,10 +122,15 @@ impl Engine {
             return Some((self.config.clock)());
         }
         let at = self.at_fires.first().map(|(t, _, _)| *t);
-        [self.timers.next_deadline(), at, self.next_retry()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.timers.next_deadline(),
+            at,
+            self.next_retry(),
+            self.next_follow_up(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Delivers every countdown and `timer.at` fire due at `now` as its
@@ -136,6 +141,7 @@ impl Engine {
             self.start().await?;
         }
         self.fire_retries(now).await?;
+        self.fire_follow_ups(now).await?;
         let mut events: Vec<Event> = self.due_events.drain(..).collect();
         let mut checked = Vec::new();
         while let Some(&(at, id, trigger)) = self.at_fires.first() {
@@ -298,12 +304,12 @@ impl Engine {
             .iter()
             .filter(|r| !pending.contains(r) && r.deadline > now)
         {
-            audit.push(countdown_audit(
-                "engine.countdown_cancelled",
-                id,
-                request,
-                now,
-            ));
+            let mut record = countdown_audit("engine.countdown_cancelled", id, request, now);
+            // A countdown restored at start that the first reading ended.
+            if self.levels.is_gated(request) {
+                not_confirmed(&mut record);
+            }
+            audit.push(record);
         }
         let mut due: BTreeMap<(u32, DeadlineKind), DateTime<Utc>> = BTreeMap::new();
         for request in &pending {
@@ -625,6 +631,11 @@ impl Engine {
                 })
                 .results
                 .extend(rows);
+            if !pending.is_empty() {
+                // One wait from now, after this start's own wait.
+                let read_at = (self.config.clock)();
+                self.follow_up_later(intent.clone(), pending.clone(), read_at);
+            }
             if let (false, Some(event)) = (repeat.is_empty(), intent.event.clone()) {
                 retries.push(inflight::RestartRetry {
                     policy_id: intent.policy_id,
@@ -803,6 +814,16 @@ pub(super) fn countdown_audit(
             "subject": request.subject_id,
         }),
     })
+}
+
+/// Marks a `countdown_audit` record as a countdown restored at start that
+/// the first reading did not confirm (reason [`super::NOT_CONFIRMED`]).
+pub(super) fn not_confirmed(record: &mut Write) {
+    if let Write::AppendAudit(entry) = record {
+        if let Value::Object(details) = &mut entry.details {
+            details.insert("reason".into(), Value::from(super::NOT_CONFIRMED));
+        }
+    }
 }
 
 pub(super) fn deadline_kind(kind: TimerKind) -> DeadlineKind {

@@ -125,7 +125,7 @@ pub use guards::desired_statuses;
 use guards::{already_desired, recheck_held, Guard, GuardView};
 use ledger::row;
 pub use lifecycle::{Reconciled, StartReport};
-pub use outage::NOT_CONFIRMED;
+pub use outage::{NOT_CONFIRMED, TRIGGER_ENDED};
 pub use restore::{restore_targets, RestoreResolution, CHANGED_SINCE};
 pub use retry::{GAVE_UP, RETRY_STOPPED};
 
@@ -433,6 +433,9 @@ struct Pending {
     started: tokio::time::Instant,
     /// Which attempt the item is, for the next retry.
     attempt: retry::Attempt,
+    /// The scheduler cancelled the item before it started because its
+    /// policy's trigger stopped holding (`outage::TRIGGER_ENDED`).
+    trigger_ended: bool,
 }
 
 /// A run that scheduled at least one item, awaiting its results.
@@ -654,6 +657,12 @@ impl Engine {
         // keys of failed targets, and this event must see that.
         self.flush_reports()?;
         self.facts.apply(event);
+        // What a policy queued for a state that just ended must not start
+        // now (SPEC §6 "Outage lifecycle"), nor count as in flight for the
+        // inverses decided below.
+        if event.subject.kind == super::event::SubjectKind::Ups {
+            self.cancel_ended().await?;
+        }
         let now = (self.config.clock)();
         let mut decisions = Vec::new();
         let mut timers = Vec::new();
@@ -1337,6 +1346,7 @@ impl Engine {
                     intent,
                     started: tokio::time::Instant::now(),
                     attempt: retry::Attempt::default(),
+                    trigger_ended: false,
                 },
             );
         }

@@ -17,25 +17,38 @@
 //! the countdown fires at its original deadline (at once when that passed).
 //! A shutdown never runs on a state that already ended.
 //!
+//! For the same reason, when a UPS reading ends the state a policy's level
+//! trigger waits for (the mains return, the low battery clears), that
+//! policy's items still queued on their host — behind another item, or
+//! held by the kill switch — are cancelled before they start and recorded
+//! `info engine.trigger_ended`; an item already running finishes (it may
+//! be acting; the engine never drops a started call).
+//!
 //! [`level_event`]: crate::engine::subjects::level_event
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
-use tracing::warn;
+use drivers::driver::ExecOutcome;
+use inventory::Severity;
+use serde_json::{json, Value};
+use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::lifecycle::countdown_audit;
+use super::lifecycle::{countdown_audit, not_confirmed};
 use super::{Engine, EngineError, EventReport};
 use crate::engine::event::{Event, EventKind, SubjectKind};
-use crate::engine::store::{SubjectState, Write};
-use crate::engine::subjects::{edge_of, entered, level_reading, UpsLevel};
+use crate::engine::store::{AuditRecord, IntentRecord, SubjectState, Write};
+use crate::engine::subjects::{edge_of, entered, level_metrics, level_reading, UpsLevel};
 use crate::engine::triggers::TimerRequest;
 use crate::spec::Trigger;
 
 /// The audit reason of a restored countdown whose state the first reading
 /// after start did not confirm.
 pub const NOT_CONFIRMED: &str = "engine.countdown_not_confirmed";
+
+/// The ledger and audit code of a queued item cancelled before it started
+/// because its policy's trigger stopped holding.
+pub const TRIGGER_ENDED: &str = "engine.trigger_ended";
 
 /// What the engine knows of each UPS's level and which subjects a source
 /// has read since start.
@@ -91,6 +104,76 @@ impl Engine {
             }
         }
         Ok(report)
+    }
+
+    /// Cancels, before they start, the queued items of every run whose
+    /// policy's level trigger no longer holds on the facts now (module
+    /// docs). A running item is left alone: the scheduler cancels only
+    /// what has not started. The cancelled items are reported by the
+    /// scheduler and recorded by [`Engine::trigger_ended_outcomes`].
+    pub(super) async fn cancel_ended(&mut self) -> Result<(), EngineError> {
+        let ended: Vec<Uuid> = self
+            .pending
+            .iter()
+            .filter(|(_, item)| !item.trigger_ended)
+            .filter(|(_, item)| {
+                self.open.get(&item.run_id).is_some_and(|run| {
+                    self.trigger_ended(item.intent.policy_id, &run.record.event.subject.id)
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            let cancelled = self
+                .scheduler
+                .cancel_queued(id)
+                .await
+                .map_err(|source| EngineError::Scheduler { source })?;
+            if let Some(item) = self.pending.get_mut(&id).filter(|_| cancelled) {
+                item.trigger_ended = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-target outcomes of an item cancelled before it started
+    /// because its trigger ended, and their audit record. Nothing ran, so
+    /// the rows are not changes and their idempotency keys are forgotten
+    /// (the next outage acts again).
+    pub(super) fn trigger_ended_outcomes(
+        &self,
+        intent: &IntentRecord,
+    ) -> Result<Vec<ExecOutcome>, EngineError> {
+        let why = "not started: the policy's trigger no longer holds";
+        info!(policy_id = %intent.policy_id, host = %intent.host, correlation_id = %intent.correlation_id, targets = ?intent.targets, "engine.trigger_ended");
+        self.store.write(&[Write::AppendAudit(AuditRecord {
+            ts: (self.config.clock)(),
+            correlation_id: intent.correlation_id,
+            kind: TRIGGER_ENDED.into(),
+            policy_id: Some(intent.policy_id),
+            details: json!({
+                "run_id": intent.run_id,
+                "action_index": intent.action_index,
+                "verb": intent.verb,
+                "host": intent.host,
+                "targets": intent.targets,
+                "reason": why,
+            }),
+        })])?;
+        Ok(intent
+            .targets
+            .iter()
+            .map(|target| ExecOutcome {
+                target: target.clone(),
+                ok: false,
+                severity: Severity::Info,
+                code: TRIGGER_ENDED.to_string(),
+                reason: Some(why.to_string()),
+                evidence: serde_json::Map::new(),
+                duration_ms: 0,
+                result_state: None,
+            })
+            .collect())
     }
 
     /// The last level the engine accepted for each UPS, by subject id.
@@ -179,8 +262,69 @@ impl Engine {
         }
         facts.conditions = level.conditions.clone();
         self.remember_level(&id, level);
+        // The metrics read with the level confirm or end the restored
+        // `metric.threshold` holds, as the states do the `ups.state` ones.
+        for edge in self.metric_confirmations(event) {
+            let edge = self.handle_edge(&edge).await?;
+            report.decisions.extend(edge.decisions);
+            report.timers.extend(edge.timers);
+        }
         self.confirm_subject(&id)?;
+        // A condition the reading no longer shows ended without an edge.
+        self.cancel_ended().await?;
         Ok(report)
+    }
+
+    /// The `metric.threshold` events a level reading implies: one per metric
+    /// it carries that a countdown restored at start and still waiting for
+    /// this UPS's first reading watches. Handled as edges before the
+    /// countdowns are confirmed, a value no longer past the threshold ends
+    /// the hold (cancelled with reason [`NOT_CONFIRMED`]); one still past
+    /// it keeps the hold and its original deadline. Every metric read is
+    /// recorded in the facts. A metric no countdown waits on is the
+    /// source's baseline, not an event.
+    fn metric_confirmations(&mut self, level: &Event) -> Vec<Event> {
+        let id = &level.subject.id;
+        let metrics = level_metrics(level);
+        let facts = self.facts.ups_entry(id);
+        for (name, value) in &metrics {
+            facts.set_reading(name, *value);
+        }
+        let Some(gated) = self.levels.gated.get(id) else {
+            return Vec::new();
+        };
+        let watched: BTreeSet<&str> = gated
+            .iter()
+            .filter_map(|(policy_id, request)| {
+                let policy = self.policies.get(policy_id)?;
+                match policy
+                    .ir
+                    .match_
+                    .trigger_group
+                    .triggers
+                    .get(request.trigger)?
+                {
+                    Trigger::MetricThreshold { metric, .. } => Some(metric.as_str()),
+                    _ => None,
+                }
+            })
+            .collect();
+        metrics
+            .iter()
+            .filter(|(name, _)| watched.contains(name.as_str()))
+            .map(|(name, value)| {
+                let mut attrs = serde_json::Map::new();
+                attrs.insert("metric".into(), Value::from(name.as_str()));
+                attrs.insert("value".into(), Value::from(*value));
+                Event {
+                    kind: EventKind::MetricThreshold,
+                    subject: level.subject.clone(),
+                    attrs,
+                    ts: level.ts,
+                    correlation_id: level.correlation_id,
+                }
+            })
+            .collect()
     }
 
     /// What the restored countdowns of `id` say the UPS was in, when the
@@ -248,11 +392,7 @@ impl Engine {
             } else if request.deadline <= now {
                 let mut record =
                     countdown_audit("engine.countdown_cancelled", policy_id, &request, now);
-                if let Write::AppendAudit(entry) = &mut record {
-                    if let Value::Object(details) = &mut entry.details {
-                        details.insert("reason".into(), Value::from(NOT_CONFIRMED));
-                    }
-                }
+                not_confirmed(&mut record);
                 audit.push(record);
             }
         }

@@ -280,7 +280,8 @@ impl Engine {
         let mut out = BTreeSet::new();
         for item in self.pending.values() {
             let intent = &item.intent;
-            if intent.policy_id == forward && intent.host == host {
+            // An item cancelled because its trigger ended will change nothing.
+            if intent.policy_id == forward && intent.host == host && !item.trigger_ended {
                 out.extend(
                     intent
                         .targets

@@ -25,6 +25,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use super::fresh::FireTime;
 use super::guards::{already_desired, Guard};
 use super::ledger::row;
 use super::{
@@ -117,33 +118,61 @@ impl Engine {
             return false;
         };
         let group = &policy.ir.match_.trigger_group;
-        let holds = |trigger: &Trigger| -> bool {
-            let ups = |filter: &Option<String>| match self
-                .facts
-                .ups(Some(filter.as_deref().unwrap_or(subject_id)))
-            {
-                Lookup::Found(u) => Some(u.clone()),
-                _ => None,
-            };
-            match trigger {
-                Trigger::UpsState { equals, ups: f, .. } => {
-                    ups(f).and_then(|u| u.is_in(*equals)).unwrap_or(false)
-                }
-                Trigger::MetricThreshold {
-                    metric,
-                    op,
-                    value,
-                    ups: f,
-                    ..
-                } => ups(f)
-                    .and_then(|u| u.reading(metric))
-                    .is_some_and(|reading| op.compare(reading, *value)),
-                _ => false,
-            }
-        };
+        let holds = |trigger: &Trigger| self.level_holds(trigger, subject_id) == Some(true);
         match group.logic {
             Logic::All => group.triggers.iter().all(holds),
             Logic::Any => group.triggers.iter().any(holds),
+        }
+    }
+
+    /// Whether the policy's trigger group is made of level triggers only
+    /// (`ups.state`, `metric.threshold`) and the last reading says it no
+    /// longer holds. Unlike `!trigger_holds`, an unknown reading (no metric
+    /// value yet) or an instantaneous trigger never counts as ended.
+    pub(super) fn trigger_ended(&self, policy_id: Uuid, subject_id: &str) -> bool {
+        let Some(policy) = self.policies.get(&policy_id) else {
+            return false;
+        };
+        let group = &policy.ir.match_.trigger_group;
+        let level = |t: &Trigger| {
+            matches!(
+                t,
+                Trigger::UpsState { .. } | Trigger::MetricThreshold { .. }
+            )
+        };
+        if group.triggers.is_empty() || !group.triggers.iter().all(level) {
+            return false;
+        }
+        let ended = |trigger: &Trigger| self.level_holds(trigger, subject_id) == Some(false);
+        match group.logic {
+            Logic::All => group.triggers.iter().any(ended),
+            Logic::Any => group.triggers.iter().all(ended),
+        }
+    }
+
+    /// Whether a level trigger holds on the facts now: `None` when the
+    /// facts do not say (UPS or metric never read) or the trigger is not a
+    /// level (a timer, a webhook).
+    fn level_holds(&self, trigger: &Trigger, subject_id: &str) -> Option<bool> {
+        let ups = |filter: &Option<String>| match self
+            .facts
+            .ups(Some(filter.as_deref().unwrap_or(subject_id)))
+        {
+            Lookup::Found(u) => Some(u),
+            _ => None,
+        };
+        match trigger {
+            Trigger::UpsState { equals, ups: f, .. } => ups(f).and_then(|u| u.is_in(*equals)),
+            Trigger::MetricThreshold {
+                metric,
+                op,
+                value,
+                ups: f,
+                ..
+            } => ups(f)
+                .and_then(|u| u.reading(metric))
+                .map(|reading| op.compare(reading, *value)),
+            _ => None,
         }
     }
 
@@ -349,12 +378,22 @@ impl Engine {
                 self.settle_retry(open, again)?;
                 continue;
             }
-            // Targets that reached the desired state meanwhile are done.
-            let snapshot = self.snapshots.host(&retry.host);
+            // Targets that reached the desired state meanwhile are done,
+            // read on the host refreshed now, as at the first fire (SPEC §6
+            // steps 5 and 7): the snapshot held since may be older than an
+            // operator's change. A failed refresh skips nothing.
+            let mut fire = FireTime::default();
+            self.refresh_at_fire(&mut fire, &retry.host).await;
+            let snapshot = fire.get(&retry.host).and_then(|r| r.snapshot.clone());
             let mut targets = Vec::new();
             let mut done = Vec::new();
             for target in retry.targets {
-                match already_desired(&self.config.manifests, &action, snapshot.as_ref(), &target) {
+                match already_desired(
+                    &self.config.manifests,
+                    &action,
+                    snapshot.as_deref(),
+                    &target,
+                ) {
                     Some(status) => {
                         open.record.results.push(row(
                             index as usize,
@@ -459,6 +498,7 @@ impl Engine {
                         backoff: Some(retry.backoff),
                         whole_retryable: false,
                     },
+                    trigger_ended: false,
                 },
             );
         }
