@@ -238,6 +238,7 @@ impl Engine {
         };
         let context = CallContext {
             policy_id: intent.policy_id,
+            policy: self.names.get(&intent.policy_id).map(|n| n.as_str().into()),
             correlation_id: intent.correlation_id,
         };
         let Some(driver) = self.drivers.get(&intent.host).cloned() else {
@@ -249,7 +250,7 @@ impl Engine {
                 target: task.target.clone(),
                 handle: task.handle.clone(),
             };
-            let status = with_context(context, driver.task_status(&handle))
+            let status = with_context(context.clone(), driver.task_status(&handle))
                 .await
                 .unwrap_or_else(|e| {
                     warn!(host = %intent.host, task = %task.handle, error = %e, "cannot read the device task");
