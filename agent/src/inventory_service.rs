@@ -28,6 +28,8 @@
 //! refresh or breaker change a host's reachability is unknown.
 
 use std::collections::{BTreeMap, HashMap};
+
+use crate::service::metrics::RefreshStats;
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -586,6 +588,15 @@ impl InventoryService {
         })
     }
 
+    /// Every host's refresh latency and misses, fast then full, by host.
+    pub fn refresh_stats(&self) -> Vec<RefreshStats> {
+        let hosts: Vec<Arc<HostState>> = self.read_hosts().values().cloned().collect();
+        hosts
+            .iter()
+            .flat_map(|h| h.timings.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
     /// A copy of every host's current snapshot (hosts never discovered are left out).
     pub fn inventory(&self) -> Inventory {
         let hosts: Vec<Arc<HostState>> = self.read_hosts().values().cloned().collect();
@@ -787,6 +798,9 @@ struct HostState {
     breaker: Arc<Breaker>,
     /// The service's reachability record, told of every refresh's verdict.
     reach: Arc<Reachability>,
+    /// Latency and misses of this host's fast and full refreshes, for
+    /// `/metrics` ([`InventoryService::refresh_stats`]).
+    timings: Mutex<[RefreshStats; 2]>,
 }
 
 #[derive(Default)]
@@ -832,6 +846,7 @@ impl HostState {
         breaker: Arc<Breaker>,
         reach: Arc<Reachability>,
     ) -> Self {
+        let driver_host = driver.host_id().to_string();
         HostState {
             host_id: driver.host_id().to_string(),
             plugin: driver.plugin_id().to_string(),
@@ -842,6 +857,28 @@ impl HostState {
             status: Mutex::new(Status::default()),
             breaker,
             reach,
+            timings: Mutex::new([
+                RefreshStats {
+                    host: driver_host.clone(),
+                    mode: "fast",
+                    ..RefreshStats::default()
+                },
+                RefreshStats {
+                    host: driver_host,
+                    mode: "full",
+                    ..RefreshStats::default()
+                },
+            ]),
+        }
+    }
+
+    /// Counts one refresh of `mode` (0 fast, 1 full) that took `elapsed`;
+    /// one that left the snapshot as it was is a miss.
+    fn time(&self, mode: usize, elapsed: Duration, outcome: &RefreshOutcome) {
+        let mut timings = self.timings.lock().unwrap_or_else(|e| e.into_inner());
+        timings[mode].latency.observe(elapsed);
+        if !outcome.refreshed && outcome.error.is_some() {
+            timings[mode].sla_misses += 1;
         }
     }
 
@@ -878,7 +915,9 @@ impl HostState {
             attempts = tracing::field::Empty,
             refreshed = tracing::field::Empty,
         );
+        let started = Instant::now();
         let outcome = self.fast_refresh_inner().instrument(span.clone()).await;
+        self.time(0, started.elapsed(), &outcome);
         span.record("attempts", outcome.attempts);
         span.record("refreshed", outcome.refreshed);
         outcome
@@ -966,7 +1005,9 @@ impl HostState {
             mode = "full",
             refreshed = tracing::field::Empty,
         );
+        let started = Instant::now();
         let outcome = self.full_refresh_inner().instrument(span.clone()).await;
+        self.time(1, started.elapsed(), &outcome);
         span.record("refreshed", outcome.refreshed);
         outcome
     }

@@ -1617,6 +1617,53 @@ async fn validation_and_policy_dry_runs_leave_audit_records() {
 }
 
 #[tokio::test]
+async fn metrics_chart_compiles_findings_refreshes_and_breakers() {
+    let w = world().await;
+    let s = &w.server;
+    let (status, _) = send(yaml(
+        s.admin(Method::POST, "/api/policies/validate"),
+        "version: 1\nname: x\n",
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let created = create(s, &policy("charted", 90)).await;
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = send(s.admin(Method::POST, &format!("/api/policies/{id}/dry-run"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = s
+        .bare(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    // One validation request and one create: two compiles.
+    assert_eq!(value("hazel_compile_seconds_count "), 2.0);
+    assert_eq!(value("hazel_findings_total{severity=\"blocker\"} "), 4.0);
+    assert!(value("hazel_inventory_refresh_seconds_count{host=\"pve-01\",mode=\"fast\"} ") >= 1.0);
+    assert_eq!(
+        value("hazel_inventory_refresh_sla_misses_total{host=\"pve-01\",mode=\"fast\"} "),
+        0.0
+    );
+    assert_eq!(
+        value("hazel_breaker_state{host=\"pve-01\",state=\"closed\"} "),
+        1.0
+    );
+    assert_eq!(
+        value("hazel_breaker_state{host=\"pve-01\",state=\"open\"} "),
+        0.0
+    );
+    assert_eq!(value("hazel_retries_scheduled_total "), 0.0);
+    assert!(text.contains("# TYPE hazel_ups_status gauge"), "{text}");
+}
+
+#[tokio::test]
 async fn a_chunked_body_is_cut_at_the_limit_with_413() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let w = world_with(|_, api| api.body_limit = 8 * 1024).await;

@@ -190,18 +190,24 @@ impl Agent {
     /// How many live `ups.state` events the agent has handled, from
     /// `/metrics`.
     async fn ups_state_events(&self) -> u64 {
-        let text = self
-            .http
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("hazel_events_total{kind=\"ups.state\",mode=\"live\"} "))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    }
+}
+
+impl Agent {
+    /// The `/metrics` text.
+    async fn metrics(&self) -> String {
+        self.http
             .get(format!("{}/metrics", self.base))
             .send()
             .await
             .expect("agent answers")
             .text()
             .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|l| l.strip_prefix("hazel_events_total{kind=\"ups.state\",mode=\"live\"} "))
-            .map_or(0, |n| n.trim().parse().expect("a count"))
+            .expect("metrics text")
     }
 }
 
@@ -381,6 +387,19 @@ async fn an_outage_and_its_return_run_end_to_end_against_real_peers() {
     for id in [&forward_id, &nas_id, &back_id] {
         assert!(agent.executions(id).await.is_empty(), "{id} ran on mains");
     }
+    // What operators chart: the UPS as upsd reports it, the host's breaker.
+    let metrics = agent.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("hazel_ups_status{ups=\"dummy@")
+                && l.ends_with("state=\"on_mains\"} 1")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hazel_breaker_state{host=\"pve-01\",state=\"closed\"} 1"),
+        "{metrics}"
+    );
 
     // A blip shorter than `for`: the countdown starts and is cancelled.
     upsd.set_status("OB DISCHRG");

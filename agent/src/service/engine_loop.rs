@@ -532,6 +532,7 @@ fn record(metrics: &Metrics, manifests: &ManifestSet, run: &RunRecord) {
 }
 
 async fn publish_queues(engine: &Engine, metrics: &Metrics) {
+    metrics.set_retries_scheduled(engine.retries_scheduled());
     if let Ok(snapshot) = engine.scheduler().snapshot().await {
         let depths = snapshot
             .hosts

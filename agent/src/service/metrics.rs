@@ -1,8 +1,12 @@
 //! Counters and histograms for `/metrics`, rendered in the Prometheus text
 //! format (version 0.0.4): events by kind, decisions by code, actions by
-//! outcome, queue depths, driver latency, host reachability. Labelled series live in small
-//! maps behind one mutex each; every update is a map lookup and an add, so
-//! recording stays off the hot path's critical cost.
+//! outcome, queue depths, driver latency, host reachability, compile
+//! latency and findings by severity, retries; and, read when rendered
+//! ([`Live`]), each host's breaker state and inventory refresh latency and
+//! SLA misses, each UPS's state and battery readings. Labelled series live
+//! in small maps behind one mutex each; every update is a map lookup and an
+//! add, so recording stays off the hot path's critical cost. The dashboard
+//! in `deploy/grafana-dashboard.json` is built from these names.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,6 +15,31 @@ use std::time::Duration;
 
 /// Upper bounds (seconds) of the driver latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Upper bounds (seconds) of the compile latency histogram buckets.
+pub const COMPILE_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0];
+
+/// What `/metrics` reads from the rest of the agent when it renders,
+/// rather than being told of each change.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Each host's circuit breaker.
+    pub breakers: Vec<(String, drivers::breaker::BreakerState)>,
+    /// Each host's inventory refresh timings, by mode (`fast`, `full`).
+    pub refreshes: Vec<RefreshStats>,
+    /// Each UPS's latest readings (NUT).
+    pub ups: Vec<crate::engine::conditions::UpsFacts>,
+}
+
+/// One host's refreshes of one mode: their latency and how many did not
+/// refresh within the host's SLA (fast) or budget (full).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RefreshStats {
+    pub host: String,
+    pub mode: &'static str,
+    pub latency: Histogram,
+    pub sla_misses: u64,
+}
 
 /// The agent's metrics.
 #[derive(Debug, Default)]
@@ -25,16 +54,86 @@ pub struct Metrics {
     reachable: Mutex<BTreeMap<String, bool>>,
     kill_switch_unpersisted: Mutex<u64>,
     store_write_failures: Mutex<u64>,
+    compile: Mutex<Histogram>,
+    findings: Mutex<BTreeMap<String, u64>>,
+    retries_scheduled: Mutex<u64>,
 }
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
+/// A latency histogram over [`LATENCY_BUCKETS`] (cumulative counts).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Histogram {
     buckets: [u64; LATENCY_BUCKETS.len()],
     count: u64,
     sum: f64,
 }
 
+impl Histogram {
+    /// Counts one observation.
+    pub fn observe(&mut self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        self.count += 1;
+        self.sum += secs;
+        for (bucket, bound) in self.buckets.iter_mut().zip(LATENCY_BUCKETS) {
+            if secs <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+
+    /// How many observations.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Writes the `_bucket`, `_sum` and `_count` lines of `name` with
+    /// `labels` (already escaped, comma-separated, no braces).
+    fn write(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64]) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, n) in bounds.iter().zip(self.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name}_sum {}", self.sum);
+            let _ = writeln!(out, "{name}_count {}", self.count);
+        } else {
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+        }
+    }
+}
+
 impl Metrics {
+    /// Records one validation or compile of a policy: how long it took and
+    /// its findings by severity (`blocker`, `error`, `warn`, `info`).
+    pub fn compiled<'a>(&self, elapsed: Duration, severities: impl IntoIterator<Item = &'a str>) {
+        let secs = elapsed.as_secs_f64();
+        {
+            let mut h = lock(&self.compile);
+            h.count += 1;
+            h.sum += secs;
+            for (bucket, bound) in h.buckets.iter_mut().zip(COMPILE_BUCKETS) {
+                if secs <= bound {
+                    *bucket += 1;
+                }
+            }
+        }
+        let mut findings = lock(&self.findings);
+        for severity in severities {
+            *findings.entry(severity.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Sets the engine's count of retries scheduled (SPEC §6 "Outage
+    /// lifecycle"); the engine keeps the count, this mirrors it.
+    pub fn set_retries_scheduled(&self, n: u64) {
+        *lock(&self.retries_scheduled) = n;
+    }
+
     /// Counts a kill switch engaged in memory whose write the store refused.
     pub fn kill_switch_unpersisted(&self) {
         *self
@@ -79,16 +178,10 @@ impl Metrics {
     /// Records one driver call's latency (`plugin`, `op`: dry_run, execute,
     /// refresh).
     pub fn driver_latency(&self, plugin: &str, op: &str, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        let mut map = lock(&self.latency);
-        let h = map.entry((plugin.to_string(), op.to_string())).or_default();
-        h.count += 1;
-        h.sum += secs;
-        for (bucket, bound) in h.buckets.iter_mut().zip(LATENCY_BUCKETS) {
-            if secs <= bound {
-                *bucket += 1;
-            }
-        }
+        lock(&self.latency)
+            .entry((plugin.to_string(), op.to_string()))
+            .or_default()
+            .observe(elapsed);
     }
 
     /// Sets a host's reachability gauge from a `host.state` event (SPEC §1).
@@ -103,8 +196,13 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition of what was recorded only.
     pub fn render(&self) -> String {
+        self.render_with(&Live::default())
+    }
+
+    /// The Prometheus text exposition, with what `live` read now.
+    pub fn render_with(&self, live: &Live) -> String {
         let mut out = String::with_capacity(2048);
         header(
             &mut out,
@@ -188,26 +286,11 @@ impl Metrics {
         );
         for ((plugin, op), h) in lock(&self.latency).iter() {
             let labels = format!("plugin=\"{}\",op=\"{}\"", esc(plugin), esc(op));
-            for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
-                let _ = writeln!(
-                    out,
-                    "hazel_driver_latency_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "hazel_driver_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "hazel_driver_latency_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "hazel_driver_latency_seconds_count{{{labels}}} {}",
-                h.count
+            h.write(
+                &mut out,
+                "hazel_driver_latency_seconds",
+                &labels,
+                &LATENCY_BUCKETS,
             );
         }
         header(
@@ -237,7 +320,140 @@ impl Metrics {
                 esc(route)
             );
         }
+        self.render_compile(&mut out);
+        header(
+            &mut out,
+            "hazel_retries_scheduled_total",
+            "counter",
+            "Retries of failed actions scheduled while their trigger held (gave up and stopped retries are hazel_actions_total outcomes engine.gave_up and engine.retry_stopped).",
+        );
+        let _ = writeln!(
+            out,
+            "hazel_retries_scheduled_total {}",
+            lock(&self.retries_scheduled)
+        );
+        render_live(&mut out, live);
         out
+    }
+
+    fn render_compile(&self, out: &mut String) {
+        header(
+            out,
+            "hazel_compile_seconds",
+            "histogram",
+            "Time to validate and compile one policy (API validation, create, update).",
+        );
+        lock(&self.compile).write(out, "hazel_compile_seconds", "", &COMPILE_BUCKETS);
+        header(
+            out,
+            "hazel_findings_total",
+            "counter",
+            "Findings of policy validations, by severity.",
+        );
+        for (severity, n) in lock(&self.findings).iter() {
+            let _ = writeln!(
+                out,
+                "hazel_findings_total{{severity=\"{}\"}} {n}",
+                esc(severity)
+            );
+        }
+    }
+}
+
+/// The families read at render time (see [`Live`]).
+fn render_live(out: &mut String, live: &Live) {
+    header(
+        out,
+        "hazel_breaker_state",
+        "gauge",
+        "Each host's circuit breaker: 1 for the state it is in (closed, open, half_open), 0 for the others.",
+    );
+    for (host, state) in &live.breakers {
+        use drivers::breaker::BreakerState as B;
+        for (name, this) in [
+            ("closed", B::Closed),
+            ("open", B::Open),
+            ("half_open", B::HalfOpen),
+        ] {
+            let _ = writeln!(
+                out,
+                "hazel_breaker_state{{host=\"{}\",state=\"{name}\"}} {}",
+                esc(host),
+                u8::from(*state == this)
+            );
+        }
+    }
+    header(
+        out,
+        "hazel_inventory_refresh_seconds",
+        "histogram",
+        "Inventory refresh latency, by host and mode (fast: on demand within the SLA; full: discovery).",
+    );
+    for stats in &live.refreshes {
+        let labels = format!("host=\"{}\",mode=\"{}\"", esc(&stats.host), stats.mode);
+        stats.latency.write(
+            out,
+            "hazel_inventory_refresh_seconds",
+            &labels,
+            &LATENCY_BUCKETS,
+        );
+    }
+    header(
+        out,
+        "hazel_inventory_refresh_sla_misses_total",
+        "counter",
+        "Refreshes that did not refresh the snapshot within the host's SLA (fast) or budget (full): timed out, refused by the breaker or failed; decisions then used the last snapshot.",
+    );
+    for stats in &live.refreshes {
+        let _ = writeln!(
+            out,
+            "hazel_inventory_refresh_sla_misses_total{{host=\"{}\",mode=\"{}\"}} {}",
+            esc(&stats.host),
+            stats.mode,
+            stats.sla_misses
+        );
+    }
+    header(
+        out,
+        "hazel_ups_status",
+        "gauge",
+        "Each UPS's states as last read: 1 for each state it is in (on_battery, on_mains, low_battery, ...), absent otherwise.",
+    );
+    for ups in &live.ups {
+        let states = ups.state.into_iter().chain(ups.conditions.iter().copied());
+        for state in states {
+            let _ = writeln!(
+                out,
+                "hazel_ups_status{{ups=\"{}\",state=\"{}\"}} 1",
+                esc(&ups.subject_id),
+                state.as_str()
+            );
+        }
+    }
+    for (name, help, value) in [
+        (
+            "hazel_ups_battery_charge_percent",
+            "Battery charge (battery.charge), percent.",
+            (|u: &crate::engine::conditions::UpsFacts| u.charge_pct)
+                as fn(&crate::engine::conditions::UpsFacts) -> Option<f64>,
+        ),
+        (
+            "hazel_ups_battery_runtime_seconds",
+            "Battery runtime left (battery.runtime), seconds.",
+            |u| u.runtime_minutes.map(|m| m * 60.0),
+        ),
+        (
+            "hazel_ups_load_percent",
+            "Load (ups.load), percent of capacity.",
+            |u| u.load,
+        ),
+    ] {
+        header(out, name, "gauge", help);
+        for ups in &live.ups {
+            if let Some(v) = value(ups) {
+                let _ = writeln!(out, "{name}{{ups=\"{}\"}} {v}", esc(&ups.subject_id));
+            }
+        }
     }
 }
 
@@ -290,6 +506,127 @@ mod tests {
             "hazel_host_reachable{host=\"sw1\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn live_families_show_breakers_refreshes_and_each_ups() {
+        use crate::engine::conditions::UpsFacts;
+        use crate::spec::UpsState;
+        use drivers::breaker::BreakerState;
+        let m = Metrics::default();
+        m.compiled(Duration::from_micros(700), ["blocker", "warn", "blocker"]);
+        m.set_retries_scheduled(3);
+        let mut latency = Histogram::default();
+        latency.observe(Duration::from_millis(40));
+        let mut ups = UpsFacts::new("ups1@nas:3493");
+        ups.state = Some(UpsState::OnBattery);
+        ups.conditions = vec![UpsState::LowBattery];
+        ups.charge_pct = Some(35.0);
+        ups.runtime_minutes = Some(4.5);
+        let live = Live {
+            breakers: vec![("sw1".into(), BreakerState::Open)],
+            refreshes: vec![RefreshStats {
+                host: "pve1".into(),
+                mode: "fast",
+                latency,
+                sla_misses: 2,
+            }],
+            ups: vec![ups],
+        };
+        let text = m.render_with(&live);
+        for needle in [
+            "hazel_compile_seconds_bucket{le=\"0.0005\"} 0",
+            "hazel_compile_seconds_bucket{le=\"0.001\"} 1",
+            "hazel_compile_seconds_count 1",
+            "hazel_findings_total{severity=\"blocker\"} 2",
+            "hazel_findings_total{severity=\"warn\"} 1",
+            "hazel_retries_scheduled_total 3",
+            "hazel_breaker_state{host=\"sw1\",state=\"open\"} 1",
+            "hazel_breaker_state{host=\"sw1\",state=\"closed\"} 0",
+            "hazel_inventory_refresh_seconds_bucket{host=\"pve1\",mode=\"fast\",le=\"0.05\"} 1",
+            "hazel_inventory_refresh_seconds_count{host=\"pve1\",mode=\"fast\"} 1",
+            "hazel_inventory_refresh_sla_misses_total{host=\"pve1\",mode=\"fast\"} 2",
+            "hazel_ups_status{ups=\"ups1@nas:3493\",state=\"on_battery\"} 1",
+            "hazel_ups_status{ups=\"ups1@nas:3493\",state=\"low_battery\"} 1",
+            "hazel_ups_battery_charge_percent{ups=\"ups1@nas:3493\"} 35",
+            "hazel_ups_battery_runtime_seconds{ups=\"ups1@nas:3493\"} 270",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert!(
+            !text.contains("hazel_ups_load_percent{"),
+            "a reading the UPS never gave is absent, not 0"
+        );
+    }
+
+    /// Every family rendered, with one series of each live kind.
+    fn all_families() -> Vec<String> {
+        let m = Metrics::default();
+        let live = Live {
+            breakers: vec![("h".into(), drivers::breaker::BreakerState::Closed)],
+            refreshes: vec![RefreshStats::default()],
+            ups: vec![crate::engine::conditions::UpsFacts::new("u")],
+        };
+        m.render_with(&live)
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// The `hazel_*` names in `text`, with a histogram's `_bucket`,
+    /// `_sum` and `_count` suffixes taken off.
+    fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for (at, _) in text.match_indices("hazel_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                .collect();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            names.insert(family.to_string());
+        }
+        names
+    }
+
+    #[test]
+    fn the_grafana_dashboard_charts_only_metrics_the_agent_renders() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../deploy/grafana-dashboard.json"))
+                .expect("the dashboard is JSON");
+        let families = all_families();
+        let mut charted = std::collections::BTreeSet::new();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                charted.extend(names_in(target["expr"].as_str().expect("an expr")));
+            }
+        }
+        for name in &charted {
+            assert!(
+                families.contains(name),
+                "the dashboard charts {name}, which /metrics does not render"
+            );
+        }
+        for family in &families {
+            assert!(
+                charted.contains(family),
+                "{family} is rendered but not on the dashboard"
+            );
+        }
+    }
+
+    #[test]
+    fn docs_metrics_lists_every_family() {
+        let docs = names_in(include_str!("../../../docs/metrics.md"));
+        for family in all_families() {
+            assert!(
+                docs.contains(&family),
+                "docs/metrics.md does not describe {family}"
+            );
         }
     }
 

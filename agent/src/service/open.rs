@@ -83,6 +83,8 @@ pub(super) struct Inner {
     pub(super) writes: tokio::sync::Mutex<()>,
     /// The NUT pollers, stopped first at shutdown.
     nut: tokio::sync::Mutex<Option<crate::nut::NutSources>>,
+    /// The NUT sources' latest readings, for `/metrics`.
+    readings: Option<crate::nut::LatestReadings>,
     /// Slots for CPU-bound work run on the blocking pool (validation):
     /// never on the async workers, never more at once than this (SPEC §12).
     pub(super) cpu_slots: Arc<tokio::sync::Semaphore>,
@@ -254,6 +256,7 @@ impl Service {
             tokio::spawn(forward(external, publisher.with_source("external")));
         }
         let bus = Some(consumer);
+        let readings = nut.as_ref().map(|n| n.readings().clone());
         let engine = EngineHandle::spawn(EngineParts {
             store: store.clone() as Arc<dyn EngineStore>,
             snapshots: Arc::new(inner_inventory),
@@ -263,7 +266,7 @@ impl Service {
             policies,
             metrics: metrics.clone(),
             bus,
-            readings: nut.as_ref().map(|n| n.readings().clone()),
+            readings: readings.clone(),
         })
         .map_err(|e| ServiceError::Internal {
             message: format!("cannot start the engine thread: {e}"),
@@ -286,6 +289,7 @@ impl Service {
                 inventory_cache: Mutex::new(None),
                 writes: tokio::sync::Mutex::new(()),
                 nut: tokio::sync::Mutex::new(nut),
+                readings,
                 cpu_slots: Arc::new(tokio::sync::Semaphore::new(CPU_SLOTS)),
                 unpersisted_pause: tokio::sync::Mutex::new(None),
                 webhook_seen: tokio::sync::Mutex::new(Default::default()),
@@ -308,7 +312,17 @@ impl Service {
     pub fn render_metrics(&self) -> String {
         let failures = self.inner.store.write_failures();
         self.inner.metrics.set_store_write_failures(failures);
-        self.inner.metrics.render()
+        let live = super::metrics::Live {
+            breakers: self.inner.breakers.states(),
+            refreshes: self.inner.inventory.refresh_stats(),
+            ups: self
+                .inner
+                .readings
+                .as_ref()
+                .map(|r| r.snapshot())
+                .unwrap_or_default(),
+        };
+        self.inner.metrics.render_with(&live)
     }
 
     /// Whether the agent can do its work (`/readyz`): the engine runs and

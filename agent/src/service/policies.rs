@@ -26,7 +26,23 @@ impl Service {
             inventory: Some(&inventory),
             ..CompileContext::default()
         };
-        validate_text(body, &self.inner.manifests, &ctx).report
+        self.timed_validation(body, &ctx).report
+    }
+
+    /// [`validate_text`], counted in the compile latency and findings
+    /// metrics. CPU-bound: callers run it on the blocking pool.
+    fn timed_validation(&self, body: &str, ctx: &CompileContext<'_>) -> Validated {
+        let started = std::time::Instant::now();
+        let validated = validate_text(body, &self.inner.manifests, ctx);
+        self.inner.metrics.compiled(
+            started.elapsed(),
+            validated
+                .report
+                .issues
+                .iter()
+                .map(|i| i.finding.severity.as_str()),
+        );
+        validated
     }
 
     /// [`Service::validate`] on the blocking pool, under one of
@@ -71,7 +87,7 @@ impl Service {
     ) -> Result<PolicyView, ServiceError> {
         let _write = self.inner.writes.lock().await;
         let id = Uuid::new_v4();
-        let (validated, spec) = self.validate_for_store(body, id, 1)?;
+        let (validated, spec) = self.validate_for_store(body, id, 1).await?;
         let hash = validated.report.hash.clone().unwrap_or_default();
         if let Some(existing_id) = self.store(move |s| s.policy_by_hash(&hash)).await? {
             return Err(ServiceError::DuplicateHash { existing_id });
@@ -136,7 +152,7 @@ impl Service {
             }
         }
         let version = current.version_int + 1;
-        let (validated, spec) = self.validate_for_store(body, id, version)?;
+        let (validated, spec) = self.validate_for_store(body, id, version).await?;
         let hash = validated.report.hash.clone().unwrap_or_default();
         if let Some(existing_id) = self.store(move |s| s.policy_by_hash(&hash)).await? {
             if existing_id != id {
@@ -359,6 +375,7 @@ impl Service {
                 id,
                 record.version_int,
             )
+            .await
             .map_err(|e| match e {
                 ServiceError::Invalid { report } => ServiceError::Conflict {
                     code: "policy.invalid_status",
@@ -436,7 +453,37 @@ impl Service {
     /// Validates `body` for storing as policy `id` at `version`: blockers
     /// are an [`ServiceError::Invalid`]; returns the validation and the spec
     /// as JSON.
-    fn validate_for_store(
+    /// Validates and compiles a spec about to be stored, on the blocking
+    /// pool under one of the CPU slots (waiting for one: a save is not
+    /// refused for being busy), never on the async workers (SPEC §12).
+    async fn validate_for_store(
+        &self,
+        body: &str,
+        id: Uuid,
+        version: u64,
+    ) -> Result<(Validated, Value), ServiceError> {
+        let permit = self
+            .inner
+            .cpu_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ServiceError::Internal {
+                message: format!("the validation slots are closed: {e}"),
+            })?;
+        let service = self.clone();
+        let body = body.to_string();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            service.validate_for_store_blocking(&body, id, version)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal {
+            message: format!("validation task failed: {e}"),
+        })?
+    }
+
+    fn validate_for_store_blocking(
         &self,
         body: &str,
         id: Uuid,
@@ -449,7 +496,7 @@ impl Service {
             inventory: Some(&inventory),
             now: Some(Utc::now().to_rfc3339()),
         };
-        let validated = validate_text(body, &self.inner.manifests, &ctx);
+        let validated = self.timed_validation(body, &ctx);
         if !validated.report.ok {
             return Err(ServiceError::Invalid {
                 report: serde_json::to_value(&validated.report).unwrap_or(Value::Null),

@@ -424,6 +424,8 @@ pub struct Engine {
     restarts: inflight::Restarts,
     /// Policy names for logs ([`Engine::name_policy`]); ids are the keys.
     names: HashMap<Uuid, String>,
+    /// Retries scheduled since start, for the metrics.
+    retries_scheduled: u64,
 }
 
 /// One scheduled item awaiting its report.
@@ -509,7 +511,14 @@ impl Engine {
             retries: retry::Retries::default(),
             restarts: inflight::Restarts::default(),
             names: HashMap::new(),
+            retries_scheduled: 0,
         }
+    }
+
+    /// How many retries of failed actions were scheduled since start
+    /// (SPEC §6 "Outage lifecycle"), for the metrics.
+    pub fn retries_scheduled(&self) -> u64 {
+        self.retries_scheduled
     }
 
     /// Tells the engine what a loaded policy is called, so its log lines

@@ -257,6 +257,7 @@ impl Engine {
             event: open.record.event.clone(),
             from,
         };
+        self.retries_scheduled += 1;
         if let Err(e) = self.store.write(&[Write::PutRetry(record)]) {
             warn!(policy_id = %policy_id, host, error = %e, "cannot persist the waiting retry: a restart before it is due loses it");
         }
