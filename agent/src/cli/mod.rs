@@ -6,6 +6,7 @@
 
 pub mod client_cmds;
 pub mod offline;
+pub mod packaging;
 mod render;
 
 pub use client_cmds::{ClientOptions, Failure, Outcome};
