@@ -134,6 +134,45 @@ fn expected_off_lines() -> Vec<String> {
 }
 
 #[tokio::test]
+async fn discovery_keeps_the_poe_ports_when_the_switch_rejects_the_interface_table() {
+    let mut state = vsf();
+    state.rejected = vec!["show interfaces brief".into()];
+    let switch = Switch::start(state);
+    let targets = switch
+        .driver(json!({}))
+        .discover(RefreshMode::Fast, Duration::from_secs(20))
+        .await
+        .expect("a partial inventory, not an error");
+    assert_eq!(targets.len(), 16, "{targets:?}");
+    assert!(targets.iter().all(|t| t.target_type == "poe-port"));
+    assert_eq!(
+        switch.log(),
+        [
+            "no page",
+            "show power-over-ethernet brief",
+            "show interfaces brief"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn discovery_fails_when_the_switch_rejects_both_tables() {
+    let mut state = vsf();
+    state.rejected = vec![
+        "show power-over-ethernet brief".into(),
+        "show interfaces brief".into(),
+    ];
+    let switch = Switch::start(state);
+    let err = switch
+        .driver(json!({}))
+        .discover(RefreshMode::Fast, Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ValidationError, "{err}");
+    assert!(err.message.contains("show interfaces brief"), "{err}");
+}
+
+#[tokio::test]
 async fn discovery_parses_the_poe_and_interface_tables() {
     let mut state = vsf();
     state.ports[1].poe = false;

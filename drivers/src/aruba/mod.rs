@@ -390,6 +390,7 @@ impl Driver for ArubaDriver {
         budget: Duration,
     ) -> Result<Vec<Target>, DriverError> {
         let ctx = self.ctx.clone();
+        let host_id = self.host_id.clone();
         self.client
             .run(budget, self.read_attempts.clone(), move |s| {
                 // One read session, one slot: discovery serves every capability.
@@ -414,7 +415,23 @@ impl Driver for ArubaDriver {
                         });
                     }
                 }
-                let text = cli.run("show interfaces brief").map_err(cli_error)?;
+                let text = match cli.run("show interfaces brief") {
+                    Ok(text) => text,
+                    // The PoE table was read: a PoE-only policy needs no
+                    // more. Keep that partial inventory (SPEC §4: a partial
+                    // refresh is a warning) and say what is missing.
+                    Err(err @ CliError::Rejected { .. }) if !targets.is_empty() => {
+                        tracing::warn!(
+                            host = %host_id,
+                            error = %err,
+                            "the switch rejected `show interfaces brief`: the inventory has its \
+                             PoE ports but no interface targets (aoss.interface actions will \
+                             find none)"
+                        );
+                        return Ok(targets);
+                    }
+                    Err(err) => return Err(cli_error(err)),
+                };
                 for row in parse_interfaces_brief(&text) {
                     let mut attrs = BTreeMap::new();
                     attrs.insert(
