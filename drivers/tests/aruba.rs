@@ -418,7 +418,7 @@ async fn write_memory_is_sent_only_when_save_config_is_true() {
 }
 
 #[tokio::test]
-async fn a_protected_port_is_refused_before_anything_is_sent() {
+async fn executing_on_a_protected_port_is_refused_before_anything_is_sent() {
     let switch = Switch::start(vsf());
     let driver = switch.driver(json!({"protected_ports": ["1/A2"]}));
     let targets = ids("poe-port", &["1/A1", "1/A2", "1/A3"]);
@@ -428,7 +428,11 @@ async fn a_protected_port_is_refused_before_anything_is_sent() {
         err.message.contains("1/A2") && err.message.contains("protected"),
         "{err}"
     );
-    let err = driver.dry_run(&poe("off"), &targets).await.unwrap_err();
+    // A dry-run of protected ports only has nothing to plan: refused too.
+    let err = driver
+        .dry_run(&poe("off"), &ids("poe-port", &["1/A2"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::ValidationError);
     assert!(
         !switch.log_path().exists(),
@@ -440,6 +444,39 @@ async fn a_protected_port_is_refused_before_anything_is_sent() {
         "the driver logged in"
     );
     assert!(poe_off_ports(&switch.state()).is_empty());
+}
+
+#[tokio::test]
+async fn a_dry_run_refuses_a_protected_port_on_its_own_answer_and_still_plans_the_others() {
+    let switch = Switch::start(vsf());
+    let driver = switch.driver(json!({"protected_ports": ["1/A2"]}));
+    let targets = ids("poe-port", &["1/A1", "1/A2", "1/A3"]);
+    let answers = driver.dry_run(&poe("off"), &targets).await.unwrap();
+    assert_eq!(answers.len(), 3);
+    let protected = &answers[1];
+    assert!(!protected.ok);
+    assert_eq!(protected.severity, Severity::Error);
+    let reason = protected.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("1/A2") && reason.contains("protected"),
+        "{reason}"
+    );
+    assert!(protected
+        .preconditions
+        .iter()
+        .any(|p| p.check == "not_protected" && !p.ok));
+    assert!(protected.plan.preview.is_empty());
+    // The run skips the protected port: `1/A1-1/A3` would touch it.
+    for answer in [&answers[0], &answers[2]] {
+        assert!(answer.ok, "{answer:?}");
+        assert!(
+            answer.plan.preview.contains(&json!("interface 1/A1,1/A3")),
+            "{:?}",
+            answer.plan.preview
+        );
+    }
+    // The dry-run only read the table.
+    assert!(switch.changes().is_empty(), "{:?}", switch.changes());
 }
 
 #[tokio::test]
