@@ -788,9 +788,9 @@ actions:
             &manifests,
             &ctx,
             expect![[r#"
-            Compile blocker compile.unknown_plugin /targets/host_id: host `pve-01` uses plugin `proxmox.vx`, which no manifest declares (check the plugin directory (--plugins) or the host's `plugin` in the inventory)
-            Compile info selector.missing /targets/selector/value: 9 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:204, vm:311, vm:312, vm:313, vm:314, ...
-            blocked"#]],
+                Compile blocker compile.unknown_plugin /targets/host_id: host `pve-01` uses plugin `proxmox.vx`, which no manifest declares (check the plugin directory (--plugins) or the host's `plugin` in the inventory)
+                Compile warn selector.missing /targets/selector/value: 9 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:204, vm:311, vm:312, vm:313, vm:314, ... (vm:204 named on its own and not on host pve-01: check the spelling, or refresh the inventory)
+                blocked"#]],
         );
         check(
             &with("host_id: pve-01", "host_id: \"pve 01\""),
