@@ -156,6 +156,22 @@ async fn discovery_keeps_the_poe_ports_when_the_switch_rejects_the_interface_tab
 }
 
 #[tokio::test]
+async fn discovery_marks_the_protected_ports_so_compile_can_refuse_them() {
+    let switch = Switch::start(vsf());
+    let targets = switch
+        .driver(json!({"protected_ports": ["1/A2"]}))
+        .discover(RefreshMode::Fast, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let protected: Vec<String> = targets
+        .iter()
+        .filter(|t| t.attrs.get("protected") == Some(&json!(true)))
+        .map(|t| t.canonical_id())
+        .collect();
+    assert_eq!(protected, ["poe-port:1/A2", "interface:1/A2"]);
+}
+
+#[tokio::test]
 async fn discovery_fails_when_the_switch_rejects_both_tables() {
     let mut state = vsf();
     state.rejected = vec![

@@ -396,6 +396,15 @@ impl Driver for ArubaDriver {
     ) -> Result<Vec<Target>, DriverError> {
         let ctx = self.ctx.clone();
         let host_id = self.host_id.clone();
+        let protected = self.protected.clone();
+        // Protected ports carry `attrs.protected = true`, so compile can
+        // refuse a selector that names one (SPEC §4 blocker) before any
+        // dry-run reaches the switch.
+        let mark = move |port: &Port, attrs: &mut BTreeMap<String, Value>| {
+            if protected.contains(port) {
+                attrs.insert("protected".to_owned(), json!(true));
+            }
+        };
         self.client
             .run(budget, self.read_attempts.clone(), move |s| {
                 // One read session, one slot: discovery serves every capability.
@@ -410,6 +419,7 @@ impl Driver for ArubaDriver {
                         attrs.insert("poe_status".to_owned(), json!(row.status));
                         attrs.insert("priority".to_owned(), json!(row.priority));
                         attrs.insert("class".to_owned(), json!(row.class));
+                        mark(&row.port, &mut attrs);
                         targets.push(Target {
                             target_type: "poe-port".into(),
                             id: row.port.to_string(),
@@ -444,6 +454,7 @@ impl Driver for ArubaDriver {
                         json!(if row.link_up { "up" } else { "down" }),
                     );
                     attrs.insert("port_type".to_owned(), json!(row.port_type));
+                    mark(&row.port, &mut attrs);
                     targets.push(Target {
                         target_type: "interface".into(),
                         id: row.port.to_string(),
