@@ -508,6 +508,48 @@ fn compile_params(
     Some(out)
 }
 
+/// `blocker compile.protected_target` when the selection holds targets the
+/// host's driver marks as never to be touched (`attrs.protected = true`:
+/// the `protected_ports` of an `aruba.aoss` host), naming them (SPEC §4:
+/// a bad selector blocks Save). The driver refuses them again at dry-run.
+fn protected_finding(
+    ids: &[String],
+    host: &inventory::index::HostInventory,
+    mode: SelectorMode,
+    path: &str,
+) -> Option<Finding> {
+    let protected: Vec<&str> = ids
+        .iter()
+        .filter(|id| {
+            host.get(id)
+                .and_then(|t| t.attrs.get("protected"))
+                .is_some_and(|v| v == &Value::Bool(true))
+        })
+        .map(String::as_str)
+        .collect();
+    if protected.is_empty() {
+        return None;
+    }
+    let hint = if mode == SelectorMode::Query {
+        "add `and attrs.protected != true` to the query".to_owned()
+    } else {
+        format!("leave {} out of the selector", protected.join(", "))
+    };
+    Some(
+        Finding::new(
+            Severity::Blocker,
+            "compile.protected_target",
+            path,
+            format!(
+                "the selector includes protected target(s) {} of host {} (host config protected_ports): actions on them are refused",
+                protected.join(", "),
+                host.host_id
+            ),
+        )
+        .with_hint(hint),
+    )
+}
+
 fn resolve_selector(
     targets: &TargetsSpec,
     ctx: &CompileContext<'_>,
@@ -534,6 +576,9 @@ fn resolve_selector(
                     }
                     f
                 }));
+                if let Some(finding) = protected_finding(&resolution.ids, host, sel.mode, path) {
+                    findings.push(finding);
+                }
                 (Some(resolution.ids), ctx.now.clone())
             }
             Err(e) => {

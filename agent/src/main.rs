@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use agent::cli::{self, client_cmds, ClientOptions, OfflineOptions};
 use agent::client::DEFAULT_URL;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -24,7 +24,7 @@ Exit codes:
 
 /// Hazel: event-driven infrastructure automation with driver preflight.
 #[derive(Debug, Parser)]
-#[command(name = "hazel", version, about, after_help = EXIT_CODES_HELP)]
+#[command(name = "hazel", version = cli::packaging::VERSION, about, after_help = EXIT_CODES_HELP)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -259,6 +259,16 @@ enum Command {
         #[command(flatten)]
         conn: ClientArgs,
     },
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    ///
+    /// Bash: `hazel completions bash > /etc/bash_completion.d/hazel`; the
+    /// Debian package installs all three.
+    Completions {
+        /// The shell.
+        shell: cli::packaging::Shell,
+    },
+    /// Print the man page (roff) to stdout: `hazel man | man -l -`.
+    Man,
     /// Show the kill switch and whether the agent is ready. Exits 1 when
     /// the agent answers but is not ready.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -460,6 +470,10 @@ fn main() {
             ttl,
             config,
         } => token(&role, &subject, &ttl, config.as_deref(), &mut stdout),
+        Command::Completions { shell } => {
+            cli::packaging::completions(Args::command(), shell, &mut stdout)
+        }
+        Command::Man => cli::packaging::man(Args::command(), &mut stdout),
         other => client(other, &mut stdout),
     };
     let _ = stdout.flush();
@@ -707,7 +721,9 @@ fn client(command: Command, out: &mut impl Write) -> i32 {
             | Command::Serve { .. }
             | Command::Config { .. }
             | Command::Demo { .. }
-            | Command::Token { .. } => Err(cli::Failure::Usage("not a client command".into())),
+            | Command::Token { .. }
+            | Command::Completions { .. }
+            | Command::Man => Err(cli::Failure::Usage("not a client command".into())),
         }
     });
     client_cmds::finish(outcome, json, out)

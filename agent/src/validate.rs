@@ -714,6 +714,55 @@ actions:
     }
 
     #[test]
+    fn a_selector_holding_a_protected_port_is_a_blocker_naming_the_port() {
+        // The driver marks the host config's protected_ports at discovery.
+        let inventory = inventory::file::parse_inventory(
+            "hosts:\n  - id: sw-01\n    plugin: aruba.aoss\n    targets:\n      - { type: poe-port, id: 1/A1 }\n      - { type: poe-port, id: 1/A2, attrs: { protected: true } }\n      - { type: poe-port, id: 1/A3 }\n",
+            None,
+        )
+        .expect("inventory parses");
+        let ctx = CompileContext {
+            inventory: Some(&inventory),
+            now: Some("2026-11-22T11:30:00Z".into()),
+            ..CompileContext::default()
+        };
+        let poe = |mode: &str, value: &str| {
+            format!(
+                "version: 1\nname: shed poe\ntrigger_group:\n  triggers:\n    - {{ type: ups.state, equals: on_battery }}\ntargets:\n  host_id: sw-01\n  target_type: poe-port\n  selector: {{ mode: {mode}, value: \"{value}\" }}\nactions:\n  - {{ capability_id: aoss.poe.port, verb: set, params: {{ state: \"off\" }} }}\n"
+            )
+        };
+        let manifests = ManifestSet::embedded();
+        check_with(
+            &poe("range", "1/A1-1/A3"),
+            &manifests,
+            &ctx,
+            expect![[r#"
+                Compile blocker compile.protected_target /targets/selector/value: the selector includes protected target(s) poe-port:1/A2 of host sw-01 (host config protected_ports): actions on them are refused (leave poe-port:1/A2 out of the selector)
+                blocked"#]],
+        );
+        check_with(
+            &poe("query", "status != off"),
+            &manifests,
+            &ctx,
+            expect![[r#"
+                Compile blocker compile.protected_target /targets/selector/value: the selector includes protected target(s) poe-port:1/A2 of host sw-01 (host config protected_ports): actions on them are refused (add `and attrs.protected != true` to the query)
+                blocked"#]],
+        );
+        check_with(
+            &poe("query", "attrs.protected != true"),
+            &manifests,
+            &ctx,
+            expect!["ok; resolved poe-port:1/A1 poe-port:1/A3"],
+        );
+        check_with(
+            &poe("range", "1/A1,1/A3"),
+            &manifests,
+            &ctx,
+            expect!["ok; resolved poe-port:1/A1 poe-port:1/A3"],
+        );
+    }
+
+    #[test]
     fn params_are_checked_against_declared_types_and_allowed_values() {
         let poe = |params: &str| {
             format!(
@@ -825,9 +874,9 @@ actions:
             &manifests,
             &ctx,
             expect![[r#"
-            Compile blocker compile.unknown_plugin /targets/host_id: host `pve-01` uses plugin `proxmox.vx`, which no manifest declares (check the plugin directory (--plugins) or the host's `plugin` in the inventory)
-            Compile info selector.missing /targets/selector/value: 9 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:204, vm:311, vm:312, vm:313, vm:314, ...
-            blocked"#]],
+                Compile blocker compile.unknown_plugin /targets/host_id: host `pve-01` uses plugin `proxmox.vx`, which no manifest declares (check the plugin directory (--plugins) or the host's `plugin` in the inventory)
+                Compile warn selector.missing /targets/selector/value: 9 of 10 ids are not in the inventory of host pve-01 and are skipped: vm:204, vm:311, vm:312, vm:313, vm:314, ... (vm:204 named on its own and not on host pve-01: check the spelling, or refresh the inventory)
+                blocked"#]],
         );
         check(
             &with("host_id: pve-01", "host_id: \"pve 01\""),

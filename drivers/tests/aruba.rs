@@ -134,6 +134,61 @@ fn expected_off_lines() -> Vec<String> {
 }
 
 #[tokio::test]
+async fn discovery_keeps_the_poe_ports_when_the_switch_rejects_the_interface_table() {
+    let mut state = vsf();
+    state.rejected = vec!["show interfaces brief".into()];
+    let switch = Switch::start(state);
+    let targets = switch
+        .driver(json!({}))
+        .discover(RefreshMode::Fast, Duration::from_secs(20))
+        .await
+        .expect("a partial inventory, not an error");
+    assert_eq!(targets.len(), 16, "{targets:?}");
+    assert!(targets.iter().all(|t| t.target_type == "poe-port"));
+    assert_eq!(
+        switch.log(),
+        [
+            "no page",
+            "show power-over-ethernet brief",
+            "show interfaces brief"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn discovery_marks_the_protected_ports_so_compile_can_refuse_them() {
+    let switch = Switch::start(vsf());
+    let targets = switch
+        .driver(json!({"protected_ports": ["1/A2"]}))
+        .discover(RefreshMode::Fast, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let protected: Vec<String> = targets
+        .iter()
+        .filter(|t| t.attrs.get("protected") == Some(&json!(true)))
+        .map(|t| t.canonical_id())
+        .collect();
+    assert_eq!(protected, ["poe-port:1/A2", "interface:1/A2"]);
+}
+
+#[tokio::test]
+async fn discovery_fails_when_the_switch_rejects_both_tables() {
+    let mut state = vsf();
+    state.rejected = vec![
+        "show power-over-ethernet brief".into(),
+        "show interfaces brief".into(),
+    ];
+    let switch = Switch::start(state);
+    let err = switch
+        .driver(json!({}))
+        .discover(RefreshMode::Fast, Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ValidationError, "{err}");
+    assert!(err.message.contains("show interfaces brief"), "{err}");
+}
+
+#[tokio::test]
 async fn discovery_parses_the_poe_and_interface_tables() {
     let mut state = vsf();
     state.ports[1].poe = false;
@@ -379,7 +434,7 @@ async fn write_memory_is_sent_only_when_save_config_is_true() {
 }
 
 #[tokio::test]
-async fn a_protected_port_is_refused_before_anything_is_sent() {
+async fn executing_on_a_protected_port_is_refused_before_anything_is_sent() {
     let switch = Switch::start(vsf());
     let driver = switch.driver(json!({"protected_ports": ["1/A2"]}));
     let targets = ids("poe-port", &["1/A1", "1/A2", "1/A3"]);
@@ -389,7 +444,11 @@ async fn a_protected_port_is_refused_before_anything_is_sent() {
         err.message.contains("1/A2") && err.message.contains("protected"),
         "{err}"
     );
-    let err = driver.dry_run(&poe("off"), &targets).await.unwrap_err();
+    // A dry-run of protected ports only has nothing to plan: refused too.
+    let err = driver
+        .dry_run(&poe("off"), &ids("poe-port", &["1/A2"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::ValidationError);
     assert!(
         !switch.log_path().exists(),
@@ -401,6 +460,39 @@ async fn a_protected_port_is_refused_before_anything_is_sent() {
         "the driver logged in"
     );
     assert!(poe_off_ports(&switch.state()).is_empty());
+}
+
+#[tokio::test]
+async fn a_dry_run_refuses_a_protected_port_on_its_own_answer_and_still_plans_the_others() {
+    let switch = Switch::start(vsf());
+    let driver = switch.driver(json!({"protected_ports": ["1/A2"]}));
+    let targets = ids("poe-port", &["1/A1", "1/A2", "1/A3"]);
+    let answers = driver.dry_run(&poe("off"), &targets).await.unwrap();
+    assert_eq!(answers.len(), 3);
+    let protected = &answers[1];
+    assert!(!protected.ok);
+    assert_eq!(protected.severity, Severity::Error);
+    let reason = protected.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("1/A2") && reason.contains("protected"),
+        "{reason}"
+    );
+    assert!(protected
+        .preconditions
+        .iter()
+        .any(|p| p.check == "not_protected" && !p.ok));
+    assert!(protected.plan.preview.is_empty());
+    // The run skips the protected port: `1/A1-1/A3` would touch it.
+    for answer in [&answers[0], &answers[2]] {
+        assert!(answer.ok, "{answer:?}");
+        assert!(
+            answer.plan.preview.contains(&json!("interface 1/A1,1/A3")),
+            "{:?}",
+            answer.plan.preview
+        );
+    }
+    // The dry-run only read the table.
+    assert!(switch.changes().is_empty(), "{:?}", switch.changes());
 }
 
 #[tokio::test]

@@ -70,8 +70,10 @@ pub struct Resolution {
     pub ids: Vec<String>,
     /// Expanded ids that are not in the host's inventory (always 0 for a query).
     pub missing: usize,
-    /// `warn selector.empty` when `ids` is empty, `info selector.missing`
-    /// when some ids were skipped; paths point at [`SELECTOR_VALUE_PATH`].
+    /// `warn selector.empty` when `ids` is empty; `selector.missing` when
+    /// some ids were skipped: `warn` when one of them was named on its own
+    /// (`1/B4,1/C1`), `info` when all were gaps inside ranges; paths point
+    /// at [`SELECTOR_VALUE_PATH`].
     pub findings: Vec<Finding>,
 }
 
@@ -459,7 +461,27 @@ impl Selector {
             host.host_id,
             examples.join(", ")
         );
-        Finding::new(Severity::Info, codes::MISSING, SELECTOR_VALUE_PATH, message)
+        // An id named on its own (`1/B4,1/C1`) that is missing is likely a
+        // typo or a stale inventory: a caveat (SPEC §4 warn). Gaps inside a
+        // range (`311-318`) are expected: info.
+        let named: Vec<String> = self
+            .items()
+            .iter()
+            .filter(|item| item.count() == 1)
+            .flat_map(Item::ids)
+            .filter(|id| !exists(id))
+            .take(EXAMPLES)
+            .map(|id| format!("{}:{id}", self.target_type))
+            .collect();
+        if named.is_empty() {
+            return Finding::new(Severity::Info, codes::MISSING, SELECTOR_VALUE_PATH, message);
+        }
+        let hint = format!(
+            "{} named on its own and not on host {}: check the spelling, or refresh the inventory",
+            named.join(", "),
+            host.host_id
+        );
+        Finding::new(Severity::Warn, codes::MISSING, SELECTOR_VALUE_PATH, message).with_hint(hint)
     }
 }
 
@@ -1408,6 +1430,36 @@ mod tests {
             expect![[r#"
                 blocker selector.ledger_id [item -]: `3f2a0c1e-8b4d-4e6f-9a1b-2c3d4e5f6a7` is not a policy id
                   hint: the ledger mode takes the uuid of a stored policy, e.g. `3f2a0c1e-8b4d-4e6f-9a1b-2c3d4e5f6a7b`"#]],
+        );
+    }
+
+    #[test]
+    fn a_missing_id_named_on_its_own_is_a_warning_and_gaps_in_a_range_are_info() {
+        check_resolve(
+            Range,
+            "poe-port",
+            "1/A1,1/B4",
+            expect![[r#"
+                ids: poe-port:1/A1 (missing 1)
+                warn selector.missing at /targets/selector/value: 1 of 2 ids are not in the inventory of host pve-01 and are skipped: poe-port:1/B4
+                  hint: poe-port:1/B4 named on its own and not on host pve-01: check the spelling, or refresh the inventory"#]],
+        );
+        check_resolve(
+            Range,
+            "vm",
+            "104,204,999",
+            expect![[r#"
+                ids: vm:104 vm:204 (missing 1)
+                warn selector.missing at /targets/selector/value: 1 of 3 ids are not in the inventory of host pve-01 and are skipped: vm:999
+                  hint: vm:999 named on its own and not on host pve-01: check the spelling, or refresh the inventory"#]],
+        );
+        check_resolve(
+            Range,
+            "poe-port",
+            "1/A1-1/A3",
+            expect![[r#"
+                ids: poe-port:1/A1 poe-port:1/A3 (missing 1)
+                info selector.missing at /targets/selector/value: 1 of 3 ids are not in the inventory of host pve-01 and are skipped: poe-port:1/A2"#]],
         );
     }
 

@@ -7,6 +7,7 @@
 pub mod client_cmds;
 pub mod config_check;
 pub mod offline;
+pub mod packaging;
 mod render;
 pub mod why;
 

@@ -9,8 +9,10 @@
 //! switch, which reads `1/A1-1/B4` as "A1 through B4" across the whole A
 //! module, touches the same ports Hazel means. The dry-run preview is built
 //! by the same function as the execution: it shows the exact CLI lines.
-//! Ports listed in the host's `protected_ports` are refused before anything
-//! is sent, and `write memory` runs only when `save_config` is true (so a
+//! Ports listed in the host's `protected_ports` are never touched: a dry-run
+//! refuses each one on its own answer (severity `error`) and still plans the
+//! others, with runs that skip it; `execute` refuses the whole call before
+//! anything is sent. `write memory` runs only when `save_config` is true (so a
 //! switch that reboots while the agent is down comes back with PoE on).
 //!
 //! Device calls are paced by the capability's `rate_limit`
@@ -202,6 +204,9 @@ enum Decision {
     Invalid(String),
     /// The switch's table has no such port.
     Missing(Port),
+    /// A port of the host's `protected_ports`: never touched, whatever its
+    /// state (dry-run only; `execute` refuses the whole call).
+    Protected(Port),
     /// Already in the desired state.
     NoOp { port: Port, state: String },
     /// Will change.
@@ -390,6 +395,16 @@ impl Driver for ArubaDriver {
         budget: Duration,
     ) -> Result<Vec<Target>, DriverError> {
         let ctx = self.ctx.clone();
+        let host_id = self.host_id.clone();
+        let protected = self.protected.clone();
+        // Protected ports carry `attrs.protected = true`, so compile can
+        // refuse a selector that names one (SPEC §4 blocker) before any
+        // dry-run reaches the switch.
+        let mark = move |port: &Port, attrs: &mut BTreeMap<String, Value>| {
+            if protected.contains(port) {
+                attrs.insert("protected".to_owned(), json!(true));
+            }
+        };
         self.client
             .run(budget, self.read_attempts.clone(), move |s| {
                 // One read session, one slot: discovery serves every capability.
@@ -404,6 +419,7 @@ impl Driver for ArubaDriver {
                         attrs.insert("poe_status".to_owned(), json!(row.status));
                         attrs.insert("priority".to_owned(), json!(row.priority));
                         attrs.insert("class".to_owned(), json!(row.class));
+                        mark(&row.port, &mut attrs);
                         targets.push(Target {
                             target_type: "poe-port".into(),
                             id: row.port.to_string(),
@@ -414,7 +430,23 @@ impl Driver for ArubaDriver {
                         });
                     }
                 }
-                let text = cli.run("show interfaces brief").map_err(cli_error)?;
+                let text = match cli.run("show interfaces brief") {
+                    Ok(text) => text,
+                    // The PoE table was read: a PoE-only policy needs no
+                    // more. Keep that partial inventory (SPEC §4: a partial
+                    // refresh is a warning) and say what is missing.
+                    Err(err @ CliError::Rejected { .. }) if !targets.is_empty() => {
+                        tracing::warn!(
+                            host = %host_id,
+                            error = %err,
+                            "the switch rejected `show interfaces brief`: the inventory has its \
+                             PoE ports but no interface targets (aoss.interface actions will \
+                             find none)"
+                        );
+                        return Ok(targets);
+                    }
+                    Err(err) => return Err(cli_error(err)),
+                };
                 for row in parse_interfaces_brief(&text) {
                     let mut attrs = BTreeMap::new();
                     attrs.insert(
@@ -422,6 +454,7 @@ impl Driver for ArubaDriver {
                         json!(if row.link_up { "up" } else { "down" }),
                     );
                     attrs.insert("port_type".to_owned(), json!(row.port_type));
+                    mark(&row.port, &mut attrs);
                     targets.push(Target {
                         target_type: "interface".into(),
                         id: row.port.to_string(),
@@ -443,7 +476,15 @@ impl Driver for ArubaDriver {
     ) -> Result<Vec<DryRunAnswer>, DriverError> {
         let op = parse_action(action)?;
         let ports = parse_targets(op, targets);
-        self.refuse_protected(&ports)?;
+        // A protected port is refused on its own answer and the others are
+        // still planned; with nothing else to plan, nothing is sent at all.
+        let plannable = ports
+            .iter()
+            .any(|(_, p)| p.as_ref().is_ok_and(|p| !self.protected.contains(p)));
+        if !plannable {
+            self.refuse_protected(&ports)?;
+        }
+        let protected = self.protected.clone();
         let ctx = self.ctx.clone();
         let action = action.clone();
         self.client
@@ -453,7 +494,7 @@ impl Driver for ArubaDriver {
                 // The table read is the dry-run's one device call.
                 s.wait_for("rate limit", ctx.limits.acquire(op.capability()))?;
                 let live = read_live(&mut cli, op)?;
-                let plan = plan_change(op, &ports, &live, ctx.persist);
+                let plan = plan_change(op, &ports, &protected, &live, ctx.persist);
                 Ok::<_, DriverError>(dry_run_answers(
                     &action, op, s, &ctx, manager, &ports, &live, &plan,
                 ))
@@ -554,6 +595,7 @@ fn parse_targets(op: Op, targets: &[String]) -> Vec<(String, Result<Port, String
 fn plan_change(
     op: Op,
     ports: &[(String, Result<Port, String>)],
+    protected: &[Port],
     live: &HashMap<Port, LiveState>,
     persist: Persist,
 ) -> ChangePlan {
@@ -561,6 +603,7 @@ fn plan_change(
         .iter()
         .map(|(_, port)| match port {
             Err(why) => Decision::Invalid(why.clone()),
+            Ok(port) if protected.contains(port) => Decision::Protected(*port),
             Ok(port) => match live.get(port) {
                 None => Decision::Missing(*port),
                 Some(l) if op.is_noop(&l.state) => Decision::NoOp {
@@ -731,6 +774,24 @@ fn dry_run_answers(
                         &[][..],
                     )
                 }
+                Decision::Protected(port) => {
+                    let why = format!(
+                        "port {port} is protected (host config protected_ports): it is never touched"
+                    );
+                    pre.push(Precondition {
+                        check: "not_protected".into(),
+                        ok: false,
+                        details: Some(json!({ "port": port.to_string() })),
+                    });
+                    (
+                        false,
+                        None,
+                        None,
+                        format!("port {port} is protected"),
+                        Some(why),
+                        &[][..],
+                    )
+                }
                 Decision::Missing(port) => {
                     pre.push(Precondition {
                         check: "port_present".into(),
@@ -862,7 +923,8 @@ fn execute_blocking(
     // change batch and the read-back.
     s.wait_for("rate limit", ctx.limits.acquire(capability))?;
     let live = read_live(&mut cli, op)?;
-    let plan = plan_change(op, ports, &live, ctx.persist);
+    // Protected ports never get here: `execute` refuses the call first.
+    let plan = plan_change(op, ports, &[], &live, ctx.persist);
     if !plan.lines.is_empty() && cli.prompt.level != Level::Manager {
         return Err(DriverError::new(
             ErrorKind::AuthError,
@@ -935,6 +997,14 @@ fn execute_blocking(
                     target,
                     Status::Failed(ErrorKind::ValidationError),
                     Some(why.clone()),
+                    &evidence,
+                ),
+                Decision::Protected(port) => outcome(
+                    target,
+                    Status::Failed(ErrorKind::ValidationError),
+                    Some(format!(
+                        "port {port} is protected (host config protected_ports)"
+                    )),
                     &evidence,
                 ),
                 Decision::Missing(port) => outcome(
@@ -1032,6 +1102,7 @@ mod tests {
         let plan = plan_change(
             op,
             &parse_targets(op, &ids),
+            &[],
             &live(&table),
             Persist::RunningConfig,
         );
@@ -1052,6 +1123,7 @@ mod tests {
         let plan = plan_change(
             op,
             &parse_targets(op, &ids),
+            &[],
             &live(&[("1", "on"), ("2", "off")]),
             Persist::StartupConfig,
         );
@@ -1079,6 +1151,7 @@ mod tests {
         let plan = plan_change(
             op,
             &parse_targets(op, &targets(&["poe-port:1"])),
+            &[],
             &live(&[("1", "on")]),
             Persist::RunningConfig,
         );

@@ -62,6 +62,11 @@ pub struct SimState {
     /// reports as not present (a module pulled since the last read).
     #[serde(default)]
     pub unplugged: Vec<String>,
+    /// Fault injection: commands (compared without surrounding blanks and
+    /// case) the CLI rejects with `Invalid input`, as a firmware or a
+    /// restricted account may reject `show interfaces brief`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<String>,
     /// How many times `write memory` ran.
     #[serde(default)]
     pub write_memory_count: u32,
@@ -176,6 +181,7 @@ impl SimState {
             layout: Layout::V16,
             ports,
             unplugged: Vec::new(),
+            rejected: Vec::new(),
             write_memory_count: 0,
             saved: None,
         }
@@ -498,6 +504,13 @@ fn invalid(token: &str) -> Step {
 
 fn execute(state: &mut SimState, context: &mut Context, line: &str) -> Step {
     let words: Vec<&str> = line.split_whitespace().collect();
+    if state
+        .rejected
+        .iter()
+        .any(|r| r.trim().eq_ignore_ascii_case(line.trim()))
+    {
+        return invalid(words.first().copied().unwrap_or(line));
+    }
     let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
     let w: Vec<&str> = lower.iter().map(String::as_str).collect();
     match (w.as_slice(), &*context) {
