@@ -363,10 +363,20 @@ pub async fn run(options: DemoOptions, out: &mut impl Write) -> Result<DemoRepor
     walk.line("Tools (upsd) and add a `nut:` section to hazel.yaml; see docs/nut.md.")?;
 
     walk.line("")?;
-    walk.line(format!(
-        "The API is {} at {url}",
-        if options.once { "up" } else { "running" }
-    ))?;
+    if options.once {
+        // The agent stops with this run: a token and commands to try
+        // against it would point at nothing.
+        walk.line(
+            "--once: stopping now. Run `hazel demo` without --once to keep the API up and try the CLI against it.",
+        )?;
+        let _ = stop_api.send(());
+        let _ = server.await;
+        service.shutdown().await;
+        sim.shutdown().await;
+        drop(data);
+        return Ok(report);
+    }
+    walk.line(format!("The API is running at {url}"))?;
     walk.line(format!(
         "Admin token for this session (valid 24 h, this run only):\n  {token}"
     ))?;
@@ -387,13 +397,13 @@ pub async fn run(options: DemoOptions, out: &mut impl Write) -> Result<DemoRepor
     ))?;
     walk.line(format!("  curl -s {url}/api/openapi.json | head"))?;
 
-    if options.once {
-        walk.line("--once: stopping now.")?;
-    } else {
-        walk.line("Press Ctrl-C to stop (the store is removed unless you passed --data-dir).")?;
-        crate::serve::stop_signal().await;
-        walk.line("Stopping: draining running actions, writing the ledger.")?;
-    }
+    walk.line(format!(
+        "  hazel explain \"{FORWARD_NAME}\"   # why it acted or did not"
+    ))?;
+    walk.line("  hazel audit --follow")?;
+    walk.line("Press Ctrl-C to stop (the store is removed unless you passed --data-dir).")?;
+    crate::serve::stop_signal().await;
+    walk.line("Stopping: draining running actions, writing the ledger.")?;
     let _ = stop_api.send(());
     let _ = server.await;
     service.shutdown().await;

@@ -103,14 +103,16 @@ fn assert_walkthrough(report: &DemoReport, out: &str) {
         "[9/9] The ledger of both policies",
         "the UPS is simulated",
         "docs/nut.md",
-        "HAZEL_TOKEN=",
-        "hazel policy list",
         "checks passed",
+        "Run `hazel demo` without --once to keep the API up",
     ] {
         assert!(out.contains(line), "missing {line:?} in\n{out}");
     }
+    // With --once the agent stops with the run: no token to a dead API,
+    // no commands to try against it.
     assert!(!report.token.is_empty());
-    assert!(out.contains(&report.token));
+    assert!(!out.contains(&report.token), "{out}");
+    assert!(!out.contains("another terminal"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,8 +126,6 @@ async fn the_walkthrough_stops_the_running_low_tier_vms_and_the_inverse_starts_e
     assert!(report.fell_back, "{out}");
     assert!(out.contains(&format!("{taken} is taken")), "{out}");
     assert_ne!(report.url, format!("http://{taken}"));
-    // A URL other than the CLI's default is part of the suggested export.
-    assert!(out.contains(&format!("HAZEL_URL={}", report.url)), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +174,6 @@ fn hazel_demo_once_exits_0_and_prints_the_walkthrough() {
         "ok   vm:105 was off before the outage and stays off",
         "ok   the ledger holds a run of each policy",
         "checks passed",
-        "HAZEL_TOKEN=",
         "--once: stopping now.",
     ] {
         assert!(out.contains(line), "missing {line:?} in\n{out}");
