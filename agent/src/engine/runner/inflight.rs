@@ -30,15 +30,33 @@
 //!   the host guards, already-desired targets skipped. It is a new ledger
 //!   run (the interrupted run is already in the ledger) whose `explain`
 //!   names the interrupted one. A reboot, reset or cycle is never re-run.
-//! - **Reading a pending target again.** A target still `pending` at start
-//!   is read once more (its task, then a dry-run) one more wait later, from
+//! - **Reading a target again.** A target still `pending` at start, and a
+//!   target of a call that had started ([`Write::StartIntent`], written
+//!   right before the driver call) without reporting a task and that read
+//!   not in the desired state (`unconfirmed`: an SSH command, a Proxmox
+//!   POST whose UPID was not written before the crash may still land), is
+//!   read once more (its task, then a dry-run) one more wait later, from
 //!   the engine's timer loop ([`Engine::fire_follow_ups`]): a target found
-//!   in the desired state then is a change (it joins the restore set), one
-//!   found elsewhere with its task ended has its key cleared (and is sent
-//!   again under the rule above), one whose task still runs keeps its key.
-//!   The result is a new ledger run of `engine.interrupted` rows whose
-//!   `explain` names the interrupted run (the ledger appends, never
-//!   rewrites). A follow-up does not survive a second restart.
+//!   in the desired state then is a change (it joins the restore set). A
+//!   pending one found elsewhere with its task ended has its key cleared
+//!   (and is sent again under the rule above), one whose task still runs
+//!   keeps its key; an unconfirmed one was already handled at start (key
+//!   cleared, sent again if repeatable), so only a change found counts, and
+//!   a target already in the restore set (a retry changed it) is not
+//!   counted twice. The result is a new ledger run of `engine.interrupted`
+//!   rows whose `explain` names the interrupted run (the ledger appends,
+//!   never rewrites). Follow-ups are kept in the store
+//!   ([`Write::PutFollowUp`]), so a second restart before one is due still
+//!   does it.
+//! - **The mains returning before that read.** When the forward policy's
+//!   level trigger ends (the mains back) and a loaded policy's `ledger`
+//!   selector names it, its follow-ups are read at once, before the
+//!   inverses decide on the event ([`Engine::read_follow_ups_early`]):
+//!   what is found changed joins the restore set and is restored by the
+//!   inverse; what still runs or reads unchanged is kept for its due
+//!   time. A change found at that time, when an inverse already ran (its
+//!   trigger holds and no hold counts down), is restored by that inverse
+//!   through the retry machinery, in a new run whose `explain` says why.
 //! - **Retries that waited for their delay.** The store keeps every retry
 //!   waiting for its delay (`retry`); at start each is decided the same
 //!   way (first reading, trigger, then the retry machinery with its retry
