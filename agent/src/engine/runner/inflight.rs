@@ -128,6 +128,24 @@ pub(super) struct Restarts {
 /// driver call.
 pub type StartMark = Arc<dyn Fn() + Send + Sync>;
 
+/// The follow-up that reads `intent`'s `pending` and `unconfirmed`
+/// targets again one task wait after `now`.
+pub(super) fn follow_up_record(
+    intent: IntentRecord,
+    pending: Vec<String>,
+    unconfirmed: Vec<String>,
+    now: DateTime<Utc>,
+) -> FollowUpRecord {
+    let params = intent.params.as_object().cloned().unwrap_or_default();
+    let wait = chrono::Duration::from_std(task_wait(&params)).unwrap_or(chrono::Duration::MAX);
+    FollowUpRecord {
+        intent,
+        pending,
+        unconfirmed,
+        due: now + wait,
+    }
+}
+
 /// How long reconciliation waits for the tasks of an action with `params`.
 pub(super) fn task_wait(params: &serde_json::Map<String, Value>) -> Duration {
     let secs = |key: &str| params.get(key).and_then(Value::as_u64);
@@ -222,26 +240,10 @@ impl Engine {
         }
     }
 
-    /// Reads `intent`'s `pending` and `unconfirmed` targets again one task
-    /// wait after `now` (module docs); kept in the store too.
-    pub(super) fn follow_up_later(
-        &mut self,
-        intent: IntentRecord,
-        pending: Vec<String>,
-        unconfirmed: Vec<String>,
-        now: DateTime<Utc>,
-    ) -> Result<(), EngineError> {
-        let params = intent.params.as_object().cloned().unwrap_or_default();
-        let wait = chrono::Duration::from_std(task_wait(&params)).unwrap_or(chrono::Duration::MAX);
-        let record = FollowUpRecord {
-            intent,
-            pending,
-            unconfirmed,
-            due: now + wait,
-        };
-        self.store.write(&[Write::PutFollowUp(record.clone())])?;
+    /// Reads a follow-up's targets again at its due time (module docs);
+    /// the caller has written it to the store.
+    pub(super) fn keep_follow_up(&mut self, record: FollowUpRecord) {
         self.restarts.follow_ups.push(record);
-        Ok(())
     }
 
     /// The follow-up reads a previous start left in the store (at start).

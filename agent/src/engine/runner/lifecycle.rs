@@ -609,6 +609,29 @@ impl Engine {
                 })
                 .collect();
             batch.extend(self.record_changes(intent.policy_id, intent.run_id, now, changes));
+            // A call that started and reported no task for a target may
+            // still land after this read (an SSH command, a Proxmox POST
+            // whose UPID was not written yet): read once more later, as a
+            // target whose task still runs is. Written with the outcome,
+            // so a crash now cannot lose it.
+            let unconfirmed: Vec<String> = match intent.started_at {
+                Some(_) => not_done
+                    .iter()
+                    .filter(|t| !intent.tasks.iter().any(|task| &task.target == *t))
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
+            let follow_up = (!pending.is_empty() || !unconfirmed.is_empty()).then(|| {
+                // One wait from now, after this start's own wait.
+                inflight::follow_up_record(
+                    intent.clone(),
+                    pending.clone(),
+                    unconfirmed.clone(),
+                    (self.config.clock)(),
+                )
+            });
+            batch.extend(follow_up.clone().map(Write::PutFollowUp));
             self.store.write(&batch)?;
             let version_int = self
                 .policies
@@ -636,26 +659,8 @@ impl Engine {
                 })
                 .results
                 .extend(rows);
-            // A call that started and reported no task for a target may
-            // still land after this read (an SSH command, a Proxmox POST
-            // whose UPID was not written yet): read once more later.
-            let unconfirmed: Vec<String> = match intent.started_at {
-                Some(_) => not_done
-                    .iter()
-                    .filter(|t| !intent.tasks.iter().any(|task| &task.target == *t))
-                    .cloned()
-                    .collect(),
-                None => Vec::new(),
-            };
-            if !pending.is_empty() || !unconfirmed.is_empty() {
-                // One wait from now, after this start's own wait.
-                let read_at = (self.config.clock)();
-                self.follow_up_later(
-                    intent.clone(),
-                    pending.clone(),
-                    unconfirmed.clone(),
-                    read_at,
-                )?;
+            if let Some(record) = follow_up {
+                self.keep_follow_up(record);
             }
             if let (false, Some(event)) = (repeat.is_empty(), intent.event.clone()) {
                 retries.push(inflight::RestartRetry {
