@@ -653,6 +653,11 @@ impl EngineStore for Flaky {
     ) -> agent::engine::store::StoreResult<Vec<agent::engine::store::RetryRecord>> {
         self.inner.waiting_retries()
     }
+    fn follow_ups(
+        &self,
+    ) -> agent::engine::store::StoreResult<Vec<agent::engine::store::FollowUpRecord>> {
+        self.inner.follow_ups()
+    }
     fn window_state(
         &self,
         id: Uuid,

@@ -278,3 +278,112 @@ async fn an_interrupted_reboot_is_never_re_run() {
     assert_eq!(site.calls(), [call("reset", &ALL, 0)]);
     assert!(site.audit("engine.restart_retry").is_empty());
 }
+
+/// Runs the agent's loop for `n` seconds, one second at a time: what is due
+/// fires, the runs it starts finish.
+async fn run_for(engine: &mut Engine, clock: &Clock, n: u64) {
+    for _ in 0..n {
+        seconds(1).await;
+        fire(engine, clock).await;
+    }
+}
+
+/// The first agent sends the shutdown (a plain call, no device task: an
+/// SSH command, a POST whose UPID was never written) and dies 1 s into
+/// its 3 s; the call still lands on the device at 3 s. The second agent
+/// starts at once: its read says the VMs still run.
+async fn crash_during_a_call_without_a_task(site: &Site, policies: fn() -> Vec<Policy>) -> Engine {
+    *site.pve.latency.lock().unwrap() = Duration::from_secs(3);
+    let (mut first, _) = site.start_with_report(policies()).await;
+    handle_only(&mut first, &reading(&[OnMains])).await;
+    handle_only(&mut first, &ups("on_battery")).await;
+    seconds(1).await;
+    let open = site.store().open_intents().unwrap();
+    assert!(open[0].started_at.is_some(), "the call started");
+    assert!(open[0].tasks.is_empty(), "no task reported");
+    drop(first); // killed; the device finishes the call it received
+    *site.pve.latency.lock().unwrap() = support::DEFAULT_LATENCY;
+
+    let (second, report) = site.start_with_report(policies()).await;
+    assert_eq!(report.reconciled[0].not_done, ALL);
+    assert_eq!(report.reconciled[0].unconfirmed, ALL);
+    assert_eq!(site.pve.status("vm:100").as_deref(), Some("running"));
+    second
+}
+
+fn with_inverse() -> Vec<Policy> {
+    vec![on_battery("shutdown"), restore_on_mains()]
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_without_a_task_that_lands_after_the_start_read_is_read_again_and_restored() {
+    let site = site();
+    let mut second = crash_during_a_call_without_a_task(&site, with_inverse).await;
+    // The mains return before the call lands: nothing is known stopped yet.
+    handle(&mut second, &reading(&[OnMains])).await;
+    assert!(site.restore_set(1).is_empty());
+    run_for(&mut second, &site.clock, 3).await;
+    assert_eq!(site.pve.status("vm:100").as_deref(), Some("stopped"));
+    // Read again one wait (grace 60 s + 30 s) after the start: the call
+    // took effect, the VMs join the restore set, and the inverse, whose
+    // trigger still holds, starts them.
+    run_for(&mut second, &site.clock, 97).await;
+    let calls = site.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[1].0, "start");
+    assert_eq!(calls[1].1, ALL);
+    assert!((91..=97).contains(&calls[1].2), "{calls:?}");
+    assert_eq!(site.pve.status("vm:100").as_deref(), Some("running"));
+    assert!(site.restore_set(1).is_empty());
+    let runs = site.store().runs(Uuid::from_u128(1), 30).unwrap();
+    assert_eq!(runs[0].status, RunStatus::Interrupted);
+    assert!(runs[0].results.iter().all(|r| r.changed), "{:?}", runs[0]);
+    assert_eq!(second.next_deadline(), None, "read again once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_mains_returning_before_the_second_read_is_due_restores_what_the_call_changed() {
+    let site = site();
+    let mut second = crash_during_a_call_without_a_task(&site, with_inverse).await;
+    handle(&mut second, &reading(&[OnBattery])).await;
+    // The call lands at 3 s; the shutdown sent again finds the VMs stopped.
+    run_for(&mut second, &site.clock, 10).await;
+    assert_eq!(site.calls().len(), 1);
+    assert!(site.restore_set(1).is_empty(), "not read again yet");
+    // The mains return at 11 s, long before the read due at 91 s: the
+    // inverse counts the VMs the interrupted call stopped.
+    handle(&mut second, &ups("on_mains")).await;
+    assert_eq!(
+        site.calls(),
+        [call("shutdown", &ALL, 0), call("start", &ALL, 11)]
+    );
+    assert!(site.restore_set(1).is_empty());
+    run_for(&mut second, &site.clock, 100).await;
+    assert_eq!(site.calls().len(), 2, "restored once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_restart_before_the_read_again_is_due_still_reads_again() {
+    let site = site();
+    let mut second = crash_during_a_call_without_a_task(&site, with_inverse).await;
+    handle(&mut second, &reading(&[OnBattery])).await;
+    seconds(1).await;
+    drop(second); // stopped again before the call landed and the read is due
+
+    let (mut third, report) = site.start_with_report(with_inverse()).await;
+    assert!(report.reconciled.is_empty());
+    handle(&mut third, &reading(&[OnBattery])).await;
+    run_for(&mut third, &site.clock, 100).await;
+    assert_eq!(
+        site.restore_set(1),
+        ALL,
+        "the read at 91 s found them stopped"
+    );
+    assert_eq!(third.next_deadline(), None);
+    handle(&mut third, &ups("on_mains")).await;
+    let calls = site.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[1].0, "start");
+    assert_eq!(site.pve.status("vm:100").as_deref(), Some("running"));
+    assert!(site.restore_set(1).is_empty());
+}

@@ -379,13 +379,6 @@ impl Site {
         }
     }
 
-    /// Lets time pass until every device task has finished on the host.
-    async fn tasks_finish(&self) {
-        while self.pve.calls().iter().any(|c| c.end.is_none()) {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
     fn calls(&self) -> Vec<(Call, Power)> {
         let calls = self.pve.calls();
         let seen = self.seen.lock().unwrap().clone();
@@ -410,18 +403,24 @@ async fn tell(engine: &mut Option<Engine>, event: &Event) {
 const RETRIES_DONE: Duration = Duration::from_secs(65);
 
 /// Known limits a scenario steers around, each on its own so a test can
-/// show what happens without it. One remains steered in [`AVOID_ALL`]
-/// (`reconciled_once`: reconciliation does not follow up a device call
-/// that reported no task and lands after the start's read, nor an
-/// operator change while the agent is down). To see a minimal failing
-/// case, set that field to `false` in `AVOID_ALL` and run this file; once
-/// fixed, drop the field.
+/// show what happens without it. None remains steered in [`AVOID_ALL`]:
+/// to see a minimal failing case of a limit found later, add a field that
+/// steers around it, set it in `AVOID_ALL` and run this file without it.
 ///
-/// No longer a field: the mains returned only once the agent's queued and
-/// running items finished. Fixed: a power-off item still queued behind
-/// another on the host (the low-battery stop behind the outage shutdown)
-/// when the mains return is cancelled before it starts
-/// (`engine.trigger_ended`, `runner/outage.rs`).
+/// No longer fields:
+/// - the mains returned only once the agent's queued and running items
+///   finished. Fixed: a power-off item still queued behind another on the
+///   host (the low-battery stop behind the outage shutdown) when the mains
+///   return is cancelled before it starts (`engine.trigger_ended`,
+///   `runner/outage.rs`).
+/// - `reconciled_once`: a start waited until the device calls a crashed
+///   agent started had finished, and nobody changed a VM while the agent
+///   was down. Fixed: a call that started and reported no task (the fake's
+///   calls never do) and whose targets read unchanged at start is read
+///   again one wait later; a change found then joins the restore set, and
+///   an inverse that already ran restores it (`runner/inflight.rs`). Its
+///   minimal case was `PowerFails`, a crash at once with a 3 s call, the
+///   agent started again at once.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     /// Not steered any more (fixed: a waiting retry is kept in the store
@@ -429,14 +428,6 @@ struct Limits {
     /// stopped while a retry may be waiting (the host unreachable or back
     /// less than [`RETRIES_DONE`] ago).
     keep_retries: bool,
-    /// A start waits until the device calls a crashed agent started have
-    /// finished, and nobody changes a VM while the agent is down. A target
-    /// whose recorded device task still runs at start is read again later
-    /// (`runner/inflight.rs`), but the fake's calls report no task: a call
-    /// that lands after the start's read (minimal case: `PowerFails`, a
-    /// crash at once with a 3 s call, the agent started again at once) is
-    /// read "running", never again, so its VM misses the restore set.
-    reconciled_once: bool,
     /// Not steered any more (fixed: a `ledger`-selector policy is not held
     /// by its window while its forward's restore set has targets, and
     /// "undoes" is symmetric). The inverses have no suppression or
@@ -455,7 +446,6 @@ struct Limits {
 
 const AVOID_ALL: Limits = Limits {
     keep_retries: false,
-    reconciled_once: true,
     inverses_windowless: false,
 };
 
@@ -526,12 +516,8 @@ fn run(s: &Scenario, limits: Limits) -> Outcome {
                     }
                 }
                 Action::Start { poll_s } if engine.is_none() => {
-                    if limits.reconciled_once {
-                        site.tasks_finish().await;
-                    }
                     engine = site.start(&policies, reachable, poll_s).await;
                 }
-                Action::Operator { .. } if limits.reconciled_once && engine.is_none() => {}
                 Action::Operator { vm, running } => {
                     let status = if running { "running" } else { "stopped" };
                     site.pve.set_status(VMS[vm].0, status);
@@ -554,9 +540,6 @@ fn run(s: &Scenario, limits: Limits) -> Outcome {
         // The end of the story: the agent up, the host reachable, the
         // mains back, and time for the inverses' holds and their retries.
         if engine.is_none() {
-            if limits.reconciled_once {
-                site.tasks_finish().await;
-            }
             engine = site.start(&policies, reachable, 2).await;
         }
         if !reachable {

@@ -115,6 +115,10 @@ pub trait EngineStore: Send + Sync {
     /// retry while the trigger holds), by run, action index and host.
     fn waiting_retries(&self) -> StoreResult<Vec<RetryRecord>>;
 
+    /// The follow-up reads of reconciled intents not yet done (SPEC §6
+    /// "Persistence and restarts"), by intent id.
+    fn follow_ups(&self) -> StoreResult<Vec<FollowUpRecord>>;
+
     /// The restore set of `policy_id`, by host and target.
     fn restore_set(&self, policy_id: Uuid) -> StoreResult<Vec<RestoreEntry>> {
         Ok(self
@@ -293,6 +297,10 @@ pub enum Write {
     /// holds already, an unknown intent or one with an outcome (a report
     /// that arrived after the item finished) is left as it is.
     RecordTask { id: IntentId, task: TaskRecord },
+    /// Marks an intent still without outcome as started (its driver call
+    /// began) at `at`; an unknown intent or one with an outcome is left as
+    /// it is, a started one keeps its first time.
+    StartIntent { id: IntentId, at: DateTime<Utc> },
     /// Sets an intent's outcome; unknown -> not found, already set -> conflict.
     CompleteIntent {
         id: IntentId,
@@ -333,6 +341,10 @@ pub enum Write {
         action_index: u32,
         host: String,
     },
+    /// Inserts or replaces a follow-up read (by its intent's id).
+    PutFollowUp(FollowUpRecord),
+    /// Removes a follow-up read; a missing one is ignored.
+    RemoveFollowUp { id: IntentId },
 }
 
 /// Per-policy window state (SPEC §6 steps 4 and 9).
@@ -435,6 +447,32 @@ pub struct IntentRecord {
     /// (SPEC §6 "Persistence and restarts").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<TaskRecord>,
+    /// When the item's driver call started ([`Write::StartIntent`]); `None`
+    /// while it waits in the queue. An interrupted intent that started may
+    /// still land on the device after the start's read, so reconciliation
+    /// reads its unchanged targets once more (SPEC §6 "Persistence and
+    /// restarts").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// A reconciled intent whose targets are read once more at `due`, when
+/// what the interrupted call started could have finished (SPEC §6
+/// "Persistence and restarts"). Kept by intent id, so a second restart
+/// before it is due still reads them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowUpRecord {
+    pub intent: IntentRecord,
+    /// Targets whose device task still ran when the wait at start ended
+    /// (their keys kept).
+    #[serde(default)]
+    pub pending: Vec<String>,
+    /// Targets of a call that had started without a task handle and that
+    /// read not changed at start (their keys already cleared): found
+    /// changed later, they join the restore set.
+    #[serde(default)]
+    pub unconfirmed: Vec<String>,
+    pub due: DateTime<Utc>,
 }
 
 /// One device task an intent's execution started.

@@ -10,9 +10,9 @@ use uuid::Uuid;
 use super::sqlite::{conflict_or, from_json, json_column, parse_ts, parse_uuid, sql, to_json, ts};
 use super::SqliteStore;
 use crate::engine::store::{
-    AuditEntry, AuditQuery, AuditRecord, DeadlineKind, DeadlineRecord, EngineStore, IntentEntry,
-    IntentId, IntentOutcome, IntentRecord, KillSwitchState, RestoreEntry, RetryRecord, RunRecord,
-    StoreError, StoreResult, SubjectState, TimerCheckRecord, WindowState, Write,
+    AuditEntry, AuditQuery, AuditRecord, DeadlineKind, DeadlineRecord, EngineStore, FollowUpRecord,
+    IntentEntry, IntentId, IntentOutcome, IntentRecord, KillSwitchState, RestoreEntry, RetryRecord,
+    RunRecord, StoreError, StoreResult, SubjectState, TimerCheckRecord, WindowState, Write,
     LEDGER_RUNS_PER_POLICY,
 };
 
@@ -277,6 +277,22 @@ impl EngineStore for SqliteStore {
         Ok(out)
     }
 
+    fn follow_ups(&self) -> StoreResult<Vec<FollowUpRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT record FROM follow_ups ORDER BY run_id, action_index, host")
+            .map_err(sql("follow_ups"))?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(sql("follow_ups"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let row = row.map_err(sql("follow_ups"))?;
+            out.push(from_json("follow-up", &row)?);
+        }
+        Ok(out)
+    }
+
     fn subject_states(&self) -> StoreResult<Vec<SubjectState>> {
         let conn = self.lock();
         let mut stmt = conn
@@ -512,35 +528,20 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<()> {
             )
             .map_err(sql("reopen_intent"))?;
         }
-        Write::RecordTask { id, task } => {
-            let key = params![id.run_id.to_string(), id.action_index, id.host];
-            let doc: Option<String> = tx
-                .query_row(
-                    "SELECT intent FROM intents
-                     WHERE run_id = ?1 AND action_index = ?2 AND host = ?3 AND outcome IS NULL",
-                    key,
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(sql("record_task"))?;
-            if let Some(doc) = doc {
-                let mut intent: IntentRecord = from_json("intent", &doc)?;
-                if !intent.tasks.contains(task) {
-                    intent.tasks.push(task.clone());
-                    tx.execute(
-                        "UPDATE intents SET intent = ?4
-                         WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
-                        params![
-                            id.run_id.to_string(),
-                            id.action_index,
-                            id.host,
-                            to_json("intent", &intent)?
-                        ],
-                    )
-                    .map_err(sql("record_task"))?;
-                }
+        Write::RecordTask { id, task } => update_open_intent(tx, id, "record_task", |intent| {
+            let new = !intent.tasks.contains(task);
+            if new {
+                intent.tasks.push(task.clone());
             }
-        }
+            new
+        })?,
+        Write::StartIntent { id, at } => update_open_intent(tx, id, "start_intent", |intent| {
+            let new = intent.started_at.is_none();
+            if new {
+                intent.started_at = Some(*at);
+            }
+            new
+        })?,
         Write::CompleteIntent { id, outcome } => complete_intent(tx, id, outcome)?,
         Write::PruneIntents { before } => {
             tx.execute(
@@ -612,6 +613,28 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<()> {
                 ],
             )
             .map_err(sql("put_retry"))?;
+        }
+        Write::PutFollowUp(record) => {
+            let id = record.intent.id();
+            tx.execute(
+                "INSERT INTO follow_ups (run_id, action_index, host, record)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (run_id, action_index, host) DO UPDATE SET record = excluded.record",
+                params![
+                    id.run_id.to_string(),
+                    id.action_index,
+                    id.host,
+                    to_json("follow-up", record)?
+                ],
+            )
+            .map_err(sql("put_follow_up"))?;
+        }
+        Write::RemoveFollowUp { id } => {
+            tx.execute(
+                "DELETE FROM follow_ups WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
+                params![id.run_id.to_string(), id.action_index, id.host],
+            )
+            .map_err(sql("remove_follow_up"))?;
         }
         Write::RemoveRetry {
             run_id,
@@ -760,6 +783,45 @@ struct RestoreRow {
     params: String,
     run_id: String,
     at: String,
+}
+
+/// Rewrites the document of intent `id` while it has no outcome, when
+/// `change` says it changed it; an unknown or finished intent is left as
+/// it is.
+fn update_open_intent(
+    tx: &Transaction<'_>,
+    id: &IntentId,
+    what: &'static str,
+    change: impl FnOnce(&mut IntentRecord) -> bool,
+) -> StoreResult<()> {
+    let key = params![id.run_id.to_string(), id.action_index, id.host];
+    let doc: Option<String> = tx
+        .query_row(
+            "SELECT intent FROM intents
+             WHERE run_id = ?1 AND action_index = ?2 AND host = ?3 AND outcome IS NULL",
+            key,
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(sql(what))?;
+    let Some(doc) = doc else {
+        return Ok(());
+    };
+    let mut intent: IntentRecord = from_json("intent", &doc)?;
+    if change(&mut intent) {
+        tx.execute(
+            "UPDATE intents SET intent = ?4
+             WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
+            params![
+                id.run_id.to_string(),
+                id.action_index,
+                id.host,
+                to_json("intent", &intent)?
+            ],
+        )
+        .map_err(sql(what))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

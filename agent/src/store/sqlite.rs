@@ -278,6 +278,19 @@ CREATE TABLE waiting_retries (
 ) STRICT;
 "#,
     },
+    Migration {
+        version: 8,
+        name: "follow-up reads",
+        sql: r#"
+CREATE TABLE follow_ups (
+    run_id TEXT NOT NULL,
+    action_index INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (run_id, action_index, host)
+) STRICT;
+"#,
+    },
 ];
 
 /// Version 5: SPEC §5 keys carry the host id (`pve-01/proxmox.vm:...`),

@@ -30,15 +30,33 @@
 //!   the host guards, already-desired targets skipped. It is a new ledger
 //!   run (the interrupted run is already in the ledger) whose `explain`
 //!   names the interrupted one. A reboot, reset or cycle is never re-run.
-//! - **Reading a pending target again.** A target still `pending` at start
-//!   is read once more (its task, then a dry-run) one more wait later, from
+//! - **Reading a target again.** A target still `pending` at start, and a
+//!   target of a call that had started ([`Write::StartIntent`], written
+//!   right before the driver call) without reporting a task and that read
+//!   not in the desired state (`unconfirmed`: an SSH command, a Proxmox
+//!   POST whose UPID was not written before the crash may still land), is
+//!   read once more (its task, then a dry-run) one more wait later, from
 //!   the engine's timer loop ([`Engine::fire_follow_ups`]): a target found
-//!   in the desired state then is a change (it joins the restore set), one
-//!   found elsewhere with its task ended has its key cleared (and is sent
-//!   again under the rule above), one whose task still runs keeps its key.
-//!   The result is a new ledger run of `engine.interrupted` rows whose
-//!   `explain` names the interrupted run (the ledger appends, never
-//!   rewrites). A follow-up does not survive a second restart.
+//!   in the desired state then is a change (it joins the restore set). A
+//!   pending one found elsewhere with its task ended has its key cleared
+//!   (and is sent again under the rule above), one whose task still runs
+//!   keeps its key; an unconfirmed one was already handled at start (key
+//!   cleared, sent again if repeatable), so only a change found counts, and
+//!   a target already in the restore set (a retry changed it) is not
+//!   counted twice. The result is a new ledger run of `engine.interrupted`
+//!   rows whose `explain` names the interrupted run (the ledger appends,
+//!   never rewrites). Follow-ups are kept in the store
+//!   ([`Write::PutFollowUp`]), so a second restart before one is due still
+//!   does it.
+//! - **The mains returning before that read.** When the forward policy's
+//!   level trigger ends (the mains back) and a loaded policy's `ledger`
+//!   selector names it, its follow-ups are read at once, before the
+//!   inverses decide on the event ([`Engine::read_follow_ups_early`]):
+//!   what is found changed joins the restore set and is restored by the
+//!   inverse; what still runs or reads unchanged is kept for its due
+//!   time. A change found at that time, when an inverse already ran (its
+//!   trigger holds and no hold counts down), is restored by that inverse
+//!   through the retry machinery, in a new run whose `explain` says why.
 //! - **Retries that waited for their delay.** The store keeps every retry
 //!   waiting for its delay (`retry`); at start each is decided the same
 //!   way (first reading, trigger, then the retry machinery with its retry
@@ -62,7 +80,7 @@ use super::ledger::row;
 use super::restore::Change;
 use super::{retry, Engine, EngineError, OpenRun, INTERRUPTED};
 use crate::engine::store::{
-    AuditRecord, IntentRecord, RunEvent, RunRecord, RunStatus, TaskRecord, Write,
+    AuditRecord, FollowUpRecord, IntentRecord, RunEvent, RunRecord, RunStatus, TaskRecord, Write,
 };
 
 /// How much longer than the action's grace reconciliation waits for a task.
@@ -90,6 +108,10 @@ pub(super) struct RestartRetry {
     /// which waited for its delay when the agent stopped (its store
     /// record goes once it is decided).
     pub waiting: Option<u32>,
+    /// Not an interrupted intent but an inverse (`policy_id`) sent to
+    /// targets a follow-up read found changed by `run_id` after the
+    /// inverse had already resolved its restore set.
+    pub restores: bool,
 }
 
 /// Interrupted intents waiting for the first reading of their UPS, and
@@ -97,17 +119,31 @@ pub(super) struct RestartRetry {
 #[derive(Debug, Default)]
 pub(super) struct Restarts {
     waiting: Vec<RestartRetry>,
-    follow_ups: Vec<FollowUp>,
+    /// Reconciled intents whose targets are read once more at their `due`
+    /// ([`Engine::fire_follow_ups`]); the store keeps them too.
+    follow_ups: Vec<FollowUpRecord>,
 }
 
-/// A reconciled intent whose device tasks still ran when the wait at start
-/// ended: its `pending` targets are read once more at `due`, when the tasks
-/// could have finished ([`Engine::fire_follow_ups`]).
-#[derive(Debug)]
-pub(super) struct FollowUp {
+/// Marks a queued item's intent started; called once, right before its
+/// driver call.
+pub type StartMark = Arc<dyn Fn() + Send + Sync>;
+
+/// The follow-up that reads `intent`'s `pending` and `unconfirmed`
+/// targets again one task wait after `now`.
+pub(super) fn follow_up_record(
     intent: IntentRecord,
-    targets: Vec<String>,
-    due: DateTime<Utc>,
+    pending: Vec<String>,
+    unconfirmed: Vec<String>,
+    now: DateTime<Utc>,
+) -> FollowUpRecord {
+    let params = intent.params.as_object().cloned().unwrap_or_default();
+    let wait = chrono::Duration::from_std(task_wait(&params)).unwrap_or(chrono::Duration::MAX);
+    FollowUpRecord {
+        intent,
+        pending,
+        unconfirmed,
+        due: now + wait,
+    }
 }
 
 /// How long reconciliation waits for the tasks of an action with `params`.
@@ -143,6 +179,25 @@ impl Engine {
                 Err(e) => {
                     warn!(%policy_id, %correlation_id, target = %task.target, error = %e, "cannot record the device task")
                 }
+            }
+        })
+    }
+
+    /// The mark that records `intent` started ([`Write::StartIntent`]). A
+    /// failed write is logged: the item still runs, and a crash before it
+    /// ends is then reconciled as a call that never started.
+    pub(super) fn start_mark(&self, intent: &IntentRecord) -> StartMark {
+        let store = self.store.clone();
+        let clock = self.config.clock.clone();
+        let id = intent.id();
+        let (policy_id, correlation_id) = (intent.policy_id, intent.correlation_id);
+        Arc::new(move || {
+            let write = Write::StartIntent {
+                id: id.clone(),
+                at: clock(),
+            };
+            if let Err(e) = store.write(&[write]) {
+                warn!(%policy_id, %correlation_id, error = %e, "cannot mark the intent started");
             }
         })
     }
@@ -185,21 +240,18 @@ impl Engine {
         }
     }
 
-    /// Reads `intent`'s `pending` targets again one task wait after `now`
-    /// (module docs).
-    pub(super) fn follow_up_later(
-        &mut self,
-        intent: IntentRecord,
-        targets: Vec<String>,
-        now: DateTime<Utc>,
-    ) {
-        let params = intent.params.as_object().cloned().unwrap_or_default();
-        let wait = chrono::Duration::from_std(task_wait(&params)).unwrap_or(chrono::Duration::MAX);
-        self.restarts.follow_ups.push(FollowUp {
-            intent,
-            targets,
-            due: now + wait,
-        });
+    /// Reads a follow-up's targets again at its due time (module docs);
+    /// the caller has written it to the store.
+    pub(super) fn keep_follow_up(&mut self, record: FollowUpRecord) {
+        self.restarts.follow_ups.push(record);
+    }
+
+    /// The follow-up reads a previous start left in the store (at start).
+    pub(super) fn restore_follow_ups(&mut self) -> Result<usize, EngineError> {
+        let records = self.store.follow_ups()?;
+        let count = records.len();
+        self.restarts.follow_ups.extend(records);
+        Ok(count)
     }
 
     /// When the next follow-up read is due.
@@ -207,10 +259,10 @@ impl Engine {
         self.restarts.follow_ups.iter().map(|f| f.due).min()
     }
 
-    /// Reads again the pending targets of every follow-up due at `now`:
-    /// each target's task once, then the targets by a dry-run. Records a
-    /// ledger run, the changes found (restore set), clears the keys of the
-    /// targets not done, and hands those of a repeatable verb to
+    /// Reads again the targets of every follow-up due at `now`: each
+    /// target's task once, then the targets by a dry-run. Records a ledger
+    /// run, the changes found (restore set), clears the keys of the
+    /// pending targets not done, and hands those of a repeatable verb to
     /// [`Engine::defer_restart_retry`].
     pub(super) async fn fire_follow_ups(&mut self, now: DateTime<Utc>) -> Result<(), EngineError> {
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.restarts.follow_ups)
@@ -218,19 +270,62 @@ impl Engine {
             .partition(|f| f.due <= now);
         self.restarts.follow_ups = later;
         for follow_up in due {
-            self.follow_up(follow_up, now).await?;
+            self.follow_up(follow_up, now, false).await?;
         }
         Ok(())
     }
 
+    /// Reads now, before they are due, the follow-ups of the policies whose
+    /// level trigger has ended (the mains are back): the inverses decided
+    /// on this event then count what they find changed (SPEC §6 "Outage
+    /// lifecycle"). What is still running or unchanged is kept for its due
+    /// time.
+    pub(super) async fn read_follow_ups_early(&mut self) -> Result<(), EngineError> {
+        if self.restarts.follow_ups.is_empty() {
+            return Ok(());
+        }
+        let now = (self.config.clock)();
+        let (ended, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.restarts.follow_ups)
+            .into_iter()
+            .partition(|f| {
+                f.intent.event.as_ref().is_some_and(|e| {
+                    self.trigger_ended(f.intent.policy_id, &e.subject.id)
+                        && self.has_inverse(f.intent.policy_id)
+                })
+            });
+        self.restarts.follow_ups = keep;
+        for follow_up in ended {
+            self.follow_up(follow_up, now, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a loaded policy's `ledger` selector names `forward`.
+    fn has_inverse(&self, forward: Uuid) -> bool {
+        self.policies
+            .values()
+            .any(|p| super::ledger_forward(p) == Some(forward))
+    }
+
+    /// One follow-up read. `early`: read before its due time; targets
+    /// still running or unchanged are kept (same due), not settled.
     async fn follow_up(
         &mut self,
-        follow_up: FollowUp,
+        follow_up: FollowUpRecord,
         now: DateTime<Utc>,
+        early: bool,
     ) -> Result<(), EngineError> {
-        let FollowUp {
-            intent, targets, ..
+        let FollowUpRecord {
+            intent,
+            pending: pending_before,
+            unconfirmed,
+            due,
         } = follow_up;
+        let targets: Vec<String> = pending_before
+            .iter()
+            .chain(unconfirmed.iter())
+            .cloned()
+            .collect();
         let action = Action {
             capability: intent.capability.clone(),
             verb: intent.verb.clone(),
@@ -242,10 +337,16 @@ impl Engine {
             correlation_id: intent.correlation_id,
         };
         let Some(driver) = self.drivers.get(&intent.host).cloned() else {
+            self.store
+                .write(&[Write::RemoveFollowUp { id: intent.id() }])?;
             return Ok(());
         };
         let mut tasks: BTreeMap<String, (TaskRecord, TaskStatus)> = BTreeMap::new();
-        for task in intent.tasks.iter().filter(|t| targets.contains(&t.target)) {
+        for task in intent
+            .tasks
+            .iter()
+            .filter(|t| pending_before.contains(&t.target))
+        {
             let handle = TaskHandle {
                 target: task.target.clone(),
                 handle: task.handle.clone(),
@@ -265,9 +366,16 @@ impl Engine {
         let repeatable = self.repeatable(&intent, &action);
         let (mut done, mut not_done, mut pending, mut repeat) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut still_unconfirmed = Vec::new();
         let mut changes = Vec::new();
         let mut from_states = HashMap::new();
         let mut rows = Vec::new();
+        let held: Vec<String> = self
+            .restore
+            .of(intent.policy_id)
+            .filter(|e| e.host == intent.host)
+            .map(|e| e.target.clone())
+            .collect();
         for target in &targets {
             let seen = answer.as_ref().ok().and_then(|list| {
                 list.iter()
@@ -275,11 +383,48 @@ impl Engine {
                     .find(|e| &e.id == target)
                     .and_then(|e| e.from.clone())
             });
+            let shown = seen.as_deref().unwrap_or("unknown");
+            if unconfirmed.contains(target) {
+                // A call that started without a task handle: only a change
+                // found now tells (its key was cleared at start, and a
+                // repeatable verb was handed to the retry then).
+                let reached = seen.as_deref().is_some_and(|s| desired.contains(&s));
+                if !reached {
+                    still_unconfirmed.push(target.clone());
+                    continue;
+                }
+                if held.contains(target) {
+                    // Already in the restore set (a retry changed it).
+                    done.push(target.clone());
+                    continue;
+                }
+                let why = format!(
+                    "read again after a restart; {target} is {shown}: the interrupted call took effect after the start's read"
+                );
+                let mut result = row(
+                    intent.action_index as usize,
+                    &action,
+                    &intent.host,
+                    target,
+                    true,
+                    Severity::Warn,
+                    INTERRUPTED,
+                    &why,
+                );
+                result.changed = true;
+                rows.push(result);
+                changes.push((target.clone(), seen.clone()));
+                done.push(target.clone());
+                continue;
+            }
             let task = tasks.get(target);
             let running = task.is_some_and(|(_, s)| s.is_running());
             let failed = matches!(task, Some((_, TaskStatus::Failed { .. })));
             let reached = !running && seen.as_deref().is_some_and(|s| desired.contains(&s));
-            let shown = seen.as_deref().unwrap_or("unknown");
+            if early && running {
+                pending.push(target.clone());
+                continue;
+            }
             let why = if running {
                 format!("read again after a restart; the task on {target} still runs: pending, its key kept")
             } else if reached && failed {
@@ -323,12 +468,12 @@ impl Engine {
         let reason = match &answer {
             Err(e) => format!("read again after a restart; dry-run failed: {e}"),
             Ok(_) => format!(
-                "read again after a restart; {} of {} pending targets reached the desired state",
+                "read again after a restart; {} of {} targets reached the desired state",
                 done.len(),
                 targets.len()
             ),
         };
-        info!(policy_id = %intent.policy_id, host = %intent.host, correlation_id = %intent.correlation_id, reason = %reason, "engine.interrupted follow-up");
+        info!(policy_id = %intent.policy_id, host = %intent.host, correlation_id = %intent.correlation_id, early, reason = %reason, "engine.interrupted follow-up");
         let event = intent.event.clone().unwrap_or_else(|| RunEvent {
             kind: INTERRUPTED.into(),
             subject: crate::engine::store::SubjectRecord {
@@ -341,25 +486,27 @@ impl Engine {
             .policies
             .get(&intent.policy_id)
             .map_or(0, |p| p.ir.version_int);
-        let mut batch = vec![
-            Write::AppendAudit(AuditRecord {
-                ts: now,
-                correlation_id: intent.correlation_id,
-                kind: INTERRUPTED.into(),
-                policy_id: Some(intent.policy_id),
-                details: json!({
-                    "run_id": intent.run_id,
-                    "follow_up": true,
-                    "host": intent.host,
-                    "verb": intent.verb,
-                    "done": done,
-                    "not_done": not_done,
-                    "pending": pending,
-                    "repeat": repeat,
-                    "reason": reason,
-                }),
+        let mut batch = vec![Write::AppendAudit(AuditRecord {
+            ts: now,
+            correlation_id: intent.correlation_id,
+            kind: INTERRUPTED.into(),
+            policy_id: Some(intent.policy_id),
+            details: json!({
+                "run_id": intent.run_id,
+                "follow_up": true,
+                "early": early,
+                "host": intent.host,
+                "verb": intent.verb,
+                "done": done,
+                "not_done": not_done,
+                "pending": pending,
+                "unconfirmed": still_unconfirmed,
+                "repeat": repeat,
+                "reason": reason,
             }),
-            Write::AppendRun(RunRecord {
+        })];
+        if !rows.is_empty() {
+            batch.push(Write::AppendRun(RunRecord {
                 run_id: Uuid::new_v4(),
                 policy_id: intent.policy_id,
                 version_int,
@@ -371,12 +518,12 @@ impl Engine {
                 results: rows,
                 explain: json!({
                     "restart": format!(
-                        "run {} was interrupted by a restart while device tasks still ran; its pending targets were read again",
+                        "run {} was interrupted by a restart while its device calls could still act; its targets were read again",
                         intent.run_id
                     ),
                 }),
-            }),
-        ];
+            }));
+        }
         let cleared: Vec<String> = not_done
             .iter()
             .map(|t| self.key(&intent.host, &action, t))
@@ -384,6 +531,20 @@ impl Engine {
         if !cleared.is_empty() {
             batch.push(Write::ClearKeys { keys: cleared });
         }
+        // Read early, what is still running or unchanged waits for its
+        // due time; at the due time, this was the last read.
+        let rest = early && !(pending.is_empty() && still_unconfirmed.is_empty());
+        let rest = rest.then(|| FollowUpRecord {
+            intent: intent.clone(),
+            pending: pending.clone(),
+            unconfirmed: still_unconfirmed.clone(),
+            due,
+        });
+        match &rest {
+            Some(record) => batch.push(Write::PutFollowUp(record.clone())),
+            None => batch.push(Write::RemoveFollowUp { id: intent.id() }),
+        }
+        let changed: Vec<String> = changes.iter().map(|(t, _)| t.clone()).collect();
         let changes = changes
             .iter()
             .map(|(target, to)| Change {
@@ -396,6 +557,7 @@ impl Engine {
             .collect();
         batch.extend(self.record_changes(intent.policy_id, intent.run_id, now, changes));
         self.store.write(&batch)?;
+        self.restarts.follow_ups.extend(rest);
         if !repeat.is_empty() {
             self.defer_restart_retry(RestartRetry {
                 policy_id: intent.policy_id,
@@ -403,9 +565,51 @@ impl Engine {
                 action_index: intent.action_index,
                 host: intent.host.clone(),
                 targets: repeat,
-                event,
+                event: event.clone(),
                 from: from_states,
                 waiting: None,
+                restores: false,
+            })?;
+        }
+        if !early && !changed.is_empty() {
+            self.restore_late_changes(&intent, &event, changed)?;
+        }
+        Ok(())
+    }
+
+    /// Targets a follow-up read found changed after the forward's trigger
+    /// ended and its inverse already resolved the restore set (the device
+    /// finished the shutdown late): each inverse of `intent`'s policy whose
+    /// trigger holds and whose hold is not still counting down restores
+    /// them through the retry machinery (first attempt after its backoff,
+    /// the trigger checked again then). An inverse still counting down
+    /// reads them from the restore set when it fires.
+    fn restore_late_changes(
+        &mut self,
+        intent: &IntentRecord,
+        event: &RunEvent,
+        targets: Vec<String>,
+    ) -> Result<(), EngineError> {
+        let inverses: Vec<(Uuid, u32)> = self
+            .policies
+            .values()
+            .filter(|p| super::ledger_forward(p) == Some(intent.policy_id))
+            .filter(|p| p.ir.targets.host_id == intent.host)
+            .filter(|p| !self.armed.contains_key(&p.id))
+            .filter(|p| self.trigger_holds(p.id, &event.subject.id))
+            .flat_map(|p| (0..p.ir.plan.len() as u32).map(move |i| (p.id, i)))
+            .collect();
+        for (policy_id, action_index) in inverses {
+            self.restart_retry(RestartRetry {
+                policy_id,
+                run_id: intent.run_id,
+                action_index,
+                host: intent.host.clone(),
+                targets: targets.clone(),
+                event: event.clone(),
+                from: HashMap::new(),
+                waiting: None,
+                restores: true,
             })?;
         }
         Ok(())
@@ -449,6 +653,7 @@ impl Engine {
                 event: record.event,
                 from,
                 waiting: Some(record.retries),
+                restores: false,
             })?;
         }
         Ok(count)
@@ -502,6 +707,10 @@ impl Engine {
                 results: Vec::new(),
                 explain: json!({
                     "restart": match retry.waiting {
+                        _ if retry.restores => format!(
+                            "a read after a restart found targets changed by run {} after this inverse had run; they are restored",
+                            retry.run_id
+                        ),
                         Some(n) => format!(
                             "retry {n} of run {} waited for its delay when the agent restarted",
                             retry.run_id

@@ -77,6 +77,10 @@ pub struct Reconciled {
     /// Targets of `not_done` to be sent the action again once the trigger
     /// is known to hold (a repeatable verb, `inflight`).
     pub repeat: Vec<String>,
+    /// Targets of `not_done` whose call had started without reporting a
+    /// device task: read once more later, as the call may still land
+    /// (`inflight`).
+    pub unconfirmed: Vec<String>,
     /// Why the dry-run could not be read, if it could not.
     pub error: Option<String>,
 }
@@ -107,6 +111,7 @@ impl Engine {
         self.load_levels()?;
         self.load_restore_sets()?;
         report.rearmed = self.restore_countdowns()?;
+        self.restore_follow_ups()?;
         report.reconciled = self.reconcile(now).await?;
         report.waiting_retries = self.restore_waiting_retries()?;
         let (late, missed) = self.arm_timer_at(now)?;
@@ -604,6 +609,29 @@ impl Engine {
                 })
                 .collect();
             batch.extend(self.record_changes(intent.policy_id, intent.run_id, now, changes));
+            // A call that started and reported no task for a target may
+            // still land after this read (an SSH command, a Proxmox POST
+            // whose UPID was not written yet): read once more later, as a
+            // target whose task still runs is. Written with the outcome,
+            // so a crash now cannot lose it.
+            let unconfirmed: Vec<String> = match intent.started_at {
+                Some(_) => not_done
+                    .iter()
+                    .filter(|t| !intent.tasks.iter().any(|task| &task.target == *t))
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
+            let follow_up = (!pending.is_empty() || !unconfirmed.is_empty()).then(|| {
+                // One wait from now, after this start's own wait.
+                inflight::follow_up_record(
+                    intent.clone(),
+                    pending.clone(),
+                    unconfirmed.clone(),
+                    (self.config.clock)(),
+                )
+            });
+            batch.extend(follow_up.clone().map(Write::PutFollowUp));
             self.store.write(&batch)?;
             let version_int = self
                 .policies
@@ -631,10 +659,8 @@ impl Engine {
                 })
                 .results
                 .extend(rows);
-            if !pending.is_empty() {
-                // One wait from now, after this start's own wait.
-                let read_at = (self.config.clock)();
-                self.follow_up_later(intent.clone(), pending.clone(), read_at);
+            if let Some(record) = follow_up {
+                self.keep_follow_up(record);
             }
             if let (false, Some(event)) = (repeat.is_empty(), intent.event.clone()) {
                 retries.push(inflight::RestartRetry {
@@ -646,6 +672,7 @@ impl Engine {
                     event,
                     from: from_states,
                     waiting: None,
+                    restores: false,
                 });
             }
             out.push(Reconciled {
@@ -654,6 +681,7 @@ impl Engine {
                 not_done,
                 pending,
                 repeat,
+                unconfirmed,
                 error,
             });
         }

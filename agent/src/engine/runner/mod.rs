@@ -104,6 +104,7 @@ use super::store::{
 };
 use super::triggers::{EventView, TimerQueue, TimerRequest, TriggerState, DEFAULT_MISSED_GRACE};
 use crate::ir::Ir;
+use inflight::StartMark;
 
 mod dry_run;
 mod fresh;
@@ -350,6 +351,9 @@ pub struct ActionWork {
     /// Persists the device task handles the driver reports into the
     /// item's intent (`inflight`).
     tasks: TaskSink,
+    /// Marks the item's intent started right before the driver call
+    /// (`inflight`): a crash after it may leave a change that lands later.
+    started: StartMark,
 }
 
 impl Work for ActionWork {
@@ -357,6 +361,7 @@ impl Work for ActionWork {
 
     fn run(self) -> BoxFuture<Self::Output> {
         Box::pin(async move {
+            (self.started)();
             let call = self.driver.execute(&self.action, &self.targets);
             with_context(self.context, with_task_sink(self.tasks, call)).await
         })
@@ -672,6 +677,11 @@ impl Engine {
         if event.subject.kind == super::event::SubjectKind::Ups {
             self.cancel_ended().await?;
         }
+        // A forward policy's targets a restart left to be read again are
+        // read now once its trigger ended (the mains back), so the
+        // inverses decided below count what the interrupted calls changed
+        // (`inflight`).
+        self.read_follow_ups_early().await?;
         let now = (self.config.clock)();
         let mut decisions = Vec::new();
         let mut timers = Vec::new();
@@ -1273,6 +1283,7 @@ impl Engine {
                 created_at: now,
                 event: Some(record.event.clone()),
                 tasks: Vec::new(),
+                started_at: None,
             };
             batch.push(Write::PersistIntent(intent.clone()));
             for key in keys {
@@ -1337,6 +1348,7 @@ impl Engine {
                         correlation_id: intent.correlation_id,
                     },
                     tasks: self.task_sink(&intent),
+                    started: self.start_mark(&intent),
                 },
             )
             .with_ttl(self.config.item_ttl);

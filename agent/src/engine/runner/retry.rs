@@ -448,6 +448,7 @@ impl Engine {
                 created_at: now,
                 event: Some(open.record.event.clone()),
                 tasks: Vec::new(),
+                started_at: None,
             };
             let mut batch = vec![Write::ReopenIntent(intent.clone())];
             batch.extend(keys.into_iter().map(|key| Write::RecordKey {
@@ -477,6 +478,7 @@ impl Engine {
                         correlation_id: intent.correlation_id,
                     },
                     tasks: self.task_sink(&intent),
+                    started: self.start_mark(&intent),
                 },
             )
             .with_ttl(self.config.item_ttl);

@@ -32,6 +32,7 @@ pub(crate) fn intent(run: u128, action_index: u32, host: &str) -> IntentRecord {
         created_at: t(i64::try_from(run).unwrap_or(0)),
         event: None,
         tasks: Vec::new(),
+        started_at: None,
     }
 }
 
@@ -285,6 +286,66 @@ pub(crate) fn task_handles_join_open_intents_only(store: &dyn EngineStore) {
         "a late report changes nothing"
     );
     assert_eq!(store.intent(&intent(3, 0, "pve1").id()).unwrap(), None);
+}
+
+pub(crate) fn intents_are_marked_started_once_while_open(store: &dyn EngineStore) {
+    let open = intent(1, 0, "pve1");
+    let done = intent(2, 0, "pve1");
+    store.persist_intent(&open).unwrap();
+    store.persist_intent(&done).unwrap();
+    store.complete_intent(&done.id(), &outcome(true)).unwrap();
+    assert_eq!(store.open_intents().unwrap()[0].started_at, None);
+    let start = |id: &IntentRecord, at: i64| Write::StartIntent {
+        id: id.id(),
+        at: t(at),
+    };
+    store
+        .write(&[
+            start(&open, 10),
+            start(&open, 20),
+            start(&done, 10),
+            start(&intent(3, 0, "pve1"), 10),
+        ])
+        .unwrap();
+    assert_eq!(store.open_intents().unwrap()[0].started_at, Some(t(10)));
+    let done_now = store.intent(&done.id()).unwrap().expect("stored");
+    assert_eq!(
+        done_now.intent.started_at, None,
+        "a late mark changes nothing"
+    );
+    assert_eq!(store.intent(&intent(3, 0, "pve1").id()).unwrap(), None);
+}
+
+pub(crate) fn follow_ups_are_replaced_per_intent_and_removed(store: &dyn EngineStore) {
+    assert!(store.follow_ups().unwrap().is_empty());
+    let follow_up = |run: u128, due: i64| FollowUpRecord {
+        intent: intent(run, 0, "pve1"),
+        pending: vec!["pve1/101".into()],
+        unconfirmed: vec!["pve1/102".into()],
+        due: t(due),
+    };
+    store
+        .write(&[
+            Write::PutFollowUp(follow_up(2, 90)),
+            Write::PutFollowUp(follow_up(1, 90)),
+            Write::PutFollowUp(follow_up(1, 180)),
+        ])
+        .unwrap();
+    assert_eq!(
+        store.follow_ups().unwrap(),
+        [follow_up(1, 180), follow_up(2, 90)]
+    );
+    store
+        .write(&[
+            Write::RemoveFollowUp {
+                id: intent(1, 0, "pve1").id(),
+            },
+            Write::RemoveFollowUp {
+                id: intent(9, 0, "pve1").id(),
+            },
+        ])
+        .unwrap();
+    assert_eq!(store.follow_ups().unwrap(), [follow_up(2, 90)]);
 }
 
 pub(crate) fn the_ledger_lists_runs_newest_first_and_finds_the_latest_success(
@@ -710,6 +771,7 @@ macro_rules! conformance_suite {
                 timer_checks_keep_the_last_check_per_policy_and_trigger,
                 intents_are_open_until_completed_exactly_once,
                 task_handles_join_open_intents_only,
+                intents_are_marked_started_once_while_open,
                 the_ledger_lists_runs_newest_first_and_finds_the_latest_success,
                 the_ledger_keeps_the_newest_thirty_runs_per_policy,
                 the_kill_switch_is_off_until_set,
@@ -720,6 +782,7 @@ macro_rules! conformance_suite {
                 subject_states_are_upserted_and_listed_by_subject,
                 restore_entries_keep_their_first_from_and_are_removed_per_target,
                 waiting_retries_are_replaced_per_run_action_and_host_and_removed,
+                follow_ups_are_replaced_per_intent_and_removed,
             );
         }
     };

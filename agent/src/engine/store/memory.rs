@@ -14,9 +14,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    AuditEntry, AuditQuery, DeadlineKind, DeadlineRecord, EngineStore, IntentEntry, IntentId,
-    IntentRecord, KillSwitchState, RestoreEntry, RetryRecord, RunRecord, StoreError, StoreResult,
-    SubjectState, TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
+    AuditEntry, AuditQuery, DeadlineKind, DeadlineRecord, EngineStore, FollowUpRecord, IntentEntry,
+    IntentId, IntentRecord, KillSwitchState, RestoreEntry, RetryRecord, RunRecord, StoreError,
+    StoreResult, SubjectState, TimerCheckRecord, WindowState, Write, LEDGER_RUNS_PER_POLICY,
 };
 
 /// An [`EngineStore`] held in memory.
@@ -42,6 +42,7 @@ struct State {
     subject_states: BTreeMap<String, SubjectState>,
     restore: BTreeMap<(Uuid, String, String), RestoreEntry>,
     retries: BTreeMap<(Uuid, u32, String), RetryRecord>,
+    follow_ups: BTreeMap<IntentId, FollowUpRecord>,
 }
 
 impl MemoryStore {
@@ -168,6 +169,10 @@ impl EngineStore for MemoryStore {
 
     fn waiting_retries(&self) -> StoreResult<Vec<RetryRecord>> {
         Ok(self.lock().retries.values().cloned().collect())
+    }
+
+    fn follow_ups(&self) -> StoreResult<Vec<FollowUpRecord>> {
+        Ok(self.lock().follow_ups.values().cloned().collect())
     }
 
     fn subject_states(&self) -> StoreResult<Vec<SubjectState>> {
@@ -310,6 +315,13 @@ impl State {
                     }
                 }
             }
+            Write::StartIntent { id, at } => {
+                if let Some(entry) = self.intents.get_mut(id) {
+                    if entry.outcome.is_none() && entry.intent.started_at.is_none() {
+                        entry.intent.started_at = Some(*at);
+                    }
+                }
+            }
             Write::CompleteIntent { id, outcome } => {
                 let describe =
                     || format!("{} action {} on {}", id.run_id, id.action_index, id.host);
@@ -384,6 +396,12 @@ impl State {
                 host,
             } => {
                 self.retries.remove(&(*run_id, *action_index, host.clone()));
+            }
+            Write::PutFollowUp(record) => {
+                self.follow_ups.insert(record.intent.id(), record.clone());
+            }
+            Write::RemoveFollowUp { id } => {
+                self.follow_ups.remove(id);
             }
             Write::SetSubjectState(state) => {
                 self.subject_states.insert(state.id.clone(), state.clone());
