@@ -52,7 +52,7 @@ fn hazel_binary() -> PathBuf {
 
 /// Fails loudly when Chromium or its driver is missing.
 fn require_browser() {
-    for (binary, package) in [
+    for (binary, _package) in [
         ("chromium", "chromium"),
         ("chromedriver", "chromium-driver"),
     ] {

@@ -169,13 +169,17 @@ impl Viewer {
     }
 }
 
-/// The signed-in viewer of a page request, or the redirect to `/login`.
-fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Response> {
+/// The signed-in viewer of a page request; without one, pages redirect
+/// to `/login`.
+fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<Viewer> {
     state
         .sessions()
         .from_headers(headers, Utc::now())
         .map(|s| Viewer::of(&s))
-        .ok_or_else(|| Redirect::to("/login").into_response())
+}
+
+fn to_login() -> Response {
+    Redirect::to("/login").into_response()
 }
 
 fn render(template: &impl Template) -> Response {
@@ -233,7 +237,7 @@ struct LoginForm {
 }
 
 async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if signed_in(&state, &headers).is_ok() {
+    if signed_in(&state, &headers).is_some() {
         return Redirect::to("/").into_response();
     }
     render(&LoginPage {})
@@ -479,9 +483,8 @@ fn list(v: &Value) -> String {
 }
 
 async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let viewer = match signed_in(&state, &headers) {
-        Ok(v) => v,
-        Err(redirect) => return redirect,
+    let Some(viewer) = signed_in(&state, &headers) else {
+        return to_login();
     };
     let result = async { Ok::<_, ServiceError>((kill_view(&state).await?, live(&state).await?)) };
     match result.await {
@@ -575,9 +578,8 @@ fn row(p: &crate::service::PolicyView) -> PolicyRow {
 }
 
 async fn policies_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let viewer = match signed_in(&state, &headers) {
-        Ok(v) => v,
-        Err(redirect) => return redirect,
+    let Some(viewer) = signed_in(&state, &headers) else {
+        return to_login();
     };
     match state.service().policies(None, 500).await {
         Ok(page) => render(&PoliciesPage {
@@ -678,9 +680,8 @@ async fn policy_page(
     headers: HeaderMap,
     PathId(id): PathId,
 ) -> Response {
-    let viewer = match signed_in(&state, &headers) {
-        Ok(v) => v,
-        Err(redirect) => return redirect,
+    let Some(viewer) = signed_in(&state, &headers) else {
+        return to_login();
     };
     let service = state.service();
     let result = async {
