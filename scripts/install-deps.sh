@@ -2,7 +2,8 @@
 # Installs the system packages Hazel's build and tests need when they are
 # missing: OpenSSH (the real sshd the SSH driver tests talk to), NUT (the real
 # upsd and dummy-ups driver the NUT tests talk to), libssl and
-# pkg-config (libssh2), a C compiler. Idempotent; does nothing when all are there.
+# pkg-config (libssh2), a C compiler, Chromium and its WebDriver (the
+# console's browser tests). Idempotent; does nothing when all are there.
 set -euo pipefail
 
 need=()
@@ -13,6 +14,10 @@ command -v upsc >/dev/null 2>&1 || need+=(nut-client)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
+# The web console's browser tests drive a real headless Chromium over
+# WebDriver (tests/tests/console.rs).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"

@@ -21,6 +21,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod compile;
+pub mod console;
 pub mod demo;
 pub mod engine;
 pub mod hash;

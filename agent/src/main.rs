@@ -107,6 +107,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Manage the web console's local accounts (stored in the agent's
+    /// store; the agent may be running).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Manage stored policies.
     #[command(after_help = EXIT_CODES_HELP)]
     Policy {
@@ -419,6 +425,27 @@ impl From<ClientArgs> for ClientOptions {
 }
 
 #[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a console user, or replace the role and password of an existing
+    /// one. The password is prompted for (no echo) or read from the first
+    /// line of stdin; at least 8 characters.
+    ///
+    /// Exit codes: 0 saved, 1 the store refused, 2 bad name, role,
+    /// password or config.
+    Add {
+        /// The sign-in name (letters, digits, '.', '_', '-', '@').
+        name: String,
+        /// What the user may do: viewers read, operators also dry-run,
+        /// admins also enable, disable and pause.
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        /// The agent's configuration, for where the store is (`data_dir`).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// List every problem of every section and host (field path, why, what
     /// to write), or a summary of a usable config. `hazel serve` runs the
@@ -470,6 +497,9 @@ fn main() {
             ttl,
             config,
         } => token(&role, &subject, &ttl, config.as_deref(), &mut stdout),
+        Command::User {
+            command: UserCommand::Add { name, role, config },
+        } => cli::users::add(&name, &role, config.as_deref(), &mut stdout),
         Command::Completions { shell } => {
             cli::packaging::completions(Args::command(), shell, &mut stdout)
         }
@@ -722,6 +752,7 @@ fn client(command: Command, out: &mut impl Write) -> i32 {
             | Command::Config { .. }
             | Command::Demo { .. }
             | Command::Token { .. }
+            | Command::User { .. }
             | Command::Completions { .. }
             | Command::Man => Err(cli::Failure::Usage("not a client command".into())),
         }

@@ -115,6 +115,7 @@ pub async fn serve(
         }
         tokio::spawn(connection(
             tcp,
+            peer,
             router.clone(),
             limits,
             stopped.clone(),
@@ -170,6 +171,7 @@ impl Drop for IpSlot {
 /// Serves one connection; its slots are given back when it ends.
 async fn connection(
     tcp: TcpStream,
+    peer: std::net::SocketAddr,
     router: Router,
     limits: ConnLimits,
     mut stopped: watch::Receiver<bool>,
@@ -177,7 +179,11 @@ async fn connection(
 ) {
     let exchanges = Arc::new(Exchanges::default());
     let io = TokioIo::new(Guarded::new(tcp, Arc::clone(&exchanges), limits));
-    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        // The client's address, for per-address limits such as the
+        // console's sign-in attempts.
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let open = Exchange::start(&exchanges);
         let mut router = router.clone();
         async move {

@@ -17,6 +17,11 @@
 //! `X-Hazel-CSRF: 1` check on mutating methods (webhooks exempt). The API
 //! never sends CORS headers, so browsers never grant the cross-site
 //! preflight a forged CSRF header would need.
+//!
+//! A web console session cookie ([`session`]) is accepted wherever a
+//! bearer token is, with the signed-in user's role; the console's own
+//! routes ([`crate::console`]) are added to this router through
+//! [`crate::console::routes`], each behind the same guard.
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -42,6 +47,7 @@ pub mod error;
 pub mod extract;
 pub mod handlers;
 pub mod openapi;
+pub mod session;
 
 pub use auth::{mint_for_cli, JwtKey};
 pub use conn::ConnLimits;
@@ -454,9 +460,23 @@ pub struct AppState {
     shared: Arc<Shared>,
 }
 
+impl AppState {
+    /// The service every route calls.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// The console's signed-in sessions.
+    pub fn sessions(&self) -> &session::Sessions {
+        &self.shared.sessions
+    }
+}
+
 /// What every request shares: the key, the limiter, the rendered document.
 struct Shared {
     jwt: JwtKey,
+    /// The console's signed-in sessions.
+    sessions: Arc<session::Sessions>,
     /// `(with a valid token, without)`: see the module docs.
     limiter: Option<(DefaultDirectRateLimiter, DefaultDirectRateLimiter)>,
     body_limit: usize,
@@ -489,6 +509,7 @@ pub fn router(service: Service, config: ApiConfig) -> Router {
     });
     let shared = Arc::new(Shared {
         jwt: config.jwt,
+        sessions: Arc::new(session::Sessions::default()),
         limiter,
         body_limit: config.body_limit,
         openapi: Bytes::from(openapi::document(ROUTES).to_string()),
@@ -497,7 +518,21 @@ pub fn router(service: Service, config: ApiConfig) -> Router {
         service,
         shared: Arc::clone(&shared),
     };
-    register(Router::new(), &shared)
+    let mut router = register(Router::new(), &shared);
+    for route in crate::console::routes() {
+        let guard_state = Guard {
+            shared: Arc::clone(&shared),
+            access: route.access,
+            mutating: route.mutating,
+        };
+        router = router.route(
+            route.path,
+            route
+                .handler
+                .route_layer(from_fn_with_state(guard_state, guard)),
+        );
+    }
+    router
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(from_fn_with_state(Arc::clone(&shared), rate_limit))
@@ -597,12 +632,18 @@ async fn rate_limit(State(shared): State<Arc<Shared>>, mut req: Request, next: N
         "/healthz" | "/readyz" | "/metrics" | "/api/kill-switch"
     );
     if let (Some((signed, other)), false) = (&shared.limiter, exempt) {
-        let claims = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| auth::bearer(Some(v)).ok())
-            .and_then(|t| auth::verify(&shared.jwt, t, chrono::Utc::now()).ok());
+        let now = chrono::Utc::now();
+        let claims = match req.headers().get(header::AUTHORIZATION) {
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|v| auth::bearer(Some(v)).ok())
+                .and_then(|t| auth::verify(&shared.jwt, t, now).ok()),
+            None => shared
+                .sessions
+                .from_headers(req.headers(), now)
+                .map(|s| s.claims()),
+        };
         let limiter = if claims.is_some() { signed } else { other };
         if let Err(not_until) = limiter.check() {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -621,7 +662,8 @@ async fn rate_limit(State(shared): State<Arc<Shared>>, mut req: Request, next: N
 #[derive(Debug, Clone)]
 struct Verified(auth::Claims);
 
-/// The per-route guard: token and role, then CSRF on mutating methods.
+/// The per-route guard: token (or session cookie) and role, then CSRF on
+/// mutating methods.
 async fn guard(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
     match check(&guard, &mut req) {
         Ok(()) => next.run(req).await,
@@ -638,7 +680,15 @@ fn check(guard: &Guard, req: &mut Request) -> Result<(), ApiError> {
         Some(Verified(claims)) => claims,
         None => {
             let header = match req.headers().get(header::AUTHORIZATION) {
-                None => None,
+                // No token: a console session cookie stands for one.
+                None => match guard
+                    .shared
+                    .sessions
+                    .from_headers(req.headers(), chrono::Utc::now())
+                {
+                    Some(session) => return authorize(guard, req, session.claims(), need),
+                    None => None,
+                },
                 Some(value) => Some(value.to_str().map_err(|_| auth::AuthError::Malformed {
                     reason: "the Authorization header is not text".into(),
                 })?),
@@ -647,6 +697,17 @@ fn check(guard: &Guard, req: &mut Request) -> Result<(), ApiError> {
             auth::verify(&guard.shared.jwt, token, chrono::Utc::now())?
         }
     };
+    authorize(guard, req, claims, need)
+}
+
+/// The role and CSRF checks for verified `claims`; puts the [`Actor`] in
+/// the request.
+fn authorize(
+    guard: &Guard,
+    req: &mut Request,
+    claims: auth::Claims,
+    need: Role,
+) -> Result<(), ApiError> {
     if claims.role < need {
         return Err(auth::AuthError::Forbidden {
             have: claims.role.as_str(),

@@ -9,6 +9,7 @@ pub mod config_check;
 pub mod offline;
 pub mod packaging;
 mod render;
+pub mod users;
 pub mod why;
 
 pub use client_cmds::{ClientOptions, Failure, Outcome};

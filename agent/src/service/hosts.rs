@@ -33,7 +33,29 @@ pub(super) struct HostEntry {
     pub(super) source: HostSource,
 }
 
+/// What is known of a host right now, for the web console's dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostHealth {
+    /// The latest `host.state` published for it; `None` when unknown.
+    pub reachable: Option<bool>,
+    /// Its circuit breaker: `closed`, `open` or `half_open`.
+    pub breaker: &'static str,
+}
+
 impl Service {
+    /// The host's reachability and breaker state (SPEC §1 `host.state`).
+    pub fn host_health(&self, id: &str) -> HostHealth {
+        let breaker = match self.inner.breakers.for_host(id).state() {
+            drivers::breaker::BreakerState::Closed => "closed",
+            drivers::breaker::BreakerState::Open => "open",
+            drivers::breaker::BreakerState::HalfOpen => "half_open",
+        };
+        HostHealth {
+            reachable: self.inner.inventory.reachable(id),
+            breaker,
+        }
+    }
+
     /// Every registered host, secrets masked.
     pub async fn hosts(&self) -> Result<Vec<HostView>, ServiceError> {
         let hosts: Vec<HostEntry> = self.read_hosts().values().cloned().collect();

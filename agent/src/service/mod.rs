@@ -28,10 +28,12 @@ mod kill_switch;
 pub mod metrics;
 mod open;
 mod policies;
+pub mod users;
 
 pub use config::Config;
 pub use dry_run::{PolicyTranscript, UsedInventory};
 pub use engine_loop::EngineStatus;
+pub use hosts::HostHealth;
 pub use metrics::Metrics;
 pub use open::{NotReady, OpenOptions};
 

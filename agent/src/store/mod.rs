@@ -3,7 +3,8 @@
 //! holds both the engine's state, behind the engine's own
 //! [`EngineStore`](crate::engine::store::EngineStore) trait, and the
 //! service's state (SPEC §9, §10): policies, hosts, inventory snapshots and
-//! transcripts, behind [`PolicyStore`].
+//! transcripts, behind [`PolicyStore`]; and the web console's local
+//! accounts ([`UserRecord`]).
 //!
 //! The engine never names this module; the service opens the store and
 //! hands it to the engine as an `EngineStore`. The service's tables are
@@ -15,7 +16,9 @@ mod engine_state;
 mod policy;
 mod secrets;
 mod sqlite;
+mod users;
 
 pub use policy::*;
 pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_ENV};
 pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
+pub use users::UserRecord;

@@ -291,6 +291,21 @@ CREATE TABLE follow_ups (
 ) STRICT;
 "#,
     },
+    // The web console's local accounts (SPEC §9): an argon2 PHC string per
+    // user, never the password. Sessions live in memory only.
+    Migration {
+        version: 9,
+        name: "console users",
+        sql: r#"
+CREATE TABLE console_users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) STRICT;
+"#,
+    },
 ];
 
 /// Version 5: SPEC §5 keys carry the host id (`pve-01/proxmox.vm:...`),

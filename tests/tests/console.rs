@@ -1,0 +1,648 @@
+//! The web console in a real headless browser: Debian's `chromium` driven
+//! over WebDriver (`chromedriver`) against the real `hazel serve` binary
+//! with the Proxmox simulator, at a phone's width (360 px). Each test
+//! saves a screenshot of every page it visits under
+//! `target/console-screenshots/` and checks that no page shows a template
+//! error.
+//!
+//! The WebDriver client is the few W3C endpoints these tests use, written
+//! on `reqwest` (already a dependency) rather than pulling in a WebDriver
+//! crate and its TLS stack.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent::api::auth::{mint, JwtKey};
+use agent::service::Role;
+use base64::Engine as _;
+use drivers::proxmox::sim::{ProxmoxSim, SimConfig, SimGuest, SimKind, SimStatus};
+use drivers::testing::free_port;
+use serde_json::{json, Value};
+
+const JWT_KEY: &str = "console-test-key-0123456789abcdef012345";
+const ADMIN_PW: &str = "admin-password-1";
+const VIEWER_PW: &str = "viewer-password-1";
+
+/// The browsers run one at a time: the machine's cores are shared.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/console-… -> target/
+    exe.ancestors().nth(3).expect("target dir").to_path_buf()
+}
+
+fn hazel_binary() -> PathBuf {
+    let bin = target_dir().join("debug").join("hazel");
+    let bin = if bin.exists() {
+        bin
+    } else {
+        let exe = std::env::current_exe().unwrap();
+        exe.ancestors().nth(2).unwrap().join("hazel")
+    };
+    assert!(
+        bin.exists(),
+        "the hazel binary is not built at {}: run `cargo build -p hazel-agent --bin hazel`",
+        bin.display()
+    );
+    bin
+}
+
+/// Fails loudly when Chromium or its driver is missing.
+fn require_browser() {
+    for (binary, _package) in [
+        ("chromium", "chromium"),
+        ("chromedriver", "chromium-driver"),
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {binary}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "`{binary}` is not installed: the console tests drive a real headless browser. \
+             Install Debian's packages: `apt-get install -y chromium chromium-driver` \
+             (scripts/install-deps.sh does it)"
+        );
+    }
+}
+
+/// `hazel serve`, the simulator, chromedriver and a browser session.
+struct World {
+    agent: Child,
+    driver: Child,
+    base: String,
+    log: PathBuf,
+    webdriver: String,
+    session: String,
+    http: reqwest::Client,
+    token: String,
+    _sim: ProxmoxSim,
+    _dir: tempfile::TempDir,
+    shots: PathBuf,
+    test: &'static str,
+}
+
+impl World {
+    async fn start(test: &'static str) -> World {
+        require_browser();
+        let dir = tempfile::tempdir().unwrap();
+        let sim = ProxmoxSim::start(SimConfig {
+            guests: vec![
+                SimGuest::new(101, SimKind::Qemu, "pve1", SimStatus::Running).named("vm-101"),
+                SimGuest::new(102, SimKind::Qemu, "pve1", SimStatus::Running).named("vm-102"),
+            ],
+            task_delay_ms: 50,
+            ..SimConfig::default()
+        })
+        .await
+        .expect("the Proxmox simulator binds");
+        let mut dead = sim.connection();
+        // A host that never answers: its dry-runs fail, so Enable is refused.
+        dead.insert("port".into(), json!(free_port()));
+        let port = free_port();
+        let config = json!({
+            "listen": format!("127.0.0.1:{port}"),
+            "data_dir": dir.path().join("data"),
+            "hosts": [
+                {"id": "pve-01", "plugin": "proxmox.ve", "connection": sim.connection()},
+                {"id": "pve-dead", "plugin": "proxmox.ve", "connection": dead},
+            ],
+        });
+        let config_path = dir.path().join("hazel.yaml");
+        std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+        add_user(&config_path, "admin", "admin", ADMIN_PW);
+        add_user(&config_path, "vera", "viewer", VIEWER_PW);
+
+        let log = dir.path().join("agent.log");
+        let agent = Command::new(hazel_binary())
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("HAZEL_JWT_KEY", JWT_KEY)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("hazel serve starts");
+        let driver_port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={driver_port}"))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts (apt-get install -y chromium-driver)");
+        let key = JwtKey::from_bytes(JWT_KEY.as_bytes().to_vec()).unwrap();
+        let token = mint(
+            &key,
+            "test",
+            Role::Admin,
+            Duration::from_secs(3600),
+            chrono::Utc::now(),
+        );
+        let shots = target_dir().join("console-screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        let mut world = World {
+            agent,
+            driver,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            webdriver: format!("http://127.0.0.1:{driver_port}"),
+            session: String::new(),
+            http: reqwest::Client::new(),
+            token,
+            _sim: sim,
+            _dir: dir,
+            shots,
+            test,
+        };
+        world.wait_ready().await;
+        world.session = world.new_session().await;
+        world
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let agent = self.http.get(format!("{}/readyz", self.base)).send().await;
+            let driver = self
+                .http
+                .get(format!("{}/status", self.webdriver))
+                .send()
+                .await;
+            if agent.is_ok_and(|r| r.status() == 200) && driver.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hazel serve or chromedriver did not become ready; agent log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // ---- the WebDriver protocol (W3C) --------------------------------------
+
+    async fn wd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}{path}", self.webdriver);
+        let mut req = self.http.request(method, url);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let answer: Value = req
+            .send()
+            .await
+            .expect("chromedriver answers")
+            .json()
+            .await
+            .expect("chromedriver answers JSON");
+        answer["value"].clone()
+    }
+
+    async fn new_session(&self) -> String {
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=360,900"],
+            },
+        }}});
+        let value = self.wd(reqwest::Method::POST, "/session", Some(caps)).await;
+        value["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("chromium did not start a session: {value}"))
+            .to_string()
+    }
+
+    fn s(&self, path: &str) -> String {
+        format!("/session/{}{path}", self.session)
+    }
+
+    async fn goto(&self, path: &str) {
+        let url = format!("{}{path}", self.base);
+        self.wd(
+            reqwest::Method::POST,
+            &self.s("/url"),
+            Some(json!({"url": url})),
+        )
+        .await;
+    }
+
+    async fn url(&self) -> String {
+        let v = self.wd(reqwest::Method::GET, &self.s("/url"), None).await;
+        v.as_str().unwrap_or_default().to_string()
+    }
+
+    async fn find(&self, css: &str) -> Option<String> {
+        let v = self
+            .wd(
+                reqwest::Method::POST,
+                &self.s("/element"),
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        v["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    async fn count(&self, css: &str) -> usize {
+        let v = self
+            .wd(
+                reqwest::Method::POST,
+                &self.s("/elements"),
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        v.as_array().map_or(0, Vec::len)
+    }
+
+    async fn element(&self, css: &str) -> String {
+        self.eventually(&format!("an element `{css}`"), || self.find(css))
+            .await
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.wd(
+            reqwest::Method::POST,
+            &self.s(&format!("/element/{id}/click")),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.wd(
+            reqwest::Method::POST,
+            &self.s(&format!("/element/{id}/clear")),
+            Some(json!({})),
+        )
+        .await;
+        self.wd(
+            reqwest::Method::POST,
+            &self.s(&format!("/element/{id}/value")),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let Some(id) = self.find(css).await else {
+            return String::new();
+        };
+        let v = self
+            .wd(
+                reqwest::Method::GET,
+                &self.s(&format!("/element/{id}/text")),
+                None,
+            )
+            .await;
+        v.as_str().unwrap_or_default().to_string()
+    }
+
+    /// Waits until `css`'s text contains `needle`; returns the text.
+    async fn text_contains(&self, css: &str, needle: &str) -> String {
+        self.eventually(&format!("`{css}` to contain {needle:?}"), || async {
+            let text = self.text(css).await;
+            text.contains(needle).then_some(text)
+        })
+        .await
+    }
+
+    async fn script(&self, script: &str) -> Value {
+        self.wd(
+            reqwest::Method::POST,
+            &self.s("/execute/async"),
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    async fn cookies(&self) -> Value {
+        self.wd(reqwest::Method::GET, &self.s("/cookie"), None)
+            .await
+    }
+
+    /// Saves a screenshot as `<test>-<name>.png` and checks the page shows
+    /// no template error.
+    async fn shot(&self, name: &str) {
+        let source = self
+            .wd(reqwest::Method::GET, &self.s("/source"), None)
+            .await;
+        let source = source.as_str().unwrap_or_default();
+        for bad in ["could not be drawn", "{{", "{%", "askama"] {
+            assert!(
+                !source.contains(bad),
+                "page {name} shows {bad:?}:\n{source}"
+            );
+        }
+        let png = self
+            .wd(reqwest::Method::GET, &self.s("/screenshot"), None)
+            .await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap_or_default())
+            .expect("a base64 screenshot");
+        let path = self.shots.join(format!("{}-{name}.png", self.test));
+        std::fs::write(&path, bytes).unwrap();
+    }
+
+    /// Polls `check` every 100 ms for up to 15 s.
+    async fn eventually<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            if Instant::now() >= deadline {
+                let source = self
+                    .wd(reqwest::Method::GET, &self.s("/source"), None)
+                    .await;
+                panic!(
+                    "timed out waiting for {what}; page:\n{}\nagent log:\n{}",
+                    source.as_str().unwrap_or_default(),
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // ---- the console ------------------------------------------------------
+
+    async fn sign_in(&self, user: &str, password: &str) {
+        self.goto("/login").await;
+        self.type_into("#username", user).await;
+        self.type_into("#password", password).await;
+        self.click("#sign-in").await;
+    }
+
+    async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("X-Hazel-CSRF", "1");
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let answer = req.send().await.expect("agent answers");
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // chromedriver leads its own process group, its Chromium with it:
+        // end the group so no browser outlives a failed test.
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.driver.id())])
+            .status();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+    }
+}
+
+fn add_user(config: &Path, name: &str, role: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new(hazel_binary())
+        .args(["user", "add", name, "--role", role, "--config"])
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hazel user add runs");
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "hazel user add {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("user {name} added")));
+}
+
+fn policy(name: &str, host: &str) -> Value {
+    json!({
+        "version": 1,
+        "name": name,
+        "enabled": false,
+        "trigger_group": {"triggers": [{"type": "ups.state", "equals": "on_battery", "ups": "ups1", "for": "2m"}]},
+        "targets": {"host_id": host, "target_type": "vm", "selector": {"mode": "list", "value": "101"}},
+        "actions": [{"capability_id": "proxmox.vm", "verb": "shutdown", "params": {"grace_s": 5}}],
+    })
+}
+
+#[tokio::test]
+async fn a_user_signs_in_sees_the_dashboard_and_signs_out() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start("sign-in-out").await;
+    w.goto("/").await;
+    w.eventually("a redirect to /login", || async {
+        w.url().await.ends_with("/login").then_some(())
+    })
+    .await;
+    w.shot("login").await;
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#signed-in-as", "admin (admin)").await;
+    w.text_contains("#hosts", "pve-01").await;
+    w.shot("dashboard").await;
+    let cookies = w.cookies().await;
+    let session = cookies
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "hazel_session"))
+        .unwrap_or_else(|| panic!("no session cookie: {cookies}"))
+        .clone();
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    assert_eq!(session["secure"], false, "plain HTTP: not Secure");
+
+    w.click("#sign-out").await;
+    w.eventually("the sign-in page after signing out", || async {
+        w.url().await.ends_with("/login").then_some(())
+    })
+    .await;
+    w.goto("/policies").await;
+    w.eventually("signed out for good", || async {
+        w.url().await.ends_with("/login").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_and_repeated_failures_are_rate_limited() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start("rate-limit").await;
+    for attempt in 1..=5 {
+        w.sign_in("admin", "not-the-password").await;
+        w.text_contains("#login-result", "Wrong user name or password")
+            .await;
+        assert!(w.url().await.ends_with("/login"), "attempt {attempt}");
+        // Clear the answer so the next one is seen afresh.
+        w.script("document.getElementById('login-result').textContent=''; arguments[0](1)")
+            .await;
+    }
+    w.sign_in("admin", ADMIN_PW).await;
+    let text = w
+        .text_contains("#login-result", "Too many failed sign-ins")
+        .await;
+    assert!(text.contains("auth.rate_limited"), "{text}");
+    w.shot("rate-limited").await;
+    assert!(
+        w.url().await.ends_with("/login"),
+        "the right password waits too"
+    );
+}
+
+#[tokio::test]
+async fn the_policies_table_lists_an_api_policy_and_shows_why_enable_is_refused() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start("policies").await;
+    let (status, created) = w
+        .api(
+            reqwest::Method::POST,
+            "/api/policies",
+            Some(policy("Stop vm 101 on the dead host", "pve-dead")),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let (status, ok) = w
+        .api(
+            reqwest::Method::POST,
+            "/api/policies",
+            Some(policy("Stop vm 101 on battery", "pve-01")),
+        )
+        .await;
+    assert_eq!(status, 201, "{ok}");
+
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#signed-in-as", "admin").await;
+    w.goto("/policies").await;
+    let table = w
+        .text_contains("#policies", "Stop vm 101 on the dead host")
+        .await;
+    assert!(
+        table.contains("when ups1 is on battery for 2 minutes"),
+        "{table}"
+    );
+    w.shot("policies").await;
+    w.click(&format!("#policy-{id} button.enable")).await;
+    let refusal = w
+        .text_contains(&format!("#result-{id}"), "Enable refused")
+        .await;
+    assert!(refusal.contains("policy.enable_blocked"), "{refusal}");
+    assert!(
+        w.count(&format!("#result-{id} .errors li")).await >= 1,
+        "the dry-run's errors are listed"
+    );
+    w.shot("enable-refused").await;
+    let (_, after) = w
+        .api(reqwest::Method::GET, &format!("/api/policies/{id}"), None)
+        .await;
+    assert_eq!(after["status"], "disabled");
+
+    w.goto(&format!("/policies/{}", ok["id"].as_str().unwrap()))
+        .await;
+    w.click("#dry-run").await;
+    let preflight = w.text_contains("#preflight-table", "vm:101").await;
+    assert!(preflight.contains("proxmox.vm shutdown"), "{preflight}");
+    w.text_contains("#spec", "on_battery").await;
+    w.shot("policy").await;
+}
+
+#[tokio::test]
+async fn an_admin_pauses_and_resumes_execution_with_the_kill_switch() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start("kill-switch").await;
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#kill-state", "Running").await;
+    w.type_into("#pause-reason", "console test").await;
+    w.click("#pause").await;
+    let state = w.text_contains("#kill-state", "Paused").await;
+    assert!(
+        state.contains("console test") && state.contains("by admin"),
+        "{state}"
+    );
+    let (_, api) = w.api(reqwest::Method::GET, "/api/kill-switch", None).await;
+    assert_eq!(
+        (api["paused"].as_bool(), api["by"].as_str()),
+        (Some(true), Some("admin"))
+    );
+    w.shot("paused").await;
+    w.click("#resume").await;
+    w.text_contains("#kill-state", "Running").await;
+    let (_, api) = w.api(reqwest::Method::GET, "/api/kill-switch", None).await;
+    assert_eq!(api["paused"], false);
+}
+
+/// POSTs from the page's own origin with fetch, as a forged request would,
+/// and answers `status code`.
+const FORGE: &str = "const done = arguments[0];
+fetch('/ui/kill-switch', {method: 'POST', headers: HEADERS,
+  body: new URLSearchParams({action: 'pause', reason: 'forged'})})
+  .then(r => r.text().then(t => done(r.status + ' ' + t)))
+  .catch(e => done('error ' + e));";
+
+#[tokio::test]
+async fn a_viewer_sees_no_control_and_a_request_without_the_csrf_header_is_refused() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start("viewer").await;
+    let (status, created) = w
+        .api(
+            reqwest::Method::POST,
+            "/api/policies",
+            Some(policy("Viewer sees this", "pve-01")),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    w.sign_in("vera", VIEWER_PW).await;
+    w.text_contains("#signed-in-as", "vera (viewer)").await;
+    w.text_contains("#kill-state", "Running").await;
+    assert_eq!(w.count("#pause, #resume, #pause-reason").await, 0);
+    w.shot("viewer-dashboard").await;
+    w.goto("/policies").await;
+    w.text_contains("#policies", "Viewer sees this").await;
+    assert_eq!(w.count("#policies button").await, 0, "no enable/disable");
+    w.goto(&format!("/policies/{}", created["id"].as_str().unwrap()))
+        .await;
+    w.text_contains("#spec", "on_battery").await;
+    assert_eq!(w.count("#dry-run").await, 0);
+    w.shot("viewer-policy").await;
+    // With the header, the viewer's role is still too low.
+    let answer = w
+        .script(&FORGE.replace("HEADERS", "{'X-Hazel-CSRF': '1'}"))
+        .await;
+    assert!(answer.as_str().unwrap().starts_with("403"), "{answer}");
+    assert!(
+        answer.as_str().unwrap().contains("auth.forbidden"),
+        "{answer}"
+    );
+
+    // An admin's session without the CSRF header: refused, nothing paused.
+    w.click("#sign-out").await;
+    w.eventually("signed out", || async {
+        w.url().await.ends_with("/login").then_some(())
+    })
+    .await;
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#signed-in-as", "admin (admin)").await;
+    let answer = w.script(&FORGE.replace("HEADERS", "{}")).await;
+    let answer = answer.as_str().unwrap_or_default().to_string();
+    assert!(answer.starts_with("403"), "{answer}");
+    assert!(answer.contains("csrf.missing"), "{answer}");
+    let (_, api) = w.api(reqwest::Method::GET, "/api/kill-switch", None).await;
+    assert_eq!(api["paused"], false, "the forged pause did nothing");
+}
