@@ -8,6 +8,7 @@ pub mod client_cmds;
 pub mod config_check;
 pub mod offline;
 mod render;
+pub mod store_cmds;
 pub mod why;
 
 pub use client_cmds::{ClientOptions, Failure, Outcome};

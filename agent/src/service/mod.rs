@@ -190,6 +190,10 @@ pub enum ServiceError {
     /// Anything else internal (500).
     #[error("internal error: {message}")]
     Internal { message: String },
+    /// The data directory's database is not the one it held, or is in use
+    /// (the agent refuses to start on it; `hazel serve` exits 2).
+    #[error(transparent)]
+    DataDir(crate::store::DataDirError),
 }
 
 impl ServiceError {
@@ -213,6 +217,7 @@ impl ServiceError {
             ServiceError::Busy { .. } => "service.busy",
             ServiceError::Store { .. } => "store.failed",
             ServiceError::Internal { .. } => "internal",
+            ServiceError::DataDir(_) => "store.refused",
         }
     }
 
@@ -227,7 +232,9 @@ impl ServiceError {
             ServiceError::Unprocessable { .. } => 422,
             ServiceError::Webhook { status, .. } => *status,
             ServiceError::Unavailable | ServiceError::Busy { .. } => 503,
-            ServiceError::Store { .. } | ServiceError::Internal { .. } => 500,
+            ServiceError::Store { .. }
+            | ServiceError::Internal { .. }
+            | ServiceError::DataDir(_) => 500,
         }
     }
 
@@ -268,6 +275,15 @@ impl ServiceError {
 impl From<crate::engine::store::StoreError> for ServiceError {
     fn from(source: crate::engine::store::StoreError) -> Self {
         ServiceError::Store { source }
+    }
+}
+
+impl From<crate::store::DataDirError> for ServiceError {
+    fn from(source: crate::store::DataDirError) -> Self {
+        match source {
+            crate::store::DataDirError::Store(source) => ServiceError::Store { source },
+            other => ServiceError::DataDir(other),
+        }
     }
 }
 

@@ -29,7 +29,9 @@ use crate::engine::runner::{EngineConfig, Policy};
 use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::store::{AuditRecord, EngineStore, StoreResult};
 use crate::inventory_service::{InventoryService, RefreshSettings};
-use crate::store::{HostSource, PolicyStatus, PolicyStore, SecretKey, SqliteStore};
+use crate::store::{
+    open_data_dir, HostSource, PolicyStatus, PolicyStore, SecretKey, SqliteConfig, SqliteStore,
+};
 use crate::validate::validate_value;
 
 /// Why the agent is not ready (`/readyz` answers 503 with it).
@@ -115,10 +117,13 @@ impl Service {
             },
         };
         let manifests = Arc::new(manifests);
-        let path = config.data_dir.join(SqliteStore::DEFAULT_FILE_NAME);
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(path))
-            .await
-            .map_err(join_error)??;
+        // The data directory's checks (lock, marker, quick_check) refuse a
+        // database that is not the one the directory held (SPEC §10).
+        let dir = config.data_dir.clone();
+        let store =
+            tokio::task::spawn_blocking(move || open_data_dir(&dir, &SqliteConfig::default()))
+                .await
+                .map_err(join_error)??;
         if let Some(text) = config
             .secret_key_text()
             .map_err(|e| bad("config.secrets", e.to_string()))?
