@@ -190,8 +190,9 @@ pub enum ServiceError {
     /// Anything else internal (500).
     #[error("internal error: {message}")]
     Internal { message: String },
-    /// The data directory's database is not the one it held, or is in use
-    /// (the agent refuses to start on it; `hazel serve` exits 2).
+    /// The data directory cannot be opened: its database is not the one it
+    /// held, it is read-only, or another process uses it (the agent refuses
+    /// to start on it; `hazel serve` exits 2).
     #[error(transparent)]
     DataDir(crate::store::DataDirError),
 }
@@ -280,10 +281,7 @@ impl From<crate::engine::store::StoreError> for ServiceError {
 
 impl From<crate::store::DataDirError> for ServiceError {
     fn from(source: crate::store::DataDirError) -> Self {
-        match source {
-            crate::store::DataDirError::Store(source) => ServiceError::Store { source },
-            other => ServiceError::DataDir(other),
-        }
+        ServiceError::DataDir(source)
     }
 }
 

@@ -370,6 +370,10 @@ pub struct RestoreReport {
 /// brings its schema up to date, and rewrites the marker with its id and a
 /// fresh generation.
 pub fn restore(dir: &Path, backup: &Path) -> Result<RestoreReport, DataDirError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let _lock = lock_dir(dir)?;
     if !backup.is_file() {
         return Err(DataDirError::Io {
