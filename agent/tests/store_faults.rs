@@ -356,7 +356,7 @@ hosts:
     }
 
     /// Starts `hazel serve` and waits until `/readyz` answers 200.
-    async fn serve(&self) -> Child {
+    async fn serve(&self) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hazel"))
             .args(["serve", "--config", "hazel.yaml"])
             .current_dir(self.path())
@@ -372,12 +372,71 @@ hosts:
             }
             if let Ok(r) = http.get(format!("{}/readyz", self.url())).send().await {
                 if r.status() == 200 {
-                    return child;
+                    return Agent(child);
                 }
             }
             assert!(Instant::now() < deadline, "hazel serve never got ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// A running `hazel serve`, killed when dropped (a failed test leaves no
+/// agent behind).
+struct Agent(Child);
+
+impl Agent {
+    /// SIGKILL, as a power cut or the OOM killer would.
+    fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    /// SIGTERM (a clean stop, the binary's own signal path), then wait.
+    fn stop(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Runs `hazel serve` where it must refuse to start: its output, or a
+/// panic (after killing it) when it starts instead.
+fn serve_refused(dir: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hazel"))
+        .args(["serve", "--config", "hazel.yaml"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the hazel binary runs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            return (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hazel serve started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -445,8 +504,7 @@ async fn sigkill_in_a_flood_of_saves_loses_no_acknowledged_save_and_a_lost_wal_r
         assert!(Instant::now() < deadline, "the flood stalled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.kill();
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
@@ -460,9 +518,7 @@ async fn sigkill_in_a_flood_of_saves_loses_no_acknowledged_save_and_a_lost_wal_r
         std::fs::copy(site.data().join(name), lost.data().join(name)).unwrap();
     }
 
-    let mut restarted = site.serve().await;
-    terminate(&restarted);
-    restarted.wait().unwrap();
+    site.serve().await.stop();
     let stored = stored_policy_ids(&site.data().join("hazel.db"));
     let missing: Vec<_> = acked.iter().filter(|id| !stored.contains(id)).collect();
     assert!(
@@ -472,23 +528,13 @@ async fn sigkill_in_a_flood_of_saves_loses_no_acknowledged_save_and_a_lost_wal_r
         acked.len()
     );
 
-    let out = hazel(&["serve", "--config", "hazel.yaml"], lost.path());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = serve_refused(lost.path());
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("commits acknowledged after the last checkpoint are missing"),
         "{stderr}"
     );
     assert!(stderr.contains("hazel restore BACKUP"), "{stderr}");
-}
-
-/// SIGTERM (a clean stop) through `kill`, the binary's own signal path.
-fn terminate(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,15 +570,15 @@ async fn backup_while_serving_and_restore_bring_back_a_lost_database() {
         String::from_utf8_lossy(&out.stderr).contains("in use by another hazel process"),
         "{out:?}"
     );
-    terminate(&child);
-    child.wait().unwrap();
+    child.stop();
 
     // The database is lost: serve refuses, restore brings it back.
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(site.data().join(format!("hazel.db{suffix}")));
     }
-    let out = hazel(&["serve", "--config", "hazel.yaml"], site.path());
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let (code, stderr) = serve_refused(site.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("is missing"), "{stderr}");
     let out = hazel(&["restore", "--config", "hazel.yaml", "b1.db"], site.path());
     assert!(out.status.success(), "{out:?}");
     let mut child = site.serve().await;
@@ -546,8 +592,7 @@ async fn backup_while_serving_and_restore_bring_back_a_lost_database() {
         .await
         .unwrap();
     assert_eq!(listed["name"], "kept-by-the-backup", "{listed}");
-    terminate(&child);
-    child.wait().unwrap();
+    child.stop();
 }
 
 #[test]
@@ -653,5 +698,62 @@ async fn on_a_full_disk_readyz_fails_and_the_kill_switch_still_pauses() {
     drop(file);
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(service.readiness().await.map_err(|e| e.message), Ok(()));
+    service.shutdown().await;
+}
+
+fn backup_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "db"));
+    files.sort();
+    files
+}
+
+/// Polls (on the paused clock, a millisecond at a time) until `done`.
+async fn until(mut done: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("never happened");
+}
+
+#[tokio::test(start_paused = true)]
+async fn automatic_backups_run_every_period_and_keep_the_newest() {
+    let data = tempfile::tempdir().unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let mut config = config(data.path());
+    config.backup = Some(agent::service::config::BackupConfig {
+        dir: backups.path().to_path_buf(),
+        every: Duration::from_secs(3600),
+        keep: 2,
+    });
+    let service = Service::open(
+        config,
+        OpenOptions {
+            discovery: false,
+            ..OpenOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(backup_files(backups.path()).is_empty(), "none at start");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    until(|| backup_files(backups.path()).len() == 1).await;
+    let first = backup_files(backups.path())[0].clone();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    until(|| backup_files(backups.path()).len() == 2).await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    until(|| {
+        let files = backup_files(backups.path());
+        files.len() == 2 && !files.contains(&first)
+    })
+    .await;
+    for file in backup_files(backups.path()) {
+        agent::store::quick_check(&file).expect("a sound backup");
+    }
     service.shutdown().await;
 }

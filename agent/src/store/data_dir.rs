@@ -352,6 +352,40 @@ pub fn backup(db: &Path, out: &Path) -> Result<BackupReport, DataDirError> {
     })
 }
 
+/// One automatic backup (`backup:` in the config): `db` copied with
+/// [`backup`] to `dir/hazel-<UTC time>.db`, then the oldest files of that
+/// pattern beyond `keep` removed. Returns the new file.
+pub fn backup_rotating(db: &Path, dir: &Path, keep: usize) -> Result<BackupReport, DataDirError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let name = format!("hazel-{}.db", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"));
+    let report = backup(db, &dir.join(name))?;
+    let mut old: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| DataDirError::Io {
+            what: "cannot list",
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("hazel-") && n.ends_with(".db"))
+        })
+        .collect();
+    // The time in the name sorts as text.
+    old.sort();
+    let excess = old.len().saturating_sub(keep.max(1));
+    for path in &old[..excess] {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an old backup");
+        }
+    }
+    Ok(report)
+}
+
 /// What a restore did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreReport {

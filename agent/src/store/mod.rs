@@ -20,8 +20,8 @@ mod secrets;
 mod sqlite;
 
 pub use data_dir::{
-    backup, lock_dir, open_data_dir, quick_check, read_marker, restore, BackupReport, DataDirError,
-    Marker, RestoreReport, LOCK_FILE, MARKER_FILE,
+    backup, backup_rotating, lock_dir, open_data_dir, quick_check, read_marker, restore,
+    BackupReport, DataDirError, Marker, RestoreReport, LOCK_FILE, MARKER_FILE,
 };
 pub use policy::*;
 pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_ENV};
