@@ -259,6 +259,60 @@ fn commits_after_a_checkpoint_bump_the_generation_again() {
         .unwrap()
         .unwrap();
     assert_eq!(marker.generation, 2);
+    // The commit after the checkpoint lives in the WAL only: without it,
+    // the file is one generation behind.
+    let lost = tempfile::tempdir().unwrap();
+    for name in ["hazel.db", MARKER_FILE] {
+        std::fs::copy(dir.path().join(name), lost.path().join(name)).unwrap();
+    }
+    drop(store);
+    let e = open_data_dir(lost.path(), &SqliteConfig::default()).expect_err("WAL lost");
+    assert!(
+        matches!(
+            e,
+            DataDirError::Behind {
+                found: 1,
+                expected: 2,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_database_from_before_markers_is_adopted_with_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = SqliteStore::open(dir.path().join("hazel.db"))
+        .unwrap()
+        .identity()
+        .unwrap()
+        .db_id;
+    assert!(!dir.path().join(MARKER_FILE).exists());
+    let store = open_data_dir(dir.path(), &SqliteConfig::default()).expect("adopted");
+    assert_eq!(store.identity().unwrap().db_id, id);
+    let marker = agent::store::read_marker(&dir.path().join(MARKER_FILE))
+        .unwrap()
+        .expect("written");
+    assert_eq!(marker.db_id, id);
+}
+
+#[tokio::test]
+async fn a_truncated_database_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    initialise(dir.path()).await;
+    remove_wal(dir.path());
+    let db = dir.path().join("hazel.db");
+    let size = std::fs::metadata(&db).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(size / 2)
+        .unwrap();
+    let e = refusal(open(dir.path()).await);
+    assert!(matches!(e, DataDirError::Truncated { .. }), "{e:?}");
+    assert!(e.to_string().contains("hazel restore BACKUP"), "{e}");
 }
 
 #[test]
