@@ -635,6 +635,15 @@ async fn backup_while_serving_and_restore_bring_back_a_lost_database() {
     assert!(stderr.contains("is missing"), "{stderr}");
     let out = hazel(&["restore", "--config", "hazel.yaml", "b1.db"], site.path());
     assert!(out.status.success(), "{out:?}");
+    let restored: i64 = rusqlite::Connection::open(site.data().join("hazel.db"))
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE kind = 'store.restored'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(restored, 1, "the restore is in the audit log");
     let mut child = site.serve().await;
     let listed: serde_json::Value = http
         .get(format!("{}/api/policies/{id}", site.url()))

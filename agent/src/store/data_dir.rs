@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::sqlite::{check_writable, error_chain, read_identity};
 use super::{SqliteConfig, SqliteStore, StoreIdentity};
-use crate::engine::store::StoreError;
+use crate::engine::store::{AuditRecord, EngineStore, StoreError};
 
 /// The marker's file name in the data directory.
 pub const MARKER_FILE: &str = "hazel.id";
@@ -401,8 +401,8 @@ pub struct RestoreReport {
 /// directory's lock is held (a running agent), checks the backup with
 /// `quick_check`, moves the current database and its `-wal`/`-shm` aside
 /// (`hazel.db.replaced`, overwriting an older one), copies the backup in,
-/// brings its schema up to date, and rewrites the marker with its id and a
-/// fresh generation.
+/// brings its schema up to date, records a `store.restored` audit record,
+/// and rewrites the marker with its id and a fresh generation.
 pub fn restore(dir: &Path, backup: &Path) -> Result<RestoreReport, DataDirError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
         path: dir.to_path_buf(),
@@ -449,6 +449,18 @@ pub fn restore(dir: &Path, backup: &Path) -> Result<RestoreReport, DataDirError>
     })?;
     sync_parent(&db);
     let store = SqliteStore::open(&db).map_err(|e| damaged_or(&db, e))?;
+    // The audit log says when the history was rewound, and from what.
+    store.append_audit(&AuditRecord {
+        ts: Utc::now(),
+        correlation_id: Uuid::new_v4(),
+        kind: "store.restored".into(),
+        policy_id: None,
+        details: serde_json::json!({
+            "backup": backup.display().to_string(),
+            "replaced": moved.as_ref().map(|p| p.display().to_string()),
+        }),
+    })?;
+    store.checkpoint()?;
     let identity = {
         let conn = store.lock();
         let identity = super::sqlite::bump_generation(&conn)?;
