@@ -347,6 +347,10 @@ struct Site {
 
 impl Site {
     fn new() -> Site {
+        Site::with_data_dir(Path::new("./data"))
+    }
+
+    fn with_data_dir(data_dir: &Path) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -358,7 +362,7 @@ impl Site {
             dir.path().join("hazel.yaml"),
             format!(
                 "listen: 127.0.0.1:{port}
-data_dir: ./data
+data_dir: {data_dir}
 auth:
   jwt_key_file: ./jwt.key
 api:
@@ -373,7 +377,8 @@ hosts:
       node: pve-01
       token_id: hazel@pve!agent
       token_secret: 00000000-0000-0000-0000-000000000000
-"
+",
+                data_dir = data_dir.display()
             ),
         )
         .unwrap();
@@ -384,6 +389,7 @@ hosts:
         self.dir.path()
     }
 
+    /// The data directory of [`Site::new`].
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -819,4 +825,44 @@ async fn automatic_backups_run_every_period_and_keep_the_newest() {
         agent::store::quick_check(&file).expect("a sound backup");
     }
     service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_agent_on_a_full_disk_pauses_and_its_readyz_says_the_disk_is_full() {
+    let fs = Tmpfs::mount("1m");
+    let site = Site::with_data_dir(fs.path());
+    let _agent = site.serve().await;
+    let token = site.token();
+    let filler = fs.path().join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.write_all(&[0u8; 1]);
+
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(format!("{}/api/kill-switch", site.url()))
+        .bearer_auth(&token)
+        .header("X-Hazel-CSRF", "1")
+        .json(&serde_json::json!({"paused": true, "reason": "disk full test"}))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["paused"], true, "{body}");
+    assert_eq!(body["persisted"], false, "{body}");
+    let answer = http
+        .get(format!("{}/readyz", site.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store.unwritable", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("full"),
+        "{body}"
+    );
 }
