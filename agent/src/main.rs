@@ -57,11 +57,38 @@ enum Command {
     /// or SIGTERM.
     ///
     /// Exit codes: 0 stopped cleanly, 1 the service failed, 2 the config is
-    /// unreadable or invalid.
+    /// unreadable or invalid, or the data directory's database is missing,
+    /// empty, replaced, behind its marker or damaged (restore it with
+    /// `hazel restore`), or another agent holds the directory.
     Serve {
         /// The agent's configuration (see docs/configuration.md).
         #[arg(long, value_name = "FILE", default_value = "hazel.yaml")]
         config: PathBuf,
+    },
+    /// Copy the agent's database to OUT with SQLite's online backup API
+    /// (safe while `hazel serve` runs); the copy is checked before it is
+    /// renamed into place.
+    ///
+    /// Exit codes: 0 written, 1 the copy failed, 2 unusable config, no
+    /// database, or OUT exists.
+    Backup {
+        /// The agent's configuration, for its data_dir.
+        #[arg(long, value_name = "FILE", default_value = "hazel.yaml")]
+        config: PathBuf,
+        /// Where to write the backup (must not exist).
+        out: PathBuf,
+    },
+    /// Replace the agent's database with BACKUP (the agent must be
+    /// stopped); the replaced one is kept as hazel.db.replaced.
+    ///
+    /// Exit codes: 0 restored, 1 the restore failed, 2 unusable config,
+    /// the agent runs, or BACKUP is unreadable or damaged.
+    Restore {
+        /// The agent's configuration, for its data_dir.
+        #[arg(long, value_name = "FILE", default_value = "hazel.yaml")]
+        config: PathBuf,
+        /// A file written by `hazel backup`.
+        backup: PathBuf,
     },
     /// Check the agent's configuration without starting it.
     Config {
@@ -483,6 +510,10 @@ fn main() {
             cli::compile_file(&file, &offline.into(), &mut stdout)
         }
         Command::Serve { config } => serve(&config),
+        Command::Backup { config, out } => cli::store_cmds::backup(&config, &out, &mut stdout),
+        Command::Restore { config, backup } => {
+            cli::store_cmds::restore(&config, &backup, &mut stdout)
+        }
         Command::Config {
             command: ConfigCommand::Check { config },
         } => cli::config_check::run(&config, &mut stdout),
@@ -528,9 +559,9 @@ fn serve(config: &Path) -> i32 {
         Err(e) => {
             eprintln!("hazel serve: {}", chain(&e));
             match e {
-                agent::serve::ServeError::Config(_) | agent::serve::ServeError::Key(_) => {
-                    cli::EXIT_USAGE
-                }
+                agent::serve::ServeError::Config(_)
+                | agent::serve::ServeError::Key(_)
+                | agent::serve::ServeError::DataDir(_) => cli::EXIT_USAGE,
                 _ => cli::EXIT_BLOCKED,
             }
         }
@@ -749,6 +780,8 @@ fn client(command: Command, out: &mut impl Write) -> i32 {
             Command::Validate { .. }
             | Command::Compile { .. }
             | Command::Serve { .. }
+            | Command::Backup { .. }
+            | Command::Restore { .. }
             | Command::Config { .. }
             | Command::Demo { .. }
             | Command::Token { .. }

@@ -24,6 +24,11 @@ pub enum ServeError {
     /// The API token key is unusable.
     #[error("auth key: {0}")]
     Key(String),
+    /// The data directory's database is missing, empty, replaced, behind
+    /// its marker or damaged, or another process holds the directory: the
+    /// agent refuses to start (exit 2), the message says what to restore.
+    #[error("refusing to start: {0}")]
+    DataDir(crate::store::DataDirError),
     /// The service could not open (store, hosts, engine).
     #[error("cannot start the service: {0}")]
     Service(#[from] ServiceError),
@@ -50,7 +55,11 @@ pub async fn run(config_path: &Path) -> Result<(), ServeError> {
     };
     init_logging(config.log_format, config.log_color);
     let jwt = JwtKey::from_bytes(config.jwt_key()?).map_err(|e| ServeError::Key(e.to_string()))?;
-    let service = Service::open(config.clone(), OpenOptions::default()).await?;
+    let service = match Service::open(config.clone(), OpenOptions::default()).await {
+        Ok(service) => service,
+        Err(ServiceError::DataDir(e)) => return Err(ServeError::DataDir(e)),
+        Err(e) => return Err(e.into()),
+    };
     let router = api::router(
         service.clone(),
         ApiConfig {

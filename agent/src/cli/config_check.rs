@@ -69,6 +69,7 @@ pub const CONFIG_FIELDS: &[&str] = &[
     "nut",
     "item_ttl",
     "shutdown_grace",
+    "backup",
 ];
 const AUTH_FIELDS: &[&str] = &["jwt_key_file", "jwt_key_env"];
 const SECRETS_FIELDS: &[&str] = &["key_file", "key_env"];

@@ -9,6 +9,7 @@ pub mod config_check;
 pub mod offline;
 pub mod packaging;
 mod render;
+pub mod store_cmds;
 pub mod users;
 pub mod why;
 

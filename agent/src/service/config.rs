@@ -65,6 +65,34 @@ pub struct Config {
     /// How long a graceful shutdown waits for running actions, e.g. `30s`.
     #[serde(default = "default_drain", with = "duration_text")]
     pub shutdown_grace: Duration,
+    /// Automatic backups of the database while the agent runs
+    /// (docs/operations.md); none when absent.
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
+}
+
+/// `backup:` in `hazel.yaml`: `hazel backup` run by the agent itself.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Where the backups go (created if missing); files are named
+    /// `hazel-<UTC time>.db`. Put it on another disk than `data_dir`.
+    pub dir: PathBuf,
+    /// How often, e.g. `6h` (at least `1m`); the first one `every` after
+    /// start.
+    #[serde(default = "default_backup_every", with = "duration_text")]
+    pub every: Duration,
+    /// How many backups to keep (at least 1); the oldest are removed.
+    #[serde(default = "default_backup_keep")]
+    pub keep: usize,
+}
+
+fn default_backup_every() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+
+fn default_backup_keep() -> usize {
+    7
 }
 
 /// Log line format.
@@ -194,6 +222,7 @@ impl Default for Config {
             nut: Vec::new(),
             item_ttl: default_item_ttl(),
             shutdown_grace: default_drain(),
+            backup: None,
         }
     }
 }
@@ -334,6 +363,14 @@ impl Config {
                 "api.idle_timeout",
                 "idle_timeout and header_read_timeout must be at least 1s".into(),
             );
+        }
+        if let Some(backup) = &self.backup {
+            if backup.every < Duration::from_secs(60) || backup.keep == 0 {
+                invalid(
+                    "backup.every",
+                    "every must be at least 1m and keep at least 1".into(),
+                );
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for host in &self.hosts {

@@ -192,6 +192,11 @@ pub enum ServiceError {
     /// Anything else internal (500).
     #[error("internal error: {message}")]
     Internal { message: String },
+    /// The data directory cannot be opened: its database is not the one it
+    /// held, it is read-only, or another process uses it (the agent refuses
+    /// to start on it; `hazel serve` exits 2).
+    #[error(transparent)]
+    DataDir(crate::store::DataDirError),
 }
 
 impl ServiceError {
@@ -215,6 +220,7 @@ impl ServiceError {
             ServiceError::Busy { .. } => "service.busy",
             ServiceError::Store { .. } => "store.failed",
             ServiceError::Internal { .. } => "internal",
+            ServiceError::DataDir(_) => "store.refused",
         }
     }
 
@@ -229,7 +235,9 @@ impl ServiceError {
             ServiceError::Unprocessable { .. } => 422,
             ServiceError::Webhook { status, .. } => *status,
             ServiceError::Unavailable | ServiceError::Busy { .. } => 503,
-            ServiceError::Store { .. } | ServiceError::Internal { .. } => 500,
+            ServiceError::Store { .. }
+            | ServiceError::Internal { .. }
+            | ServiceError::DataDir(_) => 500,
         }
     }
 
@@ -270,6 +278,12 @@ impl ServiceError {
 impl From<crate::engine::store::StoreError> for ServiceError {
     fn from(source: crate::engine::store::StoreError) -> Self {
         ServiceError::Store { source }
+    }
+}
+
+impl From<crate::store::DataDirError> for ServiceError {
+    fn from(source: crate::store::DataDirError) -> Self {
+        ServiceError::DataDir(source)
     }
 }
 

@@ -29,7 +29,9 @@ use crate::engine::runner::{EngineConfig, Policy};
 use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::store::{AuditRecord, EngineStore, StoreResult};
 use crate::inventory_service::{InventoryService, RefreshSettings};
-use crate::store::{HostSource, PolicyStatus, PolicyStore, SecretKey, SqliteStore};
+use crate::store::{
+    open_data_dir, HostSource, PolicyStatus, PolicyStore, SecretKey, SqliteConfig, SqliteStore,
+};
 use crate::validate::validate_value;
 
 /// Why the agent is not ready (`/readyz` answers 503 with it).
@@ -92,6 +94,8 @@ pub(super) struct Inner {
     pub(super) webhook_seen: tokio::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// A kill switch engaged in memory whose write the store refused.
     pub(super) unpersisted_pause: tokio::sync::Mutex<Option<super::KillSwitchView>>,
+    /// The automatic backups (`backup:` in the config), stopped at shutdown.
+    backups: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// How many validations run at once on the blocking pool; more are
@@ -117,10 +121,13 @@ impl Service {
             },
         };
         let manifests = Arc::new(manifests);
-        let path = config.data_dir.join(SqliteStore::DEFAULT_FILE_NAME);
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(path))
-            .await
-            .map_err(join_error)??;
+        // The data directory's checks (lock, marker, quick_check) refuse a
+        // database that is not the one the directory held (SPEC §10).
+        let dir = config.data_dir.clone();
+        let store =
+            tokio::task::spawn_blocking(move || open_data_dir(&dir, &SqliteConfig::default()))
+                .await
+                .map_err(join_error)??;
         if let Some(text) = config
             .secret_key_text()
             .map_err(|e| bad("config.secrets", e.to_string()))?
@@ -274,6 +281,10 @@ impl Service {
         if options.discovery {
             inventory.start_discovery();
         }
+        let backups = config
+            .backup
+            .clone()
+            .map(|backup| tokio::spawn(backup_loop(store.path().to_path_buf(), backup)));
         Ok(Service {
             inner: Arc::new(Inner {
                 config,
@@ -293,6 +304,7 @@ impl Service {
                 cpu_slots: Arc::new(tokio::sync::Semaphore::new(CPU_SLOTS)),
                 unpersisted_pause: tokio::sync::Mutex::new(None),
                 webhook_seen: tokio::sync::Mutex::new(Default::default()),
+                backups: Mutex::new(backups),
             }),
         })
     }
@@ -370,6 +382,15 @@ impl Service {
     /// get `config.shutdown_grace` to finish, the ledger is written.
     pub async fn shutdown(&self) {
         let grace = self.inner.config.shutdown_grace;
+        let backups = self
+            .inner
+            .backups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(backups) = backups {
+            backups.abort();
+        }
         if let Some(nut) = self.inner.nut.lock().await.take() {
             nut.shutdown().await;
         }
@@ -468,6 +489,30 @@ impl PartialService<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Backs the database up every `config.every` into `config.dir`, keeping
+/// the newest `config.keep` (docs/operations.md). A failed backup is logged
+/// loudly and tried again at the next tick; it never stops the agent.
+async fn backup_loop(db: std::path::PathBuf, config: crate::service::config::BackupConfig) {
+    let mut ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + config.every, config.every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let (db, dir, keep) = (db.clone(), config.dir.clone(), config.keep);
+        match tokio::task::spawn_blocking(move || crate::store::backup_rotating(&db, &dir, keep))
+            .await
+        {
+            Ok(Ok(report)) => tracing::info!(
+                path = %report.path.display(),
+                bytes = report.bytes,
+                "automatic backup written"
+            ),
+            Ok(Err(e)) => tracing::error!(error = %e, "automatic backup failed"),
+            Err(e) => tracing::error!(error = %e, "automatic backup task failed"),
+        }
     }
 }
 

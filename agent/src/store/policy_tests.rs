@@ -757,7 +757,8 @@ fn a_database_of_the_first_schema_is_migrated_and_keeps_its_data() {
                  DROP TABLE policies; DROP TABLE transcripts; DROP TABLE hosts;
                  DROP TABLE inventory_snapshots; DROP TABLE trigger_states;
                  DROP TABLE subject_states; DROP TABLE restore_set;
-                 DROP TABLE waiting_retries; DROP TABLE follow_ups; DROP TABLE console_users;",
+                 DROP TABLE waiting_retries; DROP TABLE follow_ups; DROP TABLE console_users;
+                 DROP TABLE store_identity;",
             )
             .unwrap();
         assert_eq!(store.schema_version().unwrap(), 1);

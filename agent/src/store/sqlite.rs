@@ -82,6 +82,27 @@ pub struct SqliteStore {
     write_failures: AtomicU64,
     /// A failure every write reports instead of writing (fault tests).
     injected: Mutex<Option<String>>,
+    /// The data directory's marker, kept in step with the generation when
+    /// the store was opened through [`super::open_data_dir`].
+    pub(super) marker: Option<super::data_dir::MarkerSync>,
+    /// Commits since the last checkpoint; SQLite's own automatic
+    /// checkpoint is off so that every checkpoint is followed by a bump of
+    /// the generation (see [`SqliteStore::checkpoint`]).
+    writes_since_checkpoint: AtomicU64,
+    /// The data directory's lock, held while the store is open.
+    pub(super) dir_lock: Option<std::fs::File>,
+}
+
+/// Commits between two checkpoints of the WAL into the database file.
+pub const CHECKPOINT_EVERY_WRITES: u64 = 1000;
+
+/// The database's identity and generation (table `store_identity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreIdentity {
+    /// Random at creation; the same in every backup of the database.
+    pub db_id: Uuid,
+    /// Bumped by the first commit after each checkpoint.
+    pub generation: u64,
 }
 
 /// One schema migration. Append new ones at the end, never edit applied ones:
@@ -306,7 +327,34 @@ CREATE TABLE console_users (
 ) STRICT;
 "#,
     },
+    Migration {
+        version: 10,
+        name: "store identity",
+        sql: STORE_IDENTITY,
+    },
 ];
+
+/// Version 10: the database's identity (a random UUID, the same in every
+/// backup of it) and its generation, which the first commit after each
+/// checkpoint bumps. The data directory's marker (`hazel.id`) records both,
+/// so a database replaced by another agent's, or one that lost the commits
+/// its `-wal` file held, is told apart at start (see `data_dir`).
+const STORE_IDENTITY: &str = r#"
+CREATE TABLE store_identity (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    db_id TEXT NOT NULL,
+    generation INTEGER NOT NULL CHECK (generation >= 0),
+    created_at TEXT NOT NULL
+) STRICT;
+INSERT INTO store_identity (id, db_id, generation, created_at)
+SELECT 1,
+       lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4'
+           || substr(lower(hex(randomblob(2))), 2) || '-'
+           || substr('89ab', 1 + (abs(random()) % 4), 1)
+           || substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))),
+       0,
+       strftime('%Y-%m-%dT%H:%M:%fZ', 'now');
+"#;
 
 /// Version 5: SPEC §5 keys carry the host id (`pve-01/proxmox.vm:...`),
 /// and a key written before is the new key without its `host/` prefix. Each
@@ -395,7 +443,50 @@ impl SqliteStore {
             write_failure: Mutex::new(None),
             write_failures: AtomicU64::new(0),
             injected: Mutex::new(None),
+            marker: None,
+            writes_since_checkpoint: AtomicU64::new(0),
+            dir_lock: None,
         })
+    }
+
+    /// The database's identity and generation.
+    pub fn identity(&self) -> StoreResult<StoreIdentity> {
+        read_identity(&self.lock())
+    }
+
+    /// Copies the WAL into the database file and truncates it, then makes
+    /// the next commit bump the generation (and the marker with it). Until
+    /// a commit after the checkpoint is acknowledged, the database file
+    /// alone holds everything; from then on, losing the `-wal` file leaves
+    /// the file's generation behind the marker's, which start refuses.
+    /// SQLite's automatic checkpoint is off, so this is the only one while
+    /// the store is open (every [`CHECKPOINT_EVERY_WRITES`] commits, and
+    /// before a backup).
+    pub fn checkpoint(&self) -> StoreResult<()> {
+        let conn = self.lock();
+        self.checkpoint_locked(&conn)
+    }
+
+    fn checkpoint_locked(&self, conn: &Connection) -> StoreResult<()> {
+        self.writes_since_checkpoint.store(0, Ordering::Relaxed);
+        // A partial checkpoint (a reader holds old frames) still copied
+        // some frames: the next commit must bump either way.
+        if let Some(marker) = &self.marker {
+            marker.needs_bump();
+        }
+        let (busy, log, done): (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .map_err(sql("checkpoint"))?;
+        if busy != 0 {
+            tracing::debug!(
+                log,
+                done,
+                "store checkpoint partial: a reader holds the WAL"
+            );
+        }
+        Ok(())
     }
 
     /// Sets the key that encrypts host secrets at rest (replacing any
@@ -467,7 +558,23 @@ impl SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql("begin"))?;
         let value = f(&tx)?;
+        let bumped = match &self.marker {
+            Some(marker) if marker.wants_bump() => Some(bump_generation(&tx)?),
+            _ => None,
+        };
         tx.commit().map_err(sql("commit"))?;
+        if let (Some(identity), Some(marker)) = (bumped, &self.marker) {
+            // After the commit: a crash in between leaves the marker one
+            // generation behind the database, which start accepts.
+            marker.record(&conn, &self.path, identity);
+        }
+        if self.writes_since_checkpoint.fetch_add(1, Ordering::Relaxed) + 1
+            >= CHECKPOINT_EVERY_WRITES
+        {
+            if let Err(e) = self.checkpoint_locked(&conn) {
+                tracing::warn!(error = %error_chain(&e), "store checkpoint failed");
+            }
+        }
         Ok(value)
     }
 
@@ -549,6 +656,34 @@ impl SqliteStore {
     }
 }
 
+/// Reads the identity row (written by migration 10).
+pub(super) fn read_identity(conn: &Connection) -> StoreResult<StoreIdentity> {
+    let (id, generation): (String, i64) = conn
+        .query_row(
+            "SELECT db_id, generation FROM store_identity WHERE id = 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .map_err(sql("identity"))?;
+    Ok(StoreIdentity {
+        db_id: parse_uuid(&id)?,
+        generation: u64::try_from(generation).map_err(|_| StoreError::Corrupt {
+            what: "generation",
+            value: generation.to_string(),
+        })?,
+    })
+}
+
+/// Bumps the generation inside `tx` and returns the new identity.
+pub(super) fn bump_generation(tx: &Connection) -> StoreResult<StoreIdentity> {
+    tx.execute(
+        "UPDATE store_identity SET generation = generation + 1 WHERE id = 1",
+        [],
+    )
+    .map_err(sql("generation"))?;
+    read_identity(tx)
+}
+
 fn lock_plain<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -585,7 +720,7 @@ fn is_disk_failure(e: &StoreError) -> bool {
 }
 
 /// `e` and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {
@@ -598,7 +733,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Refuses, with a message that says so, a data directory or database file
 /// the agent cannot write.
-fn check_writable(dir: &Path, db: &Path) -> StoreResult<()> {
+pub(super) fn check_writable(dir: &Path, db: &Path) -> StoreResult<()> {
     let read_only = |path: &Path, source: std::io::Error| StoreError::ReadOnly {
         path: path.to_path_buf(),
         source,
@@ -642,6 +777,13 @@ fn configure(conn: &Connection, config: &SqliteConfig) -> StoreResult<()> {
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(|source| StoreError::Configure {
             setting: "synchronous",
+            source,
+        })?;
+    // Checkpoints are the store's own (`SqliteStore::checkpoint`), each
+    // followed by a bump of the generation.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(|source| StoreError::Configure {
+            setting: "wal_autocheckpoint",
             source,
         })?;
     conn.pragma_update(None, "foreign_keys", true)
