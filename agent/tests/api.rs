@@ -79,6 +79,7 @@ fn config(dir: &Path, sim: &ProxmoxSim) -> Config {
         secret_env: None,
         secret_file,
         allow_unsigned,
+        ..WebhookConfig::default()
     };
     config.webhooks = BTreeMap::from([
         (
@@ -1447,6 +1448,46 @@ async fn a_flood_without_a_valid_token_does_not_use_up_the_operators_budget() {
             .status(),
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+#[tokio::test]
+async fn an_anonymous_flood_does_not_refuse_a_signed_webhook_post() {
+    let w = world_with(|config, api| {
+        api.rate_per_s = 1;
+        api.rate_burst = 2;
+        let deploy = config.webhooks.get_mut("deploy").unwrap();
+        deploy.rate_per_s = 1;
+        deploy.rate_burst = 2;
+    })
+    .await;
+    let s = &w.server;
+    // Anonymous requests (an unknown webhook name among them) until the
+    // anonymous budget is spent.
+    let mut refused = false;
+    for i in 0..10 {
+        let path = if i % 2 == 0 {
+            "/api/hosts"
+        } else {
+            "/api/webhooks/nope"
+        };
+        if s.bare(Method::POST, path).send().await.unwrap().status()
+            == StatusCode::TOO_MANY_REQUESTS
+        {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the anonymous flood never reached the limit");
+    // The webhook's own budget is untouched...
+    for n in 0..2 {
+        let body = format!("{{\"n\": {n}}}");
+        let (status, answer) = send(signed(s, "deploy", body.as_bytes())).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+    // ...and is a budget of its own size.
+    let response = signed(s, "deploy", b"{\"n\": 2}").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
 }
 
 #[tokio::test]
