@@ -1490,6 +1490,78 @@ async fn an_anonymous_flood_does_not_refuse_a_signed_webhook_post() {
     assert!(response.headers().contains_key("retry-after"));
 }
 
+/// The costliest policy the limits still accept: 49 000 unknown fields
+/// (98 000 values, just under the 100 000 a document may expand to), each
+/// a finding, in about 640 KB (under the 1 MiB body limit).
+fn worst_case_policy() -> String {
+    let mut text = policy("worst", 90);
+    for i in 0..49_000 {
+        text.push_str(&format!("u{i}: {i}\n"));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_while_eight_worst_case_validations_run() {
+    let w = world().await;
+    let s = &w.server;
+    let body = worst_case_policy();
+    #[derive(Debug, PartialEq)]
+    enum Done {
+        Validation,
+        Healthz,
+    }
+    let (done, mut order) = tokio::sync::mpsc::unbounded_channel();
+    let start = |path: &str| {
+        let (req, done) = (yaml(s.admin(Method::POST, path), &body), done.clone());
+        tokio::spawn(async move {
+            let status = req.send().await.expect("the server answers").status();
+            let _ = done.send(Done::Validation);
+            status
+        })
+    };
+    let failsafe = tokio::time::Instant::now() + Duration::from_secs(60);
+    let wait_for_jobs = |n: usize| {
+        let service = s.service.clone();
+        async move {
+            while service.cpu_jobs_running() < n {
+                assert!(
+                    tokio::time::Instant::now() < failsafe,
+                    "the validations never started"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    // Four validations take the four CPU slots; four saves (one at a time,
+    // under the write lock) wait for one.
+    let checks: Vec<_> = (0..4).map(|_| start("/api/policies/validate")).collect();
+    wait_for_jobs(4).await;
+    let saves: Vec<_> = (0..4).map(|_| start("/api/policies")).collect();
+    let healthz = s.bare(Method::GET, "/healthz");
+    let probe = tokio::spawn(async move {
+        let status = send(healthz).await.0;
+        let _ = done.send(Done::Healthz);
+        status
+    });
+    // A failsafe, not a budget: the order of the answers is the assertion.
+    let first = tokio::time::timeout(Duration::from_secs(60), order.recv())
+        .await
+        .expect("an answer within a minute");
+    assert_eq!(
+        first,
+        Some(Done::Healthz),
+        "a validation finished before /healthz answered"
+    );
+    assert_eq!(probe.await.unwrap(), StatusCode::OK);
+    for check in checks {
+        assert_eq!(check.await.unwrap(), StatusCode::OK);
+    }
+    for save in saves {
+        assert_eq!(save.await.unwrap(), StatusCode::BAD_REQUEST);
+    }
+}
+
 #[tokio::test]
 async fn audit_pages_newest_first_with_a_cursor() {
     let w = world().await;
