@@ -23,6 +23,7 @@ pub mod client;
 pub mod compile;
 pub mod demo;
 pub mod engine;
+pub mod fuzz_entry;
 pub mod hash;
 pub mod inventory_service;
 pub mod inverse;
