@@ -61,7 +61,7 @@ fn alias_bomb(padding: usize) -> String {
     let mut text = String::from("version: 1\nname: bomb\nl0: &l0 [x, x, x, x, x, x, x, x, x]\n");
     for level in 1..8 {
         let prev = format!("*l{}", level - 1);
-        let row = vec![prev.as_str(); 9].join(", ");
+        let row = [prev.as_str(); 9].join(", ");
         text.push_str(&format!("l{level}: &l{level} [{row}]\n"));
     }
     text.push_str("pad: [");
