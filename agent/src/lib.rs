@@ -24,6 +24,7 @@ pub mod compile;
 pub mod console;
 pub mod demo;
 pub mod engine;
+pub mod fuzz_entry;
 pub mod hash;
 pub mod inventory_service;
 pub mod inverse;

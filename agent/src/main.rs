@@ -26,6 +26,11 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "hazel", version = cli::packaging::VERSION, about, after_help = EXIT_CODES_HELP)]
 struct Args {
+    /// Read at most BYTES of a file or standard input (policies, events,
+    /// inventories, the config); the default is the API's body limit,
+    /// 1048576, so a file the agent would refuse is refused here too.
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_size: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -499,6 +504,9 @@ fn main() {
             std::process::exit(code);
         }
     };
+    if let Some(bytes) = args.max_size {
+        cli::set_max_file_bytes(bytes);
+    }
     let mut stdout = std::io::stdout().lock();
     let code = match args.command {
         Command::Validate {

@@ -57,6 +57,13 @@ pub struct Validated {
     pub meta: Option<SpecMeta>,
 }
 
+/// The most findings one validation answers with (SPEC §12): past it the
+/// most severe are kept, then one `validate.truncated` finding says how
+/// many more there were. A policy has a handful; without the cap a
+/// document of 49 000 unknown fields (the most the value budget lets
+/// through) answers with 10 MB of findings.
+pub const MAX_FINDINGS: usize = 200;
+
 /// Validates policy text (JSON or YAML).
 pub fn validate_text(text: &str, manifests: &ManifestSet, ctx: &CompileContext<'_>) -> Validated {
     with_arena(|arena| match parse_document(text, arena) {
@@ -138,6 +145,7 @@ pub fn validate_node(
     let ok = !issues
         .iter()
         .any(|i| i.finding.severity == Severity::Blocker);
+    cap_findings(&mut issues);
     let ir = ir.filter(|_| ok);
     Validated {
         report: ValidationReport {
@@ -148,6 +156,29 @@ pub fn validate_node(
         },
         meta,
     }
+}
+
+/// Keeps the [`MAX_FINDINGS`] most severe of `issues` (in their order
+/// within a severity) and says how many were dropped.
+fn cap_findings(issues: &mut Vec<Issue>) {
+    if issues.len() <= MAX_FINDINGS {
+        return;
+    }
+    let total = issues.len();
+    issues.sort_by_key(|i| std::cmp::Reverse(i.finding.severity));
+    issues.truncate(MAX_FINDINGS);
+    let stage = issues.last().map_or(Stage::Schema, |i| i.stage);
+    let finding = Finding::new(
+        Severity::Info,
+        "validate.truncated",
+        "",
+        format!(
+            "{} more findings not shown: a validation answers with at most {MAX_FINDINGS}, the most severe first",
+            total - MAX_FINDINGS
+        ),
+    )
+    .with_hint("fix these and validate again (limits: docs/limits.md)");
+    issues.push(Issue { finding, stage });
 }
 
 #[cfg(test)]
@@ -937,6 +968,40 @@ actions:
                 Compile blocker compile.unknown_verb /actions/0/verb: capability `proxmox.vm` has no verb `shutdwn` (did you mean `shutdown`?)
                 blocked"#]],
         );
+    }
+
+    #[test]
+    fn a_validation_answers_with_at_most_max_findings_the_most_severe_first() {
+        let mut text = String::from(include_str!("../../examples/06-webhook-deploy.yaml"));
+        for i in 0..MAX_FINDINGS + 100 {
+            text.push_str(&format!("u{i}: 1\n"));
+        }
+        let report =
+            validate_text(&text, &ManifestSet::embedded(), &CompileContext::default()).report;
+        assert!(!report.ok);
+        assert_eq!(report.issues.len(), MAX_FINDINGS + 1);
+        assert!(report.issues[..MAX_FINDINGS]
+            .iter()
+            .all(|i| i.finding.code == "schema.unknown_field"));
+        // The first ones kept, in their order.
+        assert_eq!(report.issues[0].finding.path, "/u0");
+        let last = &report.issues[MAX_FINDINGS].finding;
+        assert_eq!(last.code, "validate.truncated");
+        assert_eq!(last.severity, Severity::Info);
+        assert!(
+            last.message.starts_with("100 more findings"),
+            "{}",
+            last.message
+        );
+
+        // Under the cap nothing changes.
+        let text = text.lines().take(30).collect::<Vec<_>>().join("\n");
+        let report =
+            validate_text(&text, &ManifestSet::embedded(), &CompileContext::default()).report;
+        assert!(report
+            .issues
+            .iter()
+            .all(|i| i.finding.code != "validate.truncated"));
     }
 
     #[test]

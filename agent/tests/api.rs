@@ -79,6 +79,7 @@ fn config(dir: &Path, sim: &ProxmoxSim) -> Config {
         secret_env: None,
         secret_file,
         allow_unsigned,
+        ..WebhookConfig::default()
     };
     config.webhooks = BTreeMap::from([
         (
@@ -1447,6 +1448,118 @@ async fn a_flood_without_a_valid_token_does_not_use_up_the_operators_budget() {
             .status(),
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+#[tokio::test]
+async fn an_anonymous_flood_does_not_refuse_a_signed_webhook_post() {
+    let w = world_with(|config, api| {
+        api.rate_per_s = 1;
+        api.rate_burst = 2;
+        let deploy = config.webhooks.get_mut("deploy").unwrap();
+        deploy.rate_per_s = 1;
+        deploy.rate_burst = 2;
+    })
+    .await;
+    let s = &w.server;
+    // Anonymous requests (an unknown webhook name among them) until the
+    // anonymous budget is spent.
+    let mut refused = false;
+    for i in 0..10 {
+        let path = if i % 2 == 0 {
+            "/api/hosts"
+        } else {
+            "/api/webhooks/nope"
+        };
+        if s.bare(Method::POST, path).send().await.unwrap().status()
+            == StatusCode::TOO_MANY_REQUESTS
+        {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the anonymous flood never reached the limit");
+    // The webhook's own budget is untouched...
+    for n in 0..2 {
+        let body = format!("{{\"n\": {n}}}");
+        let (status, answer) = send(signed(s, "deploy", body.as_bytes())).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+    // ...and is a budget of its own size.
+    let response = signed(s, "deploy", b"{\"n\": 2}").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+}
+
+/// The costliest policy the limits still accept: 49 000 unknown fields
+/// (98 000 values, just under the 100 000 a document may expand to), each
+/// a finding, in about 640 KB (under the 1 MiB body limit).
+fn worst_case_policy() -> String {
+    let mut text = policy("worst", 90);
+    for i in 0..49_000 {
+        text.push_str(&format!("u{i}: {i}\n"));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_while_eight_worst_case_validations_run() {
+    let w = world().await;
+    let s = &w.server;
+    let body = worst_case_policy();
+    #[derive(Debug, PartialEq)]
+    enum Done {
+        Validation,
+        Healthz,
+    }
+    let (done, mut order) = tokio::sync::mpsc::unbounded_channel();
+    let start = |path: &str| {
+        let (req, done) = (yaml(s.admin(Method::POST, path), &body), done.clone());
+        tokio::spawn(async move {
+            let status = req.send().await.expect("the server answers").status();
+            let _ = done.send(Done::Validation);
+            status
+        })
+    };
+    let failsafe = tokio::time::Instant::now() + Duration::from_secs(60);
+    let wait_for_jobs = |n: usize| {
+        let service = s.service.clone();
+        async move {
+            while service.cpu_jobs_running() < n {
+                assert!(
+                    tokio::time::Instant::now() < failsafe,
+                    "the validations never started"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    // Four validations take the four CPU slots; four saves (one at a time,
+    // under the write lock) wait for one.
+    let checks: Vec<_> = (0..4).map(|_| start("/api/policies/validate")).collect();
+    wait_for_jobs(4).await;
+    let saves: Vec<_> = (0..4).map(|_| start("/api/policies")).collect();
+    let healthz = s.bare(Method::GET, "/healthz");
+    let probe = tokio::spawn(async move {
+        let status = send(healthz).await.0;
+        let _ = done.send(Done::Healthz);
+        status
+    });
+    // A failsafe, not a budget: the order of the answers is the assertion.
+    let first = tokio::time::timeout(Duration::from_secs(60), order.recv())
+        .await
+        .expect("an answer within a minute");
+    assert_eq!(
+        first,
+        Some(Done::Healthz),
+        "a validation finished before /healthz answered"
+    );
+    assert_eq!(probe.await.unwrap(), StatusCode::OK);
+    for check in checks {
+        assert_eq!(check.await.unwrap(), StatusCode::OK);
+    }
+    for save in saves {
+        assert_eq!(save.await.unwrap(), StatusCode::BAD_REQUEST);
+    }
 }
 
 #[tokio::test]

@@ -227,3 +227,56 @@ fn a_file_larger_than_the_api_body_limit_is_refused_without_reading_it_whole() {
         stderr(&out)
     );
 }
+
+#[test]
+fn max_size_sets_how_much_of_a_file_the_cli_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("p.yaml");
+    let mut text = std::fs::read_to_string(repo().join("examples/06-webhook-deploy.yaml")).unwrap();
+    // 2 MiB: past the default, under the larger limit asked for.
+    text.push_str(&"# x\n".repeat(512 * 1024));
+    std::fs::write(&spec, &text).unwrap();
+    let path = spec.to_str().unwrap();
+
+    let out = hazel(&["validate", "--max-size", "3000000", path], dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
+    // A smaller one refuses even a small file, naming the number; the flag
+    // may come before the command too.
+    let small = repo().join("examples/06-webhook-deploy.yaml");
+    let out = hazel(
+        &["--max-size", "100", "validate", small.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("larger than 100 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("--max-size"), "{}", stderr(&out));
+
+    // The config checker reads under the same limit.
+    let config = dir.path().join("hazel.yaml");
+    std::fs::write(&config, format!("data_dir: /tmp\n{}", "# x\n".repeat(64))).unwrap();
+    let out = hazel(
+        &[
+            "config",
+            "check",
+            "--max-size",
+            "50",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(said.contains("larger than 50 bytes"), "{said}");
+}

@@ -13,7 +13,8 @@
 //! body is cut at it); the rate limit (not on `/healthz`, `/readyz`,
 //! `/metrics`, `/api/kill-switch`), one budget for requests that carry a
 //! valid token and one for every other request, so that a flood without a
-//! token never locks operators out; then, per route, the bearer token and role check and the
+//! token never locks operators out, and one per configured webhook for its
+//! posts, so that a flood elsewhere never refuses a sender; then, per route, the bearer token and role check and the
 //! `X-Hazel-CSRF: 1` check on mutating methods (webhooks exempt). The API
 //! never sends CORS headers, so browsers never grant the cross-site
 //! preflight a forged CSRF header would need.
@@ -23,6 +24,7 @@
 //! routes ([`crate::console`]) are added to this router through
 //! [`crate::console::routes`], each behind the same guard.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -479,6 +481,9 @@ struct Shared {
     sessions: Arc<session::Sessions>,
     /// `(with a valid token, without)`: see the module docs.
     limiter: Option<(DefaultDirectRateLimiter, DefaultDirectRateLimiter)>,
+    /// Each configured webhook's own budget, by name
+    /// (`webhooks.NAME.rate_per_s`; `None` when that is 0).
+    webhooks: HashMap<String, Option<DefaultDirectRateLimiter>>,
     body_limit: usize,
     openapi: Bytes,
 }
@@ -502,15 +507,22 @@ fn is_mutating(method: &str) -> bool {
 
 /// The router of the whole API over `service`.
 pub fn router(service: Service, config: ApiConfig) -> Router {
-    let limiter = NonZeroU32::new(config.rate_per_s).map(|rate| {
-        let burst = NonZeroU32::new(config.rate_burst).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::per_second(rate).allow_burst(burst);
-        (RateLimiter::direct(quota), RateLimiter::direct(quota))
-    });
+    let limiter = quota(config.rate_per_s, config.rate_burst)
+        .map(|quota| (RateLimiter::direct(quota), RateLimiter::direct(quota)));
+    let webhooks = service
+        .config()
+        .webhooks
+        .iter()
+        .map(|(name, hook)| {
+            let limiter = quota(hook.rate_per_s, hook.rate_burst).map(RateLimiter::direct);
+            (name.clone(), limiter)
+        })
+        .collect();
     let shared = Arc::new(Shared {
         jwt: config.jwt,
         sessions: Arc::new(session::Sessions::default()),
         limiter,
+        webhooks,
         body_limit: config.body_limit,
         openapi: Bytes::from(openapi::document(ROUTES).to_string()),
     });
@@ -541,6 +553,14 @@ pub fn router(service: Service, config: ApiConfig) -> Router {
         .layer(from_fn_with_state(state.clone(), record))
         .layer(axum::middleware::from_fn(correlation))
         .with_state(state)
+}
+
+/// `rate` per second with bursts of `burst` (at least 1); `None` for a
+/// rate of 0, which turns the limit off.
+fn quota(rate: u32, burst: u32) -> Option<Quota> {
+    let rate = NonZeroU32::new(rate)?;
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Some(Quota::per_second(rate).allow_burst(burst))
 }
 
 /// The request header that carries a caller's correlation id.
@@ -622,8 +642,23 @@ async fn body_limit(State(shared): State<Arc<Shared>>, mut req: Request, next: N
 
 /// The rate limit: 429 `rate_limited` with `Retry-After`. Requests with a
 /// valid token (whatever their role; the route checks it) and all others
-/// draw on separate budgets of the same size.
+/// draw on separate budgets of the same size; a post to a configured
+/// webhook draws on that webhook's own budget only, so a flood elsewhere
+/// never refuses a sender's signed posts (SPEC §9).
 async fn rate_limit(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+    // A configured webhook's name; anything else under the prefix (an
+    // unknown name) counts as anonymous.
+    let webhook = req
+        .uri()
+        .path()
+        .strip_prefix("/api/webhooks/")
+        .and_then(|name| shared.webhooks.get(name));
+    if let Some(limiter) = webhook {
+        if let Some(Err(not_until)) = limiter.as_ref().map(|l| l.check()) {
+            return rate_limited(not_until);
+        }
+        return next.run(req).await;
+    }
     // The probes, and the kill switch: an operator must be able to pause
     // the agent even while something floods the API (the route still needs
     // an admin token and the CSRF header).
@@ -646,9 +681,7 @@ async fn rate_limit(State(shared): State<Arc<Shared>>, mut req: Request, next: N
         };
         let limiter = if claims.is_some() { signed } else { other };
         if let Err(not_until) = limiter.check() {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return ApiError::rate_limited(secs.max(1)).into_response();
+            return rate_limited(not_until);
         }
         // The route's guard reads these instead of verifying again.
         if let Some(claims) = claims {
@@ -656,6 +689,13 @@ async fn rate_limit(State(shared): State<Arc<Shared>>, mut req: Request, next: N
         }
     }
     next.run(req).await
+}
+
+/// The 429 answer, with the seconds until the budget has room again.
+fn rate_limited(not_until: governor::NotUntil<<DefaultClock as Clock>::Instant>) -> Response {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError::rate_limited(secs.max(1)).into_response()
 }
 
 /// A token's claims, verified by [`rate_limit`] for this request.

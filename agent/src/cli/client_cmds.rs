@@ -3,7 +3,7 @@
 //! people by [`super::render`] or unchanged with `--json`, and mapped to the
 //! documented exit code.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -757,18 +757,8 @@ fn read_file(path: &Path) -> Result<String, Failure> {
 /// Reads an event file (`-` is standard input) as JSON, else YAML.
 pub(super) fn read_event(source: &str) -> Result<Value, Failure> {
     let text = if source == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .take(super::MAX_FILE_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| Failure::Usage(format!("cannot read standard input: {e}")))?;
-        if text.len() as u64 > super::MAX_FILE_BYTES {
-            return Err(Failure::Usage(format!(
-                "standard input is larger than {} bytes, the most Hazel reads",
-                super::MAX_FILE_BYTES
-            )));
-        }
-        text
+        super::read_limited(std::io::stdin(), "standard input")
+            .map_err(|e| Failure::Usage(format!("cannot read standard input: {e}")))?
     } else {
         read_file(Path::new(source))?
     };

@@ -82,7 +82,13 @@ const API_FIELDS: &[&str] = &[
     "header_read_timeout",
     "idle_timeout",
 ];
-const WEBHOOK_FIELDS: &[&str] = &["secret_env", "secret_file", "allow_unsigned"];
+const WEBHOOK_FIELDS: &[&str] = &[
+    "secret_env",
+    "secret_file",
+    "allow_unsigned",
+    "rate_per_s",
+    "rate_burst",
+];
 const HOST_FIELDS: &[&str] = &["id", "plugin", "self", "connection"];
 
 /// Reads and checks the config file at `path`.

@@ -20,22 +20,50 @@ pub use offline::{
 };
 pub use render::use_utc;
 
-/// The largest file a command reads (a policy, an event, an inventory):
-/// the API's default body limit (SPEC §12), so a file the agent would
-/// refuse is refused here too, before it is read into memory.
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The largest file a command reads by default (a policy, an event, an
+/// inventory, the config): the API's default body limit (SPEC §12), so a
+/// file the agent would refuse is refused here too, before it is read into
+/// memory. `--max-size BYTES` changes it.
 pub const MAX_FILE_BYTES: u64 = crate::api::DEFAULT_BODY_LIMIT as u64;
 
-/// Reads a text file of at most [`MAX_FILE_BYTES`]; a larger one is an
+/// The limit in force: one per process, set once from the global
+/// `--max-size` flag before any command runs (a static rather than a
+/// parameter threaded through every reader, since it is a property of the
+/// invocation, like the locale).
+static MAX_READ: AtomicU64 = AtomicU64::new(MAX_FILE_BYTES);
+
+/// Sets the most bytes a command reads from a file or standard input.
+pub fn set_max_file_bytes(bytes: u64) {
+    MAX_READ.store(bytes, Ordering::Relaxed);
+}
+
+/// The most bytes a command reads from a file or standard input:
+/// [`MAX_FILE_BYTES`] unless `--max-size` said otherwise.
+pub fn max_file_bytes() -> u64 {
+    MAX_READ.load(Ordering::Relaxed)
+}
+
+/// Reads a text file of at most [`max_file_bytes`]; a larger one is an
 /// error naming the limit, found without reading it whole.
 pub fn read_bounded(path: &std::path::Path) -> std::io::Result<String> {
+    read_limited(std::fs::File::open(path)?, "the file")
+}
+
+/// Reads `source` as text of at most [`max_file_bytes`]; more is an error
+/// naming `what` and the limit, found after reading one byte past it.
+pub fn read_limited(source: impl std::io::Read, what: &str) -> std::io::Result<String> {
     use std::io::Read;
-    let file = std::fs::File::open(path)?;
+    let max = max_file_bytes();
     let mut text = String::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_FILE_BYTES {
+    source
+        .take(max.saturating_add(1))
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("the file is larger than {MAX_FILE_BYTES} bytes, the most Hazel reads (docs/limits.md)"),
+            format!("{what} is larger than {max} bytes, the most Hazel reads; pass --max-size BYTES to read more (docs/limits.md)"),
         ));
     }
     Ok(text)

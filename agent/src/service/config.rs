@@ -202,6 +202,34 @@ pub struct WebhookConfig {
     /// Accept posts without a signature when no secret is configured.
     #[serde(default)]
     pub allow_unsigned: bool,
+    /// Sustained posts per second to this webhook: its own rate-limit
+    /// budget, apart from the API's, so a flood on other routes never
+    /// refuses its posts (SPEC §9); 0 turns its limit off.
+    #[serde(default = "default_webhook_rate_per_s")]
+    pub rate_per_s: u32,
+    /// Posts allowed in a burst above `rate_per_s` (at least 1).
+    #[serde(default = "default_webhook_rate_burst")]
+    pub rate_burst: u32,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            secret_env: None,
+            secret_file: None,
+            allow_unsigned: false,
+            rate_per_s: default_webhook_rate_per_s(),
+            rate_burst: default_webhook_rate_burst(),
+        }
+    }
+}
+
+fn default_webhook_rate_per_s() -> u32 {
+    10
+}
+
+fn default_webhook_rate_burst() -> u32 {
+    20
 }
 
 impl Default for Config {

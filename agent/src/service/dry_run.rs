@@ -104,14 +104,21 @@ pub(super) async fn run(
     let id = record.id;
     let now = Utc::now();
     let mut findings = Vec::new();
-    let inventory = service.cached_inventory();
-    let ctx = CompileContext {
-        policy_id: Some(id.to_string()),
-        version_int: record.version_int,
-        inventory: Some(&inventory),
-        now: Some(now.to_rfc3339()),
-    };
-    let validated = validate_value(&record.spec, &service.inner.manifests, &ctx);
+    // Compiling (and building the inventory it reads) is CPU-bound: it
+    // runs on the blocking pool, never on the async workers (SPEC §12).
+    let (spec, version_int) = (record.spec.clone(), record.version_int);
+    let validated = service
+        .cpu(move |service| {
+            let inventory = service.cached_inventory();
+            let ctx = CompileContext {
+                policy_id: Some(id.to_string()),
+                version_int,
+                inventory: Some(&inventory),
+                now: Some(now.to_rfc3339()),
+            };
+            validate_value(&spec, &service.inner.manifests, &ctx)
+        })
+        .await?;
     let Some(ir) = validated.report.ir else {
         return Err(ServiceError::Invalid {
             report: serde_json::to_value(&validated.report).unwrap_or(Value::Null),
@@ -267,80 +274,107 @@ async fn resolve(
     host_id: &str,
     findings: &mut Vec<Finding>,
 ) -> Result<Vec<String>, ServiceError> {
-    let spec = &ir.targets;
+    // Parsing and matching the selector over the snapshot are CPU-bound:
+    // they run on the blocking pool (SPEC §12).
+    let (spec, host) = (ir.targets.clone(), host_id.to_string());
+    let resolved = service
+        .cpu(move |service| resolve_blocking(service, &spec, &host))
+        .await?;
+    let (forward, target_type) = match resolved {
+        Resolved::Targets(mut found, ids) => {
+            findings.append(&mut found);
+            return Ok(ids);
+        }
+        Resolved::Ledger { forward } => (forward, ir.targets.target_type.clone()),
+    };
+    // The forward policy's restore set (SPEC §6 "Outage lifecycle"),
+    // resolved as the engine resolves it.
+    let set = service.store(move |s| s.restore_set(forward)).await?;
+    let host = host_id.to_string();
+    let resolved = service
+        .cpu(move |service| {
+            let snapshot = service.inner.inventory.snapshot(&host).ok().flatten();
+            crate::engine::runner::restore_targets(
+                &service.inner.manifests,
+                &set,
+                &host,
+                &target_type,
+                snapshot.as_deref(),
+            )
+        })
+        .await?;
+    for (target, now) in &resolved.changed {
+        findings.push(Finding::new(
+            Severity::Info,
+            crate::engine::runner::CHANGED_SINCE,
+            "/targets/selector/value",
+            format!("{target} is {now} now: changed since the forward run, not restored"),
+        ));
+    }
+    Ok(resolved.targets)
+}
+
+/// What [`resolve_blocking`] found: the targets (with findings), or a
+/// ledger selector's forward policy, whose restore set is read next.
+enum Resolved {
+    Targets(Vec<Finding>, Vec<String>),
+    Ledger { forward: Uuid },
+}
+
+/// The selector of `spec` parsed and resolved against the snapshot of
+/// `host_id`; CPU-bound, run on the blocking pool.
+fn resolve_blocking(service: &Service, spec: &crate::ir::TargetsIr, host_id: &str) -> Resolved {
+    let error = |pointer: &str, message: String| {
+        Resolved::Targets(
+            vec![Finding::new(
+                Severity::Error,
+                "selector.unresolved",
+                pointer,
+                message,
+            )],
+            Vec::new(),
+        )
+    };
     let selector = match parse_selector(spec.selector.mode, &spec.selector.value, &spec.target_type)
     {
         Ok(s) => s,
         Err(errors) => {
-            for e in errors {
-                findings.push(Finding::new(
-                    Severity::Error,
-                    "selector.unresolved",
-                    "/targets/selector",
-                    e.message,
-                ));
-            }
-            return Ok(Vec::new());
+            let findings = errors
+                .into_iter()
+                .map(|e| {
+                    Finding::new(
+                        Severity::Error,
+                        "selector.unresolved",
+                        "/targets/selector",
+                        e.message,
+                    )
+                })
+                .collect();
+            return Resolved::Targets(findings, Vec::new());
         }
     };
-    let snapshot = service.inner.inventory.snapshot(host_id).ok().flatten();
     if spec.selector.mode == SelectorMode::Ledger {
-        let Some(forward) = selector
+        return match selector
             .ledger_policy_id()
             .and_then(|s| Uuid::parse_str(s).ok())
-        else {
-            findings.push(Finding::new(
-                Severity::Error,
-                "selector.unresolved",
+        {
+            Some(forward) => Resolved::Ledger { forward },
+            None => error(
                 "/targets/selector/value",
-                "the ledger selector's value is not a policy id",
-            ));
-            return Ok(Vec::new());
+                "the ledger selector's value is not a policy id".into(),
+            ),
         };
-        // The forward policy's restore set (SPEC §6 "Outage lifecycle"),
-        // resolved as the engine resolves it.
-        let set = service.store(move |s| s.restore_set(forward)).await?;
-        let resolved = crate::engine::runner::restore_targets(
-            &service.inner.manifests,
-            &set,
-            host_id,
-            &spec.target_type,
-            snapshot.as_deref(),
-        );
-        for (target, now) in &resolved.changed {
-            findings.push(Finding::new(
-                Severity::Info,
-                crate::engine::runner::CHANGED_SINCE,
-                "/targets/selector/value",
-                format!("{target} is {now} now: changed since the forward run, not restored"),
-            ));
-        }
-        return Ok(resolved.targets);
     }
-    let Some(snapshot) = snapshot else {
-        findings.push(Finding::new(
-            Severity::Error,
-            "selector.unresolved",
+    let Some(snapshot) = service.inner.inventory.snapshot(host_id).ok().flatten() else {
+        return error(
             "/targets/host_id",
             format!(
                 "host {host_id} has no inventory yet: the refresh found nothing to resolve against"
             ),
-        ));
-        return Ok(Vec::new());
+        );
     };
     match selector.resolve(&snapshot) {
-        Ok(resolution) => {
-            findings.extend(resolution.findings);
-            Ok(resolution.ids)
-        }
-        Err(e) => {
-            findings.push(Finding::new(
-                Severity::Error,
-                "selector.unresolved",
-                "/targets/selector",
-                e.message,
-            ));
-            Ok(Vec::new())
-        }
+        Ok(resolution) => Resolved::Targets(resolution.findings, resolution.ids),
+        Err(e) => error("/targets/selector", e.message),
     }
 }

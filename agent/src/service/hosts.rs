@@ -161,12 +161,21 @@ impl Service {
                 message: e.to_string(),
             })?;
         let status = self.inner.inventory.status(id).ok();
+        // A host's targets may be tens of thousands: turned into JSON on
+        // the blocking pool, not on the async workers (SPEC §12).
+        let targets = self
+            .cpu(move |_| {
+                snapshot
+                    .map(|s| serde_json::to_value(s.targets()).unwrap_or(Value::Null))
+                    .unwrap_or(json!([]))
+            })
+            .await?;
         Ok(json!({
             "host": id,
             "ts": status.as_ref().and_then(|s| s.ts),
             "stale": status.as_ref().is_none_or(|s| s.stale),
             "refresh": refreshed,
-            "targets": snapshot.map(|s| serde_json::to_value(s.targets()).unwrap_or(Value::Null)).unwrap_or(json!([])),
+            "targets": targets,
         }))
     }
 

@@ -413,6 +413,38 @@ impl Service {
             .map_err(ServiceError::from)
     }
 
+    /// How many of the [`CPU_SLOTS`] CPU-bound jobs (validations, compiles,
+    /// selector resolutions) are running now.
+    pub fn cpu_jobs_running(&self) -> usize {
+        CPU_SLOTS - self.inner.cpu_slots.available_permits()
+    }
+
+    /// Runs CPU-bound `work` (compiling, resolving selectors, building the
+    /// inventory) on the blocking pool under one of the [`CPU_SLOTS`],
+    /// waiting for a free one: nothing CPU-bound runs on the async workers,
+    /// and no more than that many such jobs at once (SPEC §12).
+    pub(super) async fn cpu<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Service) -> T + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let permit = self
+            .inner
+            .cpu_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ServiceError::Internal {
+                message: format!("the CPU slots are closed: {e}"),
+            })?;
+        let service = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work(&service)
+        })
+        .await
+        .map_err(join_error)
+    }
+
     pub(super) async fn engine_call<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, EngineCallError>>,

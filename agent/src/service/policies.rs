@@ -339,26 +339,30 @@ impl Service {
     /// The inverse of a stored policy (SPEC §11), unsaved.
     pub async fn inverse(&self, id: Uuid) -> Result<Value, ServiceError> {
         let record = self.record(id).await?;
-        let self_host = self
-            .read_hosts()
-            .values()
-            .find(|h| h.validated.self_host)
-            .map(|h| h.validated.id.clone());
-        let options = crate::inverse::InverseOptions {
-            forward_id: Some(id),
-            manifests: &self.inner.manifests,
-            self_host: self_host.as_deref(),
-        };
-        let inverse = crate::inverse::inverse(&record.spec, &options).map_err(|e| {
-            ServiceError::Unprocessable {
-                code: "policy.not_invertible",
+        // Inverting compiles the spec: CPU-bound, on the blocking pool.
+        self.cpu(move |service| {
+            let self_host = service
+                .read_hosts()
+                .values()
+                .find(|h| h.validated.self_host)
+                .map(|h| h.validated.id.clone());
+            let options = crate::inverse::InverseOptions {
+                forward_id: Some(id),
+                manifests: &service.inner.manifests,
+                self_host: self_host.as_deref(),
+            };
+            let inverse = crate::inverse::inverse(&record.spec, &options).map_err(|e| {
+                ServiceError::Unprocessable {
+                    code: "policy.not_invertible",
+                    message: e.to_string(),
+                    details: Value::Null,
+                }
+            })?;
+            serde_json::to_value(&inverse).map_err(|e| ServiceError::Internal {
                 message: e.to_string(),
-                details: Value::Null,
-            }
-        })?;
-        serde_json::to_value(&inverse).map_err(|e| ServiceError::Internal {
-            message: e.to_string(),
+            })
         })
+        .await?
     }
 
     /// Enables `id` through the dry-run gate (the caller holds `writes`).
@@ -462,25 +466,9 @@ impl Service {
         id: Uuid,
         version: u64,
     ) -> Result<(Validated, Value), ServiceError> {
-        let permit = self
-            .inner
-            .cpu_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| ServiceError::Internal {
-                message: format!("the validation slots are closed: {e}"),
-            })?;
-        let service = self.clone();
         let body = body.to_string();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            service.validate_for_store_blocking(&body, id, version)
-        })
-        .await
-        .map_err(|e| ServiceError::Internal {
-            message: format!("validation task failed: {e}"),
-        })?
+        self.cpu(move |service| service.validate_for_store_blocking(&body, id, version))
+            .await?
     }
 
     fn validate_for_store_blocking(
