@@ -456,10 +456,9 @@ impl Service {
 
     /// Validates `body` for storing as policy `id` at `version`: blockers
     /// are an [`ServiceError::Invalid`]; returns the validation and the spec
-    /// as JSON.
-    /// Validates and compiles a spec about to be stored, on the blocking
-    /// pool under one of the CPU slots (waiting for one: a save is not
-    /// refused for being busy), never on the async workers (SPEC §12).
+    /// as JSON. Runs on the blocking pool under one of the CPU slots
+    /// (waiting for one: a save is not refused for being busy), never on
+    /// the async workers (SPEC §12).
     async fn validate_for_store(
         &self,
         body: &str,
