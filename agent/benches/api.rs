@@ -79,7 +79,8 @@ async fn run() {
             body_limit: 1 << 20,
             rate_per_s: 10_000_000,
             rate_burst: 10_000_000,
-            jwt: key,
+            jwt: key.clone(),
+            ..ApiConfig::new(key)
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

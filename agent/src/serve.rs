@@ -66,6 +66,7 @@ pub async fn run(config_path: &Path) -> Result<(), ServeError> {
             body_limit: config.api.body_limit_bytes,
             rate_per_s: config.api.rate_per_s,
             rate_burst: config.api.rate_burst,
+            body_read_timeout: config.api.body_read_timeout,
             jwt,
         },
     );

@@ -1804,6 +1804,27 @@ async fn a_chunked_body_is_cut_at_the_limit_with_413() {
 }
 
 #[tokio::test]
+async fn a_body_that_stalls_after_its_headers_is_answered_408_not_waited_for() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world_with(|_, api| api.body_read_timeout = Duration::from_secs(1)).await;
+    let addr = w.server.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/webhooks/open HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"a\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The rest of the body never comes; the answer does.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers a stalled body instead of waiting for it");
+    let _ = read;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request.body_timeout"), "{answer}");
+}
+
+#[tokio::test]
 async fn the_restore_set_lists_exactly_what_the_policys_runs_changed() {
     let w = world().await;
     let s = &w.server;

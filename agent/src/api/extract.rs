@@ -87,11 +87,24 @@ fn body_error(rejection: BytesRejection, limit: Option<usize>) -> ApiError {
     }
 }
 
+/// Reads the whole body, within the body limit and the time the body has
+/// to arrive in (SPEC §12: a body that stalls after its headers is
+/// answered 408 `request.body_timeout`, not waited for).
 async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
-    let limit = req.extensions().get::<super::BodyLimit>().map(|l| l.0);
-    Bytes::from_request(req, state)
-        .await
-        .map_err(|r| body_error(r, limit))
+    let limits = req.extensions().get::<super::BodyLimit>().copied();
+    let limit = limits.map(|l| l.0);
+    let wait = limits.map_or(std::time::Duration::from_secs(30), |l| l.1);
+    match tokio::time::timeout(wait, Bytes::from_request(req, state)).await {
+        Ok(body) => body.map_err(|r| body_error(r, limit)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request.body_timeout",
+            format!(
+                "the request body did not arrive within {}s; send it whole, or raise api.body_read_timeout",
+                wait.as_secs()
+            ),
+        )),
+    }
 }
 
 impl<T, S> FromRequest<S> for Json<T>

@@ -71,6 +71,9 @@ pub struct ApiConfig {
     pub rate_per_s: u32,
     /// Requests allowed in a burst above the sustained rate (at least 1).
     pub rate_burst: u32,
+    /// Time a request has to send its whole body once a route reads it
+    /// (408 `request.body_timeout` after it).
+    pub body_read_timeout: std::time::Duration,
     /// The HS256 key tokens are verified with.
     pub jwt: JwtKey,
 }
@@ -82,6 +85,7 @@ impl ApiConfig {
             body_limit: DEFAULT_BODY_LIMIT,
             rate_per_s: 100,
             rate_burst: 200,
+            body_read_timeout: std::time::Duration::from_secs(30),
             jwt,
         }
     }
@@ -92,6 +96,7 @@ impl ApiConfig {
             body_limit: limits.body_limit_bytes,
             rate_per_s: limits.rate_per_s,
             rate_burst: limits.rate_burst,
+            body_read_timeout: limits.body_read_timeout,
             jwt,
         }
     }
@@ -485,13 +490,14 @@ struct Shared {
     /// (`webhooks.NAME.rate_per_s`; `None` when that is 0).
     webhooks: HashMap<String, Option<DefaultDirectRateLimiter>>,
     body_limit: usize,
+    body_read_timeout: std::time::Duration,
     openapi: Bytes,
 }
 
 /// The body limit, put in the request's extensions for the extractors'
-/// error message.
+/// error message, and the time the body has to arrive in.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct BodyLimit(pub(crate) usize);
+pub(crate) struct BodyLimit(pub(crate) usize, pub(crate) std::time::Duration);
 
 /// One route's guard: its access rule and whether it mutates.
 #[derive(Clone)]
@@ -524,6 +530,7 @@ pub fn router(service: Service, config: ApiConfig) -> Router {
         limiter,
         webhooks,
         body_limit: config.body_limit,
+        body_read_timeout: config.body_read_timeout,
         openapi: Bytes::from(openapi::document(ROUTES).to_string()),
     });
     let state = AppState {
@@ -636,7 +643,8 @@ async fn body_limit(State(shared): State<Arc<Shared>>, mut req: Request, next: N
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
-    req.extensions_mut().insert(BodyLimit(shared.body_limit));
+    req.extensions_mut()
+        .insert(BodyLimit(shared.body_limit, shared.body_read_timeout));
     next.run(req).await
 }
 

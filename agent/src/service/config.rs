@@ -187,6 +187,11 @@ pub struct ApiLimits {
     /// keep-alive connection between requests), e.g. `30s`.
     #[serde(default = "default_idle_timeout", with = "duration_text")]
     pub idle_timeout: Duration,
+    /// Time a request has to send its whole body once a route reads it,
+    /// e.g. `30s`: a body that stalls is answered 408 and its connection
+    /// closed, so a slow sender cannot hold a connection for ever.
+    #[serde(default = "default_body_read_timeout", with = "duration_text")]
+    pub body_read_timeout: Duration,
 }
 
 /// One named webhook.
@@ -283,6 +288,7 @@ impl Default for ApiLimits {
             max_connections_per_ip: default_max_connections_per_ip(),
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
+            body_read_timeout: default_body_read_timeout(),
         }
     }
 }
@@ -390,6 +396,12 @@ impl Config {
             invalid(
                 "api.idle_timeout",
                 "idle_timeout and header_read_timeout must be at least 1s".into(),
+            );
+        }
+        if self.api.body_read_timeout.is_zero() {
+            invalid(
+                "api.body_read_timeout",
+                "must be at least 1s, e.g. 30s".into(),
             );
         }
         if let Some(backup) = &self.backup {
@@ -517,6 +529,10 @@ fn default_max_connections() -> usize {
 
 fn default_max_connections_per_ip() -> usize {
     256
+}
+
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_header_read_timeout() -> Duration {
