@@ -381,6 +381,12 @@ impl Upsd {
     }
 
     fn spawn_driver(&self) -> Child {
+        // A driver killed by an earlier attempt in this dir leaves its PID
+        // file behind. dummy-ups SIGTERMs whatever process holds that PID
+        // ("Duplicate driver instance detected ... Terminating other
+        // driver!"); by now the PID may belong to any process on the
+        // machine. No PID file, no signal.
+        remove_pid_files(&self.dir);
         self.command(DUMMY_UPS_BIN, "driver.log")
             .args(["-a", &self.ups, "-u", "root", "-F"])
             .spawn()
@@ -476,6 +482,35 @@ fn spawn_placeholder() -> Child {
     child
 }
 
+/// Removes the `*.pid` files in `dir` (see [`Upsd::spawn_driver`]).
+fn remove_pid_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "pid") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_pid_files_are_removed_before_a_driver_starts_and_nothing_else_is() {
+        let dir = temp_dir("pidfiles", 0o700);
+        write(&dir.join("dummy-ups-dummy.pid"), "12345\n");
+        write(&dir.join("dummy.dev"), "ups.status: OL\n");
+        remove_pid_files(&dir);
+        assert!(!dir.join("dummy-ups-dummy.pid").exists());
+        assert!(dir.join("dummy.dev").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
