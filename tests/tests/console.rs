@@ -784,7 +784,7 @@ async fn an_on_battery_event_appears_live_on_the_dashboard_and_in_the_ledger() {
     );
     assert!(!w.shown("#stale-marker").await);
     w.shot("dashboard").await;
-    w.window(1200, 900).await;
+    w.window(1200, 1150).await;
     w.shot("dashboard-desktop").await;
     w.window(360, 900).await;
 
@@ -800,7 +800,7 @@ async fn an_on_battery_event_appears_live_on_the_dashboard_and_in_the_ledger() {
 #[tokio::test]
 async fn the_dashboard_shows_a_stale_marker_when_the_event_stream_drops() {
     let _one = ONE_BROWSER.lock().await;
-    let w = World::start("stale").await;
+    let mut w = World::start("stale").await;
     w.sign_in("admin", ADMIN_PW).await;
     w.text_contains("#hosts", "pve-01").await;
     stream_connected(&w).await;
@@ -819,12 +819,7 @@ async fn the_dashboard_shows_a_stale_marker_when_the_event_stream_drops() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut agent_exited = false;
     while Instant::now() < deadline {
-        if w.http
-            .get(format!("{}/healthz", w.base))
-            .send()
-            .await
-            .is_err()
-        {
+        if w.agent.try_wait().expect("the agent's status").is_some() {
             agent_exited = true;
             break;
         }
