@@ -103,7 +103,10 @@ async fn run() {
             .expect("renders")
             .len();
     }
-    assert!(bytes > 100_000, "the page holds the 1 000 rows ({bytes} bytes)");
+    assert!(
+        bytes > 100_000,
+        "the page holds the 1 000 rows ({bytes} bytes)"
+    );
     let mut times = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         let t = Instant::now();

@@ -759,7 +759,10 @@ async fn an_on_battery_event_appears_live_on_the_dashboard_and_in_the_ledger() {
     w.sign_in("admin", ADMIN_PW).await;
     w.text_contains("#signed-in-as", "admin").await;
     let ups = w.text_contains("#ups", "on_mains").await;
-    assert!(ups.contains("ups1@127.0.0.1") && ups.contains("100 %"), "{ups}");
+    assert!(
+        ups.contains("ups1@127.0.0.1") && ups.contains("100 %"),
+        "{ups}"
+    );
     w.text_contains("#runs", "No runs yet").await;
     stream_connected(&w).await;
     // A mark on this document: gone if the page reloads.

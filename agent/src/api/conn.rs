@@ -200,7 +200,8 @@ async fn connection(
             .insert(axum::extract::ConnectInfo(peer));
         // Long-lived answers (the console's event stream) end when the
         // server stops, so a graceful shutdown does not wait on them.
-        req.extensions_mut().insert(Stopping(stopped_for_requests.clone()));
+        req.extensions_mut()
+            .insert(Stopping(stopped_for_requests.clone()));
         let open = Exchange::start(&exchanges);
         let mut router = router.clone();
         async move {

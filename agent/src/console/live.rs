@@ -115,7 +115,11 @@ impl Feed {
         };
         let mut events = Vec::new();
         if self.first {
-            events.push(Event::default().retry(Duration::from_secs(2)).comment("hello"));
+            events.push(
+                Event::default()
+                    .retry(Duration::from_secs(2))
+                    .comment("hello"),
+            );
             self.first = false;
         }
         let live = LiveFragment { live }.render().unwrap_or_default();
@@ -171,9 +175,10 @@ pub(super) async fn dashboard_events(
     let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     response
 }
 
@@ -191,7 +196,13 @@ mod tests {
         facts.runtime_minutes = Some(12.345);
         let row = ups_row("ups1@nas.lan:3493".into(), Some(&facts));
         assert_eq!(
-            (row.state, row.conditions.as_str(), row.charge.as_str(), row.runtime.as_str(), row.load.as_str()),
+            (
+                row.state,
+                row.conditions.as_str(),
+                row.charge.as_str(),
+                row.runtime.as_str(),
+                row.load.as_str()
+            ),
             ("on_battery", "low_battery", "42 %", "12.3 min", "–")
         );
     }

@@ -612,9 +612,14 @@ fn row_with_run(
     PolicyRow {
         last_run: run.map(|r| time(&r.started_at)).unwrap_or_default(),
         last_run_at: run
-            .map(|r| r.started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .map(|r| {
+                r.started_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            })
             .unwrap_or_default(),
-        last_outcome: run.map(|r| r.status.as_str().to_string()).unwrap_or_default(),
+        last_outcome: run
+            .map(|r| r.status.as_str().to_string())
+            .unwrap_or_default(),
         id: p.id.to_string(),
         name: p.name.clone(),
         intent: if p.enabled_intent {
@@ -677,7 +682,9 @@ pub async fn render_policies_page(
     viewer: Viewer,
 ) -> Result<String, ServiceError> {
     let page = policies_page_html(service, viewer, table::PoliciesQuery::default()).await?;
-    page.render().map_err(|e| ServiceError::Internal { message: format!("policies page: {e}") })
+    page.render().map_err(|e| ServiceError::Internal {
+        message: format!("policies page: {e}"),
+    })
 }
 
 /// A row after enable or disable, with its last run.

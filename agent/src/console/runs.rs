@@ -283,7 +283,9 @@ fn step(entry: &Value) -> Step {
             } else if let Some(err) = dry.get("error") {
                 format!(
                     " — dry-run error: {}",
-                    err["message"].as_str().map_or_else(|| err.to_string(), str::to_string)
+                    err["message"]
+                        .as_str()
+                        .map_or_else(|| err.to_string(), str::to_string)
                 )
             } else {
                 let answers = dry["answers"].as_array().map_or(0, Vec::len);
@@ -331,7 +333,10 @@ mod tests {
             {"type": "ups.state", "ups": "ups2", "equals": "on_battery"},
             {"type": "schedule"}
         ]}});
-        let got = ups_names(vec!["ups1@nas:3493".to_string()].into_iter(), [&spec].into_iter());
+        let got = ups_names(
+            vec!["ups1@nas:3493".to_string()].into_iter(),
+            [&spec].into_iter(),
+        );
         assert_eq!(got, ["ups1@nas:3493", "ups2"]);
     }
 

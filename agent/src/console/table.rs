@@ -52,7 +52,11 @@ impl PoliciesQuery {
     }
 
     pub fn sorts(&self) -> Vec<Choice> {
-        let sort = if self.sort.is_empty() { "name" } else { &self.sort };
+        let sort = if self.sort.is_empty() {
+            "name"
+        } else {
+            &self.sort
+        };
         choices(&SORTS, sort)
     }
 
@@ -64,9 +68,8 @@ impl PoliciesQuery {
             .filter(|r| needle.is_empty() || r.name.to_lowercase().contains(&needle))
             .filter(|r| self.status.is_empty() || r.status == self.status)
             .collect();
-        let by_name = |a: &PolicyRow, b: &PolicyRow| {
-            a.name.to_lowercase().cmp(&b.name.to_lowercase())
-        };
+        let by_name =
+            |a: &PolicyRow, b: &PolicyRow| a.name.to_lowercase().cmp(&b.name.to_lowercase());
         let order: fn(&PolicyRow, &PolicyRow) -> Ordering = match self.sort.as_str() {
             "status" => |a, b| a.status.cmp(&b.status),
             // RFC 3339 strings of one format sort as the instants do;
@@ -143,10 +146,19 @@ mod tests {
     #[test]
     fn rows_sort_by_name_by_default_and_by_newest_run_or_worst_severity_on_request() {
         let mut q = PoliciesQuery::default();
-        assert_eq!(names(&q.apply(rows())), ["backup nas", "Stop db", "Stop web"]);
+        assert_eq!(
+            names(&q.apply(rows())),
+            ["backup nas", "Stop db", "Stop web"]
+        );
         q.sort = "last_run".into();
-        assert_eq!(names(&q.apply(rows())), ["Stop db", "Stop web", "backup nas"]);
+        assert_eq!(
+            names(&q.apply(rows())),
+            ["Stop db", "Stop web", "backup nas"]
+        );
         q.sort = "severity".into();
-        assert_eq!(names(&q.apply(rows())), ["backup nas", "Stop db", "Stop web"]);
+        assert_eq!(
+            names(&q.apply(rows())),
+            ["backup nas", "Stop db", "Stop web"]
+        );
     }
 }

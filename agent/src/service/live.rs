@@ -35,7 +35,10 @@ impl Service {
     }
 
     /// The newest run in the ledger of each of `ids` that has one.
-    pub async fn last_runs(&self, ids: Vec<Uuid>) -> Result<HashMap<Uuid, RunRecord>, ServiceError> {
+    pub async fn last_runs(
+        &self,
+        ids: Vec<Uuid>,
+    ) -> Result<HashMap<Uuid, RunRecord>, ServiceError> {
         self.store(move |s| {
             let mut out = HashMap::with_capacity(ids.len());
             for id in ids {
