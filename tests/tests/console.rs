@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent::api::auth::{mint, JwtKey};
+use agent::nut::testing::Upsd;
 use agent::service::Role;
 use base64::Engine as _;
 use drivers::proxmox::sim::{ProxmoxSim, SimConfig, SimGuest, SimKind, SimStatus};
@@ -80,6 +81,7 @@ struct World {
     http: reqwest::Client,
     token: String,
     _sim: ProxmoxSim,
+    upsd: Option<Upsd>,
     _dir: tempfile::TempDir,
     shots: PathBuf,
     test: &'static str,
@@ -87,7 +89,18 @@ struct World {
 
 impl World {
     async fn start(test: &'static str) -> World {
+        World::start_opts(test, false).await
+    }
+
+    /// [`World::start`] with a real NUT `upsd` (UPS `ups1`, on mains) the
+    /// agent polls every 200 ms.
+    async fn start_with_ups(test: &'static str) -> World {
+        World::start_opts(test, true).await
+    }
+
+    async fn start_opts(test: &'static str, with_ups: bool) -> World {
         require_browser();
+        let upsd = with_ups.then(|| Upsd::builder().ups("ups1").start());
         let dir = tempfile::tempdir().unwrap();
         let sim = ProxmoxSim::start(SimConfig {
             guests: vec![
@@ -103,14 +116,22 @@ impl World {
         // A host that never answers: its dry-runs fail, so Enable is refused.
         dead.insert("port".into(), json!(free_port()));
         let port = free_port();
-        let config = json!({
+        let mut config = json!({
             "listen": format!("127.0.0.1:{port}"),
             "data_dir": dir.path().join("data"),
+            "shutdown_grace": "2s",
             "hosts": [
                 {"id": "pve-01", "plugin": "proxmox.ve", "connection": sim.connection()},
                 {"id": "pve-dead", "plugin": "proxmox.ve", "connection": dead},
             ],
         });
+        if let Some(upsd) = &upsd {
+            let nut = upsd.config();
+            config["nut"] = json!([{
+                "host": nut.host, "port": nut.port, "ups": nut.ups,
+                "poll_interval_ms": 200, "comm_lost_after_ms": 5000,
+            }]);
+        }
         let config_path = dir.path().join("hazel.yaml");
         std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
         add_user(&config_path, "admin", "admin", ADMIN_PW);
@@ -153,6 +174,7 @@ impl World {
             http: reqwest::Client::new(),
             token,
             _sim: sim,
+            upsd,
             _dir: dir,
             shots,
             test,
@@ -321,6 +343,50 @@ impl World {
             Some(json!({"script": script, "args": []})),
         )
         .await
+    }
+
+    /// Runs `script` synchronously in the page; answers its return value.
+    async fn sync_script(&self, script: &str) -> Value {
+        self.wd(
+            reqwest::Method::POST,
+            &self.s("/execute/sync"),
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Whether `css` is shown (its computed `display` is not `none`).
+    async fn shown(&self, css: &str) -> bool {
+        let script = format!(
+            "const e = document.querySelector({css:?}); return !!e && getComputedStyle(e).display !== 'none';"
+        );
+        self.sync_script(&script).await == json!(true)
+    }
+
+    /// Waits until `css` is shown (`true`) or hidden (`false`).
+    async fn wait_shown(&self, css: &str, shown: bool) {
+        self.eventually(&format!("`{css}` shown={shown}"), || async {
+            (self.shown(css).await == shown).then_some(())
+        })
+        .await;
+    }
+
+    async fn window(&self, width: u32, height: u32) {
+        self.wd(
+            reqwest::Method::POST,
+            &self.s("/window/rect"),
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`) to `hazel serve`.
+    fn signal_agent(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), self.agent.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} the agent");
     }
 
     async fn cookies(&self) -> Value {
@@ -645,4 +711,275 @@ async fn a_viewer_sees_no_control_and_a_request_without_the_csrf_header_is_refus
     assert!(answer.contains("csrf.missing"), "{answer}");
     let (_, api) = w.api(reqwest::Method::GET, "/api/kill-switch", None).await;
     assert_eq!(api["paused"], false, "the forged pause did nothing");
+}
+
+/// A policy that shuts vm 101 down as soon as ups1 is on battery.
+fn immediate_policy(name: &str) -> Value {
+    let mut p = policy(name, "pve-01");
+    p["trigger_group"]["triggers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("for");
+    p
+}
+
+/// Creates `spec` through the API and enables it; answers its id.
+async fn enabled_policy(w: &World, spec: Value) -> String {
+    let (status, created) = w
+        .api(reqwest::Method::POST, "/api/policies", Some(spec))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let (status, enabled) = w
+        .api(
+            reqwest::Method::POST,
+            &format!("/api/policies/{id}/enable"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{enabled}");
+    id
+}
+
+/// Waits until the dashboard's event stream has sent a beat.
+async fn stream_connected(w: &World) {
+    let first = w.text("#live-updated").await;
+    w.eventually("a beat from the event stream", || async {
+        let now = w.text("#live-updated").await;
+        (!now.is_empty() && now != first).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_on_battery_event_appears_live_on_the_dashboard_and_in_the_ledger() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start_with_ups("live").await;
+    let id = enabled_policy(&w, immediate_policy("Stop vm 101 on battery")).await;
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#signed-in-as", "admin").await;
+    let ups = w.text_contains("#ups", "on_mains").await;
+    assert!(
+        ups.contains("ups1@127.0.0.1") && ups.contains("100 %"),
+        "{ups}"
+    );
+    w.text_contains("#runs", "No runs yet").await;
+    stream_connected(&w).await;
+    // A mark on this document: gone if the page reloads.
+    w.sync_script("window.hazelSameDocument = true; return 1;")
+        .await;
+
+    let upsd = w.upsd.as_ref().unwrap();
+    upsd.set_vars(&[("ups.status", "OB DISCHRG"), ("battery.charge", "87")]);
+    let ups = w.text_contains("#ups", "on_battery").await;
+    assert!(ups.contains("87 %"), "{ups}");
+    let runs = w.text_contains("#runs", "Stop vm 101 on battery").await;
+    assert!(
+        runs.contains("proxmox.vm shutdown on pve-01") && runs.contains("vm:101"),
+        "{runs}"
+    );
+    w.text_contains("#runs", "ok").await;
+    assert_eq!(
+        w.sync_script("return window.hazelSameDocument === true;")
+            .await,
+        json!(true),
+        "the run arrived without a page reload"
+    );
+    assert!(!w.shown("#stale-marker").await);
+    w.shot("dashboard").await;
+    w.window(1200, 1150).await;
+    w.shot("dashboard-desktop").await;
+    w.window(360, 900).await;
+
+    w.goto(&format!("/policies/{id}")).await;
+    let ledger = w.text_contains(".run summary", "ok").await;
+    assert!(ledger.contains("ups.state"), "{ledger}");
+    w.shot("ledger").await;
+    w.goto("/policies").await;
+    let row = w.text_contains(&format!("#policy-{id}"), "ok").await;
+    assert!(!row.contains("never"), "the last run is shown: {row}");
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_a_stale_marker_when_the_event_stream_drops() {
+    let _one = ONE_BROWSER.lock().await;
+    let mut w = World::start("stale").await;
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#hosts", "pve-01").await;
+    stream_connected(&w).await;
+    assert!(!w.shown("#stale-marker").await, "fresh at first");
+
+    // A stuck agent: the stream stays open but goes quiet.
+    w.signal_agent("STOP");
+    w.wait_shown("#stale-marker", true).await;
+    w.shot("stale").await;
+    w.signal_agent("CONT");
+    w.wait_shown("#stale-marker", false).await;
+
+    // A stopped agent: the stream ends with the server, which does not
+    // wait for the open dashboard to stop.
+    w.signal_agent("TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut agent_exited = false;
+    while Instant::now() < deadline {
+        if w.agent.try_wait().expect("the agent's status").is_some() {
+            agent_exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        agent_exited,
+        "hazel serve stopped within 10 s with a dashboard open"
+    );
+    w.wait_shown("#stale-marker", true).await;
+    w.text_contains("#stale-marker", "Disconnected").await;
+}
+
+#[tokio::test]
+async fn the_audit_page_filters_by_kind_policy_and_time() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start("audit").await;
+    let mut ids = Vec::new();
+    for (name, vm) in [("Audit one", "101"), ("Audit two", "102")] {
+        // Two different specs: an identical one would be refused.
+        let mut spec = policy(name, "pve-01");
+        spec["targets"]["selector"]["value"] = json!(vm);
+        let (status, created) = w
+            .api(reqwest::Method::POST, "/api/policies", Some(spec))
+            .await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    w.api(
+        reqwest::Method::POST,
+        "/api/kill-switch",
+        Some(json!({"paused": true, "reason": "audit test"})),
+    )
+    .await;
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#signed-in-as", "admin").await;
+    w.goto("/runs").await;
+    let all = w.text_contains("#audit", "policy.created").await;
+    let all_rows = w.count("#audit tbody tr").await;
+    assert!(all_rows > 2, "every kind at first (the pause too): {all}");
+
+    w.type_into("#filter-kind", "policy.created").await;
+    w.click("#filter-apply").await;
+    w.eventually("the kind filter in the URL", || async {
+        w.url().await.contains("kind=policy.created").then_some(())
+    })
+    .await;
+    let rows = w.count("#audit tbody tr").await;
+    let kinds = w.text("#audit").await;
+    assert_eq!(rows, 2, "{kinds}");
+    assert_eq!(kinds.matches("policy.created").count(), 2, "{kinds}");
+
+    w.click(&format!("#filter-policy option[value='{}']", ids[1]))
+        .await;
+    w.click("#filter-apply").await;
+    w.eventually("the policy filter in the URL", || async {
+        w.url().await.contains(&ids[1]).then_some(())
+    })
+    .await;
+    let one = w.text("#audit").await;
+    assert_eq!(w.count("#audit tbody tr").await, 1, "{one}");
+    assert!(
+        one.contains("Audit two") && !one.contains("Audit one"),
+        "{one}"
+    );
+    w.shot("audit-filtered").await;
+
+    w.click("#filter-since option[value='1h']").await;
+    w.click("#filter-apply").await;
+    w.eventually("the since filter in the URL", || async {
+        w.url().await.contains("since=1h").then_some(())
+    })
+    .await;
+    assert_eq!(
+        w.count("#audit tbody tr").await,
+        1,
+        "written within the hour"
+    );
+}
+
+#[tokio::test]
+async fn the_power_failure_simulation_shows_the_timeline() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start("simulate").await;
+    enabled_policy(&w, policy("Stop vm 101 after 2 minutes", "pve-01")).await;
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#signed-in-as", "admin").await;
+    w.goto("/runs").await;
+    w.type_into("#simulate-ups", "ups1").await;
+    w.click("#simulate-state option[value='on_battery']").await;
+    w.click("#simulate").await;
+    let timeline = w.text_contains("#timeline", "countdown").await;
+    assert!(
+        timeline.contains("Stop vm 101 after 2 minutes")
+            && timeline.contains("proxmox.vm shutdown on pve-01: vm:101"),
+        "{timeline}"
+    );
+    w.text_contains("#simulation", "If ups1 went on_battery now")
+        .await;
+    w.shot("simulation").await;
+    let (_, runs) = w
+        .api(
+            reqwest::Method::GET,
+            "/api/audit?kind=execution.finished",
+            None,
+        )
+        .await;
+    assert_eq!(runs["items"], json!([]), "a simulation executes nothing");
+}
+
+/// axe-core, vendored for the tests only (tests/fixtures/axe-core).
+const AXE: &str = include_str!("../fixtures/axe-core/axe.min.js");
+
+/// Runs axe-core on the page; answers the critical violations, and any
+/// violation of the rules that every control has a name (label).
+const AXE_RUN: &str = "const done = arguments[0];
+axe.run(document, {resultTypes: ['violations']}).then(r => done(r.violations
+  .filter(v => v.impact === 'critical' || ['label', 'button-name', 'select-name', 'link-name'].includes(v.id))
+  .map(v => v.id + ' (' + v.impact + '): ' + v.help + ' at ' + v.nodes.map(n => n.target.join(' ')).join(', '))))
+  .catch(e => done(['axe failed: ' + e]));";
+
+async fn axe_check(w: &World, page: &str) {
+    let loaded = w.sync_script(&format!("{AXE}\nreturn typeof axe;")).await;
+    assert_eq!(loaded, json!("object"), "axe-core loads on {page}");
+    let found = w.script(AXE_RUN).await;
+    assert_eq!(
+        found,
+        json!([]),
+        "page {page} has critical accessibility violations"
+    );
+}
+
+#[tokio::test]
+async fn every_console_page_passes_the_axe_check_with_no_critical_violations() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start_with_ups("axe").await;
+    let id = enabled_policy(&w, policy("Stop vm 101 after 2 minutes", "pve-01")).await;
+    w.goto("/login").await;
+    w.element("#sign-in").await;
+    axe_check(&w, "/login").await;
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#ups", "ups1").await;
+    axe_check(&w, "/").await;
+    for page in [
+        "/policies".to_string(),
+        format!("/policies/{id}"),
+        "/runs".into(),
+    ] {
+        w.goto(&page).await;
+        w.element("main h1").await;
+        axe_check(&w, &page).await;
+    }
+    w.click("#simulate").await;
+    w.element("#timeline, #timeline-empty").await;
+    axe_check(&w, "/runs with a simulation").await;
+    w.goto(&format!("/policies/{id}")).await;
+    w.click("#dry-run").await;
+    w.element("#preflight-table").await;
+    axe_check(&w, "/policies/{id} with a preflight").await;
 }

@@ -168,6 +168,19 @@ impl Drop for IpSlot {
     }
 }
 
+/// Becomes `true` when the server stops taking requests: a request
+/// extension for answers that stream until told to end (a graceful
+/// shutdown waits for every answer in flight).
+#[derive(Debug, Clone)]
+pub struct Stopping(pub watch::Receiver<bool>);
+
+impl Stopping {
+    /// Resolves once the server is stopping.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
 /// Serves one connection; its slots are given back when it ends.
 async fn connection(
     tcp: TcpStream,
@@ -178,12 +191,17 @@ async fn connection(
     _slots: (OwnedSemaphorePermit, IpSlot),
 ) {
     let exchanges = Arc::new(Exchanges::default());
+    let stopped_for_requests = stopped.clone();
     let io = TokioIo::new(Guarded::new(tcp, Arc::clone(&exchanges), limits));
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         // The client's address, for per-address limits such as the
         // console's sign-in attempts.
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
+        // Long-lived answers (the console's event stream) end when the
+        // server stops, so a graceful shutdown does not wait on them.
+        req.extensions_mut()
+            .insert(Stopping(stopped_for_requests.clone()));
         let open = Exchange::start(&exchanges);
         let mut router = router.clone();
         async move {

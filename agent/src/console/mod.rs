@@ -32,6 +32,9 @@ use crate::engine::store::AuditQuery;
 use crate::service::{Actor, Role, ServiceError};
 
 pub mod attempts;
+pub mod live;
+pub mod runs;
+mod table;
 pub mod words;
 
 use attempts::Attempts;
@@ -88,6 +91,20 @@ pub fn routes() -> Vec<Route> {
             ..page(get(stylesheet))
         },
         Route {
+            path: "/runs",
+            ..page(get(runs::runs_page))
+        },
+        Route {
+            path: "/assets/live.js",
+            ..page(get(live::live_js))
+        },
+        Route {
+            path: "/ui/dashboard/events",
+            access: Access::Role(Role::Viewer),
+            mutating: false,
+            handler: get(live::dashboard_events),
+        },
+        Route {
             path: "/ui/dashboard/live",
             access: Access::Role(Role::Viewer),
             mutating: false,
@@ -108,6 +125,10 @@ pub fn routes() -> Vec<Route> {
         Route {
             path: "/ui/policies/{id}/disable",
             ..control(Role::Admin, post(policy_disable))
+        },
+        Route {
+            path: "/ui/simulate",
+            ..control(Role::Operator, post(runs::simulate))
         },
         Route {
             path: "/ui/policies/{id}/dry-run",
@@ -369,6 +390,7 @@ struct DashboardPage {
 
 /// The part of the dashboard that refreshes itself.
 struct LiveData {
+    ups: Vec<live::UpsRow>,
     hosts: Vec<HostRow>,
     runs: Vec<RunRow>,
     updated: String,
@@ -427,10 +449,8 @@ async fn live(state: &AppState) -> Result<LiveData, ServiceError> {
             }
         })
         .collect();
-    let names: std::collections::HashMap<Uuid, String> = service
-        .policies(None, 500)
+    let names: std::collections::HashMap<Uuid, String> = all_policies(service)
         .await?
-        .items
         .into_iter()
         .map(|p| (p.id, p.name))
         .collect();
@@ -465,10 +485,27 @@ async fn live(state: &AppState) -> Result<LiveData, ServiceError> {
         })
         .collect();
     Ok(LiveData {
+        ups: live::ups_rows(service),
         hosts,
         runs,
         updated: time(&Utc::now()),
     })
+}
+
+/// Every stored policy, page by page.
+async fn all_policies(
+    service: &crate::service::Service,
+) -> Result<Vec<crate::service::PolicyView>, ServiceError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = service.policies(after, 500).await?;
+        out.extend(page.items);
+        match page.next.as_deref().map(Uuid::parse_str) {
+            Some(Ok(next)) => after = Some(next),
+            _ => return Ok(out),
+        }
+    }
 }
 
 fn list(v: &Value) -> String {
@@ -540,6 +577,12 @@ struct PolicyRow {
     status: String,
     severity: String,
     trigger: String,
+    /// When the newest run in the ledger started, for people; empty if none.
+    last_run: String,
+    /// The same instant in RFC 3339, for sorting.
+    last_run_at: String,
+    /// That run's status (`ok`, `partial`, `failed`, ...).
+    last_outcome: String,
 }
 
 #[derive(Template)]
@@ -547,7 +590,8 @@ struct PolicyRow {
 struct PoliciesPage {
     viewer: Viewer,
     rows: Vec<PolicyRow>,
-    total: u64,
+    total: usize,
+    query: table::PoliciesQuery,
 }
 
 #[derive(Template)]
@@ -558,7 +602,24 @@ struct PolicyRowFragment {
 }
 
 fn row(p: &crate::service::PolicyView) -> PolicyRow {
+    row_with_run(p, None)
+}
+
+fn row_with_run(
+    p: &crate::service::PolicyView,
+    run: Option<&crate::engine::store::RunRecord>,
+) -> PolicyRow {
     PolicyRow {
+        last_run: run.map(|r| time(&r.started_at)).unwrap_or_default(),
+        last_run_at: run
+            .map(|r| {
+                r.started_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            })
+            .unwrap_or_default(),
+        last_outcome: run
+            .map(|r| r.status.as_str().to_string())
+            .unwrap_or_default(),
         id: p.id.to_string(),
         name: p.name.clone(),
         intent: if p.enabled_intent {
@@ -577,18 +638,63 @@ fn row(p: &crate::service::PolicyView) -> PolicyRow {
     }
 }
 
-async fn policies_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn policies_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<table::PoliciesQuery>,
+) -> Response {
     let Some(viewer) = signed_in(&state, &headers) else {
         return to_login();
     };
-    match state.service().policies(None, 500).await {
-        Ok(page) => render(&PoliciesPage {
-            viewer,
-            rows: page.items.iter().map(row).collect(),
-            total: page.total,
-        }),
+    match policies_page_html(state.service(), viewer, query).await {
+        Ok(page) => render(&page),
         Err(e) => service_error(&e),
     }
+}
+
+async fn policies_page_html(
+    service: &crate::service::Service,
+    viewer: Viewer,
+    query: table::PoliciesQuery,
+) -> Result<PoliciesPage, ServiceError> {
+    let policies = all_policies(service).await?;
+    let runs = service
+        .last_runs(policies.iter().map(|p| p.id).collect())
+        .await?;
+    Ok(PoliciesPage {
+        viewer,
+        total: policies.len(),
+        rows: query.apply(
+            policies
+                .iter()
+                .map(|p| row_with_run(p, runs.get(&p.id)))
+                .collect(),
+        ),
+        query,
+    })
+}
+
+/// The policies page as `viewer` sees it, unfiltered: what `GET
+/// /policies` answers, without the HTTP around it (for the render
+/// benchmark, `agent/benches/console.rs`).
+pub async fn render_policies_page(
+    service: &crate::service::Service,
+    viewer: Viewer,
+) -> Result<String, ServiceError> {
+    let page = policies_page_html(service, viewer, table::PoliciesQuery::default()).await?;
+    page.render().map_err(|e| ServiceError::Internal {
+        message: format!("policies page: {e}"),
+    })
+}
+
+/// A row after enable or disable, with its last run.
+async fn fresh_row(state: &AppState, p: &crate::service::PolicyView) -> PolicyRow {
+    let runs = state
+        .service()
+        .last_runs(vec![p.id])
+        .await
+        .unwrap_or_default();
+    row_with_run(p, runs.get(&p.id))
 }
 
 async fn policy_enable(
@@ -599,7 +705,7 @@ async fn policy_enable(
     match state.service().enable_policy(&actor, id, None).await {
         Ok(p) => render(&PolicyRowFragment {
             viewer: Viewer::of_actor(&actor),
-            row: row(&p),
+            row: fresh_row(&state, &p).await,
         }),
         Err(ServiceError::EnableBlocked { errors, .. }) => beside_row(
             id,
@@ -650,7 +756,7 @@ async fn policy_disable(
     match state.service().disable_policy(&actor, id).await {
         Ok(p) => render(&PolicyRowFragment {
             viewer: Viewer::of_actor(&actor),
-            row: row(&p),
+            row: fresh_row(&state, &p).await,
         }),
         Err(e) => beside_row(id, service_error(&e)),
     }

@@ -25,6 +25,7 @@ pub mod engine_loop;
 mod events;
 mod hosts;
 mod kill_switch;
+mod live;
 pub mod metrics;
 mod open;
 mod policies;

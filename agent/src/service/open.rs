@@ -86,7 +86,7 @@ pub(super) struct Inner {
     /// The NUT pollers, stopped first at shutdown.
     nut: tokio::sync::Mutex<Option<crate::nut::NutSources>>,
     /// The NUT sources' latest readings, for `/metrics`.
-    readings: Option<crate::nut::LatestReadings>,
+    pub(super) readings: Option<crate::nut::LatestReadings>,
     /// Slots for CPU-bound work run on the blocking pool (validation):
     /// never on the async workers, never more at once than this (SPEC §12).
     pub(super) cpu_slots: Arc<tokio::sync::Semaphore>,

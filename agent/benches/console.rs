@@ -1,0 +1,150 @@
+//! Console render time: the policies page (`GET /policies`) with 1 000
+//! stored policies, rendered on the server.
+//!
+//! Target (SPEC §11, the web console): **p95 under 20 ms**. Opens a real
+//! `Service` (SQLite in a temp dir, a `proxmox.ve` host seeded with 1 000
+//! VMs), stores 1 000 policies through the service (validated and compiled
+//! as the API stores them), then times `console::render_policies_page`:
+//! every policy read from the store page by page, each one's newest run
+//! looked up in the ledger, the trigger summarised in words, the askama
+//! template rendered to one HTML string (≈ 1 MB). What the handler adds
+//! (session lookup, the HTTP answer) is not counted. 20 warm-up renders,
+//! then 200 timed one by one. Run: `cargo bench -p hazel-agent --bench
+//! console`. Prints p50, p95, p99 and max; exits non-zero above the target.
+
+use std::time::{Duration, Instant};
+
+use agent::console::{render_policies_page, Viewer};
+use agent::service::{Actor, Config, OpenOptions, Role, Service};
+use drivers::registry::HostConfig;
+use inventory::index::HostInventory;
+use inventory::model::Target;
+use serde_json::json;
+
+const POLICIES: usize = 1_000;
+const WARMUP: usize = 20;
+const RUNS: usize = 200;
+const TARGET_P95: Duration = Duration::from_millis(20);
+
+fn main() {
+    // `cargo bench` passes `--bench`; this binary takes no options.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host: HostConfig = serde_json::from_value(json!({
+        "id": "pve-01",
+        "plugin": "proxmox.ve",
+        "connection": {
+            "host": "127.0.0.1", "port": 9, "node": "pve-01", "scheme": "http",
+            "token_id": "bench@pve!bench", "token_secret": "00000000-0000-0000-0000-000000000000"
+        }
+    }))
+    .expect("host");
+    let config = Config {
+        data_dir: dir.path().to_path_buf(),
+        hosts: vec![host],
+        ..Config::default()
+    };
+    let service = Service::open(
+        config,
+        OpenOptions {
+            discovery: false,
+            ..OpenOptions::default()
+        },
+    )
+    .await
+    .expect("service opens");
+    service
+        .inventory()
+        .seed(HostInventory::new("pve-01", "proxmox.ve", vms(1000)))
+        .expect("seed");
+    let actor = Actor {
+        subject: "bench".into(),
+        role: Role::Admin,
+        correlation_id: None,
+    };
+    let started = Instant::now();
+    for i in 0..POLICIES {
+        let spec = json!({
+            "version": 1,
+            "name": format!("Stop vm {} on battery", i + 1),
+            "enabled": false,
+            "trigger_group": {"triggers": [{"type": "ups.state", "equals": "on_battery",
+                "ups": format!("ups{}", i % 10), "for": format!("{}m", 1 + i % 5)}]},
+            "targets": {"host_id": "pve-01", "target_type": "vm",
+                "selector": {"mode": "list", "value": format!("{}", 1 + i % 1000)}},
+            "actions": [{"capability_id": "proxmox.vm", "verb": "shutdown", "params": {"grace_s": 5}}],
+        });
+        service
+            .create_policy(&actor, &spec.to_string())
+            .await
+            .expect("the policy is stored");
+    }
+    eprintln!(
+        "stored {POLICIES} policies in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let viewer = Viewer {
+        user: "bench".into(),
+        role: "admin",
+        admin: true,
+        operator: true,
+    };
+    let mut bytes = 0;
+    for _ in 0..WARMUP {
+        bytes = render_policies_page(&service, viewer.clone())
+            .await
+            .expect("renders")
+            .len();
+    }
+    assert!(
+        bytes > 100_000,
+        "the page holds the 1 000 rows ({bytes} bytes)"
+    );
+    let mut times = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let html = render_policies_page(&service, viewer.clone())
+            .await
+            .expect("renders");
+        times.push(t.elapsed());
+        std::hint::black_box(html);
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).min(times.len()) - 1];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "console/policies_page ({POLICIES} policies, {} KiB): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {RUNS} renders",
+        bytes / 1024,
+        ms(at(0.50)),
+        ms(at(0.95)),
+        ms(at(0.99)),
+        ms(at(1.0)),
+    );
+    service.shutdown().await;
+    assert!(
+        at(0.95) < TARGET_P95,
+        "p95 {:.2} ms is above the {} ms target",
+        ms(at(0.95)),
+        TARGET_P95.as_millis()
+    );
+}
+
+fn vms(n: u32) -> Vec<Target> {
+    (1..=n)
+        .map(|id| Target {
+            target_type: "vm".into(),
+            id: id.to_string(),
+            name: Some(format!("vm-{id}")),
+            status: Some("running".into()),
+            labels: Default::default(),
+            attrs: Default::default(),
+        })
+        .collect()
+}

@@ -1,0 +1,53 @@
+//! Reads for the web console's live views (SPEC §11): each configured
+//! UPS with its latest NUT readings, and the newest run of each policy.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::{Service, ServiceError};
+use crate::engine::conditions::UpsFacts;
+use crate::engine::store::{EngineStore, RunRecord};
+
+impl Service {
+    /// Every configured NUT UPS (by subject id, `ups1@nas.lan:3493`) with
+    /// its latest readings; `None` until the first poll answered.
+    pub fn ups_readings(&self) -> Vec<(String, Option<UpsFacts>)> {
+        let latest: HashMap<String, UpsFacts> = self
+            .inner
+            .readings
+            .as_ref()
+            .map(|r| r.snapshot())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| (f.subject_id.clone(), f))
+            .collect();
+        self.inner
+            .config
+            .nut
+            .iter()
+            .map(|n| {
+                let id = n.subject_id();
+                let facts = latest.get(&id).cloned();
+                (id, facts)
+            })
+            .collect()
+    }
+
+    /// The newest run in the ledger of each of `ids` that has one.
+    pub async fn last_runs(
+        &self,
+        ids: Vec<Uuid>,
+    ) -> Result<HashMap<Uuid, RunRecord>, ServiceError> {
+        self.store(move |s| {
+            let mut out = HashMap::with_capacity(ids.len());
+            for id in ids {
+                if let Some(run) = s.runs(id, 1)?.into_iter().next() {
+                    out.insert(id, run);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
