@@ -32,6 +32,7 @@ use crate::engine::store::AuditQuery;
 use crate::service::{Actor, Role, ServiceError};
 
 pub mod attempts;
+pub mod wizard;
 pub mod words;
 
 use attempts::Attempts;
@@ -61,7 +62,7 @@ pub fn routes() -> Vec<Route> {
         mutating: true,
         handler,
     };
-    vec![
+    let mut routes = vec![
         Route {
             path: "/",
             ..page(get(dashboard))
@@ -113,7 +114,9 @@ pub fn routes() -> Vec<Route> {
             path: "/ui/policies/{id}/dry-run",
             ..control(Role::Operator, post(policy_dry_run))
         },
-    ]
+    ];
+    routes.extend(wizard::routes());
+    routes
 }
 
 const HTMX_JS: &[u8] = include_bytes!("assets/htmx.min.js");
