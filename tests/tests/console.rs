@@ -663,7 +663,17 @@ impl World {
 
     /// Picks `value` in the `<select>` `css` by clicking its option.
     async fn choose(&self, css: &str, value: &str) {
-        self.click(&format!("{css} option[value=\"{value}\"]")).await;
+        self.click(&format!("{css} option[value=\"{value}\"]"))
+            .await;
+    }
+
+    async fn hidden(&self, css: &str) -> bool {
+        let css = serde_json::to_string(css).unwrap();
+        self.script(&format!(
+            "arguments[0](document.querySelector({css}).hidden)"
+        ))
+        .await
+            == json!(true)
     }
 
     async fn disabled(&self, css: &str) -> bool {
@@ -719,6 +729,15 @@ async fn an_admin_creates_a_policy_through_the_five_steps_of_the_wizard() {
     // Step 2: Trigger (ups.state on_battery is the default).
     w.type_into("#w-trigger_group-triggers-0-ups", "ups1").await;
     w.type_into(&format!("#{FOR_FIELD}"), "2m").await;
+    // Only the fields of the chosen trigger type show.
+    let schedule = "#field-w-trigger_group-triggers-0-schedule";
+    assert!(w.hidden(schedule).await, "no schedule for ups.state");
+    w.choose("#w-trigger_group-triggers-0-type", "timer.at")
+        .await;
+    assert!(!w.hidden(schedule).await, "a schedule for timer.at");
+    w.choose("#w-trigger_group-triggers-0-type", "ups.state")
+        .await;
+    assert!(w.hidden(schedule).await);
     w.shot("step-2").await;
     w.click("#next-2").await;
     // Step 3: Conditions.
@@ -733,15 +752,20 @@ async fn an_admin_creates_a_policy_through_the_five_steps_of_the_wizard() {
     w.choose("#w-targets-host_id", "pve-01").await;
     w.type_into("#w-targets-target_type", "vm").await;
     w.type_into("#w-targets-selector-value", "101").await;
-    w.type_into("#w-actions-0-capability_id", "proxmox.vm").await;
+    w.type_into("#w-actions-0-capability_id", "proxmox.vm")
+        .await;
     w.type_into("#w-actions-0-verb", "shutdown").await;
-    w.type_into("#w-actions-0-params", r#"{"grace_s": 5}"#).await;
+    w.type_into("#w-actions-0-params", r#"{"grace_s": 5}"#)
+        .await;
     w.text_contains("#preview-count", "1 target(s)").await;
     w.shot("step-4").await;
     w.click("#next-4").await;
     // Step 5: Review.
     let review = w.text_contains("#review-spec", "runtime_minutes").await;
-    assert!(review.contains("ups1") && review.contains("grace_s: 5"), "{review}");
+    assert!(
+        review.contains("ups1") && review.contains("grace_s: 5"),
+        "{review}"
+    );
     w.until_disabled("#save", false).await;
     w.shot("step-5").await;
 
@@ -824,7 +848,8 @@ async fn the_selector_preview_counts_the_targets_and_names_the_missing_ids() {
     w.click("#wizard .step-link[data-go=\"4\"]").await;
     w.choose("#w-targets-host_id", "pve-01").await;
     w.type_into("#w-targets-target_type", "vm").await;
-    w.type_into("#w-targets-selector-value", "101,102,199").await;
+    w.type_into("#w-targets-selector-value", "101,102,199")
+        .await;
     let count = w.text_contains("#preview-count", "2 target(s)").await;
     assert!(count.contains("1 missing"), "{count}");
     let ids = w.text("#preview-ids").await;
@@ -897,7 +922,10 @@ async fn save_is_disabled_on_a_blocker_and_enabled_when_fixed() {
     w.shot("fixed").await;
     w.click("#save").await;
     w.eventually("the policy's page", || async {
-        w.url().await.ends_with(&format!("/policies/{id}")).then_some(())
+        w.url()
+            .await
+            .ends_with(&format!("/policies/{id}"))
+            .then_some(())
     })
     .await;
     let (_, stored) = w
@@ -926,7 +954,10 @@ async fn create_inverse_opens_the_inverse_disabled_with_its_needs_input_highligh
             None,
         )
         .await;
-    let needs = inverse["needs_input"].as_array().cloned().unwrap_or_default();
+    let needs = inverse["needs_input"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let schedule = needs
         .iter()
         .find(|n| n["path"] == "/trigger_group/triggers/0/schedule")
@@ -937,7 +968,9 @@ async fn create_inverse_opens_the_inverse_disabled_with_its_needs_input_highligh
     w.text_contains("#signed-in-as", "admin").await;
     w.goto(&format!("/policies/{id}")).await;
     w.click("#create-inverse").await;
-    let list = w.text_contains("#needs-list", "/trigger_group/triggers/0/schedule").await;
+    let list = w
+        .text_contains("#needs-list", "/trigger_group/triggers/0/schedule")
+        .await;
     assert_eq!(
         w.count("#needs-list li").await,
         needs.len(),

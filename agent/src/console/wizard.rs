@@ -23,12 +23,12 @@ use std::collections::HashSet;
 use askama::Template;
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{render, render_status, service_error, signed_in, to_login, Route, Viewer};
+use super::{render, render_status, service_error, signed_in, Route, Viewer};
 use crate::api::extract::PathId;
 use crate::api::{Access, AppState};
 use crate::service::{Actor, Role, Service, ServiceError};
@@ -120,6 +120,9 @@ struct FieldDef {
     control: Control,
     /// The id of a `<datalist>` offering values.
     list: &'static str,
+    /// The trigger types the field is for (space-separated; empty: all).
+    /// The wizard's script hides the others' empty fields.
+    for_types: &'static str,
 }
 
 const STEPS: [&str; 5] = [
@@ -152,6 +155,7 @@ fn field(step: u8, pointer: &str, kind: Kind, label: &str, help: &'static str) -
         help,
         control: Control::Text,
         list: "",
+        for_types: "",
     }
 }
 
@@ -199,19 +203,54 @@ fn fields(hosts: &[String]) -> Vec<FieldDef> {
         field(2, &format!("{t}/after"), Kind::Str, "After (duration)", "timer.after: e.g. 10m."),
         field(2, &format!("{t}/name"), Kind::Str, "Webhook name", "webhook.custom: the configured webhook's name."),
     ];
+    for def in &mut out {
+        def.for_types = match def.pointer.strip_prefix(t) {
+            Some("/ups" | "/equals") => "ups.state",
+            Some("/for") => "ups.state metric.threshold",
+            Some("/metric" | "/op" | "/value") => "metric.threshold",
+            Some("/schedule") => "timer.at",
+            Some("/after") => "timer.after",
+            Some("/name") => "webhook.custom",
+            _ => "",
+        };
+    }
     for i in 0..CONDITION_ROWS {
         let c = format!("/conditions/all/{i}");
         let n = i + 1;
         out.push(FieldDef {
             control: Control::Select(opts(&["", "ups", "host", "metric", "vm", "ct"])),
-            ..field(3, &format!("{c}/scope"), Kind::Str, &format!("Condition {n}: scope"), "")
+            ..field(
+                3,
+                &format!("{c}/scope"),
+                Kind::Str,
+                &format!("Condition {n}: scope"),
+                "",
+            )
         });
-        out.push(field(3, &format!("{c}/field"), Kind::Str, &format!("Condition {n}: field"), "e.g. runtime_minutes, reachable."));
+        out.push(field(
+            3,
+            &format!("{c}/field"),
+            Kind::Str,
+            &format!("Condition {n}: field"),
+            "e.g. runtime_minutes, reachable.",
+        ));
         out.push(FieldDef {
             control: Control::Select(opts(&["", "=", "!=", ">", ">=", "<", "<="])),
-            ..field(3, &format!("{c}/op"), Kind::Str, &format!("Condition {n}: comparison"), "")
+            ..field(
+                3,
+                &format!("{c}/op"),
+                Kind::Str,
+                &format!("Condition {n}: comparison"),
+                "",
+            )
         });
-        out.push(field(3, &format!("{c}/value"), Kind::Value, &format!("Condition {n}: value"), "A number, true/false or text."));
+        out.push(field(
+            3,
+            &format!("{c}/value"),
+            Kind::Value,
+            &format!("Condition {n}: value"),
+            "A number, true/false or text.",
+        ));
     }
     let mut host_opts = vec![(String::new(), "(choose a host)".to_string())];
     host_opts.extend(hosts.iter().map(|h| (h.clone(), h.clone())));
@@ -365,8 +404,9 @@ fn value_of(kind: Kind, text: &str) -> Option<Value> {
         Kind::Num => serde_json::from_str::<serde_json::Number>(trimmed)
             .map_or_else(|_| Value::String(trimmed.to_string()), Value::Number),
         Kind::Bool => Value::Bool(trimmed == "true"),
-        Kind::Json | Kind::Value => serde_json::from_str(trimmed)
-            .unwrap_or_else(|_| Value::String(trimmed.to_string())),
+        Kind::Json | Kind::Value => {
+            serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(trimmed.to_string()))
+        }
     })
 }
 
@@ -378,7 +418,9 @@ fn text_of(kind: Kind, value: Option<&Value>) -> String {
             _ => String::new(),
         },
         Some(Value::String(s)) => s.clone(),
-        Some(v @ (Value::Object(_) | Value::Array(_))) => serde_json::to_string(v).unwrap_or_default(),
+        Some(v @ (Value::Object(_) | Value::Array(_))) => {
+            serde_json::to_string(v).unwrap_or_default()
+        }
         Some(v) => v.to_string(),
     }
 }
@@ -483,6 +525,7 @@ struct FieldView {
     control: &'static str,
     options: Vec<(String, String, bool)>,
     list: &'static str,
+    for_types: &'static str,
     /// The `needs_input` notes at this field (create inverse).
     need: String,
 }
@@ -578,6 +621,7 @@ fn editor(
                 control,
                 options,
                 list: def.list,
+                for_types: def.for_types,
                 need,
             });
         }
@@ -606,10 +650,12 @@ fn blank() -> Value {
     })
 }
 
-fn may_edit(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Response> {
+/// The signed-in operator or admin; else where to go (sign-in, or the
+/// policies for a viewer, who may not draft policies).
+fn may_edit(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Redirect> {
     match signed_in(state, headers) {
-        None => Err(to_login()),
-        Some(v) if !v.operator => Err(axum::response::Redirect::to("/policies").into_response()),
+        None => Err(Redirect::to("/login")),
+        Some(v) if !v.operator => Err(Redirect::to("/policies")),
         Some(v) => Ok(v),
     }
 }
@@ -617,7 +663,7 @@ fn may_edit(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Response> {
 async fn new_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let viewer = match may_edit(&state, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let hosts = host_ids(state.service()).await;
     render(&WizardPage {
@@ -625,14 +671,25 @@ async fn new_page(State(state): State<AppState>, headers: HeaderMap) -> Response
         title: "New policy".into(),
         intro: String::new(),
         notes: Vec::new(),
-        editor: editor(&blank(), &hosts, Vec::new(), false, String::new(), String::new()),
+        editor: editor(
+            &blank(),
+            &hosts,
+            Vec::new(),
+            false,
+            String::new(),
+            String::new(),
+        ),
     })
 }
 
-async fn edit_page(State(state): State<AppState>, headers: HeaderMap, PathId(id): PathId) -> Response {
+async fn edit_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathId(id): PathId,
+) -> Response {
     let viewer = match may_edit(&state, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let policy = match state.service().policy(id).await {
         Ok(p) => p,
@@ -642,7 +699,10 @@ async fn edit_page(State(state): State<AppState>, headers: HeaderMap, PathId(id)
     render(&WizardPage {
         viewer,
         title: format!("Edit {}", policy.name),
-        intro: format!("Saving makes version {} of this policy.", policy.version_int + 1),
+        intro: format!(
+            "Saving makes version {} of this policy.",
+            policy.version_int + 1
+        ),
         notes: Vec::new(),
         editor: editor(
             &policy.spec,
@@ -655,13 +715,18 @@ async fn edit_page(State(state): State<AppState>, headers: HeaderMap, PathId(id)
     })
 }
 
-async fn inverse_page(State(state): State<AppState>, headers: HeaderMap, PathId(id): PathId) -> Response {
+async fn inverse_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathId(id): PathId,
+) -> Response {
     let viewer = match may_edit(&state, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let service = state.service();
-    let result = async { Ok::<_, ServiceError>((service.policy(id).await?, service.inverse(id).await?)) };
+    let result =
+        async { Ok::<_, ServiceError>((service.policy(id).await?, service.inverse(id).await?)) };
     let (policy, inverse) = match result.await {
         Ok(found) => found,
         Err(e) => return service_error(&e),
@@ -670,10 +735,15 @@ async fn inverse_page(State(state): State<AppState>, headers: HeaderMap, PathId(
     if let Value::Object(map) = &mut spec {
         map.insert("enabled".into(), Value::Bool(false));
     }
-    let needs: Vec<Need> = serde_json::from_value(inverse["needs_input"].clone()).unwrap_or_default();
+    let needs: Vec<Need> =
+        serde_json::from_value(inverse["needs_input"].clone()).unwrap_or_default();
     let notes = inverse["notes"]
         .as_array()
-        .map(|a| a.iter().map(|n| n.as_str().map_or_else(|| n.to_string(), str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .map(|n| n.as_str().map_or_else(|| n.to_string(), str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let hosts = host_ids(service).await;
     render(&WizardPage {
@@ -686,21 +756,47 @@ async fn inverse_page(State(state): State<AppState>, headers: HeaderMap, PathId(
 }
 
 /// Switches between the wizard and the text view, carrying the spec over.
-async fn switch_editor(State(state): State<AppState>, Form(pairs): Form<Vec<(String, String)>>) -> Response {
+async fn switch_editor(
+    State(state): State<AppState>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
     let draft = Draft::of(pairs);
     let hosts = host_ids(state.service()).await;
     if draft.text_mode() {
         // Text -> wizard: the text must parse.
         let Some(spec) = parse_text(&draft.spec_text).filter(Value::is_object) else {
-            let mut view = editor(&draft.base, &hosts, draft.needs, true, draft.policy_id, draft.version);
+            let mut view = editor(
+                &draft.base,
+                &hosts,
+                draft.needs,
+                true,
+                draft.policy_id,
+                draft.version,
+            );
             view.spec_text = draft.spec_text;
-            view.error = "The text is not a YAML or JSON object: fix it before switching to the wizard.".into();
+            view.error =
+                "The text is not a YAML or JSON object: fix it before switching to the wizard."
+                    .into();
             return render(&view);
         };
-        render(&editor(&spec, &hosts, draft.needs, false, draft.policy_id, draft.version))
+        render(&editor(
+            &spec,
+            &hosts,
+            draft.needs,
+            false,
+            draft.policy_id,
+            draft.version,
+        ))
     } else {
         let spec = draft.spec_from_fields();
-        render(&editor(&spec, &hosts, draft.needs, true, draft.policy_id, draft.version))
+        render(&editor(
+            &spec,
+            &hosts,
+            draft.needs,
+            true,
+            draft.policy_id,
+            draft.version,
+        ))
     }
 }
 
@@ -846,7 +942,11 @@ fn preview(service: &Service, spec: Option<&Value>) -> Preview {
     p
 }
 
-async fn live(State(state): State<AppState>, actor: Actor, Form(pairs): Form<Vec<(String, String)>>) -> Response {
+async fn live(
+    State(state): State<AppState>,
+    actor: Actor,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
     let draft = Draft::of(pairs);
     let (body, spec) = draft.body();
     let service = state.service();
@@ -864,7 +964,13 @@ async fn live(State(state): State<AppState>, actor: Actor, Form(pairs): Form<Vec
             );
         }
     };
-    render(&live_fragment(service, &draft, &actor, &report, spec.as_ref()))
+    render(&live_fragment(
+        service,
+        &draft,
+        &actor,
+        &report,
+        spec.as_ref(),
+    ))
 }
 
 fn live_fragment(
@@ -939,7 +1045,11 @@ fn live_fragment(
 
 // ---- save -------------------------------------------------------------------
 
-async fn save(State(state): State<AppState>, actor: Actor, Form(pairs): Form<Vec<(String, String)>>) -> Response {
+async fn save(
+    State(state): State<AppState>,
+    actor: Actor,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
     let draft = Draft::of(pairs);
     let (body, spec) = draft.body();
     let service = state.service();
@@ -993,7 +1103,10 @@ mod tests {
             field_for("/trigger_group/triggers/0/schedule/cron", ptrs()),
             Some("/trigger_group/triggers/0/schedule")
         );
-        assert_eq!(field_for("/actions", ptrs()), Some("/actions/0/capability_id"));
+        assert_eq!(
+            field_for("/actions", ptrs()),
+            Some("/actions/0/capability_id")
+        );
         assert_eq!(field_for("", ptrs()), None);
         assert_eq!(field_for("/trigger_group/triggers/1/for", ptrs()), None);
     }

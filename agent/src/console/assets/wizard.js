@@ -18,7 +18,23 @@
     var go = e.target.closest && e.target.closest('#wizard [data-go]');
     if (go) { e.preventDefault(); show(go.dataset.go, true); }
   });
-  function init() { show(1, false); }
+  // The trigger step shows the fields of the chosen trigger type; a field
+  // of another type stays visible while it has a value, a finding or a
+  // needs-input note.
+  function relevant() {
+    var type = document.getElementById('w-trigger_group-triggers-0-type');
+    if (!type) return;
+    document.querySelectorAll('#wizard .field[data-for]').forEach(function (f) {
+      var c = f.querySelector('input, select, textarea');
+      f.hidden = !(f.dataset.for.split(' ').indexOf(type.value) >= 0 ||
+        (c && c.value.trim() !== '') || f.querySelector('.finding, .need-note'));
+    });
+  }
+  document.addEventListener('change', function (e) {
+    if (e.target.id === 'w-trigger_group-triggers-0-type') relevant();
+  });
+  document.addEventListener('htmx:oobAfterSwap', relevant);
+  function init() { show(1, false); relevant(); }
   document.addEventListener('DOMContentLoaded', init);
   document.addEventListener('htmx:afterSwap', function (e) {
     if (e.detail.target && e.detail.target.id === 'editor') init();
