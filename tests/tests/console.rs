@@ -835,6 +835,15 @@ async fn a_live_error_appears_at_its_field_while_typing_and_disappears_when_fixe
     .await;
     assert_eq!(w.text("#step-count-2").await, "");
     w.shot("fixed").await;
+    // Drafts are validated without an audit record per keystroke.
+    let (_, audit) = w
+        .api(
+            reqwest::Method::GET,
+            "/api/audit?kind=policy.validated",
+            None,
+        )
+        .await;
+    assert_eq!(audit["items"].as_array().map(Vec::len), Some(0), "{audit}");
 }
 
 #[tokio::test]
