@@ -983,3 +983,356 @@ async fn every_console_page_passes_the_axe_check_with_no_critical_violations() {
     w.element("#preflight-table").await;
     axe_check(&w, "/policies/{id} with a preflight").await;
 }
+
+// ---- the policy wizard ------------------------------------------------------
+
+impl World {
+    /// The current value of a form control.
+    async fn value(&self, css: &str) -> String {
+        let css = serde_json::to_string(css).unwrap();
+        let v = self
+            .script(&format!(
+                "const e = document.querySelector({css}); arguments[0](e ? e.value : null)"
+            ))
+            .await;
+        v.as_str().unwrap_or_default().to_string()
+    }
+
+    /// Picks `value` in the `<select>` `css` by clicking its option.
+    async fn choose(&self, css: &str, value: &str) {
+        self.click(&format!("{css} option[value=\"{value}\"]"))
+            .await;
+    }
+
+    async fn hidden(&self, css: &str) -> bool {
+        let css = serde_json::to_string(css).unwrap();
+        self.script(&format!(
+            "arguments[0](document.querySelector({css}).hidden)"
+        ))
+        .await
+            == json!(true)
+    }
+
+    async fn disabled(&self, css: &str) -> bool {
+        let css = serde_json::to_string(css).unwrap();
+        self.script(&format!(
+            "arguments[0](document.querySelector({css}).disabled)"
+        ))
+        .await
+            == json!(true)
+    }
+
+    /// Waits until the control `css` is disabled (`true`) or enabled.
+    async fn until_disabled(&self, css: &str, disabled: bool) {
+        self.eventually(&format!("`{css}` disabled = {disabled}"), || async {
+            (self.disabled(css).await == disabled).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits for the host's first inventory snapshot (the preview reads it).
+    async fn inventory_ready(&self, host: &str) {
+        self.eventually("the host's inventory", || async {
+            let (status, inv) = self
+                .api(
+                    reqwest::Method::GET,
+                    &format!("/api/hosts/{host}/inventory?refresh=true"),
+                    None,
+                )
+                .await;
+            (status == 200 && inv.to_string().contains("101")).then_some(())
+        })
+        .await;
+    }
+}
+
+const FOR_FIELD: &str = "w-trigger_group-triggers-0-for";
+
+#[tokio::test]
+async fn an_admin_creates_a_policy_through_the_five_steps_of_the_wizard() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start("wizard-create").await;
+    w.inventory_ready("pve-01").await;
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#signed-in-as", "admin").await;
+    w.goto("/policies/new").await;
+    w.text_contains("#findings-summary", "blocker").await;
+    assert!(w.disabled("#save").await, "nothing to save yet");
+    // Step 1: Basics.
+    w.type_into("#w-name", "Stop vm 101 on battery (wizard)")
+        .await;
+    w.shot("step-1").await;
+    w.click("#next-1").await;
+    // Step 2: Trigger (ups.state on_battery is the default).
+    w.type_into("#w-trigger_group-triggers-0-ups", "ups1").await;
+    w.type_into(&format!("#{FOR_FIELD}"), "2m").await;
+    // Only the fields of the chosen trigger type show.
+    let schedule = "#field-w-trigger_group-triggers-0-schedule";
+    assert!(w.hidden(schedule).await, "no schedule for ups.state");
+    w.choose("#w-trigger_group-triggers-0-type", "timer.at")
+        .await;
+    assert!(!w.hidden(schedule).await, "a schedule for timer.at");
+    w.choose("#w-trigger_group-triggers-0-type", "ups.state")
+        .await;
+    assert!(w.hidden(schedule).await);
+    w.shot("step-2").await;
+    w.click("#next-2").await;
+    // Step 3: Conditions.
+    w.choose("#w-conditions-all-0-scope", "ups").await;
+    w.type_into("#w-conditions-all-0-field", "runtime_minutes")
+        .await;
+    w.choose("#w-conditions-all-0-op", ">=").await;
+    w.type_into("#w-conditions-all-0-value", "5").await;
+    w.shot("step-3").await;
+    w.click("#next-3").await;
+    // Step 4: Targets & Actions.
+    w.choose("#w-targets-host_id", "pve-01").await;
+    w.type_into("#w-targets-target_type", "vm").await;
+    w.type_into("#w-targets-selector-value", "101").await;
+    w.type_into("#w-actions-0-capability_id", "proxmox.vm")
+        .await;
+    w.type_into("#w-actions-0-verb", "shutdown").await;
+    w.type_into("#w-actions-0-params", r#"{"grace_s": 5}"#)
+        .await;
+    w.text_contains("#preview-count", "1 target(s)").await;
+    w.shot("step-4").await;
+    w.click("#next-4").await;
+    // Step 5: Review.
+    let review = w.text_contains("#review-spec", "runtime_minutes").await;
+    assert!(
+        review.contains("ups1") && review.contains("grace_s: 5"),
+        "{review}"
+    );
+    w.until_disabled("#save", false).await;
+    w.shot("step-5").await;
+
+    // The same spec as text, changed there, and back in the wizard.
+    w.click("#to-text").await;
+    let text = w.text_contains("#spec-text", "name: Stop vm 101").await;
+    assert!(text.contains("for: 2m"), "{text}");
+    let edited = serde_json::to_string(&text.replace("(wizard)", "(edited as YAML)")).unwrap();
+    w.script(&format!(
+        "const t = document.getElementById('spec-text'); t.value = {edited};
+         t.dispatchEvent(new Event('input', {{bubbles: true}})); arguments[0](1)"
+    ))
+    .await;
+    w.text_contains("#findings-summary", "Valid").await;
+    w.shot("text").await;
+    w.click("#to-wizard").await;
+    w.eventually("the edited name in the wizard", || async {
+        (w.value("#w-name").await == "Stop vm 101 on battery (edited as YAML)").then_some(())
+    })
+    .await;
+    assert_eq!(w.value(&format!("#{FOR_FIELD}")).await, "2m");
+    w.until_disabled("#save", false).await;
+    w.click("#save").await;
+    w.eventually("the saved policy's page", || async {
+        let url = w.url().await;
+        (url.contains("/policies/") && !url.ends_with("/new")).then_some(())
+    })
+    .await;
+    w.text_contains("h1", "(edited as YAML)").await;
+    w.shot("saved").await;
+    let (_, list) = w.api(reqwest::Method::GET, "/api/policies", None).await;
+    let saved = &list["items"][0];
+    assert_eq!(saved["name"], "Stop vm 101 on battery (edited as YAML)");
+    assert_eq!(saved["spec"]["trigger_group"]["triggers"][0]["for"], "2m");
+    assert_eq!(saved["spec"]["conditions"]["all"][0]["value"], 5);
+    assert_eq!(saved["spec"]["targets"]["selector"]["value"], "101");
+    assert_eq!(saved["status"], "disabled");
+}
+
+#[tokio::test]
+async fn a_live_error_appears_at_its_field_while_typing_and_disappears_when_fixed() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start("wizard-live-error").await;
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#signed-in-as", "admin").await;
+    w.goto("/policies/new").await;
+    w.text_contains("#findings-summary", "blocker").await;
+    w.click("#next-1").await;
+    w.type_into(&format!("#{FOR_FIELD}"), "2x").await;
+    let at_field = w
+        .text_contains(&format!("#find-{FOR_FIELD}"), "schema.duration")
+        .await;
+    assert!(at_field.contains("invalid duration"), "{at_field}");
+    assert!(
+        !w.text("#other-findings").await.contains("schema.duration"),
+        "shown at its field, not in the list of the rest"
+    );
+    w.text_contains("#step-count-2", "1 to check").await;
+    w.shot("error").await;
+    w.type_into(&format!("#{FOR_FIELD}"), "2m").await;
+    w.eventually("the error to go", || async {
+        w.text(&format!("#find-{FOR_FIELD}"))
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(w.text("#step-count-2").await, "");
+    w.shot("fixed").await;
+    // Drafts are validated without an audit record per keystroke.
+    let (_, audit) = w
+        .api(
+            reqwest::Method::GET,
+            "/api/audit?kind=policy.validated",
+            None,
+        )
+        .await;
+    assert_eq!(audit["items"].as_array().map(Vec::len), Some(0), "{audit}");
+}
+
+#[tokio::test]
+async fn the_selector_preview_counts_the_targets_and_names_the_missing_ids() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start("wizard-selector").await;
+    w.inventory_ready("pve-01").await;
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#signed-in-as", "admin").await;
+    w.goto("/policies/new").await;
+    w.click("#wizard .step-link[data-go=\"4\"]").await;
+    w.choose("#w-targets-host_id", "pve-01").await;
+    w.type_into("#w-targets-target_type", "vm").await;
+    w.type_into("#w-targets-selector-value", "101,102,199")
+        .await;
+    let count = w.text_contains("#preview-count", "2 target(s)").await;
+    assert!(count.contains("1 missing"), "{count}");
+    let ids = w.text("#preview-ids").await;
+    assert!(ids.contains("vm:101") && ids.contains("vm:102"), "{ids}");
+    let missing = w.text_contains("#preview-missing", "vm:199").await;
+    assert!(!missing.contains("vm:101"), "{missing}");
+    // The validator says so too, at the selector's field.
+    w.text_contains("#find-w-targets-selector-value", "selector.missing")
+        .await;
+    // Suggestions from the inventory search index, on the last id typed.
+    w.type_into("#w-targets-selector-value", "101,10").await;
+    let suggestions = w.text_contains("#suggestions", "vm:102 vm-102").await;
+    assert!(suggestions.contains("vm:101 vm-101"), "{suggestions}");
+    w.shot("preview").await;
+    // A query resolves on the same inventory.
+    w.choose("#w-targets-selector-mode", "query").await;
+    w.type_into("#w-targets-selector-value", "status = running")
+        .await;
+    w.text_contains("#preview-count", "2 target(s)").await;
+}
+
+#[tokio::test]
+async fn save_is_disabled_on_a_blocker_and_enabled_when_fixed() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start("wizard-save-gate").await;
+    let (status, created) = w
+        .api(
+            reqwest::Method::POST,
+            "/api/policies",
+            Some(policy("Stop vm 101 on battery", "pve-01")),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#signed-in-as", "admin").await;
+    w.goto(&format!("/policies/{id}")).await;
+    w.click("#edit-policy").await;
+    w.eventually("the policy in the wizard", || async {
+        (w.value("#w-name").await == "Stop vm 101 on battery").then_some(())
+    })
+    .await;
+    w.until_disabled("#save", false).await;
+    w.type_into("#w-name", "x").await;
+    w.text_contains("#find-w-name", "schema.name_too_short")
+        .await;
+    w.until_disabled("#save", true).await;
+    w.text_contains("#save-note", "disabled while there is a blocker")
+        .await;
+    w.shot("blocked").await;
+    // The server refuses a blocked draft whatever the page does.
+    let forged = w
+        .script(
+            "const done = arguments[0];
+             const form = new URLSearchParams(new FormData(document.getElementById('wizard')));
+             fetch('/ui/wizard/save', {method: 'POST', headers: {'X-Hazel-CSRF': '1'}, body: form})
+               .then(r => done(r.status)).catch(e => done('error ' + e));",
+        )
+        .await;
+    assert_eq!(forged, json!(400));
+    let (_, stored) = w
+        .api(reqwest::Method::GET, &format!("/api/policies/{id}"), None)
+        .await;
+    assert_eq!(stored["version_int"], 1, "nothing saved");
+
+    w.type_into("#w-name", "Stop vm 101 on battery, renamed")
+        .await;
+    w.until_disabled("#save", false).await;
+    assert_eq!(w.text("#find-w-name").await, "");
+    w.shot("fixed").await;
+    w.click("#save").await;
+    w.eventually("the policy's page", || async {
+        w.url()
+            .await
+            .ends_with(&format!("/policies/{id}"))
+            .then_some(())
+    })
+    .await;
+    let (_, stored) = w
+        .api(reqwest::Method::GET, &format!("/api/policies/{id}"), None)
+        .await;
+    assert_eq!(stored["version_int"], 2);
+    assert_eq!(stored["name"], "Stop vm 101 on battery, renamed");
+}
+
+#[tokio::test]
+async fn create_inverse_opens_the_inverse_disabled_with_its_needs_input_highlighted() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start("wizard-inverse").await;
+    let mut weekly = policy("Weekly stop of vm 101", "pve-01");
+    weekly["trigger_group"] =
+        json!({"triggers": [{"type": "timer.at", "schedule": {"cron": "0 1 * * 0"}}]});
+    let (status, created) = w
+        .api(reqwest::Method::POST, "/api/policies", Some(weekly))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let (_, inverse) = w
+        .api(
+            reqwest::Method::POST,
+            &format!("/api/policies/{id}/inverse"),
+            None,
+        )
+        .await;
+    let needs = inverse["needs_input"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let schedule = needs
+        .iter()
+        .find(|n| n["path"] == "/trigger_group/triggers/0/schedule")
+        .unwrap_or_else(|| panic!("the inverse needs a schedule: {inverse}"));
+    let note = schedule["note"].as_str().unwrap();
+
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#signed-in-as", "admin").await;
+    w.goto(&format!("/policies/{id}")).await;
+    w.click("#create-inverse").await;
+    let list = w
+        .text_contains("#needs-list", "/trigger_group/triggers/0/schedule")
+        .await;
+    assert_eq!(
+        w.count("#needs-list li").await,
+        needs.len(),
+        "every needs_input listed: {list}"
+    );
+    assert_eq!(w.value("#w-enabled").await, "false", "opened disabled");
+    // Highlighted at its field, on the Trigger step, with its note.
+    w.click("#next-1").await;
+    assert_eq!(
+        w.count("#field-w-trigger_group-triggers-0-schedule.needs-input")
+            .await,
+        1
+    );
+    let at_field = w
+        .text_contains("#need-w-trigger_group-triggers-0-schedule", "Needs input")
+        .await;
+    assert!(at_field.contains(note), "{at_field} / {note}");
+    w.shot("inverse").await;
+}

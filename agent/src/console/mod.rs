@@ -35,6 +35,7 @@ pub mod attempts;
 pub mod live;
 pub mod runs;
 mod table;
+pub mod wizard;
 pub mod words;
 
 use attempts::Attempts;
@@ -64,7 +65,7 @@ pub fn routes() -> Vec<Route> {
         mutating: true,
         handler,
     };
-    vec![
+    let mut routes = vec![
         Route {
             path: "/",
             ..page(get(dashboard))
@@ -134,7 +135,9 @@ pub fn routes() -> Vec<Route> {
             path: "/ui/policies/{id}/dry-run",
             ..control(Role::Operator, post(policy_dry_run))
         },
-    ]
+    ];
+    routes.extend(wizard::routes());
+    routes
 }
 
 const HTMX_JS: &[u8] = include_bytes!("assets/htmx.min.js");

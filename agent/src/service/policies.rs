@@ -57,6 +57,20 @@ impl Service {
         actor: &Actor,
         body: String,
     ) -> Result<crate::validate::ValidationReport, ServiceError> {
+        let report = self.validate_draft(body).await?;
+        let record = audit(actor, "policy.validated", None, validation_details(&report));
+        self.store(move |s| s.append_audit(&record)).await?;
+        Ok(report)
+    }
+
+    /// [`Service::validate_off_runtime`] without the audit record: the
+    /// console's live validation of a draft on every (debounced) change,
+    /// which would otherwise flood the audit log. Same validator, same
+    /// blocking pool and slots; the save goes through the audited gates.
+    pub async fn validate_draft(
+        &self,
+        body: String,
+    ) -> Result<crate::validate::ValidationReport, ServiceError> {
         let permit = self
             .inner
             .cpu_slots
@@ -64,17 +78,14 @@ impl Service {
             .try_acquire_owned()
             .map_err(|_| ServiceError::Busy { what: "validation" })?;
         let service = self.clone();
-        let report = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let _permit = permit;
             service.validate(&body)
         })
         .await
         .map_err(|e| ServiceError::Internal {
             message: format!("validation task failed: {e}"),
-        })?;
-        let record = audit(actor, "policy.validated", None, validation_details(&report));
-        self.store(move |s| s.append_audit(&record)).await?;
-        Ok(report)
+        })
     }
 
     /// Saves a new policy (SPEC §9): blockers -> 400; an identical hash ->
