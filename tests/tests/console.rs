@@ -171,7 +171,11 @@ impl World {
             log,
             webdriver: format!("http://127.0.0.1:{driver_port}"),
             session: String::new(),
-            http: reqwest::Client::new(),
+            // A stuck browser or agent fails the test instead of hanging it.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("an HTTP client"),
             token,
             _sim: sim,
             upsd,
@@ -979,6 +983,13 @@ async fn every_console_page_passes_the_axe_check_with_no_critical_violations() {
     w.element("#timeline, #timeline-empty").await;
     axe_check(&w, "/runs with a simulation").await;
     w.goto(&format!("/policies/{id}")).await;
+    // The Schema and Compile panes: the stored hash, the IR, the findings.
+    let (_, stored) = w
+        .api(reqwest::Method::GET, &format!("/api/policies/{id}"), None)
+        .await;
+    let hash = stored["hash"].as_str().expect("a stored hash").to_string();
+    w.text_contains("#compile-hash", &hash).await;
+    w.element("#schema-pane").await;
     w.click("#dry-run").await;
     w.element("#preflight-table").await;
     axe_check(&w, "/policies/{id} with a preflight").await;

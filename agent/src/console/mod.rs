@@ -781,6 +781,12 @@ struct PolicyPage {
     viewer: Viewer,
     row: PolicyRow,
     spec: String,
+    /// Schema pane: the findings of the last validation (SPEC §4), one
+    /// line each.
+    findings: Vec<String>,
+    /// Compile pane: the spec's hash and its compiled IR.
+    hash: String,
+    ir: String,
     ledger: Vec<LedgerRow>,
 }
 
@@ -803,10 +809,34 @@ async fn policy_page(
         Err(e) => return service_error(&e),
     };
     let ledger = runs.iter().map(ledger_row).collect();
+    let findings = policy
+        .last_validation
+        .as_ref()
+        .and_then(|v| v["issues"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|i| {
+            let f = if i["finding"].is_object() {
+                &i["finding"]
+            } else {
+                i
+            };
+            format!(
+                "{} {} {}: {}",
+                f["severity"].as_str().unwrap_or(""),
+                f["code"].as_str().unwrap_or(""),
+                f["path"].as_str().filter(|p| !p.is_empty()).unwrap_or("/"),
+                f["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
     render(&PolicyPage {
         viewer,
         row: row(&policy),
         spec: serde_json::to_string_pretty(&policy.spec).unwrap_or_default(),
+        findings,
+        hash: policy.hash.clone(),
+        ir: serde_json::to_string_pretty(&policy.compiled_ir).unwrap_or_default(),
         ledger,
     })
 }
