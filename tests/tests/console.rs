@@ -87,6 +87,37 @@ struct World {
     test: &'static str,
 }
 
+/// Chromium's flags. Besides headless and no sandbox (root in CI), they keep
+/// the browser on loopback: by default it looks up and calls Google's update,
+/// sign-in and safe-browsing hosts, and a test must never send traffic
+/// anywhere but 127.0.0.0/8. Every name resolves to "not found" except
+/// 127.0.0.1, and anything that still tries the network goes to a proxy on a
+/// closed loopback port.
+const CHROMIUM_ARGS: &[&str] = &[
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--window-size=360,900",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--disable-extensions",
+    "--disable-domain-reliability",
+    "--disable-client-side-phishing-detection",
+    "--disable-breakpad",
+    "--disable-crash-reporter",
+    "--metrics-recording-only",
+    "--no-pings",
+    "--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,CertificateTransparencyComponentUpdater,DialMediaRouteProvider,NetworkTimeServiceQuerying,SafeBrowsing",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    "--proxy-server=http://127.0.0.1:9",
+    "--proxy-bypass-list=127.0.0.1",
+];
+
 impl World {
     async fn start(test: &'static str) -> World {
         World::start_opts(test, false).await
@@ -232,8 +263,7 @@ impl World {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=360,900"],
+                "args": CHROMIUM_ARGS,
             },
         }}});
         let value = self.wd(reqwest::Method::POST, "/session", Some(caps)).await;
@@ -474,8 +504,11 @@ impl Drop for World {
     fn drop(&mut self) {
         // chromedriver leads its own process group, its Chromium with it:
         // end the group so no browser outlives a failed test.
+        // `kill -s KILL -- -PGID`, never `kill -KILL -PGID`: procps-ng 4.0.2
+        // (Debian 12) reads the latter as kill(-1, SIGKILL) and ends every
+        // process on the machine, the test runner and CI with it.
         let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.driver.id())])
+            .args(["-s", "KILL", "--", &format!("-{}", self.driver.id())])
             .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
