@@ -78,6 +78,8 @@ struct World {
     log: PathBuf,
     webdriver: String,
     session: String,
+    /// The viewport width [`World::window`] set last, in CSS pixels.
+    width: std::sync::atomic::AtomicU64,
     http: reqwest::Client,
     token: String,
     _sim: ProxmoxSim,
@@ -202,6 +204,7 @@ impl World {
             log,
             webdriver: format!("http://127.0.0.1:{driver_port}"),
             session: String::new(),
+            width: std::sync::atomic::AtomicU64::new(0),
             // A stuck browser or agent fails the test instead of hanging it.
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
@@ -216,6 +219,7 @@ impl World {
         };
         world.wait_ready().await;
         world.session = world.new_session().await;
+        world.window(360, 900).await;
         world
     }
 
@@ -405,13 +409,61 @@ impl World {
         .await;
     }
 
+    /// Sets the page's viewport to `width` × `height` CSS pixels. Chromium's
+    /// window is never narrower than about 500 px, so a phone's width is
+    /// emulated (DevTools' device metrics, as its device toolbar does)
+    /// instead of asked of the window; the page then lays out at exactly
+    /// `width`.
     async fn window(&self, width: u32, height: u32) {
         self.wd(
             reqwest::Method::POST,
             &self.s("/window/rect"),
-            Some(json!({"width": width, "height": height})),
+            Some(json!({"width": width.max(500), "height": height})),
         )
         .await;
+        self.wd(
+            reqwest::Method::POST,
+            &self.s("/goog/cdp/execute"),
+            Some(
+                json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": {
+                    "width": width, "height": height, "deviceScaleFactor": 1,
+                    "mobile": width < 600,
+                }}),
+            ),
+        )
+        .await;
+        self.width
+            .store(u64::from(width), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Fails when the page is wider than its viewport: at a phone's width
+    /// only a table's own scroll box may scroll sideways, never the page.
+    async fn fits_the_width(&self, page: &str) {
+        let widths = self
+            .sync_script("return [document.documentElement.scrollWidth, window.innerWidth];")
+            .await;
+        let width = self.width.load(std::sync::atomic::Ordering::Relaxed);
+        // A phone widens its layout to the widest content: name what pokes
+        // out, outside a scroll box.
+        let wide = self
+            .sync_script(&format!(
+                "return [...document.querySelectorAll('body *')]
+                   .filter(e => e.getBoundingClientRect().right > {width} + 1
+                             && !e.closest('.scroll, pre, textarea'))
+                   .slice(0, 8)
+                   .map(e => e.tagName + (e.id ? '#' + e.id : '') + '.' + e.className
+                             + ' ' + Math.round(e.getBoundingClientRect().right));"
+            ))
+            .await;
+        assert_eq!(
+            widths[1].as_u64(),
+            Some(width),
+            "{page} lays out at the {width} px the test set; wider: {wide}"
+        );
+        assert!(
+            widths[0].as_u64() <= widths[1].as_u64(),
+            "{page} is wider than the viewport (scroll width, viewport): {widths}"
+        );
     }
 
     /// Sends `signal` (`STOP`, `CONT`, `TERM`) to `hazel serve`.
@@ -441,6 +493,7 @@ impl World {
                 "page {name} shows {bad:?}:\n{source}"
             );
         }
+        self.fits_the_width(name).await;
         let png = self
             .wd(reqwest::Method::GET, &self.s("/screenshot"), None)
             .await;
@@ -662,6 +715,16 @@ async fn the_policies_table_lists_an_api_policy_and_shows_why_enable_is_refused(
     w.click("#dry-run").await;
     let preflight = w.text_contains("#preflight-table", "vm:101").await;
     assert!(preflight.contains("proxmox.vm shutdown"), "{preflight}");
+    // Effects read "from → to"; each precondition is a named check.
+    assert!(
+        preflight.contains("vm:101: running → stopped"),
+        "{preflight}"
+    );
+    assert!(preflight.contains("vm_state"), "{preflight}");
+    assert!(
+        w.count("#preflight-table ol.plan li").await >= 1,
+        "a plan preview"
+    );
     w.text_contains("#spec", "on_battery").await;
     w.shot("policy").await;
 }
@@ -806,16 +869,33 @@ async fn an_on_battery_event_appears_live_on_the_dashboard_and_in_the_ledger() {
     w.sync_script("window.hazelSameDocument = true; return 1;")
         .await;
 
+    // Paused, the shutdown waits in its queue: the dashboard lists it as
+    // queued until the kill switch is released.
+    w.type_into("#pause-reason", "hold the shutdown").await;
+    w.click("#pause").await;
+    w.text_contains("#kill-state", "Paused").await;
     let upsd = w.upsd.as_ref().unwrap();
     upsd.set_vars(&[("ups.status", "OB DISCHRG"), ("battery.charge", "87")]);
     let ups = w.text_contains("#ups", "on_battery").await;
     assert!(ups.contains("87 %"), "{ups}");
+    let active = w.text_contains("#active", "queued").await;
+    assert!(
+        active.contains("Stop vm 101 on battery")
+            && active.contains("proxmox.vm shutdown on pve-01")
+            && active.contains("vm:101"),
+        "{active}"
+    );
+    assert!(w.text("#runs").await.contains("No runs yet"));
+    w.shot("dashboard-queued").await;
+    w.click("#resume").await;
+    w.text_contains("#kill-state", "Running").await;
     let runs = w.text_contains("#runs", "Stop vm 101 on battery").await;
     assert!(
         runs.contains("proxmox.vm shutdown on pve-01") && runs.contains("vm:101"),
         "{runs}"
     );
     w.text_contains("#runs", "ok").await;
+    w.text_contains("#active", "Nothing running").await;
     assert_eq!(
         w.sync_script("return window.hazelSameDocument === true;")
             .await,

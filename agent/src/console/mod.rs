@@ -373,6 +373,18 @@ struct HostRow {
     breaker: &'static str,
 }
 
+/// An item the engine accepted and has not finished.
+struct ActiveRow {
+    /// `running` or `queued`.
+    state: &'static str,
+    /// When it started running, or when it was queued.
+    since: String,
+    policy: String,
+    policy_id: String,
+    action: String,
+    targets: String,
+}
+
 struct RunRow {
     at: String,
     policy: String,
@@ -395,6 +407,8 @@ struct DashboardPage {
 struct LiveData {
     ups: Vec<live::UpsRow>,
     hosts: Vec<HostRow>,
+    /// Items running or waiting to run now.
+    active: Vec<ActiveRow>,
     runs: Vec<RunRow>,
     updated: String,
 }
@@ -487,9 +501,30 @@ async fn live(state: &AppState) -> Result<LiveData, ServiceError> {
             }
         })
         .collect();
+    let active = service
+        .open_items()
+        .await?
+        .into_iter()
+        .map(|item| ActiveRow {
+            state: if item.started_at.is_some() {
+                "running"
+            } else {
+                "queued"
+            },
+            since: time(item.started_at.as_ref().unwrap_or(&item.created_at)),
+            policy: names
+                .get(&item.policy_id)
+                .cloned()
+                .unwrap_or_else(|| "(deleted policy)".into()),
+            policy_id: item.policy_id.to_string(),
+            action: format!("{} {} on {}", item.capability, item.verb, item.host),
+            targets: item.targets.join(", "),
+        })
+        .collect();
     Ok(LiveData {
         ups: live::ups_rows(service),
         hosts,
+        active,
         runs,
         updated: time(&Utc::now()),
     })
@@ -890,10 +925,77 @@ struct PreflightRow {
     action: String,
     target: String,
     severity: String,
-    preconditions: String,
-    plan: String,
-    effects: String,
+    /// Each check with its outcome: `(passed, "vm_state: running")`.
+    preconditions: Vec<(bool, String)>,
+    /// `api`, `cli` or `ssh`.
+    plan_kind: String,
+    /// One line per call or command, in order.
+    plan: Vec<String>,
+    effects_summary: String,
+    /// `vm:101: running → stopped`, one per target.
+    effects: Vec<String>,
     reason: String,
+}
+
+impl PreflightRow {
+    fn error(action: String, reason: String) -> Self {
+        Self {
+            action,
+            target: "(all)".into(),
+            severity: "error".into(),
+            preconditions: Vec::new(),
+            plan_kind: String::new(),
+            plan: Vec::new(),
+            effects_summary: String::new(),
+            effects: Vec::new(),
+            reason,
+        }
+    }
+
+    fn answer(action: String, target: String, answer: &drivers::driver::DryRunAnswer) -> Self {
+        Self {
+            action,
+            target,
+            severity: severity_name(answer.severity),
+            preconditions: answer
+                .preconditions
+                .iter()
+                .map(|p| {
+                    let details = p
+                        .details
+                        .as_ref()
+                        .map(|d| format!(": {}", words_of(d)))
+                        .unwrap_or_default();
+                    (p.ok, format!("{}{details}", p.check))
+                })
+                .collect(),
+            plan_kind: answer.plan.kind.clone(),
+            plan: answer
+                .plan
+                .preview
+                .iter()
+                .map(|step| match step {
+                    Value::String(text) => text.clone(),
+                    other => compact(&other),
+                })
+                .collect(),
+            effects_summary: answer.effects.summary.clone(),
+            effects: answer
+                .effects
+                .per_target
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}: {} → {}",
+                        e.id,
+                        e.from.as_deref().unwrap_or("?"),
+                        e.to.as_deref().unwrap_or("?")
+                    )
+                })
+                .collect(),
+            reason: answer.reason.clone().unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -919,26 +1021,11 @@ async fn policy_dry_run(
     for action in &transcript.actions {
         let name = format!("{} {}", action.capability, action.verb);
         if let Some(error) = &action.error {
-            rows.push(PreflightRow {
-                action: name.clone(),
-                target: "(all)".into(),
-                severity: "error".into(),
-                preconditions: String::new(),
-                plan: String::new(),
-                effects: String::new(),
-                reason: error.to_string(),
-            });
+            rows.push(PreflightRow::error(name.clone(), error.to_string()));
         }
         for (i, answer) in action.answers.iter().enumerate() {
-            rows.push(PreflightRow {
-                action: name.clone(),
-                target: action.targets.get(i).cloned().unwrap_or_default(),
-                severity: severity_name(answer.severity),
-                preconditions: compact(&answer.preconditions),
-                plan: compact(&answer.plan),
-                effects: compact(&answer.effects),
-                reason: answer.reason.clone().unwrap_or_default(),
-            });
+            let target = action.targets.get(i).cloned().unwrap_or_default();
+            rows.push(PreflightRow::answer(name.clone(), target, answer));
         }
     }
     let used = &transcript.used_inventory;
@@ -968,6 +1055,26 @@ fn severity_name(s: inventory::Severity) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// A precondition's details as words: an object's fields as `name value`
+/// pairs (`node pve1, status running`), anything else as its text.
+fn words_of(value: &Value) -> String {
+    fn scalar(v: &Value) -> String {
+        match v {
+            Value::Null => "none".into(),
+            Value::String(text) => text.clone(),
+            other => compact(other),
+        }
+    }
+    match value {
+        Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| format!("{k} {}", scalar(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => scalar(other),
+    }
 }
 
 /// Compact JSON of a value, for the preflight cells.

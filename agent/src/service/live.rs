@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{Service, ServiceError};
 use crate::engine::conditions::UpsFacts;
-use crate::engine::store::{EngineStore, RunRecord};
+use crate::engine::store::{EngineStore, IntentRecord, RunRecord};
 
 impl Service {
     /// Every configured NUT UPS (by subject id, `ups1@nas.lan:3493`) with
@@ -47,6 +47,20 @@ impl Service {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// The items the engine accepted and has not finished, oldest first:
+    /// running (`started_at` set) and queued ones (behind another item on
+    /// their host, or held by the kill switch). Read from the intents the
+    /// engine writes before it queues an item, so the answer is the
+    /// store's, not a guess from events.
+    pub async fn open_items(&self) -> Result<Vec<IntentRecord>, ServiceError> {
+        self.store(|s| {
+            let mut items = s.open_intents()?;
+            items.sort_by_key(|item| item.created_at);
+            Ok(items)
         })
         .await
     }
