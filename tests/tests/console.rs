@@ -1287,6 +1287,114 @@ async fn an_admin_creates_a_policy_through_the_five_steps_of_the_wizard() {
     assert_eq!(saved["status"], "disabled");
 }
 
+/// The id of the focused element.
+async fn focused(w: &World) -> String {
+    w.sync_script("return document.activeElement ? document.activeElement.id : '';")
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn an_admin_adds_and_removes_triggers_conditions_and_actions_in_the_wizard() {
+    let _one = ONE_BROWSER.lock().await;
+    let w = World::start("wizard-items").await;
+    w.sign_in("admin", ADMIN_PW).await;
+    w.text_contains("#signed-in-as", "admin").await;
+    w.goto("/policies/new").await;
+    w.text_contains("#findings-summary", "blocker").await;
+    w.type_into("#w-name", "Two triggers, two actions").await;
+    w.click("#next-1").await;
+
+    // Step 2: a second trigger, drawn on the same step and focused.
+    w.type_into("#w-trigger_group-triggers-0-ups", "ups1").await;
+    w.click("#add-triggers").await;
+    w.element("#w-trigger_group-triggers-1-type").await;
+    assert!(!w.hidden("#step-2").await, "still on the trigger step");
+    assert_eq!(focused(&w).await, "w-trigger_group-triggers-1-type");
+    assert_eq!(w.value("#w-trigger_group-triggers-0-ups").await, "ups1");
+    w.choose("#w-trigger_group-triggers-1-type", "metric.threshold")
+        .await;
+    // Each trigger shows the fields of its own type (the ups.state field
+    // goes once the next validation no longer finds it missing).
+    w.eventually("trigger 2's ups.state field hidden", || async {
+        w.hidden("#field-w-trigger_group-triggers-1-equals")
+            .await
+            .then_some(())
+    })
+    .await;
+    assert!(!w.hidden("#field-w-trigger_group-triggers-0-equals").await);
+    assert!(!w.hidden("#field-w-trigger_group-triggers-1-metric").await);
+    w.type_into("#w-trigger_group-triggers-1-metric", "charge_pct")
+        .await;
+    w.type_into("#w-trigger_group-triggers-1-op", "<").await;
+    w.type_into("#w-trigger_group-triggers-1-value", "50").await;
+    w.shot("two-triggers").await;
+    w.click("#next-2").await;
+
+    // Step 3: two conditions, then the first removed.
+    w.choose("#w-conditions-all-0-scope", "host").await;
+    w.type_into("#w-conditions-all-0-field", "reachable").await;
+    w.click("#add-conditions").await;
+    w.element("#w-conditions-all-1-scope").await;
+    assert_eq!(focused(&w).await, "w-conditions-all-1-scope");
+    w.choose("#w-conditions-all-1-scope", "ups").await;
+    w.type_into("#w-conditions-all-1-field", "runtime_minutes")
+        .await;
+    w.choose("#w-conditions-all-1-op", ">=").await;
+    w.type_into("#w-conditions-all-1-value", "5").await;
+    w.click("button[aria-label='Remove condition 1']").await;
+    w.eventually("condition 2 in condition 1's place", || async {
+        (w.value("#w-conditions-all-0-field").await == "runtime_minutes").then_some(())
+    })
+    .await;
+    assert_eq!(w.count("#w-conditions-all-1-scope").await, 0);
+    assert!(!w.hidden("#step-3").await, "still on the conditions step");
+    w.click("#next-3").await;
+
+    // Step 4: two actions.
+    w.choose("#w-targets-host_id", "pve-01").await;
+    w.type_into("#w-targets-target_type", "vm").await;
+    w.type_into("#w-targets-selector-value", "101").await;
+    w.type_into("#w-actions-0-capability_id", "proxmox.vm")
+        .await;
+    w.type_into("#w-actions-0-verb", "shutdown").await;
+    w.click("#add-actions").await;
+    w.element("#w-actions-1-capability_id").await;
+    assert_eq!(focused(&w).await, "w-actions-1-capability_id");
+    w.type_into("#w-actions-1-capability_id", "proxmox.vm")
+        .await;
+    w.type_into("#w-actions-1-verb", "stop").await;
+    w.shot("two-actions").await;
+    w.click("#next-4").await;
+    let review = w.text_contains("#review-spec", "verb: stop").await;
+    assert!(review.contains("charge_pct"), "{review}");
+    w.until_disabled("#save", false).await;
+    w.click("#save").await;
+    w.eventually("the saved policy's page", || async {
+        let url = w.url().await;
+        (url.contains("/policies/") && !url.ends_with("/new")).then_some(())
+    })
+    .await;
+    let (_, list) = w.api(reqwest::Method::GET, "/api/policies", None).await;
+    let spec = &list["items"][0]["spec"];
+    assert_eq!(
+        spec["trigger_group"]["triggers"],
+        json!([
+            {"type": "ups.state", "equals": "on_battery", "ups": "ups1"},
+            {"type": "metric.threshold", "metric": "charge_pct", "op": "<", "value": 50},
+        ]),
+        "{spec}"
+    );
+    assert_eq!(
+        spec["conditions"]["all"],
+        json!([{"scope": "ups", "field": "runtime_minutes", "op": ">=", "value": 5}])
+    );
+    assert_eq!(spec["actions"][1]["verb"], "stop", "{spec}");
+    assert_eq!(spec["actions"].as_array().map(Vec::len), Some(2));
+}
+
 #[tokio::test]
 async fn a_live_error_appears_at_its_field_while_typing_and_disappears_when_fixed() {
     let _one = ONE_BROWSER.lock().await;

@@ -123,6 +123,10 @@ struct FieldDef {
     /// The trigger types the field is for (space-separated; empty: all).
     /// The wizard's script hides the others' empty fields.
     for_types: &'static str,
+    /// The element id of the trigger type select `for_types` reads.
+    type_field: String,
+    /// Set on the first field of a list's item when the list has several.
+    item: Option<Item>,
 }
 
 const STEPS: [&str; 5] = [
@@ -133,8 +137,90 @@ const STEPS: [&str; 5] = [
     "Review",
 ];
 
-/// Condition rows the wizard shows (more stay in the spec, edited as text).
-const CONDITION_ROWS: usize = 3;
+/// How many triggers, conditions and actions the wizard shows fields for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    triggers: usize,
+    conditions: usize,
+    actions: usize,
+}
+
+/// The lists the wizard edits item by item, with their add/remove names.
+const LISTS: [(&str, &str); 3] = [
+    ("triggers", "/trigger_group/triggers"),
+    ("conditions", "/conditions/all"),
+    ("actions", "/actions"),
+];
+
+/// Items the wizard shows at most per list; more stay in the spec and are
+/// edited as text (a bound on the form the server draws and reads).
+const MAX_ITEMS: usize = 20;
+
+impl Shape {
+    /// One item of each list at least, else as many as `spec` has.
+    fn of_spec(spec: &Value) -> Shape {
+        let len = |ptr: &str| {
+            spec.pointer(ptr)
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len)
+                .clamp(1, MAX_ITEMS)
+        };
+        Shape {
+            triggers: len(LISTS[0].1),
+            conditions: len(LISTS[1].1),
+            actions: len(LISTS[2].1),
+        }
+    }
+
+    /// The shape of a posted form: one past the highest index its fields
+    /// name in each list.
+    fn of_pointers<'a>(pointers: impl Iterator<Item = &'a str>) -> Shape {
+        let mut shape = Shape {
+            triggers: 1,
+            conditions: 1,
+            actions: 1,
+        };
+        for pointer in pointers {
+            for (name, list) in LISTS {
+                let index = pointer
+                    .strip_prefix(list)
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    .and_then(|rest| rest.split('/').next())
+                    .and_then(|i| i.parse::<usize>().ok());
+                if let Some(i) = index.filter(|i| *i < MAX_ITEMS) {
+                    let n = shape.get_mut(name);
+                    *n = (*n).max(i + 1);
+                }
+            }
+        }
+        shape
+    }
+
+    fn get_mut(&mut self, name: &str) -> &mut usize {
+        match name {
+            "triggers" => &mut self.triggers,
+            "conditions" => &mut self.conditions,
+            _ => &mut self.actions,
+        }
+    }
+
+    /// One more item of list `name` (`triggers`, `conditions`, `actions`).
+    fn add(mut self, name: &str) -> Shape {
+        let n = self.get_mut(name);
+        *n = (*n + 1).min(MAX_ITEMS);
+        self
+    }
+}
+
+/// The item of a list a field belongs to, drawn as a group with its own
+/// heading and Remove button when the list has more than one.
+#[derive(Debug, Clone)]
+struct Item {
+    /// `Trigger 2`.
+    title: String,
+    /// The item's pointer (`/actions/1`), what Remove removes.
+    pointer: String,
+}
 
 fn opts(values: &[&str]) -> Vec<(String, String)> {
     values
@@ -156,101 +242,200 @@ fn field(step: u8, pointer: &str, kind: Kind, label: &str, help: &'static str) -
         control: Control::Text,
         list: "",
         for_types: "",
+        type_field: String::new(),
+        item: None,
     }
 }
 
-/// Every field of the wizard, in step order.
-fn fields(hosts: &[String]) -> Vec<FieldDef> {
-    let t = "/trigger_group/triggers/0";
+/// The label of an item's field: numbered when the list has several.
+fn numbered(what: &str, n: usize, of: usize, label: &str) -> String {
+    if of > 1 {
+        format!("{what} {n}: {label}")
+    } else {
+        label.to_string()
+    }
+}
+
+/// Every field of the wizard, in step order, for `shape`'s items.
+fn fields(hosts: &[String], shape: Shape) -> Vec<FieldDef> {
     let mut out = vec![
-        field(1, "/name", Kind::Str, "Name", "What the policy does, in a few words."),
-        field(1, "/priority", Kind::Num, "Priority", "Higher runs first when several policies match (optional)."),
+        field(
+            1,
+            "/name",
+            Kind::Str,
+            "Name",
+            "What the policy does, in a few words.",
+        ),
+        field(
+            1,
+            "/priority",
+            Kind::Num,
+            "Priority",
+            "Higher runs first when several policies match (optional).",
+        ),
         FieldDef {
             control: Control::Select(vec![
                 ("false".into(), "Saved disabled".into()),
-                ("true".into(), "Enabled when saved (through the dry-run gate)".into()),
+                (
+                    "true".into(),
+                    "Enabled when saved (through the dry-run gate)".into(),
+                ),
             ]),
             ..field(1, "/enabled", Kind::Bool, "Enabled", "")
         },
-        field(1, "/suppression_window", Kind::Str, "Suppression window", "Do not fire again within this time, e.g. 30m (optional)."),
+        field(
+            1,
+            "/suppression_window",
+            Kind::Str,
+            "Suppression window",
+            "Do not fire again within this time, e.g. 30m (optional).",
+        ),
+        field(
+            1,
+            "/idempotency_window",
+            Kind::Str,
+            "Idempotency window",
+            "An action on a target is not repeated within this time, e.g. 10m (optional).",
+        ),
+        FieldDef {
+            control: Control::Select(vec![
+                (String::new(), "(default: no)".into()),
+                ("false".into(), "No".into()),
+                (
+                    "true".into(),
+                    "Yes: no lower-priority policy runs for the same event".into(),
+                ),
+            ]),
+            ..field(1, "/stop_on_match", Kind::Value, "Stop on match", "")
+        },
+        FieldDef {
+            control: Control::Select(vec![
+                (String::new(), "(default: yes)".into()),
+                (
+                    "true".into(),
+                    "Yes: resolve the selector again when the policy fires".into(),
+                ),
+                (
+                    "false".into(),
+                    "No: act on the targets resolved at save".into(),
+                ),
+            ]),
+            ..field(
+                1,
+                "/dynamic_resolution",
+                Kind::Value,
+                "Dynamic resolution",
+                "",
+            )
+        },
         FieldDef {
             control: Control::Area,
             ..field(1, "/notes", Kind::Str, "Notes", "Free text (optional).")
         },
         FieldDef {
-            control: Control::Select(opts(&[
-                "ups.state",
-                "metric.threshold",
-                "timer.at",
-                "timer.after",
-                "webhook.custom",
-            ])),
-            ..field(2, &format!("{t}/type"), Kind::Str, "Trigger type", "")
+            control: Control::Select(vec![
+                (String::new(), "(default: ANY)".into()),
+                ("ANY".into(), "ANY: one trigger is enough".into()),
+                ("ALL".into(), "ALL: every trigger at once".into()),
+            ]),
+            ..field(
+                2,
+                "/trigger_group/logic",
+                Kind::Str,
+                "Trigger logic",
+                "How several triggers combine.",
+            )
         },
-        field(2, &format!("{t}/ups"), Kind::Str, "UPS", "ups.state: the UPS's name, e.g. ups1."),
-        FieldDef {
-            list: "ups-states",
-            ..field(2, &format!("{t}/equals"), Kind::Str, "UPS state", "ups.state: on_battery, on_mains, low_battery…")
-        },
-        field(2, &format!("{t}/for"), Kind::Str, "For (duration)", "Only when the state lasts this long, e.g. 2m (optional)."),
-        field(2, &format!("{t}/metric"), Kind::Str, "Metric", "metric.threshold: e.g. load, charge_pct."),
-        field(2, &format!("{t}/op"), Kind::Str, "Comparison", "metric.threshold: >, >=, <, <=, ="),
-        field(2, &format!("{t}/value"), Kind::Value, "Threshold", "metric.threshold: a number."),
-        FieldDef {
-            control: Control::Area,
-            ..field(2, &format!("{t}/schedule"), Kind::Json, "Schedule (JSON)", "timer.at: {\"cron\": \"0 1 * * 0\"} or {\"repeat\": \"weekly\", \"at\": \"01:00\", \"days\": [\"sun\"]}.")
-        },
-        field(2, &format!("{t}/after"), Kind::Str, "After (duration)", "timer.after: e.g. 10m."),
-        field(2, &format!("{t}/name"), Kind::Str, "Webhook name", "webhook.custom: the configured webhook's name."),
     ];
-    for def in &mut out {
-        def.for_types = match def.pointer.strip_prefix(t) {
-            Some("/ups" | "/equals") => "ups.state",
-            Some("/for") => "ups.state metric.threshold",
-            Some("/metric" | "/op" | "/value") => "metric.threshold",
-            Some("/schedule") => "timer.at",
-            Some("/after") => "timer.after",
-            Some("/name") => "webhook.custom",
-            _ => "",
-        };
+    for i in 0..shape.triggers {
+        let t = format!("/trigger_group/triggers/{i}");
+        let n = i + 1;
+        let of = shape.triggers;
+        let label = |l: &str| numbered("Trigger", n, of, l);
+        let mut trigger = vec![
+            FieldDef {
+                control: Control::Select(opts(&[
+                    "ups.state",
+                    "metric.threshold",
+                    "timer.at",
+                    "timer.after",
+                    "webhook.custom",
+                ])),
+                ..field(2, &format!("{t}/type"), Kind::Str, &label("Trigger type"), "")
+            },
+            field(2, &format!("{t}/ups"), Kind::Str, &label("UPS"), "ups.state, metric.threshold: the UPS's name, e.g. ups1 (optional: any UPS)."),
+            FieldDef {
+                list: "ups-states",
+                ..field(2, &format!("{t}/equals"), Kind::Str, &label("UPS state"), "ups.state: on_battery, on_mains, low_battery…")
+            },
+            field(2, &format!("{t}/for"), Kind::Str, &label("For (duration)"), "Only when the state lasts this long, e.g. 2m (optional)."),
+            field(2, &format!("{t}/metric"), Kind::Str, &label("Metric"), "metric.threshold: e.g. load, charge_pct."),
+            field(2, &format!("{t}/op"), Kind::Str, &label("Comparison"), "metric.threshold: >, >=, <, <=, ="),
+            field(2, &format!("{t}/value"), Kind::Value, &label("Threshold"), "metric.threshold: a number."),
+            FieldDef {
+                control: Control::Area,
+                ..field(2, &format!("{t}/schedule"), Kind::Json, &label("Schedule (JSON)"), "timer.at: {\"cron\": \"0 1 * * 0\"} or {\"repeat\": \"weekly\", \"at\": \"01:00\", \"days\": [\"sun\"]}.")
+            },
+            field(2, &format!("{t}/after"), Kind::Str, &label("After (duration)"), "timer.after: e.g. 10m."),
+            FieldDef {
+                control: Control::Area,
+                ..field(2, &format!("{t}/since_event"), Kind::Json, &label("Since event (JSON)"), "timer.after: the event that starts the timer, e.g. {\"type\": \"ups.state\", \"equals\": \"on_mains\"}.")
+            },
+            field(2, &format!("{t}/name"), Kind::Str, &label("Webhook name"), "webhook.custom: the configured webhook's name."),
+        ];
+        for def in &mut trigger {
+            def.for_types = match def.pointer.strip_prefix(t.as_str()) {
+                Some("/ups") => "ups.state metric.threshold",
+                Some("/equals") => "ups.state",
+                Some("/for") => "ups.state metric.threshold",
+                Some("/metric" | "/op" | "/value") => "metric.threshold",
+                Some("/schedule") => "timer.at",
+                Some("/after" | "/since_event") => "timer.after",
+                Some("/name") => "webhook.custom",
+                _ => "",
+            };
+            def.type_field = field_id(&format!("{t}/type"));
+        }
+        in_item(&mut trigger, "Trigger", n, of, &t);
+        out.extend(trigger);
     }
-    for i in 0..CONDITION_ROWS {
+    for i in 0..shape.conditions {
         let c = format!("/conditions/all/{i}");
         let n = i + 1;
-        out.push(FieldDef {
-            control: Control::Select(opts(&["", "ups", "host", "metric", "vm", "ct"])),
-            ..field(
+        let label = |l: &str| format!("Condition {n}: {l}");
+        let mut row = vec![
+            FieldDef {
+                control: Control::Select(opts(&["", "ups", "host", "metric", "vm", "ct"])),
+                ..field(3, &format!("{c}/scope"), Kind::Str, &label("scope"), "")
+            },
+            field(
                 3,
-                &format!("{c}/scope"),
+                &format!("{c}/field"),
                 Kind::Str,
-                &format!("Condition {n}: scope"),
-                "",
-            )
-        });
-        out.push(field(
-            3,
-            &format!("{c}/field"),
-            Kind::Str,
-            &format!("Condition {n}: field"),
-            "e.g. runtime_minutes, reachable.",
-        ));
-        out.push(FieldDef {
-            control: Control::Select(opts(&["", "=", "!=", ">", ">=", "<", "<="])),
-            ..field(
+                &label("field"),
+                "e.g. runtime_minutes, reachable.",
+            ),
+            FieldDef {
+                control: Control::Select(opts(&["", "=", "!=", ">", ">=", "<", "<="])),
+                ..field(3, &format!("{c}/op"), Kind::Str, &label("comparison"), "")
+            },
+            field(
                 3,
-                &format!("{c}/op"),
+                &format!("{c}/value"),
+                Kind::Value,
+                &label("value"),
+                "A number, true/false or text.",
+            ),
+            field(
+                3,
+                &format!("{c}/ups"),
                 Kind::Str,
-                &format!("Condition {n}: comparison"),
-                "",
-            )
-        });
-        out.push(field(
-            3,
-            &format!("{c}/value"),
-            Kind::Value,
-            &format!("Condition {n}: value"),
-            "A number, true/false or text.",
-        ));
+                &label("UPS"),
+                "ups, metric: which UPS (optional: the one that sent the event).",
+            ),
+        ];
+        in_item(&mut row, "Condition", n, shape.conditions, &c);
+        out.extend(row);
     }
     let mut host_opts = vec![(String::new(), "(choose a host)".to_string())];
     host_opts.extend(hosts.iter().map(|h| (h.clone(), h.clone())));
@@ -271,14 +456,54 @@ fn fields(hosts: &[String]) -> Vec<FieldDef> {
             list: "target-suggestions",
             ..field(4, "/targets/selector/value", Kind::Str, "Selector", "The preview below resolves it on the host's inventory.")
         },
-        field(4, "/actions/0/capability_id", Kind::Str, "Action capability", "e.g. proxmox.vm."),
-        field(4, "/actions/0/verb", Kind::Str, "Action verb", "e.g. shutdown, start."),
-        FieldDef {
-            control: Control::Area,
-            ..field(4, "/actions/0/params", Kind::Json, "Action parameters (JSON)", "e.g. {\"grace_s\": 90} (optional).")
-        },
     ]);
+    for i in 0..shape.actions {
+        let a = format!("/actions/{i}");
+        let n = i + 1;
+        let of = shape.actions;
+        let mut action = vec![
+            field(
+                4,
+                &format!("{a}/capability_id"),
+                Kind::Str,
+                &numbered("Action", n, of, "Action capability"),
+                "e.g. proxmox.vm.",
+            ),
+            field(
+                4,
+                &format!("{a}/verb"),
+                Kind::Str,
+                &numbered("Action", n, of, "Action verb"),
+                "e.g. shutdown, start.",
+            ),
+            FieldDef {
+                control: Control::Area,
+                ..field(
+                    4,
+                    &format!("{a}/params"),
+                    Kind::Json,
+                    &numbered("Action", n, of, "Action parameters (JSON)"),
+                    "e.g. {\"grace_s\": 90} (optional).",
+                )
+            },
+        ];
+        in_item(&mut action, "Action", n, of, &a);
+        out.extend(action);
+    }
     out
+}
+
+/// Marks an item's fields as its group (the first one carries the group).
+fn in_item(defs: &mut [FieldDef], what: &str, n: usize, of: usize, pointer: &str) {
+    if of < 2 {
+        return;
+    }
+    if let Some(first) = defs.first_mut() {
+        first.item = Some(Item {
+            title: format!("{what} {n}"),
+            pointer: pointer.to_string(),
+        });
+    }
 }
 
 /// A field's element id: `w` and the pointer's segments (`w-targets-host_id`).
@@ -431,6 +656,11 @@ fn text_of(kind: Kind, value: Option<&Value>) -> String {
 #[derive(Default)]
 struct Draft {
     mode: String,
+    /// `add:<list>` or `remove:<item pointer>` (the wizard's Add and Remove
+    /// buttons); empty for the mode switch.
+    op: String,
+    /// The step shown when the button was pressed.
+    step: String,
     policy_id: String,
     version: String,
     base: Value,
@@ -451,6 +681,8 @@ impl Draft {
         for (name, value) in pairs {
             match name.as_str() {
                 "mode" => d.mode = value,
+                "op" => d.op = value,
+                "step" => d.step = value,
                 "policy_id" => d.policy_id = value,
                 "version" => d.version = value,
                 "base" => d.base = serde_json::from_str(&value).unwrap_or(Value::Null),
@@ -474,6 +706,14 @@ impl Draft {
 
     /// The spec the fields build over `base`.
     fn spec_from_fields(&self) -> Value {
+        let mut spec = self.fields_over_base();
+        prune(&mut spec);
+        spec
+    }
+
+    /// The fields laid over `base`, empty items still in place (so an
+    /// item's index is still the one its fields name).
+    fn fields_over_base(&self) -> Value {
         let mut spec = match &self.base {
             Value::Object(_) => self.base.clone(),
             _ => Value::Object(Map::new()),
@@ -484,7 +724,6 @@ impl Draft {
                 None => remove_at(&mut spec, pointer),
             }
         }
-        prune(&mut spec);
         spec
     }
 
@@ -526,6 +765,9 @@ struct FieldView {
     options: Vec<(String, String, bool)>,
     list: &'static str,
     for_types: &'static str,
+    type_field: String,
+    /// The heading and Remove button of the item this field starts.
+    item: Option<Item>,
     /// The `needs_input` notes at this field (create inverse).
     need: String,
 }
@@ -534,6 +776,8 @@ struct StepView {
     n: u8,
     title: &'static str,
     fields: Vec<FieldView>,
+    /// The step's Add buttons: `(list, label)`.
+    adds: Vec<(&'static str, &'static str)>,
 }
 
 #[derive(Template)]
@@ -560,6 +804,10 @@ struct EditorView {
     spec_text: String,
     ups_states: Vec<&'static str>,
     error: String,
+    /// The step to show first (after an Add or Remove, the one it was on).
+    start_step: u8,
+    /// The element to focus once drawn (the first field of an added item).
+    focus: String,
 }
 
 async fn host_ids(service: &Service) -> Vec<String> {
@@ -578,7 +826,29 @@ fn editor(
     policy_id: String,
     version: String,
 ) -> EditorView {
-    let defs = fields(hosts);
+    editor_shaped(
+        spec,
+        Shape::of_spec(spec),
+        hosts,
+        needs,
+        text_mode,
+        policy_id,
+        version,
+    )
+}
+
+/// [`editor`] with fields for `shape`'s items (more than `spec` has after
+/// an Add).
+fn editor_shaped(
+    spec: &Value,
+    shape: Shape,
+    hosts: &[String],
+    needs: Vec<Need>,
+    text_mode: bool,
+    policy_id: String,
+    version: String,
+) -> EditorView {
+    let defs = fields(hosts, shape);
     let pointers: Vec<&str> = defs.iter().map(|d| d.pointer.as_str()).collect();
     let mut steps: Vec<StepView> = STEPS
         .iter()
@@ -587,6 +857,12 @@ fn editor(
             n: u8::try_from(i + 1).unwrap_or(0),
             title,
             fields: Vec::new(),
+            adds: match i {
+                1 => vec![("triggers", "Add a trigger")],
+                2 => vec![("conditions", "Add a condition")],
+                3 => vec![("actions", "Add an action")],
+                _ => Vec::new(),
+            },
         })
         .collect();
     for def in &defs {
@@ -622,6 +898,8 @@ fn editor(
                 options,
                 list: def.list,
                 for_types: def.for_types,
+                type_field: def.type_field.clone(),
+                item: def.item.clone(),
                 need,
             });
         }
@@ -637,6 +915,8 @@ fn editor(
         spec_text: to_yaml(spec),
         ups_states: crate::spec::UpsState::NAMES.to_vec(),
         error: String::new(),
+        start_step: 1,
+        focus: String::new(),
     }
 }
 
@@ -755,13 +1035,18 @@ async fn inverse_page(
     })
 }
 
-/// Switches between the wizard and the text view, carrying the spec over.
+/// Switches between the wizard and the text view, carrying the spec over;
+/// with an `op`, redraws the wizard with an item added or removed, on the
+/// step it was on.
 async fn switch_editor(
     State(state): State<AppState>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
     let draft = Draft::of(pairs);
     let hosts = host_ids(state.service()).await;
+    if !draft.op.is_empty() && !draft.text_mode() {
+        return render(&changed_items(draft, &hosts));
+    }
     if draft.text_mode() {
         // Text -> wizard: the text must parse.
         let Some(spec) = parse_text(&draft.spec_text).filter(Value::is_object) else {
@@ -798,6 +1083,71 @@ async fn switch_editor(
             draft.version,
         ))
     }
+}
+
+/// The wizard after an Add (`add:<list>`: one more, empty item, focused)
+/// or a Remove (`remove:<item pointer>`: that item out of the spec).
+fn changed_items(draft: Draft, hosts: &[String]) -> EditorView {
+    let mut spec = draft.fields_over_base();
+    let mut shape = Shape::of_pointers(draft.fields.iter().map(|(_, p, _)| p.as_str()));
+    let mut focus = String::new();
+    if let Some(list) = draft.op.strip_prefix("add:") {
+        if let Some((name, pointer)) = LISTS.iter().find(|(name, _)| *name == list) {
+            shape = shape.add(name);
+            let index = match *name {
+                "triggers" => shape.triggers,
+                "conditions" => shape.conditions,
+                _ => shape.actions,
+            } - 1;
+            let first = match *name {
+                "triggers" => "type",
+                "conditions" => "scope",
+                _ => "capability_id",
+            };
+            focus = field_id(&format!("{pointer}/{index}/{first}"));
+            if *name == "triggers" {
+                // A new trigger starts as the wizard's default type.
+                set_at(
+                    &mut spec,
+                    &format!("{pointer}/{index}"),
+                    serde_json::json!({"type": "ups.state"}),
+                );
+            }
+        }
+    } else if let Some(item) = draft.op.strip_prefix("remove:") {
+        if let Some((parent, index)) = item.rsplit_once('/') {
+            let index = index.parse::<usize>().ok();
+            if let (Some(Value::Array(items)), Some(index)) = (spec.pointer_mut(parent), index) {
+                if index < items.len() {
+                    items.remove(index);
+                }
+            }
+            if let Some((name, _)) = LISTS.iter().find(|(_, list)| *list == parent) {
+                let n = shape.get_mut(name);
+                *n = n.saturating_sub(1).max(1);
+            }
+        }
+    }
+    prune(&mut spec);
+    // Fields for every item the spec now has, and the added one.
+    let from_spec = Shape::of_spec(&spec);
+    let shape = Shape {
+        triggers: shape.triggers.max(from_spec.triggers),
+        conditions: shape.conditions.max(from_spec.conditions),
+        actions: shape.actions.max(from_spec.actions),
+    };
+    let mut view = editor_shaped(
+        &spec,
+        shape,
+        hosts,
+        draft.needs,
+        false,
+        draft.policy_id,
+        draft.version,
+    );
+    view.start_step = draft.step.parse().unwrap_or(1).clamp(1, 5);
+    view.focus = focus;
+    view
 }
 
 // ---- live validation ----------------------------------------------------------
@@ -980,7 +1330,8 @@ fn live_fragment(
     report: &Value,
     spec: Option<&Value>,
 ) -> LiveFragment {
-    let defs = fields(&[]);
+    let shape = Shape::of_pointers(draft.fields.iter().map(|(_, p, _)| p.as_str()));
+    let defs = fields(&[], shape);
     let pointers: Vec<&str> = defs.iter().map(|d| d.pointer.as_str()).collect();
     let mut slots: Vec<Slot> = defs
         .iter()
@@ -1089,7 +1440,12 @@ mod tests {
 
     #[test]
     fn a_finding_maps_to_the_deepest_field_at_or_above_its_pointer() {
-        let defs = fields(&[]);
+        let one = Shape {
+            triggers: 1,
+            conditions: 1,
+            actions: 1,
+        };
+        let defs = fields(&[], one);
         let ptrs = || defs.iter().map(|d| d.pointer.as_str());
         assert_eq!(
             field_for("/trigger_group/triggers/0/for", ptrs()),
@@ -1137,5 +1493,133 @@ mod tests {
                 "actions": [{"params": {"grace_s": 5}, "verb": "shutdown"}],
             })
         );
+    }
+
+    fn draft(op: &str, fields: &[(&str, &str)]) -> Draft {
+        let mut pairs = vec![
+            ("mode".to_string(), "wizard".to_string()),
+            ("op".to_string(), op.to_string()),
+            ("step".to_string(), "4".to_string()),
+            ("base".to_string(), r#"{"version":1}"#.to_string()),
+        ];
+        pairs.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Draft::of(pairs)
+    }
+
+    fn ids(view: &EditorView, step: usize) -> Vec<String> {
+        view.steps[step - 1]
+            .fields
+            .iter()
+            .map(|f| f.id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn add_draws_one_more_empty_item_on_the_same_step_and_focuses_it() {
+        let view = changed_items(
+            draft(
+                "add:actions",
+                &[
+                    ("s:/actions/0/capability_id", "proxmox.vm"),
+                    ("s:/actions/0/verb", "shutdown"),
+                ],
+            ),
+            &[],
+        );
+        assert_eq!(view.start_step, 4);
+        assert_eq!(view.focus, "w-actions-1-capability_id");
+        let step4 = ids(&view, 4);
+        assert!(
+            step4.contains(&"w-actions-1-params".to_string()),
+            "{step4:?}"
+        );
+        let first = &view.steps[3].fields;
+        let label = first
+            .iter()
+            .find(|f| f.id == "w-actions-1-verb")
+            .map(|f| f.label.clone());
+        assert_eq!(label.as_deref(), Some("Action 2: Action verb"));
+        // The added item is empty: the spec keeps one action until it is filled.
+        let base: Value = serde_json::from_str(&view.base).unwrap();
+        assert_eq!(base["actions"].as_array().map(Vec::len), Some(1));
+        // A second trigger starts as the default type, with its own fields.
+        let view = changed_items(
+            draft(
+                "add:triggers",
+                &[("s:/trigger_group/triggers/0/type", "timer.after")],
+            ),
+            &[],
+        );
+        let base: Value = serde_json::from_str(&view.base).unwrap();
+        assert_eq!(
+            base["trigger_group"]["triggers"],
+            serde_json::json!([{"type": "timer.after"}, {"type": "ups.state"}])
+        );
+        let type_of_for = view.steps[1]
+            .fields
+            .iter()
+            .find(|f| f.id == "w-trigger_group-triggers-1-for")
+            .map(|f| f.type_field.clone());
+        assert_eq!(
+            type_of_for.as_deref(),
+            Some("w-trigger_group-triggers-1-type")
+        );
+    }
+
+    #[test]
+    fn remove_takes_out_the_item_its_fields_named_even_after_an_empty_one() {
+        // Condition 1 is empty, 2 and 3 are filled: Remove on condition 2
+        // removes condition 2, not the one that moved into its place.
+        let view = changed_items(
+            draft(
+                "remove:/conditions/all/1",
+                &[
+                    ("s:/conditions/all/0/scope", ""),
+                    ("s:/conditions/all/1/scope", "ups"),
+                    ("s:/conditions/all/1/field", "charge_pct"),
+                    ("s:/conditions/all/2/scope", "host"),
+                    ("s:/conditions/all/2/field", "reachable"),
+                ],
+            ),
+            &[],
+        );
+        let base: Value = serde_json::from_str(&view.base).unwrap();
+        assert_eq!(
+            base["conditions"]["all"],
+            serde_json::json!([{"scope": "host", "field": "reachable"}])
+        );
+        // The empty row the form had stays, after the kept condition.
+        let scopes: Vec<&str> = view.steps[2]
+            .fields
+            .iter()
+            .filter(|f| f.id.ends_with("-scope"))
+            .map(|f| f.value.as_str())
+            .collect();
+        assert_eq!(scopes, ["host", ""]);
+    }
+
+    #[test]
+    fn a_form_s_shape_is_one_past_its_highest_index_and_bounded() {
+        let shape = Shape::of_pointers(
+            [
+                "/name",
+                "/trigger_group/triggers/2/type",
+                "/conditions/all/0/field",
+                "/actions/1/verb",
+                "/actions/999/verb",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            shape,
+            Shape {
+                triggers: 3,
+                conditions: 1,
+                actions: 2
+            }
+        );
+        let many = serde_json::json!({"actions": vec![serde_json::json!({}); 50]});
+        assert_eq!(Shape::of_spec(&many).actions, MAX_ITEMS);
+        assert_eq!(Shape::of_spec(&many).add("actions").actions, MAX_ITEMS);
     }
 }

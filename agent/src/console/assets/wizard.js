@@ -21,20 +21,29 @@
   // The trigger step shows the fields of the chosen trigger type; a field
   // of another type stays visible while it has a value, a finding or a
   // needs-input note.
+  // Each trigger's fields follow that trigger's own type select.
   function relevant() {
-    var type = document.getElementById('w-trigger_group-triggers-0-type');
-    if (!type) return;
     document.querySelectorAll('#wizard .field[data-for]').forEach(function (f) {
+      var type = document.getElementById(f.dataset.typeField);
+      if (!type) return;
       var c = f.querySelector('input, select, textarea');
       f.hidden = !(f.dataset.for.split(' ').indexOf(type.value) >= 0 ||
         (c && c.value.trim() !== '') || f.querySelector('.finding, .need-note'));
     });
   }
   document.addEventListener('change', function (e) {
-    if (e.target.id === 'w-trigger_group-triggers-0-type') relevant();
+    if (/^w-trigger_group-triggers-[0-9]+-type$/.test(e.target.id)) relevant();
   });
   document.addEventListener('htmx:oobAfterSwap', relevant);
-  function init() { show(1, false); relevant(); }
+  // After an Add or Remove the wizard is drawn again on the step it was
+  // on, with the added item's first field focused.
+  function init() {
+    var form = document.getElementById('wizard');
+    show(form && form.dataset.startStep ? form.dataset.startStep : 1, false);
+    relevant();
+    var focus = form && form.dataset.focus && document.getElementById(form.dataset.focus);
+    if (focus) focus.focus();
+  }
   document.addEventListener('DOMContentLoaded', init);
   document.addEventListener('htmx:afterSwap', function (e) {
     if (e.detail.target && e.detail.target.id === 'editor') init();
