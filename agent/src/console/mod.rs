@@ -645,7 +645,7 @@ fn row(p: &crate::service::PolicyView) -> PolicyRow {
 
 fn row_with_run(
     p: &crate::service::PolicyView,
-    run: Option<&crate::engine::store::RunRecord>,
+    run: Option<&crate::engine::store::RunHeadline>,
 ) -> PolicyRow {
     PolicyRow {
         last_run: run.map(|r| time(&r.started_at)).unwrap_or_default(),

@@ -83,6 +83,28 @@ pub trait EngineStore: Send + Sync {
     /// order), at most `limit` entries.
     fn runs(&self, policy_id: Uuid, limit: usize) -> StoreResult<Vec<RunRecord>>;
 
+    /// The newest run of each of `ids` that has one, as its headline (when
+    /// it started, how it ended): what the policies table shows. The
+    /// default reads each ledger; a store can answer all at once.
+    fn last_run_headlines(
+        &self,
+        ids: &[Uuid],
+    ) -> StoreResult<std::collections::HashMap<Uuid, RunHeadline>> {
+        let mut out = std::collections::HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Some(run) = self.runs(*id, 1)?.into_iter().next() {
+                out.insert(
+                    *id,
+                    RunHeadline {
+                        started_at: run.started_at,
+                        status: run.status,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// The newest kept run of `policy_id` whose status is
     /// [`RunStatus::is_successful`]; the `ledger` selector reads its
     /// [`RunRecord::changed_targets`]. `None` when no such run is kept (never
@@ -534,7 +556,28 @@ pub enum RunStatus {
     Cancelled,
 }
 
+/// A run's headline: when it started and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunHeadline {
+    pub started_at: DateTime<Utc>,
+    pub status: RunStatus,
+}
+
 impl RunStatus {
+    /// The status a stored name names ([`RunStatus::as_str`]).
+    pub fn parse(name: &str) -> Option<RunStatus> {
+        [
+            RunStatus::Ok,
+            RunStatus::Partial,
+            RunStatus::Failed,
+            RunStatus::Error,
+            RunStatus::Interrupted,
+            RunStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {

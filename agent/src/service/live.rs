@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{Service, ServiceError};
 use crate::engine::conditions::UpsFacts;
-use crate::engine::store::{EngineStore, IntentRecord, RunRecord};
+use crate::engine::store::{EngineStore, IntentRecord, RunHeadline};
 
 impl Service {
     /// Every configured NUT UPS (by subject id, `ups1@nas.lan:3493`) with
@@ -34,21 +34,13 @@ impl Service {
             .collect()
     }
 
-    /// The newest run in the ledger of each of `ids` that has one.
+    /// The newest run in the ledger of each of `ids` that has one, as its
+    /// headline (when it started, how it ended), in one store query.
     pub async fn last_runs(
         &self,
         ids: Vec<Uuid>,
-    ) -> Result<HashMap<Uuid, RunRecord>, ServiceError> {
-        self.store(move |s| {
-            let mut out = HashMap::with_capacity(ids.len());
-            for id in ids {
-                if let Some(run) = s.runs(id, 1)?.into_iter().next() {
-                    out.insert(id, run);
-                }
-            }
-            Ok(out)
-        })
-        .await
+    ) -> Result<HashMap<Uuid, RunHeadline>, ServiceError> {
+        self.store(move |s| s.last_run_headlines(&ids)).await
     }
 
     /// The items the engine accepted and has not finished, oldest first:

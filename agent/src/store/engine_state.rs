@@ -3,6 +3,8 @@
 //! knows its trait; this is the one place that maps it to the tables of
 //! migration 1 (and 3, trigger state).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, Transaction};
 use uuid::Uuid;
@@ -12,8 +14,8 @@ use super::SqliteStore;
 use crate::engine::store::{
     AuditEntry, AuditQuery, AuditRecord, DeadlineKind, DeadlineRecord, EngineStore, FollowUpRecord,
     IntentEntry, IntentId, IntentOutcome, IntentRecord, KillSwitchState, RestoreEntry, RetryRecord,
-    RunRecord, StoreError, StoreResult, SubjectState, TimerCheckRecord, WindowState, Write,
-    LEDGER_RUNS_PER_POLICY,
+    RunHeadline, RunRecord, RunStatus, StoreError, StoreResult, SubjectState, TimerCheckRecord,
+    WindowState, Write, LEDGER_RUNS_PER_POLICY,
 };
 
 impl EngineStore for SqliteStore {
@@ -173,6 +175,52 @@ impl EngineStore for SqliteStore {
             params![policy_id.to_string(), limit],
         )?;
         docs.iter().map(|doc| from_json("run", doc)).collect()
+    }
+
+    /// One statement for all of `ids` (a JSON array parameter, so no limit
+    /// on bound variables): each id's newest run through the
+    /// `runs_policy_newest` index, read from its columns without parsing
+    /// the run's document.
+    fn last_run_headlines(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, RunHeadline>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let ids = to_json("policy ids", &ids)?;
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT policy_id, started_at, status FROM runs WHERE seq IN (
+                   SELECT (SELECT seq FROM runs WHERE policy_id = ids.value
+                           ORDER BY started_at DESC, seq DESC LIMIT 1)
+                   FROM json_each(?1) AS ids)",
+            )
+            .map_err(sql("last_run_headlines"))?;
+        let rows = statement
+            .query_map(params![ids], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(sql("last_run_headlines"))?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (policy_id, started_at, status) = row.map_err(sql("last_run_headlines"))?;
+            let status = RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
+                what: "run status",
+                value: status.clone(),
+            })?;
+            out.insert(
+                parse_uuid(&policy_id)?,
+                RunHeadline {
+                    started_at: parse_ts(&started_at)?,
+                    status,
+                },
+            );
+        }
+        Ok(out)
     }
 
     fn latest_successful_run(&self, policy_id: Uuid) -> StoreResult<Option<RunRecord>> {

@@ -759,6 +759,48 @@ pub(crate) fn trigger_states_are_upserted_listed_by_policy_and_deleted_by_null(
     );
 }
 
+pub(crate) fn last_run_headlines_are_each_policy_s_newest_run(store: &dyn EngineStore) {
+    let (a, b, quiet) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+    store.append_run(&run(a, 1, 100, RunStatus::Ok)).unwrap();
+    store
+        .append_run(&run(a, 2, 300, RunStatus::Failed))
+        .unwrap();
+    store.append_run(&run(a, 3, 200, RunStatus::Ok)).unwrap();
+    store
+        .append_run(&run(b, 4, 50, RunStatus::Partial))
+        .unwrap();
+    // Same start: the later append is the newer run, as in `runs`.
+    store
+        .append_run(&run(b, 5, 50, RunStatus::Interrupted))
+        .unwrap();
+    let headlines = store.last_run_headlines(&[a, b, quiet]).unwrap();
+    assert_eq!(headlines.len(), 2, "{headlines:?}");
+    assert_eq!(
+        headlines[&a],
+        RunHeadline {
+            started_at: t(300),
+            status: RunStatus::Failed
+        }
+    );
+    assert_eq!(
+        headlines[&b],
+        RunHeadline {
+            started_at: t(50),
+            status: RunStatus::Interrupted
+        }
+    );
+    for id in [a, b] {
+        let newest = &store.runs(id, 1).unwrap()[0];
+        assert_eq!(
+            (headlines[&id].started_at, headlines[&id].status),
+            (newest.started_at, newest.status),
+            "the headline is the ledger's newest run"
+        );
+    }
+    assert!(store.last_run_headlines(&[]).unwrap().is_empty());
+    assert!(store.last_run_headlines(&[quiet]).unwrap().is_empty());
+}
+
 macro_rules! conformance_suite {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -783,6 +825,7 @@ macro_rules! conformance_suite {
                 restore_entries_keep_their_first_from_and_are_removed_per_target,
                 waiting_retries_are_replaced_per_run_action_and_host_and_removed,
                 follow_ups_are_replaced_per_intent_and_removed,
+                last_run_headlines_are_each_policy_s_newest_run,
             );
         }
     };
