@@ -1223,11 +1223,7 @@ async fn an_admin_creates_a_policy_through_the_five_steps_of_the_wizard() {
     w.shot("step-2").await;
     w.click("#next-2").await;
     // Step 3: Conditions.
-    w.choose("#w-conditions-all-0-scope", "ups").await;
-    w.type_into("#w-conditions-all-0-field", "runtime_minutes")
-        .await;
-    w.choose("#w-conditions-all-0-op", ">=").await;
-    w.type_into("#w-conditions-all-0-value", "5").await;
+    fill_condition(&w, 0, ("ups", "runtime_minutes", ">=", "5")).await;
     w.shot("step-3").await;
     w.click("#next-3").await;
     // Step 4: Targets & Actions.
@@ -1287,6 +1283,17 @@ async fn an_admin_creates_a_policy_through_the_five_steps_of_the_wizard() {
     assert_eq!(saved["status"], "disabled");
 }
 
+/// Fills condition row `i` of the wizard: scope, field, comparison, value.
+async fn fill_condition(w: &World, i: usize, (scope, field, op, value): (&str, &str, &str, &str)) {
+    w.choose(&format!("#w-conditions-all-{i}-scope"), scope)
+        .await;
+    w.type_into(&format!("#w-conditions-all-{i}-field"), field)
+        .await;
+    w.choose(&format!("#w-conditions-all-{i}-op"), op).await;
+    w.type_into(&format!("#w-conditions-all-{i}-value"), value)
+        .await;
+}
+
 /// The id of the focused element.
 async fn focused(w: &World) -> String {
     w.sync_script("return document.activeElement ? document.activeElement.id : '';")
@@ -1339,11 +1346,7 @@ async fn an_admin_adds_and_removes_triggers_conditions_and_actions_in_the_wizard
     w.click("#add-conditions").await;
     w.element("#w-conditions-all-1-scope").await;
     assert_eq!(focused(&w).await, "w-conditions-all-1-scope");
-    w.choose("#w-conditions-all-1-scope", "ups").await;
-    w.type_into("#w-conditions-all-1-field", "runtime_minutes")
-        .await;
-    w.choose("#w-conditions-all-1-op", ">=").await;
-    w.type_into("#w-conditions-all-1-value", "5").await;
+    fill_condition(&w, 1, ("ups", "runtime_minutes", ">=", "5")).await;
     w.click("button[aria-label='Remove condition 1']").await;
     w.eventually("condition 2 in condition 1's place", || async {
         (w.value("#w-conditions-all-0-field").await == "runtime_minutes").then_some(())

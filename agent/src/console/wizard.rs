@@ -818,28 +818,9 @@ async fn host_ids(service: &Service) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The editor for `spec`, with fields for `shape`'s items
+/// ([`Shape::of_spec`], or one more after an Add).
 fn editor(
-    spec: &Value,
-    hosts: &[String],
-    needs: Vec<Need>,
-    text_mode: bool,
-    policy_id: String,
-    version: String,
-) -> EditorView {
-    editor_shaped(
-        spec,
-        Shape::of_spec(spec),
-        hosts,
-        needs,
-        text_mode,
-        policy_id,
-        version,
-    )
-}
-
-/// [`editor`] with fields for `shape`'s items (more than `spec` has after
-/// an Add).
-fn editor_shaped(
     spec: &Value,
     shape: Shape,
     hosts: &[String],
@@ -953,6 +934,7 @@ async fn new_page(State(state): State<AppState>, headers: HeaderMap) -> Response
         notes: Vec::new(),
         editor: editor(
             &blank(),
+            Shape::of_spec(&blank()),
             &hosts,
             Vec::new(),
             false,
@@ -986,6 +968,7 @@ async fn edit_page(
         notes: Vec::new(),
         editor: editor(
             &policy.spec,
+            Shape::of_spec(&policy.spec),
             &hosts,
             Vec::new(),
             false,
@@ -1031,7 +1014,7 @@ async fn inverse_page(
         title: format!("Inverse of {}", policy.name),
         intro: "The generated inverse, unsaved and disabled. Fill in every highlighted field before saving.".into(),
         notes,
-        editor: editor(&spec, &hosts, needs, false, String::new(), String::new()),
+        editor: editor(&spec,Shape::of_spec(&spec), &hosts, needs, false, String::new(), String::new()),
     })
 }
 
@@ -1052,6 +1035,7 @@ async fn switch_editor(
         let Some(spec) = parse_text(&draft.spec_text).filter(Value::is_object) else {
             let mut view = editor(
                 &draft.base,
+                Shape::of_spec(&draft.base),
                 &hosts,
                 draft.needs,
                 true,
@@ -1066,6 +1050,7 @@ async fn switch_editor(
         };
         render(&editor(
             &spec,
+            Shape::of_spec(&spec),
             &hosts,
             draft.needs,
             false,
@@ -1076,6 +1061,7 @@ async fn switch_editor(
         let spec = draft.spec_from_fields();
         render(&editor(
             &spec,
+            Shape::of_spec(&spec),
             &hosts,
             draft.needs,
             true,
@@ -1136,7 +1122,7 @@ fn changed_items(draft: Draft, hosts: &[String]) -> EditorView {
         conditions: shape.conditions.max(from_spec.conditions),
         actions: shape.actions.max(from_spec.actions),
     };
-    let mut view = editor_shaped(
+    let mut view = editor(
         &spec,
         shape,
         hosts,
