@@ -254,6 +254,9 @@ impl<W: Write> Walk<'_, W> {
     }
 }
 
+/// The console account the demo makes when it keeps serving.
+const DEMO_USER: &str = "demo";
+
 /// Runs the demo, writing the walkthrough to `out`; see the module docs.
 pub async fn run(options: DemoOptions, out: &mut impl Write) -> Result<DemoReport, DemoError> {
     let mut walk = Walk {
@@ -375,6 +378,25 @@ pub async fn run(options: DemoOptions, out: &mut impl Write) -> Result<DemoRepor
         sim.shutdown().await;
         drop(data);
         return Ok(report);
+    }
+    // A console account for this run, so the walkthrough's policies,
+    // ledger and a simulated outage can be seen in a browser at once.
+    let password = Uuid::new_v4().simple().to_string()[..20].to_string();
+    let console = crate::store::SqliteStore::open(
+        data.path.join(crate::store::SqliteStore::DEFAULT_FILE_NAME),
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|store| {
+        crate::service::users::add_user(&store, DEMO_USER, Role::Admin, &password, "demo")
+            .map_err(|e| e.to_string())
+    });
+    match console {
+        Ok(_) => walk.line(format!(
+            "Web console: {url}/ - sign in as {DEMO_USER} with password {password} (this run only)"
+        ))?,
+        Err(e) => walk.line(format!(
+            "Web console: no account could be made ({e}); add one with `hazel user add`."
+        ))?,
     }
     walk.line(format!("The API is running at {url}"))?;
     walk.line(format!(

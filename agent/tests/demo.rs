@@ -202,7 +202,7 @@ async fn hazel_demo_serves_the_api_until_sigint() {
     });
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = Vec::new();
-    let (mut url, mut token) = (None, None);
+    let (mut url, mut token, mut password) = (None, None, None);
     while Instant::now() < deadline {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
@@ -214,6 +214,9 @@ async fn hazel_demo_serves_the_api_until_sigint() {
                         .split_whitespace()
                         .find_map(|kv| kv.strip_prefix("HAZEL_TOKEN="))
                         .map(str::to_string);
+                }
+                if let Some(rest) = line.split(" with password ").nth(1) {
+                    password = rest.split_whitespace().next().map(str::to_string);
                 }
                 let ready = line.starts_with("Press Ctrl-C");
                 seen.push(line);
@@ -244,6 +247,43 @@ async fn hazel_demo_serves_the_api_until_sigint() {
         .await
         .unwrap();
     assert_eq!(policies["items"].as_array().map(Vec::len), Some(2));
+
+    // The printed console account signs in, and its dashboard shows the
+    // walkthrough's runs.
+    let password = password.unwrap_or_else(|| panic!("no console password in\n{transcript}"));
+    assert!(
+        transcript.contains(&format!("Web console: {url}/ - sign in as demo")),
+        "{transcript}"
+    );
+    let signed_in = http
+        .post(format!("{url}/login"))
+        .header("X-Hazel-CSRF", "1")
+        .form(&[("username", "demo"), ("password", password.as_str())])
+        .send()
+        .await
+        .expect("the console answers");
+    assert!(signed_in.status().is_success(), "{}", signed_in.status());
+    let cookie = signed_in
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.split(';').next().map(str::to_string))
+        .expect("a session cookie");
+    let dashboard = http
+        .get(format!("{url}/"))
+        .header(reqwest::header::COOKIE, cookie)
+        .send()
+        .await
+        .expect("the dashboard answers")
+        .text()
+        .await
+        .unwrap();
+    assert!(dashboard.contains("demo (admin)"), "{dashboard}");
+    assert!(
+        dashboard.contains(agent::demo::FORWARD_NAME),
+        "the walkthrough's runs: {dashboard}"
+    );
 
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
