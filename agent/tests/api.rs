@@ -1827,6 +1827,51 @@ async fn a_body_that_stalls_after_its_headers_is_answered_408_not_waited_for() {
 }
 
 #[tokio::test]
+async fn a_console_form_that_stalls_after_its_headers_is_answered_408_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world_with(|_, api| api.body_read_timeout = Duration::from_secs(1)).await;
+    let addr = w.server.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /login HTTP/1.1\r\nHost: {addr}\r\nX-Hazel-CSRF: 1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\nConnection: close\r\n\r\nusername=a"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers a stalled sign-in form instead of waiting for it");
+    let _ = read;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request.body_timeout"), "{answer}");
+    assert!(
+        answer.contains("within 1s"),
+        "the configured wait: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_console_form_of_another_media_type_is_refused_with_the_type_it_takes() {
+    let w = world().await;
+    let response = w
+        .server
+        .bare(Method::POST, "/login")
+        .header("X-Hazel-CSRF", "1")
+        .header("content-type", "text/plain")
+        .body("username=a&password=b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body.to_string()
+            .contains("application/x-www-form-urlencoded"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn the_restore_set_lists_exactly_what_the_policys_runs_changed() {
     let w = world().await;
     let s = &w.server;

@@ -107,6 +107,41 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
     }
 }
 
+/// A form body (`application/x-www-form-urlencoded`, what the console's
+/// htmx posts send), read like [`Json`]: within the body limit and the time
+/// the body has to arrive in, so a console post that stalls after its
+/// headers is answered 408 like an API call, not waited for.
+#[derive(Debug, Clone)]
+pub struct Form<T>(pub T);
+
+/// The media type a [`Form`] takes.
+pub const FORM_TYPES: &[&str] = &["application/x-www-form-urlencoded"];
+
+impl<T, S> FromRequest<S> for Form<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !media_type(req.headers()).is_some_and(|m| FORM_TYPES.contains(&m.as_str())) {
+            return Err(ApiError::content_type(
+                raw_content_type(req.headers()).as_deref(),
+                FORM_TYPES,
+            ));
+        }
+        let bytes = read_body(req, state).await?;
+        serde_urlencoded::from_bytes(&bytes).map(Form).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "request.form",
+                format!("the form cannot be read: {e}"),
+            )
+        })
+    }
+}
+
 impl<T, S> FromRequest<S> for Json<T>
 where
     T: DeserializeOwned,

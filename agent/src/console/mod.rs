@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{ConnectInfo, Form, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post, MethodRouter};
@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::api::extract::PathId;
+use crate::api::extract::{Form, PathId};
 use crate::api::session::{self, Session};
 use crate::api::{Access, AppState, CSRF_HEADER};
 use crate::engine::store::AuditQuery;

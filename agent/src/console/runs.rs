@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use askama::Template;
-use axum::extract::{Form, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{Duration as Span, Utc};
@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{render, service_error, signed_in, time, to_login, Viewer};
+use crate::api::extract::Form;
 use crate::api::AppState;
 use crate::engine::store::AuditQuery;
 use crate::service::{Actor, ServiceError};

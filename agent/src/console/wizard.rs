@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 
 use askama::Template;
-use axum::extract::{Form, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -29,7 +29,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::{render, render_status, service_error, signed_in, Route, Viewer};
-use crate::api::extract::PathId;
+use crate::api::extract::{Form, PathId};
 use crate::api::{Access, AppState};
 use crate::service::{Actor, Role, Service, ServiceError};
 
