@@ -160,20 +160,39 @@ async fn a_request_head_sent_too_slowly_is_cut_at_the_header_read_timeout() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
+/// A connection in the middle of a request head: busy, so never evicted.
+async fn busy_connection(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    stream
+}
+
 #[tokio::test]
-async fn connections_past_the_cap_are_refused_while_healthz_answers_on_a_free_slot() {
+async fn connections_past_the_cap_are_refused_while_every_slot_is_busy() {
     let server = start(ConnLimits {
         max_connections: 3,
         ..limits()
     })
     .await;
-    let mut held = Vec::new();
+    let mut busy = Vec::new();
     for _ in 0..3 {
-        held.push(held_connection(None, server.addr).await);
+        busy.push(busy_connection(server.addr).await);
     }
-    let mut extra = TcpStream::connect(server.addr).await.unwrap();
-    assert!(refused(&mut extra).await, "a fourth connection is served");
-    drop(held.pop());
+    // The three heads have been read (their slots are taken) once a
+    // fourth connection is refused; until then it may still be served.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut extra = TcpStream::connect(server.addr).await.unwrap();
+        if refused(&mut extra).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a fourth connection is served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(busy.pop());
     // The slot comes back when the server notices the close.
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -186,6 +205,31 @@ async fn connections_past_the_cap_are_refused_while_healthz_answers_on_a_free_sl
     }
 }
 
+#[tokio::test]
+async fn a_full_cap_of_idle_connections_gives_the_longest_idle_slot_to_a_newcomer() {
+    let server = start(ConnLimits {
+        max_connections: 3,
+        // Far longer than the test: only an eviction can free a slot.
+        idle_timeout: Duration::from_secs(600),
+        ..limits()
+    })
+    .await;
+    let mut oldest = held_connection(None, server.addr).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _silent_a = TcpStream::connect(server.addr).await.unwrap();
+    let _silent_b = TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Every slot is held by an idle connection; a probe is still answered.
+    let (status, body) = healthz(server.addr)
+        .await
+        .expect("the probe is served, not refused");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    // The keep-alive connection idle the longest made room.
+    assert!(
+        read_to_close(&mut oldest).await.is_empty(),
+        "the oldest idle connection is closed, with nothing more sent"
+    );
+}
 #[tokio::test]
 async fn one_address_past_its_cap_is_refused_while_another_is_served() {
     let server = start(ConnLimits {

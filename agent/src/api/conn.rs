@@ -5,6 +5,19 @@
 //! nothing is closed after `idle_timeout`, one that has started a request
 //! head must finish it within `header_read_timeout`.
 //!
+//! When every slot is taken, a new connection whose request arrives does
+//! not wait for an idle one to time out: the connection idle the longest
+//! (no request in flight, no byte of the next one seen) among a sample of
+//! [`EVICT_SAMPLE`] is closed and the newcomer takes its slot. A newcomer
+//! that sends nothing within [`FIRST_BYTES_WAIT`] is refused, so a flood of
+//! silent sockets neither churns the idle connections out nor keeps a
+//! health probe or an operator's request out for the whole `idle_timeout`;
+//! a connection busy with a request is never closed for it. At most
+//! [`EVICT_WAITERS`] newcomers wait for their first bytes, and as many for
+//! a freed slot (up to [`EVICT_WAIT`]), at once; beyond that they are
+//! refused as before. A newcomer whose request is already there when it is
+//! accepted (the usual case behind a backlog) skips the first wait.
+//!
 //! axum's own `serve` exposes none of these, so connections are driven
 //! here with hyper's HTTP/1.1 server directly. hyper answers a request it
 //! cannot parse (400, 414, 431) itself with an empty body; [`Guarded`]
@@ -36,6 +49,18 @@ use crate::service::config::ApiLimits;
 /// Largest request head (request line and headers) hyper buffers; above it
 /// the answer is 431. A request target above 64 KiB gets 414 first.
 pub const MAX_HEAD_BYTES: usize = 128 * 1024;
+
+/// Connections looked at to find the one idle the longest when the cap is
+/// full (an approximate LRU: the map's order is arbitrary).
+pub const EVICT_SAMPLE: usize = 64;
+/// Newcomers waiting at once for a slot an eviction frees.
+pub const EVICT_WAITERS: usize = 64;
+/// How long a newcomer waits for that slot.
+pub const EVICT_WAIT: Duration = Duration::from_secs(1);
+/// How long a newcomer that has sent nothing yet is given to send its
+/// request's first bytes, when the cap is full (at most [`EVICT_WAITERS`]
+/// such newcomers at once; the rest are refused).
+pub const FIRST_BYTES_WAIT: Duration = Duration::from_millis(250);
 
 /// The connection limits of the API server.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +109,9 @@ pub async fn serve(
         counts: Mutex::new(HashMap::new()),
         max: limits.max_per_ip.max(1),
     });
+    let live = Arc::new(Live::default());
+    let waiters = Arc::new(Semaphore::new(EVICT_WAITERS));
+    let readers = Arc::new(Semaphore::new(EVICT_WAITERS));
     let (stop, stopped) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -100,10 +128,6 @@ pub async fn serve(
             },
         };
         // Refused connections are closed by dropping them here.
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::debug!(%peer, "connection refused: max_connections reached");
-            continue;
-        };
         let Some(ip_slot) = PerIp::take(&per_ip, peer.ip()) else {
             tracing::debug!(%peer, "connection refused: max_connections_per_ip reached");
             continue;
@@ -113,20 +137,140 @@ pub async fn serve(
             // behind the headers' unacknowledged segment.
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
-        tokio::spawn(connection(
-            tcp,
-            peer,
-            router.clone(),
-            limits,
-            stopped.clone(),
-            (slot, ip_slot),
-        ));
+        let start = {
+            let (router, stopped, live) = (router.clone(), stopped.clone(), Arc::clone(&live));
+            move |tcp, slot| connection(tcp, peer, router, limits, stopped, live, (slot, ip_slot))
+        };
+        if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
+            tokio::spawn(start(tcp, slot));
+            continue;
+        }
+        // Full: only a newcomer with a request may take an idle slot.
+        let Some((tcp, arrived)) = peek_now(tcp) else {
+            continue;
+        };
+        let reading = if arrived {
+            None
+        } else {
+            let Ok(permit) = Arc::clone(&readers).try_acquire_owned() else {
+                tracing::debug!(%peer, "connection refused: max_connections reached");
+                continue;
+            };
+            Some(permit)
+        };
+        let (live, slots, waiters) = (Arc::clone(&live), Arc::clone(&slots), Arc::clone(&waiters));
+        tokio::spawn(async move {
+            if let Some(_reading) = reading {
+                if !first_bytes(&tcp).await {
+                    tracing::debug!(%peer, "connection refused: max_connections reached, nothing sent");
+                    return;
+                }
+            }
+            let Ok(_waiter) = waiters.try_acquire_owned() else {
+                tracing::debug!(%peer, "connection refused: max_connections reached");
+                return;
+            };
+            if !live.evict_oldest_idle() {
+                tracing::debug!(%peer, "connection refused: max_connections reached, none idle");
+                return;
+            }
+            match tokio::time::timeout(EVICT_WAIT, slots.acquire_owned()).await {
+                Ok(Ok(slot)) => start(tcp, slot).await,
+                _ => tracing::debug!(%peer, "connection refused: no slot freed in time"),
+            }
+        });
     }
     drop(listener);
     let _ = stop.send(true);
     // Every slot back means every connection has closed.
     let _ = slots.acquire_many(max as u32).await;
     Ok(())
+}
+
+/// `tcp` and whether the first bytes of a request have already arrived on
+/// it; `None` (the connection dropped) when it is closed or unreadable.
+/// Peeks with a plain non-blocking `recv`: tokio's own peek answers only
+/// once its reactor has seen the socket readable, which a connection just
+/// accepted has not been yet.
+fn peek_now(tcp: TcpStream) -> Option<(TcpStream, bool)> {
+    let std = tcp.into_std().ok()?;
+    let mut byte = [0u8; 1];
+    let arrived = match std.peek(&mut byte) {
+        Ok(0) => return None,
+        Ok(_) => true,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+        Err(_) => return None,
+    };
+    TcpStream::from_std(std).ok().map(|tcp| (tcp, arrived))
+}
+
+/// Whether a request's first bytes arrive on `tcp` within
+/// [`FIRST_BYTES_WAIT`] (a client sends its request right after connecting;
+/// a silent socket is not worth an idle connection's slot).
+async fn first_bytes(tcp: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(FIRST_BYTES_WAIT, tcp.peek(&mut byte)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
+/// The open connections, for eviction when the cap is full.
+#[derive(Default)]
+struct Live {
+    conns: Mutex<HashMap<u64, Arc<Exchanges>>>,
+    next: AtomicU64,
+}
+
+impl Live {
+    fn add(self: &Arc<Self>, exchanges: &Arc<Exchanges>) -> LiveEntry {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Arc::clone(exchanges));
+        LiveEntry {
+            live: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// Asks the connection idle the longest, among a sample, to close;
+    /// `false` when none in the sample is idle.
+    fn evict_oldest_idle(&self) -> bool {
+        let victim = {
+            let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+            conns
+                .values()
+                .take(EVICT_SAMPLE)
+                .filter_map(|x| x.idle_since().map(|since| (since, Arc::clone(x))))
+                .min_by_key(|(since, _)| *since)
+                .map(|(_, x)| x)
+        };
+        match victim {
+            Some(exchanges) => {
+                exchanges.evict();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A connection's place in [`Live`], removed on drop.
+struct LiveEntry {
+    live: Arc<Live>,
+    id: u64,
+}
+
+impl Drop for LiveEntry {
+    fn drop(&mut self) {
+        self.live
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// Connections per client address.
@@ -188,9 +332,11 @@ async fn connection(
     router: Router,
     limits: ConnLimits,
     mut stopped: watch::Receiver<bool>,
+    live: Arc<Live>,
     _slots: (OwnedSemaphorePermit, IpSlot),
 ) {
     let exchanges = Arc::new(Exchanges::default());
+    let _entry = live.add(&exchanges);
     let stopped_for_requests = stopped.clone();
     let io = TokioIo::new(Guarded::new(tcp, Arc::clone(&exchanges), limits));
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -242,6 +388,38 @@ struct Exchanges {
     /// hyper's read, parked while a request was open; woken when the last
     /// one closes so the idle timer starts.
     reader: Mutex<Option<std::task::Waker>>,
+    /// Since when the connection waits for a request with no byte of it
+    /// seen (`None` while a request is read or answered).
+    idle: Mutex<Option<Instant>>,
+    /// Set to close the connection at its next idle read (eviction).
+    evicted: std::sync::atomic::AtomicBool,
+    /// hyper's read while idle, woken by an eviction.
+    idle_reader: Mutex<Option<std::task::Waker>>,
+}
+
+impl Exchanges {
+    fn idle_since(&self) -> Option<Instant> {
+        if self.evicted.load(Ordering::Acquire) {
+            return None;
+        }
+        *self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_idle(&self, since: Option<Instant>) {
+        *self.idle.lock().unwrap_or_else(|e| e.into_inner()) = since;
+    }
+
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        let reader = self
+            .idle_reader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(waker) = reader {
+            waker.wake();
+        }
+    }
 }
 
 /// One request in [`Exchanges`], closed when its answer's body is dropped
@@ -325,6 +503,7 @@ struct Guarded {
 
 impl Guarded {
     fn new(inner: TcpStream, exchanges: Arc<Exchanges>, limits: ConnLimits) -> Guarded {
+        exchanges.set_idle(Some(Instant::now()));
         Guarded {
             inner,
             exchanges,
@@ -342,12 +521,15 @@ impl Guarded {
         let open = self.exchanges.open.load(Ordering::Acquire);
         let started = self.exchanges.started.load(Ordering::Acquire);
         if open > 0 {
+            if self.phase != Phase::Busy {
+                self.exchanges.set_idle(None);
+            }
             self.phase = Phase::Busy;
         } else if self.phase == Phase::Busy || started != self.seen_started {
             self.phase = Phase::Idle;
-            self.timer
-                .as_mut()
-                .reset(Instant::now() + self.limits.idle_timeout);
+            let now = Instant::now();
+            self.exchanges.set_idle(Some(now));
+            self.timer.as_mut().reset(now + self.limits.idle_timeout);
         }
         self.seen_started = started;
     }
@@ -361,10 +543,15 @@ impl AsyncRead for Guarded {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.track();
+        if this.phase == Phase::Idle && this.exchanges.evicted.load(Ordering::Acquire) {
+            // Evicted for a newcomer: end of stream, hyper closes.
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before && this.phase == Phase::Idle {
+                    this.exchanges.set_idle(None);
                     this.phase = Phase::Head;
                     let deadline = Instant::now() + this.limits.header_read_timeout;
                     this.timer.as_mut().reset(deadline);
@@ -383,6 +570,17 @@ impl AsyncRead for Guarded {
                         cx.waker().wake_by_ref();
                     }
                     return Poll::Pending;
+                }
+                if this.phase == Phase::Idle {
+                    *this
+                        .exchanges
+                        .idle_reader
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+                    // Evicted between the check and the registration.
+                    if this.exchanges.evicted.load(Ordering::Acquire) {
+                        cx.waker().wake_by_ref();
+                    }
                 }
                 if this.timer.as_mut().poll(cx).is_ready() {
                     let which = match this.phase {
