@@ -231,6 +231,46 @@ async fn a_full_cap_of_idle_connections_gives_the_longest_idle_slot_to_a_newcome
     );
 }
 #[tokio::test]
+async fn every_slot_comes_back_after_a_flood_of_silent_and_probing_connections() {
+    let server = start(ConnLimits {
+        max_connections: 4,
+        idle_timeout: Duration::from_millis(300),
+        ..limits()
+    })
+    .await;
+    // Waves of silent sockets, with probes among them, all closed after.
+    for _ in 0..5 {
+        let mut wave = Vec::new();
+        for i in 0..60 {
+            let mut stream = TcpStream::connect(server.addr).await.unwrap();
+            if i % 10 == 0 {
+                let _ = stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await;
+            }
+            wave.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(wave);
+    }
+    // Once the idle timeout has passed, every slot is free again: four
+    // busy connections are taken and a fifth, busy too, finds none idle.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        busy.push(busy_connection(server.addr).await);
+    }
+    for stream in &mut busy {
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await;
+        assert!(
+            read.is_err(),
+            "a busy connection that got a slot stays open"
+        );
+    }
+}
+
+#[tokio::test]
 async fn one_address_past_its_cap_is_refused_while_another_is_served() {
     let server = start(ConnLimits {
         max_per_ip: 2,
