@@ -241,6 +241,32 @@ fn a_lost_wal_with_acknowledged_commits_is_detected_and_a_kept_one_is_not() {
 }
 
 #[test]
+fn a_marker_that_cannot_be_updated_is_counted_and_the_commit_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_data_dir(dir.path(), &SqliteConfig::default()).unwrap();
+    assert_eq!(store.marker_write_failures(), 0);
+    // The marker's place is taken by a directory with something in it, so
+    // the next update (after a checkpoint) cannot be renamed over it.
+    let marker = dir.path().join(MARKER_FILE);
+    std::fs::remove_file(&marker).unwrap();
+    std::fs::create_dir(&marker).unwrap();
+    std::fs::write(marker.join("keep"), b"x").unwrap();
+    store.checkpoint().unwrap();
+    let at = chrono::Utc::now();
+    store
+        .record_fire(uuid::Uuid::from_u128(1), at)
+        .expect("the commit stands although the marker cannot follow");
+    assert_eq!(store.marker_write_failures(), 1);
+    assert_eq!(
+        store
+            .window_state(uuid::Uuid::from_u128(1))
+            .unwrap()
+            .last_fired_at,
+        Some(at)
+    );
+}
+
+#[test]
 fn commits_after_a_checkpoint_bump_the_generation_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_data_dir(dir.path(), &SqliteConfig::default()).unwrap();
@@ -824,6 +850,42 @@ async fn automatic_backups_run_every_period_and_keep_the_newest() {
     for file in backup_files(backups.path()) {
         agent::store::quick_check(&file).expect("a sound backup");
     }
+    service.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_automatic_backup_is_counted_in_the_metrics_and_tried_again() {
+    let data = tempfile::tempdir().unwrap();
+    // The backup directory cannot be made: its parent is a file.
+    let blocker = data.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let mut config = config(data.path());
+    config.backup = Some(agent::service::config::BackupConfig {
+        dir: blocker.join("backups"),
+        every: Duration::from_secs(3600),
+        keep: 2,
+    });
+    let service = Service::open(
+        config,
+        OpenOptions {
+            discovery: false,
+            ..OpenOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let failures = |service: &Service| {
+        service
+            .render_metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("hazel_backup_failures_total "))
+            .map(|n| n.trim().parse::<u64>().unwrap())
+    };
+    assert_eq!(failures(&service), Some(0));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    until(|| failures(&service) == Some(1)).await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    until(|| failures(&service) == Some(2)).await;
     service.shutdown().await;
 }
 

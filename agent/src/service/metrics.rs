@@ -54,6 +54,8 @@ pub struct Metrics {
     reachable: Mutex<BTreeMap<String, bool>>,
     kill_switch_unpersisted: Mutex<u64>,
     store_write_failures: Mutex<u64>,
+    store_marker_failures: Mutex<u64>,
+    backup_failures: Mutex<u64>,
     compile: Mutex<Histogram>,
     findings: Mutex<BTreeMap<String, u64>>,
     retries_scheduled: Mutex<u64>,
@@ -148,6 +150,17 @@ impl Metrics {
         *lock(&self.store_write_failures) = n;
     }
 
+    /// Sets the store's count of failed updates of the data directory's
+    /// marker; the store keeps the count, this mirrors it for rendering.
+    pub fn set_store_marker_failures(&self, n: u64) {
+        *lock(&self.store_marker_failures) = n;
+    }
+
+    /// Counts an automatic backup that failed.
+    pub fn backup_failed(&self) {
+        *lock(&self.backup_failures) += 1;
+    }
+
     /// Counts an event taken in, by kind and whether it was a dry-run.
     pub fn event(&self, kind: &str, dry_run: bool) {
         let mode = if dry_run { "dry_run" } else { "live" };
@@ -239,6 +252,28 @@ impl Metrics {
             out,
             "hazel_store_write_failures_total {}",
             lock(&self.store_write_failures)
+        );
+        header(
+            &mut out,
+            "hazel_store_marker_write_failures_total",
+            "counter",
+            "Failed updates of the data directory's marker (a lost -wal file would go unnoticed meanwhile).",
+        );
+        let _ = writeln!(
+            out,
+            "hazel_store_marker_write_failures_total {}",
+            lock(&self.store_marker_failures)
+        );
+        header(
+            &mut out,
+            "hazel_backup_failures_total",
+            "counter",
+            "Automatic backups that failed.",
+        );
+        let _ = writeln!(
+            out,
+            "hazel_backup_failures_total {}",
+            lock(&self.backup_failures)
         );
         header(
             &mut out,

@@ -281,10 +281,13 @@ impl Service {
         if options.discovery {
             inventory.start_discovery();
         }
-        let backups = config
-            .backup
-            .clone()
-            .map(|backup| tokio::spawn(backup_loop(store.path().to_path_buf(), backup)));
+        let backups = config.backup.clone().map(|backup| {
+            tokio::spawn(backup_loop(
+                store.path().to_path_buf(),
+                backup,
+                metrics.clone(),
+            ))
+        });
         Ok(Service {
             inner: Arc::new(Inner {
                 config,
@@ -324,6 +327,8 @@ impl Service {
     pub fn render_metrics(&self) -> String {
         let failures = self.inner.store.write_failures();
         self.inner.metrics.set_store_write_failures(failures);
+        let marker = self.inner.store.marker_write_failures();
+        self.inner.metrics.set_store_marker_failures(marker);
         let live = super::metrics::Live {
             breakers: self.inner.breakers.states(),
             refreshes: self.inner.inventory.refresh_stats(),
@@ -527,7 +532,11 @@ impl PartialService<'_> {
 /// Backs the database up every `config.every` into `config.dir`, keeping
 /// the newest `config.keep` (docs/operations.md). A failed backup is logged
 /// loudly and tried again at the next tick; it never stops the agent.
-async fn backup_loop(db: std::path::PathBuf, config: crate::service::config::BackupConfig) {
+async fn backup_loop(
+    db: std::path::PathBuf,
+    config: crate::service::config::BackupConfig,
+    metrics: Arc<Metrics>,
+) {
     let mut ticks =
         tokio::time::interval_at(tokio::time::Instant::now() + config.every, config.every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -542,8 +551,14 @@ async fn backup_loop(db: std::path::PathBuf, config: crate::service::config::Bac
                 bytes = report.bytes,
                 "automatic backup written"
             ),
-            Ok(Err(e)) => tracing::error!(error = %e, "automatic backup failed"),
-            Err(e) => tracing::error!(error = %e, "automatic backup task failed"),
+            Ok(Err(e)) => {
+                metrics.backup_failed();
+                tracing::error!(error = %e, "automatic backup failed");
+            }
+            Err(e) => {
+                metrics.backup_failed();
+                tracing::error!(error = %e, "automatic backup task failed");
+            }
         }
     }
 }

@@ -140,6 +140,8 @@ pub struct MarkerSync {
     /// Whether a commit since the last checkpoint has bumped the
     /// generation (and written the marker).
     bumped: AtomicBool,
+    /// Marker writes that failed (`hazel_store_marker_write_failures_total`).
+    failures: std::sync::atomic::AtomicU64,
 }
 
 impl MarkerSync {
@@ -156,11 +158,19 @@ impl MarkerSync {
     pub(super) fn record(&self, conn: &Connection, db: &Path, identity: StoreIdentity) {
         match write_marker(&self.path, conn, db, identity) {
             Ok(()) => self.bumped.store(true, Ordering::Relaxed),
-            Err(e) => tracing::error!(
-                error = %error_chain(&e),
-                "cannot update the data directory's marker: a lost -wal file would go unnoticed"
-            ),
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    error = %error_chain(&e),
+                    "cannot update the data directory's marker: a lost -wal file would go unnoticed"
+                );
+            }
         }
+    }
+
+    /// Marker writes that failed so far.
+    pub(super) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 }
 
@@ -244,6 +254,7 @@ pub fn open_data_dir(dir: &Path, config: &SqliteConfig) -> Result<SqliteStore, D
     store.marker = Some(MarkerSync {
         path: marker_path,
         bumped: AtomicBool::new(false),
+        failures: std::sync::atomic::AtomicU64::new(0),
     });
     store.dir_lock = Some(lock);
     Ok(store)

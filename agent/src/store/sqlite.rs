@@ -639,6 +639,12 @@ impl SqliteStore {
         self.write_failures.load(Ordering::Relaxed)
     }
 
+    /// Updates of the data directory's marker that failed since the store
+    /// opened (0 for a store opened without its data directory).
+    pub fn marker_write_failures(&self) -> u64 {
+        self.marker.as_ref().map_or(0, |m| m.failures())
+    }
+
     /// Makes every write fail with `reason` (a full disk, as SQLite reports
     /// it) until called with `None`: for fault tests of readiness and the
     /// kill switch where a full filesystem cannot be mounted.
