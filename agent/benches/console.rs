@@ -19,11 +19,11 @@ use agent::console::{render_policies_page, Viewer};
 use agent::engine::store::{
     EngineStore, ResultRecord, RunEvent, RunRecord, RunStatus, SubjectRecord, Write,
 };
-use agent::service::{Actor, Config, OpenOptions, Role, Service};
-use drivers::registry::HostConfig;
-use inventory::index::HostInventory;
+use agent::service::{Actor, Role};
 use inventory::model::Target;
 use serde_json::json;
+
+mod common;
 
 const POLICIES: usize = 1_000;
 const WARMUP: usize = 20;
@@ -43,27 +43,8 @@ fn main() {
 
 async fn run() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let host: HostConfig = serde_json::from_value(json!({
-        "id": "pve-01",
-        "plugin": "proxmox.ve",
-        "connection": {
-            "host": "127.0.0.1", "port": 9, "node": "pve-01", "scheme": "http",
-            "token_id": "bench@pve!bench", "token_secret": "00000000-0000-0000-0000-000000000000"
-        }
-    }))
-    .expect("host");
-    let config = Config {
-        data_dir: dir.path().to_path_buf(),
-        hosts: vec![host],
-        ..Config::default()
-    };
-    let service = Service::open(config.clone(), open_options())
-        .await
-        .expect("service opens");
-    service
-        .inventory()
-        .seed(HostInventory::new("pve-01", "proxmox.ve", vms(1000)))
-        .expect("seed");
+    let config = common::bench_config(dir.path());
+    let service = common::open_service(config.clone(), vms(1000)).await;
     let actor = Actor {
         subject: "bench".into(),
         role: Role::Admin,
@@ -117,9 +98,7 @@ async fn run() {
             .collect();
         store.write(&writes).expect("the runs are stored");
     }
-    let service = Service::open(config, open_options())
-        .await
-        .expect("service opens again");
+    let service = common::open_service(config, vms(1000)).await;
     let viewer = Viewer {
         user: "bench".into(),
         role: "admin",
@@ -164,13 +143,6 @@ async fn run() {
         ms(at(0.95)),
         TARGET_P95.as_millis()
     );
-}
-
-fn open_options() -> OpenOptions {
-    OpenOptions {
-        discovery: false,
-        ..OpenOptions::default()
-    }
 }
 
 /// Run `n` of policy `id`: one VM shut down, a day apart.

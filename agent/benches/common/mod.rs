@@ -1,7 +1,8 @@
-//! What the engine benches share: 10 000 policies compiled from real spec
-//! JSON over 200 trigger keys, the event stream that drives them, and a
-//! driver that answers at once. Kept out of the bench files so `decide` and
-//! `memory` measure the same policy set.
+//! What the benches share: 10 000 policies compiled from real spec JSON
+//! over 200 trigger keys, the event stream that drives them, and a driver
+//! that answers at once (so `decide` and `memory` measure the same policy
+//! set); and the service the API and console benches open (`bench_config`,
+//! `open_service`).
 
 #![allow(dead_code)] // each bench uses part of this module
 
@@ -298,4 +299,45 @@ impl Driver for InstantDriver {
             duration_ms: 0,
         })
     }
+}
+
+/// The `proxmox.ve` host `pve-01` the service benches declare: never
+/// dialled (discovery is off; its inventory is seeded).
+pub fn bench_config(data_dir: &std::path::Path) -> agent::service::Config {
+    let host: drivers::registry::HostConfig = serde_json::from_value(json!({
+        "id": "pve-01",
+        "plugin": "proxmox.ve",
+        "connection": {
+            "host": "127.0.0.1", "port": 9, "node": "pve-01", "scheme": "http",
+            "token_id": "bench@pve!bench", "token_secret": "00000000-0000-0000-0000-000000000000"
+        }
+    }))
+    .expect("host");
+    agent::service::Config {
+        data_dir: data_dir.to_path_buf(),
+        hosts: vec![host],
+        ..agent::service::Config::default()
+    }
+}
+
+/// Opens the service of `config` without discovery and seeds `pve-01`'s
+/// inventory with `vms`.
+pub async fn open_service(
+    config: agent::service::Config,
+    vms: Vec<Target>,
+) -> agent::service::Service {
+    let service = agent::service::Service::open(
+        config,
+        agent::service::OpenOptions {
+            discovery: false,
+            ..agent::service::OpenOptions::default()
+        },
+    )
+    .await
+    .expect("service opens");
+    service
+        .inventory()
+        .seed(HostInventory::new("pve-01", "proxmox.ve", vms))
+        .expect("seed");
+    service
 }

@@ -13,6 +13,12 @@ impl Service {
     pub async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, ServiceError> {
         self.store(move |s| s.audit(&query)).await
     }
+
+    /// Appends `record` through the group-committing audit writer; returns
+    /// once it is on disk.
+    pub(super) async fn append_audit(&self, record: AuditRecord) -> Result<(), ServiceError> {
+        self.inner.audit_writer.append(record).await
+    }
 }
 
 /// The audit record of a change `actor` made: `details` with who (`by`)

@@ -14,7 +14,7 @@ use super::audit::audit;
 use super::{Actor, EventAnswer, Service, ServiceError};
 use crate::engine::event::{ups_matches, Event, SubjectKind};
 use crate::engine::runner::{PolicyDecision, TimelineEntry, Transcript};
-use crate::engine::store::{AuditRecord, EngineStore};
+use crate::engine::store::AuditRecord;
 use crate::store::{PolicyStore, TranscriptRecord};
 use uuid::Uuid;
 
@@ -54,7 +54,7 @@ impl Service {
             correlation_id: correlation,
             ..audit
         };
-        self.store(move |s| s.append_audit(&audit)).await?;
+        self.append_audit(audit).await?;
         self.decide(event, dry_run).await
     }
 
@@ -123,7 +123,7 @@ impl Service {
             policy_id: None,
             details: json!({"name": name, "bytes": body.len()}),
         };
-        self.store(move |s| s.append_audit(&audit)).await?;
+        self.append_audit(audit).await?;
         self.decide(event, false).await
     }
 

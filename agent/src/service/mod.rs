@@ -19,6 +19,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 mod audit;
+mod audit_writer;
 pub mod config;
 mod dry_run;
 pub mod engine_loop;

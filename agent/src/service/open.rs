@@ -96,6 +96,8 @@ pub(super) struct Inner {
     pub(super) unpersisted_pause: tokio::sync::Mutex<Option<super::KillSwitchView>>,
     /// The automatic backups (`backup:` in the config), stopped at shutdown.
     backups: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Commits the audit records of API requests in groups.
+    pub(super) audit_writer: super::audit_writer::AuditWriter,
 }
 
 /// How many validations run at once on the blocking pool; more are
@@ -288,6 +290,7 @@ impl Service {
                 metrics.clone(),
             ))
         });
+        let audit_writer = super::audit_writer::AuditWriter::spawn(&store);
         Ok(Service {
             inner: Arc::new(Inner {
                 config,
@@ -308,6 +311,7 @@ impl Service {
                 unpersisted_pause: tokio::sync::Mutex::new(None),
                 webhook_seen: tokio::sync::Mutex::new(Default::default()),
                 backups: Mutex::new(backups),
+                audit_writer,
             }),
         })
     }

@@ -59,7 +59,7 @@ impl Service {
     ) -> Result<crate::validate::ValidationReport, ServiceError> {
         let report = self.validate_draft(body).await?;
         let record = audit(actor, "policy.validated", None, validation_details(&report));
-        self.store(move |s| s.append_audit(&record)).await?;
+        self.append_audit(record).await?;
         Ok(report)
     }
 
@@ -409,7 +409,7 @@ impl Service {
                         Some(id),
                         json!({"reason": reason, "errors": errors, "transcript_id": transcript.transcript_id}),
                     );
-                    self.store(move |s| s.append_audit(&audit)).await?;
+                    self.append_audit(audit).await?;
                     warn!(policy_id = %id, by = %actor.subject, reason, "enable forced past dry-run errors");
                 }
                 None => {
