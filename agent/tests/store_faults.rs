@@ -816,17 +816,15 @@ async fn until(mut done: impl FnMut() -> bool) {
     panic!("never happened");
 }
 
-#[tokio::test(start_paused = true)]
-async fn automatic_backups_run_every_period_and_keep_the_newest() {
-    let data = tempfile::tempdir().unwrap();
-    let backups = tempfile::tempdir().unwrap();
-    let mut config = config(data.path());
+/// A service on `data` backing up into `backups` every hour, keeping two.
+async fn with_hourly_backups(data: &Path, backups: &Path) -> Service {
+    let mut config = config(data);
     config.backup = Some(agent::service::config::BackupConfig {
-        dir: backups.path().to_path_buf(),
+        dir: backups.to_path_buf(),
         every: Duration::from_secs(3600),
         keep: 2,
     });
-    let service = Service::open(
+    Service::open(
         config,
         OpenOptions {
             discovery: false,
@@ -834,7 +832,14 @@ async fn automatic_backups_run_every_period_and_keep_the_newest() {
         },
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn automatic_backups_run_every_period_and_keep_the_newest() {
+    let data = tempfile::tempdir().unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let service = with_hourly_backups(data.path(), backups.path()).await;
     assert!(backup_files(backups.path()).is_empty(), "none at start");
     tokio::time::sleep(Duration::from_secs(3600)).await;
     until(|| backup_files(backups.path()).len() == 1).await;
@@ -859,21 +864,7 @@ async fn a_failed_automatic_backup_is_counted_in_the_metrics_and_tried_again() {
     // The backup directory cannot be made: its parent is a file.
     let blocker = data.path().join("not-a-dir");
     std::fs::write(&blocker, b"x").unwrap();
-    let mut config = config(data.path());
-    config.backup = Some(agent::service::config::BackupConfig {
-        dir: blocker.join("backups"),
-        every: Duration::from_secs(3600),
-        keep: 2,
-    });
-    let service = Service::open(
-        config,
-        OpenOptions {
-            discovery: false,
-            ..OpenOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let service = with_hourly_backups(data.path(), &blocker.join("backups")).await;
     let failures = |service: &Service| {
         service
             .render_metrics()

@@ -1227,12 +1227,7 @@ async fn an_admin_creates_a_policy_through_the_five_steps_of_the_wizard() {
     w.shot("step-3").await;
     w.click("#next-3").await;
     // Step 4: Targets & Actions.
-    w.choose("#w-targets-host_id", "pve-01").await;
-    w.type_into("#w-targets-target_type", "vm").await;
-    w.type_into("#w-targets-selector-value", "101").await;
-    w.type_into("#w-actions-0-capability_id", "proxmox.vm")
-        .await;
-    w.type_into("#w-actions-0-verb", "shutdown").await;
+    fill_vm_101_shutdown(&w).await;
     w.type_into("#w-actions-0-params", r#"{"grace_s": 5}"#)
         .await;
     w.text_contains("#preview-count", "1 target(s)").await;
@@ -1292,6 +1287,17 @@ async fn fill_condition(w: &World, i: usize, (scope, field, op, value): (&str, &
     w.choose(&format!("#w-conditions-all-{i}-op"), op).await;
     w.type_into(&format!("#w-conditions-all-{i}-value"), value)
         .await;
+}
+
+/// Fills the wizard's targets (vm 101 on pve-01) and its first action
+/// (`proxmox.vm shutdown`).
+async fn fill_vm_101_shutdown(w: &World) {
+    w.choose("#w-targets-host_id", "pve-01").await;
+    w.type_into("#w-targets-target_type", "vm").await;
+    w.type_into("#w-targets-selector-value", "101").await;
+    w.type_into("#w-actions-0-capability_id", "proxmox.vm")
+        .await;
+    w.type_into("#w-actions-0-verb", "shutdown").await;
 }
 
 /// The id of the focused element.
@@ -1357,12 +1363,7 @@ async fn an_admin_adds_and_removes_triggers_conditions_and_actions_in_the_wizard
     w.click("#next-3").await;
 
     // Step 4: two actions.
-    w.choose("#w-targets-host_id", "pve-01").await;
-    w.type_into("#w-targets-target_type", "vm").await;
-    w.type_into("#w-targets-selector-value", "101").await;
-    w.type_into("#w-actions-0-capability_id", "proxmox.vm")
-        .await;
-    w.type_into("#w-actions-0-verb", "shutdown").await;
+    fill_vm_101_shutdown(&w).await;
     w.click("#add-actions").await;
     w.element("#w-actions-1-capability_id").await;
     assert_eq!(focused(&w).await, "w-actions-1-capability_id");
