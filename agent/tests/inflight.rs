@@ -342,6 +342,31 @@ async fn a_call_without_a_task_that_lands_after_the_start_read_is_read_again_and
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_follow_up_read_early_is_not_read_again_on_every_later_event() {
+    let site = site();
+    let mut second = crash_during_a_call_without_a_task(&site, with_inverse).await;
+    let early_reads = || {
+        site.audit("engine.interrupted")
+            .iter()
+            .filter(|d| d["early"] == true)
+            .count()
+    };
+    // The mains return before the call lands: read early once, nothing
+    // changed yet, kept for its due time.
+    handle(&mut second, &reading(&[OnMains])).await;
+    assert_eq!(early_reads(), 1);
+    // Later events (the trigger still ended) do not read it again.
+    for _ in 0..3 {
+        handle(&mut second, &ups("on_mains")).await;
+    }
+    assert_eq!(early_reads(), 1, "read early once, not on every event");
+    // At its due time it is read, and the inverse restores what it finds.
+    run_for(&mut second, &site.clock, 100).await;
+    assert_eq!(site.calls().len(), 2, "{:?}", site.calls());
+    assert_eq!(site.pve.status("vm:100").as_deref(), Some("running"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_mains_returning_before_the_second_read_is_due_restores_what_the_call_changed() {
     let site = site();
     let mut second = crash_during_a_call_without_a_task(&site, with_inverse).await;

@@ -62,7 +62,7 @@
 //!   way (first reading, trigger, then the retry machinery with its retry
 //!   count kept) in a new run whose `explain` names the one it continues.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,7 +80,8 @@ use super::ledger::row;
 use super::restore::Change;
 use super::{retry, Engine, EngineError, OpenRun, INTERRUPTED};
 use crate::engine::store::{
-    AuditRecord, FollowUpRecord, IntentRecord, RunEvent, RunRecord, RunStatus, TaskRecord, Write,
+    AuditRecord, FollowUpRecord, IntentId, IntentRecord, RunEvent, RunRecord, RunStatus,
+    TaskRecord, Write,
 };
 
 /// How much longer than the action's grace reconciliation waits for a task.
@@ -122,6 +123,9 @@ pub(super) struct Restarts {
     /// Reconciled intents whose targets are read once more at their `due`
     /// ([`Engine::fire_follow_ups`]); the store keeps them too.
     follow_ups: Vec<FollowUpRecord>,
+    /// Follow-ups already read early: what that read left waits for its
+    /// due time instead of being read again on every later event.
+    read_early: HashSet<IntentId>,
 }
 
 /// Marks a queued item's intent started; called once, right before its
@@ -270,6 +274,7 @@ impl Engine {
             .partition(|f| f.due <= now);
         self.restarts.follow_ups = later;
         for follow_up in due {
+            self.restarts.read_early.remove(&follow_up.intent.id());
             self.follow_up(follow_up, now, false).await?;
         }
         Ok(())
@@ -288,13 +293,15 @@ impl Engine {
         let (ended, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.restarts.follow_ups)
             .into_iter()
             .partition(|f| {
-                f.intent.event.as_ref().is_some_and(|e| {
-                    self.trigger_ended(f.intent.policy_id, &e.subject.id)
-                        && self.has_inverse(f.intent.policy_id)
-                })
+                !self.restarts.read_early.contains(&f.intent.id())
+                    && f.intent.event.as_ref().is_some_and(|e| {
+                        self.trigger_ended(f.intent.policy_id, &e.subject.id)
+                            && self.has_inverse(f.intent.policy_id)
+                    })
             });
         self.restarts.follow_ups = keep;
         for follow_up in ended {
+            self.restarts.read_early.insert(follow_up.intent.id());
             self.follow_up(follow_up, now, true).await?;
         }
         Ok(())
