@@ -639,9 +639,27 @@ impl InventoryService {
         text: &str,
         limit: usize,
     ) -> Result<Vec<Target>, InventoryServiceError> {
+        self.search_host_type(host_id, None, text, limit)
+    }
+
+    /// [`InventoryService::search_host`] among the targets of
+    /// `target_type` only, when one is given.
+    pub fn search_host_type(
+        &self,
+        host_id: &str,
+        target_type: Option<&str>,
+        text: &str,
+        limit: usize,
+    ) -> Result<Vec<Target>, InventoryServiceError> {
         let snapshot = self.host(host_id)?.current();
         Ok(snapshot
-            .map(|s| s.search(text, limit).into_iter().cloned().collect())
+            .map(|s| {
+                let hits = match target_type {
+                    Some(t) => s.search_type(t, text, limit),
+                    None => s.search(text, limit),
+                };
+                hits.into_iter().cloned().collect()
+            })
             .unwrap_or_default())
     }
 

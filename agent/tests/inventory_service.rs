@@ -1174,3 +1174,27 @@ async fn a_publisher_given_late_hears_what_is_known_and_removed_hosts_say_nothin
     assert_eq!(service.reachable("pve"), None);
     assert_eq!(service.reachable("pve2"), None, "never refreshed");
 }
+
+#[test]
+fn a_host_search_stays_on_its_host_and_type_whatever_other_hosts_hold() {
+    let service = InventoryService::new();
+    // A first host whose many matches would fill any shared limit.
+    let busy: Vec<Target> = (0..100)
+        .map(|i| vm(&format!("{}", 1000 + i), &format!("web-{i}"), &[]))
+        .collect();
+    for (id, targets) in [("a-busy", busy), ("b-pve", vms())] {
+        service.add_host(FakeDriver::new(id, Step::ok(1, Vec::new())), settings());
+        service
+            .seed(inventory::HostInventory::new(id, "fake", targets))
+            .unwrap();
+    }
+    let ids = |found: Vec<Target>| found.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    let on_b = service
+        .search_host_type("b-pve", Some("vm"), "web", 8)
+        .unwrap();
+    assert_eq!(ids(on_b), ["101", "103"]);
+    let no_ct = service
+        .search_host_type("b-pve", Some("ct"), "web", 8)
+        .unwrap();
+    assert!(no_ct.is_empty());
+}

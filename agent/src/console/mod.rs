@@ -1051,10 +1051,7 @@ async fn policy_dry_run(
 }
 
 fn severity_name(s: inventory::Severity) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+    s.as_str().to_string()
 }
 
 /// A precondition's details as words: an object's fields as `name value`

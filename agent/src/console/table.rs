@@ -93,12 +93,14 @@ fn choices(all: &[(&'static str, &'static str)], current: &str) -> Vec<Choice> {
         .collect()
 }
 
+/// The stored dry-run severity (`inventory::Severity`) as a rank; "not
+/// run" below every severity.
 fn severity_rank(s: &str) -> u8 {
     match s {
         "blocker" => 4,
         "error" => 3,
         "warn" => 2,
-        "ok" => 1,
+        "info" => 1,
         _ => 0,
     }
 }
@@ -127,9 +129,10 @@ mod tests {
 
     fn rows() -> Vec<PolicyRow> {
         vec![
-            row("Stop web", "enabled", "2026-12-07T09:00:00Z", "ok"),
+            row("Stop web", "enabled", "2026-12-07T09:00:00Z", "info"),
             row("backup nas", "disabled", "", "error"),
             row("Stop db", "disabled", "2026-12-07T10:00:00Z", "warn"),
+            row("a new one", "disabled", "", "not run"),
         ]
     }
 
@@ -148,17 +151,18 @@ mod tests {
         let mut q = PoliciesQuery::default();
         assert_eq!(
             names(&q.apply(rows())),
-            ["backup nas", "Stop db", "Stop web"]
+            ["a new one", "backup nas", "Stop db", "Stop web"]
         );
         q.sort = "last_run".into();
         assert_eq!(
             names(&q.apply(rows())),
-            ["Stop db", "Stop web", "backup nas"]
+            ["Stop db", "Stop web", "a new one", "backup nas"]
         );
         q.sort = "severity".into();
+        // A dry-run that found only `info` ranks above one never run.
         assert_eq!(
             names(&q.apply(rows())),
-            ["backup nas", "Stop db", "Stop web"]
+            ["backup nas", "Stop db", "Stop web", "a new one"]
         );
     }
 }

@@ -1217,15 +1217,28 @@ fn preview(service: &Service, spec: Option<&Value>) -> Preview {
         .unwrap_or("")
         .trim()
         .to_string();
-    p.suggestions = service
-        .inventory()
-        .search(&word, 40)
+    // On the chosen host (and type) when there is one: searching every
+    // host first and filtering after would let another host's hits fill
+    // the limit.
+    let wanted_type = (!target_type.is_empty()).then_some(target_type.as_str());
+    let found: Vec<inventory::Target> = if host.is_empty() {
+        service
+            .inventory()
+            .search(&word, 40)
+            .into_iter()
+            .map(|h| h.target)
+            .filter(|t| wanted_type.is_none_or(|w| t.target_type == w))
+            .take(PREVIEW_IDS)
+            .collect()
+    } else {
+        service
+            .inventory()
+            .search_host_type(&host, wanted_type, &word, PREVIEW_IDS)
+            .unwrap_or_default()
+    };
+    p.suggestions = found
         .into_iter()
-        .filter(|h| host.is_empty() || h.host_id == host)
-        .filter(|h| target_type.is_empty() || h.target.target_type == target_type)
-        .take(PREVIEW_IDS)
-        .map(|h| {
-            let t = h.target;
+        .map(|t| {
             let label = format!(
                 "{}:{}{}{}",
                 t.target_type,

@@ -37,9 +37,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// # Blocking
 ///
 /// Every method is synchronous and may block on disk IO (an `fsync` per
-/// committed write for the SQLite store). The engine calls them from
-/// `tokio::task::spawn_blocking`, never directly on a runtime thread;
-/// persistence stays off the event hot path.
+/// committed write for the SQLite store). The engine calls them directly on
+/// its own thread (`hazel-engine`, a current-thread runtime of its own, see
+/// `service::engine_loop`), whose work is to decide, persist and then act
+/// in that order; the service calls them through `spawn_blocking`. Neither
+/// blocks the API's runtime workers.
 ///
 /// # Guarantees
 ///
@@ -564,18 +566,10 @@ pub struct RunHeadline {
 }
 
 impl RunStatus {
-    /// The status a stored name names ([`RunStatus::as_str`]).
+    /// The status a stored name names ([`RunStatus::as_str`], the serde
+    /// name).
     pub fn parse(name: &str) -> Option<RunStatus> {
-        [
-            RunStatus::Ok,
-            RunStatus::Partial,
-            RunStatus::Failed,
-            RunStatus::Error,
-            RunStatus::Interrupted,
-            RunStatus::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == name)
+        serde_json::from_value(Value::String(name.to_string())).ok()
     }
 
     /// The stored name.

@@ -405,11 +405,11 @@ impl Config {
             );
         }
         if let Some(backup) = &self.backup {
-            if backup.every < Duration::from_secs(60) || backup.keep == 0 {
-                invalid(
-                    "backup.every",
-                    "every must be at least 1m and keep at least 1".into(),
-                );
+            if backup.every < Duration::from_secs(60) {
+                invalid("backup.every", "must be at least 1m, e.g. 6h".into());
+            }
+            if backup.keep == 0 {
+                invalid("backup.keep", "must be at least 1".into());
             }
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -615,6 +615,29 @@ mod tests {
     fn unknown_field_is_refused_with_its_name() {
         let err = parse("listen: 127.0.0.1:9000\nconcurency: 4\n").unwrap_err();
         assert!(err.to_string().contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn a_backup_problem_names_the_field_that_has_it() {
+        let fields = |text: &str| -> Vec<&'static str> {
+            let config: Config = serde_norway::from_str(text).unwrap();
+            config
+                .problems()
+                .into_iter()
+                .filter_map(|p| match p {
+                    ConfigError::Invalid { field, .. } => Some(field),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            fields("backup: {dir: /b, every: 6h, keep: 0}\n"),
+            ["backup.keep"]
+        );
+        assert_eq!(
+            fields("backup: {dir: /b, every: 30s, keep: 2}\n"),
+            ["backup.every"]
+        );
     }
 
     #[test]
