@@ -267,6 +267,40 @@ fn a_marker_that_cannot_be_updated_is_counted_and_the_commit_stands() {
 }
 
 #[test]
+fn user_add_refuses_to_recreate_a_database_the_directory_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_data_dir(dir.path(), &SqliteConfig::default()).unwrap());
+    std::fs::remove_file(dir.path().join("hazel.db")).unwrap();
+    let config = dir.path().join("hazel.yaml");
+    std::fs::write(&config, format!("data_dir: {}\n", dir.path().display())).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hazel"))
+        .args(["user", "add", "alice", "--role", "admin", "--config"])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long enough password\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("is missing"), "{err}");
+    assert!(
+        !dir.path().join("hazel.db").exists(),
+        "no empty database made"
+    );
+    // So the next start still says what happened.
+    let e = open_data_dir(dir.path(), &SqliteConfig::default()).expect_err("missing");
+    assert!(e.to_string().contains("missing"), "{e}");
+}
+
+#[test]
 fn commits_after_a_checkpoint_bump_the_generation_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_data_dir(dir.path(), &SqliteConfig::default()).unwrap();

@@ -246,7 +246,21 @@ impl World {
 
     // ---- the WebDriver protocol (W3C) --------------------------------------
 
+    /// A WebDriver command's value; a command chromedriver refuses (an
+    /// error answer) fails the test with the error.
     async fn wd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let value = self.wd_answer(method, path, body).await;
+        if let Some(error) = value.get("error").and_then(Value::as_str) {
+            panic!(
+                "WebDriver refused {path}: {error}: {}",
+                value["message"].as_str().unwrap_or_default()
+            );
+        }
+        value
+    }
+
+    /// A WebDriver command's value, error answers included.
+    async fn wd_answer(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}{path}", self.webdriver);
         let mut req = self.http.request(method, url);
         if let Some(body) = body {
@@ -296,17 +310,22 @@ impl World {
         v.as_str().unwrap_or_default().to_string()
     }
 
+    /// The element `css` selects, `None` when there is none yet.
     async fn find(&self, css: &str) -> Option<String> {
         let v = self
-            .wd(
+            .wd_answer(
                 reqwest::Method::POST,
                 &self.s("/element"),
                 Some(json!({"using": "css selector", "value": css})),
             )
             .await;
-        v["element-6066-11e4-a52e-4f735466cecf"]
-            .as_str()
-            .map(str::to_string)
+        match v.get("error").and_then(Value::as_str) {
+            None => v["element-6066-11e4-a52e-4f735466cecf"]
+                .as_str()
+                .map(str::to_string),
+            Some("no such element") => None,
+            Some(error) => panic!("WebDriver refused to find `{css}`: {error}: {v}"),
+        }
     }
 
     async fn count(&self, css: &str) -> usize {
@@ -325,29 +344,40 @@ impl World {
             .await
     }
 
+    /// Clicks `css`; an element the live updates replaced between the find
+    /// and the click is found again.
     async fn click(&self, css: &str) {
-        let id = self.element(css).await;
-        self.wd(
-            reqwest::Method::POST,
-            &self.s(&format!("/element/{id}/click")),
-            Some(json!({})),
-        )
+        self.eventually(&format!("a click on `{css}`"), || async {
+            let id = self.find(css).await?;
+            let v = self
+                .wd_answer(
+                    reqwest::Method::POST,
+                    &self.s(&format!("/element/{id}/click")),
+                    Some(json!({})),
+                )
+                .await;
+            not_stale(css, v).map(|_| ())
+        })
         .await;
     }
 
+    /// Replaces the text of `css` with `text`, finding it again if a live
+    /// update replaced it meanwhile.
     async fn type_into(&self, css: &str, text: &str) {
-        let id = self.element(css).await;
-        self.wd(
-            reqwest::Method::POST,
-            &self.s(&format!("/element/{id}/clear")),
-            Some(json!({})),
-        )
-        .await;
-        self.wd(
-            reqwest::Method::POST,
-            &self.s(&format!("/element/{id}/value")),
-            Some(json!({"text": text})),
-        )
+        self.eventually(&format!("typing into `{css}`"), || async {
+            let id = self.find(css).await?;
+            for (command, body) in [("clear", json!({})), ("value", json!({"text": text}))] {
+                let v = self
+                    .wd_answer(
+                        reqwest::Method::POST,
+                        &self.s(&format!("/element/{id}/{command}")),
+                        Some(body),
+                    )
+                    .await;
+                not_stale(css, v)?;
+            }
+            Some(())
+        })
         .await;
     }
 
@@ -356,13 +386,16 @@ impl World {
             return String::new();
         };
         let v = self
-            .wd(
+            .wd_answer(
                 reqwest::Method::GET,
                 &self.s(&format!("/element/{id}/text")),
                 None,
             )
             .await;
-        v.as_str().unwrap_or_default().to_string()
+        // Replaced by a live update since the find: no text yet.
+        not_stale(css, v)
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
     }
 
     /// Waits until `css`'s text contains `needle`; returns the text.
@@ -550,6 +583,17 @@ impl World {
         let answer = req.send().await.expect("agent answers");
         let status = answer.status().as_u16();
         (status, answer.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// A WebDriver element command's value; `None` when the element went
+/// stale (a live update replaced it: find it again); any other error fails
+/// the test.
+fn not_stale(css: &str, value: Value) -> Option<Value> {
+    match value.get("error").and_then(Value::as_str) {
+        None => Some(value),
+        Some("stale element reference") => None,
+        Some(error) => panic!("WebDriver refused a command on `{css}`: {error}: {value}"),
     }
 }
 
@@ -1149,22 +1193,26 @@ impl World {
             .await;
     }
 
+    /// Whether the element `css` has the boolean property `property`; a
+    /// missing element fails the test (it is not "not hidden").
+    async fn flag(&self, css: &str, property: &str) -> bool {
+        let quoted = serde_json::to_string(css).unwrap();
+        let answer = self
+            .sync_script(&format!(
+                "const e = document.querySelector({quoted}); return e ? !!e.{property} : null;"
+            ))
+            .await;
+        answer
+            .as_bool()
+            .unwrap_or_else(|| panic!("no element `{css}` to read `{property}` of"))
+    }
+
     async fn hidden(&self, css: &str) -> bool {
-        let css = serde_json::to_string(css).unwrap();
-        self.script(&format!(
-            "arguments[0](document.querySelector({css}).hidden)"
-        ))
-        .await
-            == json!(true)
+        self.flag(css, "hidden").await
     }
 
     async fn disabled(&self, css: &str) -> bool {
-        let css = serde_json::to_string(css).unwrap();
-        self.script(&format!(
-            "arguments[0](document.querySelector({css}).disabled)"
-        ))
-        .await
-            == json!(true)
+        self.flag(css, "disabled").await
     }
 
     /// Waits until the control `css` is disabled (`true`) or enabled.

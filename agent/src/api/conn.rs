@@ -238,22 +238,17 @@ impl Live {
     /// Asks the connection idle the longest, among a sample, to close;
     /// `false` when none in the sample is idle.
     fn evict_oldest_idle(&self) -> bool {
-        let victim = {
-            let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-            conns
-                .values()
-                .take(EVICT_SAMPLE)
-                .filter_map(|x| x.idle_since().map(|since| (since, Arc::clone(x))))
-                .min_by_key(|(since, _)| *since)
-                .map(|(_, x)| x)
-        };
-        match victim {
-            Some(exchanges) => {
-                exchanges.evict();
-                true
-            }
-            None => false,
-        }
+        // Picked and marked under the lock, so two newcomers never pick the
+        // same connection; one that turned busy since it was sampled is
+        // passed over for the next.
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle: Vec<(Instant, &Arc<Exchanges>)> = conns
+            .values()
+            .take(EVICT_SAMPLE)
+            .filter_map(|x| x.idle_since().map(|since| (since, x)))
+            .collect();
+        idle.sort_by_key(|(since, _)| *since);
+        idle.into_iter().any(|(_, x)| x.try_evict())
     }
 }
 
@@ -409,8 +404,15 @@ impl Exchanges {
         *self.idle.lock().unwrap_or_else(|e| e.into_inner()) = since;
     }
 
-    fn evict(&self) {
-        self.evicted.store(true, Ordering::Release);
+    /// Marks the connection to close at its next idle read, if it is still
+    /// idle (checked under the lock its phase changes take); wakes that read.
+    fn try_evict(&self) -> bool {
+        {
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.is_none() || self.evicted.swap(true, Ordering::AcqRel) {
+                return false;
+            }
+        }
         let reader = self
             .idle_reader
             .lock()
@@ -419,6 +421,7 @@ impl Exchanges {
         if let Some(waker) = reader {
             waker.wake();
         }
+        true
     }
 }
 

@@ -38,6 +38,16 @@ pub fn add(name: &str, role: &str, config: Option<&Path>, out: &mut impl Write) 
         }
     };
     let path = config.data_dir.join(SqliteStore::DEFAULT_FILE_NAME);
+    // Opening would create a missing database; where the directory's
+    // marker says there was one, that would hide its loss from the next
+    // start ("replaced" instead of "missing, restore it").
+    if !path.exists() && config.data_dir.join(crate::store::MARKER_FILE).exists() {
+        eprintln!(
+            "hazel user add: the store {} is missing, but its data directory held one: restore it first (`hazel restore BACKUP`, docs/operations.md)",
+            path.display()
+        );
+        return super::EXIT_BLOCKED;
+    }
     let store = match SqliteStore::open(&path) {
         Ok(s) => s,
         Err(e) => {

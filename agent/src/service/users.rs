@@ -109,15 +109,16 @@ impl Service {
     ) -> Result<Option<SignedIn>, ServiceError> {
         let name = name.to_string();
         let password = password.to_string();
-        self.store(move |s| {
-            let user = s.user(&name)?;
+        let user = self.store(move |s| s.user(&name)).await?;
+        // argon2 is CPU- and memory-heavy: under the CPU slots, so a burst
+        // of sign-ins cannot run more checks at once than validations.
+        self.cpu(move |_| {
             let hash = user
                 .as_ref()
                 .map_or_else(|| decoy_hash().to_string(), |u| u.password_hash.clone());
             let matches = verify_password(&hash, &password);
-            Ok(user
-                .filter(|_| matches)
-                .and_then(|u| Role::parse(&u.role).map(|role| SignedIn { name: u.name, role })))
+            user.filter(|_| matches)
+                .and_then(|u| Role::parse(&u.role).map(|role| SignedIn { name: u.name, role }))
         })
         .await
     }
