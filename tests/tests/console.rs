@@ -30,26 +30,14 @@ const VIEWER_PW: &str = "viewer-password-1";
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/console-… -> target/
-    exe.ancestors().nth(3).expect("target dir").to_path_buf()
+    // target/debug -> target/
+    hazel_tests::profile_dir()
+        .parent()
+        .expect("target dir")
+        .to_path_buf()
 }
 
-fn hazel_binary() -> PathBuf {
-    let bin = target_dir().join("debug").join("hazel");
-    let bin = if bin.exists() {
-        bin
-    } else {
-        let exe = std::env::current_exe().unwrap();
-        exe.ancestors().nth(2).unwrap().join("hazel")
-    };
-    assert!(
-        bin.exists(),
-        "the hazel binary is not built at {}: run `cargo build -p hazel-agent --bin hazel`",
-        bin.display()
-    );
-    bin
-}
+use hazel_tests::hazel_binary;
 
 /// Fails loudly when Chromium or its driver is missing.
 fn require_browser() {
@@ -537,29 +525,24 @@ impl World {
         std::fs::write(&path, bytes).unwrap();
     }
 
-    /// Polls `check` every 100 ms for up to 15 s.
-    async fn eventually<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    /// Polls `check` every 100 ms for up to 15 s; a timeout shows the page
+    /// source and the agent log.
+    async fn eventually<T, F, Fut>(&self, what: &str, check: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(value) = check().await {
-                return value;
-            }
-            if Instant::now() >= deadline {
-                let source = self
-                    .wd(reqwest::Method::GET, &self.s("/source"), None)
-                    .await;
-                panic!(
-                    "timed out waiting for {what}; page:\n{}\nagent log:\n{}",
-                    source.as_str().unwrap_or_default(),
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        hazel_tests::eventually(what, Duration::from_secs(15), check, || async {
+            let source = self
+                .wd(reqwest::Method::GET, &self.s("/source"), None)
+                .await;
+            format!(
+                "page:\n{}\nagent log:\n{}",
+                source.as_str().unwrap_or_default(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            )
+        })
+        .await
     }
 
     // ---- the console ------------------------------------------------------

@@ -27,19 +27,7 @@ use serde_json::{json, Value};
 const JWT_KEY: &str = "e2e-test-key-0123456789abcdef0123456789";
 const FOR_S: u64 = 3;
 
-/// The `hazel` binary `cargo test --workspace` builds next to this test.
-fn hazel_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("hazel");
-    assert!(
-        bin.exists(),
-        "the hazel binary is not built at {}: run `cargo build -p hazel-agent --bin hazel` \
-         (`cargo test --workspace`, the README's test command, builds it)",
-        bin.display()
-    );
-    bin
-}
+use hazel_tests::hazel_binary;
 
 use drivers::testing::free_port;
 
@@ -217,24 +205,17 @@ impl Drop for Agent {
     }
 }
 
-/// Polls `check` every 100 ms until it returns `Some`, failing after `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, agent: &Agent, mut check: F) -> T
+/// Polls `check` every 100 ms until it returns `Some`, failing after
+/// `within` with the agent's log.
+async fn eventually<T, F, Fut>(what: &str, within: Duration, agent: &Agent, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for: {what}; agent log:\n{}",
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    hazel_tests::eventually(what, within, check, || async {
+        format!("agent log:\n{}", agent.log_text())
+    })
+    .await
 }
 
 fn cluster() -> SimConfig {

@@ -477,6 +477,11 @@ impl AppState {
     pub fn sessions(&self) -> &session::Sessions {
         &self.shared.sessions
     }
+
+    /// The dashboard snapshot every open dashboard stream shares.
+    pub(crate) fn dashboard_feed(&self) -> &crate::console::live::Snapshots {
+        &self.shared.dashboard
+    }
 }
 
 /// What every request shares: the key, the limiter, the rendered document.
@@ -492,6 +497,8 @@ struct Shared {
     body_limit: usize,
     body_read_timeout: std::time::Duration,
     openapi: Bytes,
+    /// One dashboard read per half beat for all open dashboard streams.
+    dashboard: crate::console::live::Snapshots,
 }
 
 /// The body limit, put in the request's extensions for the extractors'
@@ -532,6 +539,7 @@ pub fn router(service: Service, config: ApiConfig) -> Router {
         body_limit: config.body_limit,
         body_read_timeout: config.body_read_timeout,
         openapi: Bytes::from(openapi::document(ROUTES).to_string()),
+        dashboard: crate::console::live::Snapshots::default(),
     });
     let state = AppState {
         service,

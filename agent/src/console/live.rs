@@ -8,9 +8,15 @@
 //! reconnects by itself, and the script reopens a stream the server
 //! refused. The stream ends when the server stops, so a graceful shutdown
 //! never waits on an open dashboard.
+//!
+//! Every open stream shares one snapshot ([`Snapshots`]): the service is
+//! read at most once per half beat however many dashboards are open, so
+//! ten tabs cost what one does.
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use askama::Template;
 use axum::extract::State;
@@ -21,11 +27,11 @@ use axum::Extension;
 use chrono::Utc;
 use futures::StreamExt;
 
-use super::{kill_view, live, time, KillFragment, LiveFragment, Viewer};
+use super::{kill_view, live, time, KillFragment, KillView, LiveFragment, Viewer};
 use crate::api::conn::Stopping;
 use crate::api::AppState;
 use crate::engine::conditions::UpsFacts;
-use crate::service::{Actor, Service};
+use crate::service::{Actor, Service, ServiceError};
 
 /// How often the stream looks for changes and sends a beat.
 const BEAT: Duration = Duration::from_secs(1);
@@ -91,6 +97,65 @@ fn round(v: f64) -> String {
     }
 }
 
+/// How long a snapshot serves every stream before the service is read
+/// again: half a beat, so a stream shows what is at most 1.5 beats old.
+const FRESH: Duration = Duration::from_millis(500);
+
+/// What every stream of a beat shows: the rendered `live` fragment (the
+/// same for every viewer) and the kill switch (drawn per viewer: only some
+/// roles get its buttons).
+pub(crate) struct Snapshot {
+    live: String,
+    kill: KillView,
+}
+
+/// The dashboard's shared snapshot.
+pub(crate) type Snapshots = Latest<Snapshot>;
+
+/// The latest value of a read and when it was made. The lock is held
+/// while a read runs, so streams that tick together wait for that one read
+/// rather than each reading the service (single flight). A failed read is
+/// not kept: the next caller reads again.
+pub(crate) struct Latest<T> {
+    last: tokio::sync::Mutex<Option<(Instant, Arc<T>)>>,
+}
+
+impl<T> Default for Latest<T> {
+    fn default() -> Self {
+        Latest {
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<T> Latest<T> {
+    /// The value read less than `fresh` ago, or a new one from `read`.
+    async fn get<E, Fut>(&self, fresh: Duration, read: impl FnOnce() -> Fut) -> Result<Arc<T>, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut last = self.last.lock().await;
+        if let Some((at, value)) = last.as_ref() {
+            if at.elapsed() < fresh {
+                return Ok(Arc::clone(value));
+            }
+        }
+        let value = Arc::new(read().await?);
+        *last = Some((Instant::now(), Arc::clone(&value)));
+        Ok(value)
+    }
+}
+
+/// Reads the service for one snapshot.
+async fn snapshot(state: &AppState) -> Result<Snapshot, ServiceError> {
+    let live = live(state).await?;
+    let kill = kill_view(state).await?;
+    Ok(Snapshot {
+        live: LiveFragment { live }.render().unwrap_or_default(),
+        kill,
+    })
+}
+
 /// What a stream last sent, to send only changes.
 struct Feed {
     state: AppState,
@@ -106,9 +171,10 @@ impl Feed {
     /// when the service cannot answer (the page then goes stale).
     async fn next(&mut self) -> Vec<Event> {
         self.tick.tick().await;
-        let (live, kill) = match (live(&self.state).await, kill_view(&self.state).await) {
-            (Ok(live), Ok(kill)) => (live, kill),
-            (Err(e), _) | (_, Err(e)) => {
+        let feed = self.state.dashboard_feed();
+        let snapshot = match feed.get(FRESH, || snapshot(&self.state)).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
                 tracing::warn!(error = %e, "dashboard stream: the service did not answer");
                 return Vec::new();
             }
@@ -122,14 +188,13 @@ impl Feed {
             );
             self.first = false;
         }
-        let live = LiveFragment { live }.render().unwrap_or_default();
-        if live != self.live {
-            events.push(Event::default().event("live").data(&live));
-            self.live = live;
+        if snapshot.live != self.live {
+            events.push(Event::default().event("live").data(&snapshot.live));
+            self.live.clone_from(&snapshot.live);
         }
         let kill = KillFragment {
             viewer: self.viewer.clone(),
-            kill,
+            kill: snapshot.kill.clone(),
         }
         .render()
         .unwrap_or_default();
@@ -205,6 +270,27 @@ mod tests {
             ),
             ("on_battery", "low_battery", "42 %", "12.3 min", "–")
         );
+    }
+
+    #[tokio::test]
+    async fn streams_share_one_read_while_it_is_fresh_and_a_failed_read_is_not_kept() {
+        let latest: Latest<u32> = Latest::default();
+        let reads = std::sync::atomic::AtomicU32::new(0);
+        let read =
+            || async { Ok::<_, ()>(reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1) };
+        let fresh = Duration::from_secs(60);
+        // Ten streams ticking together: one read, one value.
+        let values = futures::future::join_all((0..10).map(|_| latest.get(fresh, read))).await;
+        assert!(values.iter().all(|v| **v.as_ref().unwrap() == 1));
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Stale: read again.
+        assert_eq!(*latest.get(Duration::ZERO, read).await.unwrap(), 2);
+        // A failed read is not kept: the next call reads.
+        let failed: Result<Arc<u32>, &str> =
+            latest.get(Duration::ZERO, || async { Err("down") }).await;
+        assert_eq!(failed.unwrap_err(), "down");
+        assert_eq!(*latest.get(fresh, read).await.unwrap(), 2);
+        assert_eq!(*latest.get(Duration::ZERO, read).await.unwrap(), 3);
     }
 
     #[test]

@@ -357,6 +357,7 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
 // ---- dashboard --------------------------------------------------------------
 
 /// The kill switch as drawn.
+#[derive(Clone)]
 struct KillView {
     paused: bool,
     since: String,
