@@ -96,8 +96,8 @@ async fn run() {
                 conn.write_all(&request).await.expect("write");
                 let answer = read_answer(&mut conn, &mut buf).await;
                 // Validation is CPU-bound and runs on the blocking pool under
-                // the CPU slots; past them the API sheds load with
-                // 503 service.busy instead of queueing (docs/limits.md).
+                // the CPU slots; past a bounded queue and wait for one, the
+                // API sheds load with 503 service.busy (docs/limits.md).
                 if answer.starts_with(b"HTTP/1.1 503") {
                     assert!(
                         answer.windows(12).any(|w| w == b"service.busy"),

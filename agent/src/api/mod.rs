@@ -269,7 +269,7 @@ routes! {
         summary: "Validate a policy: the report of `hazel validate --json`, 200 even when not ok",
         body: BodyDoc::Policy, query: [], headers: [],
         answers: [200 => "the report {ok, issues, hash, ir}",
-                  503 => "service.busy: every validation slot is taken (Retry-After)"],
+                  503 => "service.busy: no validation slot freed within 1 s, or 64 validations already wait for one (Retry-After)"],
     }
     POST "/api/policies" => policies_create {
         access: Access::Role(Role::Admin),

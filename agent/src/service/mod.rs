@@ -21,6 +21,7 @@ use uuid::Uuid;
 mod audit;
 mod audit_writer;
 pub mod config;
+mod cpu_slots;
 mod dry_run;
 pub mod engine_loop;
 mod events;
@@ -182,7 +183,8 @@ pub enum ServiceError {
     #[error("the engine is not running")]
     Unavailable,
     /// Every slot of the blocking pool for CPU-bound work (validation,
-    /// compile) is taken (503 `service.busy` with `Retry-After`).
+    /// compile) stayed taken for the whole wait, or the queue for one was
+    /// full (503 `service.busy` with `Retry-After`).
     #[error("{what}: every validation slot is busy; retry in a second")]
     Busy { what: &'static str },
     /// The store failed (500); details are logged, not returned.

@@ -89,7 +89,7 @@ pub(super) struct Inner {
     pub(super) readings: Option<crate::nut::LatestReadings>,
     /// Slots for CPU-bound work run on the blocking pool (validation):
     /// never on the async workers, never more at once than this (SPEC §12).
-    pub(super) cpu_slots: Arc<tokio::sync::Semaphore>,
+    pub(super) cpu_slots: super::cpu_slots::CpuSlots,
     /// Signatures of accepted webhook posts within their window (replays).
     pub(super) webhook_seen: tokio::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// A kill switch engaged in memory whose write the store refused.
@@ -100,9 +100,7 @@ pub(super) struct Inner {
     pub(super) audit_writer: super::audit_writer::AuditWriter,
 }
 
-/// How many validations run at once on the blocking pool; more are
-/// answered 503 with `Retry-After` at once rather than queued.
-pub const CPU_SLOTS: usize = 4;
+pub use super::cpu_slots::CPU_SLOTS;
 
 impl Service {
     /// Opens the store in `config.data_dir`, registers the hosts (stored
@@ -307,7 +305,7 @@ impl Service {
                 writes: tokio::sync::Mutex::new(()),
                 nut: tokio::sync::Mutex::new(nut),
                 readings,
-                cpu_slots: Arc::new(tokio::sync::Semaphore::new(CPU_SLOTS)),
+                cpu_slots: super::cpu_slots::CpuSlots::default(),
                 unpersisted_pause: tokio::sync::Mutex::new(None),
                 webhook_seen: tokio::sync::Mutex::new(Default::default()),
                 backups: Mutex::new(backups),
@@ -425,7 +423,7 @@ impl Service {
     /// How many of the [`CPU_SLOTS`] CPU-bound jobs (validations, compiles,
     /// selector resolutions) are running now.
     pub fn cpu_jobs_running(&self) -> usize {
-        CPU_SLOTS - self.inner.cpu_slots.available_permits()
+        self.inner.cpu_slots.running(CPU_SLOTS)
     }
 
     /// Runs CPU-bound `work` (compiling, resolving selectors, building the
@@ -436,15 +434,14 @@ impl Service {
         &self,
         work: impl FnOnce(&Service) -> T + Send + 'static,
     ) -> Result<T, ServiceError> {
-        let permit = self
-            .inner
-            .cpu_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| ServiceError::Internal {
-                message: format!("the CPU slots are closed: {e}"),
-            })?;
+        let permit =
+            self.inner
+                .cpu_slots
+                .acquire()
+                .await
+                .ok_or_else(|| ServiceError::Internal {
+                    message: "the CPU slots are closed".into(),
+                })?;
         let service = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;

@@ -46,9 +46,10 @@ impl Service {
     }
 
     /// [`Service::validate`] on the blocking pool, under one of
-    /// [`super::open::CPU_SLOTS`] slots: a request that finds none free is
-    /// refused at once with 503 (SPEC §12: nothing CPU-bound on the async
-    /// workers, and a bounded number of them at once).
+    /// [`super::open::CPU_SLOTS`] slots: a request that finds none free
+    /// waits in a bounded queue for a bounded time, then is refused with
+    /// 503 (SPEC §12: nothing CPU-bound on the async workers, and a bounded
+    /// number of them at once; see `service::cpu_slots`).
     ///
     /// Each validation leaves an audit record (`policy.validated`): who,
     /// whether it passed, the hash and the codes found, not the text.
@@ -74,9 +75,9 @@ impl Service {
         let permit = self
             .inner
             .cpu_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ServiceError::Busy { what: "validation" })?;
+            .acquire_bounded()
+            .await
+            .ok_or(ServiceError::Busy { what: "validation" })?;
         let service = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
