@@ -1945,3 +1945,85 @@ async fn the_restore_set_lists_exactly_what_the_policys_runs_changed() {
     )
     .await;
 }
+
+/// Every console page takes the signed-in extractor: without a session it
+/// redirects to the sign-in before the handler runs; a viewer reads the
+/// pages and is sent from the wizard's to the policies table.
+#[tokio::test]
+async fn console_pages_redirect_without_a_session_and_the_wizard_turns_a_viewer_away() {
+    let w = world().await;
+    let s = &w.server;
+    let id = create(s, &policy("pages", 90)).await["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    let store = agent::store::SqliteStore::open(
+        w.dir
+            .path()
+            .join("data")
+            .join(agent::store::SqliteStore::DEFAULT_FILE_NAME),
+    )
+    .unwrap();
+    agent::service::users::add_user(&store, "vera", Role::Viewer, "viewer-password-1", "t")
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str, cookie: Option<&str>| {
+        let mut request = http.get(format!("{}{path}", s.base));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let location = response
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_string());
+            (response.status(), location)
+        }
+    };
+    let reading = ["/", "/policies", &format!("/policies/{id}"), "/runs"].map(String::from);
+    let wizard = [
+        "/policies/new".to_string(),
+        format!("/policies/{id}/edit"),
+        format!("/policies/{id}/inverse"),
+    ];
+    for page in reading.iter().chain(&wizard) {
+        assert_eq!(
+            get(page, None).await,
+            (StatusCode::SEE_OTHER, Some("/login".into())),
+            "{page} without a session"
+        );
+    }
+    let signed_in = http
+        .post(format!("{}/login", s.base))
+        .header("X-Hazel-CSRF", "1")
+        .form(&[("username", "vera"), ("password", "viewer-password-1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::NO_CONTENT);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    for page in &reading {
+        assert_eq!(
+            get(page, Some(&cookie)).await,
+            (StatusCode::OK, None),
+            "{page} as a viewer"
+        );
+    }
+    for page in &wizard {
+        assert_eq!(
+            get(page, Some(&cookie)).await,
+            (StatusCode::SEE_OTHER, Some("/policies".into())),
+            "{page} as a viewer"
+        );
+    }
+}

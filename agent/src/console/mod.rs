@@ -193,8 +193,7 @@ impl Viewer {
     }
 }
 
-/// The signed-in viewer of a page request; without one, pages redirect
-/// to `/login`.
+/// The signed-in viewer of a page request, if any.
 fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<Viewer> {
     state
         .sessions()
@@ -202,8 +201,23 @@ fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<Viewer> {
         .map(|s| Viewer::of(&s))
 }
 
-fn to_login() -> Response {
-    Redirect::to("/login").into_response()
+/// A page handler's signed-in viewer. Pages are public routes to the API's
+/// guard (a browser without a session gets a redirect, not a 401), so a
+/// page takes this extractor: without a session the request is redirected
+/// to `/login` before the handler runs, and no page can forget the check.
+struct SignedIn(Viewer);
+
+impl axum::extract::FromRequestParts<AppState> for SignedIn {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        signed_in(state, &parts.headers)
+            .map(SignedIn)
+            .ok_or_else(|| Redirect::to("/login"))
+    }
 }
 
 fn render(template: &impl Template) -> Response {
@@ -558,10 +572,7 @@ fn list(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(viewer) = signed_in(&state, &headers) else {
-        return to_login();
-    };
+async fn dashboard(State(state): State<AppState>, SignedIn(viewer): SignedIn) -> Response {
     let result = async { Ok::<_, ServiceError>((kill_view(&state).await?, live(&state).await?)) };
     match result.await {
         Ok((kill, live)) => render(&DashboardPage { viewer, kill, live }),
@@ -679,12 +690,9 @@ fn row_with_run(
 
 async fn policies_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SignedIn(viewer): SignedIn,
     axum::extract::Query(query): axum::extract::Query<table::PoliciesQuery>,
 ) -> Response {
-    let Some(viewer) = signed_in(&state, &headers) else {
-        return to_login();
-    };
     match policies_page_html(state.service(), viewer, query).await {
         Ok(page) => render(&page),
         Err(e) => service_error(&e),
@@ -828,12 +836,9 @@ struct PolicyPage {
 
 async fn policy_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SignedIn(viewer): SignedIn,
     PathId(id): PathId,
 ) -> Response {
-    let Some(viewer) = signed_in(&state, &headers) else {
-        return to_login();
-    };
     let service = state.service();
     let result = async {
         let policy = service.policy(id).await?;

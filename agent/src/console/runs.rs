@@ -10,14 +10,13 @@ use std::collections::{BTreeSet, HashMap};
 
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{Duration as Span, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{render, service_error, signed_in, time, to_login, Viewer};
+use super::{render, service_error, time, SignedIn, Viewer};
 use crate::api::extract::Form;
 use crate::api::AppState;
 use crate::engine::store::AuditQuery;
@@ -77,12 +76,9 @@ const SINCE: [(&str, &str, i64); 4] = [
 /// `GET /runs`.
 pub(super) async fn runs_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SignedIn(viewer): SignedIn,
     Query(filter): Query<AuditFilter>,
 ) -> Response {
-    let Some(viewer) = signed_in(&state, &headers) else {
-        return to_login();
-    };
     match runs(&state, viewer, filter).await {
         Ok(page) => render(&page),
         Err(e) => service_error(&e),

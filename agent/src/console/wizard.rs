@@ -22,7 +22,7 @@ use std::collections::HashSet;
 
 use askama::Template;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value};
@@ -911,21 +911,27 @@ fn blank() -> Value {
     })
 }
 
-/// The signed-in operator or admin; else where to go (sign-in, or the
-/// policies for a viewer, who may not draft policies).
-fn may_edit(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Redirect> {
-    match signed_in(state, headers) {
-        None => Err(Redirect::to("/login")),
-        Some(v) if !v.operator => Err(Redirect::to("/policies")),
-        Some(v) => Ok(v),
+/// A wizard page's signed-in operator or admin. Without a session the
+/// request goes to `/login`; a viewer, who may not draft policies, to the
+/// policies table.
+struct MayEdit(Viewer);
+
+impl axum::extract::FromRequestParts<AppState> for MayEdit {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match signed_in(state, &parts.headers) {
+            None => Err(Redirect::to("/login")),
+            Some(v) if !v.operator => Err(Redirect::to("/policies")),
+            Some(v) => Ok(MayEdit(v)),
+        }
     }
 }
 
-async fn new_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let viewer = match may_edit(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
+async fn new_page(State(state): State<AppState>, MayEdit(viewer): MayEdit) -> Response {
     let hosts = host_ids(state.service()).await;
     render(&WizardPage {
         viewer,
@@ -946,13 +952,9 @@ async fn new_page(State(state): State<AppState>, headers: HeaderMap) -> Response
 
 async fn edit_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    MayEdit(viewer): MayEdit,
     PathId(id): PathId,
 ) -> Response {
-    let viewer = match may_edit(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
     let policy = match state.service().policy(id).await {
         Ok(p) => p,
         Err(e) => return service_error(&e),
@@ -980,13 +982,9 @@ async fn edit_page(
 
 async fn inverse_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    MayEdit(viewer): MayEdit,
     PathId(id): PathId,
 ) -> Response {
-    let viewer = match may_edit(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
     let service = state.service();
     let result =
         async { Ok::<_, ServiceError>((service.policy(id).await?, service.inverse(id).await?)) };
