@@ -35,3 +35,48 @@ pub mod service;
 pub mod spec;
 pub mod store;
 pub mod validate;
+
+/// An error and its `source` chain on one line, for people: each cause
+/// after a `: `, left out when the text so far already says it (many
+/// errors repeat their source in their own message).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error, &'static str);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.1)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = || std::io::Error::other("disk full");
+        assert_eq!(
+            super::error_chain(&Outer(io(), "cannot save")),
+            "cannot save: disk full"
+        );
+        assert_eq!(
+            super::error_chain(&Outer(io(), "cannot save (disk full)")),
+            "cannot save (disk full)"
+        );
+    }
+}

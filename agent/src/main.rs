@@ -565,7 +565,7 @@ fn serve(config: &Path) -> i32 {
     match runtime.block_on(agent::serve::run(config)) {
         Ok(()) => cli::EXIT_OK,
         Err(e) => {
-            eprintln!("hazel serve: {}", chain(&e));
+            eprintln!("hazel serve: {}", agent::error_chain(&e));
             match e {
                 agent::serve::ServeError::Config(_)
                 | agent::serve::ServeError::Key(_)
@@ -609,7 +609,7 @@ fn demo(
         Ok(report) if report.ok => cli::EXIT_OK,
         Ok(_) => cli::EXIT_BLOCKED,
         Err(e) => {
-            eprintln!("hazel demo: {}", chain(&e));
+            eprintln!("hazel demo: {}", agent::error_chain(&e));
             cli::EXIT_BLOCKED
         }
     }
@@ -620,7 +620,7 @@ fn token(role: &str, subject: &str, ttl: &str, config: Option<&Path>, out: &mut 
         Some(path) => match agent::service::Config::load(path) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("hazel token: {}", chain(&e));
+                eprintln!("hazel token: {}", agent::error_chain(&e));
                 return cli::EXIT_USAGE;
             }
         },
@@ -650,21 +650,6 @@ fn token(role: &str, subject: &str, ttl: &str, config: Option<&Path>, out: &mut 
             cli::EXIT_USAGE
         }
     }
-}
-
-/// An error with its `source` chain, for people.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let next = e.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = e.source();
-    }
-    text
 }
 
 // ---- the client commands ---------------------------------------------------

@@ -78,22 +78,11 @@ pub fn restore(config: &Path, backup: &Path, out: &mut impl Write) -> i32 {
 }
 
 fn usage(cmd: &str, e: &dyn std::error::Error) -> i32 {
-    eprintln!("hazel {cmd}: {}", chain(e));
+    eprintln!("hazel {cmd}: {}", crate::error_chain(e));
     super::EXIT_USAGE
 }
 
 fn failed(cmd: &str, e: &dyn std::error::Error) -> i32 {
-    eprintln!("hazel {cmd}: {}", chain(e));
+    eprintln!("hazel {cmd}: {}", crate::error_chain(e));
     super::EXIT_BLOCKED
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }

@@ -725,17 +725,7 @@ fn is_disk_failure(e: &StoreError) -> bool {
     }
 }
 
-/// `e` and its sources on one line.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
+pub(super) use crate::error_chain;
 
 /// Refuses, with a message that says so, a data directory or database file
 /// the agent cannot write.
