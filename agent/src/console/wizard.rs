@@ -21,14 +21,14 @@
 use std::collections::HashSet;
 
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{render, render_status, service_error, signed_in, Route, Viewer};
+use super::{render, render_status, service_error, Route, SignedIn, Viewer};
 use crate::api::extract::{Form, PathId};
 use crate::api::{Access, AppState};
 use crate::service::{Actor, Role, Service, ServiceError};
@@ -916,17 +916,18 @@ fn blank() -> Value {
 /// policies table.
 struct MayEdit(Viewer);
 
-impl axum::extract::FromRequestParts<AppState> for MayEdit {
+impl FromRequestParts<AppState> for MayEdit {
     type Rejection = Redirect;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        match signed_in(state, &parts.headers) {
-            None => Err(Redirect::to("/login")),
-            Some(v) if !v.operator => Err(Redirect::to("/policies")),
-            Some(v) => Ok(MayEdit(v)),
+        let SignedIn(viewer) = SignedIn::from_request_parts(parts, state).await?;
+        if viewer.operator {
+            Ok(MayEdit(viewer))
+        } else {
+            Err(Redirect::to("/policies"))
         }
     }
 }
