@@ -784,6 +784,54 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A restore that fails half-way (the disk fills while the backup is
+/// copied in, after the database was moved aside) puts the database back:
+/// exit 1, a message that says the directory is as it was, the same bytes
+/// in `hazel.db`, and an agent that starts on it.
+#[tokio::test]
+async fn a_restore_that_fills_the_disk_puts_the_database_back() {
+    let fs = Tmpfs::mount("4m");
+    initialise(fs.path()).await;
+    let site = Site::with_data_dir(fs.path());
+    let db = fs.path().join("hazel.db");
+    let before = std::fs::read(&db).unwrap();
+    // A real backup, grown past the tmpfs with a table of blobs.
+    let out = hazel(&["backup", "--config", "hazel.yaml", "big.db"], site.path());
+    assert!(out.status.success(), "{out:?}");
+    let backup = rusqlite::Connection::open(site.path().join("big.db")).unwrap();
+    backup
+        .execute_batch(
+            "CREATE TABLE ballast (b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 80)
+             INSERT INTO ballast SELECT zeroblob(100000) FROM n;",
+        )
+        .unwrap();
+    drop(backup);
+
+    let out = hazel(
+        &["restore", "--config", "hazel.yaml", "big.db"],
+        site.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the restore failed"), "{stderr}");
+    assert!(stderr.contains("cannot copy the backup"), "{stderr}");
+    assert!(
+        stderr.contains("the data directory is as it was before the restore"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the same database is back"
+    );
+    for left in ["hazel.db.restoring", "hazel.db.replaced"] {
+        assert!(!fs.path().join(left).exists(), "{left} is left behind");
+    }
+    let service = open(fs.path()).await.expect("the agent starts on it");
+    service.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_read_only_data_dir_is_named_at_start() {
     let fs = Tmpfs::mount("4m");

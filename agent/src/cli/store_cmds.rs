@@ -41,9 +41,10 @@ pub fn backup(config: &Path, out_path: &Path, out: &mut impl Write) -> i32 {
     }
 }
 
-/// `hazel restore [--config FILE] BACKUP`: 0 restored, 1 the restore
-/// failed, 2 the config is unusable, the agent runs, or the backup is
-/// unreadable or damaged.
+/// `hazel restore [--config FILE] BACKUP`: 0 restored; 1 the restore
+/// failed once it had started to change the data directory (which it puts
+/// back as it was, and says so); 2 the config is unusable, the agent runs,
+/// or the backup is missing, unreadable or damaged (nothing was changed).
 pub fn restore(config: &Path, backup: &Path, out: &mut impl Write) -> i32 {
     let config = match Config::load(config) {
         Ok(c) => c,

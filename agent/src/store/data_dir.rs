@@ -128,9 +128,34 @@ pub enum DataDirError {
     /// A backup's destination already exists.
     #[error("{path} exists: refusing to overwrite it")]
     Exists { path: PathBuf },
+    /// A restore failed after it had started to change the data directory.
+    #[error("the restore failed: {cause}; {}", put_back_note(.put_back, .moved))]
+    RestoreFailed {
+        cause: Box<DataDirError>,
+        /// Whether what was there was put back; why not.
+        put_back: Result<(), String>,
+        /// Where the files that were there had been moved aside.
+        moved: Vec<PathBuf>,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn put_back_note(put_back: &Result<(), String>, moved: &[PathBuf]) -> String {
+    match put_back {
+        Ok(()) => "the data directory is as it was before the restore".into(),
+        Err(problems) => format!(
+            "putting back what was there also failed ({problems}): the database that was \
+             there is in {}; move it back (without the `.replaced` in the names) before \
+             starting the agent",
+            moved
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// Keeps the marker in step with the generation (held by the store).
@@ -430,10 +455,27 @@ pub fn restore(dir: &Path, backup: &Path) -> Result<RestoreReport, DataDirError>
     quick_check(backup)?;
     let db = dir.join(SqliteStore::DEFAULT_FILE_NAME);
     let replaced = dir.join(format!("{}.replaced", SqliteStore::DEFAULT_FILE_NAME));
-    let mut moved = None;
+    let tmp = sibling(&db, ".restoring");
+    // From here on the data directory changes; a failure puts back what
+    // was there, so a failed restore never leaves it without a database.
+    let mut moved = Vec::new();
+    let result = put_in(dir, backup, &db, &replaced, &tmp, &mut moved);
+    result.map_err(|cause| put_back(&db, &tmp, &moved, cause))
+}
+
+/// The steps of [`restore`] that change the data directory; `moved` gets
+/// each file moved aside (from, to) as it is moved.
+fn put_in(
+    dir: &Path,
+    backup: &Path,
+    db: &Path,
+    replaced: &Path,
+    tmp: &Path,
+    moved: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<RestoreReport, DataDirError> {
     for suffix in ["", "-wal", "-shm"] {
-        let from = PathBuf::from(format!("{}{suffix}", db.display()));
-        let to = PathBuf::from(format!("{}{suffix}", replaced.display()));
+        let from = sibling(db, suffix);
+        let to = sibling(replaced, suffix);
         let _ = std::fs::remove_file(&to);
         if from.exists() {
             std::fs::rename(&from, &to).map_err(|source| DataDirError::Io {
@@ -441,25 +483,26 @@ pub fn restore(dir: &Path, backup: &Path) -> Result<RestoreReport, DataDirError>
                 path: from.clone(),
                 source,
             })?;
-            if suffix.is_empty() {
-                moved = Some(replaced.clone());
-            }
+            moved.push((from, to));
         }
     }
-    let tmp = sibling(&db, ".restoring");
-    std::fs::copy(backup, &tmp).map_err(|source| DataDirError::Io {
+    std::fs::copy(backup, tmp).map_err(|source| DataDirError::Io {
         what: "cannot copy the backup to",
-        path: tmp.clone(),
+        path: tmp.to_path_buf(),
         source,
     })?;
-    sync_file(&tmp)?;
-    std::fs::rename(&tmp, &db).map_err(|source| DataDirError::Io {
+    sync_file(tmp)?;
+    std::fs::rename(tmp, db).map_err(|source| DataDirError::Io {
         what: "cannot write",
-        path: db.clone(),
+        path: db.to_path_buf(),
         source,
     })?;
-    sync_parent(&db);
-    let store = SqliteStore::open(&db).map_err(|e| damaged_or(&db, e))?;
+    sync_parent(db);
+    let store = SqliteStore::open(db).map_err(|e| damaged_or(db, e))?;
+    let kept = moved
+        .iter()
+        .find(|(from, _)| from == db)
+        .map(|(_, to)| to.clone());
     // The audit log says when the history was rewound, and from what.
     store.append_audit(&AuditRecord {
         ts: Utc::now(),
@@ -468,21 +511,62 @@ pub fn restore(dir: &Path, backup: &Path) -> Result<RestoreReport, DataDirError>
         policy_id: None,
         details: serde_json::json!({
             "backup": backup.display().to_string(),
-            "replaced": moved.as_ref().map(|p| p.display().to_string()),
+            "replaced": kept.as_ref().map(|p| p.display().to_string()),
         }),
     })?;
     store.checkpoint()?;
     let identity = {
         let conn = store.lock();
         let identity = super::sqlite::bump_generation(&conn)?;
-        write_marker(&dir.join(MARKER_FILE), &conn, &db, identity)?;
+        write_marker(&dir.join(MARKER_FILE), &conn, db, identity)?;
         identity
     };
     drop(store);
     Ok(RestoreReport {
         identity,
-        replaced: moved,
+        replaced: kept,
     })
+}
+
+/// Undoes a failed [`put_in`]: removes what it copied in and moves back
+/// what it moved aside. The error says whether that worked and, when it
+/// did not, where the database that was there is.
+fn put_back(
+    db: &Path,
+    tmp: &Path,
+    moved: &[(PathBuf, PathBuf)],
+    cause: DataDirError,
+) -> DataDirError {
+    let mut problems = Vec::new();
+    let mut remove = |path: &Path| match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => problems.push(format!("cannot remove {}: {e}", path.display())),
+    };
+    remove(tmp);
+    for suffix in ["", "-wal", "-shm"] {
+        remove(&sibling(db, suffix));
+    }
+    for (from, to) in moved {
+        if let Err(e) = std::fs::rename(to, from) {
+            problems.push(format!(
+                "cannot move {} back to {}: {e}",
+                to.display(),
+                from.display()
+            ));
+        }
+    }
+    sync_parent(db);
+    let put_back = if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    };
+    DataDirError::RestoreFailed {
+        cause: Box::new(cause),
+        put_back,
+        moved: moved.iter().map(|(_, to)| to.clone()).collect(),
+    }
 }
 
 /// Takes the directory's lock (non-blocking) and writes the pid into it.
