@@ -96,6 +96,23 @@ pub struct SqliteStore {
 /// Commits between two checkpoints of the WAL into the database file.
 pub const CHECKPOINT_EVERY_WRITES: u64 = 1000;
 
+/// How a checkpoint treats readers of the WAL.
+#[derive(Debug, Clone, Copy)]
+enum Checkpoint {
+    /// Copies what no reader needs and never waits (the periodic one, in
+    /// the commit path). When every frame was copied, the next commit
+    /// starts the WAL from its beginning, and `journal_size_limit` cuts the
+    /// file back.
+    Passive,
+    /// Waits for readers (up to the busy timeout), copies everything and
+    /// truncates the WAL to zero bytes (at open, after a restore).
+    Truncate,
+}
+
+/// The size the WAL file is cut back to when it restarts from its
+/// beginning after a complete checkpoint.
+const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
 /// The database's identity and generation (table `store_identity`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreIdentity {
@@ -459,23 +476,27 @@ impl SqliteStore {
     /// a commit after the checkpoint is acknowledged, the database file
     /// alone holds everything; from then on, losing the `-wal` file leaves
     /// the file's generation behind the marker's, which start refuses.
-    /// SQLite's automatic checkpoint is off, so this is the only one while
-    /// the store is open (every [`CHECKPOINT_EVERY_WRITES`] commits, and
-    /// before a backup).
+    /// SQLite's automatic checkpoint is off: this runs at open and after a
+    /// restore. It waits (up to the busy timeout) for readers to leave the
+    /// WAL so it can truncate it.
     pub fn checkpoint(&self) -> StoreResult<()> {
         let conn = self.lock();
-        self.checkpoint_locked(&conn)
+        self.checkpoint_locked(&conn, Checkpoint::Truncate)
     }
 
-    fn checkpoint_locked(&self, conn: &Connection) -> StoreResult<()> {
+    fn checkpoint_locked(&self, conn: &Connection, mode: Checkpoint) -> StoreResult<()> {
         self.writes_since_checkpoint.store(0, Ordering::Relaxed);
         // A partial checkpoint (a reader holds old frames) still copied
         // some frames: the next commit must bump either way.
         if let Some(marker) = &self.marker {
             marker.needs_bump();
         }
+        let pragma = match mode {
+            Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+            Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        };
         let (busy, log, done): (i64, i64, i64) = conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            .query_row(pragma, [], |row| {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?))
             })
             .map_err(sql("checkpoint"))?;
@@ -568,10 +589,13 @@ impl SqliteStore {
             // generation behind the database, which start accepts.
             marker.record(&conn, &self.path, identity);
         }
+        // The periodic checkpoint runs inside the commit path, under the
+        // store's lock: it must never wait. A reader (`hazel backup`'s
+        // snapshot, say) keeps its frames in the WAL until the next one.
         if self.writes_since_checkpoint.fetch_add(1, Ordering::Relaxed) + 1
             >= CHECKPOINT_EVERY_WRITES
         {
-            if let Err(e) = self.checkpoint_locked(&conn) {
+            if let Err(e) = self.checkpoint_locked(&conn, Checkpoint::Passive) {
                 tracing::warn!(error = %error_chain(&e), "store checkpoint failed");
             }
         }
@@ -782,6 +806,15 @@ fn configure(conn: &Connection, config: &SqliteConfig) -> StoreResult<()> {
             setting: "wal_autocheckpoint",
             source,
         })?;
+    conn.query_row(
+        &format!("PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}"),
+        [],
+        |row| row.get::<_, i64>(0),
+    )
+    .map_err(|source| StoreError::Configure {
+        setting: "journal_size_limit",
+        source,
+    })?;
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(|source| StoreError::Configure {
             setting: "foreign_keys",
@@ -1143,5 +1176,56 @@ mod tests {
             .expect_err("locked");
         assert!(err.is_retryable(), "{err:?}");
         other.execute_batch("ROLLBACK").expect("release");
+    }
+
+    /// The periodic checkpoint runs in the commit path under the store's
+    /// lock: a reader holding an old snapshot (a `hazel backup` of a large
+    /// database) must not stall every write for the busy timeout. With a
+    /// busy timeout of ten minutes, a waiting checkpoint would hang here.
+    #[test]
+    fn the_periodic_checkpoint_does_not_wait_for_a_reader() {
+        let (_dir, path) = temp_store();
+        let store = std::sync::Arc::new(
+            SqliteStore::open_with(
+                &path,
+                &SqliteConfig {
+                    busy_timeout: Duration::from_secs(600),
+                    synchronous: Synchronous::Normal,
+                },
+            )
+            .expect("open"),
+        );
+        store
+            .record_fire(Uuid::from_u128(1), crate::engine::store::conformance::t(1))
+            .unwrap();
+        let reader = Connection::open(&path).expect("reader");
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT COUNT(*) FROM schema_migrations", [], |row| {
+                row.get(0)
+            })
+            .expect("a read snapshot");
+        let (done, finished) = std::sync::mpsc::channel();
+        let writer = std::sync::Arc::clone(&store);
+        std::thread::spawn(move || {
+            for i in 0..=CHECKPOINT_EVERY_WRITES {
+                writer
+                    .record_fire(
+                        Uuid::from_u128(u128::from(i % 7)),
+                        crate::engine::store::conformance::t(2),
+                    )
+                    .expect("a write");
+            }
+            let _ = done.send(());
+        });
+        // A failsafe, not a budget: a checkpoint that waits takes 600 s.
+        finished
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the writes passed the periodic checkpoint while a reader held the WAL");
+        reader.execute_batch("COMMIT").unwrap();
+        // With the reader gone, an explicit checkpoint empties the WAL.
+        store.checkpoint().unwrap();
+        let wal = std::fs::metadata(format!("{}-wal", path.display())).map_or(0, |m| m.len());
+        assert_eq!(wal, 0, "the WAL is truncated");
     }
 }
