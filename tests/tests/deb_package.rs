@@ -359,8 +359,11 @@ fn purging_the_package_removes_the_keys_and_the_state_but_removing_keeps_them() 
     assert!(!root.join("var/lib/hazel").exists());
 }
 
+/// The Containerfile's structure only: the image itself is not built here
+/// (its base images come from a container registry this project's CI
+/// cannot reach; docs/install.md says so).
 #[test]
-fn the_container_image_builds_in_two_stages_and_runs_as_a_non_root_user() {
+fn the_containerfile_has_two_stages_and_a_non_root_user() {
     let file = std::fs::read_to_string(repo().join("deploy/Containerfile")).unwrap();
     let froms: Vec<&str> = file.lines().filter(|l| l.starts_with("FROM ")).collect();
     assert_eq!(froms.len(), 2, "{froms:?}");
