@@ -230,6 +230,10 @@ pub struct HostStatus {
     pub targets: usize,
     /// How many of them are of each type (`vm`, `node`, ...).
     pub by_type: BTreeMap<String, usize>,
+    /// What the last successful discovery could not read, in the driver's
+    /// words (SPEC §4: a partial refresh is a warning); empty when it read
+    /// everything.
+    pub partial: Vec<String>,
     /// The host's circuit breaker as the next call would see it.
     pub breaker: BreakerState,
     /// What is known of the host's reachability; `None` before the first
@@ -575,6 +579,7 @@ impl InventoryService {
             ts: snapshot.as_ref().and_then(|s| s.ts),
             stale: snapshot.as_ref().is_none_or(|s| s.stale),
             last_error: status.last_error.clone(),
+            partial: status.partial.clone(),
             targets: snapshot.as_ref().map_or(0, |s| s.len()),
             by_type: snapshot.as_ref().map_or_else(BTreeMap::new, |s| {
                 let mut counts = BTreeMap::new();
@@ -828,6 +833,8 @@ struct Status {
     /// runtime clock (for its age).
     refreshed_at: Option<Instant>,
     last_error: Option<RefreshError>,
+    /// What the discovery that made the snapshot could not read.
+    partial: Vec<String>,
     /// The agent's own actions changed targets in ways it did not read back
     /// (no resulting state reported): stale until the next refresh.
     unsure: bool,
@@ -984,17 +991,17 @@ impl HostState {
             }
             attempts += 1;
             let call = tracing::debug_span!("driver_call", host = %self.host_id, mode = "fast", attempt = attempts);
-            let result = tokio::time::timeout(
+            let (result, notes) = drivers::notes::with_discovery_notes(tokio::time::timeout(
                 remaining,
                 self.driver.discover(RefreshMode::Fast, remaining),
-            )
+            ))
             .instrument(call)
             .await;
             let last_call = started.at.elapsed();
             let e = match result {
                 Ok(Ok(targets)) => {
                     permit.success();
-                    return self.store(targets, started, attempts);
+                    return self.store(targets, notes, started, attempts);
                 }
                 Ok(Err(e)) => {
                     permit.failure(e.kind);
@@ -1040,13 +1047,16 @@ impl HostState {
         };
         let call =
             tracing::debug_span!("driver_call", host = %self.host_id, mode = "full", attempt = 1);
-        let result = tokio::time::timeout(budget, self.driver.discover(RefreshMode::Full, budget))
-            .instrument(call)
-            .await;
+        let (result, notes) = drivers::notes::with_discovery_notes(tokio::time::timeout(
+            budget,
+            self.driver.discover(RefreshMode::Full, budget),
+        ))
+        .instrument(call)
+        .await;
         let error = match result {
             Ok(Ok(targets)) => {
                 permit.success();
-                return self.store(targets, started, 1);
+                return self.store(targets, notes, started, 1);
             }
             Ok(Err(e)) => {
                 permit.failure(e.kind);
@@ -1080,7 +1090,13 @@ impl HostState {
 
     /// Installs what a discovery that started at `started` found, unless a
     /// later-started refresh already recorded its result.
-    fn store(&self, targets: Vec<Target>, started: Started, attempts: u32) -> RefreshOutcome {
+    fn store(
+        &self,
+        targets: Vec<Target>,
+        partial: Vec<String>,
+        started: Started,
+        attempts: u32,
+    ) -> RefreshOutcome {
         // The host answered just now, whatever happens to the result.
         self.reach.set(&self.host_id, true, "refresh.ok");
         let mut status = self.lock_status();
@@ -1102,6 +1118,10 @@ impl HostState {
         status.newest_start = Some(started.at);
         status.last_error = None;
         status.unsure = false;
+        if !partial.is_empty() && partial != status.partial {
+            tracing::warn!(host = %self.host_id, missing = %partial.join("; "), "partial discovery");
+        }
+        status.partial = partial;
         RefreshOutcome {
             refreshed: true,
             ts: Some(started.wall),

@@ -32,6 +32,8 @@ use tokio::time::Instant;
 struct Step {
     latency: Duration,
     result: Result<Vec<Target>, ErrorKind>,
+    /// A partial-discovery note the driver reports with its answer.
+    note: Option<&'static str>,
 }
 
 impl Step {
@@ -39,6 +41,15 @@ impl Step {
         Step {
             latency: Duration::from_millis(latency_ms),
             result: Ok(targets),
+            note: None,
+        }
+    }
+
+    /// The same answer, reported as partial with `note`.
+    fn noting(self, note: &'static str) -> Self {
+        Step {
+            note: Some(note),
+            ..self
         }
     }
 
@@ -46,6 +57,7 @@ impl Step {
         Step {
             latency: Duration::from_millis(latency_ms),
             result: Err(kind),
+            note: None,
         }
     }
 }
@@ -133,6 +145,9 @@ impl Driver for FakeDriver {
         let guard = InFlight(&self.in_flight);
         tokio::time::sleep(step.latency).await;
         drop(guard);
+        if let Some(note) = step.note {
+            drivers::notes::report_partial(note);
+        }
         step.result
             .map_err(|kind| DriverError::new(kind, "scripted failure"))
     }
@@ -235,6 +250,37 @@ async fn a_fast_refresh_within_the_sla_replaces_the_snapshot() {
     assert_eq!(driver.calls_of(RefreshMode::Fast), 1);
     assert_eq!(ids(&service, "pve"), ["vm:101", "vm:103", "vm:202"]);
     assert!(!service.snapshot("pve").unwrap().unwrap().stale);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_discovery_shows_its_note_until_a_complete_one_replaces_it() {
+    let driver = FakeDriver::new("pve", Step::ok(10, vms()).noting("no interface table"));
+    let service = service(&driver, settings());
+    let outcome = service.fast_refresh("pve").await.unwrap();
+    assert!(
+        outcome.refreshed && !outcome.stale,
+        "a partial refresh is a success"
+    );
+    assert_eq!(
+        service.status("pve").unwrap().partial,
+        ["no interface table"]
+    );
+    // A failed refresh keeps the snapshot and what it lacked.
+    driver.then(Step::fail(10, ErrorKind::AuthError));
+    let failed = service.fast_refresh("pve").await.unwrap();
+    assert!(failed.stale && failed.error.is_some(), "{failed:?}");
+    assert_eq!(
+        service.status("pve").unwrap().partial,
+        ["no interface table"]
+    );
+    driver.set_default(Step::ok(10, vms()));
+    service.fast_refresh("pve").await.unwrap();
+    // The complete discoveries, fast then full, clear it; a full one that
+    // is partial says so too.
+    assert!(service.status("pve").unwrap().partial.is_empty());
+    driver.set_full(Step::ok(10, vms()).noting("no LLDP table"));
+    service.full_refresh("pve").await.unwrap();
+    assert_eq!(service.status("pve").unwrap().partial, ["no LLDP table"]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,6 +10,7 @@ pub mod guard;
 pub mod host;
 pub mod linux_ssh;
 pub mod manifest;
+pub mod notes;
 pub mod proxmox;
 pub mod ratelimit;
 pub mod registry;

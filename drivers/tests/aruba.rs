@@ -138,12 +138,15 @@ async fn discovery_keeps_the_poe_ports_when_the_switch_rejects_the_interface_tab
     let mut state = vsf();
     state.rejected = vec!["show interfaces brief".into()];
     let switch = Switch::start(state);
-    let targets = switch
-        .driver(json!({}))
-        .discover(RefreshMode::Fast, Duration::from_secs(20))
-        .await
-        .expect("a partial inventory, not an error");
+    let driver = switch.driver(json!({}));
+    let (targets, notes) = drivers::notes::with_discovery_notes(
+        driver.discover(RefreshMode::Fast, Duration::from_secs(20)),
+    )
+    .await;
+    let targets = targets.expect("a partial inventory, not an error");
     assert_eq!(targets.len(), 16, "{targets:?}");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("show interfaces brief"), "{notes:?}");
     assert!(targets.iter().all(|t| t.target_type == "poe-port"));
     assert_eq!(
         switch.log(),

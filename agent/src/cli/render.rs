@@ -613,10 +613,17 @@ pub(super) fn print_hosts(out: &mut impl Write, hosts: &Value) {
                 text_of(&h["source"]),
                 targets_by_type(inv),
                 stamp(&inv["ts"]),
-                match inv["stale"].as_bool() {
-                    Some(true) => "stale".into(),
-                    Some(false) => "fresh".into(),
-                    None => "-".into(),
+                {
+                    let state = match inv["stale"].as_bool() {
+                        Some(true) => "stale",
+                        Some(false) => "fresh",
+                        None => "-",
+                    };
+                    if partial(inv).next().is_some() {
+                        format!("{state}, partial")
+                    } else {
+                        state.into()
+                    }
                 },
             ]
         })
@@ -631,6 +638,16 @@ pub(super) fn print_hosts(out: &mut impl Write, hosts: &Value) {
         "STATE",
     ];
     let _ = write!(out, "{}", table(&header, &rows));
+    for h in &hosts {
+        for note in partial(&h["inventory"]) {
+            let _ = writeln!(out, "{}: partial discovery: {note}", text_of(&h["id"]));
+        }
+    }
+}
+
+/// What a host's last discovery could not read.
+fn partial(inv: &Value) -> impl Iterator<Item = String> + '_ {
+    inv["partial"].as_array().into_iter().flatten().map(text_of)
 }
 
 /// `5 vm, 1 node` from a host's inventory status (`-` before the first
@@ -668,5 +685,39 @@ pub(super) fn print_kill_switch(out: &mut impl Write, json: bool, kill: &Value) 
         print_json(out, kill);
     } else {
         let _ = writeln!(out, "kill switch: {}", kill_switch_line(kill));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_discovery_shows_in_the_hosts_table_with_what_it_lacked() {
+        let hosts = json!([
+            {"id": "sw-1", "plugin": "aruba.aoss", "self": false, "source": "config",
+             "inventory": {"ts": null, "stale": false, "targets": 16,
+                           "by_type": {"poe-port": 16},
+                           "partial": ["the switch rejected `show interfaces brief`"]}},
+            {"id": "pve-01", "plugin": "proxmox.ve", "self": false, "source": "config",
+             "inventory": {"ts": null, "stale": true, "targets": 5,
+                           "by_type": {"vm": 5}, "partial": []}}
+        ]);
+        let mut out = Vec::new();
+        print_hosts(&mut out, &hosts);
+        let text = String::from_utf8(out).unwrap();
+        let row = |id: &str| {
+            text.lines()
+                .find(|l| l.starts_with(id))
+                .unwrap_or_else(|| panic!("no row for {id}: {text}"))
+                .to_string()
+        };
+        assert!(row("sw-1").ends_with("fresh, partial"), "{text}");
+        assert!(row("pve-01").ends_with("stale"), "{text}");
+        assert!(
+            text.contains("sw-1: partial discovery: the switch rejected `show interfaces brief`"),
+            "{text}"
+        );
+        assert!(!text.contains("pve-01: partial"), "{text}");
     }
 }

@@ -531,6 +531,9 @@ pub async fn host_show(
         },
         targets.len()
     );
+    for note in inventory["partial"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "partial discovery: {}", text_of(note));
+    }
     if let Some(error) = inventory["refresh"]["error"].as_object() {
         let _ = writeln!(
             out,

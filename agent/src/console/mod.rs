@@ -384,6 +384,8 @@ struct HostRow {
     plugin: String,
     reachable: &'static str,
     stale: bool,
+    /// What the last discovery could not read (empty: everything).
+    partial: String,
     snapshot: String,
     breaker: &'static str,
 }
@@ -470,6 +472,11 @@ async fn live(state: &AppState) -> Result<LiveData, ServiceError> {
                     None => "unknown",
                 },
                 stale: h.inventory.as_ref().is_none_or(|i| i.stale),
+                partial: h
+                    .inventory
+                    .as_ref()
+                    .map(|i| i.partial.join("; "))
+                    .unwrap_or_default(),
                 snapshot: h
                     .inventory
                     .as_ref()

@@ -174,6 +174,7 @@ impl Service {
             "host": id,
             "ts": status.as_ref().and_then(|s| s.ts),
             "stale": status.as_ref().is_none_or(|s| s.stale),
+            "partial": status.as_ref().map(|s| s.partial.clone()).unwrap_or_default(),
             "refresh": refreshed,
             "targets": targets,
         }))
@@ -231,6 +232,7 @@ impl Service {
                 stale: s.stale,
                 targets: s.targets,
                 by_type: s.by_type,
+                partial: s.partial,
             }),
         }
     }

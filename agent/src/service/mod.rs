@@ -132,6 +132,9 @@ pub struct HostInventoryStatus {
     pub targets: usize,
     /// How many targets of each type (`{"vm": 5, "node": 1}`).
     pub by_type: std::collections::BTreeMap<String, usize>,
+    /// What the last discovery could not read (a switch that rejected its
+    /// interface table, say); empty when it read everything.
+    pub partial: Vec<String>,
 }
 
 /// Everything the service can refuse, each with a stable code and the HTTP

@@ -379,6 +379,11 @@ impl ArubaDriver {
     }
 }
 
+/// The note of a discovery that read the PoE table but whose interface
+/// table the switch rejected (a firmware or a restricted account).
+const INTERFACES_MISSING: &str = "the switch rejected `show interfaces brief`: PoE ports only, \
+     no interface targets (aoss.interface actions find none)";
+
 #[async_trait]
 impl Driver for ArubaDriver {
     fn plugin_id(&self) -> &str {
@@ -443,7 +448,7 @@ impl Driver for ArubaDriver {
                              PoE ports but no interface targets (aoss.interface actions will \
                              find none)"
                         );
-                        return Ok(targets);
+                        return Ok((targets, Some(INTERFACES_MISSING)));
                     }
                     Err(err) => return Err(cli_error(err)),
                 };
@@ -464,9 +469,15 @@ impl Driver for ArubaDriver {
                         attrs,
                     });
                 }
-                Ok::<_, DriverError>(targets)
+                Ok::<_, DriverError>((targets, None))
             })
             .await
+            .map(|(targets, missing)| {
+                if let Some(note) = missing {
+                    crate::notes::report_partial(note);
+                }
+                targets
+            })
     }
 
     async fn dry_run(
