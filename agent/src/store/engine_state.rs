@@ -310,35 +310,11 @@ impl EngineStore for SqliteStore {
     }
 
     fn waiting_retries(&self) -> StoreResult<Vec<RetryRecord>> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT record FROM waiting_retries ORDER BY run_id, action_index, host")
-            .map_err(sql("waiting_retries"))?;
-        let rows = stmt
-            .query_map([], |row| row.get::<_, String>(0))
-            .map_err(sql("waiting_retries"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let row = row.map_err(sql("waiting_retries"))?;
-            out.push(from_json("waiting retry", &row)?);
-        }
-        Ok(out)
+        self.item_records(ItemTable::WaitingRetries)
     }
 
     fn follow_ups(&self) -> StoreResult<Vec<FollowUpRecord>> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT record FROM follow_ups ORDER BY run_id, action_index, host")
-            .map_err(sql("follow_ups"))?;
-        let rows = stmt
-            .query_map([], |row| row.get::<_, String>(0))
-            .map_err(sql("follow_ups"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let row = row.map_err(sql("follow_ups"))?;
-            out.push(from_json("follow-up", &row)?);
-        }
-        Ok(out)
+        self.item_records(ItemTable::FollowUps)
     }
 
     fn subject_states(&self) -> StoreResult<Vec<SubjectState>> {
@@ -648,53 +624,35 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<()> {
             )
             .map_err(sql("remove_restore"))?;
         }
-        Write::PutRetry(retry) => {
-            tx.execute(
-                "INSERT INTO waiting_retries (run_id, action_index, host, record)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (run_id, action_index, host) DO UPDATE SET record = excluded.record",
-                params![
-                    retry.run_id.to_string(),
-                    retry.action_index,
-                    retry.host,
-                    to_json("waiting retry", retry)?
-                ],
-            )
-            .map_err(sql("put_retry"))?;
-        }
+        Write::PutRetry(retry) => put_item_record(
+            tx,
+            ItemTable::WaitingRetries,
+            (retry.run_id, retry.action_index, &retry.host),
+            retry,
+        )?,
         Write::PutFollowUp(record) => {
             let id = record.intent.id();
-            tx.execute(
-                "INSERT INTO follow_ups (run_id, action_index, host, record)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (run_id, action_index, host) DO UPDATE SET record = excluded.record",
-                params![
-                    id.run_id.to_string(),
-                    id.action_index,
-                    id.host,
-                    to_json("follow-up", record)?
-                ],
-            )
-            .map_err(sql("put_follow_up"))?;
+            put_item_record(
+                tx,
+                ItemTable::FollowUps,
+                (id.run_id, id.action_index, &id.host),
+                record,
+            )?;
         }
-        Write::RemoveFollowUp { id } => {
-            tx.execute(
-                "DELETE FROM follow_ups WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
-                params![id.run_id.to_string(), id.action_index, id.host],
-            )
-            .map_err(sql("remove_follow_up"))?;
-        }
+        Write::RemoveFollowUp { id } => remove_item_record(
+            tx,
+            ItemTable::FollowUps,
+            (id.run_id, id.action_index, &id.host),
+        )?,
         Write::RemoveRetry {
             run_id,
             action_index,
             host,
-        } => {
-            tx.execute(
-                "DELETE FROM waiting_retries WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
-                params![run_id.to_string(), action_index, host],
-            )
-            .map_err(sql("remove_retry"))?;
-        }
+        } => remove_item_record(
+            tx,
+            ItemTable::WaitingRetries,
+            (*run_id, *action_index, host),
+        )?,
         Write::SetSubjectState(state) => {
             tx.execute(
                 "INSERT INTO subject_states (subject_id, states, at) VALUES (?1, ?2, ?3)
@@ -901,4 +859,100 @@ mod tests {
             check_ledger_cap(&store, &ops)?;
         }
     }
+}
+
+/// The tables that keep one JSON record per item (run, action, host) of
+/// the engine's work: the same columns, the same key.
+#[derive(Debug, Clone, Copy)]
+enum ItemTable {
+    /// Targets waiting for a retry while their trigger holds.
+    WaitingRetries,
+    /// Targets a restart left to read again.
+    FollowUps,
+}
+
+/// An item's key: run, action index, host.
+type ItemKey<'a> = (Uuid, u32, &'a str);
+
+impl ItemTable {
+    fn name(self) -> &'static str {
+        match self {
+            ItemTable::WaitingRetries => "waiting_retries",
+            ItemTable::FollowUps => "follow_ups",
+        }
+    }
+
+    /// What a record is called in errors.
+    fn what(self) -> &'static str {
+        match self {
+            ItemTable::WaitingRetries => "waiting retry",
+            ItemTable::FollowUps => "follow-up",
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Every record of `table`, in key order.
+    fn item_records<T: serde::de::DeserializeOwned>(
+        &self,
+        table: ItemTable,
+    ) -> StoreResult<Vec<T>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT record FROM {} ORDER BY run_id, action_index, host",
+                table.name()
+            ))
+            .map_err(sql(table.name()))?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(sql(table.name()))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(from_json(table.what(), &row.map_err(sql(table.name()))?)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Adds or replaces the record of `key` in `table`.
+fn put_item_record(
+    tx: &Transaction<'_>,
+    table: ItemTable,
+    (run_id, action_index, host): ItemKey<'_>,
+    record: &impl serde::Serialize,
+) -> StoreResult<()> {
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (run_id, action_index, host, record)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (run_id, action_index, host) DO UPDATE SET record = excluded.record",
+            table.name()
+        ),
+        params![
+            run_id.to_string(),
+            action_index,
+            host,
+            to_json(table.what(), record)?
+        ],
+    )
+    .map_err(sql(table.name()))?;
+    Ok(())
+}
+
+/// Removes the record of `key` from `table`, if there is one.
+fn remove_item_record(
+    tx: &Transaction<'_>,
+    table: ItemTable,
+    (run_id, action_index, host): ItemKey<'_>,
+) -> StoreResult<()> {
+    tx.execute(
+        &format!(
+            "DELETE FROM {} WHERE run_id = ?1 AND action_index = ?2 AND host = ?3",
+            table.name()
+        ),
+        params![run_id.to_string(), action_index, host],
+    )
+    .map_err(sql(table.name()))?;
+    Ok(())
 }
