@@ -784,6 +784,84 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A restore that fails after it moved the database aside and put the
+/// backup in place (here the marker cannot be written: a directory stands
+/// where its temporary file goes) removes the copy and moves the database
+/// back; a `hazel.db.replaced` kept by an earlier restore survives.
+#[tokio::test]
+async fn a_restore_that_fails_after_moving_the_database_aside_moves_it_back() {
+    let site = Site::new();
+    initialise(&site.data()).await;
+    let db = site.data().join("hazel.db");
+    let before = std::fs::read(&db).unwrap();
+    let marker = std::fs::read(site.data().join(MARKER_FILE)).unwrap();
+    let out = hazel(&["backup", "--config", "hazel.yaml", "b.db"], site.path());
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(
+        site.data().join("hazel.db.replaced"),
+        "an earlier restore's",
+    )
+    .unwrap();
+    std::fs::create_dir(site.data().join(format!("{MARKER_FILE}.tmp"))).unwrap();
+
+    let out = hazel(&["restore", "--config", "hazel.yaml", "b.db"], site.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the data directory is as it was before the restore"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the same database is back"
+    );
+    assert_eq!(
+        std::fs::read(site.data().join(MARKER_FILE)).unwrap(),
+        marker,
+        "the same marker"
+    );
+    assert_eq!(
+        std::fs::read_to_string(site.data().join("hazel.db.replaced")).unwrap(),
+        "an earlier restore's"
+    );
+    for left in ["hazel.db.restoring", "hazel.db.replacing"] {
+        assert!(!site.data().join(left).exists(), "{left} is left behind");
+    }
+    std::fs::remove_dir(site.data().join(format!("{MARKER_FILE}.tmp"))).unwrap();
+    let service = open(&site.data()).await.expect("the agent starts on it");
+    service.shutdown().await;
+    drop(service);
+    wait_unlocked(&site.data());
+    // With the obstacle gone the same restore goes through and keeps the
+    // replaced database in place of the earlier one.
+    let out = hazel(&["restore", "--config", "hazel.yaml", "b.db"], site.path());
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(site.data().join("hazel.db.replaced")).unwrap(),
+        before
+    );
+}
+
+/// A `hazel.db.replacing` left by a restore that was killed half-way may
+/// be the only copy of a database: the next restore refuses and touches
+/// nothing.
+#[tokio::test]
+async fn a_restore_refuses_while_an_interrupted_restore_left_the_database_aside() {
+    let site = Site::new();
+    initialise(&site.data()).await;
+    let out = hazel(&["backup", "--config", "hazel.yaml", "b.db"], site.path());
+    assert!(out.status.success(), "{out:?}");
+    let aside = site.data().join("hazel.db.replacing");
+    std::fs::write(&aside, "the only copy").unwrap();
+    let out = hazel(&["restore", "--config", "hazel.yaml", "b.db"], site.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&aside).unwrap(), "the only copy");
+    assert!(!site.data().join("hazel.db.restoring").exists());
+}
+
 /// A restore that fails half-way (the disk fills while the backup is
 /// copied in, after the database was moved aside) puts the database back:
 /// exit 1, a message that says the directory is as it was, the same bytes
@@ -816,6 +894,10 @@ async fn a_restore_that_fills_the_disk_puts_the_database_back() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("the restore failed"), "{stderr}");
     assert!(stderr.contains("cannot copy the backup"), "{stderr}");
+    assert!(
+        stderr.contains("No space left on device"),
+        "the OS's reason: {stderr}"
+    );
     assert!(
         stderr.contains("the data directory is as it was before the restore"),
         "{stderr}"

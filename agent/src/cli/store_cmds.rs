@@ -72,6 +72,7 @@ pub fn restore(config: &Path, backup: &Path, out: &mut impl Write) -> i32 {
         Err(
             e @ (DataDirError::Locked { .. }
             | DataDirError::Damaged { .. }
+            | DataDirError::Interrupted { .. }
             | DataDirError::Io { .. }),
         ) => usage("restore", &e),
         Err(e) => failed("restore", &e),

@@ -129,7 +129,11 @@ pub enum DataDirError {
     #[error("{path} exists: refusing to overwrite it")]
     Exists { path: PathBuf },
     /// A restore failed after it had started to change the data directory.
-    #[error("the restore failed: {cause}; {}", put_back_note(.put_back, .moved))]
+    #[error(
+        "the restore failed: {}; {}",
+        crate::error_chain(.cause.as_ref()),
+        put_back_note(.put_back, .moved)
+    )]
     RestoreFailed {
         cause: Box<DataDirError>,
         /// Whether what was there was put back; why not.
@@ -137,6 +141,15 @@ pub enum DataDirError {
         /// Where the files that were there had been moved aside.
         moved: Vec<PathBuf>,
     },
+    /// A restore was killed half-way: its `hazel.db.replacing` may hold the
+    /// only copy of a database.
+    #[error(
+        "{left} is left by a restore that was interrupted: it may be the only copy of the \
+         database that was there. If hazel.db is missing or is not the database you want, \
+         move it (and its -wal and -shm, if any) back in place of hazel.db; otherwise remove \
+         it. Then run the restore again"
+    )]
+    Interrupted { left: PathBuf },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -147,7 +160,7 @@ fn put_back_note(put_back: &Result<(), String>, moved: &[PathBuf]) -> String {
         Ok(()) => "the data directory is as it was before the restore".into(),
         Err(problems) => format!(
             "putting back what was there also failed ({problems}): the database that was \
-             there is in {}; move it back (without the `.replaced` in the names) before \
+             there is in {}; move it back (without the `.replacing` in the names) before \
              starting the agent",
             moved
                 .iter()
@@ -435,10 +448,18 @@ pub struct RestoreReport {
 
 /// Replaces the database in `dir` with `backup`: refuses while the
 /// directory's lock is held (a running agent), checks the backup with
-/// `quick_check`, moves the current database and its `-wal`/`-shm` aside
-/// (`hazel.db.replaced`, overwriting an older one), copies the backup in,
-/// brings its schema up to date, records a `store.restored` audit record,
-/// and rewrites the marker with its id and a fresh generation.
+/// `quick_check`, copies it in beside the database (`hazel.db.restoring`),
+/// moves the current database and its `-wal`/`-shm` aside
+/// (`hazel.db.replacing`), puts the copy in place, brings its schema up to
+/// date, records a `store.restored` audit record, rewrites the marker with
+/// its id and a fresh generation, and only then keeps the replaced
+/// database as `hazel.db.replaced` (overwriting an older one).
+///
+/// A failure before the copy is in place changes nothing; a failure after
+/// the database was moved aside puts it back ([`DataDirError::RestoreFailed`]
+/// says whether that worked). A `hazel.db.replacing` left by a restore that
+/// was killed half-way may be the only copy of a database: the restore
+/// refuses until someone looks at it.
 pub fn restore(dir: &Path, backup: &Path) -> Result<RestoreReport, DataDirError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
         path: dir.to_path_buf(),
@@ -454,55 +475,87 @@ pub fn restore(dir: &Path, backup: &Path) -> Result<RestoreReport, DataDirError>
     }
     quick_check(backup)?;
     let db = dir.join(SqliteStore::DEFAULT_FILE_NAME);
-    let replaced = dir.join(format!("{}.replaced", SqliteStore::DEFAULT_FILE_NAME));
-    let tmp = sibling(&db, ".restoring");
-    // From here on the data directory changes; a failure puts back what
-    // was there, so a failed restore never leaves it without a database.
-    let mut moved = Vec::new();
-    let result = put_in(dir, backup, &db, &replaced, &tmp, &mut moved);
-    result.map_err(|cause| put_back(&db, &tmp, &moved, cause))
+    let paths = RestorePaths {
+        tmp: sibling(&db, ".restoring"),
+        replacing: sibling(&db, ".replacing"),
+        replaced: sibling(&db, ".replaced"),
+        db,
+    };
+    for suffix in SUFFIXES {
+        let left = sibling(&paths.replacing, suffix);
+        if left.exists() {
+            return Err(DataDirError::Interrupted { left });
+        }
+    }
+    let mut done = Progress::default();
+    put_in(dir, backup, &paths, &mut done).map_err(|cause| put_back(&paths, &done, cause))
 }
 
-/// The steps of [`restore`] that change the data directory; `moved` gets
-/// each file moved aside (from, to) as it is moved.
+/// A database file and its companions.
+const SUFFIXES: [&str; 3] = ["", "-wal", "-shm"];
+
+/// The files a restore works with.
+struct RestorePaths {
+    /// `hazel.db`.
+    db: PathBuf,
+    /// The backup's copy before it is put in place.
+    tmp: PathBuf,
+    /// Where the current database waits while the copy is put in place.
+    replacing: PathBuf,
+    /// Where it is kept once the restore succeeded.
+    replaced: PathBuf,
+}
+
+/// How far a restore changed the data directory, for [`put_back`].
+#[derive(Default)]
+struct Progress {
+    /// The files moved aside to `replacing`: (from, to).
+    moved: Vec<(PathBuf, PathBuf)>,
+    /// Whether the copy is in place as `hazel.db`.
+    placed: bool,
+}
+
+/// The steps of [`restore`] after its checks.
 fn put_in(
     dir: &Path,
     backup: &Path,
-    db: &Path,
-    replaced: &Path,
-    tmp: &Path,
-    moved: &mut Vec<(PathBuf, PathBuf)>,
+    paths: &RestorePaths,
+    done: &mut Progress,
 ) -> Result<RestoreReport, DataDirError> {
-    for suffix in ["", "-wal", "-shm"] {
+    let RestorePaths {
+        db,
+        tmp,
+        replacing,
+        replaced,
+    } = paths;
+    // The copy first: a full disk stops the restore here, with nothing moved.
+    std::fs::copy(backup, tmp).map_err(|source| DataDirError::Io {
+        what: "cannot copy the backup to",
+        path: tmp.clone(),
+        source,
+    })?;
+    sync_file(tmp)?;
+    for suffix in SUFFIXES {
         let from = sibling(db, suffix);
-        let to = sibling(replaced, suffix);
-        let _ = std::fs::remove_file(&to);
+        let to = sibling(replacing, suffix);
         if from.exists() {
             std::fs::rename(&from, &to).map_err(|source| DataDirError::Io {
                 what: "cannot move aside",
                 path: from.clone(),
                 source,
             })?;
-            moved.push((from, to));
+            done.moved.push((from, to));
         }
     }
-    std::fs::copy(backup, tmp).map_err(|source| DataDirError::Io {
-        what: "cannot copy the backup to",
-        path: tmp.to_path_buf(),
-        source,
-    })?;
-    sync_file(tmp)?;
     std::fs::rename(tmp, db).map_err(|source| DataDirError::Io {
         what: "cannot write",
-        path: db.to_path_buf(),
+        path: db.clone(),
         source,
     })?;
+    done.placed = true;
     sync_parent(db);
     let store = SqliteStore::open(db).map_err(|e| damaged_or(db, e))?;
-    let kept = moved
-        .iter()
-        .find(|(from, _)| from == db)
-        .map(|(_, to)| to.clone());
+    let had_db = done.moved.iter().any(|(from, _)| from == db);
     // The audit log says when the history was rewound, and from what.
     store.append_audit(&AuditRecord {
         ts: Utc::now(),
@@ -511,7 +564,7 @@ fn put_in(
         policy_id: None,
         details: serde_json::json!({
             "backup": backup.display().to_string(),
-            "replaced": kept.as_ref().map(|p| p.display().to_string()),
+            "replaced": had_db.then(|| replaced.display().to_string()),
         }),
     })?;
     store.checkpoint()?;
@@ -522,32 +575,51 @@ fn put_in(
         identity
     };
     drop(store);
+    // Done: the replaced database takes the place of an older one.
+    for suffix in SUFFIXES {
+        let _ = std::fs::remove_file(sibling(replaced, suffix));
+    }
+    let mut kept = None;
+    for (from, to) in &done.moved {
+        let name = to.display().to_string();
+        let keep = PathBuf::from(name.replacen(".replacing", ".replaced", 1));
+        let at = match std::fs::rename(to, &keep) {
+            Ok(()) => keep,
+            Err(e) => {
+                tracing::warn!(from = %to.display(), to = %keep.display(), error = %e, "the replaced database keeps its temporary name");
+                to.clone()
+            }
+        };
+        if from == db {
+            kept = Some(at);
+        }
+    }
+    sync_parent(db);
     Ok(RestoreReport {
         identity,
         replaced: kept,
     })
 }
 
-/// Undoes a failed [`put_in`]: removes what it copied in and moves back
-/// what it moved aside. The error says whether that worked and, when it
-/// did not, where the database that was there is.
-fn put_back(
-    db: &Path,
-    tmp: &Path,
-    moved: &[(PathBuf, PathBuf)],
-    cause: DataDirError,
-) -> DataDirError {
+/// Undoes a failed [`put_in`]: removes the copy (in place or not) and moves
+/// back what it moved aside. The error says whether that worked and, when
+/// it did not, where the database that was there is.
+fn put_back(paths: &RestorePaths, done: &Progress, cause: DataDirError) -> DataDirError {
     let mut problems = Vec::new();
     let mut remove = |path: &Path| match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => problems.push(format!("cannot remove {}: {e}", path.display())),
     };
-    remove(tmp);
-    for suffix in ["", "-wal", "-shm"] {
-        remove(&sibling(db, suffix));
+    remove(&paths.tmp);
+    // Only what the restore put there: before the copy was in place,
+    // `hazel.db` and its companions are still the ones that were there.
+    if done.placed {
+        for suffix in SUFFIXES {
+            remove(&sibling(&paths.db, suffix));
+        }
     }
-    for (from, to) in moved {
+    for (from, to) in &done.moved {
         if let Err(e) = std::fs::rename(to, from) {
             problems.push(format!(
                 "cannot move {} back to {}: {e}",
@@ -556,7 +628,7 @@ fn put_back(
             ));
         }
     }
-    sync_parent(db);
+    sync_parent(&paths.db);
     let put_back = if problems.is_empty() {
         Ok(())
     } else {
@@ -565,7 +637,7 @@ fn put_back(
     DataDirError::RestoreFailed {
         cause: Box::new(cause),
         put_back,
-        moved: moved.iter().map(|(_, to)| to.clone()).collect(),
+        moved: done.moved.iter().map(|(_, to)| to.clone()).collect(),
     }
 }
 
