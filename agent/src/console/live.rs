@@ -16,7 +16,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use askama::Template;
 use axum::extract::State;
@@ -112,12 +114,23 @@ pub(crate) struct Snapshot {
 /// The dashboard's shared snapshot.
 pub(crate) type Snapshots = Latest<Snapshot>;
 
-/// The latest value of a read and when it was made. The lock is held
+/// The latest outcome of a read and when it was made. The lock is held
 /// while a read runs, so streams that tick together wait for that one read
-/// rather than each reading the service (single flight). A failed read is
-/// not kept: the next caller reads again.
+/// rather than each reading the service (single flight). A failure is
+/// kept as fresh as a value: while it is, callers get
+/// [`Unread::Recently`] at once instead of each repeating a slow failing
+/// read in turn behind the lock.
 pub(crate) struct Latest<T> {
-    last: tokio::sync::Mutex<Option<(Instant, Arc<T>)>>,
+    last: tokio::sync::Mutex<Option<(Instant, Option<Arc<T>>)>>,
+}
+
+/// Why [`Latest::get`] has no value.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Unread<E> {
+    /// The read this call made failed.
+    Failed(E),
+    /// A read failed less than the freshness ago (logged by its caller).
+    Recently,
 }
 
 impl<T> Default for Latest<T> {
@@ -129,20 +142,33 @@ impl<T> Default for Latest<T> {
 }
 
 impl<T> Latest<T> {
-    /// The value read less than `fresh` ago, or a new one from `read`.
-    async fn get<E, Fut>(&self, fresh: Duration, read: impl FnOnce() -> Fut) -> Result<Arc<T>, E>
+    /// The outcome of the read made less than `fresh` ago, or of a new one
+    /// from `read`.
+    async fn get<E, Fut>(
+        &self,
+        fresh: Duration,
+        read: impl FnOnce() -> Fut,
+    ) -> Result<Arc<T>, Unread<E>>
     where
         Fut: Future<Output = Result<T, E>>,
     {
         let mut last = self.last.lock().await;
-        if let Some((at, value)) = last.as_ref() {
+        if let Some((at, outcome)) = last.as_ref() {
             if at.elapsed() < fresh {
-                return Ok(Arc::clone(value));
+                return outcome.clone().ok_or(Unread::Recently);
             }
         }
-        let value = Arc::new(read().await?);
-        *last = Some((Instant::now(), Arc::clone(&value)));
-        Ok(value)
+        match read().await {
+            Ok(value) => {
+                let value = Arc::new(value);
+                *last = Some((Instant::now(), Some(Arc::clone(&value))));
+                Ok(value)
+            }
+            Err(e) => {
+                *last = Some((Instant::now(), None));
+                Err(Unread::Failed(e))
+            }
+        }
     }
 }
 
@@ -174,10 +200,11 @@ impl Feed {
         let feed = self.state.dashboard_feed();
         let snapshot = match feed.get(FRESH, || snapshot(&self.state)).await {
             Ok(snapshot) => snapshot,
-            Err(e) => {
+            Err(Unread::Failed(e)) => {
                 tracing::warn!(error = %e, "dashboard stream: the service did not answer");
                 return Vec::new();
             }
+            Err(Unread::Recently) => return Vec::new(),
         };
         let mut events = Vec::new();
         if self.first {
@@ -272,25 +299,47 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn streams_share_one_read_while_it_is_fresh_and_a_failed_read_is_not_kept() {
+    #[tokio::test(start_paused = true)]
+    async fn streams_share_one_read_while_it_is_fresh_and_a_failure_too() {
+        use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
         let latest: Latest<u32> = Latest::default();
-        let reads = std::sync::atomic::AtomicU32::new(0);
-        let read =
-            || async { Ok::<_, ()>(reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1) };
-        let fresh = Duration::from_secs(60);
+        let reads = AtomicU32::new(0);
+        let fails = std::sync::atomic::AtomicBool::new(false);
+        // Each read takes a while, so the streams of one beat overlap it.
+        let read = || async {
+            let n = reads.fetch_add(1, SeqCst) + 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if fails.load(SeqCst) {
+                Err("down")
+            } else {
+                Ok(n)
+            }
+        };
+        let fresh = Duration::from_millis(500);
         // Ten streams ticking together: one read, one value.
         let values = futures::future::join_all((0..10).map(|_| latest.get(fresh, read))).await;
-        assert!(values.iter().all(|v| **v.as_ref().unwrap() == 1));
-        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 1);
-        // Stale: read again.
-        assert_eq!(*latest.get(Duration::ZERO, read).await.unwrap(), 2);
-        // A failed read is not kept: the next call reads.
-        let failed: Result<Arc<u32>, &str> =
-            latest.get(Duration::ZERO, || async { Err("down") }).await;
-        assert_eq!(failed.unwrap_err(), "down");
-        assert_eq!(*latest.get(fresh, read).await.unwrap(), 2);
-        assert_eq!(*latest.get(Duration::ZERO, read).await.unwrap(), 3);
+        assert!(values.iter().all(|v| v.as_ref().map(|v| **v) == Ok(1)));
+        assert_eq!(reads.load(SeqCst), 1);
+        // Past the freshness: read again.
+        tokio::time::sleep(fresh).await;
+        assert_eq!(latest.get(fresh, read).await.map(|v| *v), Ok(2));
+        // A failing service: the first stream of the beat reads and fails,
+        // the others are told at once and do not repeat the read.
+        tokio::time::sleep(fresh).await;
+        fails.store(true, SeqCst);
+        let outcomes = futures::future::join_all((0..10).map(|_| latest.get(fresh, read))).await;
+        assert_eq!(
+            outcomes[0].as_ref().map(|v| **v),
+            Err(&Unread::Failed("down"))
+        );
+        assert!(outcomes[1..]
+            .iter()
+            .all(|o| o.as_ref().map(|v| **v) == Err(&Unread::Recently)));
+        assert_eq!(reads.load(SeqCst), 3);
+        // Once the failure is older than the freshness, the next call reads.
+        tokio::time::sleep(fresh).await;
+        fails.store(false, SeqCst);
+        assert_eq!(latest.get(fresh, read).await.map(|v| *v), Ok(4));
     }
 
     #[test]

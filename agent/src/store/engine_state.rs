@@ -830,37 +830,6 @@ fn update_open_intent(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use crate::engine::store::conformance::{appends, check_ledger_cap, conformance_suite};
-    use crate::store::{SqliteConfig, SqliteStore, Synchronous};
-
-    fn sqlite_store(synchronous: Synchronous) -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = SqliteConfig {
-            synchronous,
-            ..SqliteConfig::default()
-        };
-        let store =
-            SqliteStore::open_with(dir.path().join("hazel.db"), &config).expect("open store");
-        (dir, store)
-    }
-
-    conformance_suite!(sqlite, sqlite_store(Synchronous::Full));
-
-    proptest! {
-        // Each append is its own transaction on disk; fewer cases keep it quick.
-        #![proptest_config(ProptestConfig::with_cases(24))]
-        #[test]
-        fn the_sqlite_ledger_never_holds_more_than_thirty_runs_per_policy(ops in appends()) {
-            let (_dir, store) = sqlite_store(Synchronous::Normal);
-            check_ledger_cap(&store, &ops)?;
-        }
-    }
-}
-
 /// The tables that keep one JSON record per item (run, action, host) of
 /// the engine's work: the same columns, the same key.
 #[derive(Debug, Clone, Copy)]
@@ -955,4 +924,35 @@ fn remove_item_record(
     )
     .map_err(sql(table.name()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use crate::engine::store::conformance::{appends, check_ledger_cap, conformance_suite};
+    use crate::store::{SqliteConfig, SqliteStore, Synchronous};
+
+    fn sqlite_store(synchronous: Synchronous) -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = SqliteConfig {
+            synchronous,
+            ..SqliteConfig::default()
+        };
+        let store =
+            SqliteStore::open_with(dir.path().join("hazel.db"), &config).expect("open store");
+        (dir, store)
+    }
+
+    conformance_suite!(sqlite, sqlite_store(Synchronous::Full));
+
+    proptest! {
+        // Each append is its own transaction on disk; fewer cases keep it quick.
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn the_sqlite_ledger_never_holds_more_than_thirty_runs_per_policy(ops in appends()) {
+            let (_dir, store) = sqlite_store(Synchronous::Normal);
+            check_ledger_cap(&store, &ops)?;
+        }
+    }
 }
