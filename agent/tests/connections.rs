@@ -25,8 +25,13 @@ struct TestServer {
     _stop: oneshot::Sender<()>,
 }
 
+/// The size of `GET /big`: more than any socket buffers take.
+const BIG: usize = 64 << 20;
+
 async fn start(limits: ConnLimits) -> TestServer {
-    let router = Router::new().route("/healthz", get(|| async { "ok" }));
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/big", get(|| async { vec![b'x'; BIG] }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -42,6 +47,7 @@ fn limits() -> ConnLimits {
         max_per_ip: 64,
         header_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(10),
+        write_timeout: Duration::from_secs(10),
     }
 }
 
@@ -117,6 +123,39 @@ async fn refused(stream: &mut TcpStream) -> bool {
         .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
         .await;
     read_to_close(stream).await.is_empty()
+}
+
+/// A client that asks for a large answer and stops reading cannot hold its
+/// connection: once the write has waited `write_timeout` the server closes
+/// it. Reading afterwards gets what the buffers held, then the end,
+/// never the whole answer (which a connection still open would deliver).
+#[tokio::test]
+async fn a_client_that_stops_reading_an_answer_is_closed_after_the_write_timeout() {
+    let server = start(ConnLimits {
+        write_timeout: Duration::from_millis(300),
+        ..limits()
+    })
+    .await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Not reading, for well past the write timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = read_to_close(&mut stream).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &got[..got.len().min(64)]
+    );
+    assert!(
+        got.len() < BIG,
+        "the whole answer ({} bytes) arrived: the connection was not closed",
+        got.len()
+    );
 }
 
 #[tokio::test]

@@ -74,6 +74,10 @@ pub struct ConnLimits {
     /// Time a connection may send nothing while none of its requests is
     /// being answered.
     pub idle_timeout: Duration,
+    /// Time an answer's write may wait for the client to take bytes (a
+    /// client that asked and stopped reading): past it the connection is
+    /// closed, so it cannot hold its slot for ever.
+    pub write_timeout: Duration,
 }
 
 impl Default for ConnLimits {
@@ -90,6 +94,7 @@ impl ConnLimits {
             max_per_ip: limits.max_connections_per_ip,
             header_read_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
+            write_timeout: limits.write_timeout,
         }
     }
 }
@@ -500,6 +505,10 @@ struct Guarded {
     phase: Phase,
     seen_started: u64,
     timer: Pin<Box<Sleep>>,
+    /// Armed while a write waits for the client to take bytes.
+    write_timer: Pin<Box<Sleep>>,
+    /// Whether `write_timer` runs for the write waiting now.
+    write_waiting: bool,
     /// A replacement answer being written: its bytes and how many are out.
     rewrite: Option<(Vec<u8>, usize)>,
 }
@@ -514,7 +523,35 @@ impl Guarded {
             phase: Phase::Idle,
             seen_started: 0,
             timer: Box::pin(tokio::time::sleep(limits.idle_timeout)),
+            write_timer: Box::pin(tokio::time::sleep(limits.write_timeout)),
+            write_waiting: false,
             rewrite: None,
+        }
+    }
+
+    /// Writes to the socket; a write that has waited `write_timeout` for
+    /// the client to take a byte fails with `TimedOut` (hyper then closes
+    /// the connection). Any progress restarts the wait.
+    fn write_inner(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => {
+                if !self.write_waiting {
+                    self.write_waiting = true;
+                    let deadline = Instant::now() + self.limits.write_timeout;
+                    self.write_timer.as_mut().reset(deadline);
+                }
+                if self.write_timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "write_timeout elapsed: the client stopped reading",
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.write_waiting = false;
+                ready
+            }
         }
     }
 
@@ -609,25 +646,28 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.rewrite.is_none() {
-            match json_for_hyper_answer(buf) {
-                Some(answer) => this.rewrite = Some((answer, 0)),
-                None => return Pin::new(&mut this.inner).poll_write(cx, buf),
-            }
-        }
+        let Some((answer, sent)) = this
+            .rewrite
+            .take()
+            .or_else(|| json_for_hyper_answer(buf).map(|answer| (answer, 0)))
+        else {
+            return this.write_inner(cx, buf);
+        };
         // hyper calls again with the same bytes until they are taken, so
         // they are taken only once the whole replacement is out.
-        while let Some((answer, sent)) = this.rewrite.as_mut() {
-            if *sent == answer.len() {
-                return Poll::Ready(Ok(buf.len()));
-            }
-            match Pin::new(&mut this.inner).poll_write(cx, &answer[*sent..]) {
+        let mut sent = sent;
+        while sent < answer.len() {
+            match this.write_inner(cx, &answer[sent..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => *sent += n,
+                Poll::Ready(Ok(n)) => sent += n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    this.rewrite = Some((answer, sent));
+                    return Poll::Pending;
+                }
             }
         }
+        this.rewrite = Some((answer, sent));
         Poll::Ready(Ok(buf.len()))
     }
 

@@ -81,6 +81,7 @@ const API_FIELDS: &[&str] = &[
     "max_connections_per_ip",
     "header_read_timeout",
     "idle_timeout",
+    "write_timeout",
     "body_read_timeout",
 ];
 const WEBHOOK_FIELDS: &[&str] = &[

@@ -187,6 +187,11 @@ pub struct ApiLimits {
     /// keep-alive connection between requests), e.g. `30s`.
     #[serde(default = "default_idle_timeout", with = "duration_text")]
     pub idle_timeout: Duration,
+    /// Time an answer may wait for the client to take its bytes, e.g.
+    /// `30s`: a client that asks and stops reading has its connection
+    /// closed, so it cannot hold a connection slot for ever.
+    #[serde(default = "default_write_timeout", with = "duration_text")]
+    pub write_timeout: Duration,
     /// Time a request has to send its whole body once a route reads it,
     /// e.g. `30s`: a body that stalls is answered 408 and its connection
     /// closed, so a slow sender cannot hold a connection for ever.
@@ -288,6 +293,7 @@ impl Default for ApiLimits {
             max_connections_per_ip: default_max_connections_per_ip(),
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
+            write_timeout: default_write_timeout(),
             body_read_timeout: default_body_read_timeout(),
         }
     }
@@ -396,6 +402,12 @@ impl Config {
             invalid(
                 "api.idle_timeout",
                 "idle_timeout and header_read_timeout must be at least 1s".into(),
+            );
+        }
+        if self.api.write_timeout.is_zero() {
+            invalid(
+                "api.write_timeout",
+                "write_timeout must be at least 1s".into(),
             );
         }
         if self.api.body_read_timeout.is_zero() {
@@ -540,6 +552,10 @@ fn default_header_read_timeout() -> Duration {
 }
 
 fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_write_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
