@@ -784,6 +784,24 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Checks that `out`, a `hazel restore`, failed and put the database back:
+/// exit 1, a message that says so, `db` holding `before` again. Returns
+/// the message.
+fn assert_put_back(out: &std::process::Output, db: &Path, before: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the data directory is as it was before the restore"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(db).unwrap(),
+        before,
+        "the same database is back"
+    );
+    stderr
+}
+
 /// A restore that fails after it moved the database aside and put the
 /// backup in place (here the marker cannot be written: a directory stands
 /// where its temporary file goes) removes the copy and moves the database
@@ -805,17 +823,7 @@ async fn a_restore_that_fails_after_moving_the_database_aside_moves_it_back() {
     std::fs::create_dir(site.data().join(format!("{MARKER_FILE}.tmp"))).unwrap();
 
     let out = hazel(&["restore", "--config", "hazel.yaml", "b.db"], site.path());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("the data directory is as it was before the restore"),
-        "{stderr}"
-    );
-    assert_eq!(
-        std::fs::read(&db).unwrap(),
-        before,
-        "the same database is back"
-    );
+    assert_put_back(&out, &db, &before);
     assert_eq!(
         std::fs::read(site.data().join(MARKER_FILE)).unwrap(),
         marker,
@@ -890,22 +898,12 @@ async fn a_restore_that_fills_the_disk_puts_the_database_back() {
         &["restore", "--config", "hazel.yaml", "big.db"],
         site.path(),
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = assert_put_back(&out, &db, &before);
     assert!(stderr.contains("the restore failed"), "{stderr}");
     assert!(stderr.contains("cannot copy the backup"), "{stderr}");
     assert!(
         stderr.contains("No space left on device"),
         "the OS's reason: {stderr}"
-    );
-    assert!(
-        stderr.contains("the data directory is as it was before the restore"),
-        "{stderr}"
-    );
-    assert_eq!(
-        std::fs::read(&db).unwrap(),
-        before,
-        "the same database is back"
     );
     for left in ["hazel.db.restoring", "hazel.db.replaced"] {
         assert!(!fs.path().join(left).exists(), "{left} is left behind");
