@@ -387,14 +387,31 @@ struct Exchanges {
     started: AtomicU64,
     /// hyper's read, parked while a request was open; woken when the last
     /// one closes so the idle timer starts.
-    reader: Mutex<Option<std::task::Waker>>,
+    reader: WakerSlot,
     /// Since when the connection waits for a request with no byte of it
     /// seen (`None` while a request is read or answered).
     idle: Mutex<Option<Instant>>,
     /// Set to close the connection at its next idle read (eviction).
     evicted: std::sync::atomic::AtomicBool,
     /// hyper's read while idle, woken by an eviction.
-    idle_reader: Mutex<Option<std::task::Waker>>,
+    idle_reader: WakerSlot,
+}
+
+/// A parked read's waker, for another task to wake.
+#[derive(Default)]
+struct WakerSlot(Mutex<Option<std::task::Waker>>);
+
+impl WakerSlot {
+    fn park(&self, waker: &std::task::Waker) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+    }
+
+    fn wake(&self) {
+        let waker = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
 impl Exchanges {
@@ -418,14 +435,7 @@ impl Exchanges {
                 return false;
             }
         }
-        let reader = self
-            .idle_reader
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(waker) = reader {
-            waker.wake();
-        }
+        self.idle_reader.wake();
         true
     }
 }
@@ -445,15 +455,7 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let reader = self
-                .0
-                .reader
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some(waker) = reader {
-                waker.wake();
-            }
+            self.0.reader.wake();
         }
     }
 }
@@ -600,11 +602,7 @@ impl AsyncRead for Guarded {
             }
             Poll::Pending => {
                 if this.phase == Phase::Busy {
-                    *this
-                        .exchanges
-                        .reader
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+                    this.exchanges.reader.park(cx.waker());
                     // Closed between the check and the registration.
                     if this.exchanges.open.load(Ordering::Acquire) == 0 {
                         cx.waker().wake_by_ref();
@@ -612,11 +610,7 @@ impl AsyncRead for Guarded {
                     return Poll::Pending;
                 }
                 if this.phase == Phase::Idle {
-                    *this
-                        .exchanges
-                        .idle_reader
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+                    this.exchanges.idle_reader.park(cx.waker());
                     // Evicted between the check and the registration.
                     if this.exchanges.evicted.load(Ordering::Acquire) {
                         cx.waker().wake_by_ref();
