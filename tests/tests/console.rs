@@ -554,6 +554,19 @@ impl World {
         self.click("#sign-in").await;
     }
 
+    /// Signs in as the admin and waits for the page to say so.
+    async fn sign_in_as_admin(&self) {
+        self.sign_in("admin", ADMIN_PW).await;
+        self.text_contains("#signed-in-as", "admin").await;
+    }
+
+    /// Opens the wizard on a new policy and waits for its first live
+    /// findings (a blank spec has blockers).
+    async fn open_new_policy(&self) {
+        self.goto("/policies/new").await;
+        self.text_contains("#findings-summary", "blocker").await;
+    }
+
     async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut req = self
             .http
@@ -711,8 +724,7 @@ async fn the_policies_table_lists_an_api_policy_and_shows_why_enable_is_refused(
         .await;
     assert_eq!(status, 201, "{ok}");
 
-    w.sign_in("admin", ADMIN_PW).await;
-    w.text_contains("#signed-in-as", "admin").await;
+    w.sign_in_as_admin().await;
     w.goto("/policies").await;
     let table = w
         .text_contains("#policies", "Stop vm 101 on the dead host")
@@ -883,8 +895,7 @@ async fn an_on_battery_event_appears_live_on_the_dashboard_and_in_the_ledger() {
     let _one = ONE_BROWSER.lock().await;
     let w = World::start_with_ups("live").await;
     let id = enabled_policy(&w, immediate_policy("Stop vm 101 on battery")).await;
-    w.sign_in("admin", ADMIN_PW).await;
-    w.text_contains("#signed-in-as", "admin").await;
+    w.sign_in_as_admin().await;
     let ups = w.text_contains("#ups", "on_mains").await;
     assert!(
         ups.contains("ups1@127.0.0.1") && ups.contains("100 %"),
@@ -1001,8 +1012,7 @@ async fn the_audit_page_filters_by_kind_policy_and_time() {
         Some(json!({"paused": true, "reason": "audit test"})),
     )
     .await;
-    w.sign_in("admin", ADMIN_PW).await;
-    w.text_contains("#signed-in-as", "admin").await;
+    w.sign_in_as_admin().await;
     w.goto("/runs").await;
     let all = w.text_contains("#audit", "policy.created").await;
     let all_rows = w.count("#audit tbody tr").await;
@@ -1052,8 +1062,7 @@ async fn the_power_failure_simulation_shows_the_timeline() {
     let _one = ONE_BROWSER.lock().await;
     let w = World::start("simulate").await;
     enabled_policy(&w, policy("Stop vm 101 after 2 minutes", "pve-01")).await;
-    w.sign_in("admin", ADMIN_PW).await;
-    w.text_contains("#signed-in-as", "admin").await;
+    w.sign_in_as_admin().await;
     w.goto("/runs").await;
     w.type_into("#simulate-ups", "ups1").await;
     w.click("#simulate-state option[value='on_battery']").await;
@@ -1137,8 +1146,7 @@ async fn every_console_page_passes_the_axe_check_with_no_critical_or_serious_vio
     // The wizard: each step with its live findings, the text view, editing
     // a stored policy and its inverse (the inverse test checks the
     // highlighted needs_input).
-    w.goto("/policies/new").await;
-    w.text_contains("#findings-summary", "blocker").await;
+    w.open_new_policy().await;
     axe_check(&w, "/policies/new, step 1 with findings").await;
     for step in 1..=4 {
         w.click(&format!("#next-{step}")).await;
@@ -1229,10 +1237,8 @@ async fn an_admin_creates_a_policy_through_the_five_steps_of_the_wizard() {
     let _one = ONE_BROWSER.lock().await;
     let w = World::start("wizard-create").await;
     w.inventory_ready("pve-01").await;
-    w.sign_in("admin", ADMIN_PW).await;
-    w.text_contains("#signed-in-as", "admin").await;
-    w.goto("/policies/new").await;
-    w.text_contains("#findings-summary", "blocker").await;
+    w.sign_in_as_admin().await;
+    w.open_new_policy().await;
     assert!(w.disabled("#save").await, "nothing to save yet");
     // Step 1: Basics.
     w.type_into("#w-name", "Stop vm 101 on battery (wizard)")
@@ -1344,10 +1350,8 @@ async fn focused(w: &World) -> String {
 async fn an_admin_adds_and_removes_triggers_conditions_and_actions_in_the_wizard() {
     let _one = ONE_BROWSER.lock().await;
     let w = World::start("wizard-items").await;
-    w.sign_in("admin", ADMIN_PW).await;
-    w.text_contains("#signed-in-as", "admin").await;
-    w.goto("/policies/new").await;
-    w.text_contains("#findings-summary", "blocker").await;
+    w.sign_in_as_admin().await;
+    w.open_new_policy().await;
     w.type_into("#w-name", "Two triggers, two actions").await;
     w.click("#next-1").await;
 
@@ -1434,10 +1438,8 @@ async fn an_admin_adds_and_removes_triggers_conditions_and_actions_in_the_wizard
 async fn a_live_error_appears_at_its_field_while_typing_and_disappears_when_fixed() {
     let _one = ONE_BROWSER.lock().await;
     let w = World::start("wizard-live-error").await;
-    w.sign_in("admin", ADMIN_PW).await;
-    w.text_contains("#signed-in-as", "admin").await;
-    w.goto("/policies/new").await;
-    w.text_contains("#findings-summary", "blocker").await;
+    w.sign_in_as_admin().await;
+    w.open_new_policy().await;
     w.click("#next-1").await;
     w.type_into(&format!("#{FOR_FIELD}"), "2x").await;
     let at_field = w
@@ -1476,8 +1478,7 @@ async fn the_selector_preview_counts_the_targets_and_names_the_missing_ids() {
     let _one = ONE_BROWSER.lock().await;
     let w = World::start("wizard-selector").await;
     w.inventory_ready("pve-01").await;
-    w.sign_in("admin", ADMIN_PW).await;
-    w.text_contains("#signed-in-as", "admin").await;
+    w.sign_in_as_admin().await;
     w.goto("/policies/new").await;
     w.click("#wizard .step-link[data-go=\"4\"]").await;
     w.choose("#w-targets-host_id", "pve-01").await;
@@ -1518,8 +1519,7 @@ async fn save_is_disabled_on_a_blocker_and_enabled_when_fixed() {
         .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
-    w.sign_in("admin", ADMIN_PW).await;
-    w.text_contains("#signed-in-as", "admin").await;
+    w.sign_in_as_admin().await;
     w.goto(&format!("/policies/{id}")).await;
     w.click("#edit-policy").await;
     w.eventually("the policy in the wizard", || async {
@@ -1598,8 +1598,7 @@ async fn create_inverse_opens_the_inverse_disabled_with_its_needs_input_highligh
         .unwrap_or_else(|| panic!("the inverse needs a schedule: {inverse}"));
     let note = schedule["note"].as_str().unwrap();
 
-    w.sign_in("admin", ADMIN_PW).await;
-    w.text_contains("#signed-in-as", "admin").await;
+    w.sign_in_as_admin().await;
     w.goto(&format!("/policies/{id}")).await;
     w.click("#create-inverse").await;
     let list = w
