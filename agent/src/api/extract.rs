@@ -73,6 +73,23 @@ fn is_policy_type(media: &str) -> bool {
     is_json(media) || POLICY_TYPES.contains(&media)
 }
 
+/// Refuses (415, naming `types`) a body whose media type `accepts` does
+/// not take.
+fn takes(
+    headers: &HeaderMap,
+    accepts: impl Fn(&str) -> bool,
+    types: &[&str],
+) -> Result<(), ApiError> {
+    if media_type(headers).is_some_and(|m| accepts(&m)) {
+        Ok(())
+    } else {
+        Err(ApiError::content_type(
+            raw_content_type(headers).as_deref(),
+            types,
+        ))
+    }
+}
+
 fn raw_content_type(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::CONTENT_TYPE)
@@ -125,12 +142,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !media_type(req.headers()).is_some_and(|m| FORM_TYPES.contains(&m.as_str())) {
-            return Err(ApiError::content_type(
-                raw_content_type(req.headers()).as_deref(),
-                FORM_TYPES,
-            ));
-        }
+        takes(req.headers(), |m| FORM_TYPES.contains(&m), FORM_TYPES)?;
         let bytes = read_body(req, state).await?;
         serde_urlencoded::from_bytes(&bytes).map(Form).map_err(|e| {
             ApiError::new(
@@ -150,12 +162,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !media_type(req.headers()).is_some_and(|m| is_json(&m)) {
-            return Err(ApiError::content_type(
-                raw_content_type(req.headers()).as_deref(),
-                JSON_TYPES,
-            ));
-        }
+        takes(req.headers(), is_json, JSON_TYPES)?;
         let bytes = read_body(req, state).await?;
         serde_json::from_slice(&bytes)
             .map(Json)
@@ -190,12 +197,7 @@ impl<S: Send + Sync> FromRequest<S> for PolicyText {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !media_type(req.headers()).is_some_and(|m| is_policy_type(&m)) {
-            return Err(ApiError::content_type(
-                raw_content_type(req.headers()).as_deref(),
-                POLICY_TYPES,
-            ));
-        }
+        takes(req.headers(), is_policy_type, POLICY_TYPES)?;
         let bytes = read_body(req, state).await?;
         String::from_utf8(bytes.to_vec())
             .map(PolicyText)
