@@ -104,9 +104,13 @@ mod tests {
             let slots = Arc::clone(&slots);
             async move { slots.acquire_bounded().await.is_some() }
         });
-        while slots.waiting.load(Ordering::SeqCst) < 2 {
+        for _ in 0..1000 {
+            if slots.waiting.load(Ordering::SeqCst) == 2 {
+                break;
+            }
             tokio::task::yield_now().await;
         }
+        assert_eq!(slots.waiting.load(Ordering::SeqCst), 2, "both wait");
         assert!(slots.acquire_bounded().await.is_none(), "the queue is full");
         // The slot frees within the wait: the first waiter gets it and
         // keeps it; the second waits its second out and is refused.
